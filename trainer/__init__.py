@@ -1,0 +1,1 @@
+"""trainer: a small, faithful super-resolution training library (SRGAN-DP / ESRGAN-DP)."""
