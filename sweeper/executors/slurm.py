@@ -1,0 +1,164 @@
+"""Trials as SLURM jobs through submitit: one job array per submission, requeued on timeout or preemption.
+
+Each array task runs `TrialTask(trial_dir)`, a `submitit.helpers.Checkpointable`: when SLURM signals the
+end of the time limit (or a preemption), submitit requeues the same call, and `sweeper.worker.run_trial`
+resumes from the trial's `ckpt/last.pt` (lost work: at most one `train.ckpt_every`). Job folders
+(`<workspace>/slurm/<job id>/`: pickles, stdout, stderr) must be on a filesystem the nodes share, like
+the trial folders.
+
+Job state comes from `squeue` (this works without SLURM accounting, where submitit's `sacct` fails);
+when the controller cannot be asked, submitit's result file says whether the job ended. See docs/CLUSTER.md.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from sweeper.executors.base import TrialJob
+from trainer.errors import UserError
+
+# Sensible defaults per preset; every one can be overridden by `executor.<key>=value`.
+PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "smoke": {"cpus_per_task": 1, "gpus_per_node": 0, "mem_gb": 4, "timeout_min": 30},
+    "proxy": {"cpus_per_task": 8, "gpus_per_node": 1, "mem_gb": 32, "timeout_min": 24 * 60},
+    "paper": {"cpus_per_task": 8, "gpus_per_node": 1, "mem_gb": 64, "timeout_min": 48 * 60},
+}
+# option -> (type, meaning) for validation and error messages
+OPTIONS: dict[str, tuple[type, str]] = {
+    "partition": (str, "partition name"),
+    "gpus_per_node": (int, "GPUs per job (0 = none)"),
+    "cpus_per_task": (int, "CPU cores per job"),
+    "mem_gb": (float, "memory per job in GB"),
+    "timeout_min": (int, "time limit per allocation in minutes; the job is requeued when it is reached"),
+    "array_parallelism": (int, "most array tasks running at once"),
+    "account": (str, "account to charge"),
+    "qos": (str, "quality of service"),
+    "constraint": (str, "node features, e.g. a100"),
+    "additional_parameters": (dict, "extra sbatch flags, e.g. {mail-type: END}"),
+    "max_requeues": (int, "how often a job may be requeued after its time limit"),
+    "signal_delay_s": (int, "seconds before the time limit at which the job checkpoints and requeues"),
+}
+PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
+RUNNING = {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "SUSPENDED", "STOPPED", "RESIZING"}
+CACHE_S = 2.0  # one squeue call per job array per poll, however many trials ask
+
+
+class TrialTask(submitit.helpers.Checkpointable):
+    """The SLURM job function: run one trial. submitit's inherited `checkpoint()` requeues this same call,
+    so a requeued job simply runs the trial again and the trainer resumes from its last checkpoint."""
+
+    def __call__(self, trial_dir: str) -> int:
+        from sweeper.worker import main
+
+        return main([trial_dir])  # leaves result.json, "failed" with the reason on an exception
+
+
+def _checked(key: str, value: Any) -> Any:
+    kind, meaning = OPTIONS[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise UserError(f"executor.{key}={value!r}: expected {kind.__name__} ({meaning})")
+    if kind in (int, float) and (value < 0 or (value == 0 and key not in ("gpus_per_node", "max_requeues"))):
+        raise UserError(f"executor.{key}={value!r}: must be positive ({meaning})")
+    return value
+
+
+class SlurmExecutor:
+    name = "slurm"
+
+    def __init__(self, params: dict[str, Any], workspace: Path) -> None:
+        self.params = params
+        self.folder = workspace / "slurm" / "%j"
+        self._squeue_cache: dict[str, tuple[float, dict[str, str] | None]] = {}
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], workspace: Path, preset: str = "paper") -> SlurmExecutor:
+        """Validated options on top of the preset's defaults; UserError naming a bad key or value."""
+        for key in options:
+            if key not in OPTIONS:
+                raise UserError(f"executor.{key} is not an option of executor=slurm; valid: "
+                                + ", ".join(f"executor.{k}" for k in OPTIONS))  # fmt: skip
+        if shutil.which("sbatch") is None:
+            raise UserError("executor=slurm: sbatch is not on PATH; run on a SLURM login node (or `scripts/slurm-local up`)")
+        params = {**PRESET_DEFAULTS.get(preset, PRESET_DEFAULTS["paper"]), "array_parallelism": 256, "max_requeues": 10}
+        params.update({key: _checked(key, value) for key, value in options.items()})
+        # The requeue signal must come well inside the limit: 2 minutes, or a quarter of a short limit.
+        params.setdefault("signal_delay_s", min(120, params["timeout_min"] * 15))
+        return cls(params, workspace)
+
+    def _submitit(self, name: str) -> submitit.AutoExecutor:
+        p = self.params
+        ex = submitit.AutoExecutor(folder=self.folder, cluster="slurm", slurm_max_num_timeout=p["max_requeues"])
+        optional = {f"slurm_{k}": p[k] for k in ("partition", "account", "qos", "constraint", "additional_parameters") if p.get(k)}
+        if p["gpus_per_node"]:
+            optional["gpus_per_node"] = p["gpus_per_node"]
+        ex.update_parameters(
+            name=name, timeout_min=p["timeout_min"], cpus_per_task=p["cpus_per_task"], mem_gb=p["mem_gb"],
+            slurm_array_parallelism=p["array_parallelism"], slurm_signal_delay_s=p["signal_delay_s"], **optional,
+        )  # fmt: skip
+        return ex
+
+    def slots(self) -> int:
+        return self.params["array_parallelism"]
+
+    def submit(self, jobs: list[TrialJob]) -> list[str]:
+        """Submit the jobs as one array (a single job when there is one); ids look like `1234_0`."""
+        if not jobs:
+            return []
+        ex = self._submitit(f"{jobs[0].study}.{jobs[0].stage}")
+        try:
+            with ex.batch():
+                handles = [ex.submit(TrialTask(), str(job.trial_dir)) for job in jobs]
+        except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as e:
+            raise UserError(f"sbatch refused the jobs: {str(e).strip().splitlines()[-1]}") from None
+        return [h.job_id for h in handles]
+
+    def _squeue(self, array_id: str) -> dict[str, str] | None:
+        """SLURM state of each task of one job (array), {} when SLURM no longer knows it, None when
+        squeue cannot tell (controller unreachable)."""
+        cached = self._squeue_cache.get(array_id)
+        if cached and time.monotonic() - cached[0] < CACHE_S:
+            return cached[1]
+        out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", array_id, "-o", "%i %T"],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        if out.returncode == 0:
+            rows: dict[str, str] | None = dict(line.split()[:2] for line in out.stdout.splitlines() if line.strip())
+        else:
+            rows = {} if "Invalid job id" in out.stderr else None
+        self._squeue_cache[array_id] = (time.monotonic(), rows)
+        return rows
+
+    def slurm_state(self, job_id: str) -> str | None:
+        """SLURM's own state name (RUNNING, PENDING, COMPLETED, TIMEOUT, ...), None when unknown."""
+        rows = self._squeue(job_id.split("_")[0])
+        return rows.get(job_id) if rows else None
+
+    def state(self, job_id: str) -> str:
+        rows = self._squeue(job_id.split("_")[0])
+        if rows is None:  # the controller did not answer: only a result file is certain
+            return "ENDED" if self._paths(job_id).result_pickle.exists() else "UNKNOWN"
+        slurm = rows.get(job_id)
+        if slurm in PENDING:
+            return "PENDING"
+        if slurm in RUNNING:
+            return "RUNNING"
+        return "ENDED"  # a final state, or purged from the controller (it ended a while ago)
+
+    def cancel(self, job_ids: list[str]) -> None:
+        if job_ids:  # scancel ignores ids of ended jobs (with a warning on stderr)
+            subprocess.run(["scancel", *job_ids], capture_output=True, timeout=60)
+            self._squeue_cache.clear()
+
+    def _paths(self, job_id: str) -> submitit.core.utils.JobPaths:
+        return submitit.core.utils.JobPaths(self.folder, job_id=job_id, task_id=0)
+
+    def log_paths(self, job_id: str) -> tuple[Path, Path]:
+        paths = self._paths(job_id)
+        return paths.stdout, paths.stderr

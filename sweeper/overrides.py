@@ -1,0 +1,94 @@
+"""Command-line `key=value` tokens -> sweeper options + validated training-config overrides.
+
+Sweeper options (`study=`, `executor=`, `executor.n_jobs=`, `select_by=`, ...) steer the orchestration;
+every other key must be a training-config key (`train.iters=2000`, `mu=inf`, `data.root=/data`), checked
+against `trainer.config` so a typo fails before anything runs. Values parse like YAML: `[a, b]` is a list,
+`inf` is infinity.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainer.config import ALIASES, all_keys, parse_value, resolve_key
+from trainer.errors import UserError
+
+METRICS = ("lpips", "psnr", "ssim")
+OPTION_KEYS = ("study", "stage", "trial", "executor", "select_by", "storage", "tracking_uri", "workspace", "rounds", "max_retries")
+
+
+@dataclass
+class Options:
+    study: str | None = None
+    stage: str | None = None
+    trial: int | None = None
+    executor: str = "local"
+    executor_options: dict[str, Any] = field(default_factory=dict)
+    select_by: str | None = None  # None: the preset's default (lpips; psnr for preset=smoke)
+    storage: str | None = None
+    tracking_uri: str | None = None
+    workspace: str | None = None
+    rounds: int | None = None  # None: the study's own
+    max_retries: int = 2
+    config: dict[str, Any] = field(default_factory=dict)  # dotted training-config key -> parsed value
+
+    @property
+    def preset(self) -> str:
+        return str(self.config.get("preset", "paper"))
+
+
+def _count(key: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"{key}={value!r}: expected a whole number >= {minimum}")
+    return value
+
+
+def _unknown_key(key: str) -> UserError:
+    valid = [*OPTION_KEYS, *ALIASES, *all_keys()]
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else f"sweeper options: {', '.join(OPTION_KEYS)}, or a config key like train.iters"
+    return UserError(f"unknown key '{key}'; {hint}")
+
+
+def parse(tokens: list[str], allow_config: bool = True) -> Options:
+    """Parse `key=value` tokens; UserError on a token without '=', a repeated or unknown key, or a bad value."""
+    opts = Options()
+    seen: set[str] = set()
+    for token in tokens:
+        key, sep, text = token.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"'{token}' is not a key=value setting (e.g. study=mu_search or train.iters=2000)")
+        if key in seen:
+            raise UserError(f"{key}= is given twice; keep one")
+        seen.add(key)
+        value = parse_value(text)
+        if key.startswith("executor."):
+            opts.executor_options[key.removeprefix("executor.")] = value
+        elif key in ("trial", "rounds", "max_retries"):
+            setattr(opts, key, _count(key, value, 1 if key == "rounds" else 0))
+        elif key == "select_by":
+            if value not in METRICS:
+                raise UserError(f"select_by={text!r} is not valid; choose one of {', '.join(METRICS)}")
+            opts.select_by = value
+        elif key in OPTION_KEYS:
+            if not text.strip():
+                raise UserError(f"{key}= needs a value")
+            setattr(opts, key, text.strip())
+        else:
+            try:
+                dotted = resolve_key(key)
+            except UserError:
+                raise _unknown_key(key) from None
+            if not allow_config:
+                raise UserError(f"{key}= is a training setting; this command takes only {', '.join(OPTION_KEYS)}")
+            opts.config[dotted] = text if dotted == "weights" else value
+    return opts
+
+
+def require_study(opts: Options) -> str:
+    if not opts.study:
+        raise UserError("which study? add study=NAME (list them with `sweeper studies`)")
+    return opts.study

@@ -1,0 +1,150 @@
+"""Data root, image sets, image files, validation pairs and the seeded, resumable training batches."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from trainer.config import build_config
+from trainer.data import EMBEDDED, TrainBatches, load_set, load_val_sets, resolve_root, subimages
+from trainer.errors import UserError
+from trainer.images import read_image, write_image
+from trainer.imresize import degrade
+
+
+def smoke(**overrides):
+    return build_config({"preset": "smoke", **overrides})
+
+
+def test_resolve_root_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SWEEPER_DATA", raising=False)
+    assert resolve_root(None) == EMBEDDED
+    monkeypatch.setenv("SWEEPER_DATA", str(tmp_path))
+    assert resolve_root(None) == tmp_path
+    assert resolve_root(EMBEDDED) == EMBEDDED
+    with pytest.raises(UserError, match="nowhere.*not a folder"):
+        resolve_root(tmp_path / "nowhere")
+
+
+def test_embedded_dataset_is_small_and_complete() -> None:
+    assert [name for name, _ in load_set(EMBEDDED, "Set5")] == ["baby.png", "bird.png", "butterfly.png", "head.png", "woman.png"]
+    assert len(load_set(EMBEDDED, "train")) >= 5
+    assert sum(f.stat().st_size for f in EMBEDDED.rglob("*")) < 5e6
+
+
+def test_set_errors_name_the_set_or_file(tmp_path: Path) -> None:
+    (tmp_path / "Empty").mkdir()
+    (tmp_path / "Good").mkdir()
+    write_image(tmp_path / "Good" / "a.png", torch.zeros(3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(UserError, match="unknown image set 'Set15'.*sets found there: Good"):
+        load_set(tmp_path, "Set15")
+    with pytest.raises(UserError, match="'Empty'.*holds no PNG"):
+        load_set(tmp_path, "Empty")
+    (tmp_path / "Bad").mkdir()
+    (tmp_path / "Bad" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(UserError, match="broken.png: unreadable or corrupt"):
+        load_set(tmp_path, "Bad")
+    assert load_set(tmp_path, "Good") is load_set(tmp_path, "Good")  # cached
+
+
+def test_image_formats(tmp_path: Path) -> None:
+    rgba = np.random.default_rng(0).integers(0, 256, (6, 5, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rgba[..., 0], "L").save(tmp_path / "gray.bmp")
+    Image.fromarray(rgba[..., :3]).save(tmp_path / "rgb.jpg", quality=100)
+    Image.fromarray(rgba[..., 0].astype(np.uint16) * 200).save(tmp_path / "deep.png")
+    assert torch.equal(read_image(tmp_path / "rgba.png"), torch.from_numpy(rgba[..., :3]).permute(2, 0, 1))
+    assert torch.equal(read_image(tmp_path / "gray.bmp"), torch.from_numpy(rgba[..., :1]).permute(2, 0, 1))
+    assert read_image(tmp_path / "rgb.jpg").shape == (3, 6, 5)
+    with pytest.raises(UserError, match="deep.png: unsupported pixel format"):
+        read_image(tmp_path / "deep.png")
+    with pytest.raises(UserError, match="missing.png: no such image file"):
+        read_image(tmp_path / "missing.png")
+    write_image(tmp_path / "out" / "f.png", torch.full((3, 4, 4), 0.5))
+    assert read_image(tmp_path / "out" / "f.png").unique().tolist() == [128]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["f.png"]  # no temporary file left behind
+
+
+def test_val_sets_follow_the_config(shared_data: Path) -> None:
+    cfg = smoke(**{"data.root": str(shared_data), "data.val_sets": ["Set5", "Set14"], "data.val_max_images": 3})
+    sets = load_val_sets(cfg)
+    assert list(sets) == ["Set5", "Set14"] and all(len(v) == 3 for v in sets.values())
+    bridge = next(v for v in load_val_sets(smoke(**{"data.root": str(shared_data), "data.val_sets": ["Set14"],
+                                                    "data.val_max_images": 0, "data.val_crop": 0}))["Set14"]
+                  if v.name == "bridge.png")
+    assert bridge.hr.shape == (1, 512, 512) and bridge.lr.shape == (3, 128, 128)  # grayscale HR kept as Y
+    img = sets["Set5"][0]
+    assert img.hr.shape == (3, 64, 64) and img.lr.shape == (3, 16, 16)
+    assert torch.equal(img.lr, degrade(img.hr, 4))
+    full = load_set(shared_data, "Set5")[0][1]
+    top, left = (full.shape[1] - 64) // 2, (full.shape[2] - 64) // 2
+    assert torch.equal(img.hr, full[:, top : top + 64, left : left + 64])
+
+
+def test_subimages_are_non_overlapping_windows() -> None:
+    img = torch.arange(250 * 130).reshape(1, 250, 130)
+    subs = subimages(img, 96)
+    assert len(subs) == 2 * 1 and all(s.shape == (1, 96, 96) for s in subs)
+    assert torch.equal(subs[1], img[:, 96:192, :96])
+    assert [s.shape for s in subimages(img, 200)] == [(1, 200, 130)]  # shorter side used whole
+
+
+def find_crop(patch: torch.Tensor, images: list[torch.Tensor]) -> list[tuple[int, int, int, int]]:
+    """Every (image, dihedral transform, top, left) at which `patch` occurs exactly."""
+    p = patch.shape[-1]
+    hits = []
+    for i, img in enumerate(images):
+        for t, (hflip, vflip, transpose) in enumerate(itertools.product([False, True], repeat=3)):
+            x = img.flip(-1) if hflip else img
+            x = x.flip(-2) if vflip else x
+            x = x.transpose(-2, -1) if transpose else x
+            windows = x.unfold(-2, p, 1).unfold(-2, p, 1)  # (C, H', W', p, p)
+            match = (windows == patch[:, None, None]).flatten(-2).all(-1).all(0)
+            hits += [(i, t, int(a), int(b)) for a, b in match.nonzero()]
+    return hits
+
+
+def test_batches_are_aligned_augmented_crops() -> None:
+    batches = TrainBatches(smoke())
+    lr, hr = next(batches)
+    assert lr.shape == (2, 3, 8, 8) and hr.shape == (2, 3, 32, 32) and lr.dtype == hr.dtype == torch.float32
+    for lr_patch, hr_patch in zip((lr * 255).round().byte(), (hr * 255).round().byte()):
+        lr_hits = find_crop(lr_patch, batches.lr)
+        hr_hits = {(i, t, a // 4, b // 4) for i, t, a, b in find_crop(hr_patch, batches.hr) if a % 4 == b % 4 == 0}
+        assert set(lr_hits) & hr_hits, "the LR patch is not the bicubic LR of the HR patch's position"
+
+
+def test_batches_are_seeded_and_resume_exactly() -> None:
+    cfg = smoke()
+    straight = TrainBatches(cfg)
+    n = len(straight)  # sub-images; with batch_size 2, 2n batches cross two epoch boundaries
+    stream = [next(straight) for _ in range(n + 3)]
+    resumed = TrainBatches(cfg)
+    replay = TrainBatches(cfg)
+    for _ in range(n // 2 + 1):
+        next(replay)
+    resumed.load_state_dict(replay.state_dict())
+    for expected in stream[n // 2 + 1 :]:
+        got = next(resumed)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    other_seed = next(TrainBatches(smoke(seed=1)))
+    assert not torch.equal(other_seed[1], stream[0][1])
+    with pytest.raises(UserError, match="seed=0.*seed=1"):
+        TrainBatches(smoke(seed=1)).load_state_dict(straight.state_dict())
+
+
+def test_every_subimage_once_per_epoch() -> None:
+    batches = TrainBatches(smoke())
+    n = len(batches)
+    assert sorted(batches._index(k) for k in range(n)) == list(range(n))
+    assert [batches._index(k) for k in range(n)] != [batches._index(k) for k in range(n, 2 * n)]
+
+
+def test_too_small_training_images_are_refused() -> None:
+    with pytest.raises(UserError, match="hr_patch=256"):
+        TrainBatches(smoke(**{"data.hr_patch": 256, "data.subimage_size": 480}))

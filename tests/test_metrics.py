@@ -1,0 +1,96 @@
+"""PSNR/SSIM on Y (MATLAB conventions) and LPIPS availability/loading."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from scipy.signal import correlate2d
+
+from trainer import weights
+from trainer.metrics import LPIPSMetric, psnr_y, psnr_y_batch, rgb_to_y, ssim_y, ssim_y_batch
+
+
+def rand_u8(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def test_rgb_to_y_matches_matlab_rgb2ycbcr() -> None:
+    pixels = torch.tensor([[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]], dtype=torch.uint8)
+    y = rgb_to_y(pixels.T.reshape(3, 1, 6))[0]
+    # MATLAB: rgb2ycbcr(uint8([...])) -> Y = round(16 + (65.481 R + 128.553 G + 24.966 B) / 255)
+    assert y.tolist() == [16, 235, 81, 145, 41, 32]
+    gray = rand_u8(1, 5, 7, seed=0)
+    assert torch.equal(rgb_to_y(gray), gray[0].double())  # a grayscale image is its own Y
+
+
+def test_psnr_known_value_border_and_identity() -> None:
+    hr = torch.full((1, 20, 20), 100, dtype=torch.uint8)
+    sr = hr.clone()
+    sr[:, 4:-4, 4:-4] = 110
+    assert psnr_y(sr, hr, crop_border=4) == pytest.approx(10 * math.log10(255**2 / 100), abs=1e-12)
+    sr[:, :4] = 0  # only the cropped border changes
+    assert psnr_y(sr, hr, crop_border=4) == pytest.approx(10 * math.log10(255**2 / 100), abs=1e-12)
+    assert psnr_y(hr, hr, 4) == math.inf
+
+
+def ssim_reference(x: np.ndarray, y: np.ndarray) -> float:
+    """Wang et al.'s ssim_index.m: fspecial('gaussian', 11, 1.5), filter2(..., 'valid')."""
+    r = np.arange(-5, 6)
+    win = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * 1.5**2))
+    win /= win.sum()
+    f = lambda a: correlate2d(a, win, mode="valid")  # noqa: E731
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = f(x), f(y)
+    sxx, syy, sxy = f(x * x) - mx**2, f(y * y) - my**2, f(x * y) - mx * my
+    return float((((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))).mean())
+
+
+def test_ssim_matches_wang_reference_and_batch_matches_single() -> None:
+    hr = rand_u8(4, 3, 40, 32, seed=1)
+    sr = (hr.int() + rand_u8(4, 3, 40, 32, seed=2).int() // 8 - 16).clamp(0, 255).to(torch.uint8)
+    batch_ssim, batch_psnr = ssim_y_batch(sr, hr, 4), psnr_y_batch(sr, hr, 4)
+    for i in range(4):
+        x, y = (rgb_to_y(t[i])[4:-4, 4:-4].numpy() for t in (sr, hr))
+        assert ssim_y(sr[i], hr[i], 4) == pytest.approx(ssim_reference(x, y), abs=1e-12)
+        assert float(batch_ssim[i]) == ssim_y(sr[i], hr[i], 4)
+        assert float(batch_psnr[i]) == psnr_y(sr[i], hr[i], 4)
+    assert ssim_y(hr[0], hr[0], 4) == pytest.approx(1.0, abs=1e-12)
+    assert 0 < float(batch_ssim.max()) < 1
+
+
+def test_shape_mismatch_is_refused() -> None:
+    with pytest.raises(ValueError, match="shapes differ"):
+        psnr_y(rand_u8(3, 8, 8, seed=0), rand_u8(3, 8, 9, seed=0), 0)
+
+
+def test_lpips_unavailable_without_alexnet_weights(torch_home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        metric = LPIPSMetric("cpu")
+    assert not metric.available
+    assert "alexnet-owt-7be5be79.pth" in metric.reason and "sweeper weights import" in metric.reason
+    assert [r.getMessage() for r in caplog.records] == [metric.reason]  # one warning, the reason
+    with pytest.raises(RuntimeError, match="LPIPS unavailable"):
+        metric(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 16))
+
+
+def test_lpips_uses_the_cached_alexnet_weights(torch_home: Path) -> None:
+    torch.manual_seed(0)
+    features = torchvision.models.alexnet().features
+    (torch_home / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()},
+               torch_home / "hub" / "checkpoints" / weights.FILES["alexnet"].name)
+    metric = LPIPSMetric("cpu")
+    assert metric.available
+    trunk = dict(metric.model.net.named_parameters())
+    assert torch.equal(trunk["slice1.0.weight"], features[0].weight)
+    assert torch.equal(trunk["slice5.10.bias"], features[10].bias)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    same, different = metric(x, x), metric(x, x.flip(-1))
+    assert same.shape == (2,) and torch.allclose(same, torch.zeros(2), atol=1e-6)
+    assert (different > 0.01).all()

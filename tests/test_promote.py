@@ -1,0 +1,93 @@
+"""`sweeper promote` against a real MLflow store: the winner it reads, its refusals and their reasons, the dry run."""
+
+from __future__ import annotations
+
+import pytest
+
+import mlflow_layout
+from sweeper import correlate, promote
+from trainer.errors import UserError
+
+BETAS = ["beta1_3", "beta2_4", "beta3_6", "beta4_3"]
+SETTINGS = [{"mu": float("inf")}, {"mu": 1, "beta": "beta1_3"}, {"mu": 10, "beta": "beta1_3"}, {"mu": 0.5, "beta": "beta3_6"}]
+
+
+def paper_study(client, root, finished: bool = True) -> None:
+    """The paper study: mu stage won by mu=0.5, beta stage won by beta3_6 (or still running)."""
+    mu = [{"arch": "srgan", "mu": m, "final": mlflow_layout.scores(25, 0.7, 0.15 + 0.01 * abs(m - 0.5) if m != float("inf") else 0.3)}
+          for m in (0.5, 1, float("inf"))]
+    mlflow_layout.log_stage(client, root, "paper", "mu", mu, winner=0)
+    beta = [{"arch": "srgan", "mu": 0.5, "beta": b, "final": mlflow_layout.scores(25, 0.7, 0.2 - 0.01 * k)} for k, b in enumerate(BETAS[:3])]
+    mlflow_layout.log_stage(client, root, "paper", "beta", beta, winner=2 if finished else None)
+
+
+def correlation_study(client, root, uri, target_lpips: list[float]) -> None:
+    """The correlation study and its `sweeper correlate` run; the proxy ranks mu=0.5 + beta3_6 best by LPIPS."""
+    proxy_lpips = [0.30, 0.20, 0.25, 0.10]
+    trials = [{"arch": arch, **s, "final": mlflow_layout.scores(25, 0.7, lp[i])}
+              for arch, lp in (("srgan", proxy_lpips), ("esrgan", target_lpips)) for i, s in enumerate(SETTINGS)]
+    mlflow_layout.log_stage(client, root, "correlation", "proxy_vs_target", trials, winner=3)
+    correlate.main([f"tracking_uri={uri}"])
+
+
+@pytest.fixture
+def ws(tmp_path):
+    uri, client = mlflow_layout.store(tmp_path)
+    return uri, client, tmp_path
+
+
+def test_refuses_an_incomplete_search(ws):
+    uri, client, root = ws
+    paper_study(client, root, finished=False)
+    with pytest.raises(UserError, match="no completed search.*the search paper is incomplete: stage beta has no winner yet.*study beta_search has no runs"):
+        promote.main("esrgan", None, force=True, dry_run=True, overrides=[f"tracking_uri={uri}"])
+    with pytest.raises(UserError, match="^the search paper is incomplete: stage beta has no winner yet; finish it with `sweeper run study=paper`$"):
+        promote.main("esrgan", "paper", force=True, dry_run=True, overrides=[f"tracking_uri={uri}"])
+
+
+def test_refuses_without_a_correlation_check_unless_forced(ws, capsys):
+    uri, client, root = ws
+    paper_study(client, root)
+    with pytest.raises(UserError, match="no correlation check of srgan against esrgan: run `sweeper run study=correlation` and `sweeper correlate`, or pass --force"):
+        promote.main("esrgan", None, force=False, dry_run=True, overrides=[f"tracking_uri={uri}"])
+    promote.main("esrgan", None, force=True, dry_run=True, overrides=[f"tracking_uri={uri}"])
+    out = capsys.readouterr().out
+    assert "warning: --force: promoting without a correlation check" in out
+    assert "sweeper.promoted_forced=true" in out
+
+
+def test_refuses_when_the_check_contradicts_the_proxy(ws, capsys):
+    uri, client, root = ws
+    paper_study(client, root)
+    correlation_study(client, root, uri, target_lpips=[0.30, 0.05, 0.25, 0.10])  # target prefers mu=1 + beta1_3
+    with pytest.raises(UserError, match="contradicts the proxy: contradicts: by mean/lpips the proxy's best is mu=0.5 \\+ beta3_6 but the target's best is mu=1 \\+ beta1_3; pass --force"):
+        promote.main("esrgan", None, force=False, dry_run=True, overrides=[f"tracking_uri={uri}"])
+
+
+def test_dry_run_prints_the_resolved_config_and_command(ws, capsys):
+    uri, client, root = ws
+    paper_study(client, root)
+    correlation_study(client, root, uri, target_lpips=[0.30, 0.20, 0.25, 0.10])
+    capsys.readouterr()
+    promote.main("esrgan", None, force=False, dry_run=True, overrides=[f"tracking_uri={uri}", "train.iters=1000"])
+    out = capsys.readouterr().out
+    assert "arch: esrgan\n" in out and "mu: 0.5\n" in out and "beta: beta3_6\n" in out and "preset: paper\n" in out
+    assert "  iters: 1000\n" in out
+    assert f"command: sweeper train arch=esrgan mu=0.5 beta=beta3_6 preset=paper tracking_uri={uri} train.iters=1000\n" in out
+    winner = [r for r in client.search_runs([client.get_experiment_by_name("paper").experiment_id], "tags.`sweeper.winner` = 'true'")
+              if r.data.tags["sweeper.stage"] == "beta"][0]
+    assert f"sweeper.promoted_from_run_id={winner.info.run_id}" in out
+    assert "sweeper.promoted_from_study=paper" in out and "sweeper.promoted_from_stage=beta" in out
+
+
+def test_rejects_bad_input(ws):
+    uri, client, root = ws
+    paper_study(client, root)
+    with pytest.raises(UserError, match="--to 'edsr' is not valid; choose one of srgan, esrgan"):
+        promote.main("edsr", None, force=True, dry_run=True, overrides=[f"tracking_uri={uri}"])
+    with pytest.raises(UserError, match="mu= is decided by the search"):
+        promote.main("esrgan", None, force=True, dry_run=True, overrides=[f"tracking_uri={uri}", "mu=2"])
+    with pytest.raises(UserError, match="the search paper already ran on arch=srgan"):
+        promote.main("srgan", None, force=True, dry_run=True, overrides=[f"tracking_uri={uri}"])
+    with pytest.raises(UserError, match="study=.nope. has no runs in the tracking store; studies with runs: paper"):
+        promote.main("esrgan", "nope", force=True, dry_run=True, overrides=[f"tracking_uri={uri}"])

@@ -1,0 +1,136 @@
+"""`sweeper report` against a real MLflow store filled in the documented layout: the generated tables must
+hold the runs' values, the right rows, and the best / second-best markers; figures must be written and logged."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import mlflow_layout
+from sweeper import report, tables
+from trainer.errors import UserError
+
+MUS = [0.2, 0.5, 1, 5, 10, 20, math.inf]
+BETAS = ["beta1_3", "beta2_4", "beta3_6", "beta4_3"]
+
+
+def mu_trial(k: int, mu: float) -> dict:
+    rng = np.random.default_rng(k)
+    final = {s: {"psnr": float(rng.uniform(20, 27)), "ssim": float(rng.uniform(0.3, 0.8)), "lpips": float(rng.uniform(0.1, 0.2))}
+             for s in ("Set5", "Set14")}
+    history = {"Set5": {"psnr": [(6, final["Set5"]["psnr"] - 1)]}}
+    sample = np.full((16, 16, 3), 20 * k, dtype=np.uint8)
+    return {"arch": "srgan", "mu": mu, "beta": "beta1_3", "final": final, "history": history, "sample": sample}
+
+
+@pytest.fixture(scope="module")
+def paper_store(tmp_path_factory):
+    """The paper study (mu stage then beta stage) and the ablation study, as the sweeper logs them."""
+    root = tmp_path_factory.mktemp("ws")
+    uri, client = mlflow_layout.store(root)
+    mu_trials = [mu_trial(k, mu) for k, mu in enumerate(MUS)]
+    mlflow_layout.log_stage(client, root, "paper", "mu", mu_trials, winner=1)
+    beta_trials = [{"arch": "srgan", "mu": 0.5, "beta": b, "final": mlflow_layout.scores(25 + k, 0.7 + 0.01 * k, 0.15 - 0.01 * k)}
+                   for k, b in enumerate(BETAS)]
+    mlflow_layout.log_stage(client, root, "paper", "beta", beta_trials, winner=2)
+    ablation = [{"arch": "esrgan", "mu": 0.5, "beta": "beta3_6", "perceptual": p, "final": mlflow_layout.scores(25 + k, 0.7, 0.2 - 0.01 * k)}
+                for k, p in enumerate(["dp", "static", "vgg"])]
+    mlflow_layout.log_stage(client, root, "ablation", "perceptual", ablation, winner=0)
+    return uri, client, mu_trials
+
+
+@pytest.fixture(scope="module")
+def paper_report(paper_store, tmp_path_factory):
+    uri, client, _ = paper_store
+    out = tmp_path_factory.mktemp("results") / "paper"
+    report.main(["study=paper", f"tracking_uri={uri}"], out=out)
+    return out
+
+
+def read_csv(path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def markdown_rows(path) -> dict[str, list[str]]:
+    """Row label -> the metric cells ("a / b / c" split into parts) of a generated Markdown table."""
+    out = {}
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| mu=") or line.startswith("| beta") or line.startswith("| VGG"):
+            out[cells[0]] = [p.strip() for c in cells[1:] for p in c.split(" / ")]
+    return out
+
+
+def test_table1_matches_the_runs_in_mlflow(paper_store, paper_report):
+    _, client, mu_trials = paper_store
+    rows = read_csv(paper_report / "tables" / "table1_mu_srgan.csv")
+    assert [r["row"] for r in rows] == ["mu=inf", "mu=0.2", "mu=0.5", "mu=1", "mu=5", "mu=10", "mu=20"]
+    assert list(rows[0])[1:] == [f"{s}/{m}" for s in ("Set5", "Set14") for m in ("ssim", "psnr", "lpips")]
+    exp = client.get_experiment_by_name("paper").experiment_id
+    logged = {r.data.params["mu"]: r.data.metrics for r in client.search_runs([exp], "tags.`sweeper.stage` = 'mu' and tags.`sweeper.kind` = 'trial'")}
+    for row in rows:
+        for key, text in row.items():
+            if key != "row":
+                assert float(text) == pytest.approx(logged[row["row"].removeprefix("mu=")][key], abs=1e-6)
+    assert len(logged) == len(mu_trials)
+
+
+def test_best_and_second_best_are_marked_per_column(paper_report):
+    rows = read_csv(paper_report / "tables" / "table1_mu_srgan.csv")
+    cells = markdown_rows(paper_report / "tables" / "table1_mu_srgan.md")
+    latex = (paper_report / "tables" / "table1_mu_srgan.tex").read_text()
+    for j, key in enumerate(list(rows[0])[1:]):
+        values = {r["row"]: float(r[key]) for r in rows}
+        ranked = sorted(values, key=values.get, reverse=not key.endswith("lpips"))
+        for label in values:
+            cell = cells[label][j]
+            assert cell.startswith("**") == (label == ranked[0]), (key, label, cell)
+            assert (cell.startswith("_") and cell.endswith("_")) == (label == ranked[1]), (key, label, cell)
+        best = tables.fmt(values[ranked[0]], key.split("/")[1])
+        assert rf"\textbf{{{best}}}" in latex and rf"\underline{{{tables.fmt(values[ranked[1]], key.split('/')[1])}}}" in latex
+
+
+def test_report_lists_the_tables_figures_and_warning(paper_store, paper_report):
+    readme = (paper_report / "README.md").read_text()
+    assert "smoke preset, random-init extractors: NOT paper results" in readme.split("\n\n")[1]
+    assert "preset=smoke" in readme and "weights=random" in readme and "commit=abc1234" in readme
+    for key in ("table1_mu_srgan", "table2_beta_srgan"):
+        assert (paper_report / "tables" / f"{key}.tex").read_text().count(r"\\") >= 4
+    assert "Table 6" not in readme  # the ablation belongs to another study
+    assert [r["row"] for r in read_csv(paper_report / "tables" / "table2_beta_srgan.csv")] == BETAS
+    for name in ("table1_mu_srgan_vs_mu", "table2_beta_srgan_per_beta", "table1_mu_srgan_crops", "curves_Set5"):
+        path = paper_report / "figures" / f"{name}.png"
+        assert Image.open(path).size[0] > 100
+        assert f"figures/{name}.png" in readme
+    _, client, _ = paper_store
+    stage = client.search_runs([client.get_experiment_by_name("paper").experiment_id], "tags.`sweeper.stage` = 'beta' and tags.`sweeper.kind` = 'stage'")[0]
+    logged = {f.path for f in client.list_artifacts(stage.info.run_id, "report/figures")}
+    assert "report/figures/curves_Set5.png" in logged
+
+
+def test_crop_grid_uses_the_latest_sample_of_each_run(paper_store):
+    _, client, mu_trials = paper_store
+    study = report.load_study(client, "paper")
+    run = next(r for r in study.trials if r.stage == "mu" and r.params["mu"] == "5")
+    assert report.latest_samples(client, run) == {"Set5_baby": "samples/0000012_Set5_baby.png"}
+
+
+def test_ablation_table_rows_in_paper_order(paper_store, tmp_path):
+    uri, _, _ = paper_store
+    report.main(["study=ablation", f"tracking_uri={uri}"], out=tmp_path)
+    rows = read_csv(tmp_path / "tables" / "table6_perceptual_esrgan.csv")
+    assert [r["row"] for r in rows] == ["VGG loss", "VGG loss + ResNet loss", "VGG loss + ResNet loss + dynamic weighting"]
+    assert float(rows[0]["Set5/psnr"]) == pytest.approx(27.0)  # vgg was logged third: 25 + 2
+
+
+def test_report_needs_a_known_study(paper_store, tmp_path):
+    uri, _, _ = paper_store
+    with pytest.raises(UserError, match="which study"):
+        report.main([f"tracking_uri={uri}"], out=tmp_path)
+    with pytest.raises(UserError, match="study='papr' has no runs.*ablation, paper"):
+        report.main(["study=papr", f"tracking_uri={uri}"], out=tmp_path)

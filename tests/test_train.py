@@ -1,0 +1,190 @@
+"""The training loop on the smoke preset with the embedded data and random-init extractors: the trial-folder
+contract, the shared pre-training cache, exact resume, divergence handling and refusals."""
+
+import json
+import math
+import multiprocessing
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from trainer.checkpoint import load_checkpoint, load_generator
+from trainer.config import build_config
+from trainer.errors import UserError
+from trainer.images import read_image
+from trainer.train import Diverged, check_finite, drop_records_after, pretrain_key, train
+
+SMOKE = {"preset": "smoke", "weights": "random"}
+
+
+def smoke(**overrides):
+    return build_config({**SMOKE, **overrides})
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, cache) -> tuple[Path, dict]:
+    run = tmp_path_factory.mktemp("runs") / "smoke"
+    return run, train(smoke(), run, cache, progress=False)
+
+
+def test_smoke_trial_fills_the_trial_folder(smoke_run):
+    run, result = smoke_run
+    cfg = smoke()
+    assert result["status"] == "complete" and result["reason"] is None
+    assert result["iters"] == cfg.train.iters == 12
+    assert result["weights"] == {"extractors": "random", "lpips": "unavailable"}  # no ImageNet files here
+    assert set(result["final"]) == {"Set5"}
+    final = result["final"]["Set5"]
+    assert 15 < final["psnr"] < 60 and 0 < final["ssim"] <= 1 and final["lpips"] is None
+    assert result["duration_s"] > 0
+    assert json.loads((run / "result.json").read_text()) == result
+
+    assert yaml.safe_load((run / "config.yaml").read_text()) == cfg.to_dict()
+    assert json.loads((run / "progress.json").read_text())["stage"] == "gan"
+    assert json.loads((run / "progress.json").read_text())["step"] == 12
+
+    records = jsonl(run / "metrics.jsonl")
+    train_steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert train_steps == list(range(2, 13, 2))  # log_every=2
+    assert {"l_g", "l_pix", "l_adv", "l_percep", "l_vgg", "l_res", "dp_weight", "l_d", "lr"} <= records[0].keys()
+    assert all(math.isfinite(r["l_g"]) and r["dp_weight"] > 0 for r in records if r["kind"] == "train")
+    vals = [r for r in records if r["kind"] == "val"]
+    assert [(r["step"], r["set"]) for r in vals] == [(6, "Set5"), (12, "Set5")]  # val_every=6 and the end
+    assert vals[-1]["psnr"] == final["psnr"]
+    lrs = {r["step"]: r["lr"] for r in records if r["kind"] == "train"}
+    assert lrs[4] == cfg.train.lr and lrs[6] == lrs[12] == cfg.train.lr * cfg.train.lr_gamma  # milestone 6
+
+    samples = sorted(p.name for p in (run / "samples").iterdir())
+    assert len(samples) == 4 and samples[0].startswith("0000006_Set5_")
+    assert read_image(run / "samples" / samples[0]).shape == (3, 64, 64)  # val_crop=64: the whole image
+
+
+def test_checkpoint_is_safe_to_load_and_holds_everything(smoke_run):
+    run, result = smoke_run
+    assert result["checkpoint"] == str(run / "ckpt" / "last.pt")
+    ckpt = load_checkpoint(Path(result["checkpoint"]))  # weights_only=True
+    assert ckpt["step"] == 12 and ckpt["stage"] == "gan"
+    assert {"g", "d", "ema", "opt_g", "opt_d", "sched_g", "sched_d", "data", "rng", "config"} <= ckpt.keys()
+    g = load_generator(result["checkpoint"])
+    assert not g.training
+    for name, tensor in g.state_dict().items():
+        assert torch.equal(tensor, ckpt["g"][name])
+
+
+def test_finished_run_is_returned_not_retrained(smoke_run, cache):
+    run, result = smoke_run
+    before = (run / "ckpt" / "last.pt").stat().st_mtime_ns
+    assert train(smoke(), run, cache, progress=False) == result
+    assert (run / "ckpt" / "last.pt").stat().st_mtime_ns == before
+
+
+def test_pretraining_is_cached_by_what_it_depends_on(smoke_run, cache, tmp_path):
+    (folder,) = cache.glob("pretrain-*")
+    assert folder.is_dir() and load_checkpoint(folder / "last.pt")["step"] == smoke().train.pretrain_iters
+    assert [r["step"] for r in jsonl(folder / "metrics.jsonl")] == [2, 4, 6, 8]
+    key = pretrain_key(smoke())
+    assert folder.name.endswith(key)
+    assert key == pretrain_key(smoke(mu=math.inf, beta="beta1_3", **{"train.iters": 99, "loss.variant": "published_code"}))
+    for other in ({"seed": 1}, {"arch": "esrgan"}, {"data.hr_patch": 64}, {"train.pretrain_iters": 9}, {"upscale": 2}):
+        assert pretrain_key(smoke(**other)) != key, other
+
+    mtime = (folder / "last.pt").stat().st_mtime_ns
+    other = train(smoke(mu=math.inf, **{"train.iters": 2}), tmp_path / "vgg", cache, progress=False)
+    assert other["status"] == "complete"
+    assert list(cache.glob("pretrain-*")) == [folder] and (folder / "last.pt").stat().st_mtime_ns == mtime
+    assert all(r["dp_weight"] == 0 and r["l_res"] == 0 for r in jsonl(tmp_path / "vgg" / "metrics.jsonl") if r["kind"] == "train")
+
+
+def _train_in_process(run_dir: str, cache_dir: str) -> str:
+    return train(smoke(**{"train.iters": 2}), Path(run_dir), Path(cache_dir), progress=False)["status"]
+
+
+def test_concurrent_trials_pretrain_once(tmp_path):
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        statuses = pool.starmap(_train_in_process, [(str(tmp_path / f"run{i}"), str(tmp_path / "cache")) for i in range(2)])
+    assert statuses == ["complete", "complete"]
+    (folder,) = (tmp_path / "cache").glob("pretrain-*")
+    assert [r["step"] for r in jsonl(folder / "metrics.jsonl")] == [2, 4, 6, 8]  # one process trained it
+
+
+def test_resume_is_exact(tmp_path, cache):
+    cfg = smoke(**{"train.iters": 20, "train.milestones": [5, 15], "train.ema": 0.9, "train.val_every": 7, "train.ckpt_every": 4})
+    straight = train(cfg, tmp_path / "straight", cache, progress=False)
+    first = train(cfg, tmp_path / "resumed", cache, progress=False, stop_after=10)
+    assert first["status"] == "stopped" and first["iters"] == 10 and not (tmp_path / "resumed" / "result.json").exists()
+    resumed = train(cfg, tmp_path / "resumed", cache, progress=False)
+    assert resumed["status"] == straight["status"] == "complete" and resumed["iters"] == 20
+    a, b = (load_checkpoint(tmp_path / name / "ckpt" / "last.pt") for name in ("straight", "resumed"))
+    for part in ("g", "d", "ema"):
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), (part, name)
+    assert resumed["final"] == straight["final"]
+    assert jsonl(tmp_path / "resumed" / "metrics.jsonl") == jsonl(tmp_path / "straight" / "metrics.jsonl")
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, cache):
+    cfg = smoke(**{"train.iters": 4, "train.from_scratch": True})
+    assert train(cfg, tmp_path / "run", cache, progress=False, stop_after=2)["status"] == "stopped"
+    with pytest.raises(UserError, match=r"mu: 0\.5 -> 2\.0"):
+        train(smoke(mu=2.0, **{"train.iters": 4, "train.from_scratch": True}), tmp_path / "run", cache, progress=False)
+
+
+def test_divergence_fails_the_run_before_training_on_nan(tmp_path, cache):
+    cfg = smoke(**{"train.from_scratch": True, "train.lr": 1e30, "train.ckpt_every": 1})
+    result = train(cfg, tmp_path / "run", cache, progress=False)
+    assert result["status"] == "failed"
+    assert "GAN training diverged at iteration" in result["reason"]
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "failed"
+    ckpt = load_checkpoint(tmp_path / "run" / "ckpt" / "last.pt")
+    assert ckpt["step"] == result["iters"] < cfg.train.iters
+    assert all(torch.isfinite(t).all() for t in ckpt["g"].values())  # the last weights written are pre-NaN
+
+
+def test_diverging_pretraining_fails_the_run(tmp_path):
+    result = train(smoke(**{"train.pretrain_lr": 1e30}), tmp_path / "run", tmp_path / "cache", progress=False)
+    assert result["status"] == "failed" and "pre-training diverged" in result["reason"]
+
+
+def test_check_finite_names_the_bad_loss():
+    assert check_finite({"a": torch.tensor(1.5)}, "x", 1) == {"a": 1.5}
+    with pytest.raises(Diverged, match=r"at iteration 7: b=nan"):
+        check_finite({"a": torch.tensor(1.0), "b": torch.tensor(float("nan"))}, "GAN training", 7)
+
+
+def test_drop_records_after_resume_point(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 2, "kind": "train"}\n{"step": 4, "kind": "val"}\n{"step": 6, "kind": "train"}\n{"step": 8, "ki')
+    drop_records_after(log, 4)
+    assert [r["step"] for r in jsonl(log)] == [2, 4]
+
+
+def test_missing_extractor_weights_refuse_to_start(tmp_path, cache):
+    cfg = build_config({"preset": "smoke", "weights": str(tmp_path)})  # an empty folder: no ImageNet files
+    with pytest.raises(UserError, match="not found"):
+        train(cfg, tmp_path / "run", cache, progress=False)
+    assert not (tmp_path / "run" / "result.json").exists() and not (tmp_path / "run" / "ckpt").exists()
+
+
+def test_esrgan_published_code_variant_trains(tmp_path, cache):
+    cfg = smoke(arch="esrgan", **{"model.num_blocks": 1, "loss.variant": "published_code", "train.from_scratch": True,
+                                  "train.iters": 2, "train.val_every": 2})
+    result = train(cfg, tmp_path / "run", cache, progress=False)
+    assert result["status"] == "complete" and math.isfinite(result["final"]["Set5"]["psnr"])
+    assert not list(cache.glob("pretrain-esrgan*"))  # from_scratch skips pre-training
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_cuda_is_a_user_error(tmp_path, cache):
+    with pytest.raises(UserError, match="train.device=cuda"):
+        train(smoke(**{"train.device": "cuda"}), tmp_path / "run", cache, progress=False)

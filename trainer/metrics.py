@@ -1,0 +1,142 @@
+"""PSNR and SSIM on the Y channel with MATLAB's conventions (section 4.1: 4-pixel border removed, Y of
+YCbCr), and LPIPS (Zhang et al., AlexNet) through the `lpips` package.
+
+Conventions, as in ESRGAN's and most SR papers' MATLAB evaluation:
+- Y is MATLAB's `rgb2ycbcr` on uint8 (ITU-R BT.601, studio range 16..235), rounded to uint8; a
+  1-channel image is used as Y directly.
+- PSNR and SSIM are computed in float64 on Y in [0, 255] after cropping `crop_border` pixels per side.
+- SSIM is Wang et al.'s: 11x11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03, 'valid' filtering,
+  mean of the SSIM map.
+
+Every function takes uint8 tensors, (C, H, W) for one image or (N, C, H, W) for a batch of same-size
+images (the batched forms return one value per image and are much faster than a loop).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import torch
+
+# MATLAB rgb2ycbcr for uint8: Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255.
+_Y_WEIGHTS = torch.tensor([65.481, 128.553, 24.966], dtype=torch.float64) / 255.0
+
+
+def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 3 | 1, H, W) -> float64 (..., H, W) holding MATLAB's rounded uint8 Y values."""
+    if img.dtype != torch.uint8:
+        raise TypeError(f"rgb_to_y expects a uint8 image, got {img.dtype}")
+    if img.shape[-3] == 1:
+        return img[..., 0, :, :].double()
+    y = torch.einsum("...chw,c->...hw", img.double(), _Y_WEIGHTS.to(img.device)) + 16.0
+    return torch.floor(y + 0.5)  # values are positive: MATLAB's round-half-away
+
+
+def _y_pair(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if sr.shape != hr.shape:
+        raise ValueError(f"SR and HR shapes differ: {tuple(sr.shape)} vs {tuple(hr.shape)}")
+    c = crop_border
+    y_sr, y_hr = rgb_to_y(sr), rgb_to_y(hr)
+    if c:
+        y_sr, y_hr = y_sr[..., c:-c, c:-c], y_hr[..., c:-c, c:-c]
+    return y_sr, y_hr
+
+
+def psnr_y_batch(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> torch.Tensor:
+    """PSNR (dB) on Y of each image pair; inf for identical images."""
+    y_sr, y_hr = _y_pair(sr, hr, crop_border)
+    mse = (y_sr - y_hr).pow(2).mean(dim=(-2, -1))
+    return 10.0 * torch.log10(255.0**2 / mse)
+
+
+def _gaussian_filter_valid(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Separable 'valid' correlation of (..., H, W) with the outer product of the 1-D `window`."""
+    k = window.numel()
+    h, w = x.shape[-2:]
+    rows = sum(window[i] * x[..., i : h - k + 1 + i, :] for i in range(k))
+    return sum(window[i] * rows[..., :, i : w - k + 1 + i] for i in range(k))
+
+
+def ssim_y_batch(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> torch.Tensor:
+    """SSIM (Wang et al. 2004, eq. 13 there) on Y of each image pair, as MATLAB's `ssim_index`."""
+    x, y = _y_pair(sr, hr, crop_border)
+    g = torch.exp(-(torch.arange(11, dtype=torch.float64, device=x.device) - 5) ** 2 / (2 * 1.5**2))
+    g = g / g.sum()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mu_x, mu_y = _gaussian_filter_valid(x, g), _gaussian_filter_valid(y, g)
+    var_x = _gaussian_filter_valid(x * x, g) - mu_x**2
+    var_y = _gaussian_filter_valid(y * y, g) - mu_y**2
+    cov = _gaussian_filter_valid(x * y, g) - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return ssim_map.mean(dim=(-2, -1))
+
+
+def psnr_y(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> float:
+    """PSNR (dB) on Y of one uint8 (C, H, W) pair."""
+    return float(psnr_y_batch(sr, hr, crop_border))
+
+
+def ssim_y(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> float:
+    """SSIM on Y of one uint8 (C, H, W) pair."""
+    return float(ssim_y_batch(sr, hr, crop_border))
+
+
+class LPIPSMetric:
+    """LPIPS v0.1 (AlexNet trunk, learned linear heads) on float [0, 1] (N, 3, H, W) images.
+
+    The linear heads ship inside the `lpips` package; the AlexNet trunk needs torchvision's ImageNet
+    file, which `trainer.weights` loads offline. Without it `available` is False, `reason` says which
+    file is missing and how to import it, one warning is logged, and calling the metric is an error:
+    a random trunk would give a plausible-looking but meaningless number.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        from trainer import weights
+
+        self.device = torch.device(device)
+        self.model: torch.nn.Module | None = None
+        self.reason = ""
+        try:
+            trunk = weights.alexnet_features("imagenet")
+        except weights.MissingWeightsError as e:
+            self.reason = f"LPIPS unavailable: {e}"
+            logging.getLogger(__name__).warning(self.reason)
+            return
+        self.model = _build_lpips(trunk).to(self.device)
+
+    @property
+    def available(self) -> bool:
+        return self.model is not None
+
+    @torch.no_grad()
+    def __call__(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        if self.model is None:
+            raise RuntimeError(self.reason)
+        sr, hr = (t.to(self.device, torch.float32) * 2 - 1 for t in (sr, hr))
+        return self.model(sr, hr).flatten()
+
+
+def _build_lpips(trunk: torch.nn.Sequential) -> torch.nn.Module:
+    """An `lpips.LPIPS` (alex, v0.1) with `trunk`'s weights and the package's linear heads, built offline."""
+    import contextlib
+    import io
+    from pathlib import Path
+
+    import lpips
+
+    # lpips builds its trunk with torchvision's deprecated `pretrained=` argument: silence that warning.
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = lpips.LPIPS(net="alex", pretrained=False, pnet_rand=True, verbose=False)
+    heads = torch.load(Path(lpips.__file__).parent / "weights/v0.1/alex.pth", map_location="cpu", weights_only=True)
+    missing, unexpected = model.load_state_dict(heads, strict=False)
+    # The heads are saved as lin0..lin4; `lins.*` are the same modules, reached through a ModuleList.
+    if unexpected or any(k.startswith("lin") and not k.startswith("lins.") for k in missing):
+        raise RuntimeError(f"lpips package weights do not match its model: {unexpected or missing}")
+    # lpips splits AlexNet's `features` into slices whose children keep their original indices.
+    for i in range(model.net.N_slices):
+        for name, module in getattr(model.net, f"slice{i + 1}").named_children():
+            module.load_state_dict(trunk[int(name)].state_dict())
+    return model.eval().requires_grad_(False)
+

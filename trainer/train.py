@@ -1,0 +1,494 @@
+"""One training run in a trial folder (docs/ARCHITECTURE.md, "Trial folder"): ESRGAN's two stages.
+
+1. PSNR-oriented pre-training of the generator with the pixel L1 loss alone, cached in `cache_dir` under a
+   hash of everything it depends on and shared by every run that needs the same one (skipped when
+   `train.from_scratch`, as in the authors' released config).
+2. The GAN stage, eq. (2): L_G = lambda * l1 + eta * l_RaGAN + gamma * l_DP (eqs. 3, 8, 9), alternating
+   one generator and one discriminator step per iteration, Adam(0.9, 0.99), MultiStepLR, optional EMA.
+
+Everything needed to resume exactly is checkpointed atomically; calling `train` again on the folder resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from trainer import weights as weights_mod
+from trainer.checkpoint import (
+    file_lock,
+    load_checkpoint,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+    write_json_atomic,
+    write_text_atomic,
+)
+from trainer.config import Config
+from trainer.data import TrainBatches, ValImage, load_val_sets, resolve_root
+from trainer.errors import UserError
+from trainer.images import to_rgb, to_uint8, write_image
+from trainer.losses import DualPerceptualLoss, ragan_loss
+from trainer.metrics import LPIPSMetric, psnr_y, ssim_y
+from trainer.nets import build_discriminator, build_generator
+
+PROGRESS_EVERY_S = 5.0
+SAMPLES = 2  # SR crops saved per validation (first images of the first validation set)
+SAMPLE_CROP = 128
+RESUME_MAY_CHANGE = {"train.device", "data.num_workers"}  # settings that do not change the computation
+
+
+class Diverged(Exception):
+    """A loss became NaN or infinite; raised before any optimiser step uses it."""
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def pick_device(cfg: Config) -> torch.device:
+    name = cfg.train.device
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device={name}: no CUDA device is visible here; use train.device=cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"train.device={name!r} is not valid; use auto, cpu, cuda or cuda:N") from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def note(msg: str) -> None:
+    tqdm.write(f"note: {msg}", file=sys.stderr)
+
+
+def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def check_finite(losses: dict[str, torch.Tensor], stage: str, step: int) -> dict[str, float]:
+    """All losses as floats (one device sync); raises Diverged if any is NaN or infinite."""
+    values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        raise Diverged(f"{stage} diverged at iteration {step}: " + ", ".join(f"{k}={v}" for k, v in bad.items()))
+    return values
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+def drop_records_after(path: Path, step: int) -> None:
+    """On resume, forget log lines written after the checkpoint (they will be written again)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError, KeyError, TypeError):  # a line cut short by a crash is dropped too
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+    write_text_atomic(path, "".join(kept))
+
+
+class Progress:
+    """tqdm bar (it/s, ETA, current losses) plus `progress.json` rewritten every few seconds."""
+
+    def __init__(self, path: Path, stage: str, start: int, total: int, show: bool):
+        self.path, self.stage, self.start, self.total = path, stage, start, total
+        self.t0 = self.last_write = time.monotonic()
+        self.bar = tqdm(total=total, initial=start, desc=stage, disable=not show, dynamic_ncols=True)
+        self.write(start)
+
+    def update(self, step: int, losses: dict[str, float] | None = None) -> None:
+        self.bar.update(step - self.bar.n)
+        if losses:
+            self.bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
+        if time.monotonic() - self.last_write >= PROGRESS_EVERY_S or step == self.total:
+            self.write(step)
+
+    def write(self, step: int) -> None:
+        self.last_write = now = time.monotonic()
+        it_s = (step - self.start) / max(now - self.t0, 1e-9)
+        eta = (self.total - step) / it_s if it_s > 0 else None
+        record = {"stage": self.stage, "step": step, "total": self.total, "it_s": it_s, "eta_s": eta}
+        write_json_atomic(self.path, record)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when `train.amp`; a no-op otherwise."""
+    enabled = cfg.train.amp and device.type == "cuda"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def prepare(net: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
+    net = net.to(device)
+    return net.to(memory_format=torch.channels_last) if cfg.train.channels_last else net
+
+
+def batch_to(x: torch.Tensor, cfg: Config) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if cfg.train.channels_last else x
+
+
+def make_optimizer(
+    net: nn.Module, lr: float, milestones: list[int], cfg: Config
+) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.MultiStepLR]:
+    opt = torch.optim.Adam(net.parameters(), lr=lr, betas=tuple(cfg.train.adam_betas))
+    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=cfg.train.lr_gamma)
+
+
+# ----------------------------------------------------------------------------- stage 1: pre-training
+
+
+def pretrain_key(cfg: Config) -> str:
+    """Hash of every setting the pre-trained generator depends on (and nothing else)."""
+    d, t = cfg.data, cfg.train
+    deps = {
+        "version": 1,
+        "arch": cfg.arch,
+        "upscale": cfg.upscale,
+        "seed": cfg.seed,
+        "model": dataclasses.asdict(cfg.model),
+        "data": [str(resolve_root(d.root or None).resolve()), d.train_sets, d.subimage_size, d.hr_patch, d.batch_size],
+        "pretrain": [t.pretrain_iters, t.pretrain_lr, t.pretrain_milestones, t.lr_gamma, t.adam_betas, t.amp],
+    }
+    return hashlib.sha256(json.dumps(deps, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pretrained_generator(
+    cfg: Config, cache_dir: Path, device: torch.device, run_dir: Path, show: bool
+) -> dict[str, torch.Tensor]:
+    """The PSNR-oriented generator weights for `cfg`, trained now unless cached. One process trains a
+    given cache entry at a time (file lock); the others wait and then reuse it."""
+    folder = cache_dir / f"pretrain-{cfg.arch}-x{cfg.upscale}-{pretrain_key(cfg)}"
+    ckpt_path = folder / "last.pt"
+    with file_lock(folder.with_suffix(".lock")):
+        ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+        if ckpt is None or ckpt["step"] < cfg.train.pretrain_iters:
+            ckpt = run_pretrain(cfg, folder, ckpt, device, run_dir, show)
+    return ckpt["g"]
+
+
+def run_pretrain(
+    cfg: Config, folder: Path, ckpt: dict[str, Any] | None, device: torch.device, run_dir: Path, show: bool
+) -> dict[str, Any]:
+    """Train the generator with L1 alone for `train.pretrain_iters`, resuming from `ckpt` if given."""
+    seed_everything(cfg.seed)
+    g = prepare(build_generator(cfg), cfg, device).train()
+    opt, sched = make_optimizer(g, cfg.train.pretrain_lr, cfg.train.pretrain_milestones, cfg)
+    batches = TrainBatches(cfg, device)
+    total, start = cfg.train.pretrain_iters, 0
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "metrics.jsonl"
+    if ckpt is not None:
+        g.load_state_dict(ckpt["g"])
+        opt.load_state_dict(ckpt["opt_g"])
+        sched.load_state_dict(ckpt["sched_g"])
+        batches.load_state_dict(ckpt["data"])
+        set_rng_state(ckpt["rng"])
+        start = ckpt["step"]
+        drop_records_after(log, start)
+
+    def state(step: int) -> dict[str, Any]:
+        return {"config": cfg.to_dict(), "stage": "pretrain", "step": step, "g": g.state_dict(),
+                "opt_g": opt.state_dict(), "sched_g": sched.state_dict(), "data": batches.state_dict(),
+                "rng": rng_state()}
+
+    bar = Progress(run_dir / "progress.json", "pretrain", start, total, show)
+    step = start
+    try:
+        for step in range(start + 1, total + 1):
+            lr, hr = next(batches)
+            with autocast(cfg, device):
+                l_pix = F.l1_loss(g(batch_to(lr, cfg)), hr)
+            values = check_finite({"l_pix": l_pix}, "pre-training", step)
+            opt.zero_grad(set_to_none=True)
+            l_pix.backward()
+            opt.step()
+            sched.step()
+            bar.update(step, values)
+            if step % cfg.train.log_every == 0:
+                append_jsonl(log, {"step": step, "kind": "train", **values})
+            if step % cfg.train.ckpt_every == 0 and step < total:
+                save_atomic(state(step), folder / "last.pt")
+    finally:
+        bar.close()
+    final = state(step)
+    save_atomic(final, folder / "last.pt")
+    return final
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@torch.no_grad()
+def super_resolve(g: nn.Module, lr_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (C, h, w) LR image -> float (1, 3, H, W) SR in [0, 1]; grayscale input is copied to RGB."""
+    lr = to_rgb(lr_u8).to(device, torch.float32).unsqueeze(0) / 255.0
+    return g(lr).float().clamp_(0, 1)
+
+
+def score_image(sr: torch.Tensor, img: ValImage, upscale: int) -> tuple[float, float]:
+    """PSNR/SSIM on Y with `upscale` border pixels removed (section 4.1). A grayscale HR is its own Y, so
+    the SR output is reduced to one channel the same way before scoring."""
+    sr_u8 = to_uint8(sr[0].mean(0, keepdim=True) if img.hr.shape[0] == 1 else sr[0]).cpu()
+    return psnr_y(sr_u8, img.hr, upscale), ssim_y(sr_u8, img.hr, upscale)
+
+
+def validate(g: nn.Module, val_sets: dict[str, list[ValImage]], lpips: LPIPSMetric, cfg: Config,
+             device: torch.device, samples_dir: Path, step: int) -> dict[str, dict[str, float | None]]:
+    """Mean PSNR, SSIM and LPIPS (None when unavailable) per validation set; saves a few SR crops."""
+    was_training = g.training
+    g.eval()
+    results: dict[str, dict[str, float | None]] = {}
+    for i, (set_name, images) in enumerate(val_sets.items()):
+        psnrs, ssims, lp = [], [], []
+        for j, img in enumerate(images):
+            sr = super_resolve(g, img.lr, device)
+            p, s = score_image(sr, img, cfg.upscale)
+            psnrs.append(p)
+            ssims.append(s)
+            if lpips.available:
+                lp.append(float(lpips(sr, to_rgb(img.hr).unsqueeze(0).float().div(255).to(device))[0]))
+            if i == 0 and j < SAMPLES:
+                h, w = sr.shape[-2:]
+                top, left = max(0, (h - SAMPLE_CROP) // 2), max(0, (w - SAMPLE_CROP) // 2)
+                crop = sr[0, :, top : top + SAMPLE_CROP, left : left + SAMPLE_CROP]
+                write_image(samples_dir / f"{step:07d}_{set_name}_{Path(img.name).stem}.png", crop.cpu())
+        results[set_name] = {
+            "psnr": sum(psnrs) / len(psnrs),
+            "ssim": sum(ssims) / len(ssims),
+            "lpips": sum(lp) / len(lp) if lp else None,
+        }
+    g.train(was_training)
+    return results
+
+
+# ----------------------------------------------------------------------------- stage 2: GAN
+
+
+def check_resumable(cfg: Config, saved: dict[str, Any], path: Path) -> None:
+    new, old = flat(cfg.to_dict()), flat(saved)
+    diff = sorted(k for k in new.keys() | old.keys() if new.get(k) != old.get(k) and k not in RESUME_MAY_CHANGE)
+    if diff:
+        changes = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+        raise UserError(f"{path} was started with other settings ({changes}); use a new run folder or the same ones")
+
+
+@dataclass
+class Gan:
+    """The GAN stage's state: networks, DP loss, optimisers, schedulers and the optional EMA generator."""
+
+    cfg: Config
+    g: nn.Module
+    d: nn.Module
+    percep: DualPerceptualLoss
+    ema: nn.Module | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    sched_g: torch.optim.lr_scheduler.LRScheduler
+    sched_d: torch.optim.lr_scheduler.LRScheduler
+
+    @classmethod
+    def build(cls, cfg: Config, device: torch.device) -> Gan:
+        t, lw = cfg.train, cfg.loss
+        seed_everything(cfg.seed)
+        g = prepare(build_generator(cfg), cfg, device).train()
+        d = prepare(build_discriminator(cfg), cfg, device).train()
+        percep = DualPerceptualLoss(
+            cfg.mu, cfg.beta, cfg.weights, lw.c, mode=lw.perceptual, static_weight=lw.static_weight, variant=lw.variant
+        )
+        ema = copy.deepcopy(g).requires_grad_(False) if t.ema > 0 else None
+        opt_g, sched_g = make_optimizer(g, t.lr, t.milestones, cfg)
+        opt_d, sched_d = make_optimizer(d, t.lr, t.milestones, cfg)
+        return cls(cfg, g, d, prepare(percep, cfg, device), ema, opt_g, opt_d, sched_g, sched_d)
+
+    def step(self, lr: torch.Tensor, hr: torch.Tensor, step: int) -> dict[str, float]:
+        """One generator step, eq. (2), then one discriminator step, eq. (3); returns the losses.
+        Raises Diverged, before either optimiser steps, if any loss is NaN or infinite."""
+        cfg, g, d, lw = self.cfg, self.g, self.d, self.cfg.loss
+        lr, hr = batch_to(lr, cfg), batch_to(hr, cfg)
+        with autocast(cfg, lr.device):
+            sr = g(lr)
+            d.requires_grad_(False)  # the generator's adversarial term needs no D parameter gradients
+            fake_for_g = d(sr)
+            d.requires_grad_(True)
+            real, fake = d(hr), d(sr.detach())
+            l_pix = F.l1_loss(sr, hr)
+            p = self.percep(sr, hr)
+            l_adv = ragan_loss(fake_for_g, real.detach())  # eq. (3), roles swapped for the generator
+            l_g = lw.pixel_weight * l_pix + lw.adv_weight * l_adv + lw.perceptual_weight * p["total"]  # eq. (2)
+            l_d = ragan_loss(real, fake)  # eq. (3)
+        losses = {"l_g": l_g, "l_pix": l_pix, "l_adv": l_adv, "l_percep": p["total"], "l_vgg": p["vgg"],
+                  "l_res": p["res"], "dp_weight": p["weight"], "l_d": l_d}
+        values = check_finite(losses, "GAN training", step)
+        for opt, loss, sched in ((self.opt_g, l_g, self.sched_g), (self.opt_d, l_d, self.sched_d)):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for e, v in zip(self.ema.state_dict().values(), g.state_dict().values()):
+                    e.lerp_(v, 1 - cfg.train.ema) if e.is_floating_point() else e.copy_(v)
+        return values
+
+    def state_dict(self) -> dict[str, Any]:
+        ema = self.ema.state_dict() if self.ema is not None else None
+        return {"g": self.g.state_dict(), "d": self.d.state_dict(), "ema": ema,
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict()}
+
+    def load_generator(self, weights: dict[str, torch.Tensor]) -> None:
+        """Start from pre-trained generator weights (the EMA copy too)."""
+        for net in (self.g, self.ema):
+            if net is not None:
+                net.load_state_dict(weights)
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        for key in ("g", "d", "opt_g", "opt_d", "sched_g", "sched_d"):
+            getattr(self, key).load_state_dict(sd[key])
+        if self.ema is not None:
+            self.ema.load_state_dict(sd["ema"])
+
+
+@dataclass
+class Tally:
+    """What result.json reports, kept current by the loop (and carried across resumes by the checkpoint)."""
+
+    step: int = 0
+    final: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    earlier_s: float = 0.0  # time spent by earlier calls on this run
+    t0: float = field(default_factory=time.monotonic)
+
+    def duration_s(self) -> float:
+        return self.earlier_s + time.monotonic() - self.t0
+
+
+def train(
+    cfg: Config, run_dir: Path, cache_dir: Path, progress: bool = True, *, stop_after: int | None = None
+) -> dict[str, Any]:
+    """Run (or resume, or return the finished result of) one training run in `run_dir`.
+
+    `stop_after=N` ends this call after GAN iteration N with a checkpoint and no result.json (status
+    "stopped"), for time-sliced schedulers; calling again resumes exactly. Raises UserError for bad
+    settings, data or missing weights before any training; a diverging loss ends the run with status "failed".
+    """
+    run_dir, cache_dir = Path(run_dir), Path(cache_dir)
+    result_path, ckpt_path = run_dir / "result.json", run_dir / "ckpt" / "last.pt"
+    if result_path.exists():
+        done = json.loads(result_path.read_text())
+        if done.get("status") == "complete":
+            return done
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if ckpt is not None:
+        check_resumable(cfg, ckpt["config"], ckpt_path)
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    device = pick_device(cfg)
+    if cfg.train.amp and device.type != "cuda":
+        note("train.amp applies to CUDA only; training in float32 on the CPU")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    gan = Gan.build(cfg, device)  # before pre-training, so missing extractor weights fail fast
+    if cfg.data.hr_patch != 128:
+        note(f"discriminator input is {cfg.data.hr_patch}x{cfg.data.hr_patch}, not the paper's 128x128: "
+             f"its first linear layer takes 512*{cfg.data.hr_patch // 32}^2 features instead of 512*4^2")
+    batches, val_sets, lpips = TrainBatches(cfg, device), load_val_sets(cfg), LPIPSMetric(device)
+    weights_used = {
+        "extractors": weights_mod.describe(cfg.weights),  # what was loaded: a random run is never recorded otherwise
+        "lpips": "imagenet" if lpips.available else "unavailable",
+    }
+    tally = Tally()
+
+    def result(status: str, reason: str | None) -> dict[str, Any]:
+        checkpoint = str(ckpt_path) if ckpt_path.exists() else None
+        return {"status": status, "reason": reason, "final": tally.final, "weights": weights_used,
+                "iters": tally.step, "duration_s": tally.duration_s(), "checkpoint": checkpoint}
+
+    try:
+        if ckpt is not None:
+            gan.load_state_dict(ckpt)
+            batches.load_state_dict(ckpt["data"])
+            set_rng_state(ckpt["rng"])
+            tally.step, tally.final, tally.earlier_s = ckpt["step"], ckpt["final"], ckpt["elapsed_s"]
+            drop_records_after(run_dir / "metrics.jsonl", tally.step)
+        else:
+            if not cfg.train.from_scratch:
+                gan.load_generator(pretrained_generator(cfg, cache_dir, device, run_dir, progress))
+            seed_everything(cfg.seed)  # the same state whether pre-training ran here or came from the cache
+        stopped = run_gan(cfg, run_dir, gan, batches, val_sets, lpips, tally, progress, stop_after)
+    except Diverged as e:
+        out = result("failed", str(e))
+        write_json_atomic(result_path, out)
+        return out
+    if stopped:
+        return result("stopped", f"stopped after iteration {tally.step} as asked (stop_after)")
+    out = result("complete", None)
+    write_json_atomic(result_path, out)
+    return out
+
+
+def run_gan(cfg: Config, run_dir: Path, gan: Gan, batches: TrainBatches, val_sets: dict[str, list[ValImage]],
+            lpips: LPIPSMetric, tally: Tally, show: bool, stop_after: int | None) -> bool:
+    """The GAN stage from iteration tally.step + 1: train, log, validate, checkpoint. Returns True when it
+    stopped early because of `stop_after`."""
+    t = cfg.train
+    device = next(gan.g.parameters()).device
+    metrics_log = run_dir / "metrics.jsonl"
+
+    def save() -> None:
+        save_atomic({"config": cfg.to_dict(), "stage": "gan", "step": tally.step, **gan.state_dict(),
+                     "data": batches.state_dict(), "rng": rng_state(), "final": tally.final,
+                     "elapsed_s": tally.duration_s()}, run_dir / "ckpt" / "last.pt")
+
+    bar = Progress(run_dir / "progress.json", "gan", tally.step, t.iters, show)
+    try:
+        for step in range(tally.step + 1, t.iters + 1):
+            values = gan.step(*next(batches), step)
+            tally.step = step
+            bar.update(step, {k: values[k] for k in ("l_g", "l_percep", "l_d")})
+            if step % t.log_every == 0:
+                lr = gan.sched_g.get_last_lr()[0]
+                append_jsonl(metrics_log, {"step": step, "kind": "train", **values, "lr": lr})
+            if step % t.val_every == 0 or step == t.iters:
+                g_eval = gan.ema if gan.ema is not None else gan.g
+                tally.final = validate(g_eval, val_sets, lpips, cfg, device, run_dir / "samples", step)
+                for set_name, m in tally.final.items():
+                    append_jsonl(metrics_log, {"step": step, "kind": "val", "set": set_name, **m})
+            if step % t.ckpt_every == 0 or step == t.iters or step == stop_after:
+                save()
+            if step == stop_after and step < t.iters:
+                return True
+    finally:
+        bar.close()
+    return False
