@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
-
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 from scipy.stats import rankdata
 
 from sweeper.overrides import parse
-from sweeper.runs import HIGHER_IS_BETTER, LABELS, METRICS, RunRecord, experiment_ids, find_runs, finished, open_client
+from sweeper.runs import HIGHER_IS_BETTER, LABELS, METRICS, RunRecord, experiment_ids, find_runs, finished, open_client, paper_order
 from sweeper.tables import rows_to_csv, rows_to_markdown
 from trainer.config import ARCHS
 from trainer.errors import UserError
@@ -85,10 +86,12 @@ def permutation_p(x: np.ndarray, y: np.ndarray) -> tuple[float, float, bool]:
     perms, exact = orderings(len(x))
     rho_all = _pearson_rows(rankdata(x), rankdata(y)[perms])  # the ranks of a permuted y are its permuted ranks
     tau_all = _kendall_rows(x, y[perms])
-    tol = 1e-12
-    p_rho = float(np.mean(rho_all >= spearman(x, y) - tol))
-    p_tau = float(np.mean(tau_all >= kendall(x, y) - tol))
-    return p_rho, p_tau, exact
+
+    def p(stats: np.ndarray, observed: float) -> float:
+        hits = int(np.sum(stats >= observed - 1e-12))
+        return hits / len(stats) if exact else (hits + 1) / (len(stats) + 1)  # a sample counts the observed order too
+
+    return p(rho_all, spearman(x, y)), p(tau_all, kendall(x, y)), exact
 
 
 def smallest_p(n: int) -> tuple[float, float]:
@@ -98,11 +101,12 @@ def smallest_p(n: int) -> tuple[float, float]:
 
 
 def weakness_note(n: int) -> str:
+    """How little n settings can show, said plainly next to the numbers."""
     one, two = smallest_p(n)
-    reach = "no two-sided test can reach 0.05" if two > 0.05 else "a two-sided test can reach 0.05 only for near-perfect agreement"
+    reach = ", so no two-sided test can reach 0.05" if two > 0.05 else ""
     return (
         f"Descriptive only: with n={n} settings the smallest one-sided p is 1/{math.factorial(n)} = {one:.3g} "
-        f"and the smallest two-sided p is {two:.3g}; {reach}."
+        f"and the smallest two-sided p is {two:.3g}{reach}."
     )
 
 
@@ -170,13 +174,8 @@ def paired_runs(runs: list[RunRecord], proxy: str, target: str) -> list[tuple[st
     for r in finished(runs):  # oldest first, so a later run of the same setting replaces an earlier one
         if r.arch in by_arch:
             by_arch[r.arch][r.setting] = r
-    shared = [s for s in by_arch[proxy] if s in by_arch[target]]
-    return [(s, by_arch[proxy][s], by_arch[target][s]) for s in sorted(shared, key=_setting_order(by_arch[proxy]))]
-
-
-def _setting_order(runs: dict[str, RunRecord]):
-    """Sort key: mu=inf first, then by mu, then beta (the paper's row order)."""
-    return lambda s: (-math.inf if math.isinf(runs[s].mu) else runs[s].mu, runs[s].beta)
+    shared = sorted((s for s in by_arch[proxy] if s in by_arch[target]), key=lambda s: paper_order(by_arch[proxy][s]))
+    return [(s, by_arch[proxy][s], by_arch[target][s]) for s in shared]
 
 
 def correlate_runs(runs: list[RunRecord], proxy: str, target: str) -> list[Agreement]:
@@ -259,11 +258,10 @@ def log_check(client: MlflowClient, study: str, proxy: str, target: str, results
         "sweeper.verdict": verdict(g),
     }
     run_id = client.create_run(experiment_ids(client, study)[0], run_name=f"correlate {proxy} vs {target}", tags=tags).info.run_id
-    for a in results:
-        for name in ("spearman", "kendall", "discordant", "p_spearman", "p_kendall"):
-            value = getattr(a, name)
-            if not math.isnan(value):
-                client.log_metric(run_id, f"{a.set}/{a.metric}/{name}", float(value))
+    stats = ("spearman", "kendall", "discordant", "p_spearman", "p_kendall")
+    values = [(f"{a.set}/{a.metric}/{name}", float(getattr(a, name))) for a in results for name in stats]
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, v, now, 0) for key, v in values if not math.isnan(v)])
     client.log_text(run_id, summary(results, select_by), "correlation.md")
     client.log_text(run_id, rows_to_csv(to_rows(results)), "correlation.csv")
     client.set_terminated(run_id)

@@ -35,6 +35,9 @@ def metrics_vs_mu(runs: list[RunRecord], sets: list[str], title: str) -> bytes:
             ax.plot([r.mu for r in finite], [r.value(s, metric) for r in finite], "o-", color=colour, label=s)
             for r in vgg_only:
                 ax.axhline(r.value(s, metric), color=colour, linestyle="--", linewidth=1)
+        if not any(math.isfinite(r.value(s, metric)) for r in runs for s in sets):  # e.g. LPIPS unavailable
+            ax.set_title(f"{LABELS[metric]}: not measured")
+            continue
         ax.set_xscale("log")
         ax.set_xlabel("mu (dashed: mu=inf, VGG loss only)")
         ax.set_title(LABELS[metric])

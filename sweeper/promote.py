@@ -138,4 +138,4 @@ def main(to: str, source: str | None, force: bool, dry_run: bool, overrides: lis
         print("tags: " + ", ".join(f"{k}={v}" for k, v in tags.items()))
         return
     print(command)
-    search.train_one(tokens, tags=tags)
+    search.train_one(tokens, extra_tags=tags)

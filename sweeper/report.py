@@ -11,19 +11,25 @@ figures as PNG under `<out>/figures/`, everything gathered in `<out>/README.md` 
 from __future__ import annotations
 
 import math
-import os
+import re
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from sweeper import correlate, figures
-from sweeper.runs import METRICS, RunRecord, find_runs, finished
-from sweeper.tables import Table, to_csv, to_latex, to_markdown
+from sweeper.overrides import parse, require_study
+from sweeper.runs import METRICS, RunRecord, find_runs, finished, mu_label, open_client, paper_order
+from sweeper.tables import Table, rows_to_csv, to_csv, to_latex, to_markdown
+from trainer.checkpoint import write_bytes_atomic, write_text_atomic
+from trainer.config import config_from_dict
 from trainer.errors import UserError
+from trainer.images import read_image
 
 SET_ORDER = ("Set5", "Set14", "BSD100", "Urban100")
 PAPER_METRICS = ("ssim", "psnr", "lpips")  # Tables 1, 2 and 6 print SSIM / PSNR / LPIPS
@@ -100,12 +106,12 @@ def provenance(study: Study, runs: list[RunRecord]) -> str:
         for c in configs
         if isinstance(c.get("data"), dict)
     ]
-    stages = [study.stage_of(r) for r in runs]
+    commits = [r.tags.get("sweeper.git_commit") or (study.stage_of(r) or r).tags.get("sweeper.git_commit") for r in runs]
     return (
         f"preset={_distinct(r.params.get('preset') for r in runs)} · data={_distinct(data)} · "
         f"weights={_distinct(r.tags.get('sweeper.weights') for r in runs)} "
         f"(LPIPS {_distinct(r.tags.get('sweeper.lpips') for r in runs)}) · "
-        f"commit={_distinct(s.tags.get('sweeper.git_commit') for s in stages if s)}"
+        f"commit={_distinct(commits)}"
     )
 
 
@@ -116,11 +122,6 @@ def metric_table(key: str, kind: str, title: str, header: str, labelled: list[tu
     columns = [(s, m) for s in sets for m in metrics]
     values = [[r.value(s, m) for s, m in columns] for _, r in labelled]
     return Table(key, kind, title, header, [label for label, _ in labelled], columns, values, marks)
-
-
-def _mu_key(run: RunRecord) -> tuple[float, str]:
-    """The paper's row order: mu=inf first, then increasing mu, then beta."""
-    return (-math.inf if math.isinf(run.mu) else run.mu, run.beta)
 
 
 def latest_per(runs: list[RunRecord], key) -> list[RunRecord]:
@@ -154,15 +155,15 @@ def sweep_tables(study: Study) -> list[tuple[Table, list[RunRecord]]]:
             vary = varying(group)
             name = ARCH_NAMES.get(arch, arch)
             if vary == {"mu"}:
-                rows = sorted(latest_per(group, lambda r: r.mu), key=_mu_key)
+                rows = sorted(latest_per(group, lambda r: r.mu), key=paper_order)
                 fixed = _distinct(r.beta for r in rows if not math.isinf(r.mu))
                 title = f"Table 1: {name} under different mu ({fixed}; stage {stage})"
-                labelled = [(f"mu={r.params['mu']}", r) for r in rows]
+                labelled = [(mu_label(r.mu), r) for r in rows]
                 table = metric_table(f"table1_{stage}_{arch}", "mu", title, provenance(study, rows), labelled)
                 table.notes.append("mu=inf means the VGG loss only, the original perceptual loss.")
             elif vary == {"beta"}:
                 rows = sorted(latest_per(group, lambda r: r.beta), key=lambda r: r.beta)
-                title = f"Table 2: {name} under different beta (mu={_distinct(r.params.get('mu') for r in rows)}; stage {stage})"
+                title = f"Table 2: {name} under different beta ({_distinct(mu_label(r.mu) for r in rows)}; stage {stage})"
                 table = metric_table(f"table2_{stage}_{arch}", "beta", title, provenance(study, rows), [(r.beta, r) for r in rows])
             elif "perceptual" in vary and "arch" not in vary:
                 by_loss = {r.params.get("perceptual"): r for r in group}
@@ -176,12 +177,8 @@ def sweep_tables(study: Study) -> list[tuple[Table, list[RunRecord]]]:
     return out
 
 
-def select_by(study: Study) -> str:
-    return _distinct(s.tags.get("sweeper.select_by") for s in study.stages[-1:]).replace("n/a", "mean/lpips")
-
-
 def correlation_tables(study: Study, proxy: str = "srgan", target: str = "esrgan") -> list[tuple[Table, list[RunRecord]]]:
-    """Table 4 (one per validation set) and Table 3 at the proxy's best setting, when both archs ran."""
+    """Table 4, one per validation set, when settings ran with both archs."""
     pairs = correlate.paired_runs(study.trials, proxy, target)
     if len(pairs) < 2:
         return []
@@ -193,16 +190,26 @@ def correlation_tables(study: Study, proxy: str = "srgan", target: str = "esrgan
         values = [[r.value(s, m) for r in (p, t) for m in METRICS] for _, p, t in pairs]
         title = f"Table 4: hyperparameter combinations, {ARCH_NAMES[proxy]} vs {ARCH_NAMES[target]} on {s}"
         out.append((Table(f"table4_{s}", "correlation", title, header, [lbl for lbl, _, _ in pairs], columns, values, "best_worst"), runs))
-    best = correlate.gate(correlate.correlate_runs(study.trials, proxy, target), select_by(study)).best_proxy
-    pair = next((p, t) for lbl, p, t in pairs if lbl == best)
-    out.append((table3(study, *pair), list(pair)))
     return out
 
 
-def table3(study: Study, proxy_run: RunRecord, target_run: RunRecord) -> Table:
-    labelled = [(f"{ARCH_NAMES.get(r.arch, r.arch)} ({r.setting})", r) for r in (proxy_run, target_run)]
+def table3(study: Study) -> tuple[Table, list[RunRecord]] | None:
+    """Table 3: the search's winner against its promoted ESRGAN-DP run or, in a study that ran both archs,
+    both archs at the setting the proxy ranks best (by the study's selection metric)."""
+    promoted = promoted_runs(study)
+    sources = [t for p in promoted[-1:] for t in study.trials if t.run_id == p.tags.get("sweeper.promoted_from_run_id")]
+    if sources:
+        pair = [sources[0], promoted[-1]]
+    else:
+        try:
+            results = correlate.correlate_runs(study.trials, "srgan", "esrgan")
+        except UserError:  # fewer than 3 shared settings
+            return None
+        best = correlate.gate(results, correlate.selection_metric(None, study.stages)).best_proxy
+        pair = next([p, t] for lbl, p, t in correlate.paired_runs(study.trials, "srgan", "esrgan") if lbl == best)
+    labelled = [(f"{ARCH_NAMES.get(r.arch, r.arch)} ({r.setting})", r) for r in pair]
     title = "Table 3: SRGAN-DP vs ESRGAN-DP in LPIPS at the selected hyperparameters"
-    return metric_table("table3", "archs", title, provenance(study, [proxy_run, target_run]), labelled, ("lpips",), "best")
+    return metric_table("table3", "archs", title, provenance(study, pair), labelled, ("lpips",), "best"), pair
 
 
 def promoted_runs(study: Study) -> list[RunRecord]:
@@ -221,9 +228,56 @@ def table5(study: Study, bicubic: RunRecord | None) -> tuple[Table, list[RunReco
     labelled += [(f"{ARCH_NAMES.get(r.arch, r.arch)} ({r.setting}, ours)", r) for r in ours]
     title = "Table 5: comparison with bicubic and baselines on the benchmark sets"
     table = metric_table("table5", "baselines", title, provenance(study, ours), labelled, METRICS, "best")
+    data = study.config(ours[0]).get("data", {})
     if not bicubic:
         table.notes.append("Bicubic is missing: its validation sets could not be read (see `sweeper evaluate bicubic`).")
+    elif data.get("val_max_images") or data.get("val_crop"):
+        table.notes.append(
+            f"Bicubic is scored on every whole image of each set; the runs were validated on at most {data.get('val_max_images') or 'all'} "
+            f"images per set, centre-cropped to {data.get('val_crop') or 'full'} px: the rows are not directly comparable."
+        )
     return table, ours
+
+
+def eval_key(cfg: dict) -> str:
+    """What bicubic scores depend on: data root, validation sets and upscale factor."""
+    return f"x{cfg['upscale']} root={cfg['data']['root'] or 'default'} sets={'+'.join(cfg['data']['val_sets'])}"
+
+
+def bicubic_run(study: Study) -> RunRecord | None:
+    """The bicubic baseline on the winner's validation sets (`sweeper evaluate bicubic`), logged once as a
+    run tagged `sweeper.kind=baseline`, `sweeper.method=bicubic` and reused; None when the sets cannot be read."""
+    from sweeper import evaluate
+    from trainer.data import resolve_root
+
+    winner = study.winner()
+    config = study.config(winner) if winner else {}
+    if not config:
+        return None
+    key = eval_key(config)
+    logged = [r for r in finished(find_runs(study.client, "baseline", study.name, method="bicubic")) if r.tags.get("sweeper.eval") == key]
+    if logged:
+        return logged[-1]
+    cfg = config_from_dict(config)
+    try:
+        rows = evaluate.evaluate("bicubic", resolve_root(cfg.data.root or None), cfg.data.val_sets, cfg.upscale, use_lpips=True)
+    except UserError as e:
+        print(f"note: no bicubic row in Table 5: {e}")
+        return None
+    tags = {"sweeper.kind": "baseline", "sweeper.baseline": "true", "sweeper.method": "bicubic", "sweeper.label": "Bicubic", "sweeper.eval": key}
+    exp = next(e.experiment_id for e in study.client.search_experiments() if e.name == study.name)
+    run_id = study.client.create_run(exp, run_name="bicubic", tags=tags).info.run_id
+    now = int(time.time() * 1000)
+    metrics = []
+    for s in cfg.data.val_sets:
+        per = [r for r in rows if r["set"] == s]
+        for m, col in (("psnr", "psnr_y"), ("ssim", "ssim_y"), ("lpips", "lpips")):
+            values = [r[col] for r in per if r[col] is not None]
+            if values:
+                metrics.append(Metric(f"{s}/{m}", sum(values) / len(values), now, 0))
+    study.client.log_batch(run_id, metrics=metrics)
+    study.client.set_terminated(run_id)
+    return next(r for r in find_runs(study.client, "baseline", study.name, method="bicubic") if r.run_id == run_id)
 
 
 SAMPLE_NAME = re.compile(r"^(\d+)_(.+)\.png$")  # trainer.train.validate: <step>_<set>_<image>.png
@@ -260,7 +314,7 @@ def histories(client: MlflowClient, runs: list[RunRecord], set_name: str) -> dic
     """Validation history per run: label -> metric -> [(step, value)]."""
     out = {}
     for r in runs:
-        label = f"{ARCH_NAMES.get(r.arch, r.arch)} {r.name}"
+        label = f"{ARCH_NAMES.get(r.arch, r.arch)} {r.setting} ({r.stage})"
         out[label] = {m: [(h.step, h.value) for h in client.get_metric_history(r.run_id, f"{set_name}/{m}")] for m in METRICS}
     return out
 
@@ -341,8 +395,7 @@ def build(client: MlflowClient, name: str, out: Path) -> list[str]:
     study = load_study(client, name)
     writer = Writer(out)
     sections = sweep_tables(study) + correlation_tables(study)
-    t5 = table5(study, bicubic_run(study))
-    sections += [t5] if t5 else []
+    sections += [s for s in (table3(study), table5(study, bicubic_run(study))) if s]
     sections.sort(key=lambda s: s[0].key)
     for i, (table, runs) in enumerate(sections):
         write_section(client, writer, table, runs)

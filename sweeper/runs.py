@@ -8,8 +8,8 @@ interpreted in one place: tags `sweeper.*`, params `mu`/`beta`/`arch`, metrics `
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
-
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -17,6 +17,8 @@ from mlflow import MlflowClient
 from sweeper.overrides import Options
 from sweeper.workspace import Workspace
 from trainer.errors import UserError
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per config.yaml read is noise
 
 METRICS = ("psnr", "ssim", "lpips")
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False}
@@ -60,7 +62,7 @@ class RunRecord:
         return setting_label(self.mu, self.beta)
 
     def sets(self) -> list[str]:
-        """Validation sets with a final metric, in the order the metrics were logged (alphabetical in MLflow)."""
+        """Validation sets with a final metric, alphabetically."""
         return sorted({k.split("/")[0] for k in self.metrics if k.count("/") == 1 and k.split("/")[1] in METRICS} - {"mean"})
 
     def value(self, set_name: str, metric: str) -> float:
@@ -68,9 +70,19 @@ class RunRecord:
         return self.metrics.get(f"{set_name}/{metric}", math.nan)
 
 
+def mu_label(mu: float) -> str:
+    """`mu=inf` or `mu=0.5` (1.0 as `mu=1`)."""
+    return f"mu={mu:g}"
+
+
 def setting_label(mu: float, beta: str) -> str:
     """`mu=inf` (VGG loss only, beta unused) or `mu=0.5 + beta3_6`, as in the paper's Table 4."""
-    return "mu=inf" if math.isinf(mu) else f"mu={mu:g} + {beta}"
+    return mu_label(mu) if math.isinf(mu) else f"{mu_label(mu)} + {beta}"
+
+
+def paper_order(run: RunRecord) -> tuple[float, str]:
+    """Sort key for settings, the paper's row order: mu=inf first, then increasing mu, then beta."""
+    return (-math.inf if math.isinf(run.mu) else run.mu, run.beta)
 
 
 def open_client(opts: Options) -> MlflowClient:

@@ -187,6 +187,9 @@ def main(tokens: list[str], detach: bool = False) -> None:
     executor = make_executor(opts.executor, opts.executor_options, ws.root, opts.preset)
     if detach and executor.name == "local":
         raise UserError("--detach needs executor=slurm: local trials are watched by this process")
+    if executor.name == "slurm" and ws.sqlite_file():
+        print(f"warning: storage is SQLite ({ws.sqlite_file()}): run `sweeper run` for this study from one machine only; "
+              "workers on several machines need storage=postgresql+psycopg2://... (docs/CLUSTER.md)")
 
     ws.root.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(ws.tracking_uri)
@@ -254,14 +257,15 @@ def run_stage(run: Run, stage: Stage, name: str, config: dict[str, Any], detach:
                 if not job_id or run.executor.state(job_id) == "ENDED":
                     finish_trial(run, study_id, parent, stage_tags, number)
                     del mine[number]
-            while len(mine) < run.executor.slots():
+            batch: list[TrialJob] = []
+            while len(mine) + len(batch) < run.executor.slots():
                 with run.ws.claim_lock():
                     trial = claim(run.storage, study_id)
                 if trial is None:
                     break
-                job_id = start_trial(run, study_id, parent, stage_tags, stage, config, trial)
-                if job_id:
-                    mine[trial.number] = job_id
+                if job := start_trial(run, study_id, parent, stage_tags, stage, config, trial):
+                    batch.append(job)
+            mine |= submit_trials(run, study_id, batch)
             groups = stage_trials(run.storage, study_id)
             if detach and mine:
                 return None
@@ -298,8 +302,8 @@ def adopt(run: Run, study_id: int, mine: dict[int, str]) -> None:
 
 
 def start_trial(run: Run, study_id: int, parent: str, tags: dict[str, str], stage: Stage,
-                config: dict[str, Any], trial: FrozenTrial) -> str | None:  # fmt: skip
-    """Launch a claimed trial; returns its job id, or None when it was settled at once (duplicate, reused)."""
+                config: dict[str, Any], trial: FrozenTrial) -> TrialJob | None:  # fmt: skip
+    """Prepare a claimed trial (its config.yaml); returns the job to submit, or None when it was settled at once (duplicate, reused)."""
     trial_id = run.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
     cfg = build_config({**config, **stage.overrides(trial.params)}).to_dict()
     identity = config_hash(cfg)
@@ -317,12 +321,19 @@ def start_trial(run: Run, study_id: int, parent: str, tags: dict[str, str], stag
         return None
     trial_dir = Path(trial.user_attrs["trial_dir"])
     write_text_atomic(trial_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
-    (job_id,) = run.executor.submit([TrialJob(run.study.name, tags["sweeper.stage"], trial.number, trial_dir)])
-    run.storage.set_trial_user_attr(trial_id, "job_id", job_id)
-    run.storage.set_trial_user_attr(trial_id, "executor", run.executor.name)
-    if run.executor.name == "slurm":
-        run.storage.set_trial_user_attr(trial_id, "slurm_job_id", job_id)
-    return job_id
+    return TrialJob(run.study.name, tags["sweeper.stage"], trial.number, trial_dir)
+
+
+def submit_trials(run: Run, study_id: int, jobs: list[TrialJob]) -> dict[int, str]:
+    """Submit prepared trials in one call (one SLURM job array) and record each job id on its trial."""
+    job_ids = run.executor.submit(jobs) if jobs else []
+    for job, job_id in zip(jobs, job_ids, strict=True):
+        trial_id = run.storage.get_trial_id_from_study_id_trial_number(study_id, job.number)
+        run.storage.set_trial_user_attr(trial_id, "job_id", job_id)
+        run.storage.set_trial_user_attr(trial_id, "executor", run.executor.name)
+        if run.executor.name == "slurm":
+            run.storage.set_trial_user_attr(trial_id, "slurm_job_id", job_id)
+    return {job.number: job_id for job, job_id in zip(jobs, job_ids, strict=True)}
 
 
 def reusable(run: Run, identity: str) -> tuple[str, str] | None:
@@ -430,7 +441,10 @@ def trial_record(storage: BaseStorage, stage: str, t: FrozenTrial) -> dict[str, 
         "reused_from": attrs.get("reused_from"), "job_id": attrs.get("job_id"), "trial_dir": attrs.get("trial_dir"),
     }  # fmt: skip
     if "slurm_job_id" in attrs:
+        from sweeper.executors.slurm import slurm_state
+
         record["slurm_job_id"] = attrs["slurm_job_id"]
+        record["slurm_state"] = slurm_state(attrs["slurm_job_id"])
     if t.state == TrialState.RUNNING:
         record["progress"] = read_progress(Path(attrs.get("trial_dir", ".")))
     return record
@@ -458,6 +472,7 @@ def format_table(trials: list[dict[str, Any]]) -> str:
         p = t.get("progress") or {}
         note = f"{p.get('stage', '')} {p.get('step', 0)}/{p.get('total', '?')}" if p else (t["reason"] or "")
         note = f"reused {t['reused_from']}" if t["reused_from"] else note
+        note = f"slurm {t['slurm_job_id']} {t['slurm_state']} {note}" if "slurm_job_id" in t else note
         rows.append((
             t["stage"], f"{t['number']}{'*' if t['winner'] else ''}", t["state"], " ".join(f"{k}={v}" for k, v in t["params"].items()),
             *(f"{m[f'mean/{k}']:.4f}" if f"mean/{k}" in m else "-" for k in ("psnr", "ssim", "lpips")),
@@ -511,8 +526,9 @@ def cancel(tokens: list[str]) -> None:
     print(f"{name}: cancelled {stopped} trial(s); `sweeper run study={name} ...` resumes them from their checkpoints")
 
 
-def train_one(tokens: list[str]) -> None:
-    """`sweeper train key=value...`: one training run in the workspace, logged to MLflow (experiment "train")."""
+def train_one(tokens: list[str], extra_tags: dict[str, str] | None = None) -> None:
+    """`sweeper train key=value...`: one training run in the workspace, logged to MLflow (experiment "train");
+    `extra_tags` are added to its run (`sweeper promote` links the run to its source with them)."""
     from trainer.train import train
 
     opts = parse(tokens)
@@ -531,7 +547,7 @@ def train_one(tokens: list[str]) -> None:
     client = MlflowClient(ws.tracking_uri)
     experiment_id = tracking.experiment(client, "train", ws.artifacts_dir)
     tags = {"sweeper.study": "train", "sweeper.stage": "run", "sweeper.trial_number": str(number), "sweeper.preset": opts.preset,
-            "sweeper.git_commit": tracking.git_commit()}  # fmt: skip
+            "sweeper.git_commit": tracking.git_commit(), **(extra_tags or {})}  # fmt: skip
     run_id = tracking.log_trial(client, experiment_id, None, run_dir, cfg.to_dict(), tags)
     print(f"\n{'set':<10}{'PSNR':>8}{'SSIM':>8}{'LPIPS':>8}")
     for set_name, m in result["final"].items():

@@ -96,7 +96,7 @@ def _config(where: str, raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise UserError(f"{where}: expected a mapping of config keys to values")
     try:
-        return {resolve_key(str(k)): v for k, v in raw.items()}
+        return {resolve_key(str(k)): parse_value(v) if isinstance(v, str) and k != "weights" else v for k, v in raw.items()}
     except UserError as e:
         raise UserError(f"{where}: {e}") from None
 

@@ -47,11 +47,11 @@ class Table:
         out = [["" for _ in self.columns] for _ in self.rows]
         for j, (_, metric) in enumerate(self.columns):
             present = [i for i, v in enumerate(self.column(j)) if not math.isnan(v)]
-            if len(present) < 2:
-                continue
             sign = -1 if HIGHER_IS_BETTER[metric] else 1
             ranked = sorted({self.values[i][j] for i in present}, key=lambda v: sign * v)
-            target = {"best": ranked[0], "second": ranked[1] if len(ranked) > 1 else math.nan, "worst": ranked[-1]}
+            if len(ranked) < 2:  # one row, or every row equal: nothing stands out
+                continue
+            target = {"best": ranked[0], "second": ranked[1], "worst": ranked[-1]}
             for i in present:
                 out[i][j] = next((m for m in MARKS[self.marks] if target[m] == self.values[i][j]), "")
         return out

@@ -21,10 +21,11 @@ def rand_u8(*shape: int, seed: int) -> torch.Tensor:
 
 
 def test_rgb_to_y_matches_matlab_rgb2ycbcr() -> None:
-    pixels = torch.tensor([[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]], dtype=torch.uint8)
-    y = rgb_to_y(pixels.T.reshape(3, 1, 6))[0]
-    # MATLAB: rgb2ycbcr(uint8([...])) -> Y = round(16 + (65.481 R + 128.553 G + 24.966 B) / 255)
-    assert y.tolist() == [16, 235, 81, 145, 41, 32]
+    pixels = [[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30], [120, 132, 124]]
+    y = rgb_to_y(torch.tensor(pixels, dtype=torch.uint8).T.reshape(3, 1, -1))[0]
+    # MATLAB: rgb2ycbcr(uint8(...)) -> Y = round(16 + (65.481 R + 128.553 G + 24.966 B) / 255); the last colour
+    # is 125.5 in real arithmetic but 125.49999999999999 in MATLAB's double evaluation order.
+    assert y.tolist() == [16, 235, 81, 145, 41, 32, 125]
     gray = rand_u8(1, 5, 7, seed=0)
     assert torch.equal(rgb_to_y(gray), gray[0].double())  # a grayscale image is its own Y
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
+from mlflow import MlflowClient
 
 import mlflow_layout
 from sweeper import correlate, promote
@@ -30,15 +33,27 @@ def correlation_study(client, root, uri, target_lpips: list[float]) -> None:
     correlate.main([f"tracking_uri={uri}"])
 
 
+@pytest.fixture(scope="module")
+def finished_paper(tmp_path_factory):
+    """A workspace holding the finished paper study, built once and copied by `ws`."""
+    root = tmp_path_factory.mktemp("paper")
+    _, client = mlflow_layout.store(root)
+    paper_study(client, root)
+    return root
+
+
 @pytest.fixture
-def ws(tmp_path):
+def ws(finished_paper, tmp_path):
+    """A copy of the finished-paper workspace (its stored artifacts stay readable where they were written)."""
+    root = tmp_path / "ws"
+    shutil.copytree(finished_paper, root)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return uri, MlflowClient(tracking_uri=uri), root
+
+
+def test_refuses_an_incomplete_search(tmp_path):
     uri, client = mlflow_layout.store(tmp_path)
-    return uri, client, tmp_path
-
-
-def test_refuses_an_incomplete_search(ws):
-    uri, client, root = ws
-    paper_study(client, root, finished=False)
+    paper_study(client, tmp_path, finished=False)
     with pytest.raises(UserError, match="no completed search.*the search paper is incomplete: stage beta has no winner yet.*study beta_search has no runs"):
         promote.main("esrgan", None, force=True, dry_run=True, overrides=[f"tracking_uri={uri}"])
     with pytest.raises(UserError, match="^the search paper is incomplete: stage beta has no winner yet; finish it with `sweeper run study=paper`$"):
@@ -47,7 +62,6 @@ def test_refuses_an_incomplete_search(ws):
 
 def test_refuses_without_a_correlation_check_unless_forced(ws, capsys):
     uri, client, root = ws
-    paper_study(client, root)
     with pytest.raises(UserError, match="no correlation check of srgan against esrgan: run `sweeper run study=correlation` and `sweeper correlate`, or pass --force"):
         promote.main("esrgan", None, force=False, dry_run=True, overrides=[f"tracking_uri={uri}"])
     promote.main("esrgan", None, force=True, dry_run=True, overrides=[f"tracking_uri={uri}"])
@@ -58,7 +72,6 @@ def test_refuses_without_a_correlation_check_unless_forced(ws, capsys):
 
 def test_refuses_when_the_check_contradicts_the_proxy(ws, capsys):
     uri, client, root = ws
-    paper_study(client, root)
     correlation_study(client, root, uri, target_lpips=[0.30, 0.05, 0.25, 0.10])  # target prefers mu=1 + beta1_3
     with pytest.raises(UserError, match="contradicts the proxy: contradicts: by mean/lpips the proxy's best is mu=0.5 \\+ beta3_6 but the target's best is mu=1 \\+ beta1_3; pass --force"):
         promote.main("esrgan", None, force=False, dry_run=True, overrides=[f"tracking_uri={uri}"])
@@ -66,7 +79,6 @@ def test_refuses_when_the_check_contradicts_the_proxy(ws, capsys):
 
 def test_dry_run_prints_the_resolved_config_and_command(ws, capsys):
     uri, client, root = ws
-    paper_study(client, root)
     correlation_study(client, root, uri, target_lpips=[0.30, 0.20, 0.25, 0.10])
     capsys.readouterr()
     promote.main("esrgan", None, force=False, dry_run=True, overrides=[f"tracking_uri={uri}", "train.iters=1000"])
@@ -82,7 +94,6 @@ def test_dry_run_prints_the_resolved_config_and_command(ws, capsys):
 
 def test_rejects_bad_input(ws):
     uri, client, root = ws
-    paper_study(client, root)
     with pytest.raises(UserError, match="--to 'edsr' is not valid; choose one of srgan, esrgan"):
         promote.main("edsr", None, force=True, dry_run=True, overrides=[f"tracking_uri={uri}"])
     with pytest.raises(UserError, match="mu= is decided by the search"):
@@ -91,3 +102,19 @@ def test_rejects_bad_input(ws):
         promote.main("srgan", None, force=True, dry_run=True, overrides=[f"tracking_uri={uri}"])
     with pytest.raises(UserError, match="study=.nope. has no runs in the tracking store; studies with runs: paper"):
         promote.main("esrgan", "nope", force=True, dry_run=True, overrides=[f"tracking_uri={uri}"])
+
+
+@pytest.mark.slow
+def test_promotion_trains_the_target_and_links_it_to_its_source(ws):
+    uri, client, root = ws
+    correlation_study(client, root, uri, target_lpips=[0.30, 0.20, 0.25, 0.10])
+    tiny = ["preset=smoke", "weights=random", "model.num_feat=8", "model.num_blocks=1", "model.growth=8", "train.iters=2",
+            "train.pretrain_iters=2", "train.val_every=2", "train.milestones=[1]", "train.pretrain_milestones=[1]"]
+    promote.main("esrgan", None, force=False, dry_run=False, overrides=[f"workspace={root}", *tiny])
+    (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id], "tags.`sweeper.promoted_from_study` = 'paper'")
+    source = client.get_run(run.data.tags["sweeper.promoted_from_run_id"])
+    assert source.data.tags["sweeper.winner"] == "true" and source.data.tags["sweeper.stage"] == "beta"
+    assert (run.data.params["arch"], run.data.params["mu"], run.data.params["beta"]) == ("esrgan", "0.5", "beta3_6")
+    assert run.data.tags["sweeper.promoted_forced"] == "false"
+    check = client.get_run(run.data.tags["sweeper.correlation_run_id"])
+    assert check.data.tags["sweeper.kind"] == "correlation"

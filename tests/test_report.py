@@ -72,11 +72,11 @@ def test_table1_matches_the_runs_in_mlflow(paper_store, paper_report):
     assert [r["row"] for r in rows] == ["mu=inf", "mu=0.2", "mu=0.5", "mu=1", "mu=5", "mu=10", "mu=20"]
     assert list(rows[0])[1:] == [f"{s}/{m}" for s in ("Set5", "Set14") for m in ("ssim", "psnr", "lpips")]
     exp = client.get_experiment_by_name("paper").experiment_id
-    logged = {r.data.params["mu"]: r.data.metrics for r in client.search_runs([exp], "tags.`sweeper.stage` = 'mu' and tags.`sweeper.kind` = 'trial'")}
+    logged = {float(r.data.params["mu"]): r.data.metrics for r in client.search_runs([exp], "tags.`sweeper.stage` = 'mu' and tags.`sweeper.kind` = 'trial'")}
     for row in rows:
         for key, text in row.items():
             if key != "row":
-                assert float(text) == pytest.approx(logged[row["row"].removeprefix("mu=")][key], abs=1e-6)
+                assert float(text) == pytest.approx(logged[float(row["row"].removeprefix("mu="))][key], abs=1e-6)
     assert len(logged) == len(mu_trials)
 
 
@@ -116,7 +116,7 @@ def test_report_lists_the_tables_figures_and_warning(paper_store, paper_report):
 def test_crop_grid_uses_the_latest_sample_of_each_run(paper_store):
     _, client, mu_trials = paper_store
     study = report.load_study(client, "paper")
-    run = next(r for r in study.trials if r.stage == "mu" and r.params["mu"] == "5")
+    run = next(r for r in study.trials if r.stage == "mu" and r.mu == 5)
     assert report.latest_samples(client, run) == {"Set5_baby": "samples/0000012_Set5_baby.png"}
 
 
@@ -134,3 +134,26 @@ def test_report_needs_a_known_study(paper_store, tmp_path):
         report.main([f"tracking_uri={uri}"], out=tmp_path)
     with pytest.raises(UserError, match="study='papr' has no runs.*ablation, paper"):
         report.main(["study=papr", f"tracking_uri={uri}"], out=tmp_path)
+
+
+def test_correlation_study_gives_tables_3_and_4(tmp_path):
+    uri, client = mlflow_layout.store(tmp_path / "ws")
+    settings = [{"mu": math.inf}, {"mu": 1, "beta": "beta1_3"}, {"mu": 10, "beta": "beta1_3"}, {"mu": 0.5, "beta": "beta3_6"}]
+    lpips = {"srgan": [0.30, 0.20, 0.25, 0.10], "esrgan": [0.28, 0.12, 0.26, 0.11]}  # the archs agree on best and worst
+    trials = [{"arch": a, **s, "final": mlflow_layout.scores(25 + i, 0.7, lpips[a][i])} for a in lpips for i, s in enumerate(settings)]
+    mlflow_layout.log_stage(client, tmp_path / "ws", "correlation", "proxy_vs_target", trials, winner=3)
+    out = tmp_path / "out"
+    report.main(["study=correlation", f"tracking_uri={uri}"], out=out)
+    rows = read_csv(out / "tables" / "table4_Set5.csv")
+    assert [r["row"] for r in rows] == ["mu=inf", "mu=0.5 + beta3_6", "mu=1 + beta1_3", "mu=10 + beta1_3"]
+    assert [float(r["ESRGAN-DP/lpips"]) for r in rows] == pytest.approx([0.28, 0.11, 0.12, 0.26])
+    md = (out / "tables" / "table4_Set5.md").read_text()
+    # best bold, worst underlined, per column: LPIPS lower is better
+    assert "| mu=0.5 + beta3_6 | **28.00** / 0.7000 / **0.1000** | **28.00** / 0.7000 / **0.1100** |" in md  # equal SSIM: unmarked
+    assert "| mu=inf | _25.00_ / 0.7000 / _0.3000_ | _25.00_ / 0.7000 / _0.2800_ |" in md
+    assert "| mu=1 + beta1_3 | 26.00 / 0.7000 / 0.2000 | 26.00 / 0.7000 / 0.1200 |" in md
+    t3 = read_csv(out / "tables" / "table3.csv")
+    assert [r["row"] for r in t3] == ["SRGAN-DP (mu=0.5 + beta3_6)", "ESRGAN-DP (mu=0.5 + beta3_6)"]
+    assert list(t3[0]) == ["row", "Set5/lpips", "Set14/lpips"]
+    readme = (out / "README.md").read_text()
+    assert "Verdict (promotion gate, mean/lpips): consistent" in readme and "1/24" in readme

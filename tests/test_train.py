@@ -23,6 +23,10 @@ def smoke(**overrides):
     return build_config({**SMOKE, **overrides})
 
 
+def pretrain_folders(cache: Path) -> list[Path]:
+    return sorted(p for p in cache.glob("pretrain-*") if p.is_dir())
+
+
 def jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -90,7 +94,7 @@ def test_finished_run_is_returned_not_retrained(smoke_run, cache):
 
 
 def test_pretraining_is_cached_by_what_it_depends_on(smoke_run, cache, tmp_path):
-    (folder,) = cache.glob("pretrain-*")
+    (folder,) = pretrain_folders(cache)
     assert folder.is_dir() and load_checkpoint(folder / "last.pt")["step"] == smoke().train.pretrain_iters
     assert [r["step"] for r in jsonl(folder / "metrics.jsonl")] == [2, 4, 6, 8]
     key = pretrain_key(smoke())
@@ -102,7 +106,7 @@ def test_pretraining_is_cached_by_what_it_depends_on(smoke_run, cache, tmp_path)
     mtime = (folder / "last.pt").stat().st_mtime_ns
     other = train(smoke(mu=math.inf, **{"train.iters": 2}), tmp_path / "vgg", cache, progress=False)
     assert other["status"] == "complete"
-    assert list(cache.glob("pretrain-*")) == [folder] and (folder / "last.pt").stat().st_mtime_ns == mtime
+    assert pretrain_folders(cache) == [folder] and (folder / "last.pt").stat().st_mtime_ns == mtime
     assert all(r["dp_weight"] == 0 and r["l_res"] == 0 for r in jsonl(tmp_path / "vgg" / "metrics.jsonl") if r["kind"] == "train")
 
 
@@ -114,7 +118,7 @@ def test_concurrent_trials_pretrain_once(tmp_path):
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         statuses = pool.starmap(_train_in_process, [(str(tmp_path / f"run{i}"), str(tmp_path / "cache")) for i in range(2)])
     assert statuses == ["complete", "complete"]
-    (folder,) = (tmp_path / "cache").glob("pretrain-*")
+    (folder,) = pretrain_folders(tmp_path / "cache")
     assert [r["step"] for r in jsonl(folder / "metrics.jsonl")] == [2, 4, 6, 8]  # one process trained it
 
 

@@ -19,17 +19,23 @@ import warnings
 
 import torch
 
-# MATLAB rgb2ycbcr for uint8: Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255.
-_Y_WEIGHTS = torch.tensor([65.481, 128.553, 24.966], dtype=torch.float64) / 255.0
+# MATLAB's rgb2ycbcr for uint8: T = [65.481 128.553 24.966] * (1/255), Y = imlincomb(T1, R, T2, G, T3, B, 16).
+Y_WEIGHTS = tuple(c * (1 / 255) for c in (65.481, 128.553, 24.966))
 
 
 def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
-    """uint8 (..., 3 | 1, H, W) -> float64 (..., H, W) holding MATLAB's rounded uint8 Y values."""
+    """uint8 (..., 3 | 1, H, W) -> float64 (..., H, W) holding MATLAB's rounded uint8 Y values.
+
+    Evaluated in MATLAB's order (T1 R + T2 G + T3 B + 16 in double, separate operations) because some
+    colours land on .5 exactly in real arithmetic: (120, 132, 124) gives 125.49999999999999, so Y = 125,
+    where a BLAS dot product may give 125.5 and round to 126.
+    """
     if img.dtype != torch.uint8:
         raise TypeError(f"rgb_to_y expects a uint8 image, got {img.dtype}")
     if img.shape[-3] == 1:
         return img[..., 0, :, :].double()
-    y = torch.einsum("...chw,c->...hw", img.double(), _Y_WEIGHTS.to(img.device)) + 16.0
+    r, g, b = img.double().unbind(-3)
+    y = r * Y_WEIGHTS[0] + g * Y_WEIGHTS[1] + b * Y_WEIGHTS[2] + 16.0
     return torch.floor(y + 0.5)  # values are positive: MATLAB's round-half-away
 
 
@@ -50,24 +56,28 @@ def psnr_y_batch(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> torch.
     return 10.0 * torch.log10(255.0**2 / mse)
 
 
-def _gaussian_filter_valid(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+def _gaussian_filter_valid(x: torch.Tensor, window: list[float]) -> torch.Tensor:
     """Separable 'valid' correlation of (..., H, W) with the outer product of the 1-D `window`."""
-    k = window.numel()
+    k = len(window)
     h, w = x.shape[-2:]
-    rows = sum(window[i] * x[..., i : h - k + 1 + i, :] for i in range(k))
-    return sum(window[i] * rows[..., :, i : w - k + 1 + i] for i in range(k))
+    rows = x[..., : h - k + 1, :] * window[0]
+    for i in range(1, k):
+        rows.add_(x[..., i : h - k + 1 + i, :], alpha=window[i])
+    out = rows[..., : w - k + 1] * window[0]
+    for i in range(1, k):
+        out.add_(rows[..., i : w - k + 1 + i], alpha=window[i])
+    return out
 
 
 def ssim_y_batch(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> torch.Tensor:
     """SSIM (Wang et al. 2004, eq. 13 there) on Y of each image pair, as MATLAB's `ssim_index`."""
     x, y = _y_pair(sr, hr, crop_border)
-    g = torch.exp(-(torch.arange(11, dtype=torch.float64, device=x.device) - 5) ** 2 / (2 * 1.5**2))
-    g = g / g.sum()
+    g = torch.exp(-(torch.arange(11, dtype=torch.float64) - 5) ** 2 / (2 * 1.5**2))
+    g = (g / g.sum()).tolist()
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mu_x, mu_y = _gaussian_filter_valid(x, g), _gaussian_filter_valid(y, g)
-    var_x = _gaussian_filter_valid(x * x, g) - mu_x**2
-    var_y = _gaussian_filter_valid(y * y, g) - mu_y**2
-    cov = _gaussian_filter_valid(x * y, g) - mu_x * mu_y
+    # The five local statistics in one stack, filtered together.
+    mu_x, mu_y, xx, yy, xy = _gaussian_filter_valid(torch.stack([x, y, x * x, y * y, x * y]), g)
+    var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return ssim_map.mean(dim=(-2, -1))
 

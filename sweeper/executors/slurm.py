@@ -12,6 +12,7 @@ when the controller cannot be asked, submitit's result file says whether the job
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -56,7 +57,36 @@ class TrialTask(submitit.helpers.Checkpointable):
     def __call__(self, trial_dir: str) -> int:
         from sweeper.worker import main
 
+        restart = os.environ.get("SLURM_RESTART_COUNT", "0")
+        print(f"[sweeper] {trial_dir}: SLURM job {os.environ.get('SLURM_JOB_ID')}, restart {restart}, "
+              f"pid {os.getpid()}, starting at step {checkpoint_step(Path(trial_dir))}", flush=True)  # fmt: skip
         return main([trial_dir])  # leaves result.json, "failed" with the reason on an exception
+
+
+def checkpoint_step(trial_dir: Path) -> int:
+    """The GAN step the trial resumes from: that of `ckpt/last.pt` (memory-mapped, cheap), 0 when there is none."""
+    import torch
+
+    path = trial_dir / "ckpt" / "last.pt"
+    if not path.exists():
+        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+
+
+def squeue(job_id: str) -> dict[str, str] | None:
+    """SLURM state of each task of a job or job array (e.g. {"12_0": "RUNNING"}); {} when SLURM no longer
+    knows it, None when squeue cannot tell (controller unreachable)."""
+    out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", job_id, "-o", "%i %T"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    if out.returncode != 0:
+        return {} if "Invalid job id" in out.stderr else None
+    return dict(line.split()[:2] for line in out.stdout.splitlines() if line.strip())
+
+
+def slurm_state(job_id: str) -> str:
+    """SLURM's own name for a job's state (RUNNING, PENDING, COMPLETED, TIMEOUT, ...), for `sweeper status`."""
+    rows = squeue(job_id)
+    return "?" if rows is None else rows.get(job_id, "GONE")
 
 
 def _checked(key: str, value: Any) -> Any:
@@ -121,26 +151,16 @@ class SlurmExecutor:
         return [h.job_id for h in handles]
 
     def _squeue(self, array_id: str) -> dict[str, str] | None:
-        """SLURM state of each task of one job (array), {} when SLURM no longer knows it, None when
-        squeue cannot tell (controller unreachable)."""
         cached = self._squeue_cache.get(array_id)
         if cached and time.monotonic() - cached[0] < CACHE_S:
             return cached[1]
-        out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", array_id, "-o", "%i %T"],
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
-        if out.returncode == 0:
-            rows: dict[str, str] | None = dict(line.split()[:2] for line in out.stdout.splitlines() if line.strip())
-        else:
-            rows = {} if "Invalid job id" in out.stderr else None
+        rows = squeue(array_id)
         self._squeue_cache[array_id] = (time.monotonic(), rows)
         return rows
 
-    def slurm_state(self, job_id: str) -> str | None:
-        """SLURM's own state name (RUNNING, PENDING, COMPLETED, TIMEOUT, ...), None when unknown."""
-        rows = self._squeue(job_id.split("_")[0])
-        return rows.get(job_id) if rows else None
-
     def state(self, job_id: str) -> str:
+        if not job_id:  # claimed but never submitted (the sweeper died in between): nothing runs
+            return "ENDED"
         rows = self._squeue(job_id.split("_")[0])
         if rows is None:  # the controller did not answer: only a result file is certain
             return "ENDED" if self._paths(job_id).result_pickle.exists() else "UNKNOWN"

@@ -1,0 +1,54 @@
+"""CLI tokens -> sweeper options + validated config overrides."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sweeper.overrides import parse, require_study
+from trainer.errors import UserError
+
+
+def test_options_and_config_keys_are_split() -> None:
+    opts = parse(["study=mu_search", "preset=smoke", "executor.n_jobs=2", "select_by=psnr", "rounds=3",
+                  "max_retries=0", "train.iters=20", "iters=30", "data.val_sets=[Set5, Set14]", "weights=random"])  # fmt: skip
+    assert opts.study == "mu_search" and opts.preset == "smoke"
+    assert opts.executor_options == {"n_jobs": 2} and opts.select_by == "psnr"
+    assert (opts.rounds, opts.max_retries) == (3, 0)
+    # "iters" is an alias of train.iters: given twice under two names, the later wins like in build_config
+    assert opts.config == {"preset": "smoke", "train.iters": 30, "data.val_sets": ["Set5", "Set14"], "weights": "random"}
+
+
+def test_inf_parses_for_mu() -> None:
+    assert math.isinf(parse(["mu=inf"]).config["mu"])
+
+
+@pytest.mark.parametrize(
+    ("tokens", "message"),
+    [
+        (["study"], "not a key=value"),
+        (["=3"], "not a key=value"),
+        (["train.iter=5"], "did you mean train.iters"),
+        (["sutdy=mu_search"], "did you mean study"),
+        (["select_by=fid"], "choose one of lpips, psnr, ssim"),
+        (["rounds=0"], "rounds=0"),
+        (["rounds=inf"], "rounds=inf"),
+        (["max_retries=-1"], "max_retries=-1"),
+        (["study=a", "study=b"], "given twice"),
+        (["storage="], "needs a value"),
+    ],
+)
+def test_bad_tokens_name_the_problem(tokens: list[str], message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        parse(tokens)
+
+
+def test_commands_without_training_settings_refuse_them() -> None:
+    with pytest.raises(UserError, match="training setting"):
+        parse(["study=mu_search", "train.iters=3"], allow_config=False)
+
+
+def test_study_is_required() -> None:
+    with pytest.raises(UserError, match="study=NAME"):
+        require_study(parse([]))

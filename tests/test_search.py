@@ -1,0 +1,112 @@
+"""The Optuna record of a stage (real SQLite storage): enqueue, atomic claims, retries; trial identity; ranking."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sweeper.search import config_hash, owner_alive, owner_id, rank
+from sweeper.studies import load
+from sweeper.workspace import Workspace, claim, enqueue, finish, stage_trials
+from trainer.config import build_config
+
+GRID = load("mu_search").stages[0]
+
+
+def make_stage(tmp_path: Path) -> tuple[Workspace, optuna.storages.BaseStorage, int]:
+    ws = Workspace.resolve(str(tmp_path / "ws"))
+    ws.root.mkdir(parents=True)
+    storage = optuna.storages.get_storage(ws.storage)
+    optuna.create_study(storage=storage, study_name="mu_search.mu")
+    return ws, storage, storage.get_study_id_from_name("mu_search.mu")
+
+
+def test_enqueue_is_idempotent_and_assigns_folders(tmp_path: Path) -> None:
+    ws, storage, sid = make_stage(tmp_path)
+    for _ in range(2):
+        enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, GRID.points(), max_retries=2)
+    trials = storage.get_all_trials(sid)
+    assert len(trials) == 7 and {t.state for t in trials} == {TrialState.WAITING}
+    assert sorted(t.params["mu"] for t in trials) == sorted(p["mu"] for p in GRID.points())
+    assert [t.user_attrs["trial_dir"] for t in trials] == [str(ws.trial_dir("mu_search", "mu", t.number)) for t in trials]
+
+
+def test_failed_points_are_retried_in_their_folder_then_given_up(tmp_path: Path) -> None:
+    ws, storage, sid = make_stage(tmp_path)
+    points = GRID.points()[:1]
+    enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=1)
+    first = claim(storage, sid)
+    assert first is not None and claim(storage, sid) is None
+    assert finish(storage, sid, first.number, TrialState.FAIL, None, {"reason": "boom"})
+    assert not finish(storage, sid, first.number, TrialState.COMPLETE, 1.0, {})  # already finished: refused
+    enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=1)
+    second = claim(storage, sid)
+    assert second.user_attrs == {"attempt": 2, "trial_dir": first.user_attrs["trial_dir"]}
+    finish(storage, sid, second.number, TrialState.FAIL, None, {"reason": "cancelled by `sweeper cancel`"})
+    enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=1)  # a cancel is not a failure
+    third = claim(storage, sid)
+    assert third.user_attrs["attempt"] == 2
+    finish(storage, sid, third.number, TrialState.FAIL, None, {"reason": "boom again"})
+    enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=1)  # 2 failures > max_retries=1
+    assert claim(storage, sid) is None
+    assert [t.state for t in stage_trials(storage, sid)[(("mu", "0.2"),)]] == [TrialState.FAIL] * 3
+
+
+CLAIMER = """
+import sys, optuna
+from sweeper.workspace import Workspace, claim
+ws = Workspace.resolve(sys.argv[1])
+storage = optuna.storages.get_storage(ws.storage)
+sid = storage.get_study_id_from_name("race")
+got = []
+while True:
+    with ws.claim_lock():
+        t = claim(storage, sid)
+    if t is None:
+        break
+    got.append(t.number)
+print(" ".join(map(str, got)))
+"""
+
+
+def test_two_processes_never_claim_the_same_trial(tmp_path: Path) -> None:
+    ws, storage, _ = make_stage(tmp_path)
+    study = optuna.create_study(storage=storage, study_name="race")
+    for i in range(60):
+        study.enqueue_trial({"x": i})
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, str(ws.root)], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    claimed = [p.communicate(timeout=120)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(map(int, claimed[0] + claimed[1])) == list(range(60))  # each trial exactly once, none left
+
+
+def test_config_hash_ignores_bookkeeping_only() -> None:
+    base = build_config({"preset": "smoke"}).to_dict()
+    same = build_config({"preset": "smoke", "train.device": "cpu", "train.log_every": 1, "data.num_workers": 2}).to_dict()
+    other = build_config({"preset": "smoke", "mu": math.inf}).to_dict()
+    assert config_hash(base) == config_hash(same) != config_hash(other)
+
+
+def test_rank_prefers_low_lpips_then_high_psnr() -> None:
+    def trial(number: int, **metrics: float) -> optuna.trial.FrozenTrial:
+        t = optuna.trial.create_trial(value=0.0, user_attrs={"metrics": {f"mean/{k}": v for k, v in metrics.items()}})
+        t.number = number
+        return t
+
+    trials = [trial(0, lpips=0.2, psnr=30), trial(1, lpips=0.1, psnr=20), trial(2, lpips=0.1, psnr=25), trial(3, psnr=40)]
+    assert [t.number for t in sorted(trials, key=lambda t: rank("lpips", t))] == [2, 1, 0, 3]
+    assert [t.number for t in sorted(trials, key=lambda t: rank("psnr", t))] == [3, 0, 2, 1]
+
+
+def test_owner_liveness_uses_pid_and_start_time() -> None:
+    me = owner_id()
+    assert owner_alive(me)
+    host, pid, _ = me.rsplit(":", 2)
+    assert not owner_alive(f"{host}:{pid}:1")  # same pid, another start time: a recycled pid
+    assert owner_alive(f"elsewhere:{pid}:1")  # another machine: cannot tell, assumed alive

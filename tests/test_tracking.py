@@ -1,0 +1,75 @@
+"""MLflow logging of a trial folder (real SQLite tracking store): layout, steps, idempotency."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from mlflow import MlflowClient
+
+from sweeper import tracking
+from trainer.config import build_config
+
+
+def trial_folder(path: Path) -> dict:
+    """A finished trial folder as the trainer leaves it (docs/ARCHITECTURE.md, "Trial folder")."""
+    config = build_config({"preset": "smoke", "mu": float("inf")}).to_dict()
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    rows = [
+        {"step": 2, "kind": "train", "l_g": 0.5, "l_d": 0.7},
+        {"step": 4, "kind": "train", "l_g": 0.4, "l_d": 0.6},
+        {"step": 4, "kind": "val", "set": "Set5", "psnr": 20.0, "ssim": 0.5, "lpips": None},
+        {"step": 4, "kind": "val", "set": "Set14", "psnr": 22.0, "ssim": 0.7, "lpips": None},
+    ]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 5, "kin')  # cut by a kill
+    (path / "samples").mkdir()
+    (path / "samples" / "Set5_0.png").write_bytes(b"png")
+    result = {"status": "complete", "reason": None, "final": {"Set5": {"psnr": 20.0, "ssim": 0.5, "lpips": None},
+              "Set14": {"psnr": 22.0, "ssim": 0.7, "lpips": None}}, "weights": {"extractors": "random", "lpips": "unavailable"},
+              "iters": 4, "duration_s": 3.0, "checkpoint": None}  # fmt: skip
+    (path / "result.json").write_text(json.dumps(result))
+    return config
+
+
+TAGS = {"sweeper.study": "mu_search", "sweeper.stage": "mu", "sweeper.trial_number": "6"}
+
+
+def test_a_trial_is_logged_once_in_the_documented_layout(tmp_path: Path) -> None:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = tracking.experiment(client, "mu_search", tmp_path / "artifacts")
+    assert tracking.experiment(client, "mu_search", tmp_path / "artifacts") == exp
+    parent = tracking.stage_run(client, exp, "mu_search", "mu", {"sweeper.preset": "smoke"})
+    assert tracking.stage_run(client, exp, "mu_search", "mu", {}) == parent
+    config = trial_folder(tmp_path / "trial")
+    run_id = tracking.log_trial(client, exp, parent, tmp_path / "trial", config, TAGS)
+    assert tracking.log_trial(client, exp, parent, tmp_path / "trial", config, TAGS) == run_id  # idempotent
+
+    run = client.get_run(run_id)
+    assert run.info.run_name == "mu=inf,beta=beta3_6" and run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["sweeper.kind"] == "trial"
+    assert run.data.tags["sweeper.weights"] == "random" and run.data.tags["sweeper.lpips"] == "unavailable"
+    assert run.data.params["mu"] == "inf" and run.data.params["perceptual"] == "dp" and run.data.params["preset"] == "smoke"
+    assert run.data.metrics["mean/psnr"] == 21.0 and "mean/lpips" not in run.data.metrics
+    history = [(m.step, m.value) for m in client.get_metric_history(run_id, "train/l_g")]
+    assert sorted(history) == [(2, 0.5), (4, 0.4)]
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "Set14/ssim")] == [(4, 0.7)]
+    artifacts = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "samples")}
+    assert {"config.yaml", "result.json", "samples/Set5_0.png"} <= artifacts
+    assert len(client.search_runs([exp], "tags.`sweeper.kind` = 'trial'")) == 1
+
+
+def test_a_half_logged_run_is_replaced(tmp_path: Path) -> None:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = tracking.experiment(client, "mu_search", tmp_path / "artifacts")
+    config = trial_folder(tmp_path / "trial")
+    crashed = client.create_run(exp, tags={"sweeper.kind": "trial", **TAGS}).info.run_id  # a crash before set_terminated
+    run_id = tracking.log_trial(client, exp, None, tmp_path / "trial", config, TAGS)
+    assert run_id != crashed and client.get_run(crashed).info.lifecycle_stage == "deleted"
+    assert [r.info.run_id for r in client.search_runs([exp])] == [run_id]
+
+
+def test_final_means_skip_metrics_missing_on_any_set() -> None:
+    result = {"final": {"A": {"psnr": 10.0, "lpips": 0.1}, "B": {"psnr": 20.0, "lpips": None}}}
+    assert tracking.final_means(result) == {"mean/psnr": 15.0}
