@@ -1,8 +1,11 @@
-"""Throughput of the metrics and of the LR degradation: trainer (torch, batched where shapes allow) vs a
-straightforward NumPy implementation of the same MATLAB conventions, one image at a time, timed side by
-side in this run (interleaved repeats, best of each).
+"""Throughput of the metrics and of the LR degradation: the trainer's torch code vs a straightforward NumPy
+implementation of the same MATLAB conventions, both one image at a time, timed side by side in this run
+(interleaved repeats, best of each).
 
     .venv/bin/python benchmarks/metrics.py [--data-root ../shared/data] [--repeats 3] [--threads N]
+
+Both sides use one core by default. On a machine whose cores are busy with other work, torch's intra-op
+threads (--threads 0) wait on each other and can make the torch side several times slower.
 
 Work measured:
 - PSNR + SSIM on Y of the 100 BSD100 images (x4 bicubic SR vs HR, 4-pixel border);
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,23 +64,12 @@ def np_psnr_ssim(sr: np.ndarray, hr: np.ndarray, border: int) -> tuple[float, fl
     return float(psnr), float(ssim)
 
 
-# ---------------------------------------------------------------- trainer, batched by shape
-
-
-def by_shape(images: list[torch.Tensor]) -> list[torch.Tensor]:
-    groups: dict[tuple[int, ...], list[torch.Tensor]] = defaultdict(list)
-    for img in images:
-        groups[tuple(img.shape)].append(img)
-    return [torch.stack(g) for g in groups.values()]
+# ---------------------------------------------------------------- trainer
 
 
 def torch_metrics(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
-    srs, hrs = by_shape([sr for sr, _ in pairs]), by_shape([hr for _, hr in pairs])
-    return [float(v) for sr, hr in zip(srs, hrs) for v in torch.cat([psnr_y_batch(sr, hr, 4), ssim_y_batch(sr, hr, 4)])]
-
-
-def torch_degrade(images: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [degrade(batch, 4) for batch in by_shape(images)]
+    """One image at a time: on a CPU, stacking same-size images into batches is slower (cache misses)."""
+    return [float(f(sr, hr, 4)) for sr, hr in pairs for f in (psnr_y_batch, ssim_y_batch)]
 
 
 # ---------------------------------------------------------------- timing
@@ -105,17 +96,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1, like NumPy here; 0 = torch's default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) vs NumPy on one core, CPU")
 
     hrs = [modcrop(img, 4) for _, img in load_set(args.data_root, "BSD100")]
     pairs = [(imresize(degrade(hr, 4), 4), hr) for hr in hrs]
     np_pairs = [(sr.permute(1, 2, 0).numpy(), hr.permute(1, 2, 0).numpy()) for sr, hr in pairs]
-    expected = np.array(sorted(v for sr, hr in np_pairs for v in np_psnr_ssim(sr, hr, 4)))
-    assert np.allclose(sorted(torch_metrics(pairs)), expected, rtol=0, atol=1e-9), "metrics disagree"
+    expected = [v for sr, hr in np_pairs for v in np_psnr_ssim(sr, hr, 4)]
+    assert np.allclose(torch_metrics(pairs), expected, rtol=0, atol=1e-9), "metrics disagree"
     times = best_of(args.repeats, {
         "torch": lambda: torch_metrics(pairs),
         "numpy": lambda: [np_psnr_ssim(sr, hr, 4) for sr, hr in np_pairs],
@@ -127,7 +119,7 @@ def main() -> None:
     for img, arr in zip(train[:5], np_train[:5]):
         assert np.array_equal(degrade(img, 4).permute(1, 2, 0).numpy(), np_resize(arr, 0.25)), "imresize disagrees"
     times = best_of(args.repeats, {
-        "torch": lambda: torch_degrade(train),
+        "torch": lambda: [degrade(img, 4) for img in train],
         "numpy": lambda: [np_resize(a, 0.25) for a in np_train],
     })
     report("MATLAB bicubic x1/4 degradation of T91 + BSD200", len(train), times)

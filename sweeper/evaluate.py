@@ -43,19 +43,19 @@ def evaluate(method: str, root: Path, sets: list[str], upscale: int, use_lpips: 
     for set_name in sets:
         for name, img in load_set(root, set_name):
             hr = modcrop(img, upscale)
-            val = ValImage(name, hr, degrade(hr, upscale))
+            lr = degrade(hr, upscale)
             if g is None:  # scored in uint8 with the channel count of the HR image, as MATLAB does
-                sr_u8 = imresize(val.lr, upscale)
+                sr_u8 = imresize(lr, upscale)
                 psnr, ssim = psnr_y(sr_u8, hr, upscale), ssim_y(sr_u8, hr, upscale)
                 sr = to_rgb(sr_u8).unsqueeze(0).to(device, torch.float32) / 255
             else:
-                sr = super_resolve(g, val.lr, device)
+                sr = super_resolve(g, to_rgb(lr), device)
                 if sr.shape[-2:] != hr.shape[-2:]:
                     raise UserError(
-                        f"{method}: turns a {tuple(val.lr.shape[-2:])} LR image into {tuple(sr.shape[-2:])}, "
+                        f"{method}: turns a {tuple(lr.shape[-2:])} LR image into {tuple(sr.shape[-2:])}, "
                         f"not {tuple(hr.shape[-2:])}; pass the checkpoint's factor as --upscale"
                     )
-                psnr, ssim = score_image(sr, val, upscale)
+                psnr, ssim = score_image(sr, ValImage(name, hr, to_rgb(lr)), upscale)
             lp = float(lpips(sr, to_rgb(hr).unsqueeze(0).float().div(255))[0]) if lpips and lpips.available else None
             rows.append({"set": set_name, "image": name, "psnr_y": psnr, "ssim_y": ssim, "lpips": lp})
     return rows

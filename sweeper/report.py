@@ -160,7 +160,8 @@ def sweep_tables(study: Study) -> list[tuple[Table, list[RunRecord]]]:
                 title = f"Table 1: {name} under different mu ({fixed}; stage {stage})"
                 labelled = [(mu_label(r.mu), r) for r in rows]
                 table = metric_table(f"table1_{stage}_{arch}", "mu", title, provenance(study, rows), labelled)
-                table.notes.append("mu=inf means the VGG loss only, the original perceptual loss.")
+                if any(math.isinf(r.mu) for r in rows):
+                    table.notes.append("mu=inf means the VGG loss only, the original perceptual loss.")
             elif vary == {"beta"}:
                 rows = sorted(latest_per(group, lambda r: r.beta), key=lambda r: r.beta)
                 title = f"Table 2: {name} under different beta ({_distinct(mu_label(r.mu) for r in rows)}; stage {stage})"

@@ -30,8 +30,8 @@ from sweeper.overrides import Options, parse, require_study
 from sweeper.progress import StageProgress, read_progress
 from sweeper.studies import Stage, Study, label, load
 from sweeper.workspace import CANCELLED, Workspace, claim, enqueue, failures, finish, point_key, stage_trials
-from trainer.checkpoint import write_text_atomic
-from trainer.config import build_config, parse_value
+from trainer.checkpoint import file_lock, write_text_atomic
+from trainer.config import build_config, flatten, parse_value
 from trainer.errors import UserError
 
 POLL_S = 0.25
@@ -43,22 +43,15 @@ LOWER_IS_BETTER = {"lpips"}
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-    return out
-
-
 def config_hash(config: dict[str, Any]) -> str:
     """A trial's identity: its resolved config minus bookkeeping keys. Equal hashes = the same training."""
-    identity = {k: v for k, v in flat(config).items() if k not in BOOKKEEPING}
+    identity = {k: v for k, v in flatten(config).items() if k not in BOOKKEEPING}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def summary(config: dict[str, Any]) -> dict[str, str]:
     """The settings a reader compares trials by, as labels (mu=inf as "inf")."""
-    f = flat(config)
+    f = flatten(config)
     return {k: label(f[k]) for k in SUMMARY_KEYS}
 
 
@@ -187,16 +180,16 @@ def main(tokens: list[str], detach: bool = False) -> None:
     executor = make_executor(opts.executor, opts.executor_options, ws.root, opts.preset)
     if detach and executor.name == "local":
         raise UserError("--detach needs executor=slurm: local trials are watched by this process")
-    if executor.name == "slurm" and ws.sqlite_file():
-        print(f"warning: storage is SQLite ({ws.sqlite_file()}): run `sweeper run` for this study from one machine only; "
-              "workers on several machines need storage=postgresql+psycopg2://... (docs/CLUSTER.md)")
+    if executor.name == "slurm":
+        executor.check(ws.sqlite_file())  # sbatch --test-only of the options; a warning for SQLite storage
 
     ws.root.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(ws.tracking_uri)
     tags = {"sweeper.study": study.name, "sweeper.preset": opts.preset, "sweeper.select_by": select_by,
             "sweeper.weights": str(config.get("weights", "imagenet")), "sweeper.git_commit": tracking.git_commit()}  # fmt: skip
-    run = Run(study, opts, ws, select_by, executor, optuna.storages.get_storage(ws.storage), client,
-              tracking.experiment(client, study.name, ws.artifacts_dir), tags, owner_id())  # fmt: skip
+    with file_lock(ws.root / "setup.lock"):  # sweepers started together: one creates the stores and the experiment
+        client = MlflowClient(ws.tracking_uri)
+        run = Run(study, opts, ws, select_by, executor, optuna.storages.get_storage(ws.storage), client,
+                  tracking.experiment(client, study.name, ws.artifacts_dir), tags, owner_id())  # fmt: skip
     fixed: dict[str, Any] = {}
     previous = None
     for r in range(1, rounds + 1):
@@ -240,9 +233,10 @@ def open_stage(run: Run, name: str, stage: Stage, config: dict[str, Any]) -> int
 
 def run_stage(run: Run, stage: Stage, name: str, config: dict[str, Any], detach: bool) -> dict[str, str] | None:
     """Run one stage to the end (None when `detach` and trials were submitted); returns the winner."""
-    study_id = open_stage(run, name, stage, config)
     stage_tags = {**run.tags, "sweeper.stage": name}
-    parent = tracking.stage_run(run.client, run.experiment_id, run.study.name, name, stage_tags)
+    with file_lock(run.ws.root / "setup.lock"):  # one Optuna study and one MLflow parent run, however many sweepers
+        study_id = open_stage(run, name, stage, config)
+        parent = tracking.stage_run(run.client, run.experiment_id, run.study.name, name, stage_tags)
     points = stage.points()
     mine: dict[int, str] = {}  # trial number -> job id, for the trials this process watches
     bars = StageProgress(f"{run.study.name}.{name}", len(points))

@@ -19,9 +19,11 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from sweeper.studies import label
+
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 METRICS = ("psnr", "ssim", "lpips")
-PARAM_KEYS = {"mu": "mu", "beta": "beta", "arch": "arch", "preset": "preset", "seed": "seed", "upscale": "upscale"}
+PARAM_KEYS = ("beta", "arch", "preset", "seed", "upscale")
 
 
 def git_commit() -> str:
@@ -58,8 +60,6 @@ def stage_run(client: MlflowClient, experiment_id: str, study: str, stage: str, 
 
 
 def trial_run_name(config: dict[str, Any]) -> str:
-    from sweeper.studies import label
-
     return f"mu={label(config['mu'])},beta={config['beta']}"
 
 
@@ -108,7 +108,7 @@ def log_trial(
         "sweeper.weights": str(weights.get("extractors", "unknown")), "sweeper.lpips": str(weights.get("lpips", "unknown")),
     }  # fmt: skip
     run_id = client.create_run(experiment_id, run_name=trial_run_name(config), tags=all_tags).info.run_id
-    params = {name: config[k] for name, k in PARAM_KEYS.items()}
+    params = {"mu": label(config["mu"])} | {k: config[k] for k in PARAM_KEYS}
     params |= {"perceptual": config["loss"]["perceptual"], "variant": config["loss"]["variant"]}
     now = int(time.time() * 1000)
     metrics = [Metric(k, v, now, step) for (k, step), v in read_metrics(trial_dir).items()]

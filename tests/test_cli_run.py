@@ -110,6 +110,21 @@ def test_mu_search_survives_kill_9_and_agrees_with_mlflow(tmp_path: Path, env: d
     assert len(status(ws, tmp_path, env)["trials"]) == len(trials)
     assert len(client.search_runs([exp], "tags.`sweeper.kind` = 'trial'")) == 7
 
+    # A user study (./studies of the cwd) whose only point is a finished mu_search trial: reused, not trained.
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "again.yaml").write_text(
+        "description: mu=inf once more\nconfig: {arch: srgan, beta: beta1_3}\nstages:\n  - name: x\n    grid: {mu: [inf]}\n"
+    )
+    reused = sweeper(["run", "study=again", f"workspace={ws}", *TINY], tmp_path, env)
+    assert reused.returncode == 0, reused.stderr
+    (source,) = [t for t in complete if t["params"]["mu"] == "inf"]
+    (copy,) = status(ws, tmp_path, env, "again")["trials"]
+    assert copy["state"] == "COMPLETE" and copy["reused_from"] == f"mu_search.mu#{source['number']}"
+    assert copy["trial_dir"] == source["trial_dir"] and not (ws / "trials" / "again").exists()
+    again_exp = client.get_experiment_by_name("again").experiment_id
+    (run,) = client.search_runs([again_exp], "tags.`sweeper.kind` = 'trial'")
+    assert run.data.tags["sweeper.reused_from"] == copy["reused_from"] and run.data.metrics["mean/psnr"] == pytest.approx(source["metrics"]["mean/psnr"])
+
     logs = sweeper(["logs", "study=mu_search", f"trial={retry['number']}", f"workspace={ws}"], tmp_path, env)
     assert logs.returncode == 0 and "stderr.log <==" in logs.stdout
     table = sweeper(["status", "study=mu_search", f"workspace={ws}"], tmp_path, env)

@@ -8,7 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 import mlflow_layout
-from sweeper import correlate, promote
+from sweeper import correlate, promote, report
 from trainer.errors import UserError
 
 BETAS = ["beta1_3", "beta2_4", "beta3_6", "beta4_3"]
@@ -118,3 +118,8 @@ def test_promotion_trains_the_target_and_links_it_to_its_source(ws):
     assert run.data.tags["sweeper.promoted_forced"] == "false"
     check = client.get_run(run.data.tags["sweeper.correlation_run_id"])
     assert check.data.tags["sweeper.kind"] == "correlation"
+    # the paper study's report now pairs the winner with its promoted run (Tables 3 and 5)
+    report.build(client, "paper", root / "report")
+    table3 = (root / "report" / "tables" / "table3.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in table3[1:]] == ["SRGAN-DP (mu=0.5 + beta3_6)", "ESRGAN-DP (mu=0.5 + beta3_6)"]
+    assert "ESRGAN-DP (mu=0.5 + beta3_6, ours)" in (root / "report" / "tables" / "table5.md").read_text()

@@ -99,7 +99,8 @@ def test_pretraining_is_cached_by_what_it_depends_on(smoke_run, cache, tmp_path)
     assert [r["step"] for r in jsonl(folder / "metrics.jsonl")] == [2, 4, 6, 8]
     key = pretrain_key(smoke())
     assert folder.name.endswith(key)
-    assert key == pretrain_key(smoke(mu=math.inf, beta="beta1_3", **{"train.iters": 99, "loss.variant": "published_code"}))
+    unrelated = {"train.iters": 99, "loss.variant": "published_code"}
+    assert key == pretrain_key(smoke(mu=math.inf, beta="beta1_3", **unrelated))
     for other in ({"seed": 1}, {"arch": "esrgan"}, {"data.hr_patch": 64}, {"train.pretrain_iters": 9}, {"upscale": 2}):
         assert pretrain_key(smoke(**other)) != key, other
 
@@ -107,7 +108,8 @@ def test_pretraining_is_cached_by_what_it_depends_on(smoke_run, cache, tmp_path)
     other = train(smoke(mu=math.inf, **{"train.iters": 2}), tmp_path / "vgg", cache, progress=False)
     assert other["status"] == "complete"
     assert pretrain_folders(cache) == [folder] and (folder / "last.pt").stat().st_mtime_ns == mtime
-    assert all(r["dp_weight"] == 0 and r["l_res"] == 0 for r in jsonl(tmp_path / "vgg" / "metrics.jsonl") if r["kind"] == "train")
+    logged = [r for r in jsonl(tmp_path / "vgg" / "metrics.jsonl") if r["kind"] == "train"]
+    assert logged and all(r["dp_weight"] == 0 and r["l_res"] == 0 for r in logged)  # mu=inf: VGG loss only
 
 
 def _train_in_process(run_dir: str, cache_dir: str) -> str:
@@ -116,14 +118,16 @@ def _train_in_process(run_dir: str, cache_dir: str) -> str:
 
 def test_concurrent_trials_pretrain_once(tmp_path):
     with multiprocessing.get_context("spawn").Pool(2) as pool:
-        statuses = pool.starmap(_train_in_process, [(str(tmp_path / f"run{i}"), str(tmp_path / "cache")) for i in range(2)])
+        jobs = [(str(tmp_path / f"run{i}"), str(tmp_path / "cache")) for i in range(2)]
+        statuses = pool.starmap(_train_in_process, jobs)
     assert statuses == ["complete", "complete"]
     (folder,) = pretrain_folders(tmp_path / "cache")
     assert [r["step"] for r in jsonl(folder / "metrics.jsonl")] == [2, 4, 6, 8]  # one process trained it
 
 
 def test_resume_is_exact(tmp_path, cache):
-    cfg = smoke(**{"train.iters": 20, "train.milestones": [5, 15], "train.ema": 0.9, "train.val_every": 7, "train.ckpt_every": 4})
+    cfg = smoke(**{"train.iters": 20, "train.milestones": [5, 15], "train.ema": 0.9,
+                   "train.val_every": 7, "train.ckpt_every": 10})
     straight = train(cfg, tmp_path / "straight", cache, progress=False)
     first = train(cfg, tmp_path / "resumed", cache, progress=False, stop_after=10)
     assert first["status"] == "stopped" and first["iters"] == 10 and not (tmp_path / "resumed" / "result.json").exists()
@@ -168,7 +172,8 @@ def test_check_finite_names_the_bad_loss():
 
 def test_drop_records_after_resume_point(tmp_path):
     log = tmp_path / "metrics.jsonl"
-    log.write_text('{"step": 2, "kind": "train"}\n{"step": 4, "kind": "val"}\n{"step": 6, "kind": "train"}\n{"step": 8, "ki')
+    records = [json.dumps({"step": s, "kind": "train"}) for s in (2, 4, 6)]
+    log.write_text("\n".join(records) + '\n{"step": 8, "ki')  # the last line was cut short by a crash
     drop_records_after(log, 4)
     assert [r["step"] for r in jsonl(log)] == [2, 4]
 

@@ -141,6 +141,14 @@ def format_mu(mu: float) -> str | float:
     return "inf" if math.isinf(mu) else mu
 
 
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict (e.g. `Config.to_dict()`) with dotted keys: {"train": {"iters": 1}} -> {"train.iters": 1}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
 def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
     """Every settable dotted key, e.g. `train.iters`."""
     keys = []

@@ -58,9 +58,10 @@ def load_set(root: str | Path | None, name: str) -> list[tuple[str, torch.Tensor
 
     The tensors are shared by every caller: do not modify them in place.
     """
-    folder = (resolve_root(root) / name).resolve()
+    root = resolve_root(root)
+    folder = (root / name).resolve()
     if folder not in _SET_CACHE:
-        _SET_CACHE[folder] = [(f.name, read_image(f)) for f in _set_files(folder.parent, name)]
+        _SET_CACHE[folder] = [(f.name, read_image(f)) for f in _set_files(root, name)]
     return _SET_CACHE[folder]
 
 

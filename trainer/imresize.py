@@ -69,7 +69,8 @@ def resize_matrix(in_length: int, scale: float) -> torch.Tensor:
     idx, weights = contributions(in_length, out_length, scale)
     rows = torch.arange(out_length).repeat_interleave(idx.shape[1])
     coords = torch.stack([rows, idx.flatten()])
-    return torch.sparse_coo_tensor(coords, weights.flatten(), (out_length, in_length)).coalesce()
+    shape = (out_length, in_length)
+    return torch.sparse_coo_tensor(coords, weights.flatten(), shape, check_invariants=True).coalesce()
 
 
 def _resize_dim(x: torch.Tensor, dim: int, scale: float, to_uint8: bool) -> torch.Tensor:

@@ -9,15 +9,21 @@ Conventions, as in ESRGAN's and most SR papers' MATLAB evaluation:
   mean of the SSIM map.
 
 Every function takes uint8 tensors, (C, H, W) for one image or (N, C, H, W) for a batch of same-size
-images (the batched forms return one value per image and are much faster than a loop).
+images (the `_batch` forms return one value per image: fewer kernel launches on a GPU; on a CPU, one image
+at a time is as fast, as the batch no longer fits in the caches).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import warnings
+from pathlib import Path
 
 import torch
+
+from trainer import weights
 
 # MATLAB's rgb2ycbcr for uint8: T = [65.481 128.553 24.966] * (1/255), Y = imlincomb(T1, R, T2, G, T3, B, 16).
 Y_WEIGHTS = tuple(c * (1 / 255) for c in (65.481, 128.553, 24.966))
@@ -102,8 +108,6 @@ class LPIPSMetric:
     """
 
     def __init__(self, device: str | torch.device = "cpu") -> None:
-        from trainer import weights
-
         self.device = torch.device(device)
         self.model: torch.nn.Module | None = None
         self.reason = ""
@@ -129,11 +133,7 @@ class LPIPSMetric:
 
 def _build_lpips(trunk: torch.nn.Sequential) -> torch.nn.Module:
     """An `lpips.LPIPS` (alex, v0.1) with `trunk`'s weights and the package's linear heads, built offline."""
-    import contextlib
-    import io
-    from pathlib import Path
-
-    import lpips
+    import lpips  # imported on use: it loads scipy.ndimage, which nothing else here needs
 
     # lpips builds its trunk with torchvision's deprecated `pretrained=` argument: silence that warning.
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():

@@ -40,7 +40,7 @@ from trainer.checkpoint import (
     write_json_atomic,
     write_text_atomic,
 )
-from trainer.config import Config
+from trainer.config import Config, flatten
 from trainer.data import TrainBatches, ValImage, load_val_sets, resolve_root
 from trainer.errors import UserError
 from trainer.images import to_rgb, to_uint8, write_image
@@ -80,13 +80,6 @@ def seed_everything(seed: int) -> None:
 
 def note(msg: str) -> None:
     tqdm.write(f"note: {msg}", file=sys.stderr)
-
-
-def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-    return out
 
 
 def check_finite(losses: dict[str, torch.Tensor], stage: str, step: int) -> dict[str, float]:
@@ -296,7 +289,7 @@ def validate(g: nn.Module, val_sets: dict[str, list[ValImage]], lpips: LPIPSMetr
 
 
 def check_resumable(cfg: Config, saved: dict[str, Any], path: Path) -> None:
-    new, old = flat(cfg.to_dict()), flat(saved)
+    new, old = flatten(cfg.to_dict()), flatten(saved)
     diff = sorted(k for k in new.keys() | old.keys() if new.get(k) != old.get(k) and k not in RESUME_MAY_CHANGE)
     if diff:
         changes = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
@@ -441,11 +434,11 @@ def train(
             batches.load_state_dict(ckpt["data"])
             set_rng_state(ckpt["rng"])
             tally.step, tally.final, tally.earlier_s = ckpt["step"], ckpt["final"], ckpt["elapsed_s"]
-            drop_records_after(run_dir / "metrics.jsonl", tally.step)
         else:
             if not cfg.train.from_scratch:
                 gan.load_generator(pretrained_generator(cfg, cache_dir, device, run_dir, progress))
             seed_everything(cfg.seed)  # the same state whether pre-training ran here or came from the cache
+        drop_records_after(run_dir / "metrics.jsonl", tally.step)  # lines logged after the checkpoint, if any
         stopped = run_gan(cfg, run_dir, gan, batches, val_sets, lpips, tally, progress, stop_after)
     except Diverged as e:
         out = result("failed", str(e))

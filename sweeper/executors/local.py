@@ -1,8 +1,12 @@
-"""Trials as local processes: `python -m sweeper.worker TRIAL_DIR`, up to `n_jobs` at once, one GPU each.
+"""Trials as local processes, up to `n_jobs` at once, each pinned to its own GPU when there are several.
 
-A job id names a small JSON record in `<workspace>/jobs/` (host, pid, process start time, GPU, trial
-folder), so a restarted orchestrator can re-attach to a job it did not start, and a recycled pid is never
-mistaken for the job.
+Each trial runs `sweeper.worker.main([TRIAL_DIR])` in its own process and session (a crash, Ctrl-C or
+kill -9 of the sweeper never takes it down), with stdout/stderr in the trial folder. Importing torch and
+the trainer takes seconds, so the processes are forked from a "zygote": one helper process per sweeper
+that imports them once and forks a worker per trial (the forkserver pattern; nothing touches the GPU
+before the fork). A job id names a small JSON record in `<workspace>/jobs/` (host, pid, process start
+time, GPU, trial folder), so a restarted sweeper re-attaches to a job it did not start, and a recycled pid
+is never mistaken for the job.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ class LocalExecutor:
         self.gpus = gpus
         self.jobs_dir = workspace / "jobs"
         self.host = socket.gethostname()
-        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._gpu_of: dict[str, int | None] = {}  # jobs started by this executor
+        self._zygote: subprocess.Popen[str] | None = None
 
     @classmethod
     def from_options(cls, options: dict[str, Any], workspace: Path) -> LocalExecutor:
@@ -61,26 +66,28 @@ class LocalExecutor:
         return self.n_jobs
 
     def submit(self, jobs: list[TrialJob]) -> list[str]:
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
         return [self._start(job) for job in jobs]
 
+    def _fork(self, request: dict[str, Any]) -> int:
+        if self._zygote is None or self._zygote.poll() is not None:
+            self._zygote = subprocess.Popen([sys.executable, "-m", "sweeper.executors.local"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self._zygote.stdin and self._zygote.stdout
+        self._zygote.stdin.write(json.dumps(request) + "\n")
+        self._zygote.stdin.flush()
+        reply = self._zygote.stdout.readline()
+        if not reply.strip().isdigit():
+            raise RuntimeError(f"the local worker launcher died (exit code {self._zygote.wait()}); its error is above")
+        return int(reply)
+
     def _start(self, job: TrialJob) -> str:
-        env = dict(os.environ)
-        gpu = self._free_gpu() if self.gpus > 1 else None
-        if gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-        stdout, stderr = job.trial_dir / "stdout.log", job.trial_dir / "stderr.log"
-        with stdout.open("ab") as out, stderr.open("ab") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "sweeper.worker", str(job.trial_dir)],
-                stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
-                start_new_session=True,  # survives Ctrl-C and kill -9 of the orchestrator: re-attach later
-            )  # fmt: skip
-        start = process_start(proc.pid) or "0"
-        job_id = f"{self.host}.{proc.pid}.{start}"
-        record = {"host": self.host, "pid": proc.pid, "start": start, "gpu": gpu, "trial_dir": str(job.trial_dir)}
+        busy = {gpu for job_id, gpu in self._gpu_of.items() if self.state(job_id) == "RUNNING"}
+        gpu = min(set(range(self.gpus)) - busy, default=0) if self.gpus > 1 else None
+        pid = self._fork({"trial_dir": str(job.trial_dir), "gpu": gpu})
+        start = process_start(pid) or "0"
+        job_id = f"{self.host}.{pid}.{start}"
+        record = {"host": self.host, "pid": pid, "start": start, "gpu": gpu, "trial_dir": str(job.trial_dir)}
         write_json_atomic(self.jobs_dir / f"{job_id}.json", record)
-        self._children[job_id] = proc
+        self._gpu_of[job_id] = gpu
         return job_id
 
     def _record(self, job_id: str) -> dict[str, Any] | None:
@@ -89,16 +96,10 @@ class LocalExecutor:
         except (OSError, ValueError):
             return None
 
-    def _free_gpu(self) -> int:
-        busy = {self._record(job_id)["gpu"] for job_id, proc in self._children.items() if proc.poll() is None}
-        return min(set(range(self.gpus)) - busy, default=0)
-
     def state(self, job_id: str) -> str:
-        if job_id in self._children:
-            return "RUNNING" if self._children[job_id].poll() is None else "ENDED"
         record = self._record(job_id)
         if record is None or record["host"] != self.host:
-            return "UNKNOWN"  # another machine's process: only its own orchestrator can tell
+            return "UNKNOWN"  # another machine's process: only a sweeper there can tell
         return "RUNNING" if process_start(record["pid"]) == record["start"] else "ENDED"
 
     def cancel(self, job_ids: list[str]) -> None:
@@ -106,8 +107,6 @@ class LocalExecutor:
             record = self._record(job_id)
             if record and self.state(job_id) == "RUNNING":
                 os.killpg(record["pid"], signal.SIGTERM)  # the worker leads its own session
-            if job_id in self._children:
-                self._children.pop(job_id).wait()
 
     def log_paths(self, job_id: str) -> tuple[Path, Path]:
         record = self._record(job_id)
@@ -115,3 +114,42 @@ class LocalExecutor:
             raise UserError(f"no record of local job {job_id} in {self.jobs_dir}")
         trial_dir = Path(record["trial_dir"])
         return trial_dir / "stdout.log", trial_dir / "stderr.log"
+
+
+def zygote() -> None:
+    """Import the trainer once, then for each request line {"trial_dir", "gpu"} fork a worker and print its pid.
+
+    Ends when the sweeper closes the pipe (or dies); the workers it forked keep running in their own sessions.
+    """
+    import trainer.train  # noqa: F401  (the point of the zygote: imported once, shared by every fork)
+    from sweeper import worker
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweeper's to handle
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # finished workers are reaped by the kernel
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.setsid()
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                if request["gpu"] is not None:
+                    os.environ["CUDA_VISIBLE_DEVICES"] = str(request["gpu"])
+                trial_dir = Path(request["trial_dir"])
+                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+                for fd, name in ((1, "stdout.log"), (2, "stderr.log")):
+                    log = os.open(trial_dir / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                    os.dup2(log, fd)
+                    os.close(log)
+                code = worker.main([str(trial_dir)])
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        print(pid, flush=True)
+
+
+if __name__ == "__main__":
+    zygote()

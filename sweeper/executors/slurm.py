@@ -58,7 +58,7 @@ class TrialTask(submitit.helpers.Checkpointable):
         from sweeper.worker import main
 
         restart = os.environ.get("SLURM_RESTART_COUNT", "0")
-        print(f"[sweeper] {trial_dir}: SLURM job {os.environ.get('SLURM_JOB_ID')}, restart {restart}, "
+        print(f"[sweeper] {trial_dir}: SLURM job {submitit.JobEnvironment().job_id}, restart {restart}, "
               f"pid {os.getpid()}, starting at step {checkpoint_step(Path(trial_dir))}", flush=True)  # fmt: skip
         return main([trial_dir])  # leaves result.json, "failed" with the reason on an exception
 
@@ -91,8 +91,8 @@ def slurm_state(job_id: str) -> str:
 
 def _checked(key: str, value: Any) -> Any:
     kind, meaning = OPTIONS[key]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+    if kind in (float, str) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = kind(value)  # mem_gb=4 -> 4.0, account=1234 -> "1234"
     if not isinstance(value, kind) or isinstance(value, bool):
         raise UserError(f"executor.{key}={value!r}: expected {kind.__name__} ({meaning})")
     if kind in (int, float) and (value < 0 or (value == 0 and key not in ("gpus_per_node", "max_requeues"))):
@@ -122,6 +122,23 @@ class SlurmExecutor:
         # The requeue signal must come well inside the limit: 2 minutes, or a quarter of a short limit.
         params.setdefault("signal_delay_s", min(120, params["timeout_min"] * 15))
         return cls(params, workspace)
+
+    def check(self, sqlite_file: Path | None) -> None:
+        """Before a run creates anything: ask sbatch (`--test-only`, nothing is queued) whether it accepts these
+        settings, so a bad partition, account or GPU request fails now; warn when the storage is SQLite."""
+        p = self.params
+        flags = [f"--time={p['timeout_min']}", f"--cpus-per-task={p['cpus_per_task']}", f"--mem={round(p['mem_gb'] * 1024)}M"]
+        flags += [f"--{key}={p[key]}" for key in ("partition", "account", "qos", "constraint") if p.get(key)]
+        flags += [f"--gpus-per-node={p['gpus_per_node']}"] if p["gpus_per_node"] else []
+        flags += [f"--{key.replace('_', '-')}={value}" for key, value in (p.get("additional_parameters") or {}).items()]
+        out = subprocess.run(["sbatch", "--test-only", *flags, "--wrap", "true"], capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            lines = out.stderr.strip().splitlines() or ["no reason given"]
+            reason = next((line for line in lines if "error" in line), lines[-1])
+            raise UserError(f"executor=slurm: sbatch rejects {' '.join(flags)}: {reason}")
+        if sqlite_file is not None:
+            print(f"warning: storage is SQLite ({sqlite_file}): run `sweeper run` for this study from one machine only; "
+                  "workers on several machines need storage=postgresql+psycopg2://... (docs/CLUSTER.md)")
 
     def _submitit(self, name: str) -> submitit.AutoExecutor:
         p = self.params

@@ -1,0 +1,151 @@
+"""`executor=slurm` on a real single-node SLURM (`scripts/slurm-local up`, which CI runs first): a study
+through sbatch as one job array with --detach, status, logs and re-attach; a job cut by its time limit
+mid-trial, requeued, resumed from its checkpoint; bad options refused before anything is created."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cluster_helpers import REPO, TINY, assert_grid_once, env_for, status, sweeper, sweeper_args, trials, write_study
+from sweeper.executors.slurm import SlurmExecutor, checkpoint_step
+from trainer.errors import UserError
+
+pytestmark = pytest.mark.slurm
+SIGUSR2_BIT = 1 << (signal.SIGUSR2 - 1)  # in /proc/PID/status ShdPnd
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm() -> None:
+    """The local SLURM, started if needed; the tests skip (saying why) only when it cannot be started."""
+    up = subprocess.run([REPO / "scripts" / "slurm-local", "up"], capture_output=True, text=True, timeout=300)
+    if up.returncode != 0:
+        pytest.skip(f"no SLURM: `scripts/slurm-local up` failed: {(up.stderr or up.stdout).strip()}")
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_jobs(tmp_path: Path) -> Iterator[None]:
+    """Leave no job of a failed test queued: scancel every job with a folder in the test's workspace."""
+    yield
+    folders = [p.name for p in (tmp_path / "ws" / "slurm").glob("*") if p.is_dir()]
+    if folders:
+        subprocess.run(["scancel", *folders], capture_output=True, timeout=60)
+
+
+def workspace_args(tmp_path: Path) -> tuple[list[str], str, str]:
+    ws = tmp_path / "ws"
+    return [f"workspace={ws}"], f"sqlite:///{ws / 'optuna.db'}", f"sqlite:///{ws / 'mlflow.db'}"
+
+
+def test_study_runs_as_one_job_array_detached_then_reattached(tmp_path: Path) -> None:
+    env, mus = env_for(tmp_path), ["0.5", "inf"]
+    write_study(tmp_path, "cl_pair", mus)
+    where, storage, tracking_uri = workspace_args(tmp_path)
+    args = ["run", "study=cl_pair", *where, *TINY, "executor=slurm"]
+
+    detached = sweeper([*args, "--detach"], env)
+    assert detached.returncode == 0, detached.stderr
+    assert "storage is SQLite" in detached.stdout and "submitted" in detached.stdout
+    submitted = {t.number: t.user_attrs["slurm_job_id"] for t in trials(storage, "cl_pair")}
+    array = {job.split("_")[0] for job in submitted.values()}
+    assert len(submitted) == 2 and len(array) == 1, submitted  # one array, one task per grid point
+
+    shown = status("cl_pair", where, env)["trials"]
+    assert {t["slurm_job_id"] for t in shown} == set(submitted.values())
+    assert {t["slurm_state"] for t in shown} <= {"PENDING", "RUNNING", "COMPLETING", "COMPLETED"}
+
+    attached = sweeper(args, env)  # the detached sweeper is gone: this one adopts its jobs, submits nothing
+    assert attached.returncode == 0, attached.stderr
+    complete = assert_grid_once(storage, tracking_uri, "cl_pair", mus)
+    assert {t.number: t.user_attrs["slurm_job_id"] for t in complete} == submitted
+    job_folders = {p.name for p in (tmp_path / "ws" / "slurm").iterdir() if p.is_dir()}
+    assert job_folders == {*array, *submitted.values()}  # the array's submission and its tasks: nothing resubmitted
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    for t in complete:
+        assert client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["sweeper.slurm_job_id"] == submitted[t.number]
+    logs = sweeper(["logs", "study=cl_pair", "trial=0", *where], env)
+    assert logs.returncode == 0, logs.stderr
+    assert f"cl_pair/mu/0: SLURM job {submitted[0]}, restart 0" in logs.stdout, logs.stdout
+
+
+def wait_for(predicate, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < end, f"timed out after {timeout:.0f}s waiting for {what}"
+        time.sleep(0.2)
+    return value
+
+
+def usr2_pending_or_gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return any(line.startswith("ShdPnd:") and int(line.split()[1], 16) & SIGUSR2_BIT for line in status.splitlines())
+
+
+def test_time_limit_mid_trial_requeues_and_resumes_from_checkpoint(tmp_path: Path) -> None:
+    """timeout_min=2: SLURM sends SIGUSR2 before the limit, submitit requeues the job, the trial resumes.
+
+    So that the limit lands mid-trial however fast this machine trains, the test freezes the trial's process
+    (SIGSTOP) once it has a checkpoint, waits until SLURM's signal is pending, and lets it go (SIGCONT)."""
+    env, ws = env_for(tmp_path), tmp_path / "ws"
+    write_study(tmp_path, "cl_one", ["0.5"])
+    where, storage, tracking_uri = workspace_args(tmp_path)
+    trial_dir, iters = ws / "trials" / "cl_one" / "mu" / "0", 8
+    tiny = [a for a in TINY if not a.startswith(("train.iters", "train.val_every"))]
+    orchestrator = subprocess.Popen(
+        sweeper_args(["run", "study=cl_one", *where, *tiny, f"train.iters={iters}", f"train.val_every={iters}",
+                      "executor=slurm", "executor.timeout_min=2"]),
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        log = wait_for(lambda: next(ws.glob("slurm/*/*_0_log.out"), None), 300, "the job's log")
+        wait_for(lambda: checkpoint_step(trial_dir) >= 1, 300, "a checkpoint")
+        pid = int(re.findall(r"pid (\d+), starting", log.read_text())[-1])  # the allocation running now
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: usr2_pending_or_gone(pid), 150, "SLURM's time-limit signal")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        _, err = orchestrator.communicate(timeout=480)
+    finally:
+        orchestrator.kill()
+    assert orchestrator.returncode == 0, err
+
+    (trial,) = trials(storage, "cl_one")  # one attempt: the requeue is invisible to Optuna
+    assert_grid_once(storage, tracking_uri, "cl_one", ["0.5"])
+    starts = [(int(r), int(s)) for r, s in re.findall(r"restart (\d+), pid \d+, starting at step (\d+)", log.read_text())]
+    assert starts[0] == (0, 0) and any(restart >= 1 and step >= 1 for restart, step in starts), starts  # requeued, resumed
+    result = json.loads((trial_dir / "result.json").read_text())
+    assert result["status"] == "complete" and result["iters"] == iters
+    records = [json.loads(line) for line in (trial_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == iters  # resumed, never re-ran a logged step
+    assert trial.user_attrs["slurm_job_id"] == log.parent.name
+
+
+def test_bad_options_fail_before_anything_is_created(tmp_path: Path) -> None:
+    env = env_for(tmp_path)
+    write_study(tmp_path, "cl_bad", ["0.5"])
+    where, _, _ = workspace_args(tmp_path)
+    for option, message in [("executor.partition=nope", "invalid partition"), ("executor.gpus=1", "executor.gpus_per_node")]:
+        done = sweeper(["run", "study=cl_bad", *where, *TINY, "executor=slurm", option], env)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+        assert done.returncode == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in done.stderr, done.stderr
+        assert not (tmp_path / "ws").exists()
+    with pytest.raises(UserError, match=r"executor.timeout_min='soon': expected int"):
+        SlurmExecutor.from_options({"timeout_min": "soon"}, tmp_path, "smoke")
