@@ -22,6 +22,12 @@ TINY = ["preset=smoke", "weights=random", "train.iters=2", "train.pretrain_iters
         "train.pretrain_milestones=[1]", "train.val_every=2", "train.ckpt_every=1", "data.val_max_images=1"]  # fmt: skip
 
 
+def tiny(*overrides: str) -> list[str]:
+    """TINY with some settings replaced: tiny("train.iters=8")."""
+    keys = {o.split("=")[0] for o in overrides}
+    return [a for a in TINY if a.split("=")[0] not in keys] + list(overrides)
+
+
 def env_for(tmp_path: Path) -> dict[str, str]:
     """The test's environment: its own study folder, no ImageNet weights, no inherited SWEEPER_* settings."""
     out = {k: v for k, v in os.environ.items() if not k.startswith("SWEEPER_")}

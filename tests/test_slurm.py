@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster_helpers import REPO, TINY, assert_grid_once, env_for, status, sweeper, sweeper_args, trials, write_study
+from cluster_helpers import REPO, TINY, assert_grid_once, env_for, status, sweeper, sweeper_args, tiny, trials, write_study
 from sweeper.executors.slurm import SlurmExecutor, checkpoint_step
 from trainer.errors import UserError
 
@@ -105,9 +105,8 @@ def test_time_limit_mid_trial_requeues_and_resumes_from_checkpoint(tmp_path: Pat
     write_study(tmp_path, "cl_one", ["0.5"])
     where, storage, tracking_uri = workspace_args(tmp_path)
     trial_dir, iters = ws / "trials" / "cl_one" / "mu" / "0", 8
-    tiny = [a for a in TINY if not a.startswith(("train.iters", "train.val_every"))]
     orchestrator = subprocess.Popen(
-        sweeper_args(["run", "study=cl_one", *where, *tiny, f"train.iters={iters}", f"train.val_every={iters}",
+        sweeper_args(["run", "study=cl_one", *where, *tiny(f"train.iters={iters}", f"train.val_every={iters}"),
                       "executor=slurm", "executor.timeout_min=2"]),
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -136,6 +135,18 @@ def test_time_limit_mid_trial_requeues_and_resumes_from_checkpoint(tmp_path: Pat
     steps = [r["step"] for r in records if r["kind"] == "train"]
     assert steps == sorted(set(steps)) and steps[-1] == iters  # resumed, never re-ran a logged step
     assert trial.user_attrs["slurm_job_id"] == log.parent.name
+
+
+def test_cancel_scancels_queued_and_running_jobs(tmp_path: Path) -> None:
+    env = env_for(tmp_path)
+    write_study(tmp_path, "cl_cancel", ["0.5", "inf"])
+    where, storage, _ = workspace_args(tmp_path)
+    detached = sweeper(["run", "study=cl_cancel", *where, *tiny("train.iters=500"), "executor=slurm", "--detach"], env)
+    assert detached.returncode == 0, detached.stderr
+    cancelled = sweeper(["cancel", "study=cl_cancel", *where], env)
+    assert cancelled.returncode == 0 and "cancelled 2 trial(s)" in cancelled.stdout, cancelled.stderr
+    shown = status("cl_cancel", where, env)["trials"]
+    assert {t["state"] for t in shown} == {"FAIL"} and {t["slurm_state"] for t in shown} == {"CANCELLED"}, shown
 
 
 def test_bad_options_fail_before_anything_is_created(tmp_path: Path) -> None:
