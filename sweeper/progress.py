@@ -10,6 +10,8 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
+from sweeper.workspace import resolved
+
 
 def read_progress(trial_dir: Path) -> dict[str, Any]:
     try:
@@ -25,8 +27,6 @@ class StageProgress:
         self.trial_bars: dict[int, tqdm] = {}
 
     def update(self, groups: dict[Any, list[FrozenTrial]], max_retries: int) -> None:
-        from sweeper.search import resolved
-
         done = sum(resolved(trials, max_retries) for trials in groups.values())
         self.bar.update(done - self.bar.n)
         running = {t.number: t for trials in groups.values() for t in trials if t.state == TrialState.RUNNING}

@@ -29,7 +29,7 @@ from sweeper.executors.local import process_start
 from sweeper.overrides import Options, parse, require_study
 from sweeper.progress import StageProgress, read_progress
 from sweeper.studies import Stage, Study, label, load
-from sweeper.workspace import CANCELLED, Workspace, claim, enqueue, failures, finish, point_key, stage_trials
+from sweeper.workspace import CANCELLED, Workspace, claim, enqueue, finish, point_key, resolved, stage_trials
 from trainer.checkpoint import file_lock, write_text_atomic
 from trainer.config import build_config, flatten, parse_value
 from trainer.errors import UserError
@@ -274,14 +274,6 @@ def run_stage(run: Run, stage: Stage, name: str, config: dict[str, Any], detach:
     finally:
         bars.close()
     return conclude(run, study_id, name, parent, groups)
-
-
-def resolved(trials: list[FrozenTrial], max_retries: int) -> bool:
-    """A grid point is done: it completed, or it failed more than `max_retries` times."""
-    live = {TrialState.RUNNING, TrialState.WAITING}
-    return any(t.state == TrialState.COMPLETE for t in trials) or (
-        not any(t.state in live for t in trials) and failures(trials) > max_retries
-    )
 
 
 def adopt(run: Run, study_id: int, mine: dict[int, str]) -> None:

@@ -114,6 +114,12 @@ def needs_attempt(trials: list[FrozenTrial], max_retries: int) -> bool:
     return not any(t.state in live for t in trials) and failures(trials) <= max_retries
 
 
+def resolved(trials: list[FrozenTrial], max_retries: int) -> bool:
+    """A grid point is done: it completed, or it failed more than `max_retries` times."""
+    live = {TrialState.RUNNING, TrialState.WAITING}
+    return any(t.state == TrialState.COMPLETE for t in trials) or (not any(t.state in live for t in trials) and failures(trials) > max_retries)
+
+
 def enqueue(storage: BaseStorage, study_id: int, ws: Workspace, study: str, stage: str,
             grid: dict[str, tuple[str, ...]], points: list[dict[str, str]], max_retries: int) -> None:
     """Enqueue every grid point that needs an attempt (call under `ws.claim_lock()`)."""
