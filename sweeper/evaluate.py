@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from trainer.checkpoint import load_generator, write_text_atomic
+from trainer.checkpoint import load_generator
+from trainer.files import write_text_atomic
 from trainer.data import ValImage, load_set, resolve_root
 from trainer.errors import UserError
 from trainer.images import to_rgb

@@ -26,7 +26,7 @@ from sweeper import correlate, figures
 from sweeper.overrides import parse, require_study
 from sweeper.runs import METRICS, RunRecord, find_runs, finished, mu_label, open_client, paper_order
 from sweeper.tables import Table, rows_to_csv, to_csv, to_latex, to_markdown
-from trainer.checkpoint import write_bytes_atomic, write_text_atomic
+from trainer.files import write_bytes_atomic, write_text_atomic
 from trainer.config import config_from_dict
 from trainer.errors import UserError
 from trainer.images import read_image

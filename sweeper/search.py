@@ -30,7 +30,7 @@ from sweeper.overrides import Options, parse, require_study
 from sweeper.progress import StageProgress, read_progress
 from sweeper.studies import Stage, Study, label, load
 from sweeper.workspace import CANCELLED, Workspace, claim, enqueue, finish, point_key, resolved, stage_trials
-from trainer.checkpoint import file_lock, write_text_atomic
+from trainer.files import file_lock, write_text_atomic
 from trainer.config import build_config, flatten, parse_value
 from trainer.errors import UserError
 

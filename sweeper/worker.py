@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from sweeper.workspace import workspace_of
-from trainer.checkpoint import write_json_atomic
+from trainer.files import write_json_atomic
 from trainer.config import config_from_dict
 
 

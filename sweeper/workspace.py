@@ -24,7 +24,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from trainer.checkpoint import file_lock
+from trainer.files import file_lock
 
 
 def default_root() -> Path:

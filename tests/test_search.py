@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import optuna
-import pytest
 from optuna.trial import TrialState
 
 from sweeper.search import config_hash, owner_alive, owner_id, rank

@@ -1,56 +1,23 @@
-"""Files that must never be half-written or trusted blindly: atomic writes, safe checkpoint loading,
-RNG state capture, the cross-process lock on the shared pre-training cache, and `load_generator`."""
+"""Checkpoints: atomic saving, safe loading (`weights_only=True`), RNG state capture, `load_generator`."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
-import os
 import random
-import tempfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from trainer.config import config_from_dict
 from trainer.errors import UserError
+from trainer.files import atomic_write
 from trainer.nets import build_generator
-
-
-def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write through a temporary file in the same folder, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save `obj` (tensors, dicts, lists, numbers, strings only) atomically."""
-    _atomic(path, lambda f: torch.save(obj, f))
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    _atomic(path, lambda f: f.write(data))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode())
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -87,16 +54,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock (flock) held for the block; other processes wait. Works on local disks and
-    on shared file systems that support flock (NFSv4, Lustre mounted with -o flock)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)

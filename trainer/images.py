@@ -7,8 +7,6 @@ BT.601 offset); `to_rgb` expands it where a network needs three channels. Alpha 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from trainer.errors import UserError
+from trainer.files import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -62,12 +61,5 @@ def write_image(path: str | Path, img: torch.Tensor) -> None:
         raise ValueError(f"write_image expects a (1|3, H, W) tensor, got shape {tuple(img.shape)}")
     arr = to_uint8(img).cpu().permute(1, 2, 0).numpy()
     pil = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pil.save(f, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    atomic_write(path, lambda f: pil.save(f, format=fmt))

@@ -31,18 +31,11 @@ from torch import nn
 from tqdm import tqdm
 
 from trainer import weights as weights_mod
-from trainer.checkpoint import (
-    file_lock,
-    load_checkpoint,
-    rng_state,
-    save_atomic,
-    set_rng_state,
-    write_json_atomic,
-    write_text_atomic,
-)
+from trainer.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from trainer.config import Config, flatten
 from trainer.data import TrainBatches, ValImage, load_val_sets, resolve_root
 from trainer.errors import UserError
+from trainer.files import file_lock, write_json_atomic, write_text_atomic
 from trainer.images import to_rgb, to_uint8, write_image
 from trainer.losses import DualPerceptualLoss, ragan_loss
 from trainer.metrics import LPIPSMetric, psnr_y, ssim_y

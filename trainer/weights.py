@@ -17,10 +17,8 @@ second from a memory map); a file that cannot be read, or whose tensors do not f
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from torch import nn
 from torchvision.models import vgg as tv_vgg
 
 from trainer.errors import UserError
+from trainer.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -211,12 +210,6 @@ def import_files(paths: list[Path]) -> None:
     target_dir = cache_dir()
     target_dir.mkdir(parents=True, exist_ok=True)
     for path, file in plan:
-        fd, tmp = tempfile.mkstemp(dir=target_dir, prefix=f".{file.name}.")
-        os.close(fd)
-        try:
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, target_dir / file.name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with open(path, "rb") as src:
+            atomic_write(target_dir / file.name, lambda f, src=src: shutil.copyfileobj(src, f))
         print(f"imported {path} -> {target_dir / file.name} ({file.network}, for the {file.needed_by})")

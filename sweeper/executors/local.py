@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeper.executors.base import TrialJob
-from trainer.checkpoint import write_json_atomic
+from trainer.files import write_json_atomic
 from trainer.errors import UserError
 
 
