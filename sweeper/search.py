@@ -137,10 +137,10 @@ def owner_alive(owner: str) -> bool:
     return host != socket.gethostname() or process_start(int(pid)) == start
 
 
-def study_winner(storage_url: str, study: str) -> dict[str, str] | None:
+def study_winner(storage: BaseStorage, study: str) -> dict[str, str] | None:
     """The winner recorded by the latest finished stage of `study` in a storage, or None."""
     winners = []
-    for s in optuna.get_all_study_summaries(storage_url):
+    for s in optuna.get_all_study_summaries(storage):
         if s.study_name.startswith(f"{study}.") and "winner" in s.user_attrs:
             winners.append((s.user_attrs["finished_at"], s.user_attrs["winner"]))
     return max(winners)[1] if winners else None
@@ -156,7 +156,7 @@ def base_config(study: Study, opts: Options, ws: Workspace) -> dict[str, Any]:
     for key, source in study.inputs.items():
         if key in opts.config:
             continue
-        winner = study_winner(ws.storage, source) if ws.exists() else None
+        winner = study_winner(ws.open_storage(), source) if ws.exists() else None
         if winner is None:
             raise UserError(f"study {study.name} takes {key} from the winner of study {source}, which has none in {ws.root}; run study={source} first or pass {key}=VALUE")
         config[key] = parse_value(winner[key])
@@ -188,7 +188,7 @@ def main(tokens: list[str], detach: bool = False) -> None:
             "sweeper.weights": str(config.get("weights", "imagenet")), "sweeper.git_commit": tracking.git_commit()}  # fmt: skip
     with file_lock(ws.root / "setup.lock"):  # sweepers started together: one creates the stores and the experiment
         client = MlflowClient(ws.tracking_uri)
-        run = Run(study, opts, ws, select_by, executor, optuna.storages.get_storage(ws.storage), client,
+        run = Run(study, opts, ws, select_by, executor, ws.open_storage(), client,
                   tracking.experiment(client, study.name, ws.artifacts_dir), tags, owner_id())  # fmt: skip
     fixed: dict[str, Any] = {}
     previous = None
@@ -405,7 +405,7 @@ def stage_ids(opts: Options) -> tuple[str, Workspace, BaseStorage, dict[str, int
     """(study, workspace, storage, stage name -> Optuna study id) of a study that has run; never creates a store."""
     name = require_study(opts)
     ws = Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri)
-    storage = optuna.storages.get_storage(ws.storage) if ws.exists() else None
+    storage = ws.open_storage() if ws.exists() else None
     prefix = f"{name}."
     stages = {} if storage is None else {
         s.study_name[len(prefix):]: storage.get_study_id_from_name(s.study_name) for s in storage.get_all_studies() if s.study_name.startswith(prefix)

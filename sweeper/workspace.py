@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
@@ -59,9 +60,23 @@ class Workspace:
         prefix = "sqlite:///"
         return Path(self.storage[len(prefix) :]) if self.storage.startswith(prefix) else None
 
+    def journal_file(self) -> Path | None:
+        """The Optuna journal file for `storage=journal:///path/optuna.journal`, else None."""
+        prefix = "journal://"
+        return Path(self.storage[len(prefix) :]) if self.storage.startswith(prefix) else None
+
+    def open_storage(self) -> BaseStorage:
+        """The Optuna storage: an RDB URL (SQLite, PostgreSQL, MySQL), or a journal file on a shared file
+        system (`journal:///shared/optuna.journal`), whose appends are serialised by a file lock."""
+        journal = self.journal_file()
+        if journal is None:
+            return optuna.storages.get_storage(self.storage)
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+
     def exists(self) -> bool:
-        """Whether this workspace holds an Optuna record (only checkable for SQLite; servers say True)."""
-        db = self.sqlite_file()
+        """Whether this workspace holds an Optuna record (only checkable for files; servers say True)."""
+        db = self.sqlite_file() or self.journal_file()
         return db is None or db.exists()
 
     @contextlib.contextmanager

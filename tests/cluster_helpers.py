@@ -16,6 +16,8 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+from sweeper.workspace import Workspace
+
 REPO = Path(__file__).resolve().parents[1]
 # The smoke preset cut to a few seconds of training per trial (the embedded dataset, random extractor weights).
 TINY = ["preset=smoke", "weights=random", "train.iters=2", "train.pretrain_iters=1", "train.milestones=[1]",
@@ -59,7 +61,8 @@ def status(study: str, extra: list[str], env: dict[str, str]) -> dict:
 
 
 def trials(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=f"{study}.mu", storage=storage).get_trials(deepcopy=False)
+    opened = Workspace.resolve(None, storage, None).open_storage()  # the sweeper's own way to open a storage URL
+    return optuna.load_study(study_name=f"{study}.mu", storage=opened).get_trials(deepcopy=False)
 
 
 def assert_grid_once(storage: str, tracking_uri: str, study: str, mus: list[str]) -> list[optuna.trial.FrozenTrial]:
