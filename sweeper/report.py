@@ -139,9 +139,11 @@ def stage_groups(study: Study) -> list[tuple[str, list[RunRecord]]]:
 
 
 def varying(runs: list[RunRecord]) -> set[str]:
-    """Which of mu, beta, perceptual and arch take more than one value (beta only among finite mu)."""
+    """Which of mu, beta, perceptual and arch take more than one value (beta among finite mu, unless every
+    mu is inf: a beta stage at mu=inf, where beta has no effect)."""
     out = {name for name in ("mu", "perceptual", "arch") if len({r.params.get(name) for r in runs}) > 1}
-    if len({r.beta for r in runs if not math.isinf(r.mu)}) > 1:
+    finite = [r for r in runs if not math.isinf(r.mu)] or runs
+    if len({r.beta for r in finite}) > 1:
         out.add("beta")
     return out
 
@@ -166,6 +168,8 @@ def sweep_tables(study: Study) -> list[tuple[Table, list[RunRecord]]]:
                 rows = sorted(latest_per(group, lambda r: r.beta), key=lambda r: r.beta)
                 title = f"Table 2: {name} under different beta ({_distinct(mu_label(r.mu) for r in rows)}; stage {stage})"
                 table = metric_table(f"table2_{stage}_{arch}", "beta", title, provenance(study, rows), [(r.beta, r) for r in rows])
+                if all(math.isinf(r.mu) for r in rows):
+                    table.notes.append("mu=inf won the mu stage: the loss is VGG only, so beta has no effect on these rows.")
             elif "perceptual" in vary and "arch" not in vary:
                 by_loss = {r.params.get("perceptual"): r for r in group}
                 rows = [by_loss[k] for k in ABLATION_ROWS if k in by_loss]

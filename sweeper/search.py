@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import socket
 import time
@@ -44,8 +45,17 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    """A trial's identity: its resolved config minus bookkeeping keys. Equal hashes = the same training."""
-    identity = {k: v for k, v in flatten(config).items() if k not in BOOKKEEPING}
+    """A trial's identity: its resolved config minus bookkeeping keys. Equal hashes = the same training.
+
+    Without a ResNet loss (mu=inf, or loss.perceptual=vgg) beta and c change nothing, so they are left out:
+    a beta stage at a winning mu=inf reuses one run instead of training four identical ones.
+    """
+    flat = flatten(config)
+    resnet_used = flat["loss.perceptual"] == "static" or (
+        flat["loss.perceptual"] == "dp" and not math.isinf(float(parse_value(str(flat["mu"]))))
+    )
+    ignored = BOOKKEEPING if resnet_used else BOOKKEEPING | {"beta", "loss.c"}
+    identity = {k: v for k, v in flat.items() if k not in ignored}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -109,3 +109,15 @@ def test_owner_liveness_uses_pid_and_start_time() -> None:
     host, pid, _ = me.rsplit(":", 2)
     assert not owner_alive(f"{host}:{pid}:1")  # same pid, another start time: a recycled pid
     assert owner_alive(f"elsewhere:{pid}:1")  # another machine: cannot tell, assumed alive
+
+
+def test_config_hash_drops_beta_only_where_no_resnet_loss_is_built() -> None:
+    def h(**overrides: object) -> str:
+        return config_hash(build_config({"preset": "smoke", **overrides}).to_dict())
+
+    assert h(mu=math.inf, beta="beta1_3") == h(mu=math.inf, beta="beta4_3")  # VGG loss only: beta unused
+    assert h(**{"loss.perceptual": "vgg", "beta": "beta2_4"}) == h(**{"loss.perceptual": "vgg", "beta": "beta3_6"})
+    assert h(mu=0.5, beta="beta1_3") != h(mu=0.5, beta="beta4_3")
+    assert h(**{"loss.perceptual": "static", "mu": math.inf, "beta": "beta1_3"}) != h(
+        **{"loss.perceptual": "static", "mu": math.inf, "beta": "beta4_3"}
+    )
