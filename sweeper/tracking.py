@@ -8,6 +8,7 @@ a trial's run is found by its tags, and a run left half-logged by a crash is del
 from __future__ import annotations
 
 import json
+import logging
 import math
 import subprocess
 import tempfile
@@ -20,6 +21,10 @@ from mlflow.entities import Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from sweeper.studies import label
+
+# MLflow announces creating and migrating its SQLite tables at INFO level on every new store; keep the
+# console to what the user asked for.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 METRICS = ("psnr", "ssim", "lpips")
