@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from sweeper.overrides import Options, parse, require_study
 from sweeper.progress import StageProgress, read_progress
 from sweeper.studies import Stage, Study, label, load
 from sweeper.workspace import CANCELLED, Workspace, claim, enqueue, finish, point_key, resolved, stage_trials
-from trainer.files import file_lock, write_text_atomic
+from trainer.files import file_lock, write_bytes_atomic, write_text_atomic
 from trainer.config import build_config, flatten, parse_value
 from trainer.errors import UserError
 
@@ -309,15 +310,25 @@ def start_trial(run: Run, study_id: int, parent: str, tags: dict[str, str], stag
     if any(t.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.WAITING) for t in earlier):
         finish(run.storage, study_id, trial.number, TrialState.PRUNED, None, {"reason": "duplicate grid point (enqueued twice)"})
         return None
-    source = reusable(run, identity)
-    if source is not None:
-        run.storage.set_trial_user_attr(trial_id, "reused_from", source[0])
-        run.storage.set_trial_user_attr(trial_id, "trial_dir", source[1])
-        finish_trial(run, study_id, parent, tags, trial.number)
-        return None
     trial_dir = Path(trial.user_attrs["trial_dir"])
     write_text_atomic(trial_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    source = reusable(run, identity)
+    if source is not None:
+        copy_outcome(Path(source[1]), trial_dir)
+        run.storage.set_trial_user_attr(trial_id, "reused_from", source[0])
+        finish_trial(run, study_id, parent, tags, trial.number)
+        return None
     return TrialJob(run.study.name, tags["sweeper.stage"], trial.number, trial_dir)
+
+
+def copy_outcome(source: Path, trial_dir: Path) -> None:
+    """Give a reused trial its own folder: the source's metrics and samples, then (atomically, last) its
+    result.json, beside the trial's own config.yaml (which records this grid point's settings)."""
+    if (source / "samples").is_dir():
+        shutil.copytree(source / "samples", trial_dir / "samples", dirs_exist_ok=True)
+    if (source / "metrics.jsonl").exists():
+        shutil.copyfile(source / "metrics.jsonl", trial_dir / "metrics.jsonl")
+    write_bytes_atomic(trial_dir / "result.json", (source / "result.json").read_bytes())
 
 
 def submit_trials(run: Run, study_id: int, jobs: list[TrialJob]) -> dict[int, str]:
