@@ -32,11 +32,11 @@ PARAM_KEYS = ("beta", "arch", "preset", "seed", "upscale")
 
 
 def git_commit() -> str:
-    """The checkout's commit (with `+dirty` when it has local changes), or "unknown"."""
+    """The checkout's commit (with `+dirty` when code has local changes; generated results/ do not count), or "unknown"."""
     repo = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"], capture_output=True, text=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("+dirty" if dirty else "")
