@@ -548,7 +548,10 @@ def train_one(tokens: list[str], extra_tags: dict[str, str] | None = None) -> No
     runs = ws.root / "trials" / "train" / "run"
     number = 1 + max((int(p.name) for p in runs.glob("*") if p.name.isdigit()), default=-1)
     run_dir = ws.trial_dir("train", "run", number)
-    result = train(cfg, run_dir, ws.cache_dir, progress=True)
+    if opts.executor == "local":
+        result = train(cfg, run_dir, ws.cache_dir, progress=True)
+    else:
+        result = train_on_executor(opts, ws, cfg.to_dict(), TrialJob("train", "run", number, run_dir))
     if result.get("status") != "complete":
         raise UserError(f"training failed: {result.get('reason')} (folder {run_dir})")
     client = MlflowClient(ws.tracking_uri)
@@ -561,3 +564,27 @@ def train_one(tokens: list[str], extra_tags: dict[str, str] | None = None) -> No
         lp = f"{m['lpips']:.4f}" if isinstance(m.get("lpips"), (int, float)) else "n/a"
         print(f"{set_name:<10}{m['psnr']:>8.2f}{m['ssim']:>8.4f}{lp:>8}")
     print(f"\nfolder {run_dir}\nMLflow run {run_id} (experiment train): sweeper ui" + (f" workspace={opts.workspace}" if opts.workspace else ""))
+
+
+def train_on_executor(opts: Options, ws: Workspace, config: dict[str, Any], job: TrialJob) -> dict[str, Any]:
+    """Run one training as a job of `opts.executor` (a SLURM job for `executor=slurm`), wait for it with a
+    progress bar, and return its result.json; a requeued job (time limit, preemption) resumes on its own."""
+    from tqdm import tqdm
+
+    executor = make_executor(opts.executor, opts.executor_options, ws.root, opts.preset)
+    if executor.name == "slurm":
+        executor.check(ws.sqlite_file())
+    write_text_atomic(job.trial_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    (job_id,) = executor.submit([job])
+    out, err = executor.log_paths(job_id)
+    print(f"submitted as {executor.name} job {job_id}; stdout {out}, stderr {err}")
+    with tqdm(desc=f"{executor.name} job {job_id}", unit="it", disable=None) as bar:
+        while not (job.trial_dir / "result.json").exists() and executor.state(job_id) != "ENDED":
+            p = read_progress(job.trial_dir)
+            if p:
+                bar.total = p.get("total")
+                bar.set_postfix_str(str(p.get("stage", "")), refresh=False)
+                bar.update(int(p.get("step", 0)) - bar.n)
+            time.sleep(1.0)
+    return read_result(job.trial_dir) or {"status": "failed", "reason": f"job {job_id} ended without result.json (see {err})"}
+

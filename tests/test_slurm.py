@@ -160,3 +160,21 @@ def test_bad_options_fail_before_anything_is_created(tmp_path: Path) -> None:
         assert not (tmp_path / "ws").exists()
     with pytest.raises(UserError, match=r"executor.timeout_min='soon': expected int"):
         SlurmExecutor.from_options({"timeout_min": "soon"}, tmp_path, "smoke")
+
+
+def test_single_training_runs_as_a_slurm_job(tmp_path: Path) -> None:
+    """`sweeper train ... executor=slurm` (and so `sweeper promote`) trains in a SLURM job, then logs it."""
+    env = env_for(tmp_path)
+    where, _, tracking_uri = workspace_args(tmp_path)
+    done = sweeper(["train", *where, *TINY, "executor=slurm"], env)
+    assert done.returncode == 0, done.stderr
+    job_id = re.search(r"submitted as slurm job (\S+);", done.stdout).group(1)
+    run_dir = tmp_path / "ws" / "trials" / "train" / "run" / "0"
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "complete"
+    assert (tmp_path / "ws" / "slurm" / job_id).is_dir()  # it ran through sbatch, not in this process
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
+    assert run.data.tags["sweeper.weights"] == "random" and "Set5/psnr" in run.data.metrics
