@@ -145,7 +145,12 @@ def test_cancel_scancels_queued_and_running_jobs(tmp_path: Path) -> None:
     assert detached.returncode == 0, detached.stderr
     cancelled = sweeper(["cancel", "study=cl_cancel", *where], env)
     assert cancelled.returncode == 0 and "cancelled 2 trial(s)" in cancelled.stdout, cancelled.stderr
-    shown = status("cl_cancel", where, env)["trials"]
+    deadline = time.monotonic() + 60  # a cancelled running job passes through COMPLETING while SLURM reaps it
+    while True:
+        shown = status("cl_cancel", where, env)["trials"]
+        if "COMPLETING" not in {t["slurm_state"] for t in shown} or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert {t["state"] for t in shown} == {"FAIL"} and {t["slurm_state"] for t in shown} == {"CANCELLED"}, shown
 
 
