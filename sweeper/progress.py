@@ -21,6 +21,14 @@ def read_progress(trial_dir: Path) -> dict[str, Any]:
     return progress if isinstance(progress, dict) else {}
 
 
+def show(bar: tqdm, progress: dict[str, Any]) -> None:
+    """Move a trial's bar to what its progress.json says (stage, step of total)."""
+    if progress:
+        bar.total = progress.get("total")
+        bar.set_postfix_str(str(progress.get("stage", "")), refresh=False)
+        bar.update(int(progress.get("step", 0)) - bar.n)
+
+
 class StageProgress:
     def __init__(self, name: str, total: int) -> None:
         self.bar = tqdm(total=total, desc=name, unit="trial", disable=None, dynamic_ncols=True)
@@ -37,11 +45,7 @@ class StageProgress:
             if number not in self.trial_bars:
                 params = " ".join(f"{k}={v}" for k, v in t.params.items())
                 self.trial_bars[number] = tqdm(desc=f"  #{number} {params}", unit="it", leave=False, disable=self.bar.disable)
-            bar = self.trial_bars[number]
-            if p:
-                bar.total = p.get("total")
-                bar.set_postfix_str(str(p.get("stage", "")), refresh=False)
-                bar.update(int(p.get("step", 0)) - bar.n)
+            show(self.trial_bars[number], p)
 
     def close(self) -> None:
         for bar in self.trial_bars.values():

@@ -29,7 +29,7 @@ from sweeper import tracking
 from sweeper.executors import Executor, TrialJob, make_executor
 from sweeper.executors.local import process_start
 from sweeper.overrides import Options, parse, require_study
-from sweeper.progress import StageProgress, read_progress
+from sweeper.progress import StageProgress, read_progress, show
 from sweeper.studies import Stage, Study, label, load
 from sweeper.workspace import CANCELLED, Workspace, claim, enqueue, finish, point_key, resolved, stage_trials
 from trainer.files import file_lock, write_bytes_atomic, write_text_atomic
@@ -580,11 +580,7 @@ def train_on_executor(opts: Options, ws: Workspace, config: dict[str, Any], job:
     print(f"submitted as {executor.name} job {job_id}; stdout {out}, stderr {err}")
     with tqdm(desc=f"{executor.name} job {job_id}", unit="it", disable=None) as bar:
         while not (job.trial_dir / "result.json").exists() and executor.state(job_id) != "ENDED":
-            p = read_progress(job.trial_dir)
-            if p:
-                bar.total = p.get("total")
-                bar.set_postfix_str(str(p.get("stage", "")), refresh=False)
-                bar.update(int(p.get("step", 0)) - bar.n)
+            show(bar, read_progress(job.trial_dir))
             time.sleep(1.0)
     return read_result(job.trial_dir) or {"status": "failed", "reason": f"job {job_id} ended without result.json (see {err})"}
 
