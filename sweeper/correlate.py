@@ -24,7 +24,7 @@ from scipy.stats import rankdata
 from sweeper.overrides import parse
 from sweeper.runs import HIGHER_IS_BETTER, LABELS, METRICS, RunRecord, experiment_ids, find_runs, finished, open_client, paper_order
 from sweeper.tables import rows_to_csv, rows_to_markdown
-from trainer.config import ARCHS
+from trainer.config import ARCHS, check_choice
 from trainer.errors import UserError
 
 EXACT_MAX_N = 8  # 8! = 40,320 orderings; above that a fixed-seed sample of orderings is used
@@ -272,8 +272,7 @@ def _pop_arch(tokens: list[str], key: str, default: str) -> tuple[str, list[str]
     """Take `proxy=`/`target=` out of the tokens (they are not training settings) and check the value."""
     values = [t.partition("=")[2] for t in tokens if t.startswith(f"{key}=")]
     value = values[-1].strip() if values else default
-    if value not in ARCHS:
-        raise UserError(f"{key}={value!r} is not valid; choose one of {', '.join(ARCHS)}")
+    check_choice(key, value, ARCHS)
     return value, [t for t in tokens if not t.startswith(f"{key}=")]
 
 

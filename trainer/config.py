@@ -227,20 +227,26 @@ def set_key(cfg: Config, key: str, value: Any) -> None:
     setattr(target, last, _coerce(key, value, _hint(type(target), last)))
 
 
+def check_choice(key: str, value: Any, valid: tuple[str, ...]) -> None:
+    """UserError naming `key=value` and the valid choices unless `value` is one of them."""
+    if value not in valid:
+        raise UserError(f"{key}={value!r} is not valid; choose one of {', '.join(valid)}")
+
+
+def check_mu(mu: float) -> None:
+    """Eq. (8) divides by mu: it must be nonzero (inf = VGG loss only)."""
+    if mu == 0 or math.isnan(mu):
+        raise UserError(f"mu={mu}: mu must be a nonzero number (eq. 8 divides by it) or inf for VGG loss only")
+
+
 def validate(cfg: Config) -> Config:
     """Cross-field checks; each failure names the bad value and what would be valid."""
-
-    def one_of(key: str, value: str, valid: tuple[str, ...]) -> None:
-        if value not in valid:
-            raise UserError(f"{key}={value!r} is not valid; choose one of {', '.join(valid)}")
-
-    one_of("arch", cfg.arch, ARCHS)
-    one_of("beta", cfg.beta, BETAS)
-    one_of("preset", cfg.preset, PRESETS)
-    one_of("loss.perceptual", cfg.loss.perceptual, PERCEPTUAL)
-    one_of("loss.variant", cfg.loss.variant, VARIANTS)
-    if cfg.mu == 0 or math.isnan(cfg.mu):
-        raise UserError(f"mu={cfg.mu}: mu must be a nonzero number (eq. 8 divides by it) or inf for VGG loss only")
+    check_choice("arch", cfg.arch, ARCHS)
+    check_choice("beta", cfg.beta, BETAS)
+    check_choice("preset", cfg.preset, PRESETS)
+    check_choice("loss.perceptual", cfg.loss.perceptual, PERCEPTUAL)
+    check_choice("loss.variant", cfg.loss.variant, VARIANTS)
+    check_mu(cfg.mu)
     if cfg.upscale not in (2, 3, 4):
         raise UserError(f"upscale={cfg.upscale} is not supported; choose 2, 3 or 4")
     if cfg.data.hr_patch % cfg.upscale or cfg.data.hr_patch % 32:
@@ -259,8 +265,7 @@ def build_config(overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the preset named in `overrides` (default `paper`), then the overrides themselves."""
     overrides = dict(overrides or {})
     preset = str(overrides.get("preset", "paper"))
-    if preset not in PRESETS:
-        raise UserError(f"preset={preset!r} is not valid; choose one of {', '.join(PRESETS)}")
+    check_choice("preset", preset, PRESETS)
     cfg = Config()
     for key, value in {**PRESET_OVERRIDES[preset], **overrides}.items():
         set_key(cfg, key, parse_value(value) if isinstance(value, str) and key != "weights" else value)

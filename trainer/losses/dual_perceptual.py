@@ -22,14 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.config import BETAS, PERCEPTUAL, VARIANTS
+from trainer.config import BETAS, PERCEPTUAL, VARIANTS, check_choice, check_mu
 from trainer.errors import UserError
 from trainer.losses.perceptual import ResNetStages, imagenet_normalize, vgg_extractor
-
-
-def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise UserError(f"{name}={value!r} is not valid; choose one of {', '.join(valid)}")
 
 
 class DualPerceptualLoss(nn.Module):
@@ -44,11 +39,10 @@ class DualPerceptualLoss(nn.Module):
         variant: str = "paper",
     ):
         super().__init__()
-        if mu == 0 or math.isnan(mu):
-            raise UserError(f"mu={mu}: mu must be a nonzero number (eq. 8 divides by it) or inf for VGG loss only")
-        _check_choice("beta", beta, BETAS)
-        _check_choice("mode", mode, PERCEPTUAL)
-        _check_choice("variant", variant, VARIANTS)
+        check_mu(mu)
+        check_choice("beta", beta, BETAS)
+        check_choice("mode", mode, PERCEPTUAL)
+        check_choice("variant", variant, VARIANTS)
         if not c > 0:
             raise UserError(f"c={c}: must be a tiny positive constant (eq. 9)")
         self.mu, self.beta, self.c, self.mode = mu, beta, c, mode

@@ -16,8 +16,7 @@ import torch
 from torch import nn
 
 from trainer import weights as weights_mod
-from trainer.config import BETAS
-from trainer.errors import UserError
+from trainer.config import BETAS, check_choice
 
 VGG_CONV5_4 = 35  # features[:35] ends with conv5_4, before relu5_4
 BETA_STAGE = {beta: int(beta[4]) for beta in BETAS}  # "beta3_6" -> stage 3 (its 6th, last bottleneck)
@@ -48,8 +47,7 @@ class ResNetStages(nn.Module):
 
     def __init__(self, weights: str, beta: str):
         super().__init__()
-        if beta not in BETA_STAGE:
-            raise UserError(f"beta={beta!r} is not valid; choose one of {', '.join(BETAS)}")
+        check_choice("beta", beta, BETAS)
         r = weights_mod.resnet50(weights)
         self.stem = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool)
         self.stages = nn.ModuleList([r.layer1, r.layer2, r.layer3, r.layer4][: BETA_STAGE[beta]])
