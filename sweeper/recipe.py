@@ -85,6 +85,8 @@ CHOICES = (
     Choice("metric space and border", ("metrics.space",), "Y channel, 4-pixel border",
            "RGB (test_y_channel: false), crop_border 4", "RGB in the ESRGAN/MSRGAN configs, crop_border 4",
            "the border is upscale pixels either way; Y follows the text, rgb the code"),
+    Choice("validation sets and interval", ("data.val_sets", "train.val_every"), "Set5, Set14, BSD100, Urban100",
+           "Set14 every 5k iterations; test configs: Set5, Set14, BSDS100, Urban100", "Set14 every 5k iterations"),
     Choice("seed", ("seed",), "not stated", "manual_seed 0", "0"),
 )
 

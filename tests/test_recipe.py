@@ -89,3 +89,23 @@ def test_train_dry_run_prints_config_and_recipe_and_trains_nothing(tmp_path, mon
     assert config["loss"]["gan"] == "ragan" and config["model"]["skip"] == "bilinear"
     assert table.startswith("| choice |") and "| generator skip | bilinear | model.skip |" in table
     assert list(tmp_path.iterdir()) == []  # no workspace, no run folder
+
+
+@pytest.mark.parametrize("arch", ["srgan", "esrgan"])
+def test_the_gan_stage_trains_the_chosen_game(arch):
+    """One GAN step's logged l_adv and l_d are the chosen game's losses on the networks' logits."""
+    import torch
+
+    from trainer.losses import discriminator_loss, generator_adversarial_loss
+    from trainer.train import Gan
+
+    for gan in ("vanilla", "ragan"):
+        cfg = build_config({"preset": "smoke", "weights": "random", "arch": arch, "mu": "inf", "loss.gan": gan,
+                            "model.num_blocks": 1, "train.device": "cpu"})  # fmt: skip
+        trainer = Gan.build(cfg, torch.device("cpu"))
+        lr, hr = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 32, 32)
+        with torch.no_grad():  # in train mode BatchNorm uses batch statistics: the same logits inside the step
+            real, fake = trainer.d(hr), trainer.d(trainer.g(lr))
+        values = trainer.step(lr, hr, 1)
+        assert values["l_adv"] == pytest.approx(float(generator_adversarial_loss(gan, real, fake)), rel=1e-5)
+        assert values["l_d"] == pytest.approx(float(discriminator_loss(gan, real, fake, cfg.loss.ragan_detach)), rel=1e-5)
