@@ -67,11 +67,32 @@ def status(
 
 @app.command()
 @user_errors
-def train(overrides: Overrides = None) -> None:
+def train(
+    overrides: Overrides = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the resolved config and the recipe table only")] = False,
+) -> None:
     """Train one run and log it to MLflow: `sweeper train arch=srgan mu=0.5 beta=beta3_6 preset=smoke`."""
+    if dry_run:
+        from sweeper import recipe
+
+        recipe.dry_run(overrides or [])
+        return
     from sweeper import search
 
     search.train_one(overrides or [])
+
+
+@app.command()
+@user_errors
+def recipe(
+    overrides: Overrides = None,
+    format: Annotated[str, typer.Option("--format", help="markdown or json")] = "markdown",
+    document: Annotated[bool, typer.Option("--document", help="docs/RECIPE.md: both archs at the defaults")] = False,
+) -> None:
+    """Every choice that shapes a result: value in effect, its key, paper text vs authors' code vs BasicSR."""
+    from sweeper import recipe as recipe_mod
+
+    recipe_mod.main(overrides or [], fmt=format, document_all=document)
 
 
 @app.command()

@@ -98,8 +98,13 @@ def _distinct(values) -> str:
     return ", ".join(sorted({str(v) for v in values if v not in ("", None)})) or "n/a"
 
 
+def metric_space(config: dict) -> str:
+    """Where a run's PSNR/SSIM were computed, `metrics.space`: "Y" or "RGB" (Y for runs older than the key)."""
+    return str((config.get("metrics") or {}).get("space", "y")).upper()
+
+
 def provenance(study: Study, runs: list[RunRecord]) -> str:
-    """The table's heading line: preset, data, weights kind, commit."""
+    """The table's heading line: preset, data, metric space (`metrics.space`), weights kind, commit."""
     configs = [study.config(r) for r in runs]
     data = [
         f"{'+'.join(c['data'].get('train_sets', []))} -> {'+'.join(c['data'].get('val_sets', []))}"
@@ -109,6 +114,7 @@ def provenance(study: Study, runs: list[RunRecord]) -> str:
     commits = [r.tags.get("sweeper.git_commit") or (study.stage_of(r) or r).tags.get("sweeper.git_commit") for r in runs]
     return (
         f"preset={_distinct(r.params.get('preset') for r in runs)} · data={_distinct(data)} · "
+        f"PSNR/SSIM on {_distinct(metric_space(c) for c in configs)} · "
         f"weights={_distinct(r.tags.get('sweeper.weights') for r in runs)} "
         f"(LPIPS {_distinct(r.tags.get('sweeper.lpips') for r in runs)}) · "
         f"commit={_distinct(commits)}"
@@ -241,6 +247,8 @@ def table5(study: Study, bicubic: RunRecord | None) -> tuple[Table, list[RunReco
             f"Bicubic is scored on every whole image of each set; the runs were validated on at most {data.get('val_max_images') or 'all'} "
             f"images per set, centre-cropped to {data.get('val_crop') or 'full'} px: the rows are not directly comparable."
         )
+    if bicubic and metric_space(study.config(ours[0])) != "Y":
+        table.notes.append("Bicubic is scored on Y (`sweeper evaluate`); the runs' PSNR/SSIM are on RGB (metrics.space=rgb).")
     return table, ours
 
 

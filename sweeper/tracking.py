@@ -21,6 +21,7 @@ from mlflow.entities import Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from sweeper.studies import label
+from trainer.config import flatten
 
 # MLflow announces creating and migrating its SQLite tables at INFO level on every new store; keep the
 # console to what the user asked for.
@@ -29,6 +30,7 @@ logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 METRICS = ("psnr", "ssim", "lpips")
 PARAM_KEYS = ("beta", "arch", "preset", "seed", "upscale")
+RECIPE_PARAMS = ("loss.gan", "loss.ragan_detach", "model.skip", "model.init", "metrics.space", "train.from_scratch")  # docs/RECIPE.md
 
 
 def git_commit() -> str:
@@ -115,6 +117,7 @@ def log_trial(
     run_id = client.create_run(experiment_id, run_name=trial_run_name(config), tags=all_tags).info.run_id
     params = {"mu": label(config["mu"])} | {k: config[k] for k in PARAM_KEYS}
     params |= {"perceptual": config["loss"]["perceptual"], "variant": config["loss"]["variant"]}
+    params |= {k: flatten(config)[k] for k in RECIPE_PARAMS}
     now = int(time.time() * 1000)
     metrics = [Metric(k, v, now, step) for (k, step), v in read_metrics(trial_dir).items()]
     steps = int(result.get("iters", 0))

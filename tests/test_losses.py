@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from trainer.errors import UserError
-from trainer.losses import DualPerceptualLoss, ResNetStages, imagenet_normalize, ragan_loss
+from trainer.losses import (
+    DualPerceptualLoss,
+    ResNetStages,
+    discriminator_loss,
+    generator_adversarial_loss,
+    imagenet_normalize,
+    ragan_loss,
+)
 
 
 def make_loss(seed: int = 0, **kw) -> DualPerceptualLoss:
@@ -151,3 +158,50 @@ def test_published_code_variant(images):
     loss.resnet.eval()  # what the paper variant computes: last stage only, normalised input, eval mode
     paper = F.l1_loss(loss.resnet(imagenet_normalize(sr))[-1], loss.resnet(imagenet_normalize(hr))[-1])
     assert not torch.allclose(out["res"], paper)
+
+
+# --------------------------------------------------------------------------- loss.gan: vanilla | ragan
+
+LN3 = math.log(3.0)  # sigmoid(ln 3) = 3/4, sigmoid(-ln 3) = 1/4
+
+
+def test_vanilla_gan_losses_match_hand_computed_values():
+    real, fake = torch.tensor([[0.0], [LN3]]), torch.tensor([[0.0], [-LN3]])
+    # D: mean(-log s(0), -log s(ln3)) + mean(-log(1 - s(0)), -log(1 - s(-ln3))) = (ln2 + ln4/3)/2 * 2
+    torch.testing.assert_close(discriminator_loss("vanilla", real, fake), torch.tensor(math.log(8 / 3)))
+    # G: mean(-log s(0), -log s(-ln3)) = (ln2 + ln4) / 2; D(y) plays no part
+    expected_g = torch.tensor(1.5 * math.log(2))
+    torch.testing.assert_close(generator_adversarial_loss("vanilla", real, fake), expected_g)
+    torch.testing.assert_close(generator_adversarial_loss("vanilla", real + 5, fake), expected_g)
+
+
+def test_ragan_losses_match_hand_computed_values():
+    real, fake = torch.full((2, 1), LN3), torch.zeros(2, 1)
+    # D: real - mean(fake) = ln3 -> -log(3/4); fake - mean(real) = -ln3 -> -log(1 - 1/4); halves sum to ln(4/3)
+    for detach in (True, False):
+        torch.testing.assert_close(discriminator_loss("ragan", real, fake, detach), torch.tensor(math.log(4 / 3)))
+    # G (roles swapped): fake - mean(real) = -ln3 -> -log(1/4); real - mean(fake) = ln3 -> -log(1 - 3/4): ln 4
+    torch.testing.assert_close(generator_adversarial_loss("ragan", real, fake), torch.tensor(math.log(4)))
+
+
+@pytest.mark.parametrize("detach,through_mean", [(True, 0.0), (False, 1 / 16)])
+def test_ragan_discriminator_gradient_through_the_other_sides_mean(detach, through_mean):
+    real, fake = torch.full((2, 1), LN3, requires_grad=True), torch.zeros(2, 1, requires_grad=True)
+    discriminator_loss("ragan", real, fake, detach_means=detach).backward()
+    # own term: 0.5 * (s(x) - label) / N = 0.5 * (1/4) / 2 = 1/16 for each fake logit (-1/16 for real);
+    # the other term reaches it only through its undetached mean: 0.5 * (1 - 3/4) * (1/N) = 1/16 more
+    torch.testing.assert_close(fake.grad, torch.full((2, 1), 1 / 16 + through_mean))
+    torch.testing.assert_close(real.grad, torch.full((2, 1), -1 / 16 - through_mean))
+
+
+def test_generator_ragan_loss_reaches_only_the_fake_logits():
+    real, fake = torch.full((2, 1), LN3, requires_grad=True), torch.zeros(2, 1, requires_grad=True)
+    generator_adversarial_loss("ragan", real, fake).backward()
+    assert real.grad is None  # D(y) is a constant for the generator
+    # own term: 0.5 * (s(-ln3) - 1) / 2 = -3/16; through mean(fake) in the real term: 0.5 * s(ln3) * (-1/2) / 2 = -3/16
+    torch.testing.assert_close(fake.grad, torch.full((2, 1), -3 / 8))
+
+
+def test_unknown_gan_is_refused():
+    with pytest.raises(UserError, match="loss.gan='wgan'.*vanilla, ragan"):
+        discriminator_loss("wgan", torch.zeros(1, 1), torch.zeros(1, 1))

@@ -1,4 +1,4 @@
-"""PSNR/SSIM on Y (MATLAB conventions) and LPIPS availability/loading."""
+"""PSNR/SSIM on Y (MATLAB conventions) or RGB (BasicSR) and LPIPS availability/loading."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import torchvision
 from scipy.signal import correlate2d
 
 from trainer import weights
-from trainer.metrics import LPIPSMetric, psnr_y, psnr_y_batch, rgb_to_y, ssim_y, ssim_y_batch
+from trainer.data import ValImage
+from trainer.metrics import LPIPSMetric, psnr_batch, psnr_y, psnr_y_batch, rgb_to_y, ssim_batch, ssim_y, ssim_y_batch
+from trainer.train import score_image
 
 
 def rand_u8(*shape: int, seed: int) -> torch.Tensor:
@@ -95,3 +97,34 @@ def test_lpips_uses_the_cached_alexnet_weights(torch_home: Path) -> None:
     same, different = metric(x, x), metric(x, x.flip(-1))
     assert same.shape == (2,) and torch.allclose(same, torch.zeros(2), atol=1e-6)
     assert (different > 0.01).all()
+
+
+# --------------------------------------------------------------------------- metrics.space=rgb (BasicSR, test_y_channel false)
+
+
+def test_rgb_psnr_is_one_mse_over_all_channels() -> None:
+    hr = torch.full((3, 20, 20), 100, dtype=torch.uint8)
+    sr = hr.clone()
+    sr[0, 4:-4, 4:-4] = 110  # one channel off by 10 inside the border: MSE = 100 / 3
+    assert float(psnr_batch(sr, hr, 4, "rgb")) == pytest.approx(10 * math.log10(255**2 * 3 / 100), abs=1e-12)
+    assert float(psnr_batch(sr, hr, 4, "y")) == psnr_y(sr, hr, 4) != float(psnr_batch(sr, hr, 4, "rgb"))
+
+
+def test_rgb_ssim_is_the_mean_of_the_channels_ssim() -> None:
+    hr = rand_u8(3, 40, 32, seed=3)
+    sr = (hr.int() + rand_u8(3, 40, 32, seed=4).int() // 8 - 16).clamp(0, 255).to(torch.uint8)
+    per_channel = [ssim_reference(sr[c, 4:-4, 4:-4].double().numpy(), hr[c, 4:-4, 4:-4].double().numpy()) for c in range(3)]
+    assert float(ssim_batch(sr, hr, 4, "rgb")) == pytest.approx(sum(per_channel) / 3, abs=1e-12)
+    with pytest.raises(ValueError, match="'ycbcr'"):
+        ssim_batch(sr, hr, 4, "ycbcr")
+
+
+def test_validation_scores_a_grayscale_image_in_either_space() -> None:
+    gray = rand_u8(1, 24, 24, seed=5)
+    img = ValImage("g.png", gray, gray)
+    sr = gray.repeat(3, 1, 1).float().div(255).unsqueeze(0)  # a perfect grayscale SR
+    assert score_image(sr, img, 4, "y") == (math.inf, pytest.approx(1.0))
+    assert score_image(sr, img, 4, "rgb") == (math.inf, pytest.approx(1.0))  # HR read as three equal channels
+    sr[0, 0, 8:16, 8:16] += 0.1  # red only: on Y the channels are averaged first, on RGB each is scored
+    psnr_y_value, psnr_rgb_value = score_image(sr, img, 4, "y")[0], score_image(sr, img, 4, "rgb")[0]
+    assert math.isfinite(psnr_y_value) and math.isfinite(psnr_rgb_value) and psnr_y_value != psnr_rgb_value

@@ -1,5 +1,7 @@
 """The networks: the parameter counts the issue specifies, shapes at every scale, the discriminator's sizes."""
 
+import math
+
 import pytest
 import torch
 
@@ -71,3 +73,69 @@ def test_smaller_discriminator_differs_only_in_the_first_linear_layer():
 def test_discriminator_size_must_be_a_multiple_of_32():
     with pytest.raises(UserError, match="input_size=48"):
         VGGDiscriminator(48)
+
+
+# --------------------------------------------------------------------------- model.skip, model.init
+
+
+@pytest.mark.parametrize("net", [SRResNet, RRDBNet])
+def test_bilinear_skip_adds_the_upsampled_input_and_no_parameters(net):
+    small = {"num_feat": 8, "num_blocks": 1} | ({"growth": 4} if net is RRDBNet else {})
+    torch.manual_seed(0)
+    plain = net(4, skip="none", **small)
+    torch.manual_seed(0)
+    skipped = net(4, skip="bilinear", **small)
+    assert n_params(plain) == n_params(skipped)
+    x = torch.rand(1, 3, 6, 5)
+    up = torch.nn.functional.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(skipped(x), plain(x) + up)
+    with pytest.raises(UserError, match="model.skip='cubic'"):
+        net(4, skip="cubic", **small)(x)
+
+
+def test_full_size_parameter_counts_do_not_depend_on_the_skip():
+    assert n_params(SRResNet(skip="bilinear")) == 1_517_571
+    assert n_params(RRDBNet(num_blocks=2, skip="bilinear")) == n_params(RRDBNet(num_blocks=2))
+
+
+def conv_groups(net: RRDBNet) -> dict[str, list[torch.nn.Conv2d]]:
+    dense = [c for m in net.modules() if type(m).__name__ == "DenseBlock" for c in m.convs]
+    outer = [net.conv_first, net.conv_body, *net.conv_up, net.conv_hr, net.conv_last]
+    return {"dense": dense, "outer": outer}
+
+
+def weight_std_over_kaiming(conv: torch.nn.Conv2d) -> float:
+    """The weights' std relative to Kaiming-normal's sqrt(2 / fan_in)."""
+    fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    return float(conv.weight.detach().std()) / math.sqrt(2 / fan_in)
+
+
+def test_rrdbnet_init_scales_only_the_dense_block_convs_by_default():
+    torch.manual_seed(0)
+    groups = conv_groups(RRDBNet(num_blocks=2))
+    for conv in groups["dense"]:  # 0.1 * Kaiming, zero bias (BasicSR's default_init_weights(..., 0.1))
+        assert weight_std_over_kaiming(conv) == pytest.approx(0.1, rel=0.1) and not conv.bias.any()
+    for conv in groups["outer"]:  # PyTorch's default: U(+-1/sqrt(fan_in)), std = Kaiming's / sqrt(6)
+        assert weight_std_over_kaiming(conv) == pytest.approx(1 / math.sqrt(6), rel=0.1) and conv.bias.any()
+
+
+def test_rrdbnet_init_all_convs_scales_every_conv():
+    torch.manual_seed(0)
+    net = RRDBNet(num_blocks=2, init="all_convs")
+    for conv in [c for group in conv_groups(net).values() for c in group]:
+        assert weight_std_over_kaiming(conv) == pytest.approx(0.1, rel=0.1) and not conv.bias.any()
+    with pytest.raises(UserError, match="model.init='xavier'"):
+        RRDBNet(num_blocks=1, init="xavier")
+
+
+def test_srresnet_scales_every_conv_as_msrresnet_does():
+    torch.manual_seed(0)
+    for conv in [m for m in SRResNet().modules() if isinstance(m, torch.nn.Conv2d)]:
+        assert weight_std_over_kaiming(conv) == pytest.approx(0.1, rel=0.1) and not conv.bias.any()
+
+
+def test_build_generator_passes_skip_and_init():
+    cfg = build_config({"arch": "esrgan", "model.num_blocks": 1, "model.skip": "bilinear", "model.init": "all_convs"})
+    net = build_generator(cfg)
+    assert net.skip == "bilinear" and not net.conv_first.bias.any()
+    assert build_generator(build_config({"model.num_blocks": 1})).skip == "none"

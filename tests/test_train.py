@@ -16,7 +16,7 @@ from trainer.errors import UserError
 from trainer.images import read_image
 from trainer.train import Diverged, check_finite, drop_records_after, pretrain_key, train
 
-SMOKE = {"preset": "smoke", "weights": "random"}
+SMOKE = {"preset": "smoke", "weights": "random", "train.from_scratch": False}  # these tests cover pre-training too
 
 
 def smoke(**overrides):

@@ -1,5 +1,6 @@
 """PSNR and SSIM on the Y channel with MATLAB's conventions (section 4.1: 4-pixel border removed, Y of
-YCbCr), and LPIPS (Zhang et al., AlexNet) through the `lpips` package.
+YCbCr), or on RGB as BasicSR scores with `test_y_channel: false` (the authors' configs), and LPIPS (Zhang
+et al., AlexNet) through the `lpips` package.
 
 Conventions, as in ESRGAN's and most SR papers' MATLAB evaluation:
 - Y is MATLAB's `rgb2ycbcr` on uint8 (ITU-R BT.601, studio range 16..235), rounded to uint8; a
@@ -7,9 +8,11 @@ Conventions, as in ESRGAN's and most SR papers' MATLAB evaluation:
 - PSNR and SSIM are computed in float64 on Y in [0, 255] after cropping `crop_border` pixels per side.
 - SSIM is Wang et al.'s: 11x11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03, 'valid' filtering,
   mean of the SSIM map.
+- space "rgb" (`metrics.space=rgb`): the same border crop, PSNR from the MSE over all three channels,
+  SSIM the mean of the three channels' SSIM, as BasicSR's `calculate_psnr` / `calculate_ssim`.
 
 Every function takes uint8 tensors, (C, H, W) for one image or (N, C, H, W) for a batch of same-size
-images (the `_batch` forms return one value per image: fewer kernel launches on a GPU; on a CPU, one image
+images (the `_batch` forms, which take the space, "y" or "rgb"; return one value per image: fewer kernel launches on a GPU; on a CPU, one image
 at a time is as fast, as the batch no longer fits in the caches).
 """
 
@@ -24,6 +27,7 @@ from pathlib import Path
 import torch
 
 from trainer import weights
+from trainer.config import METRIC_SPACES as SPACES
 
 # MATLAB's rgb2ycbcr for uint8: T = [65.481 128.553 24.966] * (1/255), Y = imlincomb(T1, R, T2, G, T3, B, 16).
 Y_WEIGHTS = tuple(c * (1 / 255) for c in (65.481, 128.553, 24.966))
@@ -45,20 +49,24 @@ def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
     return torch.floor(y + 0.5)  # values are positive: MATLAB's round-half-away
 
 
-def _y_pair(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _planes(sr: torch.Tensor, hr: torch.Tensor, crop_border: int, space: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 planes to score, border cropped: (..., H, W) of Y for "y", (..., C, H, W) for "rgb"."""
     if sr.shape != hr.shape:
         raise ValueError(f"SR and HR shapes differ: {tuple(sr.shape)} vs {tuple(hr.shape)}")
+    if space not in SPACES:
+        raise ValueError(f"metric space {space!r}: choose one of {', '.join(SPACES)}")
     c = crop_border
-    y_sr, y_hr = rgb_to_y(sr), rgb_to_y(hr)
+    a, b = (rgb_to_y(sr), rgb_to_y(hr)) if space == "y" else (sr.double(), hr.double())
     if c:
-        y_sr, y_hr = y_sr[..., c:-c, c:-c], y_hr[..., c:-c, c:-c]
-    return y_sr, y_hr
+        a, b = a[..., c:-c, c:-c], b[..., c:-c, c:-c]
+    return a, b
 
 
-def psnr_y_batch(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> torch.Tensor:
-    """PSNR (dB) on Y of each image pair; inf for identical images."""
-    y_sr, y_hr = _y_pair(sr, hr, crop_border)
-    mse = (y_sr - y_hr).pow(2).mean(dim=(-2, -1))
+def psnr_batch(sr: torch.Tensor, hr: torch.Tensor, crop_border: int, space: str = "y") -> torch.Tensor:
+    """PSNR (dB) of each image pair on Y or RGB (all channels in one MSE); inf for identical images."""
+    a, b = _planes(sr, hr, crop_border, space)
+    dims = (-2, -1) if space == "y" else (-3, -2, -1)
+    mse = (a - b).pow(2).mean(dim=dims)
     return 10.0 * torch.log10(255.0**2 / mse)
 
 
@@ -75,9 +83,10 @@ def _gaussian_filter_valid(x: torch.Tensor, window: list[float]) -> torch.Tensor
     return out
 
 
-def ssim_y_batch(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> torch.Tensor:
-    """SSIM (Wang et al. 2004, eq. 13 there) on Y of each image pair, as MATLAB's `ssim_index`."""
-    x, y = _y_pair(sr, hr, crop_border)
+def ssim_batch(sr: torch.Tensor, hr: torch.Tensor, crop_border: int, space: str = "y") -> torch.Tensor:
+    """SSIM (Wang et al. 2004, eq. 13 there) of each image pair, as MATLAB's `ssim_index`: on Y, or the
+    mean over the RGB channels."""
+    x, y = _planes(sr, hr, crop_border, space)
     g = torch.exp(-(torch.arange(11, dtype=torch.float64) - 5) ** 2 / (2 * 1.5**2))
     g = (g / g.sum()).tolist()
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
@@ -85,17 +94,28 @@ def ssim_y_batch(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> torch.
     mu_x, mu_y, xx, yy, xy = _gaussian_filter_valid(torch.stack([x, y, x * x, y * y, x * y]), g)
     var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return ssim_map.mean(dim=(-2, -1))
+    ssim = ssim_map.mean(dim=(-2, -1))
+    return ssim if space == "y" else ssim.mean(dim=-1)
+
+
+def psnr_y_batch(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> torch.Tensor:
+    """PSNR (dB) on Y of each image pair."""
+    return psnr_batch(sr, hr, crop_border, "y")
+
+
+def ssim_y_batch(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> torch.Tensor:
+    """SSIM on Y of each image pair."""
+    return ssim_batch(sr, hr, crop_border, "y")
 
 
 def psnr_y(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> float:
     """PSNR (dB) on Y of one uint8 (C, H, W) pair."""
-    return float(psnr_y_batch(sr, hr, crop_border))
+    return float(psnr_batch(sr, hr, crop_border, "y"))
 
 
 def ssim_y(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> float:
     """SSIM on Y of one uint8 (C, H, W) pair."""
-    return float(ssim_y_batch(sr, hr, crop_border))
+    return float(ssim_batch(sr, hr, crop_border, "y"))
 
 
 class LPIPSMetric:

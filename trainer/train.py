@@ -3,7 +3,7 @@
 1. PSNR-oriented pre-training of the generator with the pixel L1 loss alone, cached in `cache_dir` under a
    hash of everything it depends on and shared by every run that needs the same one (skipped when
    `train.from_scratch`, as in the authors' released config).
-2. The GAN stage, eq. (2): L_G = lambda * l1 + eta * l_RaGAN + gamma * l_DP (eqs. 3, 8, 9), alternating
+2. The GAN stage, eq. (2): L_G = lambda * l1 + eta * l_adv + gamma * l_DP (eqs. 8, 9; l_adv: `loss.gan`), alternating
    one generator and one discriminator step per iteration, Adam(0.9, 0.99), MultiStepLR, optional EMA.
 
 Everything needed to resume exactly is checkpointed atomically; calling `train` again on the folder resumes.
@@ -37,8 +37,8 @@ from trainer.data import TrainBatches, ValImage, load_val_sets, resolve_root
 from trainer.errors import UserError
 from trainer.files import file_lock, write_json_atomic, write_text_atomic
 from trainer.images import to_rgb, to_uint8, write_image
-from trainer.losses import DualPerceptualLoss, ragan_loss
-from trainer.metrics import LPIPSMetric, psnr_y, ssim_y
+from trainer.losses import DualPerceptualLoss, discriminator_loss, generator_adversarial_loss
+from trainer.metrics import LPIPSMetric, psnr_batch, ssim_batch
 from trainer.nets import build_discriminator, build_generator
 
 PROGRESS_EVERY_S = 5.0
@@ -242,11 +242,15 @@ def super_resolve(g: nn.Module, lr_u8: torch.Tensor, device: torch.device) -> to
     return g(lr).float().clamp_(0, 1)
 
 
-def score_image(sr: torch.Tensor, img: ValImage, upscale: int) -> tuple[float, float]:
-    """PSNR/SSIM on Y with `upscale` border pixels removed (section 4.1). A grayscale HR is its own Y, so
-    the SR output is reduced to one channel the same way before scoring."""
-    sr_u8 = to_uint8(sr[0].mean(0, keepdim=True) if img.hr.shape[0] == 1 else sr[0]).cpu()
-    return psnr_y(sr_u8, img.hr, upscale), ssim_y(sr_u8, img.hr, upscale)
+def score_image(sr: torch.Tensor, img: ValImage, upscale: int, space: str = "y") -> tuple[float, float]:
+    """PSNR/SSIM on Y or RGB (`metrics.space`) with `upscale` border pixels removed (section 4.1). On Y a
+    grayscale HR is its own Y, so the SR output is reduced to one channel the same way before scoring; on
+    RGB a grayscale HR is copied to three channels, as BasicSR reads it."""
+    if space == "rgb":
+        sr_u8, hr = to_uint8(sr[0]).cpu(), to_rgb(img.hr)
+    else:
+        sr_u8, hr = to_uint8(sr[0].mean(0, keepdim=True) if img.hr.shape[0] == 1 else sr[0]).cpu(), img.hr
+    return float(psnr_batch(sr_u8, hr, upscale, space)), float(ssim_batch(sr_u8, hr, upscale, space))
 
 
 def validate(g: nn.Module, val_sets: dict[str, list[ValImage]], lpips: LPIPSMetric, cfg: Config,
@@ -259,7 +263,7 @@ def validate(g: nn.Module, val_sets: dict[str, list[ValImage]], lpips: LPIPSMetr
         psnrs, ssims, lp = [], [], []
         for j, img in enumerate(images):
             sr = super_resolve(g, img.lr, device)
-            p, s = score_image(sr, img, cfg.upscale)
+            p, s = score_image(sr, img, cfg.upscale, cfg.metrics.space)
             psnrs.append(p)
             ssims.append(s)
             if lpips.available:
@@ -330,9 +334,9 @@ class Gan:
             real, fake = d(hr), d(sr.detach())
             l_pix = F.l1_loss(sr, hr)
             p = self.percep(sr, hr)
-            l_adv = ragan_loss(fake_for_g, real.detach())  # eq. (3), roles swapped for the generator
+            l_adv = generator_adversarial_loss(lw.gan, real, fake_for_g)  # loss.gan: vanilla | ragan (eq. 3)
             l_g = lw.pixel_weight * l_pix + lw.adv_weight * l_adv + lw.perceptual_weight * p["total"]  # eq. (2)
-            l_d = ragan_loss(real, fake)  # eq. (3)
+            l_d = discriminator_loss(lw.gan, real, fake, lw.ragan_detach)
         losses = {"l_g": l_g, "l_pix": l_pix, "l_adv": l_adv, "l_percep": p["total"], "l_vgg": p["vgg"],
                   "l_res": p["res"], "dp_weight": p["weight"], "l_d": l_d}
         values = check_finite(losses, "GAN training", step)

@@ -10,8 +10,10 @@ same as mu=inf, and no ResNet is built); "static" l_VGG + static_weight * l_RES.
 `variant="published_code"` reproduces the authors' released implementation, which departs from the paper:
 the ResNet loss is the *sum* of the L1 losses after each of stages 1..m (m = beta's stage; their code fixes
 m=3, i.e. beta3_6), the ResNet sees unnormalised [0, 1] input and stays in train mode (BatchNorm on batch
-statistics), and the ratio has no c: zeta = value(l_VGG / l_RES). The VGG part is identical. (Their code
-also builds the ResNet-50 without loading ImageNet weights; pass weights="random" to match that too.)
+statistics), and the ratio has no c: zeta = value(l_VGG / l_RES). The VGG part is identical. Their code
+loads ImageNet weights for both extractors from files (their README asks for `resnet50.pth` and
+`vgg19.pth`), as `weights=imagenet` does; `weights=random` changes both extractors and is never the
+authors' setting.
 """
 
 from __future__ import annotations

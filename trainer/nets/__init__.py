@@ -13,11 +13,12 @@ __all__ = ["RRDBNet", "SRResNet", "VGGDiscriminator", "build_discriminator", "bu
 
 
 def build_generator(cfg: Config) -> nn.Module:
-    """`arch=srgan` -> SRResNet (16 blocks by default), `arch=esrgan` -> RRDBNet (23 RRDB by default)."""
+    """`arch=srgan` -> SRResNet (16 blocks by default), `arch=esrgan` -> RRDBNet (23 RRDB by default);
+    `model.skip` and `model.init` as described in each network's module."""
     m = cfg.model
     if cfg.arch == "srgan":
-        return SRResNet(cfg.upscale, m.num_feat, m.num_blocks or 16, m.batchnorm)
-    return RRDBNet(cfg.upscale, m.num_feat, m.num_blocks or 23, m.growth)
+        return SRResNet(cfg.upscale, m.num_feat, m.num_blocks or 16, m.batchnorm, m.skip)
+    return RRDBNet(cfg.upscale, m.num_feat, m.num_blocks or 23, m.growth, m.skip, m.init)
 
 
 def build_discriminator(cfg: Config) -> VGGDiscriminator:

@@ -1,8 +1,13 @@
-"""Pieces shared by the generators: the upsampling schedule and ESRGAN's scaled initialisation."""
+"""Pieces shared by the generators: the upsampling schedule, ESRGAN's scaled initialisation and the
+optional bilinear skip."""
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
+
+from trainer.config import SKIPS, check_choice
 
 
 def upsample_steps(upscale: int) -> list[int]:
@@ -21,3 +26,12 @@ def scaled_kaiming_(net: nn.Module, scale: float = 0.1) -> None:
             m.weight.data.mul_(scale)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def bilinear_skip(out: torch.Tensor, x: torch.Tensor, upscale: int, skip: str) -> torch.Tensor:
+    """`model.skip`: "bilinear" adds the bilinearly upsampled input to the output (BasicSR's MSRResNet),
+    "none" returns `out` unchanged (the authors' MSRResNet, and RRDBNet). No parameters either way."""
+    check_choice("model.skip", skip, SKIPS)
+    if skip == "none":
+        return out
+    return out + F.interpolate(x, scale_factor=upscale, mode="bilinear", align_corners=False)

@@ -2,17 +2,18 @@
 
 Sixteen residual blocks of two 3x3 convolutions at 64 channels, then sub-pixel (pixel-shuffle) upsampling:
 two x2 steps for x4, one step for x2 or x3. Like MSRResNet the default has no BatchNorm (ESRGAN found BN
-hurts SR) and adds a bilinear upsampling of the input to the output; `batchnorm=True` puts BN back after
-each convolution of the residual blocks as in Ledig et al. Without BN, x4: 1,517,571 parameters.
+hurts SR); `batchnorm=True` puts BN back after each convolution of the residual blocks as in Ledig et al.
+`skip="bilinear"` adds a bilinear upsampling of the input to the output as BasicSR's MSRResNet does; the
+authors' MSRResNet has that line commented out, hence the default "none". Every conv gets the 0.1-scaled
+Kaiming init, as in MSRResNet. Without BN, x4: 1,517,571 parameters (either skip).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from trainer.nets.layers import scaled_kaiming_, upsample_steps
+from trainer.nets.layers import bilinear_skip, scaled_kaiming_, upsample_steps
 
 
 class ResidualBlock(nn.Module):
@@ -34,9 +35,11 @@ class ResidualBlock(nn.Module):
 
 
 class SRResNet(nn.Module):
-    def __init__(self, upscale: int = 4, num_feat: int = 64, num_blocks: int = 16, batchnorm: bool = False):
+    def __init__(
+        self, upscale: int = 4, num_feat: int = 64, num_blocks: int = 16, batchnorm: bool = False, skip: str = "none"
+    ):
         super().__init__()
-        self.upscale = upscale
+        self.upscale, self.skip = upscale, skip
         self.conv_first = nn.Conv2d(3, num_feat, 3, padding=1)
         self.body = nn.Sequential(*[ResidualBlock(num_feat, batchnorm) for _ in range(num_blocks)])
         up: list[nn.Module] = []
@@ -53,4 +56,4 @@ class SRResNet(nn.Module):
         feat = self.lrelu(self.conv_first(x))
         out = self.upsample(self.body(feat))
         out = self.conv_last(self.lrelu(self.conv_hr(out)))
-        return out + F.interpolate(x, scale_factor=self.upscale, mode="bilinear", align_corners=False)
+        return bilinear_skip(out, x, self.upscale, self.skip)
