@@ -40,7 +40,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from trainer.errors import UserError
-from trainer.files import atomic_write, file_lock, write_json_atomic
+from trainer.files import atomic_write, file_lock, sha256_file, write_json_atomic
 from trainer.images import read_image, to_rgb
 from trainer.imresize import degrade
 
@@ -84,14 +84,6 @@ def image_size(path: Path) -> tuple[int, int]:
             return im.height, im.width
     except (OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{path}: unreadable or corrupt image ({e}); expected an 8-bit PNG, JPEG or BMP") from None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _stats(files: list[Path]) -> list[dict[str, Any]]:
