@@ -107,7 +107,7 @@ def test_sub_images_are_the_windows_of_the_sources_with_their_lr(cache: Path) ->
         img, (top, left, h, w) = expected[i]
         lr, hr = batches.pair(i)
         assert torch.equal(chw(hr), img[:, top : top + h, left : left + w])
-        assert torch.equal(chw(lr), degrade(img[:, top : top + h, left : left + w], 4))
+        assert torch.equal(chw(lr), degrade(img[:, top : top + h, left : left + w].clone(), 4))
 
 
 def dihedral(img: torch.Tensor) -> list[torch.Tensor]:

@@ -67,8 +67,10 @@ def cfg_for(root: Path, cache: Path, **overrides) -> object:
 def test_changed_image_or_setting_invalidates_the_cache(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     folder = make_set(tmp_path / "data", 3, (64, 80))
     cfg = cfg_for(tmp_path / "data", tmp_path / "cache")
+    sources = sorted((tmp_path / "data").rglob("*"))
     first = prepare_set(cfg, "Train", tmp_path)
     assert (first.built, len(first), first.manifest["images"]) == (3, 3 * 2 * 3, 3)
+    assert sorted((tmp_path / "data").rglob("*")) == sources  # nothing is written to the data root
     assert prepare_set(cfg, "Train", tmp_path).built == 0  # reused
     os.utime(folder / "0001.png", ns=(1, 1))  # touched, same content: still valid (sha256 says so)
     assert prepare_set(cfg, "Train", tmp_path).built == 0
