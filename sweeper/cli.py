@@ -122,7 +122,7 @@ def weights_import(files: Annotated[list[Path], typer.Argument(help="downloaded 
 @data_app.command("prepare")
 @user_errors
 def data_prepare(
-    overrides: Overrides = None,
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value settings: preset=, upscale=, data.subimage_step=, data.cache=, workspace=")] = None,
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help="folder holding the sets (default: data.root, $SWEEPER_DATA)")] = None,
     sets: Annotated[Optional[str], typer.Option("--sets", help="comma-separated training sets (default: data.train_sets)")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="processes (default: every core)")] = None,
