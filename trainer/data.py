@@ -108,11 +108,14 @@ def data_cache(cfg: Config, cache_dir: Path) -> Path:
     return Path(cfg.data.cache).expanduser().resolve() if cfg.data.cache else Path(cache_dir) / "data"
 
 
+def _settings(cfg: Config) -> Settings:
+    return Settings(cfg.data.subimage_size, cfg.data.subimage_step, cfg.upscale)
+
+
 def prepare_set(cfg: Config, name: str, cache_dir: Path, workers: int | None = None, show: bool = False) -> PreparedSet:
     """Training set `name` of the data root, prepared (once) under `cfg`'s sub-image settings."""
     root = resolve_root(cfg.data.root or None)
-    settings = Settings(cfg.data.subimage_size, cfg.data.subimage_step, cfg.upscale)
-    return open_or_build(_set_files(root, name), root / name, settings, data_cache(cfg, cache_dir), workers, show)
+    return open_or_build(_set_files(root, name), root / name, _settings(cfg), data_cache(cfg, cache_dir), workers, show)
 
 
 def _too_small(cfg: Config, skipped: int) -> UserError:
@@ -127,8 +130,8 @@ def check_train_sets(cfg: Config) -> None:
     """Fail now (UserError) if a training set is missing, empty, unreadable or has no sub-image that holds
     an `hr_patch` crop; reads image headers only, prepares nothing."""
     root, d = resolve_root(cfg.data.root or None), cfg.data
-    settings = Settings(d.subimage_size, d.subimage_step, cfg.upscale)
-    sides = [min(h, w) for name in d.train_sets for f in _set_files(root, name) for *_, h, w in windows(*image_size(f), settings)]
+    sides = [min(h, w) for name in d.train_sets for f in _set_files(root, name)
+             for *_, h, w in windows(*image_size(f), _settings(cfg))]
     if not any(side >= d.hr_patch for side in sides):
         raise _too_small(cfg, len(sides))
 
