@@ -20,6 +20,8 @@ app = typer.Typer(
 )
 weights_app = typer.Typer(no_args_is_help=True, help="ImageNet weights for VGG19, ResNet-50 and AlexNet (LPIPS).")
 app.add_typer(weights_app, name="weights")
+data_app = typer.Typer(no_args_is_help=True, help="Training data: the prepared cache of sub-images and their LR.")
+app.add_typer(data_app, name="data")
 
 Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value settings, e.g. study=mu_search preset=smoke train.iters=2000")]
 
@@ -136,6 +138,20 @@ def weights_import(files: Annotated[list[Path], typer.Argument(help="downloaded 
     from trainer import weights
 
     weights.import_files(files)
+
+
+@data_app.command("prepare")
+@user_errors
+def data_prepare(
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value settings: preset=, upscale=, data.subimage_step=, data.cache=, workspace=")] = None,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="folder holding the sets (default: data.root, $SWEEPER_DATA)")] = None,
+    sets: Annotated[Optional[str], typer.Option("--sets", help="comma-separated training sets (default: data.train_sets)")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="processes (default: every core)")] = None,
+) -> None:
+    """Cut training sets into sub-images and make their LR once, for every trial: `sweeper data prepare --data-root DATA --sets DIV2K`."""
+    from sweeper import prepare
+
+    prepare.main(overrides or [], data_root=data_root, sets=sets, workers=workers)
 
 
 @app.command()

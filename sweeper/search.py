@@ -37,7 +37,7 @@ from trainer.config import build_config, flatten, parse_value
 from trainer.errors import UserError
 
 POLL_S = 0.25
-BOOKKEEPING = {"train.device", "data.num_workers", "train.log_every", "train.ckpt_every"}  # not part of a trial's identity
+BOOKKEEPING = {"train.device", "data.num_workers", "data.cache", "train.log_every", "train.ckpt_every"}  # not part of a trial's identity
 SUMMARY_KEYS = ("mu", "beta", "arch", "loss.perceptual")
 TIE_BREAK = {"lpips": "psnr", "psnr": "lpips", "ssim": "psnr"}
 LOWER_IS_BETTER = {"lpips"}
@@ -109,14 +109,13 @@ def check_weights(config: dict[str, Any], preset: str, select_by: str) -> dict[s
 
 
 def check_data(config: dict[str, Any]) -> None:
-    """Open the training and validation data once, so a missing root or an unreadable image fails now."""
-    import torch
-
-    from trainer.data import TrainBatches, load_val_sets
+    """Open the validation data and the training images' headers once, so a missing root or an unreadable
+    image fails now (the training sets are prepared by the first trial that needs them, or `sweeper data prepare`)."""
+    from trainer.data import check_train_sets, load_val_sets
 
     cfg = build_config(config)
     load_val_sets(cfg)
-    TrainBatches(cfg, torch.device("cpu"))
+    check_train_sets(cfg)
 
 
 # --- The run ----------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Data root, image sets, image files, validation pairs and the seeded, resumable training batches."""
+"""Data root, image sets, image files, validation pairs and the seeded, resumable training batches
+(the prepared-data cache itself: tests/test_prepared.py)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,21 @@ import torch
 from PIL import Image
 
 from trainer.config import build_config
-from trainer.data import EMBEDDED, TrainBatches, load_set, load_val_sets, resolve_root, subimages
+from trainer.data import EMBEDDED, TrainBatches, check_train_sets, load_set, load_val_sets, resolve_root
 from trainer.errors import UserError
 from trainer.images import read_image, write_image
 from trainer.imresize import degrade
+from trainer.prepared import windows, Settings
 
 
 def smoke(**overrides):
     return build_config({"preset": "smoke", **overrides})
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One workspace cache for the module: the embedded set is prepared once (about a second)."""
+    return tmp_path_factory.mktemp("cache")
 
 
 def test_resolve_root_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,12 +93,21 @@ def test_val_sets_follow_the_config(shared_data: Path) -> None:
     assert torch.equal(img.hr, full[:, top : top + 64, left : left + 64])
 
 
-def test_subimages_are_non_overlapping_windows() -> None:
-    img = torch.arange(250 * 130).reshape(1, 250, 130)
-    subs = subimages(img, 96)
-    assert len(subs) == 2 * 1 and all(s.shape == (1, 96, 96) for s in subs)
-    assert torch.equal(subs[1], img[:, 96:192, :96])
-    assert [s.shape for s in subimages(img, 200)] == [(1, 200, 130)]  # shorter side used whole
+def chw(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(a)).permute(2, 0, 1)
+
+
+def test_sub_images_are_the_windows_of_the_sources_with_their_lr(cache: Path) -> None:
+    batches = TrainBatches(smoke(), cache)
+    files = sorted((EMBEDDED / "train").glob("*.png"))
+    settings = Settings(96, 48, 4)
+    expected = [(img, w) for f in files for img in [read_image(f)] for w in windows(*img.shape[-2:], settings)]
+    assert len(batches) == len(expected) == 76 and batches.skipped == 0
+    for i in (0, 1, 30, len(batches) - 1):
+        img, (top, left, h, w) = expected[i]
+        lr, hr = batches.pair(i)
+        assert torch.equal(chw(hr), img[:, top : top + h, left : left + w])
+        assert torch.equal(chw(lr), degrade(img[:, top : top + h, left : left + w].clone(), 4))
 
 
 def dihedral(img: torch.Tensor) -> list[torch.Tensor]:
@@ -114,46 +131,53 @@ def find_crop(patch: torch.Tensor, images: list[torch.Tensor]) -> list[tuple[int
     return hits
 
 
-def test_batches_are_aligned_augmented_crops() -> None:
-    batches = TrainBatches(smoke())
+def test_batches_are_aligned_augmented_crops(cache: Path) -> None:
+    batches = TrainBatches(smoke(), cache)
     lr, hr = next(batches)
     assert lr.shape == (2, 3, 8, 8) and hr.shape == (2, 3, 32, 32) and lr.dtype == hr.dtype == torch.float32
+    pairs = [tuple(chw(a) for a in batches.pair(i)) for i in range(len(batches))]
     for lr_patch, hr_patch in zip((lr * 255).round().byte(), (hr * 255).round().byte()):
-        hits = find_crop(lr_patch, batches.lr)
+        hits = find_crop(lr_patch, [p[0] for p in pairs])
         assert hits, "the LR patch is not a crop of any (flipped/rotated) LR sub-image"
         # The HR patch sits at 4x the LR position in the same sub-image, under the same transform.
-        assert any(torch.equal(dihedral(batches.hr[i])[t][:, 4 * a : 4 * a + 32, 4 * b : 4 * b + 32], hr_patch)
+        assert any(torch.equal(dihedral(pairs[i][1])[t][:, 4 * a : 4 * a + 32, 4 * b : 4 * b + 32], hr_patch)
                    for i, t, a, b in hits)
 
 
-def test_batches_are_seeded_and_resume_exactly() -> None:
-    cfg = smoke()
-    straight = TrainBatches(cfg)
-    n = len(straight)  # sub-images; with batch_size 2, n + 3 batches cross two epoch boundaries
-    k = n // 2 + 1
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_resumed_stream_sees_exactly_the_batches_of_a_straight_one(cache: Path, workers: int) -> None:
+    """Batch b depends on (seed, b) only: a stream resumed from a state_dict (a new process, in a trial)
+    continues with the very batches an uninterrupted one gets, also when worker processes make them."""
+    straight = TrainBatches(smoke(), cache)
+    n = len(straight)  # with batch_size 2, n // 2 + 3 batches cross an epoch boundary
+    k = n // 4 + 1
     stream, saved = [], None
-    for i in range(n + 3):
+    for i in range(n // 2 + 3):
         if i == k:
             saved = straight.state_dict()
         stream.append(next(straight))
-    resumed = TrainBatches(cfg)
+    resumed = TrainBatches(smoke(**{"data.num_workers": workers}), cache)
     resumed.load_state_dict(saved)
     for expected in stream[k:]:
         got = next(resumed)
         assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
-    other = TrainBatches(smoke(seed=1))
+    other = TrainBatches(smoke(seed=1), cache)
     assert not torch.equal(next(other)[1], stream[0][1])
     with pytest.raises(UserError, match="seed=0.*seed=1"):
         other.load_state_dict(straight.state_dict())
 
 
-def test_every_subimage_once_per_epoch() -> None:
-    batches = TrainBatches(smoke())
+def test_every_subimage_once_per_epoch(cache: Path) -> None:
+    batches = TrainBatches(smoke(), cache)
     n = len(batches)
     assert sorted(batches._index(k) for k in range(n)) == list(range(n))
     assert [batches._index(k) for k in range(n)] != [batches._index(k) for k in range(n, 2 * n)]
 
 
-def test_too_small_training_images_are_refused() -> None:
-    with pytest.raises(UserError, match="hr_patch=320"):  # the largest embedded image is 285 x 279
-        TrainBatches(smoke(**{"data.hr_patch": 320, "data.subimage_size": 480}))
+def test_too_small_training_images_are_refused(cache: Path) -> None:
+    cfg = smoke(**{"data.hr_patch": 320, "data.subimage_size": 480})  # the largest embedded image is 285 x 279
+    with pytest.raises(UserError, match="hr_patch=320"):
+        check_train_sets(cfg)
+    with pytest.raises(UserError, match="hr_patch=320"):
+        TrainBatches(cfg, cache)
+    check_train_sets(smoke())

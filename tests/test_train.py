@@ -14,6 +14,7 @@ from trainer.checkpoint import load_checkpoint, load_generator
 from trainer.config import build_config
 from trainer.errors import UserError
 from trainer.images import read_image
+from trainer.data import TrainBatches
 from trainer.train import Diverged, check_finite, drop_records_after, pretrain_key, train
 
 SMOKE = {"preset": "smoke", "weights": "random", "train.from_scratch": False}  # these tests cover pre-training too
@@ -97,12 +98,14 @@ def test_pretraining_is_cached_by_what_it_depends_on(smoke_run, cache, tmp_path)
     (folder,) = pretrain_folders(cache)
     assert folder.is_dir() and load_checkpoint(folder / "last.pt")["step"] == smoke().train.pretrain_iters
     assert [r["step"] for r in jsonl(folder / "metrics.jsonl")] == [2, 4, 6, 8]
-    key = pretrain_key(smoke())
+    data_id = TrainBatches(smoke(), cache).data_id  # the prepared pixels' content hash, not the data path
+    key = pretrain_key(smoke(), data_id)
     assert folder.name.endswith(key)
-    unrelated = {"train.iters": 99, "loss.variant": "published_code"}
-    assert key == pretrain_key(smoke(mu=math.inf, beta="beta1_3", **unrelated))
+    unrelated = {"train.iters": 99, "loss.variant": "published_code", "data.num_workers": 2}
+    assert key == pretrain_key(smoke(mu=math.inf, beta="beta1_3", **unrelated), data_id)
     for other in ({"seed": 1}, {"arch": "esrgan"}, {"data.hr_patch": 64}, {"train.pretrain_iters": 9}, {"upscale": 2}):
-        assert pretrain_key(smoke(**other)) != key, other
+        assert pretrain_key(smoke(**other), data_id) != key, other
+    assert pretrain_key(smoke(), "other-pixels") != key
 
     mtime = (folder / "last.pt").stat().st_mtime_ns
     other = train(smoke(mu=math.inf, **{"train.iters": 2}), tmp_path / "vgg", cache, progress=False)

@@ -51,12 +51,14 @@ class DataConfig:
     root: str = ""  # "" = $SWEEPER_DATA, else the embedded demo dataset
     train_sets: list[str] = field(default_factory=lambda: ["DIV2K"])
     val_sets: list[str] = field(default_factory=lambda: ["Set5", "Set14", "BSD100", "Urban100"])
-    subimage_size: int = 480  # section 4.1: non-overlapping 480x480 sub-images
+    subimage_size: int = 480  # section 4.1: 480x480 sub-images
+    subimage_step: int = 240  # BasicSR's extract_subimages: 32,592 sub-images from DIV2K (4.1); 480 = non-overlapping
     hr_patch: int = 128  # section 4.2
     batch_size: int = 16  # section 4.2
     val_max_images: int = 0  # 0 = every image of each validation set
     val_crop: int = 0  # 0 = whole images; else centre-crop HR validation images to this size
-    num_workers: int = 0
+    num_workers: int = 0  # processes making training batches ahead (same batches, same order); 0 = in the trainer
+    cache: str = ""  # prepared training sets; "" = <workspace>/cache/data (trainer.prepared)
 
 
 @dataclass
@@ -138,6 +140,7 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
         "data.train_sets": ["train"],
         "data.val_sets": ["Set5"],
         "data.subimage_size": 96,
+        "data.subimage_step": 48,
         "data.hr_patch": 32,
         "data.batch_size": 2,
         "data.val_max_images": 2,
@@ -275,6 +278,13 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"upscale={cfg.upscale} is not supported; choose 2, 3 or 4")
     if cfg.data.hr_patch % cfg.upscale or cfg.data.hr_patch % 32:
         raise UserError(f"data.hr_patch={cfg.data.hr_patch}: must be a multiple of 32 and of upscale={cfg.upscale}")
+    if not 0 < cfg.data.subimage_step <= cfg.data.subimage_size:
+        raise UserError(
+            f"data.subimage_step={cfg.data.subimage_step}: must be between 1 and data.subimage_size={cfg.data.subimage_size} "
+            "(240 gives the paper's 32,592 DIV2K sub-images; 480 non-overlapping ones)"
+        )
+    if cfg.data.num_workers < 0:
+        raise UserError(f"data.num_workers={cfg.data.num_workers}: must be 0 (batches made in the trainer) or more")
     if cfg.loss.c <= 0:
         raise UserError(f"loss.c={cfg.loss.c}: must be a tiny positive constant (eq. 9)")
     for name in ("iters", "val_every", "ckpt_every", "log_every"):

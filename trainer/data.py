@@ -1,22 +1,28 @@
 """Data: the data root, benchmark sets by name, validation pairs, and seeded, resumable training batches.
 
 A data root is a folder of sets, each a folder of PNG/JPEG/BMP images (`Set5/`, `T91/`, `DIV2K/`...).
-LR images are always made here with MATLAB's bicubic (`trainer.imresize.degrade`), as in section 4.1.
+LR images are always made with MATLAB's bicubic (`trainer.imresize.degrade`), as in section 4.1: for
+validation sets here, from whole images; for training sets once, per sub-image, in the prepared-data cache
+(`trainer.prepared`), which every trial memory-maps.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from trainer.config import Config
 from trainer.errors import UserError
 from trainer.images import IMAGE_SUFFIXES, read_image, to_rgb
 from trainer.imresize import degrade, modcrop
+from trainer.prepared import PreparedSet, Settings, image_size, open_or_build, windows
 
 EMBEDDED = Path(__file__).resolve().parent / "embedded"
 
@@ -97,13 +103,37 @@ def load_val_sets(cfg: Config) -> dict[str, list[ValImage]]:
     return sets
 
 
-def subimages(img: torch.Tensor, size: int) -> list[torch.Tensor]:
-    """Non-overlapping size x size windows, left to right, top to bottom (section 4.1); the strip left
-    over at the right/bottom is dropped; along a side shorter than `size` the whole side is used."""
-    h, w = img.shape[-2:]
-    tops = range(0, h - size + 1, size) if h >= size else [0]
-    lefts = range(0, w - size + 1, size) if w >= size else [0]
-    return [img[..., t : t + size, l : l + size].clone() for t in tops for l in lefts]
+def data_cache(cfg: Config, cache_dir: Path) -> Path:
+    """Where prepared training sets live: `data.cache` if set (e.g. shared by workspaces), else `cache_dir/data`."""
+    return Path(cfg.data.cache).expanduser().resolve() if cfg.data.cache else Path(cache_dir) / "data"
+
+
+def _settings(cfg: Config) -> Settings:
+    return Settings(cfg.data.subimage_size, cfg.data.subimage_step, cfg.upscale)
+
+
+def prepare_set(cfg: Config, name: str, cache_dir: Path, workers: int | None = None, show: bool = False) -> PreparedSet:
+    """Training set `name` of the data root, prepared (once) under `cfg`'s sub-image settings."""
+    root = resolve_root(cfg.data.root or None)
+    return open_or_build(_set_files(root, name), root / name, _settings(cfg), data_cache(cfg, cache_dir), workers, show)
+
+
+def _too_small(cfg: Config, skipped: int) -> UserError:
+    d = cfg.data
+    return UserError(
+        f"data.train_sets={d.train_sets}: no sub-image is at least data.hr_patch={d.hr_patch} pixels "
+        f"on each side ({skipped} smaller ones skipped); use larger images or a smaller hr_patch"
+    )
+
+
+def check_train_sets(cfg: Config) -> None:
+    """Fail now (UserError) if a training set is missing, empty, unreadable or has no sub-image that holds
+    an `hr_patch` crop; reads image headers only, prepares nothing."""
+    root, d = resolve_root(cfg.data.root or None), cfg.data
+    sides = [min(h, w) for name in d.train_sets for f in _set_files(root, name)
+             for *_, h, w in windows(*image_size(f), _settings(cfg))]
+    if not any(side >= d.hr_patch for side in sides):
+        raise _too_small(cfg, len(sides))
 
 
 def _rng(*key: int) -> torch.Generator:
@@ -114,43 +144,33 @@ def _rng(*key: int) -> torch.Generator:
 class TrainBatches:
     """Infinite seeded iterator of (lr, hr) float32 [0, 1] (N, 3, h, w) training batches.
 
-    Sub-images of `cfg.data.train_sets` are cut once, their LR made once (MATLAB bicubic) and kept in
-    memory (uint8). Batches walk through a fresh seeded permutation of the sub-images per epoch; each
-    sample is a random aligned crop (HR `hr_patch`) with a random flip/90-degree rotation. Batch `b`
-    depends only on (cfg.seed, b), so `state_dict()` is just the batch counter and resuming gives exactly
-    the batches a straight run would. Sub-images smaller than `hr_patch` are skipped.
-    `cfg.data.num_workers` is not used: one batch costs well under a millisecond per sample on a CPU.
+    The sub-images of `cfg.data.train_sets` come from the prepared-data cache under `cache_dir` (built on
+    first use; see `trainer.prepared`); this object holds only their index, the pixels stay memory-mapped.
+    Batches walk through a fresh seeded permutation of the sub-images per epoch; each sample is a random
+    aligned crop (HR `hr_patch`) with a random flip/90-degree rotation. Batch `b` depends only on
+    (cfg.seed, b), so `state_dict()` is just the batch counter and resuming gives exactly the batches a
+    straight run would. With `data.num_workers` > 0, worker processes make batches b, b+1, ... ahead and
+    they arrive in order: the same batches. Sub-images smaller than `hr_patch` are skipped.
     """
 
-    def __init__(self, cfg: Config, device: str | torch.device = "cpu") -> None:
+    def __init__(self, cfg: Config, cache_dir: Path, device: str | torch.device = "cpu", show: bool = False) -> None:
         d, s = cfg.data, cfg.upscale
         self.scale, self.lr_patch, self.batch_size = s, d.hr_patch // s, d.batch_size
-        self.seed, self.device = cfg.seed, torch.device(device)
-        self.hr: list[torch.Tensor] = []
-        self.lr: list[torch.Tensor] = []
-        skipped = 0
-        root = resolve_root(d.root or None)
-        for name in d.train_sets:
-            for path in _set_files(root, name):
-                for sub in subimages(to_rgb(read_image(path)), d.subimage_size):
-                    sub = modcrop(sub, s).contiguous()
-                    if min(sub.shape[-2:]) < d.hr_patch:
-                        skipped += 1
-                        continue
-                    self.hr.append(sub)
-                    self.lr.append(degrade(sub, s))
-        if not self.hr:
-            raise UserError(
-                f"data.train_sets={d.train_sets}: no sub-image is at least data.hr_patch={d.hr_patch} pixels "
-                f"on each side ({skipped} smaller ones skipped); use larger images or a smaller hr_patch"
-            )
-        self.skipped = skipped
+        self.seed, self.device, self.num_workers = cfg.seed, torch.device(device), d.num_workers
+        self.sets = [prepare_set(cfg, name, cache_dir, show=show) for name in d.train_sets]
+        usable = [np.flatnonzero(p.windows[:, 3:5].min(axis=1) >= d.hr_patch) for p in self.sets]
+        self.index = np.concatenate([np.stack([np.full_like(u, k), u], axis=1) for k, u in enumerate(usable)])
+        self.skipped = sum(len(p) for p in self.sets) - len(self.index)
+        if not len(self.index):
+            raise _too_small(cfg, self.skipped)
+        self.data_id = "+".join(p.content_hash for p in self.sets)  # what the pixels are, for cache keys
         self.batch = 0
         self._perm: tuple[int, torch.Tensor] | None = None
+        self._loader: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def __len__(self) -> int:
         """Number of sub-images (one epoch)."""
-        return len(self.hr)
+        return len(self.index)
 
     def state_dict(self) -> dict[str, int]:
         return {"batch": self.batch, "seed": self.seed, "subimages": len(self)}
@@ -161,7 +181,12 @@ class TrainBatches:
                 f"cannot resume the data stream: it was made with seed={state['seed']} over {state['subimages']} "
                 f"sub-images, now seed={self.seed} over {len(self)}; the data or config changed"
             )
-        self.batch = state["batch"]
+        self.batch, self._loader = state["batch"], None
+
+    def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sub-image `i` as (LR, HR) uint8 HWC arrays (memory-mapped views)."""
+        k, w = self.index[i]
+        return self.sets[k].pair(int(w))
 
     def _index(self, position: int) -> int:
         """The sub-image at `position` of the endless stream of per-epoch permutations."""
@@ -170,26 +195,49 @@ class TrainBatches:
             self._perm = (epoch, torch.randperm(len(self), generator=_rng(self.seed, 0, epoch)))
         return int(self._perm[1][i])
 
+    def batch_at(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch `b` as uint8 (N, 3, h, w) LR and HR tensors; a function of (seed, b) only."""
+        g = _rng(self.seed, 1, b)
+        p, s = self.lr_patch, self.scale
+        lrs, hrs = [], []
+        for k in range(self.batch_size):
+            lr, hr = self.pair(self._index(b * self.batch_size + k))
+            top = int(torch.randint(lr.shape[0] - p + 1, (), generator=g))
+            left = int(torch.randint(lr.shape[1] - p + 1, (), generator=g))
+            crops = (lr[top : top + p, left : left + p], hr[top * s : (top + p) * s, left * s : (left + p) * s])
+            hflip, vflip, transpose = (bool(f) for f in torch.rand(3, generator=g) < 0.5)
+            lr, hr = (_augment(torch.from_numpy(np.array(c)).permute(2, 0, 1), hflip, vflip, transpose) for c in crops)
+            lrs.append(lr)
+            hrs.append(hr)
+        return torch.stack(lrs), torch.stack(hrs)
+
     def __iter__(self) -> TrainBatches:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        g = _rng(self.seed, 1, self.batch)
-        p, s = self.lr_patch, self.scale
-        lrs, hrs = [], []
-        for k in range(self.batch_size):
-            i = self._index(self.batch * self.batch_size + k)
-            lr, hr = self.lr[i], self.hr[i]
-            top = int(torch.randint(lr.shape[-2] - p + 1, (), generator=g))
-            left = int(torch.randint(lr.shape[-1] - p + 1, (), generator=g))
-            lr = lr[:, top : top + p, left : left + p]
-            hr = hr[:, top * s : (top + p) * s, left * s : (left + p) * s]
-            hflip, vflip, transpose = torch.rand(3, generator=g) < 0.5
-            lr, hr = (_augment(t, bool(hflip), bool(vflip), bool(transpose)) for t in (lr, hr))
-            lrs.append(lr)
-            hrs.append(hr)
+        if not self.num_workers:
+            lr, hr = self.batch_at(self.batch)
+        else:
+            if self._loader is None:
+                self._loader = iter(self._worker_loader())
+            lr, hr = next(self._loader)
         self.batch += 1
-        return tuple(torch.stack(t).to(self.device, non_blocking=True).float().div_(255) for t in (lrs, hrs))
+        return tuple(t.to(self.device, non_blocking=True).float().div_(255) for t in (lr, hr))
+
+    def _worker_loader(self) -> DataLoader:
+        """Batches self.batch, self.batch + 1, ... made by `num_workers` processes, delivered in order."""
+        return DataLoader(_ByIndex(self.batch_at), batch_size=None, sampler=itertools.count(self.batch),
+                          num_workers=self.num_workers, pin_memory=self.device.type == "cuda", prefetch_factor=4)
+
+
+class _ByIndex(Dataset):
+    """A map-style dataset whose item b is `fn(b)`."""
+
+    def __init__(self, fn: Callable[[int], tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.fn = fn
+
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.fn(b)
 
 
 def _augment(img: torch.Tensor, hflip: bool, vflip: bool, transpose: bool) -> torch.Tensor:

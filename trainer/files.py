@@ -1,10 +1,11 @@
 """Files that must never be half-written: atomic writes (temporary file in the same folder, fsync,
-rename) and the cross-process lock guarding shared caches and stores."""
+rename), the cross-process lock guarding shared caches and stores, and content hashes."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import tempfile
@@ -51,3 +52,12 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()

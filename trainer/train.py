@@ -33,7 +33,7 @@ from tqdm import tqdm
 from trainer import weights as weights_mod
 from trainer.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from trainer.config import Config, flatten
-from trainer.data import TrainBatches, ValImage, load_val_sets, resolve_root
+from trainer.data import TrainBatches, ValImage, load_val_sets
 from trainer.errors import UserError
 from trainer.files import file_lock, write_json_atomic, write_text_atomic
 from trainer.images import to_rgb, to_uint8, write_image
@@ -44,7 +44,7 @@ from trainer.nets import build_discriminator, build_generator
 PROGRESS_EVERY_S = 5.0
 SAMPLES = 2  # SR crops saved per validation (first images of the first validation set)
 SAMPLE_CROP = 128
-RESUME_MAY_CHANGE = {"train.device", "data.num_workers"}  # settings that do not change the computation
+RESUME_MAY_CHANGE = {"train.device", "data.num_workers", "data.cache"}  # settings that do not change the computation
 
 
 class Diverged(Exception):
@@ -154,8 +154,9 @@ def make_optimizer(
 # ----------------------------------------------------------------------------- stage 1: pre-training
 
 
-def pretrain_key(cfg: Config) -> str:
-    """Hash of every setting the pre-trained generator depends on (and nothing else)."""
+def pretrain_key(cfg: Config, data_id: str) -> str:
+    """Hash of every setting the pre-trained generator depends on (and nothing else); `data_id` names the
+    prepared training pixels (`TrainBatches.data_id`: content hashes, not paths)."""
     d, t = cfg.data, cfg.train
     deps = {
         "version": 1,
@@ -163,7 +164,7 @@ def pretrain_key(cfg: Config) -> str:
         "upscale": cfg.upscale,
         "seed": cfg.seed,
         "model": dataclasses.asdict(cfg.model),
-        "data": [str(resolve_root(d.root or None).resolve()), d.train_sets, d.subimage_size, d.hr_patch, d.batch_size],
+        "data": [data_id, d.hr_patch, d.batch_size],
         "pretrain": [t.pretrain_iters, t.pretrain_lr, t.pretrain_milestones, t.lr_gamma, t.adam_betas, t.amp],
     }
     return hashlib.sha256(json.dumps(deps, sort_keys=True).encode()).hexdigest()[:16]
@@ -174,23 +175,25 @@ def pretrained_generator(
 ) -> dict[str, torch.Tensor]:
     """The PSNR-oriented generator weights for `cfg`, trained now unless cached. One process trains a
     given cache entry at a time (file lock); the others wait and then reuse it."""
-    folder = cache_dir / f"pretrain-{cfg.arch}-x{cfg.upscale}-{pretrain_key(cfg)}"
+    batches = TrainBatches(cfg, cache_dir, device, show)
+    folder = cache_dir / f"pretrain-{cfg.arch}-x{cfg.upscale}-{pretrain_key(cfg, batches.data_id)}"
     ckpt_path = folder / "last.pt"
     with file_lock(folder.with_suffix(".lock")):
         ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
         if ckpt is None or ckpt["step"] < cfg.train.pretrain_iters:
-            ckpt = run_pretrain(cfg, folder, ckpt, device, run_dir, show)
+            ckpt = run_pretrain(cfg, folder, ckpt, batches, run_dir, show)
     return ckpt["g"]
 
 
 def run_pretrain(
-    cfg: Config, folder: Path, ckpt: dict[str, Any] | None, device: torch.device, run_dir: Path, show: bool
+    cfg: Config, folder: Path, ckpt: dict[str, Any] | None, batches: TrainBatches, run_dir: Path, show: bool
 ) -> dict[str, Any]:
-    """Train the generator with L1 alone for `train.pretrain_iters`, resuming from `ckpt` if given."""
+    """Train the generator with L1 alone for `train.pretrain_iters` on `batches` (at batch 0), resuming
+    from `ckpt` if given."""
     seed_everything(cfg.seed)
+    device = batches.device
     g = prepare(build_generator(cfg), cfg, device).train()
     opt, sched = make_optimizer(g, cfg.train.pretrain_lr, cfg.train.pretrain_milestones, cfg)
-    batches = TrainBatches(cfg, device)
     total, start = cfg.train.pretrain_iters, 0
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "metrics.jsonl"
@@ -413,7 +416,7 @@ def train(
     if cfg.data.hr_patch != 128:
         note(f"discriminator input is {cfg.data.hr_patch}x{cfg.data.hr_patch}, not the paper's 128x128: "
              f"its first linear layer takes 512*{cfg.data.hr_patch // 32}^2 features instead of 512*4^2")
-    batches, val_sets, lpips = TrainBatches(cfg, device), load_val_sets(cfg), LPIPSMetric(device)
+    batches, val_sets, lpips = TrainBatches(cfg, cache_dir, device, progress), load_val_sets(cfg), LPIPSMetric(device)
     weights_used = {
         "extractors": weights_mod.describe(cfg.weights),  # what was loaded: a random run is never recorded otherwise
         "lpips": "imagenet" if lpips.available else "unavailable",

@@ -16,7 +16,6 @@ second from a memory map); a file that cannot be read, or whose tensors do not f
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from torch import nn
 from torchvision.models import vgg as tv_vgg
 
 from trainer.errors import UserError
-from trainer.files import atomic_write
+from trainer.files import atomic_write, sha256_file
 
 
 @dataclass(frozen=True)
@@ -75,14 +74,6 @@ class MissingWeightsError(UserError):
 def cache_dir() -> Path:
     """torchvision's checkpoint cache; follows $TORCH_HOME at call time."""
     return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def describe(weights: str) -> str:
@@ -173,7 +164,7 @@ def print_status() -> None:
     for file in FILES.values():
         path = cache_dir() / file.name
         present = path.is_file()
-        ok = ("yes" if sha256(path).startswith(file.hash_prefix) else "NO: re-import it") if present else "-"
+        ok = ("yes" if sha256_file(path).startswith(file.hash_prefix) else "NO: re-import it") if present else "-"
         rows.append((file.name, file.needed_by, str(cache_dir()), "present" if present else "MISSING", ok))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -195,7 +186,7 @@ def import_files(paths: list[Path]) -> None:
     for path in map(Path, paths):
         if not path.is_file():
             raise UserError(f"{path}: no such file")
-        digest = sha256(path)
+        digest = sha256_file(path)
         match = next((f for prefix, f in by_prefix.items() if digest.startswith(prefix)), None)
         if match is None:
             named = next((f for f in FILES.values() if f.name == path.name), None)

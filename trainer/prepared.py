@@ -1,0 +1,278 @@
+"""The prepared-data cache: a training set's sub-images (section 4.1), cut once, with their MATLAB-bicubic
+LR made once, in files every trial process memory-maps (one copy per node, in the page cache).
+
+Sub-images follow BasicSR's `extract_subimages` (crop 480, step 240, thresh_size 0), which is what gives the
+paper's 32,592 sub-images from DIV2K's 800 training images: on each axis, windows start every `step` pixels
+and one more window flush with the far edge is added when a strip is left over; a side shorter than the
+crop is kept whole. Windows are cut to a multiple of the scale (MATLAB `modcrop`).
+
+One prepared set is a folder `<cache>/<set>-<key>/` (key: hash of the source folder and the settings):
+
+    hr.npy         every source image, RGB uint8 HWC, flattened and concatenated: the HR pixels, stored once
+    lr.npy         every sub-image's LR (`trainer.imresize.degrade`), RGB uint8 HWC, flattened and concatenated
+    images.npy     (M, 3) int64: offset into hr.npy, height, width
+    windows.npy    (N, 6) int64: image, top, left, height, width, offset into lr.npy
+    manifest.json  counts, settings, each source's size, mtime and sha256, and the content hash; written
+                   last and atomically: a folder without it is never read
+
+While it is built, `plan.json` (sources and settings) and `done/<i>.json` per finished source image (written
+atomically after its pixels are flushed) let a killed build resume; a changed plan starts over. Old files are
+unlinked, never overwritten, so a trial still mapping them keeps its data.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from trainer.errors import UserError
+from trainer.files import atomic_write, file_lock, sha256_file, write_json_atomic
+from trainer.images import read_image, to_rgb
+from trainer.imresize import degrade
+
+VERSION = 1
+ARRAYS = ("hr.npy", "lr.npy", "images.npy", "windows.npy")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the prepared pixels depend on besides the source images."""
+
+    size: int  # data.subimage_size
+    step: int  # data.subimage_step
+    scale: int  # upscale
+
+
+def window_starts(length: int, crop: int, step: int) -> list[int]:
+    """Window starts along one side (BasicSR extract_subimages, thresh_size 0): every `step` pixels, plus one
+    flush with the far edge if the last does not end there; a side shorter than `crop` gives one start, 0."""
+    if length <= crop:
+        return [0]
+    starts = list(range(0, length - crop + 1, step))
+    if starts[-1] != length - crop:
+        starts.append(length - crop)
+    return starts
+
+
+def windows(height: int, width: int, s: Settings) -> list[tuple[int, int, int, int]]:
+    """(top, left, height, width) of each sub-image of an image, top to bottom, then left to right; each
+    window is `s.size` (or the whole side where shorter), cut to a multiple of the scale."""
+    h, w = min(height, s.size) // s.scale * s.scale, min(width, s.size) // s.scale * s.scale
+    if not h or not w:
+        return []
+    return [(t, l, h, w) for t in window_starts(height, s.size, s.step) for l in window_starts(width, s.size, s.step)]
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file's header, without decoding the pixels."""
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"{path}: unreadable or corrupt image ({e}); expected an 8-bit PNG, JPEG or BMP") from None
+
+
+def _stats(files: list[Path]) -> list[dict[str, Any]]:
+    """Name, size and mtime of each source (a cheap fingerprint; content hashes confirm any difference)."""
+    out = []
+    for f in files:
+        st = f.stat()
+        out.append({"name": f.name, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return out
+
+
+def content_hash(settings: Settings, sources: list[dict[str, Any]]) -> str:
+    """Identity of a prepared set's pixels: the settings and each source's name and sha256."""
+    key = [VERSION, asdict(settings), [(s["name"], s["sha256"]) for s in sources]]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+
+class PreparedSet:
+    """A prepared set opened for reading: the window table in memory, the pixels memory-mapped on first use
+    (pickling it sends the folder, not the pixels)."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], built: int = 0) -> None:
+        self.folder, self.manifest, self.built = folder, manifest, built
+        self.images = np.load(folder / "images.npy")
+        self.windows = np.load(folder / "windows.npy")
+        self._maps: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_maps": None}
+
+    @property
+    def content_hash(self) -> str:
+        return self.manifest["content_hash"]
+
+    def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Window `i` as (LR, HR) uint8 HWC views into the memory-mapped files (no copy)."""
+        if self._maps is None:
+            self._maps = (np.load(self.folder / "lr.npy", mmap_mode="r"), np.load(self.folder / "hr.npy", mmap_mode="r"))
+        lr_flat, hr_flat = self._maps
+        image, top, left, h, w, lr_offset = (int(v) for v in self.windows[i])
+        hr_offset, height, width = (int(v) for v in self.images[image])
+        scale = self.manifest["settings"]["scale"]
+        lr = lr_flat[lr_offset : lr_offset + h * w * 3 // scale**2].reshape(h // scale, w // scale, 3)
+        hr = hr_flat[hr_offset : hr_offset + height * width * 3].reshape(height, width, 3)
+        return lr, hr[top : top + h, left : left + w]
+
+
+def folder_for(cache: Path, source: Path, settings: Settings) -> Path:
+    key = json.dumps([VERSION, str(source.resolve()), asdict(settings)])
+    return cache / f"{source.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def stale_sources(manifest: dict[str, Any] | None, settings: Settings, files: list[Path]) -> list[str] | None:
+    """Why a manifest does not describe `files` under `settings`: None if it does, else the changed source
+    names ([] when the manifest is missing or its settings or version differ). A source whose size or
+    mtime changed is re-hashed: a touched but identical file keeps the cache."""
+    if manifest is None or manifest.get("version") != VERSION or manifest.get("settings") != asdict(settings):
+        return []
+    old = manifest["sources"]
+    if [s["name"] for s in old] != [f.name for f in files]:
+        return sorted({s["name"] for s in old} ^ {f.name for f in files})
+    changed = []
+    for f, was, now in zip(files, old, _stats(files)):
+        if (was["bytes"], was["mtime_ns"]) != (now["bytes"], now["mtime_ns"]) and sha256_file(f) != was["sha256"]:
+            changed.append(f.name)
+    return changed or None
+
+
+def open_or_build(files: list[Path], source: Path, settings: Settings, cache: Path,
+                  workers: int | None = None, show: bool = False) -> PreparedSet:
+    """The prepared set of `files` (the images of set folder `source`), built first if missing or stale.
+
+    One process builds a given set at a time (a file lock beside its folder); the others wait, then reuse
+    it. `workers` processes decode and degrade (default: every core this process may use)."""
+    folder = folder_for(cache, source, settings)
+    if stale_sources(manifest := _read_json(folder / "manifest.json"), settings, files) is None:
+        return PreparedSet(folder, manifest)
+    with file_lock(folder.with_name(folder.name + ".lock")):
+        manifest = _read_json(folder / "manifest.json")
+        stale = stale_sources(manifest, settings, files)
+        if stale is None:
+            return PreparedSet(folder, manifest)
+        if manifest is not None:
+            changed = f" ({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''})" if stale else ""
+            print(f"note: {source.name} changed since it was prepared{changed}; preparing it again", file=sys.stderr)
+            (folder / "manifest.json").unlink()
+        manifest, built = _build(folder, files, source, settings, workers, show)
+    return PreparedSet(folder, manifest, built)
+
+
+def _layout(sizes: list[tuple[int, int]], settings: Settings) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """The images and windows tables (see the module docstring) for images of the given sizes, and the
+    byte lengths of hr.npy and lr.npy."""
+    images, rows, hr_end, lr_end = [], [], 0, 0
+    for i, (height, width) in enumerate(sizes):
+        images.append((hr_end, height, width))
+        hr_end += height * width * 3
+        for top, left, h, w in windows(height, width, settings):
+            rows.append((i, top, left, h, w, lr_end))
+            lr_end += h * w * 3 // settings.scale**2
+    return np.array(images, np.int64).reshape(-1, 3), np.array(rows, np.int64).reshape(-1, 6), hr_end, lr_end
+
+
+def _fresh(folder: Path) -> None:
+    """Empty `folder` by unlinking (never truncating) its files, so readers of an old build keep their data."""
+    if folder.exists():
+        for p in folder.iterdir():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def _build(folder: Path, files: list[Path], source: Path, settings: Settings, workers: int | None,
+           show: bool) -> tuple[dict[str, Any], int]:
+    """Build (or resume building) the prepared set in `folder`; returns its manifest and the number of
+    source images processed by this call."""
+    t0 = time.monotonic()
+    sizes = [image_size(f) for f in files]
+    plan = {"version": VERSION, "settings": asdict(settings), "sources": _stats(files), "sizes": sizes}
+    images, table, hr_bytes, lr_bytes = _layout(sizes, settings)
+    if _read_json(folder / "plan.json") != json.loads(json.dumps(plan)):
+        _fresh(folder)
+        for name, total in (("hr.npy", hr_bytes), ("lr.npy", lr_bytes)):
+            np.lib.format.open_memmap(folder / name, mode="w+", dtype=np.uint8, shape=(max(total, 1),)).flush()
+        write_json_atomic(folder / "plan.json", plan)
+    done_dir = folder / "done"
+    todo = [i for i in range(len(files)) if not (done_dir / f"{i}.json").exists()]
+    workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(todo) or 1))
+    if multiprocessing.current_process().daemon:  # e.g. a multiprocessing.Pool worker: it may not start a pool
+        workers = 1
+    print(f"preparing {source.name}: {len(todo)} of {len(files)} images to do, {workers} process(es) -> {folder}",
+          file=sys.stderr)
+    tasks = [(files[i], i, folder, settings.scale, images[i].tolist(), table[table[:, 0] == i].tolist()) for i in todo]
+    with tqdm(total=len(files), initial=len(files) - len(todo), desc=source.name, unit="img", disable=not show,
+              dynamic_ncols=True) as bar:
+        if workers == 1:
+            for task in tasks:
+                _prepare_image(task)
+                bar.update()
+        else:
+            ctx = multiprocessing.get_context("fork")  # workers only use CPU torch, one thread each
+            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=torch.set_num_threads,
+                                                        initargs=(1,)) as pool:
+                try:
+                    for future in concurrent.futures.as_completed([pool.submit(_prepare_image, t) for t in tasks]):
+                        future.result()
+                        bar.update()
+                except BaseException:  # a bad image or Ctrl-C: do not wait for the remaining images
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+    for name, array in (("images.npy", images), ("windows.npy", table)):
+        atomic_write(folder / name, lambda f, a=array: np.save(f, a))
+    sources = [{**s, "sha256": json.loads((done_dir / f"{i}.json").read_text())["sha256"], "height": h, "width": w}
+               for i, (s, (h, w)) in enumerate(zip(plan["sources"], sizes))]
+    manifest = {
+        "version": VERSION, "set": source.name, "source": str(source.resolve()), "settings": asdict(settings),
+        "images": len(files), "subimages": len(table), "content_hash": content_hash(settings, sources),
+        "bytes": sum((folder / n).stat().st_size for n in ARRAYS), "prepare_s": round(time.monotonic() - t0, 3),
+        "workers": workers, "sources": sources,
+    }
+    write_json_atomic(folder / "manifest.json", manifest)
+    shutil.rmtree(done_dir, ignore_errors=True)
+    (folder / "plan.json").unlink()
+    return manifest, len(todo)
+
+
+def _prepare_image(task: tuple[Path, int, Path, int, list[int], list[list[int]]]) -> None:
+    """Worker: decode source image `i`, hash it, write its HR pixels and its windows' LR into the mapped
+    files, flush them, then record it as done (atomically)."""
+    path, i, folder, scale, (hr_offset, height, width), rows = task
+    digest = sha256_file(path)
+    img = to_rgb(read_image(path))
+    if tuple(img.shape[-2:]) != (height, width):
+        raise UserError(f"{path} changed while it was being prepared; run again")
+    hr = np.load(folder / "hr.npy", mmap_mode="r+")
+    hr[hr_offset : hr_offset + height * width * 3] = img.permute(1, 2, 0).reshape(-1).numpy()
+    lr = np.load(folder / "lr.npy", mmap_mode="r+")
+    for _, top, left, h, w, lr_offset in rows:
+        small = degrade(img[:, top : top + h, left : left + w], scale)
+        lr[lr_offset : lr_offset + small.numel()] = small.permute(1, 2, 0).reshape(-1).numpy()
+    hr.flush()
+    lr.flush()
+    write_json_atomic(folder / "done" / f"{i}.json", {"sha256": digest})
