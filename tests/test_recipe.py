@@ -55,7 +55,7 @@ def test_every_row_names_real_keys_and_shows_the_value_in_effect():
     assert rows["GAN loss"]["in effect"] == "vanilla" and rows["GAN loss"]["key"] == "loss.gan"
     assert rows["metric space and border"]["in effect"] == "rgb"
     assert rows["learning rate (G and D)"]["in effect"] == "0.0002"
-    assert rows["pre-trained generator"]["in effect"] == "true"
+    assert rows["from scratch (no PSNR pre-training)"]["in effect"] == "true"
     assert "SRGANModel" in rows["GAN loss"]["authors' code"]
     esrgan = {r["choice"]: r for r in recipe.rows(build_config({"arch": "esrgan"}))}
     assert esrgan["GAN loss"]["in effect"] == "ragan" and "ESRGANModel" in esrgan["GAN loss"]["authors' code"]
