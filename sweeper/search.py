@@ -25,7 +25,7 @@ from mlflow import MlflowClient
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper import tracking
+from sweeper import ledger, tracking
 from sweeper.executors import Executor, TrialJob, make_executor
 from sweeper.executors.local import process_start
 from sweeper.overrides import Options, parse, require_study
@@ -37,7 +37,7 @@ from trainer.config import build_config, flatten, parse_value
 from trainer.errors import UserError
 
 POLL_S = 0.25
-BOOKKEEPING = {"train.device", "data.num_workers", "train.log_every", "train.ckpt_every"}  # not part of a trial's identity
+BOOKKEEPING = {"train.device", "data.num_workers", "train.log_every", "train.ckpt_every", "train.threads"}  # not part of a trial's identity
 SUMMARY_KEYS = ("mu", "beta", "arch", "loss.perceptual")
 TIE_BREAK = {"lpips": "psnr", "psnr": "lpips", "ssim": "psnr"}
 LOWER_IS_BETTER = {"lpips"}
@@ -466,10 +466,11 @@ def status(tokens: list[str], fmt: str = "table") -> None:
     winners = {stage: storage.get_study_user_attrs(sid).get("winner_trial") for stage, sid in stages.items()}
     for t in trials:
         t["winner"] = winners[t["stage"]] == t["number"]
+    costs = ledger.study_costs(storage, stages)  # issue 12: the cost ledger's totals per stage
     if fmt == "json":
-        print(json.dumps({"study": name, "stages": list(stages), "trials": trials}, indent=1))
+        print(json.dumps({"study": name, "stages": list(stages), "trials": trials, "cost": ledger.cost_rows(costs)}, indent=1))
         return
-    print(format_table(trials))
+    print("\n".join([format_table(trials), *ledger.status_lines(costs)]))
 
 
 def format_table(trials: list[dict[str, Any]]) -> str:
