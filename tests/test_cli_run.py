@@ -174,7 +174,7 @@ def broken_data(tmp_path: Path) -> Path:
         (["study=nope"], "unknown study 'nope'"),
         (["study=mu_search", "train.iter=3"], "did you mean train.iters"),
         (["study=beta_search", "mu=0"], "mu=0"),
-        (["study=beta_search", "mu=-1"], "mu=-1: mu must be a positive number"),
+        (["study=beta_search", "mu=-1"], "mu=-1.0: mu must be a positive number"),
         (["study=mu_search", "preset=galaxy"], "preset='galaxy' is not valid; choose one of paper, proxy, smoke"),
         (["study=mu_search", "beta=beta9_9"], "beta='beta9_9' is not valid"),
         (["study=mu_search", "mu=0.5"], "what stage 'mu' of study mu_search searches"),
