@@ -182,17 +182,17 @@ def main(tokens: list[str], detach: bool = False) -> None:
     if rounds > 1 and not study.alternate:
         raise UserError(f"rounds={rounds}: study {study.name} does not alternate; rounds= applies to studies like paper")
     ws = Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri)
+    executor = make_executor(opts.executor, opts.executor_options, ws.root, opts.preset)  # settings first, then weights and data
+    if detach and executor.name == "local":
+        raise UserError("--detach needs executor=slurm: local trials are watched by this process")
+    if executor.name == "slurm":
+        executor.check(ws.sqlite_file())  # sbatch --test-only of the options; a warning for SQLite storage
     select_by = selection_metric(opts)
     config = check_weights(base_config(study, opts, ws), opts.preset, select_by)
     for stage in study.stages:  # every trial config valid before anything is created
         for point in stage.points():
             build_config({**config, **stage.overrides(point)})
     check_data(config)
-    executor = make_executor(opts.executor, opts.executor_options, ws.root, opts.preset)
-    if detach and executor.name == "local":
-        raise UserError("--detach needs executor=slurm: local trials are watched by this process")
-    if executor.name == "slurm":
-        executor.check(ws.sqlite_file())  # sbatch --test-only of the options; a warning for SQLite storage
 
     ws.root.mkdir(parents=True, exist_ok=True)
     tags = {"sweeper.study": study.name, "sweeper.preset": opts.preset, "sweeper.select_by": select_by,

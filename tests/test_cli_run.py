@@ -185,6 +185,7 @@ def broken_data(tmp_path: Path) -> Path:
         (["study=mu_search", "select_by=lpips"], "select_by=lpips needs LPIPS"),
         (["study=mu_search", "preset=proxy"], "ImageNet weights"),
         (["study=mu_search", "executor.n_jobs=0"], "executor.n_jobs=0"),
+        (["study=mu_search", "preset=proxy", "executor.trials_per_gpu=0"], "executor.trials_per_gpu=0"),  # before the weights
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_state(tmp_path: Path, env: dict[str, str], args: list[str], message: str) -> None:
