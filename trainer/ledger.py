@@ -2,7 +2,8 @@
 
 A call is one job segment: a whole run, one rung of successive halving, or a resume after a requeue or
 an interrupt. Its line says which GAN iterations it trained (`from_step` -> `to_step`), its wall time, its
-device-seconds (GPU-seconds, or CPU core-seconds = wall x intra-op threads) and the pre-training it trained
+device-seconds (GPU-seconds = wall x the share of the GPU booked for it, `$GPU_SHARE`, 1 unless runs are
+packed on a GPU; or CPU core-seconds = wall x intra-op threads) and the pre-training it trained
 or reused from the shared cache. The file is rewritten whole and renamed over (atomically) at every
 checkpoint and when the call ends, so a kill leaves the segment as of its last checkpoint, never half a line.
 """
@@ -10,6 +11,7 @@ checkpoint and when the call ends, so a kill leaves the segment as of its last c
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +42,7 @@ class Segment:
 
     def line(self, to_step: int) -> dict:
         wall = time.monotonic() - self.t0
-        share = 1 if self.device == "cuda" else torch.get_num_threads()
+        share = float(os.environ.get("GPU_SHARE", 1)) if self.device == "cuda" else torch.get_num_threads()
         return {"from_step": self.from_step, "to_step": to_step, "iters": to_step - self.from_step, "wall_s": round(wall, 3),
                 "device": self.device, "device_s": round(wall * share, 3), "pretrain": self.pretrain,
                 "pretrain_iters": self.pretrain_iters, "pretrain_s": round(self.pretrain_s, 3)}  # fmt: skip
