@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from optuna.storages import BaseStorage
 
+from sweeper.workspace import point_key
 from trainer.ledger import LEDGER
 
 
@@ -105,13 +106,12 @@ class StageCost:
         return self.naive_iters * gan_rate + self.naive_pretrain_iters * (pretrain_rate or 0.0)
 
 
-def trial_dirs(storage: BaseStorage, study_id: int) -> dict[str, list[Path]]:
-    """Grid point label -> its trial folders (attempts of a point share one), from the stage's Optuna trials."""
-    out: dict[str, list[Path]] = {}
+def trial_dirs(storage: BaseStorage, study_id: int) -> dict[tuple, list[Path]]:
+    """Grid point -> its trial folders (attempts of a point share one), from the stage's Optuna trials."""
+    out: dict[tuple, list[Path]] = {}
     for t in storage.get_all_trials(study_id, deepcopy=False):
         if "trial_dir" in t.user_attrs:
-            point = ",".join(f"{k}={v}" for k, v in sorted(t.params.items()))
-            folders = out.setdefault(point, [])
+            folders = out.setdefault(point_key(t.params), [])
             if Path(t.user_attrs["trial_dir"]) not in folders:
                 folders.append(Path(t.user_attrs["trial_dir"]))
     return out

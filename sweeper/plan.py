@@ -129,7 +129,7 @@ def rate_for(cfg: Config, found: dict[str, ledger.Totals], measured: dict[str, R
     totals = found.get(key)
     if totals is not None and totals.gan_rate is not None:
         pre = totals.pretrain_rate
-        if pre is None:  # every trial reused its pre-training: price it like a GAN iteration of the generator alone
+        if pre is None:  # every trial reused its pre-training from the cache: measure a pre-training step
             pre = measured.setdefault(key, measure(cfg)).pretrain_s
         return Rate(totals.gan_rate, pre, totals.unit, f"ledgers of {totals.trials} trial(s) in the workspace")
     if key not in measured:
@@ -151,17 +151,27 @@ def plan_stage(name: str, cfgs: list[Config], seen: set[str], cached: set[str], 
     sha_iters = halving.iterations_spent(survivors, budgets) if new else 0
     pre_needed = {pretrain_key(c): c for c in new.values() if not c.train.from_scratch and pretrain_key(c) not in cached}
     cached |= set(pre_needed)
-    rate = rate_for(cfgs[0], found, measured)
-    naive_pre = sum(0 if c.train.from_scratch else c.train.pretrain_iters for c in cfgs)
-    pre_iters = sum(c.train.pretrain_iters for c in pre_needed.values())
+    rates = {id(c): rate_for(c, found, measured) for c in cfgs}  # one rate per shape (an arch, say), shared by its configs
 
-    def hours(gan_iters: int, pre: int) -> float:
-        return (gan_iters * rate.gan_s + pre * rate.pretrain_s) / 3600
+    def gan_s(configs) -> float:
+        return sum(c.train.iters * rates[id(c)].gan_s for c in configs)
 
-    naive = len(cfgs) * iters
-    return StagePlan(name, len(cfgs), len(new), iters, naive, len(new) * iters, sha_iters, budgets, naive_pre, pre_iters,
-                     hours(naive, naive_pre), hours(len(new) * iters, pre_iters), hours(sha_iters, pre_iters),
-                     f"{rate.source}: {rate.gan_s:.3g} {rate.unit}/GAN iter, {rate.pretrain_s:.3g} {rate.unit}/pre-training iter")  # fmt: skip
+    def pretrain_s(configs) -> float:
+        return sum(c.train.pretrain_iters * rates[id(c)].pretrain_s for c in configs if not c.train.from_scratch)
+
+    sha_s = gan_s(new.values()) * sha_iters / (len(new) * iters) if new else 0.0  # halving's iterations at the stage's mean rate
+    sources = {f"{c.arch}: {rates[id(c)].source}: {rates[id(c)].gan_s:.3g} {rates[id(c)].unit}/GAN iter, "
+               f"{rates[id(c)].pretrain_s:.3g} {rates[id(c)].unit}/pre-training iter" for c in cfgs}  # fmt: skip
+    return StagePlan(
+        stage=name, points=len(cfgs), trainings=len(new), iters=iters,
+        naive_iters=len(cfgs) * iters, none_iters=len(new) * iters, sha_iters=sha_iters, sha_budgets=budgets,
+        naive_pretrain_iters=sum(c.train.pretrain_iters for c in cfgs if not c.train.from_scratch),
+        pretrain_iters=sum(c.train.pretrain_iters for c in pre_needed.values()),
+        naive_hours=(gan_s(cfgs) + pretrain_s(cfgs)) / 3600,
+        none_hours=(gan_s(new.values()) + pretrain_s(pre_needed.values())) / 3600,
+        sha_hours=(sha_s + pretrain_s(pre_needed.values())) / 3600,
+        rate_source="; ".join(sorted(sources)),
+    )  # fmt: skip
 
 
 def plan(tokens: list[str]) -> tuple[list[StagePlan], Halving]:
@@ -200,6 +210,6 @@ def main(tokens: list[str], fmt: str = "table") -> None:
     total = {k: sum(getattr(p, k) for p in plans) for k in ("naive_hours", "none_hours", "sha_hours")}
     print(rows_to_markdown(rows))
     for p in plans:
-        print(f"stage {p.stage}: scheduler=sha rungs at {p.sha_budgets} (eta={sched.eta}); rates from {p.rate_source}")
+        print(f"stage {p.stage}: scheduler=sha rungs at {p.sha_budgets} (eta={sched.eta}); rates {p.rate_source}")
     print(f"study: {total['naive_hours']:.3g} device-hours naive, {total['none_hours']:.3g} with scheduler=none, "
           f"{total['sha_hours']:.3g} with scheduler=sha ({total['sha_hours'] / total['naive_hours']:.0%} of naive)")  # fmt: skip

@@ -134,7 +134,7 @@ def test_plan_agrees_with_the_finished_studys_ledger(study) -> None:
     (stage,) = plan["stages"]
     assert (stage["points"], stage["trainings"], stage["naive_iters"], stage["none_iters"]) == (4, 4, 24, 24)
     assert stage["pretrain_iters"] == 0 and stage["naive_pretrain_iters"] == 8  # the cache holds the pre-training now
-    assert stage["rate_source"].startswith("ledgers of 4 trial(s) in the workspace")
+    assert stage["rate_source"].startswith("srgan: ledgers of 4 trial(s) in the workspace")
     budgets = halving.rung_budgets(6, 4, 3)
     assert stage["sha_budgets"] == budgets and stage["sha_iters"] == halving.iterations_spent([4, 1, 1], budgets)
     totals = ledger.Totals()
@@ -145,7 +145,7 @@ def test_plan_agrees_with_the_finished_studys_ledger(study) -> None:
     assert stage["naive_hours"] * 3600 == pytest.approx(naive, abs=0.1)
     # an empty workspace: the step time is measured now
     fresh = json.loads(sweeper(["plan", "study=small", f"workspace={tmp / 'fresh'}", *SMALL, "--format", "json"], tmp, env).stdout)
-    assert fresh["stages"][0]["rate_source"].startswith("measured now on cpu") and fresh["stages"][0]["pretrain_iters"] == 2
+    assert fresh["stages"][0]["rate_source"].startswith("srgan: measured now on cpu") and fresh["stages"][0]["pretrain_iters"] == 2
     assert not (tmp / "fresh").exists()
 
 
