@@ -113,9 +113,10 @@ def check_stage(stage: str, curves: dict[int, Curve], iters: int, select_by: str
 
 def stage_curves(storage, study_id: int, select_by: str) -> tuple[dict[int, Curve], int]:
     """(trial number -> curve, train.iters) for the latest COMPLETE trial of each grid point."""
-    attrs = storage.get_study_user_attrs(study_id)
-    if attrs.get("scheduler", "none") != "none":
-        raise UserError(f"rank-check replays halving on full curves; this stage ran with scheduler={attrs['scheduler']}: run the study with scheduler=none")
+    recorded = storage.get_study_user_attrs(study_id).get("scheduler", "none")  # {"name", "budgets"} since scheduler=sha exists
+    scheduler = recorded.get("name", "none") if isinstance(recorded, dict) else recorded
+    if scheduler != "none":
+        raise UserError(f"rank-check replays halving on full curves; this stage ran with scheduler={scheduler}: run the study with scheduler=none")
     latest = {}
     for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.COMPLETE,)):
         latest[point_key(t.params)] = t

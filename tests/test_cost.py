@@ -83,6 +83,16 @@ def test_snap_and_replay_on_known_curves() -> None:
     assert flat.rungs[0].undefined and math.isnan(flat.rungs[0].p_kendall)
 
 
+def test_rank_check_refuses_a_halving_stage() -> None:
+    storage = optuna.storages.InMemoryStorage()
+    sid = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "s.mu")
+    storage.set_study_user_attr(sid, "scheduler", {"name": "sha", "budgets": [1, 4, 12]})
+    with pytest.raises(UserError, match="this stage ran with scheduler=sha: run the study with scheduler=none"):
+        rankcheck.stage_curves(storage, sid, "psnr")
+    storage.set_study_user_attr(sid, "scheduler", {"name": "none", "budgets": [12]})
+    assert rankcheck.stage_curves(storage, sid, "psnr") == ({}, 0)
+
+
 def test_scheduler_options_are_checked() -> None:
     assert pop_halving(["study=x", "scheduler=sha", "scheduler.eta=4"]) == (Halving("sha", 4, None), ["study=x"])
     with pytest.raises(UserError, match="scheduler='asha' is not valid; choose one of none, sha"):
