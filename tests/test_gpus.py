@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -66,7 +65,7 @@ def test_a_second_sweeper_books_around_the_first(locks: Path, tmp_path: Path) ->
     assert sorted(h[0] for h in held) == [0, 1]
     executor = LocalExecutor(n_jobs=2, gpus=2, workspace=tmp_path / "ws", trials_per_gpu=2)
     jobs = []
-    for n in range(2):  # trial folders without a config: each worker books its slot, then fails at once
+    for n in range(2):  # trial folders without a config: each worker books its slot, then ends at once
         folder = tmp_path / "ws" / "trials" / "s" / "g" / str(n)
         folder.mkdir(parents=True)
         jobs.append(folder)
@@ -78,7 +77,6 @@ def test_a_second_sweeper_books_around_the_first(locks: Path, tmp_path: Path) ->
     for folder in jobs:
         out = (folder / "stdout.log").read_text()
         assert "[sweeper] booked GPU" in out and "slot 1" in out, out
-        assert json.loads((folder / "result.json").read_text())["status"] == "failed"
 
 
 def test_thread_shares_and_local_options(tmp_path: Path) -> None:
