@@ -138,25 +138,23 @@ def study_costs(storage: BaseStorage, stages: dict[str, int]) -> list[StageCost]
 def cost_rows(costs: list[StageCost]) -> list[dict[str, Any]]:
     """One row per stage and one for the study: spent and naive iterations and device-seconds, and the ratios.
 
-    The naive device-seconds use the study-wide rates, so every stage is priced alike (a stage that reused
-    its pre-training from the cache still pays for it naively).
+    The naive device-seconds use the study-wide rates (an average where archs mix), so every stage is priced
+    alike (a stage that reused its pre-training from the cache still pays for it naively).
     """
     total = Totals()
     for c in costs:
         total.merge(c.spent)
-    gan_rate, pre_rate = total.gan_rate, total.pretrain_rate
+    study = StageCost("study", sum(c.points for c in costs), total, sum(c.naive_iters for c in costs),
+                      sum(c.naive_pretrain_iters for c in costs))  # fmt: skip
     rows = []
-    for name, spent, naive, naive_pre, naive_s in [
-        *((c.stage, c.spent, c.naive_iters, c.naive_pretrain_iters, c.naive_device_s(gan_rate, pre_rate)) for c in costs),
-        ("study", total, sum(c.naive_iters for c in costs), sum(c.naive_pretrain_iters for c in costs),
-         sum(c.naive_device_s(gan_rate, pre_rate) or 0.0 for c in costs) if gan_rate is not None else None),
-    ]:  # fmt: skip
+    for c in [*costs, study]:
+        naive_s = c.naive_device_s(total.gan_rate, total.pretrain_rate)
         rows.append({
-            "stage": name, "trials": spent.trials, "gan_iters": spent.iters, "naive_gan_iters": naive,
-            "pretrain_iters": spent.pretrain_iters, "naive_pretrain_iters": naive_pre, "repeated_iters": spent.repeated,
-            "iters_ratio": _ratio(spent.iters + spent.pretrain_iters, naive + naive_pre),
-            "device_s": round(spent.device_s, 1), "naive_device_s": None if naive_s is None else round(naive_s, 1),
-            "device_ratio": _ratio(spent.device_s, naive_s), "unit": total.unit,
+            "stage": c.stage, "trials": c.spent.trials, "gan_iters": c.spent.iters, "naive_gan_iters": c.naive_iters,
+            "pretrain_iters": c.spent.pretrain_iters, "naive_pretrain_iters": c.naive_pretrain_iters, "repeated_iters": c.spent.repeated,
+            "iters_ratio": _ratio(c.spent.iters + c.spent.pretrain_iters, c.naive_iters + c.naive_pretrain_iters),
+            "device_s": round(c.spent.device_s, 1), "naive_device_s": None if naive_s is None else round(naive_s, 1),
+            "device_ratio": _ratio(c.spent.device_s, naive_s), "unit": total.unit,
         })  # fmt: skip
     return rows
 
