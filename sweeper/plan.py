@@ -194,6 +194,11 @@ def plan(tokens: list[str]) -> tuple[list[StagePlan], Halving]:
     return plans, sched
 
 
+def hours(value: float) -> str:
+    """12,345 or 0.00778: whole hours once there are many, three significant digits below."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def main(tokens: list[str], fmt: str = "table") -> None:
     """`sweeper plan study=NAME [preset=...] [scheduler=sha scheduler.eta=3] [executor options] [--format json]`."""
     from sweeper.tables import rows_to_markdown
@@ -206,10 +211,10 @@ def main(tokens: list[str], fmt: str = "table") -> None:
         return
     rows = [{"stage": p.stage, "points": p.points, "trainings": p.trainings, "GAN iters naive / none / sha": f"{p.naive_iters} / {p.none_iters} / {p.sha_iters}",
              "pre-training iters naive / cached": f"{p.naive_pretrain_iters} / {p.pretrain_iters}",
-             "device-hours naive / none / sha": f"{p.naive_hours:.3g} / {p.none_hours:.3g} / {p.sha_hours:.3g}"} for p in plans]  # fmt: skip
+             "device-hours naive / none / sha": " / ".join(map(hours, (p.naive_hours, p.none_hours, p.sha_hours)))} for p in plans]  # fmt: skip
     total = {k: sum(getattr(p, k) for p in plans) for k in ("naive_hours", "none_hours", "sha_hours")}
     print(rows_to_markdown(rows))
     for p in plans:
         print(f"stage {p.stage}: scheduler=sha rungs at {p.sha_budgets} (eta={sched.eta}); rates {p.rate_source}")
-    print(f"study: {total['naive_hours']:.3g} device-hours naive, {total['none_hours']:.3g} with scheduler=none, "
-          f"{total['sha_hours']:.3g} with scheduler=sha ({total['sha_hours'] / total['naive_hours']:.0%} of naive)")  # fmt: skip
+    print(f"study: {hours(total['naive_hours'])} device-hours naive, {hours(total['none_hours'])} with scheduler=none, "
+          f"{hours(total['sha_hours'])} with scheduler=sha ({total['sha_hours'] / total['naive_hours']:.0%} of naive)")  # fmt: skip
