@@ -210,6 +210,27 @@ def promote(
 
 @app.command()
 @user_errors
+def plan(
+    overrides: Overrides = None,
+    format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+) -> None:
+    """Before a study runs: its trials, iterations and device-hours, naive, with scheduler=none and with scheduler=sha."""
+    from sweeper import plan as plan_mod
+
+    plan_mod.main(overrides or [], fmt=format)
+
+
+@app.command("rank-check")
+@user_errors
+def rank_check(overrides: Overrides = None) -> None:
+    """Replay successive halving on a scheduler=none study: per rung, rank agreement with the final ranking."""
+    from sweeper import rankcheck
+
+    rankcheck.main(overrides or [])
+
+
+@app.command()
+@user_errors
 def report(
     overrides: Overrides = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="output folder (default results/<study>)")] = None,

@@ -6,7 +6,9 @@ the proxy and the target agree on the best and the worst setting. With the paper
 numbers are descriptive: the smallest one-sided p is 1/24 and the smallest two-sided p is 1/12, so no
 two-sided test can reach 0.05 (scipy's asymptotic p-values are wrong at this size and are not used).
 
-Promotion is gated on agreement of the best setting under the selection metric, not on a p-value.
+Promotion is gated on agreement of the best setting under the selection metric, not on a p-value. When
+one side's scores are all equal, or its best score is shared by several settings, there is no ranking (or
+no best) to agree with: the row says "undefined" (statistics NaN where they are) and the gate refuses.
 """
 
 from __future__ import annotations
@@ -81,9 +83,11 @@ def permutation_p(x: np.ndarray, y: np.ndarray) -> tuple[float, float, bool]:
     """One-sided (positive association) permutation p-values of Spearman's rho and Kendall's tau.
 
     p = P(stat(x, y permuted) >= observed) over all n! orderings of y, each equally likely under
-    independence; returns (p_rho, p_tau, exact).
+    independence; returns (p_rho, p_tau, exact). NaN when x or y is constant (no ranking to test).
     """
     perms, exact = orderings(len(x))
+    if constant(x) or constant(y):
+        return math.nan, math.nan, exact
     rho_all = _pearson_rows(rankdata(x), rankdata(y)[perms])  # the ranks of a permuted y are its permuted ranks
     tau_all = _kendall_rows(x, y[perms])
 
@@ -110,6 +114,19 @@ def weakness_note(n: int) -> str:
     )
 
 
+def constant(values: np.ndarray) -> bool:
+    return bool(np.all(values == values[0]))
+
+
+def undefined_reason(side: str, values: np.ndarray, metric: str) -> str | None:
+    """Why `values` cannot rank settings: all equal, or the best value shared (None when they can)."""
+    if constant(values):
+        return f"every {side} score is {values[0]:.4g}"
+    best = values.max() if HIGHER_IS_BETTER[metric] else values.min()
+    tied = int(np.sum(values == best))
+    return f"{tied} settings tie for the {side}'s best ({best:.4g})" if tied > 1 else None
+
+
 @dataclass(frozen=True)
 class Agreement:
     """Proxy vs target on one validation set and metric."""
@@ -128,10 +145,11 @@ class Agreement:
     best_target: str
     worst_proxy: str
     worst_target: str
+    undefined: str | None = None  # why no ranking or no best exists (constant or tied-at-the-top scores)
 
     @property
     def best_agrees(self) -> bool:
-        return self.best_proxy == self.best_target
+        return self.undefined is None and self.best_proxy == self.best_target
 
     @property
     def worst_agrees(self) -> bool:
@@ -165,6 +183,7 @@ def agreement(set_name: str, metric: str, labels: list[str], proxy: np.ndarray, 
         best_target=best_t,
         worst_proxy=worst_p,
         worst_target=worst_t,
+        undefined=undefined_reason("proxy", proxy, metric) or undefined_reason("target", target, metric),
     )
 
 
@@ -212,6 +231,8 @@ def gate(results: list[Agreement], select_by: str) -> Agreement:
 
 def verdict(g: Agreement) -> str:
     """One line: does the proxy pick the target's best setting under the selection metric?"""
+    if g.undefined:
+        return f"undefined: by {g.set}/{g.metric} {g.undefined}, so agreement on the best setting cannot be judged"
     if g.best_agrees:
         return f"consistent: both archs rank {g.best_proxy} best by {g.set}/{g.metric}"
     return f"contradicts: by {g.set}/{g.metric} the proxy's best is {g.best_proxy} but the target's best is {g.best_target}"
@@ -225,8 +246,9 @@ def to_rows(results: list[Agreement]) -> list[dict]:
         d["metric"] = LABELS[a.metric]
         d["discordant"] = f"{a.discordant}/{a.pairs}"
         del d["pairs"]
-        d["best_agrees"] = "yes" if a.best_agrees else "no"
-        d["worst_agrees"] = "yes" if a.worst_agrees else "no"
+        d["best_agrees"] = "undefined" if a.undefined else "yes" if a.best_agrees else "no"
+        d["worst_agrees"] = "undefined" if a.undefined else "yes" if a.worst_agrees else "no"
+        d["undefined"] = a.undefined or ""
         rows.append(d)
     return rows
 
@@ -253,7 +275,7 @@ def log_check(client: MlflowClient, study: str, proxy: str, target: str, results
         "sweeper.proxy": proxy,
         "sweeper.target": target,
         "sweeper.select_by": select_by,
-        "sweeper.best_agrees": str(g.best_agrees).lower(),
+        "sweeper.best_agrees": "undefined" if g.undefined else str(g.best_agrees).lower(),
         "sweeper.best_setting": g.best_proxy,
         "sweeper.verdict": verdict(g),
     }

@@ -1,6 +1,6 @@
 """The report's figures (matplotlib, Agg): metrics against mu, metrics per beta, an LPIPS bar chart per
-method and set (the paper's Fig. 2), validation curves per trial, and a grid of the same crops across
-settings (Figs. 6-7). Each function returns PNG bytes; the caller writes and logs them."""
+method and set (the paper's Fig. 2), validation curves per trial, a grid of the same crops across
+settings (Figs. 6-7), and the rank check of successive halving. Each function returns PNG bytes; the caller writes and logs them."""
 
 from __future__ import annotations
 
@@ -112,4 +112,26 @@ def comparison_grid(images: list[str], columns: list[str], tiles: list[list[np.n
             if j == 0:
                 ax.set_ylabel(name, fontsize=8)
     fig.suptitle(title)
+    return png(fig)
+
+
+def rank_check(stages: dict[str, list[tuple[float, float, float, bool]]]) -> bytes:
+    """Per stage, Kendall's tau and Spearman's rho of each rung's ranking with the final one against the rung's
+    budget as a fraction of train.iters; `stages[name] = [(fraction, tau, rho, winner_alive)]`. A rung where
+    halving would have dropped the final winner is marked with a red cross."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    for k, (name, rungs) in enumerate(stages.items()):
+        x = [r[0] for r in rungs]
+        ax.plot(x, [r[1] for r in rungs], "o-", color=f"C{k}", label=f"{name}: Kendall tau")
+        ax.plot(x, [r[2] for r in rungs], "s--", color=f"C{k}", alpha=0.6, label=f"{name}: Spearman rho")
+        lost = [(r[0], r[1]) for r in rungs if not r[3]]
+        if lost:
+            ax.plot(*zip(*lost), "x", color="red", markersize=10, label=f"{name}: winner dropped")
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel("rung budget / train.iters")
+    ax.set_ylabel("agreement with the final ranking")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Successive halving replayed: rank agreement per rung")
     return png(fig)

@@ -12,7 +12,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainer.config import ALIASES, all_keys, parse_value, resolve_key
+from trainer.config import ALIASES, PRESETS, all_keys, check_choice, parse_value, resolve_key
 from trainer.errors import UserError
 
 METRICS = ("lpips", "psnr", "ssim")
@@ -84,6 +84,8 @@ def parse(tokens: list[str], allow_config: bool = True) -> Options:
                 raise _unknown_key(key) from None
             if not allow_config:
                 raise UserError(f"{key}= is a training setting; this command takes only {', '.join(OPTION_KEYS)}")
+            if dotted == "preset":  # named before anything looks for weights or data
+                check_choice("preset", value, PRESETS)
             opts.config[dotted] = text if dotted == "weights" else value
     return opts
 

@@ -100,8 +100,8 @@ def gate(client: MlflowClient, source: Source, target: str, force: bool) -> dict
         print(f"warning: --force: promoting without a correlation check of {source.arch} against {target}")
         return tags
     tags["sweeper.correlation_run_id"] = check.run_id
-    if check.tags.get("sweeper.best_agrees") != "true":
-        reason = f"the correlation check (MLflow run {check.run_id}) contradicts the proxy: {check.tags.get('sweeper.verdict', 'best settings differ')}"
+    if check.tags.get("sweeper.best_agrees") != "true":  # "false", or "undefined" (constant or tied-at-the-top scores)
+        reason = f"the correlation check (MLflow run {check.run_id}) does not support the proxy: {check.tags.get('sweeper.verdict', 'best settings differ')}"
         if not force:
             raise UserError(f"{reason}; pass --force to promote anyway")
         print(f"warning: --force: {reason}")

@@ -4,7 +4,9 @@ regenerated from MLflow alone (docs/ARCHITECTURE.md, "MLflow layout").
 Which tables a study covers follows from what varies among its finished trials, stage by stage:
 mu -> Table 1, beta -> Table 2, the loss (`perceptual`) -> Table 6, the arch -> Tables 3 and 4.
 Table 5 compares the study's winner (and any run promoted from it) with bicubic and with the runs
-tagged `sweeper.baseline=true`. Each table goes out as Markdown, CSV and LaTeX under `<out>/tables/`,
+tagged `sweeper.baseline=true`. From the workspace's Optuna record and trial folders (where the report
+can reach them) come the cost table (spent vs the naive protocol, `sweeper.ledger`) and the rank check of
+successive halving on stages that trained every trial to the end (`sweeper.rankcheck`). Each table goes out as Markdown, CSV and LaTeX under `<out>/tables/`,
 figures as PNG under `<out>/figures/`, everything gathered in `<out>/README.md` and logged to MLflow.
 """
 
@@ -22,10 +24,11 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from sweeper import correlate, figures
+from sweeper import correlate, figures, ledger, rankcheck, search
 from sweeper.overrides import parse, require_study
 from sweeper.runs import METRICS, RunRecord, find_runs, finished, mu_label, open_client, paper_order
-from sweeper.tables import Table, rows_to_csv, to_csv, to_latex, to_markdown
+from sweeper.scheduler_options import Halving
+from sweeper.tables import Table, rows_to_csv, rows_to_latex, rows_to_markdown, to_csv, to_latex, to_markdown
 from trainer.files import write_bytes_atomic, write_text_atomic
 from trainer.config import config_from_dict
 from trainer.errors import UserError
@@ -354,6 +357,12 @@ class Writer:
     def text(self, markdown: str) -> None:
         self.sections.append(markdown)
 
+    def rows(self, key: str, title: str, rows: list[dict], notes: str = "") -> None:
+        """A plain table of dict rows (not the paper's metric layout) as Markdown, CSV and LaTeX."""
+        for suffix, text in ((".md", rows_to_markdown(rows)), (".csv", rows_to_csv(rows)), (".tex", rows_to_latex(rows, title))):
+            write_text_atomic(self.out / "tables" / f"{key}{suffix}", text)
+        self.sections.append(f"### {title}\n\n{rows_to_markdown(rows)}\n{notes}\n\n[CSV](tables/{key}.csv) · [LaTeX](tables/{key}.tex)\n")
+
 
 def banner(study: Study) -> str:
     """The warning on top when the numbers cannot be the paper's: random-init extractors or unavailable LPIPS."""
@@ -403,8 +412,33 @@ def write_section(client: MlflowClient, writer: Writer, table: Table, runs: list
         writer.figure(f"{table.key}_crops", grid, f"{table.title}: the same crops across settings (as Figs. 6-7)")
 
 
-def build(client: MlflowClient, name: str, out: Path) -> list[str]:
-    """Write the study's tables and figures under `out` and README.md gathering them; returns the table keys."""
+def cost_section(writer: Writer, storage, stages: dict[str, int]) -> None:
+    """The cost table: per stage and for the study, spent (from the ledgers) vs the naive protocol."""
+    rows = ledger.cost_rows(ledger.study_costs(storage, stages))
+    notes = ("Naive: every grid point trained to train.iters with its own pre-training, priced at the device-seconds per "
+             "iteration this study measured. Ratios are spent / naive (iterations: GAN + pre-training).")  # fmt: skip
+    writer.rows("cost", "Cost: spent vs the naive protocol", rows, notes)
+
+
+def rank_check_section(writer: Writer, storage, stages: dict[str, int]) -> None:
+    """`sweeper rank-check`'s table and figure for the stages that trained every trial to the end."""
+    checks = []
+    for name, sid in stages.items():
+        select_by = storage.get_study_user_attrs(sid).get("select_by", "lpips")
+        try:
+            checks.append(rankcheck.check_stage(name, *rankcheck.stage_curves(storage, sid, select_by), select_by, Halving()))
+        except UserError:  # a halving stage, or fewer than 2 complete trials: nothing to replay
+            continue
+    if checks:
+        notes = "\n\n".join(rankcheck.summary(c) for c in checks)
+        writer.rows("rank_check", "Rank check: successive halving replayed on the full validation curves", rankcheck.to_rows(checks), notes)
+        points = {c.stage: [(r.budget / c.budgets[-1], r.kendall, r.spearman, r.winner_alive) for r in c.rungs] for c in checks}
+        writer.figure("rank_check", figures.rank_check(points), "Rank agreement of each rung with the final ranking (Kendall tau, Spearman rho)")
+
+
+def build(client: MlflowClient, name: str, out: Path, optuna_stages: tuple | None = None) -> list[str]:
+    """Write the study's tables and figures under `out` and README.md gathering them; returns the table keys.
+    `optuna_stages` = (storage, stage name -> Optuna study id) adds the cost table and the rank check."""
     study = load_study(client, name)
     writer = Writer(out)
     sections = sweep_tables(study) + correlation_tables(study)
@@ -414,6 +448,9 @@ def build(client: MlflowClient, name: str, out: Path) -> list[str]:
         write_section(client, writer, table, runs)
         if table.kind == "correlation" and (i + 1 == len(sections) or sections[i + 1][0].kind != "correlation"):
             correlation_section(study, writer)
+    if optuna_stages:
+        cost_section(writer, *optuna_stages)
+        rank_check_section(writer, *optuna_stages)
     for s in ordered_sets(study.trials):
         writer.figure(f"curves_{s}", figures.validation_curves(histories(client, study.trials, s), s), f"Validation curves per trial on {s}")
     top = [f"# Study `{name}`: the paper's tables and figures, from MLflow", "", banner(study), "",
@@ -437,7 +474,11 @@ def main(tokens: list[str], out: Path | None = None) -> None:
     name = require_study(opts)
     client = open_client(opts)
     out = out or Path("results") / name
-    keys = build(client, name, out)
+    try:
+        _, _, storage, stages = search.stage_ids(opts)
+    except UserError:  # the Optuna record is not reachable from here (tracking_uri= only): no cost or rank check
+        storage, stages = None, {}
+    keys = build(client, name, out, (storage, stages) if stages else None)
     run_id = log_report(client, load_study(client, name), out)
     print(f"wrote {len(keys)} tables ({', '.join(keys) or 'none'}) and figures to {out}/README.md")
     if run_id:

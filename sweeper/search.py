@@ -25,7 +25,7 @@ from mlflow import MlflowClient
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper import tracking
+from sweeper import ledger, tracking
 from sweeper.executors import Executor, TrialJob, make_executor
 from sweeper.executors.local import process_start
 from sweeper.overrides import Options, parse, require_study
@@ -37,7 +37,7 @@ from trainer.config import build_config, flatten, parse_value
 from trainer.errors import UserError
 
 POLL_S = 0.25
-BOOKKEEPING = {"train.device", "data.num_workers", "data.cache", "train.log_every", "train.ckpt_every"}  # not part of a trial's identity
+BOOKKEEPING = {"train.device", "data.num_workers", "data.cache", "train.log_every", "train.ckpt_every", "train.threads"}  # not part of a trial's identity
 SUMMARY_KEYS = ("mu", "beta", "arch", "loss.perceptual")
 TIE_BREAK = {"lpips": "psnr", "psnr": "lpips", "ssim": "psnr"}
 LOWER_IS_BETTER = {"lpips"}
@@ -181,17 +181,17 @@ def main(tokens: list[str], detach: bool = False) -> None:
     if rounds > 1 and not study.alternate:
         raise UserError(f"rounds={rounds}: study {study.name} does not alternate; rounds= applies to studies like paper")
     ws = Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri)
+    executor = make_executor(opts.executor, opts.executor_options, ws.root, opts.preset)  # settings first, then weights and data
+    if detach and executor.name == "local":
+        raise UserError("--detach needs executor=slurm: local trials are watched by this process")
+    if executor.name == "slurm":
+        executor.check(ws.sqlite_file())  # sbatch --test-only of the options; a warning for SQLite storage
     select_by = selection_metric(opts)
     config = check_weights(base_config(study, opts, ws), opts.preset, select_by)
     for stage in study.stages:  # every trial config valid before anything is created
         for point in stage.points():
             build_config({**config, **stage.overrides(point)})
     check_data(config)
-    executor = make_executor(opts.executor, opts.executor_options, ws.root, opts.preset)
-    if detach and executor.name == "local":
-        raise UserError("--detach needs executor=slurm: local trials are watched by this process")
-    if executor.name == "slurm":
-        executor.check(ws.sqlite_file())  # sbatch --test-only of the options; a warning for SQLite storage
 
     ws.root.mkdir(parents=True, exist_ok=True)
     tags = {"sweeper.study": study.name, "sweeper.preset": opts.preset, "sweeper.select_by": select_by,
@@ -465,10 +465,11 @@ def status(tokens: list[str], fmt: str = "table") -> None:
     winners = {stage: storage.get_study_user_attrs(sid).get("winner_trial") for stage, sid in stages.items()}
     for t in trials:
         t["winner"] = winners[t["stage"]] == t["number"]
+    costs = ledger.study_costs(storage, stages)  # issue 12: the cost ledger's totals per stage
     if fmt == "json":
-        print(json.dumps({"study": name, "stages": list(stages), "trials": trials}, indent=1))
+        print(json.dumps({"study": name, "stages": list(stages), "trials": trials, "cost": ledger.cost_rows(costs)}, indent=1))
         return
-    print(format_table(trials))
+    print("\n".join([format_table(trials), *ledger.status_lines(costs)]))
 
 
 def format_table(trials: list[dict[str, Any]]) -> str:

@@ -140,7 +140,7 @@ def to_latex(table: Table) -> str:
 def rows_to_markdown(rows: list[dict]) -> str:
     """A plain Markdown table of dict rows (keys of the first row as the header)."""
     keys = list(rows[0])
-    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else "-" if v is None else str(v)  # noqa: E731
     lines = ["| " + " | ".join(keys) + " |", "|---" * len(keys) + "|"]
     lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
     return "\n".join(lines) + "\n"
@@ -152,3 +152,14 @@ def rows_to_csv(rows: list[dict]) -> str:
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
+
+
+def rows_to_latex(rows: list[dict], caption: str) -> str:
+    """A plain LaTeX table of dict rows (keys of the first row as the header)."""
+    keys = list(rows[0])
+    cell = lambda v: latex_escape(f"{v:.4g}" if isinstance(v, float) else "--" if v is None else str(v))  # noqa: E731
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(caption)}}}", r"\begin{tabular}{" + "l" * len(keys) + "}",
+             r"\hline", " & ".join(latex_escape(k) for k in keys) + r" \\", r"\hline"]  # fmt: skip
+    lines += [" & ".join(cell(r[k]) for k in keys) + r" \\" for r in rows]
+    lines += [r"\hline", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"

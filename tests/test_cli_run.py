@@ -174,6 +174,8 @@ def broken_data(tmp_path: Path) -> Path:
         (["study=nope"], "unknown study 'nope'"),
         (["study=mu_search", "train.iter=3"], "did you mean train.iters"),
         (["study=beta_search", "mu=0"], "mu=0"),
+        (["study=beta_search", "mu=-1"], "mu=-1.0: mu must be a positive number"),
+        (["study=mu_search", "preset=galaxy"], "preset='galaxy' is not valid; choose one of paper, proxy, smoke"),
         (["study=mu_search", "beta=beta9_9"], "beta='beta9_9' is not valid"),
         (["study=mu_search", "mu=0.5"], "what stage 'mu' of study mu_search searches"),
         (["study=mu_search", "seed=inf"], "seed=inf: a finite integer"),
@@ -183,18 +185,32 @@ def broken_data(tmp_path: Path) -> Path:
         (["study=mu_search", "select_by=lpips"], "select_by=lpips needs LPIPS"),
         (["study=mu_search", "preset=proxy"], "ImageNet weights"),
         (["study=mu_search", "executor.n_jobs=0"], "executor.n_jobs=0"),
+        (["study=mu_search", "preset=proxy", "executor.trials_per_gpu=0"], "executor.trials_per_gpu=0"),  # before the weights
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_state(tmp_path: Path, env: dict[str, str], args: list[str], message: str) -> None:
     if "data.root=BROKEN" in args:
         root = broken_data(tmp_path)
         args = [a.replace("BROKEN", str(root)) for a in args]
-    preset = [] if "preset=proxy" in args else TINY
+    preset = [] if any(a.startswith("preset=") for a in args) else TINY
     done = sweeper(["run", *args, f"workspace={tmp_path / 'ws'}", *preset], tmp_path, env)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
-    assert not (tmp_path / "ws").exists()
+    assert not (tmp_path / "ws").exists()  # no store, trial, checkpoint or cache entry
+    assert not (tmp_path / "torch_home").exists()
+
+
+@pytest.mark.parametrize(("command", "message"), [
+    (["train", "mu=-0.5", *TINY], "mu=-0.5: mu must be a positive number"),
+    (["train", "preset=galaxy"], "preset='galaxy' is not valid"),
+    (["plan", "study=mu_search", "preset=galaxy"], "preset='galaxy' is not valid"),
+    (["rank-check", "study=mu_search", "preset=galaxy"], "preset= is a training setting"),
+])  # fmt: skip
+def test_other_commands_refuse_bad_input_before_creating_anything(tmp_path: Path, env: dict[str, str], command: list[str], message: str) -> None:
+    done = sweeper([*command, f"workspace={tmp_path / 'ws'}"], tmp_path, env)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert not (tmp_path / "ws").exists() and not (tmp_path / "torch_home").exists()
 
 
 def test_status_of_a_study_never_run_is_an_error(tmp_path: Path, env: dict[str, str]) -> None:

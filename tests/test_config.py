@@ -35,7 +35,9 @@ def test_round_trip_through_dict_keeps_inf_as_string():
     ("overrides", "message"),
     [
         ({"trian.iters": 3}, "did you mean train.iters"),
-        ({"mu": 0}, "mu must be a nonzero number"),
+        ({"mu": 0}, "mu must be a positive number"),
+        ({"mu": -0.5}, "mu=-0.5: mu must be a positive number"),
+        ({"train.threads": -1}, "train.threads=-1"),
         ({"beta": "beta9_9"}, "choose one of " + ", ".join(BETAS)),
         ({"train.iters": "inf"}, "a finite integer is needed"),
         ({"preset": "huge"}, "preset='huge' is not valid"),

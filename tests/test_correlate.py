@@ -96,6 +96,21 @@ def test_gate_and_verdict():
     assert math.isclose(rows[0].p_spearman, 1.0)
 
 
+def test_constant_or_tied_at_the_top_scores_are_undefined():
+    """Issue 9 item 10: NaN statistics once gave p=0.0 and best_agrees=true (ties went to the first setting)."""
+    labels = ["a", "b", "c", "d"]
+    flat = correlate.agreement("mean", "psnr", labels, np.array([1.0, 2, 3, 4]), np.full(4, 25.0))
+    assert flat.undefined == "every target score is 25" and not flat.best_agrees
+    assert math.isnan(flat.spearman) and math.isnan(flat.p_spearman) and math.isnan(flat.p_kendall)
+    assert correlate.verdict(flat).startswith("undefined: by mean/psnr every target score is 25")
+    tied = correlate.agreement("mean", "lpips", labels, np.array([0.1, 0.1, 0.3, 0.4]), np.array([0.1, 0.2, 0.3, 0.4]))
+    assert tied.undefined == "2 settings tie for the proxy's best (0.1)" and not tied.best_agrees
+    assert tied.p_spearman < 1  # a ranking exists below the top: its statistics stay
+    assert correlate.to_rows([tied])[0]["best_agrees"] == "undefined"
+    fine = correlate.agreement("mean", "lpips", labels, np.array([0.1, 0.2, 0.2, 0.4]), np.array([0.1, 0.2, 0.3, 0.4]))
+    assert fine.undefined is None and fine.best_agrees  # ties below the top do not matter for the gate
+
+
 SETTINGS = [{"mu": math.inf}, {"mu": 1, "beta": "beta1_3"}, {"mu": 10, "beta": "beta1_3"}, {"mu": 0.5, "beta": "beta3_6"}]
 # Table 4 of the paper (BSD100): SRGAN-DP and ESRGAN-DP (PSNR, SSIM, LPIPS) per setting
 TABLE4 = {

@@ -73,8 +73,19 @@ def test_refuses_without_a_correlation_check_unless_forced(ws, capsys):
 def test_refuses_when_the_check_contradicts_the_proxy(ws, capsys):
     uri, client, root = ws
     correlation_study(client, root, uri, target_lpips=[0.30, 0.05, 0.25, 0.10])  # target prefers mu=1 + beta1_3
-    with pytest.raises(UserError, match="contradicts the proxy: contradicts: by mean/lpips the proxy's best is mu=0.5 \\+ beta3_6 but the target's best is mu=1 \\+ beta1_3; pass --force"):
+    with pytest.raises(UserError, match="does not support the proxy: contradicts: by mean/lpips the proxy's best is mu=0.5 \\+ beta3_6 but the target's best is mu=1 \\+ beta1_3; pass --force"):
         promote.main("esrgan", None, force=False, dry_run=True, overrides=[f"tracking_uri={uri}"])
+
+
+def test_refuses_a_degenerate_check_unless_forced(ws, capsys):
+    """Issue 9 item 10: a target whose LPIPS ties at the top ranks nothing: "undefined", refused without --force."""
+    uri, client, root = ws
+    correlation_study(client, root, uri, target_lpips=[0.30, 0.10, 0.25, 0.10])
+    assert "undefined: by mean/lpips 2 settings tie for the target's best" in capsys.readouterr().out
+    with pytest.raises(UserError, match="does not support the proxy: undefined: .*tie for the target's best.*; pass --force"):
+        promote.main("esrgan", None, force=False, dry_run=True, overrides=[f"tracking_uri={uri}"])
+    promote.main("esrgan", None, force=True, dry_run=True, overrides=[f"tracking_uri={uri}"])
+    assert "warning: --force: the correlation check" in capsys.readouterr().out
 
 
 def test_dry_run_prints_the_resolved_config_and_command(ws, capsys):

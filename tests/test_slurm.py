@@ -158,7 +158,8 @@ def test_bad_options_fail_before_anything_is_created(tmp_path: Path) -> None:
     env = env_for(tmp_path)
     write_study(tmp_path, "cl_bad", ["0.5"])
     where, _, _ = workspace_args(tmp_path)
-    for option, message in [("executor.partition=nope", "invalid partition"), ("executor.gpus=1", "executor.gpus_per_node")]:
+    for option, message in [("executor.partition=nope", "invalid partition"), ("executor.gpus=1", "executor.gpus_per_node"),
+                            ("executor.trials_per_gpu=2", "executor.trials_per_gpu=2: the nodes offer no GPU shards")]:  # fmt: skip
         done = sweeper(["run", "study=cl_bad", *where, *TINY, "executor=slurm", option], env)
         errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
         assert done.returncode == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in done.stderr, done.stderr

@@ -65,14 +65,25 @@ def test_smoke_trial_fills_the_trial_folder(smoke_run):
     assert {"l_g", "l_pix", "l_adv", "l_percep", "l_vgg", "l_res", "dp_weight", "l_d", "lr"} <= records[0].keys()
     assert all(math.isfinite(r["l_g"]) and r["dp_weight"] > 0 for r in records if r["kind"] == "train")
     vals = [r for r in records if r["kind"] == "val"]
-    assert [(r["step"], r["set"]) for r in vals] == [(6, "Set5"), (12, "Set5")]  # val_every=6 and the end
+    assert [(r["step"], r["set"]) for r in vals] == [(s, "Set5") for s in range(2, 13, 2)]  # val_every=2
     assert vals[-1]["psnr"] == final["psnr"]
     lrs = {r["step"]: r["lr"] for r in records if r["kind"] == "train"}
     assert lrs[4] == cfg.train.lr and lrs[6] == lrs[12] == cfg.train.lr * cfg.train.lr_gamma  # milestone 6
 
     samples = sorted(p.name for p in (run / "samples").iterdir())
-    assert len(samples) == 4 and samples[0].startswith("0000006_Set5_")
+    assert len(samples) == 12 and samples[0].startswith("0000002_Set5_")
     assert read_image(run / "samples" / samples[0]).shape == (3, 64, 64)  # val_crop=64: the whole image
+
+
+def test_cost_ledger_has_one_line_per_call(smoke_run, cache):
+    run, result = smoke_run
+    (line,) = jsonl(run / "ledger.jsonl")
+    assert (line["from_step"], line["to_step"], line["iters"]) == (0, 12, 12)
+    assert (line["device"], line["pretrain"], line["pretrain_iters"]) == ("cpu", "trained", 8)
+    assert 0 < line["pretrain_s"] < line["wall_s"] <= result["duration_s"] + 60
+    assert line["device_s"] == pytest.approx(line["wall_s"] * torch.get_num_threads(), rel=1e-3)
+    train(smoke(), run, cache, progress=False)  # already complete: nothing trained, nothing recorded
+    assert len(jsonl(run / "ledger.jsonl")) == 1
 
 
 def test_checkpoint_is_safe_to_load_and_holds_everything(smoke_run):
@@ -111,6 +122,8 @@ def test_pretraining_is_cached_by_what_it_depends_on(smoke_run, cache, tmp_path)
     other = train(smoke(mu=math.inf, **{"train.iters": 2}), tmp_path / "vgg", cache, progress=False)
     assert other["status"] == "complete"
     assert pretrain_folders(cache) == [folder] and (folder / "last.pt").stat().st_mtime_ns == mtime
+    (line,) = jsonl(tmp_path / "vgg" / "ledger.jsonl")
+    assert (line["pretrain"], line["pretrain_iters"], line["pretrain_s"], line["iters"]) == ("reused", 0, 0, 2)
     logged = [r for r in jsonl(tmp_path / "vgg" / "metrics.jsonl") if r["kind"] == "train"]
     assert logged and all(r["dp_weight"] == 0 and r["l_res"] == 0 for r in logged)  # mu=inf: VGG loss only
 
@@ -142,6 +155,8 @@ def test_resume_is_exact(tmp_path, cache):
             assert torch.equal(tensor, b[part][name]), (part, name)
     assert resumed["final"] == straight["final"]
     assert jsonl(tmp_path / "resumed" / "metrics.jsonl") == jsonl(tmp_path / "straight" / "metrics.jsonl")
+    segments = [(r["from_step"], r["to_step"], r["pretrain"]) for r in jsonl(tmp_path / "resumed" / "ledger.jsonl")]
+    assert segments == [(0, 10, "reused"), (10, 20, "none")]  # the resume neither repeats nor pre-trains
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, cache):

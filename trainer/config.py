@@ -95,6 +95,7 @@ class TrainConfig:
     ckpt_every: int = 5_000
     log_every: int = 100
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # CPU intra-op threads; 0 = the sweeper's share (cores // concurrent trials), else torch's default
     amp: bool = False  # bf16 autocast on CUDA
     channels_last: bool = False
 
@@ -149,7 +150,7 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
         "train.milestones": [6],
         "train.pretrain_iters": 8,
         "train.pretrain_milestones": [4],
-        "train.val_every": 6,
+        "train.val_every": 2,  # 2 crops: cheap; gives `sweeper rank-check` a curve to replay halving on
         "train.ckpt_every": 6,
         "train.log_every": 2,
     },
@@ -256,9 +257,9 @@ def check_choice(key: str, value: Any, valid: tuple[str, ...]) -> None:
 
 
 def check_mu(mu: float) -> None:
-    """Eq. (8) divides by mu: it must be nonzero (inf = VGG loss only)."""
-    if mu == 0 or math.isnan(mu):
-        raise UserError(f"mu={mu}: mu must be a nonzero number (eq. 8 divides by it) or inf for VGG loss only")
+    """Eq. (8) weighs the ResNet loss by 1/mu: mu must be positive (the paper's grid) or inf (VGG loss only)."""
+    if not mu > 0:
+        raise UserError(f"mu={mu}: mu must be a positive number (eq. 8 weighs the ResNet loss by 1/mu) or inf for VGG loss only")
 
 
 def validate(cfg: Config) -> Config:
@@ -287,6 +288,8 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"data.num_workers={cfg.data.num_workers}: must be 0 (batches made in the trainer) or more")
     if cfg.loss.c <= 0:
         raise UserError(f"loss.c={cfg.loss.c}: must be a tiny positive constant (eq. 9)")
+    if cfg.train.threads < 0:
+        raise UserError(f"train.threads={cfg.train.threads}: must be 0 (automatic) or a positive number of threads")
     for name in ("iters", "val_every", "ckpt_every", "log_every"):
         if getattr(cfg.train, name) <= 0:
             raise UserError(f"train.{name}={getattr(cfg.train, name)}: must be positive")

@@ -37,6 +37,7 @@ from trainer.data import TrainBatches, ValImage, load_val_sets
 from trainer.errors import UserError
 from trainer.files import file_lock, write_json_atomic, write_text_atomic
 from trainer.images import to_rgb, to_uint8, write_image
+from trainer.ledger import Segment
 from trainer.losses import DualPerceptualLoss, discriminator_loss, generator_adversarial_loss
 from trainer.metrics import LPIPSMetric, psnr_batch, ssim_batch
 from trainer.nets import build_discriminator, build_generator
@@ -44,7 +45,7 @@ from trainer.nets import build_discriminator, build_generator
 PROGRESS_EVERY_S = 5.0
 SAMPLES = 2  # SR crops saved per validation (first images of the first validation set)
 SAMPLE_CROP = 128
-RESUME_MAY_CHANGE = {"train.device", "data.num_workers", "data.cache"}  # settings that do not change the computation
+RESUME_MAY_CHANGE = {"train.device", "data.num_workers", "data.cache", "train.threads"}  # settings that do not change the computation
 
 
 class Diverged(Exception):
@@ -172,17 +173,21 @@ def pretrain_key(cfg: Config, data_id: str) -> str:
 
 def pretrained_generator(
     cfg: Config, cache_dir: Path, device: torch.device, run_dir: Path, show: bool
-) -> dict[str, torch.Tensor]:
-    """The PSNR-oriented generator weights for `cfg`, trained now unless cached. One process trains a
-    given cache entry at a time (file lock); the others wait and then reuse it."""
+) -> tuple[dict[str, torch.Tensor], int, float]:
+    """The PSNR-oriented generator weights for `cfg`, trained now unless cached, with the pre-training
+    iterations and seconds this call spent on it (0, 0.0 when reused). One process trains a given cache
+    entry at a time (file lock); the others wait and then reuse it."""
     batches = TrainBatches(cfg, cache_dir, device, show)
     folder = cache_dir / f"pretrain-{cfg.arch}-x{cfg.upscale}-{pretrain_key(cfg, batches.data_id)}"
     ckpt_path = folder / "last.pt"
+    trained, seconds = 0, 0.0
     with file_lock(folder.with_suffix(".lock")):
         ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
         if ckpt is None or ckpt["step"] < cfg.train.pretrain_iters:
+            t0, before = time.monotonic(), ckpt["step"] if ckpt else 0
             ckpt = run_pretrain(cfg, folder, ckpt, batches, run_dir, show)
-    return ckpt["g"]
+            trained, seconds = cfg.train.pretrain_iters - before, time.monotonic() - t0
+    return ckpt["g"], trained, seconds
 
 
 def run_pretrain(
@@ -408,6 +413,9 @@ def train(
     write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     device = pick_device(cfg)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    segment = Segment(run_dir, ckpt["step"] if ckpt is not None else 0, device.type)  # this call's cost ledger line
     if cfg.train.amp and device.type != "cuda":
         note("train.amp applies to CUDA only; training in float32 on the CPU")
     if device.type == "cuda":
@@ -436,14 +444,18 @@ def train(
             tally.step, tally.final, tally.earlier_s = ckpt["step"], ckpt["final"], ckpt["elapsed_s"]
         else:
             if not cfg.train.from_scratch:
-                gan.load_generator(pretrained_generator(cfg, cache_dir, device, run_dir, progress))
+                weights_g, segment.pretrain_iters, segment.pretrain_s = pretrained_generator(cfg, cache_dir, device, run_dir, progress)
+                segment.pretrain = "trained" if segment.pretrain_iters else "reused"
+                gan.load_generator(weights_g)
             seed_everything(cfg.seed)  # the same state whether pre-training ran here or came from the cache
         drop_records_after(run_dir / "metrics.jsonl", tally.step)  # lines logged after the checkpoint, if any
-        stopped = run_gan(cfg, run_dir, gan, batches, val_sets, lpips, tally, progress, stop_after)
+        stopped = run_gan(cfg, run_dir, gan, batches, val_sets, lpips, tally, progress, stop_after, segment)
     except Diverged as e:
         out = result("failed", str(e))
         write_json_atomic(result_path, out)
         return out
+    finally:
+        segment.record(tally.step)
     if stopped:
         return result("stopped", f"stopped after iteration {tally.step} as asked (stop_after)")
     out = result("complete", None)
@@ -452,9 +464,9 @@ def train(
 
 
 def run_gan(cfg: Config, run_dir: Path, gan: Gan, batches: TrainBatches, val_sets: dict[str, list[ValImage]],
-            lpips: LPIPSMetric, tally: Tally, show: bool, stop_after: int | None) -> bool:
-    """The GAN stage from iteration tally.step + 1: train, log, validate, checkpoint. Returns True when it
-    stopped early because of `stop_after`."""
+            lpips: LPIPSMetric, tally: Tally, show: bool, stop_after: int | None, segment: Segment) -> bool:
+    """The GAN stage from iteration tally.step + 1: train, log, validate, checkpoint (and bring the cost
+    ledger's line up to date). Returns True when it stopped early because of `stop_after`."""
     t = cfg.train
     device = next(gan.g.parameters()).device
     metrics_log = run_dir / "metrics.jsonl"
@@ -463,6 +475,7 @@ def run_gan(cfg: Config, run_dir: Path, gan: Gan, batches: TrainBatches, val_set
         save_atomic({"config": cfg.to_dict(), "stage": "gan", "step": tally.step, **gan.state_dict(),
                      "data": batches.state_dict(), "rng": rng_state(), "final": tally.final,
                      "elapsed_s": tally.duration_s()}, run_dir / "ckpt" / "last.pt")
+        segment.record(tally.step)
 
     bar = Progress(run_dir / "progress.json", "gan", tally.step, t.iters, show)
     try:

@@ -1,4 +1,10 @@
-"""Trials as local processes, up to `n_jobs` at once, each pinned to its own GPU when there are several.
+"""Trials as local processes, up to `n_jobs` at once, on GPU slots booked machine-wide (`sweeper.gpus`).
+
+With GPUs, each worker books one of `trials_per_gpu` slots of a GPU (a flock every sweeper on the machine
+sees, held for the worker's life) and sees only that GPU; `n_jobs` defaults to GPUs x trials_per_gpu. On a
+CPU, `n_jobs` defaults to 1. Either way each trial gets `cores // n_jobs` intra-op threads (at least 1)
+unless its config sets `train.threads`: trials sharing cores with torch's default thread count each run
+several times slower (issue 12).
 
 Each trial runs `sweeper.worker.main([TRIAL_DIR])` in its own process and session (a crash, Ctrl-C or
 kill -9 of the sweeper never takes it down), with stdout/stderr in the trial folder. Importing torch and
@@ -21,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeper.executors.base import TrialJob
+from sweeper.gpus import thread_share
 from trainer.files import write_json_atomic
 from trainer.errors import UserError
 
@@ -43,24 +50,26 @@ def process_start(pid: int) -> str | None:
 class LocalExecutor:
     name = "local"
 
-    def __init__(self, n_jobs: int, gpus: int, workspace: Path) -> None:
+    def __init__(self, n_jobs: int, gpus: int, workspace: Path, trials_per_gpu: int = 1) -> None:
         self.n_jobs = n_jobs
         self.gpus = gpus
+        self.trials_per_gpu = trials_per_gpu
+        self.threads = thread_share(len(os.sched_getaffinity(0)), n_jobs)
         self.jobs_dir = workspace / "jobs"
         self.host = socket.gethostname()
-        self._gpu_of: dict[str, int | None] = {}  # jobs started by this executor
         self._zygote: subprocess.Popen[str] | None = None
 
     @classmethod
     def from_options(cls, options: dict[str, Any], workspace: Path) -> LocalExecutor:
-        unknown = set(options) - {"n_jobs"}
+        unknown = set(options) - {"n_jobs", "trials_per_gpu"}
         if unknown:
-            raise UserError(f"executor.{sorted(unknown)[0]} is not an option of executor=local; valid: executor.n_jobs")
+            raise UserError(f"executor.{sorted(unknown)[0]} is not an option of executor=local; valid: executor.n_jobs, executor.trials_per_gpu")
+        for key, value in options.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"executor.{key}={value!r}: expected a positive integer")
         gpus = visible_gpus()
-        n_jobs = options.get("n_jobs", max(gpus, 1))
-        if not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs < 1:
-            raise UserError(f"executor.n_jobs={n_jobs!r}: expected a positive integer")
-        return cls(n_jobs, gpus, workspace)
+        per_gpu = options.get("trials_per_gpu", 1)
+        return cls(options.get("n_jobs", gpus * per_gpu or 1), gpus, workspace, per_gpu)
 
     def slots(self) -> int:
         return self.n_jobs
@@ -80,14 +89,11 @@ class LocalExecutor:
         return int(reply)
 
     def _start(self, job: TrialJob) -> str:
-        busy = {gpu for job_id, gpu in self._gpu_of.items() if self.state(job_id) == "RUNNING"}
-        gpu = min(set(range(self.gpus)) - busy, default=0) if self.gpus > 1 else None
-        pid = self._fork({"trial_dir": str(job.trial_dir), "gpu": gpu})
+        pid = self._fork({"trial_dir": str(job.trial_dir), "gpus": self.gpus, "per_gpu": self.trials_per_gpu, "threads": self.threads})
         start = process_start(pid) or "0"
         job_id = f"{self.host}.{pid}.{start}"
-        record = {"host": self.host, "pid": pid, "start": start, "gpu": gpu, "trial_dir": str(job.trial_dir)}
+        record = {"host": self.host, "pid": pid, "start": start, "trial_dir": str(job.trial_dir)}
         write_json_atomic(self.jobs_dir / f"{job_id}.json", record)
-        self._gpu_of[job_id] = gpu
         return job_id
 
     def _record(self, job_id: str) -> dict[str, Any] | None:
@@ -117,12 +123,15 @@ class LocalExecutor:
 
 
 def zygote() -> None:
-    """Import the trainer once, then for each request line {"trial_dir", "gpu"} fork a worker and print its pid.
+    """Import the trainer once, then for each request line {"trial_dir", "gpus", "per_gpu", "threads"} fork a
+    worker and print its pid. The worker books its GPU slot itself (so the booking lives exactly as long as it).
 
     Ends when the sweeper closes the pipe (or dies); the workers it forked keep running in their own sessions.
     """
+    import torch
+
     import trainer.train  # noqa: F401  (the point of the zygote: imported once, shared by every fork)
-    from sweeper import worker
+    from sweeper import gpus, worker
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweeper's to handle
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # finished workers are reaped by the kernel
@@ -135,14 +144,17 @@ def zygote() -> None:
                 os.setsid()
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                if request["gpu"] is not None:
-                    os.environ["CUDA_VISIBLE_DEVICES"] = str(request["gpu"])
                 trial_dir = Path(request["trial_dir"])
                 os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
                 for fd, name in ((1, "stdout.log"), (2, "stderr.log")):
                     log = os.open(trial_dir / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
                     os.dup2(log, fd)
                     os.close(log)
+                if request["gpus"]:
+                    gpu, booking = gpus.book(request["gpus"], request["per_gpu"])  # noqa: F841 (held open until exit)
+                    os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+                    os.environ["GPU_SHARE"] = str(1 / request["per_gpu"])  # the cost ledger's GPU-seconds: a booked share
+                torch.set_num_threads(request["threads"])  # the trial's config may set train.threads instead
                 code = worker.main([str(trial_dir)])
             finally:
                 sys.stdout.flush()

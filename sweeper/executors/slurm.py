@@ -6,6 +6,10 @@ resumes from the trial's `ckpt/last.pt` (lost work: at most one `train.ckpt_ever
 (`<workspace>/slurm/<job id>/`: pickles, stdout, stderr) must be on a filesystem the nodes share, like
 the trial folders.
 
+`executor.trials_per_gpu=N` packs N trials on a GPU with SLURM's GPU sharding (`--gres=shard`): each trial
+stays one job (one job id, one requeue, one result per trial), and each requests 1/N of a GPU's shards;
+the cluster must configure shards (docs/CLUSTER.md explains the choice and the set-up).
+
 Job state comes from `squeue` (this works without SLURM accounting, where submitit's `sacct` fails);
 when the controller cannot be asked, submitit's result file says whether the job ended. See docs/CLUSTER.md.
 """
@@ -44,6 +48,7 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "additional_parameters": (dict, "extra sbatch flags, e.g. {mail-type: END}"),
     "max_requeues": (int, "how often a job may be requeued after its time limit"),
     "signal_delay_s": (int, "seconds before the time limit at which the job checkpoints and requeues"),
+    "trials_per_gpu": (int, "trials sharing one GPU, through SLURM GPU sharding (--gres=shard)"),
 }
 PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
 RUNNING = {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "SUSPENDED", "STOPPED", "RESIZING"}
@@ -55,8 +60,11 @@ class TrialTask(submitit.helpers.Checkpointable):
     so a requeued job simply runs the trial again and the trainer resumes from its last checkpoint."""
 
     def __call__(self, trial_dir: str) -> int:
+        import torch
+
         from sweeper.worker import main
 
+        torch.set_num_threads(int(os.environ.get("SLURM_CPUS_PER_TASK") or torch.get_num_threads()))  # the job's cores, not the node's
         restart = os.environ.get("SLURM_RESTART_COUNT", "0")
         print(f"[sweeper] {trial_dir}: SLURM job {submitit.JobEnvironment().job_id}, restart {restart}, "
               f"pid {os.getpid()}, starting at step {checkpoint_step(Path(trial_dir))}", flush=True)  # fmt: skip
@@ -87,6 +95,27 @@ def slurm_state(job_id: str) -> str:
     """SLURM's own name for a job's state (RUNNING, PENDING, COMPLETED, TIMEOUT, ...), for `sweeper status`."""
     rows = squeue(job_id)
     return "?" if rows is None else rows.get(job_id, "GONE")
+
+
+def shards_per_gpu(gres: str) -> int | None:
+    """Shards per GPU of a node from sinfo's `%G` (e.g. "gpu:a100:4,shard:16(S:0-1)" -> 4); None without sharding."""
+    counts: dict[str, int] = {}
+    for item in gres.split(","):
+        fields = item.split("(")[0].split(":")
+        if len(fields) >= 2 and fields[-1].isdigit():
+            counts[fields[0]] = counts.get(fields[0], 0) + int(fields[-1])
+    return counts["shard"] // counts["gpu"] if counts.get("shard") and counts.get("gpu") else None
+
+
+def shard_request(per_gpu: int, partition: str | None) -> str:
+    """The `--gres` value giving a job 1/per_gpu of a GPU; UserError when the nodes offer no shards."""
+    cmd = ["sinfo", "-h", "-o", "%G", *(["-p", partition] if partition else [])]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    found = [k for k in map(shards_per_gpu, out.stdout.split()) if k]
+    if not found:
+        raise UserError(f"executor.trials_per_gpu={per_gpu}: the nodes offer no GPU shards (sinfo gres: {out.stdout.split() or 'none'}); "
+                        "configure SLURM GPU sharding (docs/CLUSTER.md) or use executor.trials_per_gpu=1")  # fmt: skip
+    return f"shard:{max(1, max(found) // per_gpu)}"
 
 
 def _checked(key: str, value: Any) -> Any:
@@ -121,6 +150,8 @@ class SlurmExecutor:
         params.update({key: _checked(key, value) for key, value in options.items()})
         # The requeue signal must come well inside the limit: 2 minutes, or a quarter of a short limit.
         params.setdefault("signal_delay_s", min(120, params["timeout_min"] * 15))
+        if params.get("trials_per_gpu", 1) > 1:  # a share of a GPU instead of whole GPUs
+            params["gres"], params["gpus_per_node"] = shard_request(params["trials_per_gpu"], params.get("partition")), 0
         return cls(params, workspace)
 
     def check(self, sqlite_file: Path | None) -> None:
@@ -130,6 +161,7 @@ class SlurmExecutor:
         flags = [f"--time={p['timeout_min']}", f"--cpus-per-task={p['cpus_per_task']}", f"--mem={round(p['mem_gb'] * 1024)}M"]
         flags += [f"--{key}={p[key]}" for key in ("partition", "account", "qos", "constraint") if p.get(key)]
         flags += [f"--gpus-per-node={p['gpus_per_node']}"] if p["gpus_per_node"] else []
+        flags += [f"--gres={p['gres']}"] if p.get("gres") else []
         flags += [f"--{key.replace('_', '-')}={value}" for key, value in (p.get("additional_parameters") or {}).items()]
         out = subprocess.run(["sbatch", "--test-only", *flags, "--wrap", "true"], capture_output=True, text=True, timeout=60)
         if out.returncode != 0:
@@ -146,6 +178,8 @@ class SlurmExecutor:
         optional = {f"slurm_{k}": p[k] for k in ("partition", "account", "qos", "constraint", "additional_parameters") if p.get(k)}
         if p["gpus_per_node"]:
             optional["gpus_per_node"] = p["gpus_per_node"]
+        if p.get("gres"):
+            optional["slurm_gres"] = p["gres"]
         ex.update_parameters(
             name=name, timeout_min=p["timeout_min"], cpus_per_task=p["cpus_per_task"], mem_gb=p["mem_gb"],
             slurm_array_parallelism=p["array_parallelism"], slurm_signal_delay_s=p["signal_delay_s"], **optional,

@@ -1,0 +1,184 @@
+"""The cost ledger's sums, `sweeper plan` against a finished study's real ledgers, `sweeper rank-check` on a
+small real study (scheduler=none), and the report's cost and rank-check sections."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState, create_trial
+
+from cluster_helpers import env_for, write_study
+from sweeper import correlate, halving, ledger, rankcheck
+from sweeper.gpus import thread_share
+from sweeper.scheduler_options import Halving, pop_halving
+from trainer.errors import UserError
+
+# Four mu values, a small generator, 6 iterations validated every 2: three points on each curve.
+SMALL = ["preset=smoke", "weights=random", "model.num_feat=16", "model.num_blocks=2", "train.iters=6", "train.val_every=2",
+         "train.pretrain_iters=2", "train.milestones=[3]", "train.pretrain_milestones=[1]", "executor.n_jobs=2"]  # fmt: skip
+MUS = ["0.5", "1", "10", "inf"]
+
+
+def line(a: int, b: int, wall: float, device_s: float, pretrain: str = "none", pre_iters: int = 0, pre_s: float = 0.0) -> dict:
+    return {"from_step": a, "to_step": b, "iters": b - a, "wall_s": wall, "device": "cpu", "device_s": device_s,
+            "pretrain": pretrain, "pretrain_iters": pre_iters, "pretrain_s": pre_s}  # fmt: skip
+
+
+def test_repeated_iterations_count_only_overlaps() -> None:
+    assert ledger.repeated_iters([line(0, 10, 1, 1), line(10, 20, 1, 1)]) == 0  # a clean resume
+    assert ledger.repeated_iters([line(0, 10, 1, 1), line(6, 20, 1, 1)]) == 4  # resumed from an older checkpoint
+    assert ledger.repeated_iters([line(0, 10, 1, 1), line(0, 4, 1, 1), line(4, 12, 1, 1)]) == 10
+
+
+def test_ledger_sums_and_naive_protocol(tmp_path: Path) -> None:
+    """A real Optuna storage: 3 grid points, one trained in two segments, one reused (no ledger), one failed once."""
+    storage = optuna.storages.InMemoryStorage()
+    sid = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "s.mu")
+    dist = {"mu": CategoricalDistribution(["1", "2", "3"])}
+    ledgers = {"1": [line(0, 60, 10, 20, "trained", 8, 2.0), line(60, 100, 5, 10)], "2": [], "3": [line(0, 100, 12, 24, "reused")]}
+    for k, (mu, lines) in enumerate(ledgers.items()):
+        folder = tmp_path / str(k)
+        folder.mkdir()
+        (folder / "config.yaml").write_text(yaml.safe_dump({"train": {"iters": 100, "pretrain_iters": 8, "from_scratch": False}}))
+        (folder / "ledger.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        for state in ((TrialState.FAIL, TrialState.COMPLETE) if mu == "3" else (TrialState.COMPLETE,)):  # two attempts, one folder
+            value = 1.0 if state == TrialState.COMPLETE else None
+            storage.create_new_trial(sid, create_trial(state=state, params={"mu": mu}, distributions=dist, value=value, user_attrs={"trial_dir": str(folder)}))
+    (cost,) = ledger.study_costs(storage, {"mu": sid})
+    assert (cost.points, cost.naive_iters, cost.naive_pretrain_iters) == (3, 300, 24)
+    t = cost.spent
+    assert (t.trials, t.segments, t.iters, t.pretrain_iters, t.pretrain_reused, t.repeated) == (2, 3, 200, 8, 1, 0)
+    assert (t.wall_s, t.device_s, t.pretrain_device_s) == (27, 54, 4.0)  # 2 threads: pre-training 2 s wall = 4 core-s
+    assert t.gan_rate == pytest.approx(50 / 200) and t.pretrain_rate == pytest.approx(0.5) and t.unit == "CPU core-s"
+    mu_row, study_row = ledger.cost_rows([cost])
+    assert mu_row["naive_device_s"] == pytest.approx(300 * 0.25 + 24 * 0.5)  # 87
+    assert mu_row["device_ratio"] == pytest.approx(54 / 87, abs=1e-3) and mu_row["iters_ratio"] == pytest.approx(208 / 324, abs=1e-3)
+    assert study_row == {**mu_row, "stage": "study"}
+    assert ledger.status_lines([cost])[0] == "cost mu: 200/300 GAN iters (naive), 8/24 pre-training iters, 0 repeated; 54 CPU core-s = 62% of naive"
+
+
+def test_snap_and_replay_on_known_curves() -> None:
+    assert rankcheck.snap([1, 4, 12], [2, 4, 6, 8, 10, 12]) == [2, 4, 12]
+    assert rankcheck.snap([1, 2, 12], [6, 12]) == [6, 12]
+    # trial 3 leads at budget 2 and is the only one kept (4 // 3 = 1), but trial 0 wins at the end: halving drops the winner
+    curves = {0: {2: (2.0, 0.0), 6: (0.0, 0.0)}, 1: {2: (3.0, 0.0), 6: (1.0, 0.0)}, 2: {2: (4.0, 0.0), 6: (2.0, 0.0)}, 3: {2: (1.0, 0.0), 6: (3.0, 0.0)}}
+    check = rankcheck.check_stage("mu", curves, 6, "psnr", Halving(eta=3, min_iters=2))
+    assert check.budgets == [2, 6] and check.winner == 0 and check.pick == 3
+    first, last = check.rungs
+    assert (first.alive, first.winner_alive, last.alive, last.winner_alive) == (4, True, 1, False)
+    x, y = np.array([2.0, 3, 4, 1]), np.array([0.0, 1, 2, 3])
+    assert first.kendall == pytest.approx(correlate.kendall(x, y)) and first.p_kendall == pytest.approx(correlate.permutation_p(x, y)[1])
+    assert check.halving_iters == halving.iterations_spent([4, 1], [2, 6]) == 12 and check.full_iters == 24
+    flat = rankcheck.check_stage("mu", {t: {2: (1.0, 0.0), 6: (float(t), 0.0)} for t in range(3)}, 6, "psnr", Halving())
+    assert flat.rungs[0].undefined and math.isnan(flat.rungs[0].p_kendall)
+
+
+def test_rank_check_refuses_a_halving_stage() -> None:
+    storage = optuna.storages.InMemoryStorage()
+    sid = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "s.mu")
+    storage.set_study_user_attr(sid, "scheduler", {"name": "sha", "budgets": [1, 4, 12]})
+    with pytest.raises(UserError, match="this stage ran with scheduler=sha: run the study with scheduler=none"):
+        rankcheck.stage_curves(storage, sid, "psnr")
+    storage.set_study_user_attr(sid, "scheduler", {"name": "none", "budgets": [12]})
+    assert rankcheck.stage_curves(storage, sid, "psnr") == ({}, 0)
+
+
+def test_scheduler_options_are_checked() -> None:
+    assert pop_halving(["study=x", "scheduler=sha", "scheduler.eta=4"]) == (Halving("sha", 4, None), ["study=x"])
+    with pytest.raises(UserError, match="scheduler='asha' is not valid; choose one of none, sha"):
+        pop_halving(["scheduler=asha"])
+    with pytest.raises(UserError, match="scheduler.eta='1': expected a whole number >= 2"):
+        pop_halving(["scheduler.eta=1"])
+
+
+# --- a real study -----------------------------------------------------------------------------------------
+
+
+def sweeper(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, "-m", "sweeper.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
+    """`small` (4 mu values) run to the end with scheduler=none, two trials at a time."""
+    tmp = tmp_path_factory.mktemp("cost")
+    env = env_for(tmp) | {"OMP_NUM_THREADS": "1"}
+    write_study(tmp, "small", MUS)
+    ws = tmp / "ws"
+    sweeper(["run", "study=small", f"workspace={ws}", *SMALL], tmp, env)
+    return tmp, ws, env
+
+
+@pytest.mark.slow
+def test_status_totals_match_the_trials_ledgers(study) -> None:
+    tmp, ws, env = study
+    cost = json.loads(sweeper(["status", "study=small", f"workspace={ws}", "--format", "json"], tmp, env).stdout)["cost"]
+    lines = [x for d in sorted((ws / "trials" / "small").glob("*/*")) for x in ledger.read(d)]
+    assert len(lines) == 4 and all((x["from_step"], x["to_step"]) == (0, 6) for x in lines)
+    assert sorted(x["pretrain"] for x in lines) == ["reused"] * 3 + ["trained"]  # one pre-training, shared by the cache
+    share = thread_share(len(os.sched_getaffinity(0)), 2)  # executor.n_jobs=2: each trial got its share of the cores
+    assert all(x["device_s"] == pytest.approx(x["wall_s"] * share, rel=1e-3) for x in lines)
+    row = cost[-1]
+    assert (row["stage"], row["gan_iters"], row["naive_gan_iters"], row["pretrain_iters"], row["naive_pretrain_iters"]) == ("study", 24, 24, 2, 8)
+    assert row["repeated_iters"] == 0 and row["device_s"] == pytest.approx(sum(x["device_s"] for x in lines), abs=0.1)
+    text = sweeper(["status", "study=small", f"workspace={ws}"], tmp, env).stdout
+    assert "cost mu: 24/24 GAN iters (naive), 2/8 pre-training iters, 0 repeated;" in text
+
+
+@pytest.mark.slow
+def test_plan_agrees_with_the_finished_studys_ledger(study) -> None:
+    tmp, ws, env = study
+    plan = json.loads(sweeper(["plan", "study=small", f"workspace={ws}", *SMALL, "--format", "json"], tmp, env).stdout)
+    (stage,) = plan["stages"]
+    assert (stage["points"], stage["trainings"], stage["naive_iters"], stage["none_iters"]) == (4, 4, 24, 24)
+    assert stage["pretrain_iters"] == 0 and stage["naive_pretrain_iters"] == 8  # the cache holds the pre-training now
+    assert stage["rate_source"].startswith("srgan: ledgers of 4 trial(s) in the workspace")
+    budgets = halving.rung_budgets(6, 4, 3)
+    assert stage["sha_budgets"] == budgets and stage["sha_iters"] == halving.iterations_spent([4, 1, 1], budgets)
+    totals = ledger.Totals()
+    for d in (ws / "trials" / "small").glob("*/*"):
+        totals.add(ledger.read(d))
+    assert stage["none_hours"] * 3600 == pytest.approx(totals.device_s - totals.pretrain_device_s, rel=1e-6)  # the GAN part, as spent
+    naive = ledger.cost_rows(ledger.study_costs(*_stages(ws)))[-1]["naive_device_s"]
+    assert stage["naive_hours"] * 3600 == pytest.approx(naive, abs=0.1)
+    # an empty workspace: the step time is measured now
+    fresh = json.loads(sweeper(["plan", "study=small", f"workspace={tmp / 'fresh'}", *SMALL, "--format", "json"], tmp, env).stdout)
+    assert fresh["stages"][0]["rate_source"].startswith("srgan: measured now on cpu") and fresh["stages"][0]["pretrain_iters"] == 2
+    assert not (tmp / "fresh").exists()
+
+
+def _stages(ws: Path):
+    storage = optuna.storages.get_storage(f"sqlite:///{ws / 'optuna.db'}")
+    return storage, {"mu": storage.get_study_id_from_name("small.mu")}
+
+
+@pytest.mark.slow
+def test_rank_check_and_report_on_the_real_study(study) -> None:
+    tmp, ws, env = study
+    out = sweeper(["rank-check", "study=small", f"workspace={ws}"], tmp, env).stdout
+    assert "rung budgets [1, 2, 6] snapped to the recorded validation steps [2, 6]" in out
+    (check,) = rankcheck.check_study([f"workspace={ws}", "study=small"])
+    assert [r.alive for r in check.rungs] == [4, 1] and check.halving_iters == 4 * 2 + 1 * 4 and check.full_iters == 24
+    assert check.rungs[-1].kendall == pytest.approx(1.0) and check.rungs[-1].p_kendall == pytest.approx(1 / 24)
+    assert check.rungs[-1].winner_alive == (check.pick == check.winner)
+    status = json.loads(sweeper(["status", "study=small", f"workspace={ws}", "--format", "json"], tmp, env).stdout)
+    final = {t["number"]: t["metrics"]["mean/psnr"] for t in status["trials"]}
+    assert check.winner == max(final, key=lambda n: (final[n], -n))  # the replay's final ranking is the stage's own
+    report = tmp / "report"
+    sweeper(["report", "study=small", f"workspace={ws}", "--out", str(report)], tmp, env)
+    for name in ("cost", "rank_check"):
+        assert all((report / "tables" / f"{name}{s}").exists() for s in (".md", ".csv", ".tex"))
+    assert (report / "figures" / "rank_check.png").stat().st_size > 1000
+    assert "### Cost: spent vs the naive protocol" in (report / "README.md").read_text()
