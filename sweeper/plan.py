@@ -33,6 +33,7 @@ from sweeper.studies import load
 from sweeper.workspace import Workspace
 from trainer.config import Config, build_config
 from trainer.errors import UserError
+from trainer.data import prepared_data_id
 from trainer.train import pretrain_key
 
 MEASURED_STEPS = 3  # timed steps per architecture, after one warm-up step
@@ -137,7 +138,7 @@ def rate_for(cfg: Config, found: dict[str, ledger.Totals], measured: dict[str, R
     return measured[key]
 
 
-def plan_stage(name: str, cfgs: list[Config], seen: set[str], cached: set[str], opts: Halving,
+def plan_stage(name: str, cfgs: list[Config], seen: set[str], cached: set[str], cache_dir: Path, opts: Halving,
                found: dict[str, ledger.Totals], measured: dict[str, Rate]) -> StagePlan:  # fmt: skip
     """One stage's plan; `seen` (config hashes trained by earlier stages) and `cached` (pre-training keys) grow."""
     identities = {config_hash(c.to_dict()): c for c in cfgs}
@@ -149,7 +150,8 @@ def plan_stage(name: str, cfgs: list[Config], seen: set[str], cached: set[str], 
     for _ in budgets[1:]:
         survivors.append(halving.keep(survivors[-1], opts.eta, draining=True))
     sha_iters = halving.iterations_spent(survivors, budgets) if new else 0
-    pre_needed = {pretrain_key(c): c for c in new.values() if not c.train.from_scratch and pretrain_key(c) not in cached}
+    keys = {id(c): pretrain_key(c, prepared_data_id(c, cache_dir) or "unprepared") for c in new.values()}  # unprepared: not cached
+    pre_needed = {keys[id(c)]: c for c in new.values() if not c.train.from_scratch and keys[id(c)] not in cached}
     cached |= set(pre_needed)
     rates = {id(c): rate_for(c, found, measured) for c in cfgs}  # one rate per shape (an arch, say), shared by its configs
 
@@ -190,7 +192,7 @@ def plan(tokens: list[str]) -> tuple[list[StagePlan], Halving]:
     plans = []
     for stage in study.stages:  # an alternating study's later stage runs at an earlier winner, which one is planned as reused
         cfgs = [build_config({**config, **stage.overrides(p)}) for p in stage.points()]
-        plans.append(plan_stage(stage.name, cfgs, seen, cached, sched, found, measured))
+        plans.append(plan_stage(stage.name, cfgs, seen, cached, ws.cache_dir, sched, found, measured))
     return plans, sched
 
 

@@ -25,7 +25,7 @@ from trainer.errors import UserError
 
 # Four mu values, a small generator, 6 iterations validated every 2: three points on each curve.
 SMALL = ["preset=smoke", "weights=random", "model.num_feat=16", "model.num_blocks=2", "train.iters=6", "train.val_every=2",
-         "train.pretrain_iters=2", "train.milestones=[3]", "train.pretrain_milestones=[1]", "executor.n_jobs=2"]  # fmt: skip
+         "train.from_scratch=false", "train.pretrain_iters=2", "train.milestones=[3]", "train.pretrain_milestones=[1]", "executor.n_jobs=2"]  # fmt: skip
 MUS = ["0.5", "1", "10", "inf"]
 
 

@@ -22,7 +22,7 @@ from trainer.config import Config
 from trainer.errors import UserError
 from trainer.images import IMAGE_SUFFIXES, read_image, to_rgb
 from trainer.imresize import degrade, modcrop
-from trainer.prepared import PreparedSet, Settings, image_size, open_or_build, windows
+from trainer.prepared import PreparedSet, Settings, current_manifest, image_size, open_or_build, windows
 
 EMBEDDED = Path(__file__).resolve().parent / "embedded"
 
@@ -116,6 +116,19 @@ def prepare_set(cfg: Config, name: str, cache_dir: Path, workers: int | None = N
     """Training set `name` of the data root, prepared (once) under `cfg`'s sub-image settings."""
     root = resolve_root(cfg.data.root or None)
     return open_or_build(_set_files(root, name), root / name, _settings(cfg), data_cache(cfg, cache_dir), workers, show)
+
+
+def prepared_data_id(cfg: Config, cache_dir: Path) -> str | None:
+    """`TrainBatches.data_id` of `cfg`'s training sets if every one is prepared and current, else None
+    (prepares nothing: `sweeper plan` uses it to tell a cached pre-training from one still to pay)."""
+    root = resolve_root(cfg.data.root or None)
+    hashes = []
+    for name in cfg.data.train_sets:
+        manifest = current_manifest(_set_files(root, name), root / name, _settings(cfg), data_cache(cfg, cache_dir))
+        if manifest is None:
+            return None
+        hashes.append(manifest["content_hash"])
+    return "+".join(hashes)
 
 
 def _too_small(cfg: Config, skipped: int) -> UserError:

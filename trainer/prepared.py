@@ -162,6 +162,12 @@ def stale_sources(manifest: dict[str, Any] | None, settings: Settings, files: li
     return changed or None
 
 
+def current_manifest(files: list[Path], source: Path, settings: Settings, cache: Path) -> dict[str, Any] | None:
+    """The manifest of `files` prepared under `settings` in `cache` if it is there and current, else None."""
+    manifest = _read_json(folder_for(cache, source, settings) / "manifest.json")
+    return manifest if stale_sources(manifest, settings, files) is None else None
+
+
 def open_or_build(files: list[Path], source: Path, settings: Settings, cache: Path,
                   workers: int | None = None, show: bool = False) -> PreparedSet:
     """The prepared set of `files` (the images of set folder `source`), built first if missing or stale.
@@ -169,7 +175,7 @@ def open_or_build(files: list[Path], source: Path, settings: Settings, cache: Pa
     One process builds a given set at a time (a file lock beside its folder); the others wait, then reuse
     it. `workers` processes decode and degrade (default: every core this process may use)."""
     folder = folder_for(cache, source, settings)
-    if stale_sources(manifest := _read_json(folder / "manifest.json"), settings, files) is None:
+    if (manifest := current_manifest(files, source, settings, cache)) is not None:
         return PreparedSet(folder, manifest)
     with file_lock(folder.with_name(folder.name + ".lock")):
         manifest = _read_json(folder / "manifest.json")
