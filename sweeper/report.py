@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from sweeper import correlate, figures
+from sweeper import correlate, figures, tracking
 from sweeper.overrides import parse, require_study
 from sweeper.runs import METRICS, RunRecord, find_runs, finished, mu_label, open_client, paper_order
 from sweeper.tables import Table, rows_to_csv, to_csv, to_latex, to_markdown
@@ -250,8 +250,9 @@ def eval_key(cfg: dict) -> str:
 
 
 def bicubic_run(study: Study) -> RunRecord | None:
-    """The bicubic baseline on the winner's validation sets (`sweeper evaluate bicubic`), logged once as a
-    run tagged `sweeper.kind=baseline`, `sweeper.method=bicubic` and reused; None when the sets cannot be read."""
+    """The bicubic baseline on the winner's validation sets (`sweeper evaluate bicubic`), logged once in the
+    experiment `baselines` (out of the studies' experiments, whose runs are all trials and stages) as a run tagged
+    `sweeper.kind=baseline`, `sweeper.method=bicubic`, and reused; None when the sets cannot be read."""
     from sweeper import evaluate
     from trainer.data import resolve_root
 
@@ -260,7 +261,7 @@ def bicubic_run(study: Study) -> RunRecord | None:
     if not config:
         return None
     key = eval_key(config)
-    logged = [r for r in finished(find_runs(study.client, "baseline", study.name, method="bicubic")) if r.tags.get("sweeper.eval") == key]
+    logged = [r for r in finished(find_runs(study.client, "baseline", None, method="bicubic")) if r.tags.get("sweeper.eval") == key]
     if logged:
         return logged[-1]
     cfg = config_from_dict(config)
@@ -270,8 +271,7 @@ def bicubic_run(study: Study) -> RunRecord | None:
         print(f"note: no bicubic row in Table 5: {e}")
         return None
     tags = {"sweeper.kind": "baseline", "sweeper.baseline": "true", "sweeper.method": "bicubic", "sweeper.label": "Bicubic", "sweeper.eval": key}
-    exp = next(e.experiment_id for e in study.client.search_experiments() if e.name == study.name)
-    run_id = study.client.create_run(exp, run_name="bicubic", tags=tags).info.run_id
+    run_id = study.client.create_run(tracking.baselines_experiment(study.client, study.name), run_name="bicubic", tags=tags).info.run_id
     now = int(time.time() * 1000)
     metrics = []
     for s in cfg.data.val_sets:
@@ -282,7 +282,7 @@ def bicubic_run(study: Study) -> RunRecord | None:
                 metrics.append(Metric(f"{s}/{m}", sum(values) / len(values), now, 0))
     study.client.log_batch(run_id, metrics=metrics)
     study.client.set_terminated(run_id)
-    return next(r for r in find_runs(study.client, "baseline", study.name, method="bicubic") if r.run_id == run_id)
+    return next(r for r in find_runs(study.client, "baseline", None, method="bicubic") if r.run_id == run_id)
 
 
 SAMPLE_NAME = re.compile(r"^(\d+)_(.+)\.png$")  # trainer.train.validate: <step>_<set>_<image>.png
