@@ -26,6 +26,7 @@ from sweeper.studies import label
 # console to what the user asked for.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
+KIND_TAG, TRAINING = "mlflow.experimentKind", "custom_model_development"  # the MLflow UI's experiment kinds
 BASELINES = "baselines"  # the experiment of reference methods (bicubic), kept out of the studies' experiments
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 METRICS = ("psnr", "ssim", "lpips")
@@ -44,11 +45,14 @@ def git_commit() -> str:
 
 
 def experiment(client: MlflowClient, name: str, artifacts_dir: Path) -> str:
-    """The experiment of a study, created (with artifacts under the workspace) before any trial runs."""
+    """The experiment of a study, created (with artifacts under the workspace) before any trial runs, and marked
+    as model training so that the MLflow UI opens it on its runs rather than on its GenAI overview."""
     found = client.get_experiment_by_name(name)
-    if found is not None:
+    if found is not None and found.tags.get(KIND_TAG) == TRAINING:
         return found.experiment_id
-    return client.create_experiment(name, artifact_location=(artifacts_dir / name).resolve().as_uri())
+    exp_id = found.experiment_id if found else client.create_experiment(name, artifact_location=(artifacts_dir / name).resolve().as_uri())
+    client.set_experiment_tag(exp_id, KIND_TAG, TRAINING)
+    return exp_id
 
 
 def baselines_experiment(client: MlflowClient, beside: str) -> str:
@@ -82,8 +86,9 @@ VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 
 def ui_view(select_by: str) -> str:
     """The experiment view of the trials as the MLflow UI stores it (JSON of its search facets and UI state)."""
-    columns = [f"tags.`{t}`" for t in ("sweeper.stage", "sweeper.winner")] + [f"params.`{p}`" for p in ("mu", "beta", "arch", "perceptual")]
-    columns += [f"metrics.`mean/{m}`" for m in METRICS]
+    metrics = [select_by] + [m for m in METRICS if m != select_by]
+    columns = [f"params.`{p}`" for p in ("mu", "beta", "perceptual")] + [f"metrics.`mean/{m}`" for m in metrics]
+    columns += [f"tags.`{t}`" for t in ("sweeper.stage", "sweeper.winner")]
     state = {
         "searchFilter": "tags.`sweeper.kind` = 'trial'", "orderByKey": f"metrics.`mean/{select_by}`",
         "orderByAsc": select_by == "lpips", "selectedColumns": columns, "runsHiddenMode": "SHOW_ALL",
@@ -196,20 +201,3 @@ def finish_stage(client: MlflowClient, study: str, stage: str, parent_id: str, w
                 png.write_bytes(plot(rows, sets, table.title))
                 client.log_artifact(parent_id, str(png), "results")
     client.set_terminated(parent_id, "FINISHED")
-
-
-def serve_ui(tokens: list[str], port: int) -> None:
-    """`sweeper ui`: run `mlflow ui` on the workspace's tracking store (its artifacts are served from there too)."""
-    import sys
-
-    from sweeper.overrides import parse
-    from sweeper.workspace import Workspace
-    from trainer.errors import UserError
-
-    opts = parse(tokens, allow_config=False)
-    ws = Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri)
-    if opts.tracking_uri is None and not (ws.root / "mlflow.db").exists():
-        raise UserError(f"no MLflow store in workspace {ws.root}; run a study first or pass workspace= / tracking_uri=")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", ws.tracking_uri, "--port", str(port)]
-    print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=False)
