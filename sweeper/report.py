@@ -384,10 +384,11 @@ def write_section(client: MlflowClient, writer: Writer, table: Table, runs: list
     """A table and the figures that go with its kind."""
     writer.table(table)
     sets = ordered_sets(runs)
+    note = figures.unmeasured_note(runs, sets)
     if table.kind == "mu":
-        writer.figure(f"{table.key}_vs_mu", figures.metrics_vs_mu(runs, sets, table.title), f"{table.title}: metrics against mu")
+        writer.figure(f"{table.key}_vs_mu", figures.metrics_vs_mu(runs, sets, table.title), f"{table.title}: metrics against mu.{note}")
     if table.kind == "beta":
-        writer.figure(f"{table.key}_per_beta", figures.metrics_per_beta(runs, sets, table.title), f"{table.title}: metrics per beta")
+        writer.figure(f"{table.key}_per_beta", figures.metrics_per_beta(runs, sets, table.title), f"{table.title}: metrics per beta.{note}")
     if table.kind in ("archs", "baselines"):
         writer.figure(f"{table.key}_lpips", lpips_chart(table), f"{table.title}: LPIPS per method and set (as Fig. 2)")
     if table.kind in ("mu", "beta", "ablation"):
@@ -407,7 +408,8 @@ def build(client: MlflowClient, name: str, out: Path) -> list[str]:
         if table.kind == "correlation" and (i + 1 == len(sections) or sections[i + 1][0].kind != "correlation"):
             correlation_section(study, writer)
     for s in ordered_sets(study.trials):
-        writer.figure(f"curves_{s}", figures.validation_curves(histories(client, study.trials, s), s), f"Validation curves per trial on {s}")
+        note = figures.unmeasured_note(study.trials, [s])
+        writer.figure(f"curves_{s}", figures.validation_curves(histories(client, study.trials, s), s), f"Validation curves per trial on {s}.{note}")
     top = [f"# Study `{name}`: the paper's tables and figures, from MLflow", "", banner(study), "",
            f"Regenerate with `sweeper report study={name} --out {out}`.", ""]
     write_text_atomic(out / "README.md", "\n".join(top) + "\n" + "\n".join(writer.sections))
