@@ -103,14 +103,16 @@ class StageProgress:
         """`3/7 trials done, 2 running, 0.8 trials/min, ETA 5m00s, 4m10s elapsed; #3 gan 120/400 ...`."""
         done, running = self.done, self.running
         elapsed = time.monotonic() - self.start
-        fresh = done - (self.first_done or 0)
-        rate = fresh / elapsed * 60 if elapsed > 0 else 0.0
-        eta = f", ETA {duration((self.total - done) / rate * 60)}" if fresh and done < self.total else ""
+        fresh = done - (self.first_done or 0)  # resolved by this command; none yet: no rate to tell
+        pace = ""
+        if fresh and elapsed > 0:
+            rate = fresh / elapsed * 60
+            pace = f", {rate:.1f} trials/min" + (f", ETA {duration((self.total - done) / rate * 60)}" if done < self.total else "")
         steps = []
         for number, t in sorted(running.items()):
             p = read_progress(Path(t.user_attrs.get("trial_dir", ".")))
             steps.append(f"#{number} {p.get('stage', '')} {p.get('step', 0)}/{p.get('total', '?')}" if p else f"#{number} starting")
-        text = f"{done}/{self.total} trials done, {len(running)} running, {rate:.1f} trials/min{eta}, {duration(elapsed)} elapsed"
+        text = f"{done}/{self.total} trials done, {len(running)} running{pace}, {duration(elapsed)} elapsed"
         return text + ("; " + ", ".join(steps) if steps else "")
 
     def close(self) -> None:
