@@ -47,6 +47,7 @@ def panels(metrics: list[str], title: str | None) -> tuple[Figure, list[Axes]]:
         ax.yaxis.set_major_locator(MaxNLocator(5))
         ax.yaxis.get_major_formatter().set_useOffset(False)
         ax.grid(alpha=0.3)
+        ax.set_axisbelow(True)
     if title:
         fig.suptitle(title)
     return fig, list(axes[0])
@@ -113,7 +114,7 @@ def metrics_per_beta(runs: list[RunRecord], sets: list[str], title: str) -> byte
 
 def lpips_bars(methods: list[str], sets: list[str], values: list[list[float]], title: str) -> bytes:
     """LPIPS per method (bars) and set (groups), lower is better, as the paper's Fig. 2."""
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(sets) * len(methods) / 2), 3.6))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(sets) * len(methods) / 2), 3.8), layout="constrained")
     x = np.arange(len(sets))
     width = 0.8 / len(methods)
     for k, (method, row) in enumerate(zip(methods, values)):
@@ -121,8 +122,9 @@ def lpips_bars(methods: list[str], sets: list[str], values: list[list[float]], t
         ax.bar_label(bars, fmt="%.3f", fontsize=6, rotation=90, padding=2)
     ax.set_xticks(x + width * (len(methods) - 1) / 2, sets)
     ax.set_ylabel(axis_label("lpips"))
-    ax.legend(fontsize=8, loc="best")
+    ax.margins(y=0.15)  # room for the value labels
     ax.set_title(title)
+    legend_below(fig, [ax])
     return png(fig)
 
 
