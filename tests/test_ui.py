@@ -17,6 +17,7 @@ import pytest
 
 import mlflow_layout
 from cluster_helpers import REPO, sweeper_args
+from sweeper.ui import group_alive
 
 MUS = [0.2, 0.5, 1, 5, 10, 20, float("inf")]
 
@@ -39,15 +40,13 @@ def free_port() -> int:
 
 
 def read_until(proc: subprocess.Popen[str], marker: str, timeout_s: float) -> list[str]:
-    """Lines of `proc`'s stdout up to the one containing `marker`, and the lines already buffered after it."""
+    """Lines of `proc`'s stdout up to the one containing `marker`."""
     lines: list[str] = []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
         if select.select([proc.stdout], [], [], 1.0)[0]:
             lines.append(proc.stdout.readline().rstrip())
             if marker in lines[-1]:
-                while select.select([proc.stdout], [], [], 1.0)[0] and (line := proc.stdout.readline()):
-                    lines.append(line.rstrip())
                 return lines
     raise AssertionError(f"no {marker!r} from sweeper ui within {timeout_s}s: {lines}")
 
@@ -65,14 +64,6 @@ def process_groups_of_children(pid: int) -> set[int]:
     return groups
 
 
-def alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.mark.slow
 def test_the_ui_shows_the_trials_in_a_browser_and_dies_with_sweeper_ui(tmp_path: Path) -> None:
     browser = chromium()
@@ -84,8 +75,9 @@ def test_the_ui_shows_the_trials_in_a_browser_and_dies_with_sweeper_ui(tmp_path:
     ui = subprocess.Popen(sweeper_args(["ui", f"workspace={tmp_path}", "--port", str(port), "--workers", "1"]), cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
     try:
-        lines = read_until(ui, "MLflow UI at", timeout_s=180)
-        link = next(line.split()[-1] for line in lines if line.strip().startswith("mu_search"))
+        lines = read_until(ui, "/#/experiments/", timeout_s=180)  # the first study's link
+        assert "MLflow UI at" in lines[-2] and lines[-1].split()[0] == "mu_search", lines
+        link = lines[-1].split()[-1]
         assert "viewStateShareKey=" in link, lines
         page = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                                "--window-size=1920,1200", "--virtual-time-budget=20000", "--dump-dom", link],
@@ -100,8 +92,8 @@ def test_the_ui_shows_the_trials_in_a_browser_and_dies_with_sweeper_ui(tmp_path:
         code = ui.wait(timeout=60)
     assert code == 128 + signal.SIGTERM
     deadline = time.monotonic() + 20
-    while any(alive(g) for g in groups) and time.monotonic() < deadline:
+    while any(group_alive(g) for g in groups) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(alive(g) for g in groups), "the MLflow server or a worker outlived sweeper ui"
+    assert not any(group_alive(g) for g in groups), "the MLflow server or a worker outlived sweeper ui"
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served after sweeper ui ended"
