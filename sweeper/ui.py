@@ -28,7 +28,7 @@ from sweeper.workspace import Workspace
 from trainer.errors import UserError
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-GRACE_S = 10.0  # how long the server may take to stop before it is killed
+GRACE_S = 5.0  # how long the server may take to stop before it is killed (it keeps no state of its own)
 
 
 def die_with_parent() -> None:
@@ -40,18 +40,19 @@ def die_with_parent() -> None:
 
 
 def stop_group(server: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group, then SIGKILL whatever is left after GRACE_S."""
-    for sig, wait_s in ((signal.SIGTERM, GRACE_S), (signal.SIGKILL, 5.0)):
+    """SIGTERM the server's process group (server and workers), then SIGKILL whatever is left after GRACE_S."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(server.pid, sig)
         except ProcessLookupError:
-            return
-        try:
-            server.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            continue
+            break
+        deadline = time.monotonic() + GRACE_S
+        while group_alive(server.pid) and time.monotonic() < deadline:
+            server.poll()  # reap the server itself, so that it does not linger as a zombie of the group
+            time.sleep(0.1)
         if not group_alive(server.pid):
-            return
+            break
+    server.wait()
 
 
 def group_alive(pgid: int) -> bool:
@@ -96,10 +97,12 @@ def serve(tokens: list[str], host: str, port: int, workers: int) -> int:
         if probe.connect_ex((host if host != "0.0.0.0" else "127.0.0.1", port)) == 0:
             raise UserError(f"--port {port}: something already listens on {host}:{port}; pass another --port")
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", ws.tracking_uri,
-           "--host", host, "--port", str(port), "--workers", str(workers)]  # fmt: skip
+           "--host", host, "--port", str(port), "--workers", str(workers),
+           "--uvicorn-opts", "--log-level warning"]  # no line per HTTP request  # fmt: skip
     if host not in ("127.0.0.1", "localhost"):
         cmd += ["--allowed-hosts", "*"]  # reachable by other machines' names, as asked by --host
-    server = subprocess.Popen(cmd, start_new_session=True, preexec_fn=die_with_parent)  # noqa: PLW1509
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}  # its job runner (7 queue consumers) serves GenAI features only
+    server = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=die_with_parent)  # noqa: PLW1509
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)
