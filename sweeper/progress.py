@@ -61,9 +61,9 @@ class StageProgress:
     def __init__(self, name: str, total: int) -> None:
         self.name = name
         self.total = total
-        self.bar = tqdm(total=total, desc=name, unit="trial", disable=None, dynamic_ncols=True)
+        self.bar: tqdm | None = None  # made at the first update, starting at the points resolved before this command
         self.trial_bars: dict[int, tqdm] = {}
-        self.lines = self.bar.disable  # no terminal: progress as lines on stdout
+        self.lines = not sys.stderr.isatty()  # no terminal (where tqdm draws): progress as lines on stdout
         self.seen: dict[int, TrialState] = {}  # trial number -> state last reported
         self.start = time.monotonic()
         self.first_done: int | None = None  # points already resolved when this command began
@@ -77,6 +77,8 @@ class StageProgress:
         if self.lines:
             self.print_lines(groups, running, done)
             return
+        if self.bar is None:  # its rate and ETA count only what this command resolves
+            self.bar = tqdm(total=self.total, initial=done, desc=self.name, unit="trial", dynamic_ncols=True)
         self.bar.update(done - self.bar.n)
         for number in set(self.trial_bars) - set(running):
             self.trial_bars.pop(number).close()
@@ -118,9 +120,8 @@ class StageProgress:
     def close(self) -> None:
         if self.lines:
             print(f"[{self.name}] {self.summary()}", flush=True)
-        for bar in self.trial_bars.values():
+        for bar in [*self.trial_bars.values(), *([self.bar] if self.bar else [])]:
             bar.close()
-        self.bar.close()
 
 
 def trial_states(storage: BaseStorage, study: str) -> list[tuple[str, int, str]]:
