@@ -208,7 +208,7 @@ def main(tokens: list[str], detach: bool = False) -> None:
         for stage in study.stages:
             winner = run_stage(run, stage, stage.name if r == 1 else f"{stage.name}_r{r}", {**config, **fixed}, detach)
             if winner is None:
-                print(f"submitted; follow with `sweeper status study={study.name}`, re-run the same command to collect results")
+                print(f"submitted; follow with `sweeper status study={study.name}{opts.where}`, re-run the same command to collect results")
                 return
             if study.alternate:
                 fixed |= {k: parse_value(winner[k]) for k in stage.searched_keys()}
@@ -216,7 +216,7 @@ def main(tokens: list[str], detach: bool = False) -> None:
             print(f"round {r} kept the winner of round {r - 1}: stopping")
             break
         previous = winner
-    where = f" workspace={opts.workspace}" if opts.workspace else ""
+    where = opts.where
     if trial_states(run.storage, study.name) == before:
         print(f"\n{study.name}: nothing to do, every trial had finished in {ws.root} (another workspace= starts afresh)")
     print(f"\n{study.name}: winner {', '.join(f'{k}={v}' for k, v in winner.items())} (by mean {select_by})")
@@ -374,7 +374,7 @@ def finish_trial(run: Run, study_id: int, parent: str, tags: dict[str, str], num
     result = read_result(trial_dir)
     metrics = {**tracking.final_means(result)} if result and result.get("status") == "complete" else {}
     if f"mean/{run.select_by}" not in metrics:
-        logs_cmd = f"sweeper logs study={run.study.name} stage={tags['sweeper.stage']} trial={number}" + (f" workspace={run.opts.workspace}" if run.opts.workspace else "")
+        logs_cmd = f"sweeper logs study={run.study.name} stage={tags['sweeper.stage']} trial={number}{run.opts.where}"
         reason = (result or {}).get("reason") or f"the job ended without result.json (killed or crashed: `{logs_cmd}`)"
         if result and "reused_from" not in attrs:  # keep the attempt's result; the retry resumes from the checkpoint
             os.replace(trial_dir / "result.json", trial_dir / f"result.attempt-{attrs.get('attempt', 1)}.json")
@@ -411,7 +411,7 @@ def conclude(run: Run, study_id: int, name: str, parent: str, groups: dict[Any, 
     for t in failed:
         print(f"warning: {run.study.name}.{name} trial {t.number} {t.params} failed: {t.user_attrs.get('reason')}")
     if not done:
-        raise UserError(f"stage {run.study.name}.{name}: every trial failed; see `sweeper status study={run.study.name}`")
+        raise UserError(f"stage {run.study.name}.{name}: every trial failed; see `sweeper status study={run.study.name}{run.opts.where}`")
     best = min(done, key=lambda t: rank(run.select_by, t))
     winner = best.user_attrs["summary"]
     run.storage.set_study_user_attr(study_id, "winner", winner)
@@ -436,7 +436,7 @@ def stage_ids(opts: Options) -> tuple[str, Workspace, BaseStorage, dict[str, int
         s.study_name[len(prefix):]: storage.get_study_id_from_name(s.study_name) for s in storage.get_all_studies() if s.study_name.startswith(prefix)
     }  # fmt: skip
     if not stages:
-        raise UserError(f"study {name} has not been run in workspace {ws.root} (start it with `sweeper run study={name}`)")
+        raise UserError(f"study {name} has not been run in workspace {ws.root} (start it with `sweeper run study={name}{opts.where}`)")
     if opts.stage is not None and opts.stage not in stages:
         raise UserError(f"stage={opts.stage!r}: study {name} has stages {', '.join(stages)}")
     return name, ws, storage, {k: v for k, v in stages.items() if opts.stage in (None, k)}
@@ -501,7 +501,7 @@ def find_trial(opts: Options) -> tuple[str, FrozenTrial]:
     _, _, storage, stages = stage_ids(opts)
     if len(stages) > 1:
         raise UserError(f"study {opts.study} has stages {', '.join(stages)}, each with its own trial numbers: add stage=NAME, "
-                        f"e.g. `sweeper logs study={opts.study} stage={next(iter(stages))} trial={opts.trial}`")
+                        f"e.g. `sweeper logs study={opts.study} stage={next(iter(stages))} trial={opts.trial}{opts.where}`")
     ((stage, sid),) = stages.items()
     try:
         return stage, storage.get_trial(storage.get_trial_id_from_study_id_trial_number(sid, opts.trial))
@@ -536,7 +536,7 @@ def cancel(tokens: list[str]) -> None:
                 stopped += 1
                 if job_id := t.user_attrs.get("job_id"):
                     make_executor(t.user_attrs.get("executor", "local"), {}, ws.root).cancel([job_id])
-    print(f"{name}: cancelled {stopped} trial(s); `sweeper run study={name} ...` resumes them from their checkpoints")
+    print(f"{name}: cancelled {stopped} trial(s); `sweeper run study={name}{opts.where} ...` resumes them from their checkpoints")
 
 
 def train_one(tokens: list[str], extra_tags: dict[str, str] | None = None) -> None:
@@ -569,7 +569,7 @@ def train_one(tokens: list[str], extra_tags: dict[str, str] | None = None) -> No
     for set_name, m in result["final"].items():
         lp = f"{m['lpips']:.4f}" if isinstance(m.get("lpips"), (int, float)) else "n/a"
         print(f"{set_name:<10}{m['psnr']:>8.2f}{m['ssim']:>8.4f}{lp:>8}")
-    print(f"\nfolder {run_dir}\nMLflow run {run_id} (experiment train): sweeper ui" + (f" workspace={opts.workspace}" if opts.workspace else ""))
+    print(f"\nfolder {run_dir}\nMLflow run {run_id} (experiment train): sweeper ui{opts.where}")
 
 
 def train_on_executor(opts: Options, ws: Workspace, config: dict[str, Any], job: TrialJob) -> dict[str, Any]:

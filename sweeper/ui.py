@@ -92,8 +92,7 @@ def serve(tokens: list[str], host: str, port: int, workers: int) -> int:
     opts = parse(tokens, allow_config=False)
     ws = Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri)
     if opts.tracking_uri is None and not (ws.root / "mlflow.db").exists():
-        where = f" workspace={opts.workspace}" if opts.workspace else ""
-        raise UserError(f"no MLflow store in workspace {ws.root}: run a study first (`sweeper run study=mu_search preset=smoke{where}`) or pass workspace= / tracking_uri=")
+        raise UserError(f"no MLflow store in workspace {ws.root}: run a study first (`sweeper run study=mu_search preset=smoke{opts.where}`) or pass workspace= / tracking_uri=")
     with socket.socket() as probe:
         if probe.connect_ex((host if host != "0.0.0.0" else "127.0.0.1", port)) == 0:
             raise UserError(f"--port {port}: something already listens on {host}:{port}; pass another --port")
