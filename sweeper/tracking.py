@@ -32,6 +32,13 @@ BATCH = 1000  # MLflow's limit of metrics per log_batch call
 METRICS = ("psnr", "ssim", "lpips")
 PARAM_KEYS = ("beta", "arch", "preset", "seed", "upscale")
 
+# The MLflow UI (3.x) opens a view stored as the experiment tag `mlflow.sharedViewState.<key>` when its URL
+# carries `?viewStateShareKey=<key>`. Ours lists every trial flat (a search filter turns off the collapsing of
+# nested runs) with its grid parameters and final metrics as columns, best first by the selection metric.
+VIEW_KEY = "sweeper"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+VIEW_NAME = "Trials (sweeper)"
+
 
 def git_commit() -> str:
     """The checkout's commit (with `+dirty` when code has local changes; generated results/ do not count), or "unknown"."""
@@ -75,14 +82,6 @@ def stage_run(client: MlflowClient, experiment_id: str, study: str, stage: str, 
     if runs:
         return runs[0].info.run_id
     return client.create_run(experiment_id, run_name=f"{study} · {stage}", tags={**key, **tags}).info.run_id
-
-
-# The MLflow UI (3.x) opens a view stored as the experiment tag `mlflow.sharedViewState.<key>` when its URL
-# carries `?viewStateShareKey=<key>`. Ours lists every trial flat (a search filter turns off the collapsing of
-# nested runs) with its grid parameters and final metrics as columns, best first by the selection metric.
-VIEW_KEY = "sweeper"
-VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
-VIEW_NAME = "Trials (sweeper)"
 
 
 def ui_view(select_by: str) -> str:
