@@ -158,12 +158,14 @@ def data_prepare(
 @user_errors
 def ui(
     overrides: Overrides = None,
+    host: Annotated[str, typer.Option("--host", help="interface to serve on (0.0.0.0: every interface)")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 5000,
+    workers: Annotated[int, typer.Option("--workers", help="MLflow server worker processes")] = 2,
 ) -> None:
-    """Start the MLflow UI on the workspace's tracking store."""
-    from sweeper import tracking
+    """Start the MLflow UI on the workspace's tracking store; it stops when this command does."""
+    from sweeper import ui as ui_mod
 
-    tracking.serve_ui(overrides or [], port=port)
+    raise typer.Exit(ui_mod.serve(overrides or [], host=host, port=port, workers=workers))
 
 
 @app.command()

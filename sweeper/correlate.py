@@ -307,7 +307,12 @@ def main(tokens: list[str]) -> None:
     opts = parse(tokens, allow_config=False)
     study = opts.study or "correlation"
     client = open_client(opts)
-    results = correlate_runs(find_runs(client, "trial", study), proxy, target)
+    try:
+        runs = find_runs(client, "trial", study)
+    except UserError:  # no experiment of that name: nothing of the study has run in this store
+        raise UserError(f"no runs of study {study} in this tracking store: `sweeper run study={study}` trains arch={proxy} and "
+                        f"arch={target} on the same settings, then `sweeper correlate` compares them") from None
+    results = correlate_runs(runs, proxy, target)
     select_by = selection_metric(opts.select_by, find_runs(client, "stage", study))
     print(summary(results, select_by))
     run_id = log_check(client, study, proxy, target, results, select_by)

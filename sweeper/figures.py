@@ -12,9 +12,52 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from sweeper.runs import LABELS, METRICS, RunRecord  # noqa: E402
+from sweeper.runs import HIGHER_IS_BETTER, LABELS, METRICS, RunRecord  # noqa: E402
+
+
+UNITS = {"psnr": " (dB)", "ssim": "", "lpips": ""}
+
+
+def axis_label(metric: str) -> str:
+    """`PSNR (dB) ↑`: the metric, its unit and which way is better."""
+    return f"{LABELS[metric]}{UNITS[metric]} {'↑' if HIGHER_IS_BETTER[metric] else '↓'}"
+
+
+def measured(values: dict[str, list[float]]) -> list[str]:
+    """The metrics (in METRICS order) with at least one finite value: the panels worth drawing."""
+    return [m for m in METRICS if any(math.isfinite(v) for v in values.get(m, []))]
+
+
+def unmeasured_note(runs: list[RunRecord], sets: list[str]) -> str:
+    """The caption's note on panels left out, e.g. ` LPIPS was not measured (no AlexNet weights): no panel.`"""
+    shown = measured({m: [r.value(s, m) for r in runs for s in sets] for m in METRICS})
+    missing = [LABELS[m] for m in METRICS if m not in shown]
+    return f" {', '.join(missing)} was not measured (no AlexNet ImageNet weights; see `sweeper weights status`), so its panel is left out." if missing else ""
+
+
+def panels(metrics: list[str], title: str | None) -> tuple[Figure, list[Axes]]:
+    """One panel per metric, laid out so that tick labels never run into the next panel."""
+    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4.4 * max(len(metrics), 1), 3.6), squeeze=False, layout="constrained")
+    for ax, metric in zip(axes[0], metrics):
+        ax.set_ylabel(axis_label(metric))
+        ax.yaxis.set_major_locator(MaxNLocator(5))
+        ax.yaxis.get_major_formatter().set_useOffset(False)
+        ax.grid(alpha=0.3)
+        ax.set_axisbelow(True)
+    if title:
+        fig.suptitle(title)
+    return fig, list(axes[0])
+
+
+def legend_below(fig: Figure, axes: list[Axes]) -> None:
+    """One legend for the figure, under its panels and inside its bounds."""
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=8, frameon=False)
 
 
 def png(fig: Figure) -> bytes:
@@ -25,75 +68,77 @@ def png(fig: Figure) -> bytes:
 
 
 def metrics_vs_mu(runs: list[RunRecord], sets: list[str], title: str) -> bytes:
-    """One panel per metric: each set's value against finite mu (log axis); mu=inf as a dashed line."""
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.4), squeeze=False)
+    """One panel per measured metric: each set's value against mu on a log axis, mu=inf (the VGG loss alone)
+    as its own labelled point right of the largest finite mu, past a break in the axis."""
     finite = sorted((r for r in runs if not math.isinf(r.mu)), key=lambda r: r.mu)
-    vgg_only = [r for r in runs if math.isinf(r.mu)]
-    for ax, metric in zip(axes[0], METRICS):
+    vgg_only = [r for r in runs if math.isinf(r.mu)][-1:]
+    mus = [r.mu for r in finite]
+    at_inf = max(mus, default=1.0) * 4  # where mu=inf is drawn
+    metrics = measured({m: [r.value(s, m) for r in runs for s in sets] for m in METRICS})
+    fig, axes = panels(metrics, title)
+    for ax, metric in zip(axes, metrics):
         for k, s in enumerate(sets):
-            colour = f"C{k}"
-            ax.plot([r.mu for r in finite], [r.value(s, metric) for r in finite], "o-", color=colour, label=s)
+            ax.plot(mus, [r.value(s, metric) for r in finite], "o-", color=f"C{k}", label=s)
             for r in vgg_only:
-                ax.axhline(r.value(s, metric), color=colour, linestyle="--", linewidth=1)
-        if not any(math.isfinite(r.value(s, metric)) for r in runs for s in sets):  # e.g. LPIPS unavailable
-            ax.set_title(f"{LABELS[metric]}: not measured")
-            continue
+                ax.plot([at_inf], [r.value(s, metric)], "D", color=f"C{k}", markersize=7)
         ax.set_xscale("log")
-        ax.set_xlabel("mu (dashed: mu=inf, VGG loss only)")
-        ax.set_title(LABELS[metric])
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(title)
+        ticks = mus + ([at_inf] if vgg_only else [])
+        ax.set_xticks(ticks, [f"{m:g}" for m in mus] + (["∞"] if vgg_only else []))
+        ax.minorticks_off()
+        ax.set_xlim(min(ticks) / 1.6, max(ticks) * 1.6)
+        if vgg_only and mus:
+            ax.axvspan(mus[-1] * 1.6, at_inf / 1.6, color="0.9", zorder=0)  # the break between finite mu and inf
+        ax.set_xlabel("μ (log scale; ◆ ∞ = VGG loss only)" if vgg_only else "μ (log scale)")
+    legend_below(fig, axes)
     return png(fig)
 
 
 def metrics_per_beta(runs: list[RunRecord], sets: list[str], title: str) -> bytes:
-    """One panel per metric: grouped bars, beta layers on the x axis, one bar per set."""
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.4), squeeze=False)
+    """One panel per measured metric: grouped bars, beta layers on the x axis, one bar per set."""
+    metrics = measured({m: [r.value(s, m) for r in runs for s in sets] for m in METRICS})
+    fig, axes = panels(metrics, title)
     x = np.arange(len(runs))
     width = 0.8 / max(len(sets), 1)
-    for ax, metric in zip(axes[0], METRICS):
+    for ax, metric in zip(axes, metrics):
         for k, s in enumerate(sets):
             ax.bar(x + k * width, [r.value(s, metric) for r in runs], width, label=s)
         ax.set_xticks(x + width * (len(sets) - 1) / 2, [r.beta for r in runs])
-        ax.set_title(LABELS[metric])
+        ax.set_xlabel("β (ResNet feature layers)")
         values = [r.value(s, metric) for r in runs for s in sets if not math.isnan(r.value(s, metric))]
-        if values:  # bars differ by little: zoom on the range instead of starting at 0
-            lo, hi = min(values), max(values)
-            pad = (hi - lo) * 0.5 or abs(hi) * 0.05 or 1.0
-            ax.set_ylim(lo - pad, hi + pad)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(title)
+        lo, hi = min(values), max(values)  # bars differ by little: zoom on the range instead of starting at 0
+        pad = (hi - lo) * 0.5 or abs(hi) * 0.05 or 1.0
+        ax.set_ylim(lo - pad, hi + pad)
+    legend_below(fig, axes)
     return png(fig)
 
 
 def lpips_bars(methods: list[str], sets: list[str], values: list[list[float]], title: str) -> bytes:
     """LPIPS per method (bars) and set (groups), lower is better, as the paper's Fig. 2."""
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(sets) * len(methods) / 2), 3.6))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(sets) * len(methods) / 2), 3.8), layout="constrained")
     x = np.arange(len(sets))
     width = 0.8 / len(methods)
     for k, (method, row) in enumerate(zip(methods, values)):
         bars = ax.bar(x + k * width, row, width, label=method)
         ax.bar_label(bars, fmt="%.3f", fontsize=6, rotation=90, padding=2)
     ax.set_xticks(x + width * (len(methods) - 1) / 2, sets)
-    ax.set_ylabel("LPIPS (lower is better)")
-    ax.legend(fontsize=8)
+    ax.set_ylabel(axis_label("lpips"))
+    ax.margins(y=0.15)  # room for the value labels
     ax.set_title(title)
+    legend_below(fig, [ax])
     return png(fig)
 
 
 def validation_curves(histories: dict[str, dict[str, list[tuple[int, float]]]], set_name: str) -> bytes:
-    """Per trial, each metric on `set_name` against the training step; `histories[label][metric] = [(step, value)]`."""
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], METRICS):
+    """Per trial, each measured metric on `set_name` against the training step; `histories[label][metric] = [(step, value)]`."""
+    metrics = measured({m: [v for per in histories.values() for _, v in per.get(m, [])] for m in METRICS})
+    fig, axes = panels(metrics, f"Validation on {set_name}")
+    for ax, metric in zip(axes, metrics):
         for label, per_metric in histories.items():
             points = per_metric.get(metric, [])
             if points:
                 ax.plot(*zip(*points), "o-", markersize=3, label=label)
-        ax.set_xlabel("step")
-        ax.set_title(f"{set_name} {LABELS[metric]}")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        ax.set_xlabel("GAN iteration")
+    legend_below(fig, axes)
     return png(fig)
 
 

@@ -38,6 +38,13 @@ class Options:
     def preset(self) -> str:
         return str(self.config.get("preset", "paper"))
 
+    @property
+    def where(self) -> str:
+        """The workspace=, storage= and tracking_uri= given, as ` key=value` tokens: a suggested command
+        carries them so that it works as printed."""
+        given = {"workspace": self.workspace, "storage": self.storage, "tracking_uri": self.tracking_uri}
+        return "".join(f" {k}={v}" for k, v in given.items() if v)
+
 
 def _count(key: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from sweeper import correlate, figures, ledger, rankcheck, search
+from sweeper import correlate, figures, ledger, rankcheck, search, tracking
 from sweeper.overrides import parse, require_study
 from sweeper.runs import METRICS, RunRecord, find_runs, finished, mu_label, open_client, paper_order
 from sweeper.scheduler_options import Halving
@@ -261,8 +261,9 @@ def eval_key(cfg: dict) -> str:
 
 
 def bicubic_run(study: Study) -> RunRecord | None:
-    """The bicubic baseline on the winner's validation sets (`sweeper evaluate bicubic`), logged once as a
-    run tagged `sweeper.kind=baseline`, `sweeper.method=bicubic` and reused; None when the sets cannot be read."""
+    """The bicubic baseline on the winner's validation sets (`sweeper evaluate bicubic`), logged once in the
+    experiment `baselines` (out of the studies' experiments, whose runs are all trials and stages) as a run tagged
+    `sweeper.kind=baseline`, `sweeper.method=bicubic`, and reused; None when the sets cannot be read."""
     from sweeper import evaluate
     from trainer.data import resolve_root
 
@@ -271,7 +272,7 @@ def bicubic_run(study: Study) -> RunRecord | None:
     if not config:
         return None
     key = eval_key(config)
-    logged = [r for r in finished(find_runs(study.client, "baseline", study.name, method="bicubic")) if r.tags.get("sweeper.eval") == key]
+    logged = [r for r in finished(find_runs(study.client, "baseline", None, method="bicubic")) if r.tags.get("sweeper.eval") == key]
     if logged:
         return logged[-1]
     cfg = config_from_dict(config)
@@ -281,8 +282,7 @@ def bicubic_run(study: Study) -> RunRecord | None:
         print(f"note: no bicubic row in Table 5: {e}")
         return None
     tags = {"sweeper.kind": "baseline", "sweeper.baseline": "true", "sweeper.method": "bicubic", "sweeper.label": "Bicubic", "sweeper.eval": key}
-    exp = next(e.experiment_id for e in study.client.search_experiments() if e.name == study.name)
-    run_id = study.client.create_run(exp, run_name="bicubic", tags=tags).info.run_id
+    run_id = study.client.create_run(tracking.baselines_experiment(study.client, study.name), run_name="bicubic", tags=tags).info.run_id
     now = int(time.time() * 1000)
     metrics = []
     for s in cfg.data.val_sets:
@@ -293,7 +293,7 @@ def bicubic_run(study: Study) -> RunRecord | None:
                 metrics.append(Metric(f"{s}/{m}", sum(values) / len(values), now, 0))
     study.client.log_batch(run_id, metrics=metrics)
     study.client.set_terminated(run_id)
-    return next(r for r in find_runs(study.client, "baseline", study.name, method="bicubic") if r.run_id == run_id)
+    return next(r for r in find_runs(study.client, "baseline", None, method="bicubic") if r.run_id == run_id)
 
 
 SAMPLE_NAME = re.compile(r"^(\d+)_(.+)\.png$")  # trainer.train.validate: <step>_<set>_<image>.png
@@ -401,10 +401,11 @@ def write_section(client: MlflowClient, writer: Writer, table: Table, runs: list
     """A table and the figures that go with its kind."""
     writer.table(table)
     sets = ordered_sets(runs)
+    note = figures.unmeasured_note(runs, sets)
     if table.kind == "mu":
-        writer.figure(f"{table.key}_vs_mu", figures.metrics_vs_mu(runs, sets, table.title), f"{table.title}: metrics against mu")
+        writer.figure(f"{table.key}_vs_mu", figures.metrics_vs_mu(runs, sets, table.title), f"{table.title}: metrics against mu.{note}")
     if table.kind == "beta":
-        writer.figure(f"{table.key}_per_beta", figures.metrics_per_beta(runs, sets, table.title), f"{table.title}: metrics per beta")
+        writer.figure(f"{table.key}_per_beta", figures.metrics_per_beta(runs, sets, table.title), f"{table.title}: metrics per beta.{note}")
     if table.kind in ("archs", "baselines"):
         writer.figure(f"{table.key}_lpips", lpips_chart(table), f"{table.title}: LPIPS per method and set (as Fig. 2)")
     if table.kind in ("mu", "beta", "ablation"):
@@ -452,7 +453,8 @@ def build(client: MlflowClient, name: str, out: Path, optuna_stages: tuple | Non
         cost_section(writer, *optuna_stages)
         rank_check_section(writer, *optuna_stages)
     for s in ordered_sets(study.trials):
-        writer.figure(f"curves_{s}", figures.validation_curves(histories(client, study.trials, s), s), f"Validation curves per trial on {s}")
+        note = figures.unmeasured_note(study.trials, [s])
+        writer.figure(f"curves_{s}", figures.validation_curves(histories(client, study.trials, s), s), f"Validation curves per trial on {s}.{note}")
     top = [f"# Study `{name}`: the paper's tables and figures, from MLflow", "", banner(study), "",
            f"Regenerate with `sweeper report study={name} --out {out}`.", ""]
     write_text_atomic(out / "README.md", "\n".join(top) + "\n" + "\n".join(writer.sections))

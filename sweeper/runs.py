@@ -15,6 +15,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from sweeper.overrides import Options
+from sweeper.tracking import BASELINES
 from sweeper.workspace import Workspace
 from trainer.errors import UserError
 
@@ -102,7 +103,7 @@ def experiment_ids(client: MlflowClient, study: str | None) -> list[str]:
     for e in experiments:
         if e.name == study:
             return [e.experiment_id]
-    known = ", ".join(sorted(e.name for e in experiments if e.name != "Default")) or "none yet"
+    known = ", ".join(sorted(e.name for e in experiments if e.name not in ("Default", BASELINES))) or "none yet"
     raise UserError(f"study={study!r} has no runs in the tracking store; studies with runs: {known}")
 
 

@@ -29,7 +29,7 @@ from sweeper import ledger, tracking
 from sweeper.executors import Executor, TrialJob, make_executor
 from sweeper.executors.local import process_start
 from sweeper.overrides import Options, parse, require_study
-from sweeper.progress import StageProgress, read_progress, show
+from sweeper.progress import StageProgress, job_gone, read_progress, show, trial_states
 from sweeper.studies import Stage, Study, label, load
 from sweeper.workspace import CANCELLED, Workspace, claim, enqueue, finish, point_key, resolved, stage_trials
 from trainer.files import file_lock, write_bytes_atomic, write_text_atomic
@@ -94,7 +94,7 @@ def check_weights(config: dict[str, Any], preset: str, select_by: str) -> dict[s
         print(f"warning: ImageNet weights missing ({', '.join(f.name for f in lacking)}): preset=smoke trains with weights=random (plumbing only)")
         config["weights"] = "random"
     elif lacking:
-        raise weights.MissingWeightsError(lacking[0], weights.cache_dir() / lacking[0].name)
+        raise weights.MissingWeightsError(lacking[0], weights.cache_dir() / lacking[0].name, also=lacking[1:])
     elif kind != "imagenet":
         weights.describe(kind)
     if weights.missing(["alexnet"]):
@@ -202,11 +202,12 @@ def main(tokens: list[str], detach: bool = False) -> None:
                   tracking.experiment(client, study.name, ws.artifacts_dir), tags, owner_id())  # fmt: skip
     fixed: dict[str, Any] = {}
     previous = None
+    before = trial_states(run.storage, study.name)
     for r in range(1, rounds + 1):
         for stage in study.stages:
             winner = run_stage(run, stage, stage.name if r == 1 else f"{stage.name}_r{r}", {**config, **fixed}, detach)
             if winner is None:
-                print(f"submitted; follow with `sweeper status study={study.name}`, re-run the same command to collect results")
+                print(f"submitted; follow with `sweeper status study={study.name}{opts.where}`, re-run the same command to collect results")
                 return
             if study.alternate:
                 fixed |= {k: parse_value(winner[k]) for k in stage.searched_keys()}
@@ -214,7 +215,9 @@ def main(tokens: list[str], detach: bool = False) -> None:
             print(f"round {r} kept the winner of round {r - 1}: stopping")
             break
         previous = winner
-    where = f" workspace={opts.workspace}" if opts.workspace else ""
+    where = opts.where
+    if trial_states(run.storage, study.name) == before:
+        print(f"\n{study.name}: nothing to do, every trial had finished in {ws.root} (another workspace= starts afresh)")
     print(f"\n{study.name}: winner {', '.join(f'{k}={v}' for k, v in winner.items())} (by mean {select_by})")
     print(f"  trials:  sweeper status study={study.name}{where}")
     print(f"  MLflow:  sweeper ui{where}")
@@ -273,9 +276,9 @@ def run_stage(run: Run, stage: Stage, name: str, config: dict[str, Any], detach:
             groups = stage_trials(run.storage, study_id)
             if detach and mine:
                 return None
+            bars.update(groups, run.opts.max_retries)
             if all(resolved(trials, run.opts.max_retries) for trials in groups.values()) and len(groups) >= len(points):
                 break
-            bars.update(groups, run.opts.max_retries)
             time.sleep(POLL_S)
     except KeyboardInterrupt:
         if run.executor.name == "local":
@@ -370,7 +373,8 @@ def finish_trial(run: Run, study_id: int, parent: str, tags: dict[str, str], num
     result = read_result(trial_dir)
     metrics = {**tracking.final_means(result)} if result and result.get("status") == "complete" else {}
     if f"mean/{run.select_by}" not in metrics:
-        reason = (result or {}).get("reason") or "the job ended without result.json (killed or crashed: `sweeper logs`)"
+        logs_cmd = f"sweeper logs study={run.study.name} stage={tags['sweeper.stage']} trial={number}{run.opts.where}"
+        reason = (result or {}).get("reason") or f"the job ended without result.json (killed or crashed: `{logs_cmd}`)"
         if result and "reused_from" not in attrs:  # keep the attempt's result; the retry resumes from the checkpoint
             os.replace(trial_dir / "result.json", trial_dir / f"result.attempt-{attrs.get('attempt', 1)}.json")
         if result and result.get("status") == "complete":
@@ -406,7 +410,7 @@ def conclude(run: Run, study_id: int, name: str, parent: str, groups: dict[Any, 
     for t in failed:
         print(f"warning: {run.study.name}.{name} trial {t.number} {t.params} failed: {t.user_attrs.get('reason')}")
     if not done:
-        raise UserError(f"stage {run.study.name}.{name}: every trial failed; see `sweeper status study={run.study.name}`")
+        raise UserError(f"stage {run.study.name}.{name}: every trial failed; see `sweeper status study={run.study.name}{run.opts.where}`")
     best = min(done, key=lambda t: rank(run.select_by, t))
     winner = best.user_attrs["summary"]
     run.storage.set_study_user_attr(study_id, "winner", winner)
@@ -431,7 +435,7 @@ def stage_ids(opts: Options) -> tuple[str, Workspace, BaseStorage, dict[str, int
         s.study_name[len(prefix):]: storage.get_study_id_from_name(s.study_name) for s in storage.get_all_studies() if s.study_name.startswith(prefix)
     }  # fmt: skip
     if not stages:
-        raise UserError(f"study {name} has not been run in workspace {ws.root} (start it with `sweeper run study={name}`)")
+        raise UserError(f"study {name} has not been run in workspace {ws.root} (start it with `sweeper run study={name}{opts.where}`)")
     if opts.stage is not None and opts.stage not in stages:
         raise UserError(f"stage={opts.stage!r}: study {name} has stages {', '.join(stages)}")
     return name, ws, storage, {k: v for k, v in stages.items() if opts.stage in (None, k)}
@@ -439,12 +443,13 @@ def stage_ids(opts: Options) -> tuple[str, Workspace, BaseStorage, dict[str, int
 
 def trial_record(storage: BaseStorage, stage: str, t: FrozenTrial) -> dict[str, Any]:
     attrs = t.user_attrs
-    end = t.datetime_complete or (dt.datetime.now() if t.state == TrialState.RUNNING else None)
+    gone = t.state == TrialState.RUNNING and job_gone(attrs)  # its sweeper died: no clock keeps running
+    end = t.datetime_complete or (dt.datetime.now() if t.state == TrialState.RUNNING and not gone else None)
     record = {
         "stage": stage, "number": t.number, "state": t.state.name, "params": {**attrs.get("summary", {}), **t.params},
         "metrics": attrs.get("metrics", {}), "duration_s": round((end - t.datetime_start).total_seconds(), 1) if end and t.datetime_start else None,
         "mlflow_run_id": attrs.get("mlflow_run_id"), "attempt": attrs.get("attempt", 1), "reason": attrs.get("reason"),
-        "reused_from": attrs.get("reused_from"), "job_id": attrs.get("job_id"), "trial_dir": attrs.get("trial_dir"),
+        "reused_from": attrs.get("reused_from"), "job_id": attrs.get("job_id"), "trial_dir": attrs.get("trial_dir"), "job_gone": gone,
     }  # fmt: skip
     if "slurm_job_id" in attrs:
         from sweeper.executors.slurm import slurm_state
@@ -481,7 +486,7 @@ def format_table(trials: list[dict[str, Any]]) -> str:
         note = f"reused {t['reused_from']}" if t["reused_from"] else note
         note = f"slurm {t['slurm_job_id']} {t['slurm_state']} {note}" if "slurm_job_id" in t else note
         rows.append((
-            t["stage"], f"{t['number']}{'*' if t['winner'] else ''}", t["state"], " ".join(f"{k}={v}" for k, v in t["params"].items()),
+            t["stage"], f"{t['number']}{'*' if t['winner'] else ''}", t["state"] + (" (job gone; re-run to resume)" if t["job_gone"] else ""), " ".join(f"{k}={v}" for k, v in t["params"].items()),
             *(f"{m[f'mean/{k}']:.4f}" if f"mean/{k}" in m else "-" for k in ("psnr", "ssim", "lpips")),
             f"{t['duration_s']:.0f}s" if t["duration_s"] is not None else "-", note,
         ))  # fmt: skip
@@ -495,7 +500,8 @@ def find_trial(opts: Options) -> tuple[str, FrozenTrial]:
         raise UserError("which trial? add trial=N (numbers are in `sweeper status`)")
     _, _, storage, stages = stage_ids(opts)
     if len(stages) > 1:
-        raise UserError(f"study {opts.study} has stages {', '.join(stages)}: add stage=NAME")
+        raise UserError(f"study {opts.study} has stages {', '.join(stages)}, each with its own trial numbers: add stage=NAME, "
+                        f"e.g. `sweeper logs study={opts.study} stage={next(iter(stages))} trial={opts.trial}{opts.where}`")
     ((stage, sid),) = stages.items()
     try:
         return stage, storage.get_trial(storage.get_trial_id_from_study_id_trial_number(sid, opts.trial))
@@ -530,7 +536,7 @@ def cancel(tokens: list[str]) -> None:
                 stopped += 1
                 if job_id := t.user_attrs.get("job_id"):
                     make_executor(t.user_attrs.get("executor", "local"), {}, ws.root).cancel([job_id])
-    print(f"{name}: cancelled {stopped} trial(s); `sweeper run study={name} ...` resumes them from their checkpoints")
+    print(f"{name}: cancelled {stopped} trial(s); `sweeper run study={name}{opts.where} ...` resumes them from their checkpoints")
 
 
 def train_one(tokens: list[str], extra_tags: dict[str, str] | None = None) -> None:
@@ -563,7 +569,7 @@ def train_one(tokens: list[str], extra_tags: dict[str, str] | None = None) -> No
     for set_name, m in result["final"].items():
         lp = f"{m['lpips']:.4f}" if isinstance(m.get("lpips"), (int, float)) else "n/a"
         print(f"{set_name:<10}{m['psnr']:>8.2f}{m['ssim']:>8.4f}{lp:>8}")
-    print(f"\nfolder {run_dir}\nMLflow run {run_id} (experiment train): sweeper ui" + (f" workspace={opts.workspace}" if opts.workspace else ""))
+    print(f"\nfolder {run_dir}\nMLflow run {run_id} (experiment train): sweeper ui{opts.where}")
 
 
 def train_on_executor(opts: Options, ws: Workspace, config: dict[str, Any], job: TrialJob) -> dict[str, Any]:

@@ -98,6 +98,14 @@ def to_markdown(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
+def to_columns(table: Table) -> dict[str, list]:
+    """The table as named columns (`setting`, then `<set>/<metric>`; None = not measured), for `MlflowClient.log_table`."""
+    out: dict[str, list] = {"setting": list(table.rows)}
+    for j, (group, metric) in enumerate(table.columns):
+        out[f"{group}/{metric}"] = [None if math.isnan(v) else round(v, 6) for v in table.column(j)]
+    return out
+
+
 def to_csv(table: Table) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

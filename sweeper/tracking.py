@@ -12,9 +12,9 @@ import logging
 import math
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
@@ -27,10 +27,19 @@ from trainer.config import flatten
 # console to what the user asked for.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
+KIND_TAG, TRAINING = "mlflow.experimentKind", "custom_model_development"  # the MLflow UI's experiment kinds
+BASELINES = "baselines"  # the experiment of reference methods (bicubic), kept out of the studies' experiments
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 METRICS = ("psnr", "ssim", "lpips")
 PARAM_KEYS = ("beta", "arch", "preset", "seed", "upscale")
 RECIPE_PARAMS = ("loss.gan", "loss.ragan_detach", "model.skip", "model.init", "metrics.space", "train.from_scratch")  # docs/RECIPE.md
+
+# The MLflow UI (3.x) opens a view stored as the experiment tag `mlflow.sharedViewState.<key>` when its URL
+# carries `?viewStateShareKey=<key>`. Ours lists every trial flat (a search filter turns off the collapsing of
+# nested runs) with its grid parameters and final metrics as columns, best first by the selection metric.
+VIEW_KEY = "sweeper"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+VIEW_NAME = "Trials (sweeper)"
 
 
 def git_commit() -> str:
@@ -45,11 +54,20 @@ def git_commit() -> str:
 
 
 def experiment(client: MlflowClient, name: str, artifacts_dir: Path) -> str:
-    """The experiment of a study, created (with artifacts under the workspace) before any trial runs."""
+    """The experiment of a study, created (with artifacts under the workspace) before any trial runs, and marked
+    as model training so that the MLflow UI opens it on its runs rather than on its GenAI overview."""
     found = client.get_experiment_by_name(name)
-    if found is not None:
+    if found is not None and found.tags.get(KIND_TAG) == TRAINING:
         return found.experiment_id
-    return client.create_experiment(name, artifact_location=(artifacts_dir / name).resolve().as_uri())
+    exp_id = found.experiment_id if found else client.create_experiment(name, artifact_location=(artifacts_dir / name).resolve().as_uri())
+    client.set_experiment_tag(exp_id, KIND_TAG, TRAINING)
+    return exp_id
+
+
+def baselines_experiment(client: MlflowClient, beside: str) -> str:
+    """The experiment `baselines` (bicubic and other reference methods), its artifacts beside those of experiment `beside`."""
+    artifacts = Path(urlparse(client.get_experiment_by_name(beside).artifact_location).path).parent
+    return experiment(client, BASELINES, artifacts)
 
 
 def _find(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> list[Any]:
@@ -58,16 +76,43 @@ def _find(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> lis
 
 
 def stage_run(client: MlflowClient, experiment_id: str, study: str, stage: str, tags: dict[str, str]) -> str:
-    """The parent run of a stage: found by its tags, or created."""
+    """The parent run of a stage (named `<study> · <stage>`): found by its tags, or created. Also (re)writes
+    the experiment's ready-made UI view of the trials (`ui_view`), ranked by the stage's selection metric."""
     key = {"sweeper.kind": "stage", "sweeper.study": study, "sweeper.stage": stage}
+    client.set_experiment_tag(experiment_id, VIEW_TAG, ui_view(tags.get("sweeper.select_by", "psnr")))
     runs = _find(client, experiment_id, key)
     if runs:
         return runs[0].info.run_id
-    return client.create_run(experiment_id, run_name=stage, tags={**key, **tags}).info.run_id
+    return client.create_run(experiment_id, run_name=f"{study} · {stage}", tags={**key, **tags}).info.run_id
+
+
+def ui_view(select_by: str) -> str:
+    """The experiment view of the trials as the MLflow UI stores a saved view: an envelope (name, times) around
+    the JSON of its search facets and UI state. Saved so, it is also listed in the UI's "Views" menu."""
+    metrics = [select_by] + [m for m in METRICS if m != select_by]
+    columns = [f"params.`{p}`" for p in ("mu", "beta", "perceptual")] + [f"metrics.`mean/{m}`" for m in metrics]
+    columns += [f"tags.`{t}`" for t in ("sweeper.stage", "sweeper.winner")]
+    state = {
+        "searchFilter": "tags.`sweeper.kind` = 'trial'", "orderByKey": f"metrics.`mean/{select_by}`",
+        "orderByAsc": select_by == "lpips", "selectedColumns": columns, "runsHiddenMode": "SHOW_ALL",
+    }  # fmt: skip
+    return json.dumps({"name": VIEW_NAME, "createdAt": 0, "updatedAt": 0, "state": json.dumps(state)})
 
 
 def trial_run_name(config: dict[str, Any]) -> str:
-    return f"mu={label(config['mu'])},beta={config['beta']}"
+    """A trial's setting as a reader compares them: `mu=0.5 beta1_3`, with the loss and arch when not the defaults."""
+    parts = [f"mu={label(config['mu'])}", str(config["beta"])]
+    if config["loss"]["perceptual"] != "dp":
+        parts.append(f"loss={config['loss']['perceptual']}")
+    if config["arch"] != "srgan":
+        parts.append(str(config["arch"]))
+    return " ".join(parts)
+
+
+def run_times(trial_dir: Path, result: dict[str, Any]) -> tuple[int, int]:
+    """(start, end) of a finished trial in ms since the epoch: result.json's mtime, less the training time."""
+    end = (trial_dir / "result.json").stat().st_mtime
+    return int((end - float(result.get("duration_s") or 0.0)) * 1000), int(end * 1000)
 
 
 def read_metrics(trial_dir: Path) -> dict[tuple[str, int], float]:
@@ -114,16 +159,16 @@ def log_trial(
         **tags, **key, "sweeper.winner": "false", **({MLFLOW_PARENT_RUN_ID: parent_id} if parent_id else {}),
         "sweeper.weights": str(weights.get("extractors", "unknown")), "sweeper.lpips": str(weights.get("lpips", "unknown")),
     }  # fmt: skip
-    run_id = client.create_run(experiment_id, run_name=trial_run_name(config), tags=all_tags).info.run_id
+    start, end = run_times(trial_dir, result)
+    run_id = client.create_run(experiment_id, start_time=start, run_name=trial_run_name(config), tags=all_tags).info.run_id
     params = {"mu": label(config["mu"])} | {k: config[k] for k in PARAM_KEYS}
     params |= {"perceptual": config["loss"]["perceptual"], "variant": config["loss"]["variant"]}
     params |= {k: flatten(config)[k] for k in RECIPE_PARAMS}
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, v, now, step) for (k, step), v in read_metrics(trial_dir).items()]
+    metrics = [Metric(k, v, end, step) for (k, step), v in read_metrics(trial_dir).items()]
     steps = int(result.get("iters", 0))
     for set_name, values in result.get("final", {}).items():  # the final values are the latest, whatever was logged
-        metrics += [Metric(f"{set_name}/{m}", float(values[m]), now, steps) for m in METRICS if isinstance(values.get(m), (int, float))]
-    metrics += [Metric(k, v, now, steps) for k, v in final_means(result).items()]
+        metrics += [Metric(f"{set_name}/{m}", float(values[m]), end, steps) for m in METRICS if isinstance(values.get(m), (int, float))]
+    metrics += [Metric(k, v, end, steps) for k, v in final_means(result).items()]
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
     for i in range(0, len(metrics), BATCH):
         client.log_batch(run_id, metrics=metrics[i : i + BATCH])
@@ -131,14 +176,17 @@ def log_trial(
     client.log_artifact(run_id, str(trial_dir / "result.json"))
     if (trial_dir / "samples").is_dir():
         client.log_artifacts(run_id, str(trial_dir / "samples"), "samples")
-    client.set_terminated(run_id, "FINISHED")
+    client.set_terminated(run_id, "FINISHED", end_time=end)
     return run_id
 
 
 def finish_stage(client: MlflowClient, study: str, stage: str, parent_id: str, winner_id: str, winner: dict[str, str]) -> None:
-    """Tag the winner, record it on the parent, and log the stage's result table and plot on the parent."""
+    """Tag the winner, record it on the parent, and log the stage's paper-style table (an MLflow table for the
+    UI's artifact view, plus Markdown and CSV) and plot on the parent. Nothing changes when it was recorded."""
     from sweeper import figures, report, tables
 
+    if client.get_run(parent_id).data.tags.get("sweeper.winner_run_id") == winner_id:
+        return  # a re-run of a finished stage: keep its record (and end time) as it is
     client.set_tag(winner_id, "sweeper.winner", "true")
     client.set_tag(parent_id, "sweeper.winner_run_id", winner_id)
     for name in ("mu", "beta"):
@@ -146,6 +194,7 @@ def finish_stage(client: MlflowClient, study: str, stage: str, parent_id: str, w
     for table, rows in report.sweep_tables(report.load_study(client, study)):
         if {r.stage for r in rows} != {stage}:
             continue
+        client.log_table(parent_id, tables.to_columns(table), f"results/{table.key}.json")
         client.log_text(parent_id, tables.to_markdown(table), f"results/{table.key}.md")
         client.log_text(parent_id, tables.to_csv(table), f"results/{table.key}.csv")
         sets = report.ordered_sets(rows)
@@ -156,20 +205,3 @@ def finish_stage(client: MlflowClient, study: str, stage: str, parent_id: str, w
                 png.write_bytes(plot(rows, sets, table.title))
                 client.log_artifact(parent_id, str(png), "results")
     client.set_terminated(parent_id, "FINISHED")
-
-
-def serve_ui(tokens: list[str], port: int) -> None:
-    """`sweeper ui`: run `mlflow ui` on the workspace's tracking store (its artifacts are served from there too)."""
-    import sys
-
-    from sweeper.overrides import parse
-    from sweeper.workspace import Workspace
-    from trainer.errors import UserError
-
-    opts = parse(tokens, allow_config=False)
-    ws = Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri)
-    if opts.tracking_uri is None and not (ws.root / "mlflow.db").exists():
-        raise UserError(f"no MLflow store in workspace {ws.root}; run a study first or pass workspace= / tracking_uri=")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", ws.tracking_uri, "--port", str(port)]
-    print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=False)

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from trainer.checkpoint import load_checkpoint
+
 # The smoke preset cut to seconds per trial; ckpt_every=1 so a killed trial has a checkpoint to resume from.
 TINY = ["preset=smoke", "train.iters=3", "train.pretrain_iters=1", "train.milestones=[2]", "train.pretrain_milestones=[1]",
         "train.val_every=3", "train.ckpt_every=1"]  # fmt: skip
@@ -75,16 +77,22 @@ def test_mu_search_survives_kill_9_and_agrees_with_mlflow(tmp_path: Path, env: d
     os.killpg(job_pid(victim[0], ws), signal.SIGKILL)  # the trial's process too: it must resume from its checkpoint
     first.communicate()
     assert not (victim[0] / "result.json").exists()
+    (stale,) = [t for t in status(ws, tmp_path, env)["trials"] if t["state"] == "RUNNING"]  # no process behind it any more
+    assert stale["trial_dir"] == str(victim[0]) and stale["job_gone"] and stale["duration_s"] is None
+    assert "RUNNING (job gone; re-run to resume)" in sweeper(["status", "study=mu_search", f"workspace={ws}"], tmp_path, env).stdout
 
     done = sweeper(args, tmp_path, env)
     assert done.returncode == 0, done.stderr
     assert "mu_search: winner mu=" in done.stdout and "sweeper report study=mu_search" in done.stdout
+    assert "[mu_search.mu] trial " in done.stdout and "[mu_search.mu] 7/7 trials done" in done.stdout  # stdout is no terminal
 
     trials = status(ws, tmp_path, env)["trials"]
     complete = [t for t in trials if t["state"] == "COMPLETE"]
     assert len(complete) == 7 and {t["params"]["mu"] for t in complete} == MU_GRID  # the grid, each point once
     (failed,) = [t for t in trials if t["state"] == "FAIL"]
     assert "without result.json" in failed["reason"]
+    suggested = failed["reason"].split("`")[1].split()  # the command the reason suggests works as printed
+    assert suggested[:2] == ["sweeper", "logs"] and sweeper(suggested[1:], tmp_path, env).returncode == 0
     (retry,) = [t for t in complete if t["params"]["mu"] == failed["params"]["mu"]]
     assert retry["trial_dir"] == failed["trial_dir"] == str(victim[0]) and retry["attempt"] == 2
     assert sum(t["winner"] for t in trials) == 1
@@ -107,6 +115,7 @@ def test_mu_search_survives_kill_9_and_agrees_with_mlflow(tmp_path: Path, env: d
 
     again = sweeper(args, tmp_path, env)  # finished: nothing is trained or logged again
     assert again.returncode == 0, again.stderr
+    assert "mu_search: nothing to do" in again.stdout and "[mu_search.mu] 7/7 trials done" in again.stdout
     assert len(status(ws, tmp_path, env)["trials"]) == len(trials)
     assert len(client.search_runs([exp], "tags.`sweeper.kind` = 'trial'")) == 7
 
@@ -127,6 +136,7 @@ def test_mu_search_survives_kill_9_and_agrees_with_mlflow(tmp_path: Path, env: d
     (run,) = client.search_runs([again_exp], "tags.`sweeper.kind` = 'trial'")
     assert run.data.tags["sweeper.reused_from"] == copy["reused_from"] and run.data.metrics["mean/psnr"] == pytest.approx(source["metrics"]["mean/psnr"])
 
+    assert load_checkpoint(Path(retry["trial_dir"]) / "ckpt" / "last.pt").keys() == {"config", "stage", "step", "g"}  # lean once finished
     logs = sweeper(["logs", "study=mu_search", f"trial={retry['number']}", f"workspace={ws}"], tmp_path, env)
     assert logs.returncode == 0 and "stderr.log <==" in logs.stdout
     table = sweeper(["status", "study=mu_search", f"workspace={ws}"], tmp_path, env)

@@ -154,7 +154,7 @@ def test_correlate_rejects_bad_input(correlation_store):
         correlate.main([f"tracking_uri={uri}", "proxy=vgg"])
     with pytest.raises(UserError, match="proxy=esrgan and target=esrgan are the same"):
         correlate.main([f"tracking_uri={uri}", "proxy=esrgan"])
-    with pytest.raises(UserError, match="study='mu_search' has no runs.*studies with runs: correlation"):
+    with pytest.raises(UserError, match=r"no runs of study mu_search .*`sweeper run study=mu_search` trains"):
         correlate.main([f"tracking_uri={uri}", "study=mu_search"])
     with pytest.raises(UserError, match="no tracking store at"):
         correlate.main([f"workspace={uri.removeprefix('sqlite:///')}.missing"])

@@ -78,6 +78,9 @@ def test_lpips_unavailable_without_alexnet_weights(torch_home: Path, caplog: pyt
     assert not metric.available
     assert "alexnet-owt-7be5be79.pth" in metric.reason and "sweeper weights import" in metric.reason
     assert [r.getMessage() for r in caplog.records] == [metric.reason]  # one warning, the reason
+    with caplog.at_level(logging.WARNING):
+        assert not LPIPSMetric("cpu").available
+    assert len(caplog.records) == 1  # once per process, however many metrics a command builds
     with pytest.raises(RuntimeError, match="LPIPS unavailable"):
         metric(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 16))
 

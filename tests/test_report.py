@@ -4,14 +4,16 @@ hold the runs' values, the right rows, and the best / second-best markers; figur
 from __future__ import annotations
 
 import csv
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import mlflow_layout
-from sweeper import report, tables
+from sweeper import report, tables, tracking
 from trainer.errors import UserError
 
 MUS = [0.2, 0.5, 1, 5, 10, 20, math.inf]
@@ -158,3 +160,16 @@ def test_correlation_study_gives_tables_3_and_4(tmp_path):
     assert list(t3[0]) == ["row", "Set5/lpips", "Set14/lpips"]
     readme = (out / "README.md").read_text()
     assert "Verdict (promotion gate, mean/lpips): consistent" in readme and "1/24" in readme
+
+
+def test_stage_runs_hold_their_table_and_the_experiment_a_view_of_its_trials(paper_store, tmp_path):
+    _, client, mu_trials = paper_store
+    exp = client.get_experiment_by_name("paper")
+    stage = client.search_runs([exp.experiment_id], "tags.`sweeper.stage` = 'mu' and tags.`sweeper.kind` = 'stage'")[0]
+    assert stage.info.run_name == "paper · mu"
+    table = json.loads(Path(client.download_artifacts(stage.info.run_id, "results/table1_mu_srgan.json", str(tmp_path))).read_text())
+    assert table["columns"][0] == "setting" and [row[0] for row in table["data"]][:2] == ["mu=inf", "mu=0.2"]
+    view = json.loads(json.loads(exp.tags[tracking.VIEW_TAG])["state"])
+    assert view["searchFilter"] == "tags.`sweeper.kind` = 'trial'" and "params.`mu`" in view["selectedColumns"]
+    names = {r.info.run_name for r in client.search_runs([exp.experiment_id], view["searchFilter"])}
+    assert {"mu=0.5 beta1_3", "mu=inf beta1_3", "mu=0.5 beta4_3"} <= names

@@ -47,7 +47,10 @@ def test_a_trial_is_logged_once_in_the_documented_layout(tmp_path: Path) -> None
     assert tracking.log_trial(client, exp, parent, tmp_path / "trial", config, TAGS) == run_id  # idempotent
 
     run = client.get_run(run_id)
-    assert run.info.run_name == "mu=inf,beta=beta3_6" and run.info.status == "FINISHED"
+    assert run.info.run_name == "mu=inf beta3_6" and run.info.status == "FINISHED"
+    assert client.get_run(parent).info.run_name == "mu_search · mu"
+    ended = (tmp_path / "trial" / "result.json").stat().st_mtime * 1000  # the trial's real times, not the logging's
+    assert abs(run.info.end_time - ended) < 2 and abs(run.info.start_time - (ended - 3000)) < 2
     assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["sweeper.kind"] == "trial"
     assert run.data.tags["sweeper.weights"] == "random" and run.data.tags["sweeper.lpips"] == "unavailable"
     assert run.data.params["mu"] == "inf" and run.data.params["perceptual"] == "dp" and run.data.params["preset"] == "smoke"

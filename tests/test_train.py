@@ -86,12 +86,26 @@ def test_cost_ledger_has_one_line_per_call(smoke_run, cache):
     assert len(jsonl(run / "ledger.jsonl")) == 1
 
 
-def test_checkpoint_is_safe_to_load_and_holds_everything(smoke_run):
+def test_a_stopped_run_keeps_everything_a_finished_one_its_generator(tmp_path, cache):
+    cfg = smoke(**{"train.iters": 4, "train.ckpt_every": 2})
+    assert train(cfg, tmp_path / "run", cache, progress=False, stop_after=2)["status"] == "stopped"
+    full = load_checkpoint(tmp_path / "run" / "ckpt" / "last.pt")
+    assert {"g", "d", "opt_g", "opt_d", "sched_g", "sched_d", "data", "rng", "config"} <= full.keys()
+    size = (tmp_path / "run" / "ckpt" / "last.pt").stat().st_size
+    result = train(cfg, tmp_path / "run", cache, progress=False)
+    lean = load_checkpoint(Path(result["checkpoint"]))
+    assert lean.keys() == {"config", "stage", "step", "g"} and lean["step"] == 4
+    assert (tmp_path / "run" / "ckpt" / "last.pt").stat().st_size < size / 5
+    (tmp_path / "run" / "result.json").unlink()  # e.g. renamed by the sweeper for a retry: no silent retraining
+    with pytest.raises(UserError, match="kept only its generator weights"):
+        train(cfg, tmp_path / "run", cache, progress=False)
+
+
+def test_checkpoint_is_safe_to_load_and_holds_the_generator(smoke_run):
     run, result = smoke_run
     assert result["checkpoint"] == str(run / "ckpt" / "last.pt")
     ckpt = load_checkpoint(Path(result["checkpoint"]))  # weights_only=True
-    assert ckpt["step"] == 12 and ckpt["stage"] == "gan"
-    assert {"g", "d", "ema", "opt_g", "opt_d", "sched_g", "sched_d", "data", "rng", "config"} <= ckpt.keys()
+    assert ckpt["step"] == 12 and ckpt["stage"] == "finished"
     g = load_generator(result["checkpoint"])
     assert not g.training
     for name, tensor in g.state_dict().items():
@@ -150,9 +164,8 @@ def test_resume_is_exact(tmp_path, cache):
     resumed = train(cfg, tmp_path / "resumed", cache, progress=False)
     assert resumed["status"] == straight["status"] == "complete" and resumed["iters"] == 20
     a, b = (load_checkpoint(tmp_path / name / "ckpt" / "last.pt") for name in ("straight", "resumed"))
-    for part in ("g", "d", "ema"):
-        for name, tensor in a[part].items():
-            assert torch.equal(tensor, b[part][name]), (part, name)
+    for name, tensor in a["g"].items():  # the kept (EMA) generator; the losses of D and G are compared below
+        assert torch.equal(tensor, b["g"][name]), name
     assert resumed["final"] == straight["final"]
     assert jsonl(tmp_path / "resumed" / "metrics.jsonl") == jsonl(tmp_path / "straight" / "metrics.jsonl")
     segments = [(r["from_step"], r["to_step"], r["pretrain"]) for r in jsonl(tmp_path / "resumed" / "ledger.jsonl")]

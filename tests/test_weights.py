@@ -63,6 +63,16 @@ def test_missing_file_names_file_url_and_import_command(torch_home: Path) -> Non
     assert [f.name for f in weights.missing()] == ["vgg19-dcbb9e9d.pth", "resnet50-0676ba61.pth", "alexnet-owt-7be5be79.pth"]
 
 
+def test_every_missing_file_is_named_at_once_with_one_import_command(torch_home: Path) -> None:
+    from sweeper.search import check_weights
+
+    with pytest.raises(weights.MissingWeightsError) as err:
+        check_weights({}, "proxy", "psnr")
+    message = str(err.value)
+    assert "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth" in message and "resnet50-0676ba61.pth (ResNet-50" in message
+    assert "`sweeper weights import vgg19-dcbb9e9d.pth resnet50-0676ba61.pth`" in message and "\n" not in message
+
+
 def test_corrupt_or_wrong_files_are_refused(torch_home: Path) -> None:
     path = cache(torch_home) / "vgg19-dcbb9e9d.pth"
     save_vgg_prefix(path, upto=5)

@@ -19,6 +19,7 @@ at a time is as fast, as the batch no longer fits in the caches).
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import warnings
@@ -118,6 +119,12 @@ def ssim_y(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> float:
     return float(ssim_batch(sr, hr, crop_border, "y"))
 
 
+@functools.cache
+def warn_once(message: str) -> None:
+    """Log a warning once per process (a command builds the metric for every run or set it scores)."""
+    logging.getLogger(__name__).warning(message)
+
+
 class LPIPSMetric:
     """LPIPS v0.1 (AlexNet trunk, learned linear heads) on float [0, 1] (N, 3, H, W) images.
 
@@ -135,7 +142,7 @@ class LPIPSMetric:
             trunk = weights.alexnet_features("imagenet")
         except weights.MissingWeightsError as e:
             self.reason = f"LPIPS unavailable: {e}"
-            logging.getLogger(__name__).warning(self.reason)
+            warn_once(self.reason)
             return
         self.model = _build_lpips(trunk).to(self.device)
 

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from trainer import weights as weights_mod
-from trainer.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from trainer.checkpoint import FINISHED, keep_generator_only, load_checkpoint, rng_state, save_atomic, set_rng_state
 from trainer.config import Config, flatten
 from trainer.data import TrainBatches, ValImage, load_val_sets
 from trainer.errors import UserError
@@ -410,6 +410,8 @@ def train(
     ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     if ckpt is not None:
         check_resumable(cfg, ckpt["config"], ckpt_path)
+        if ckpt["stage"] == FINISHED:
+            raise UserError(f"{ckpt_path}: this run finished and kept only its generator weights; delete {run_dir} to train it again")
     write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     device = pick_device(cfg)
@@ -460,6 +462,7 @@ def train(
         return result("stopped", f"stopped after iteration {tally.step} as asked (stop_after)")
     out = result("complete", None)
     write_json_atomic(result_path, out)
+    keep_generator_only(ckpt_path)  # after result.json: a crash in between only leaves the full state
     return out
 
 

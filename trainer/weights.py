@@ -61,13 +61,18 @@ FILES: dict[str, WeightsFile] = {
 
 
 class MissingWeightsError(UserError):
-    """A needed weights file is absent: names the file, where it was looked for, its URL and the fix."""
+    """Needed weights files are absent: names each file, where it was looked for, its URL, and one command
+    that imports them all. `also`: further files missing from the same folder as `path`."""
 
-    def __init__(self, file: WeightsFile, path: Path) -> None:
-        super().__init__(
-            f"{file.network} ImageNet weights for the {file.needed_by} not found at {path}; download {file.url} "
-            f"and run `sweeper weights import {file.name}` ({file.without_it})"
-        )
+    def __init__(self, file: WeightsFile, path: Path, also: list[WeightsFile] | None = None) -> None:
+        files = [file, *(also or [])]
+        if len(files) == 1:
+            what = f"{file.network} ImageNet weights for the {file.needed_by} not found at {path}; download {file.url}"
+        else:
+            what = f"{len(files)} ImageNet weights files not found in {path.parent}: " + "; ".join(
+                f"{f.name} ({f.network}, {f.needed_by}) from {f.url}" for f in files
+            ) + "; download them"
+        super().__init__(f"{what} and run `sweeper weights import {' '.join(f.name for f in files)}` ({file.without_it})")
         self.file, self.path = file, path
 
 

@@ -1,0 +1,99 @@
+"""`sweeper ui` in a real browser: the MLflow server it starts shows a study's trials and their mu values in
+Debian's headless Chromium, and SIGTERM to `sweeper ui` stops the server and all its workers."""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mlflow_layout
+from cluster_helpers import REPO, sweeper_args
+from sweeper.ui import group_alive
+
+MUS = [0.2, 0.5, 1, 5, 10, 20, float("inf")]
+
+
+def chromium() -> str:
+    """Debian's chromium, installed with apt-get when missing (as root); the test skips with the reason otherwise."""
+    found = shutil.which("chromium")
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], capture_output=True, timeout=900)
+        found = shutil.which("chromium")
+    if found is None:
+        pytest.skip("Chromium is not installed and could not be (`apt-get install -y chromium` needs root and Debian's archive)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_until(proc: subprocess.Popen[str], marker: str, timeout_s: float) -> list[str]:
+    """Lines of `proc`'s stdout up to the one containing `marker`."""
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        if select.select([proc.stdout], [], [], 1.0)[0]:
+            lines.append(proc.stdout.readline().rstrip())
+            if marker in lines[-1]:
+                return lines
+    raise AssertionError(f"no {marker!r} from sweeper ui within {timeout_s}s: {lines}")
+
+
+def process_groups_of_children(pid: int) -> set[int]:
+    """Process groups of `pid`'s children (the MLflow server leads its own)."""
+    groups = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            groups.add(int(fields[2]))
+    return groups
+
+
+@pytest.mark.slow
+def test_the_ui_shows_the_trials_in_a_browser_and_dies_with_sweeper_ui(tmp_path: Path) -> None:
+    browser = chromium()
+    _, client = mlflow_layout.store(tmp_path)
+    trials = [{"arch": "srgan", "mu": mu, "final": mlflow_layout.scores(20 + k, 0.5, 0.2), "sample": np.zeros((8, 8, 3), np.uint8)}
+              for k, mu in enumerate(MUS)]  # fmt: skip
+    mlflow_layout.log_stage(client, tmp_path, "mu_search", "mu", trials, winner=6, select_by="psnr")
+    port = free_port()
+    ui = subprocess.Popen(sweeper_args(["ui", f"workspace={tmp_path}", "--port", str(port), "--workers", "1"]), cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:
+        lines = read_until(ui, "/#/experiments/", timeout_s=180)  # the first study's link
+        assert "MLflow UI at" in lines[-2] and lines[-1].split()[0] == "mu_search", lines
+        link = lines[-1].split()[-1]
+        assert "viewStateShareKey=" in link, lines
+        page = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                               "--window-size=1920,1200", "--virtual-time-budget=20000", "--dump-dom", link],
+                              capture_output=True, text=True, timeout=180).stdout  # fmt: skip
+        for mu in ("0.2", "0.5", "20", "inf"):
+            assert f"mu={mu} beta1_3" in page, f"trial mu={mu} not on the page {link}"
+        assert "mean/psnr" in page and "mu_search · mu" not in page  # metric columns; stage runs filtered out
+        groups = process_groups_of_children(ui.pid)
+        assert groups, "sweeper ui started no server"
+    finally:
+        ui.send_signal(signal.SIGTERM)
+        code = ui.wait(timeout=60)
+    assert code == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 20
+    while any(group_alive(g) for g in groups) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(group_alive(g) for g in groups), "the MLflow server or a worker outlived sweeper ui"
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served after sweeper ui ended"
