@@ -467,7 +467,7 @@ class StageWork:
             return None
         trial_dir = Path(t.user_attrs["trial_dir"])
         write_text_atomic(trial_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
-        source = reusable(self.run, identity) if len(self.budgets) == 1 else None
+        source = reusable(self.run, identity)
         if source is not None:
             copy_outcome(Path(source[1]), trial_dir)
             self.set_attrs(t.number, reused_from=source[0])

@@ -25,6 +25,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
+from sweeper.crashpoints import crash_point
 from trainer.files import file_lock
 
 
@@ -91,10 +92,11 @@ class Workspace:
         Optuna pops a WAITING trial atomically in PostgreSQL/MySQL (SELECT ... FOR UPDATE), but on SQLite
         the read and the update are separate statements: two processes popping from one queue took the same
         trial 9 times in 300 (measured with optuna 5.0). A file lock beside the SQLite or journal file fixes
-        it (and keeps two sweepers from enqueueing one grid point twice).
+        it (and keeps two sweepers from enqueueing one grid point twice). Not `<file>.lock`: Optuna's journal
+        backend creates and deletes that one itself.
         """
         db = self.sqlite_file() or self.journal_file()
-        with file_lock(db.with_name(db.name + ".lock")) if db else contextlib.nullcontext():
+        with file_lock(db.with_name(db.name + ".claim.lock")) if db else contextlib.nullcontext():
             yield
 
 
@@ -160,6 +162,7 @@ def enqueue(storage: BaseStorage, study_id: int, ws: Workspace, study: str, stag
         attrs |= {k: trials[-1].user_attrs[k] for k in CARRIED if trials and k in trials[-1].user_attrs}
         template = create_trial(state=TrialState.WAITING, params=point, distributions=distributions, user_attrs=attrs)
         storage.create_new_trial(study_id, template_trial=template)
+        crash_point("enqueued")
 
 
 def claim(storage: BaseStorage, study_id: int) -> FrozenTrial | None:
