@@ -425,7 +425,8 @@ class StageWork:
             job_id = self.run.executor_of(t).find(attrs["launch_token"])
             if job_id is None:
                 return attrs["budget"]  # never started: launch it (with a new token)
-            self.set_attrs(t.number, job_id=job_id, phase="launched")
+            slurm = {"slurm_job_id": job_id} if attrs.get("executor") == "slurm" else {}
+            self.set_attrs(t.number, job_id=job_id, phase="launched", **slurm)
             return None
         if phase != "launched":
             return None  # paused: `promotions` moves it
@@ -560,7 +561,8 @@ class StageWork:
         if "slurm_job_id" in attrs:
             extra["sweeper.slurm_job_id"] = attrs["slurm_job_id"]
         tags = {**self.run.tags, "sweeper.stage": self.name, "sweeper.trial_number": str(t.number), **extra}
-        run_id = tracking.log_trial(self.run.client, self.run.experiment_id, self.parent, trial_dir, config, tags)
+        with file_lock(trial_dir / ".finish.lock"):  # two sweepers that adopted the trial at once log one run
+            run_id = tracking.log_trial(self.run.client, self.run.experiment_id, self.parent, trial_dir, config, tags)
         metrics |= {f"{s}/{m}": v for s, values in result["final"].items() for m, v in values.items() if isinstance(v, (int, float))}
         crash_point("before_finish")
         self.end(t.number, TrialState.COMPLETE, metrics[f"mean/{self.run.select_by}"],

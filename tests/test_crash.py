@@ -13,6 +13,7 @@ and promotion points are reached too), `max_retries=0` so that any attempt count
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import time
@@ -36,7 +37,10 @@ STORAGES = {"sqlite": "sqlite:///{ws}/optuna.db", "journal": "journal://{ws}/opt
 
 
 def study_args(ws: Path, storage: str, *extra: str) -> list[str]:
-    return ["run", "study=crash", f"workspace={ws}", f"storage={STORAGES[storage].format(ws=ws)}", *CHEAP, *extra]
+    """`sweeper run` of the crash study, CHEAP with `extra` settings added or replacing its own."""
+    keys = {e.split("=")[0] for e in extra}
+    cheap = [a for a in CHEAP if a.split("=")[0] not in keys]
+    return ["run", "study=crash", f"workspace={ws}", f"storage={STORAGES[storage].format(ws=ws)}", *cheap, *extra]
 
 
 def crash_env(tmp_path: Path) -> dict[str, str]:
@@ -117,10 +121,11 @@ def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(sweeper_args(args), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_jobs(ws: Path, storage: str, timeout: float = 120) -> list[optuna.trial.FrozenTrial]:
+def wait_for_jobs(ws: Path, storage: str, runner: subprocess.Popen[str], timeout: float = 120) -> list[optuna.trial.FrozenTrial]:
     """The trials of the crash study that have a job, once there is one."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
+        assert runner.poll() is None, runner.communicate()
         if (ws / "optuna.db").exists() or (ws / "optuna.journal").exists():
             opened = Workspace.resolve(str(ws), STORAGES[storage].format(ws=ws), None).open_storage()
             try:
@@ -139,7 +144,7 @@ def test_run_racing_cancel_says_cancelled_then_resumes(tmp_path: Path) -> None:
     env, ws = crash_env(tmp_path), tmp_path / "ws"
     args = study_args(ws, "sqlite", "train.iters=30", "train.val_every=30")
     runner = start(args, env)
-    wait_for_jobs(ws, "sqlite")
+    wait_for_jobs(ws, "sqlite", runner)
     cancelled = sweeper(["cancel", "study=crash", f"workspace={ws}"], env)
     assert cancelled.returncode == 0 and "cancelled 2 trial(s)" in cancelled.stdout, cancelled.stderr
     _, err = runner.communicate(timeout=120)
@@ -167,3 +172,24 @@ def test_trials_of_a_dead_sweeper_on_another_host_are_adopted_when_its_lease_exp
     assert done.returncode == 0 and time.time() >= lease, done.stderr[-3000:]
     trials = assert_sound(ws, "journal")
     assert {t.user_attrs["owner"].split(":")[0] for t in trials if t.state == TrialState.COMPLETE} != {"elsewhere"}
+
+
+def test_random_kills_lose_and_duplicate_nothing() -> None:
+    """A short, seeded run of benchmarks/crash_soak.py (one study, three kills at random moments)."""
+    spec = importlib.util.spec_from_file_location("crash_soak", REPO / "benchmarks" / "crash_soak.py")
+    soak = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(soak)
+    counts = soak.soak(seed=1, studies=1, kills=3, max_wait_s=15.0, storage="journal")
+    assert counts["runs"] >= 2 and counts["kills"] >= 1, counts
+    assert counts["trials lost"] == counts["trials duplicated"] == 0, counts
+
+
+def test_two_sweepers_racing_on_one_halving_study(tmp_path: Path) -> None:
+    """A second `sweeper run` started while the first runs: they share the grid and the rungs (leases of one
+    second, so they also adopt each other's trials now and then), and the study ends as one run's would."""
+    env, ws = crash_env(tmp_path), tmp_path / "ws"
+    args = study_args(ws, "journal", "train.iters=6", "train.val_every=6", "executor.n_jobs=1")
+    runners = [start(args, env) for _ in range(2)]
+    errors = [r.communicate(timeout=600)[1] for r in runners]
+    assert [r.returncode for r in runners] == [0, 0], errors
+    assert_sound(ws, "journal")
