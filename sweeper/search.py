@@ -309,23 +309,24 @@ class StageWork:
         budgets = stage_budgets(run.opts, iters, len(stage.points()))
         recorded = {"config_hash": config_hash(build_config(config).to_dict()), "select_by": run.select_by,
                     "scheduler": {"name": run.opts.scheduler, "budgets": budgets}}  # fmt: skip
-        direction = "minimize" if not HIGHER_IS_BETTER[run.select_by] else "maximize"
+        direction = optuna.study.StudyDirection.MAXIMIZE if HIGHER_IS_BETTER[run.select_by] else optuna.study.StudyDirection.MINIMIZE
+        mismatch = {
+            "select_by": lambda was: f"stage {full} was started with select_by={was}; pass that, or use another workspace=",
+            "config_hash": lambda was: f"stage {full} in {run.ws.root} was started with other settings; repeat them, or use another workspace=",
+            "scheduler": lambda was: f"stage {full} was started with scheduler={was['name']} (rung budgets {was['budgets']}); "
+                                     "pass those settings, or use another workspace=",
+        }  # fmt: skip
         with file_lock(run.ws.root / "setup.lock"):  # one Optuna study and one MLflow parent run, however many sweepers
             try:
-                study_id = run.storage.create_new_study([optuna.study.StudyDirection[direction.upper()]], full)
-                for key, value in recorded.items():
-                    run.storage.set_study_user_attr(study_id, key, value)
+                study_id = run.storage.create_new_study([direction], full)
             except optuna.exceptions.DuplicatedStudyError:
                 study_id = run.storage.get_study_id_from_name(full)
-                attrs = run.storage.get_study_user_attrs(study_id)
-                if attrs.get("select_by", run.select_by) != run.select_by:
-                    raise UserError(f"stage {full} was started with select_by={attrs['select_by']}; pass that, or use another workspace=") from None
-                if attrs.get("config_hash") != recorded["config_hash"]:
-                    raise UserError(f"stage {full} in {run.ws.root} was started with other settings; repeat them, or use another workspace=") from None
-                if attrs.get("scheduler", recorded["scheduler"]) != recorded["scheduler"]:
-                    was = attrs["scheduler"]
-                    raise UserError(f"stage {full} was started with scheduler={was['name']} (rungs {was['budgets']}); "
-                                    f"pass those settings, or use another workspace=") from None  # fmt: skip
+            attrs = run.storage.get_study_user_attrs(study_id)
+            for key, value in recorded.items():  # a kill right after creating the study leaves them unset
+                if key not in attrs:
+                    run.storage.set_study_user_attr(study_id, key, value)
+                elif attrs[key] != value:
+                    raise UserError(mismatch[key](attrs[key]))
             run.storage.set_study_user_attr(study_id, "cancelled", False)
             parent = tracking.stage_run(run.client, run.experiment_id, run.study.name, name, {**run.tags, "sweeper.stage": name})
         return cls(run, name, stage, config, study_id, parent, budgets)

@@ -156,6 +156,8 @@ def test_run_racing_cancel_says_cancelled_then_resumes(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     trials = assert_sound(ws, "sqlite")
     assert {t.user_attrs["attempt"] for t in trials} == {1}  # a cancel spends no retry
+    other = sweeper(study_args(ws, "sqlite", "train.iters=30", "train.val_every=30", "scheduler=none"), env)
+    assert other.returncode == 2 and other.stderr.count("error:") == 1 and "was started with scheduler=sha" in other.stderr, other.stderr
 
 
 def test_trials_of_a_dead_sweeper_on_another_host_are_adopted_when_its_lease_expires(tmp_path: Path) -> None:
