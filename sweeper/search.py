@@ -253,6 +253,7 @@ def main(tokens: list[str], detach: bool = False) -> None:
     tags = {"sweeper.study": study.name, "sweeper.preset": opts.preset, "sweeper.select_by": select_by,
             "sweeper.weights": str(config.get("weights", "imagenet")), "sweeper.git_commit": tracking.git_commit()}  # fmt: skip
     with file_lock(ws.root / "setup.lock"):  # sweepers started together: one creates the stores and the experiment
+        ws.create_stores()
         client = MlflowClient(ws.tracking_uri)
         run = Run(study, opts, ws, select_by, executor, ws.open_storage(), client,
                   tracking.experiment(client, study.name, ws.artifacts_dir), tags, owner_id())  # fmt: skip

@@ -80,6 +80,21 @@ class Workspace:
         journal.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
 
+    def create_stores(self) -> None:
+        """Create the missing SQLite stores (Optuna, MLflow) whole: their tables are made in a temporary file
+        renamed into place, so a kill while they are created leaves no half-made store behind. Call under
+        a lock that other sweepers of the workspace take too."""
+        from mlflow import MlflowClient
+
+        makers = {self.storage: optuna.storages.RDBStorage, self.tracking_uri: lambda url: MlflowClient(url).search_experiments()}
+        for url, make in makers.items():
+            db = sqlite_path(url)
+            if db is not None and not db.exists():
+                tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+                tmp.unlink(missing_ok=True)
+                make(f"sqlite:///{tmp}")
+                os.replace(tmp, db)
+
     def exists(self) -> bool:
         """Whether this workspace holds an Optuna record (only checkable for files; servers say True)."""
         db = self.sqlite_file() or self.journal_file()
