@@ -16,7 +16,9 @@ from trainer.config import ALIASES, PRESETS, all_keys, check_choice, parse_value
 from trainer.errors import UserError
 
 METRICS = ("lpips", "psnr", "ssim")
-OPTION_KEYS = ("study", "stage", "trial", "executor", "select_by", "storage", "tracking_uri", "workspace", "rounds", "max_retries")
+OPTION_KEYS = ("study", "stage", "trial", "executor", "select_by", "storage", "tracking_uri", "workspace", "rounds", "max_retries",
+               "scheduler", "scheduler.eta", "scheduler.min_iters")  # fmt: skip
+SCHEDULERS = ("none", "sha")
 
 
 @dataclass
@@ -32,6 +34,9 @@ class Options:
     workspace: str | None = None
     rounds: int | None = None  # None: the study's own
     max_retries: int = 2
+    scheduler: str = "none"  # "sha": successive halving over each stage's grid (sweeper.halving)
+    eta: int = 3  # scheduler.eta
+    min_iters: int | None = None  # scheduler.min_iters; None: from sweeper.halving.rung_budgets
     config: dict[str, Any] = field(default_factory=dict)  # dotted training-config key -> parsed value
 
     @property
@@ -76,6 +81,13 @@ def parse(tokens: list[str], allow_config: bool = True) -> Options:
             opts.executor_options[key.removeprefix("executor.")] = value
         elif key in ("trial", "rounds", "max_retries"):
             setattr(opts, key, _count(key, value, 1 if key == "rounds" else 0))
+        elif key == "scheduler":
+            if value not in SCHEDULERS:
+                raise UserError(f"scheduler={text!r} is not valid; choose one of {', '.join(SCHEDULERS)}")
+            opts.scheduler = value
+        elif key in ("scheduler.eta", "scheduler.min_iters"):
+            field_name = key.removeprefix("scheduler.")
+            setattr(opts, field_name, _count(key, value, 2 if field_name == "eta" else 1))
         elif key == "select_by":
             if value not in METRICS:
                 raise UserError(f"select_by={text!r} is not valid; choose one of {', '.join(METRICS)}")

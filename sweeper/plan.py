@@ -26,8 +26,7 @@ import yaml
 
 from sweeper import halving, ledger
 from sweeper.executors import make_executor
-from sweeper.overrides import parse, require_study
-from sweeper.scheduler_options import Halving, pop_halving
+from sweeper.overrides import Options, parse, require_study
 from sweeper.search import config_hash
 from sweeper.studies import load
 from sweeper.workspace import Workspace
@@ -138,7 +137,7 @@ def rate_for(cfg: Config, found: dict[str, ledger.Totals], measured: dict[str, R
     return measured[key]
 
 
-def plan_stage(name: str, cfgs: list[Config], seen: set[str], cached: set[str], cache_dir: Path, opts: Halving,
+def plan_stage(name: str, cfgs: list[Config], seen: set[str], cached: set[str], cache_dir: Path, opts: Options,
                found: dict[str, ledger.Totals], measured: dict[str, Rate]) -> StagePlan:  # fmt: skip
     """One stage's plan; `seen` (config hashes trained by earlier stages) and `cached` (pre-training keys) grow."""
     identities = {config_hash(c.to_dict()): c for c in cfgs}
@@ -176,9 +175,8 @@ def plan_stage(name: str, cfgs: list[Config], seen: set[str], cached: set[str], 
     )  # fmt: skip
 
 
-def plan(tokens: list[str]) -> tuple[list[StagePlan], Halving]:
+def plan(tokens: list[str]) -> tuple[list[StagePlan], Options]:
     """Parse and validate like `sweeper run` (nothing is created), then plan every stage."""
-    sched, tokens = pop_halving(tokens)
     opts = parse(tokens)
     study = load(require_study(opts))
     ws = Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri)
@@ -192,8 +190,8 @@ def plan(tokens: list[str]) -> tuple[list[StagePlan], Halving]:
     plans = []
     for stage in study.stages:  # an alternating study's later stage runs at an earlier winner, which one is planned as reused
         cfgs = [build_config({**config, **stage.overrides(p)}) for p in stage.points()]
-        plans.append(plan_stage(stage.name, cfgs, seen, cached, ws.cache_dir, sched, found, measured))
-    return plans, sched
+        plans.append(plan_stage(stage.name, cfgs, seen, cached, ws.cache_dir, opts, found, measured))
+    return plans, opts
 
 
 def hours(value: float) -> str:
@@ -207,9 +205,9 @@ def main(tokens: list[str], fmt: str = "table") -> None:
 
     if fmt not in ("table", "json"):
         raise UserError(f"--format {fmt}: choose table or json")
-    plans, sched = plan(tokens)
+    plans, opts = plan(tokens)
     if fmt == "json":
-        print(json.dumps({"scheduler": asdict(sched), "stages": [asdict(p) for p in plans]}, indent=1))
+        print(json.dumps({"scheduler": {"scheduler": opts.scheduler, "eta": opts.eta, "min_iters": opts.min_iters}, "stages": [asdict(p) for p in plans]}, indent=1))
         return
     rows = [{"stage": p.stage, "points": p.points, "trainings": p.trainings, "GAN iters naive / none / sha": f"{p.naive_iters} / {p.none_iters} / {p.sha_iters}",
              "pre-training iters naive / cached": f"{p.naive_pretrain_iters} / {p.pretrain_iters}",
@@ -217,6 +215,6 @@ def main(tokens: list[str], fmt: str = "table") -> None:
     total = {k: sum(getattr(p, k) for p in plans) for k in ("naive_hours", "none_hours", "sha_hours")}
     print(rows_to_markdown(rows))
     for p in plans:
-        print(f"stage {p.stage}: scheduler=sha rungs at {p.sha_budgets} (eta={sched.eta}); rates {p.rate_source}")
+        print(f"stage {p.stage}: scheduler=sha rungs at {p.sha_budgets} (eta={opts.eta}); rates {p.rate_source}")
     print(f"study: {hours(total['naive_hours'])} device-hours naive, {hours(total['none_hours'])} with scheduler=none, "
           f"{hours(total['sha_hours'])} with scheduler=sha ({total['sha_hours'] / total['naive_hours']:.0%} of naive)")  # fmt: skip

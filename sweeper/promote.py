@@ -51,7 +51,7 @@ def completed_search(client: MlflowClient, name: str) -> Source:
     winner = [r for r in find_runs(client, "trial", name) if r.run_id == winner_id]
     if not winner:
         raise UserError(f"the winner of study {name} (MLflow run {winner_id}) is missing from the tracking store; re-run `sweeper run study={name}`")
-    return Source(name, last, winner_id, last.params["winner.mu"], last.params["winner.beta"], winner[0].arch)
+    return Source(name, last, winner_id, last.tags["winner.mu"], last.tags["winner.beta"], winner[0].arch)
 
 
 def find_source(client: MlflowClient, name: str | None) -> Source:

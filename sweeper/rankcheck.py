@@ -21,9 +21,8 @@ import yaml
 from optuna.trial import TrialState
 
 from sweeper import correlate, halving, search
-from sweeper.overrides import parse
+from sweeper.overrides import Options, parse
 from sweeper.runs import HIGHER_IS_BETTER
-from sweeper.scheduler_options import Halving, pop_halving
 from sweeper.workspace import point_key
 from trainer.errors import UserError
 
@@ -86,7 +85,7 @@ def snap(planned: list[int], recorded: list[int]) -> list[int]:
     return sorted({min(recorded, key=lambda s: (abs(s - b), s)) for b in planned})
 
 
-def check_stage(stage: str, curves: dict[int, Curve], iters: int, select_by: str, opts: Halving) -> StageCheck:
+def check_stage(stage: str, curves: dict[int, Curve], iters: int, select_by: str, opts: Options) -> StageCheck:
     """Replay halving on the trials' curves (trial number -> curve), all trained to `iters`."""
     if len(curves) < 2:
         raise UserError(f"stage {stage} has {len(curves)} complete trial(s): a ranking needs at least 2")
@@ -132,14 +131,13 @@ def stage_curves(storage, study_id: int, select_by: str) -> tuple[dict[int, Curv
 
 def check_study(tokens: list[str]) -> list[StageCheck]:
     """Every stage of the study (or `stage=`) replayed."""
-    sched, tokens = pop_halving(tokens)
     opts = parse(tokens, allow_config=False)
     _, _, storage, stages = search.stage_ids(opts)
     out = []
     for name, sid in stages.items():
         select_by = opts.select_by or storage.get_study_user_attrs(sid).get("select_by", "lpips")
         curves, iters = stage_curves(storage, sid, select_by)
-        out.append(check_stage(name, curves, iters, select_by, sched))
+        out.append(check_stage(name, curves, iters, select_by, opts))
     return out
 
 

@@ -25,9 +25,8 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from sweeper import correlate, figures, ledger, rankcheck, search, tracking
-from sweeper.overrides import parse, require_study
+from sweeper.overrides import Options, parse, require_study
 from sweeper.runs import METRICS, RunRecord, find_runs, finished, mu_label, open_client, paper_order
-from sweeper.scheduler_options import Halving
 from sweeper.tables import Table, rows_to_csv, rows_to_latex, rows_to_markdown, to_csv, to_latex, to_markdown
 from trainer.files import write_bytes_atomic, write_text_atomic
 from trainer.config import config_from_dict
@@ -427,7 +426,7 @@ def rank_check_section(writer: Writer, storage, stages: dict[str, int]) -> None:
     for name, sid in stages.items():
         select_by = storage.get_study_user_attrs(sid).get("select_by", "lpips")
         try:
-            checks.append(rankcheck.check_stage(name, *rankcheck.stage_curves(storage, sid, select_by), select_by, Halving()))
+            checks.append(rankcheck.check_stage(name, *rankcheck.stage_curves(storage, sid, select_by), select_by, Options()))
         except UserError:  # a halving stage, or fewer than 2 complete trials: nothing to replay
             continue
     if checks:

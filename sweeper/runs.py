@@ -10,13 +10,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from mlflow import MlflowClient
 
 from sweeper.overrides import Options
 from sweeper.tracking import BASELINES
-from sweeper.workspace import Workspace
+from sweeper.workspace import Workspace, sqlite_path
 from trainer.errors import UserError
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per config.yaml read is noise
@@ -89,9 +88,9 @@ def paper_order(run: RunRecord) -> tuple[float, str]:
 def open_client(opts: Options) -> MlflowClient:
     """The tracking store of the workspace (or `tracking_uri=`); UserError when a SQLite store does not exist."""
     uri = Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri).tracking_uri
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not Path(uri[len(prefix) :]).exists():
-        raise UserError(f"no tracking store at {uri[len(prefix):]}: run a study first, or point workspace= or tracking_uri= at one")
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():
+        raise UserError(f"no tracking store at {db}: run a study first, or point workspace= or tracking_uri= at one")
     return MlflowClient(tracking_uri=uri)
 
 

@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from sweeper.crashpoints import crash_point
 from sweeper.studies import label
 from trainer.config import flatten
 
@@ -70,18 +71,21 @@ def baselines_experiment(client: MlflowClient, beside: str) -> str:
     return experiment(client, BASELINES, artifacts)
 
 
-def _find(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> list[Any]:
+def _find(client: MlflowClient, experiment_id: str, tags: dict[str, str], max_results: int = 10) -> list[Any]:
     clause = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-    return client.search_runs([experiment_id], filter_string=clause, max_results=10)
+    return client.search_runs([experiment_id], filter_string=clause, max_results=max_results)
 
 
 def stage_run(client: MlflowClient, experiment_id: str, study: str, stage: str, tags: dict[str, str]) -> str:
-    """The parent run of a stage (named `<study> · <stage>`): found by its tags, or created. Also (re)writes
-    the experiment's ready-made UI view of the trials (`ui_view`), ranked by the stage's selection metric."""
+    """The parent run of a stage (named `<study> · <stage>`): found by its tags (and set RUNNING again: the stage
+    resumes), or created. Also (re)writes the experiment's ready-made UI view of the trials (`ui_view`), ranked
+    by the stage's selection metric."""
     key = {"sweeper.kind": "stage", "sweeper.study": study, "sweeper.stage": stage}
     client.set_experiment_tag(experiment_id, VIEW_TAG, ui_view(tags.get("sweeper.select_by", "psnr")))
     runs = _find(client, experiment_id, key)
     if runs:
+        if runs[0].info.status != "RUNNING":
+            client.update_run(runs[0].info.run_id, status="RUNNING")
         return runs[0].info.run_id
     return client.create_run(experiment_id, run_name=f"{study} · {stage}", tags={**key, **tags}).info.run_id
 
@@ -97,6 +101,19 @@ def ui_view(select_by: str) -> str:
         "orderByAsc": select_by == "lpips", "selectedColumns": columns, "runsHiddenMode": "SHOW_ALL",
     }  # fmt: skip
     return json.dumps({"name": VIEW_NAME, "createdAt": 0, "updatedAt": 0, "state": json.dumps(state)})
+
+
+def end_stage_run(client: MlflowClient, run_id: str, status: str) -> None:
+    """End a stage run that stops without a winner: FAILED (an error) or KILLED (Ctrl-C, `sweeper cancel`)."""
+    client.set_terminated(run_id, status)
+
+
+def kill_stage_runs(client: MlflowClient, study: str) -> None:
+    """`sweeper cancel`: every RUNNING stage run of the study ends KILLED (a re-run sets it RUNNING again)."""
+    found = client.get_experiment_by_name(study)
+    for run in _find(client, found.experiment_id, {"sweeper.kind": "stage", "sweeper.study": study}, 1000) if found else []:
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "KILLED")
 
 
 def trial_run_name(config: dict[str, Any]) -> str:
@@ -161,6 +178,7 @@ def log_trial(
     }  # fmt: skip
     start, end = run_times(trial_dir, result)
     run_id = client.create_run(experiment_id, start_time=start, run_name=trial_run_name(config), tags=all_tags).info.run_id
+    crash_point("mlflow_run_created")
     params = {"mu": label(config["mu"])} | {k: config[k] for k in PARAM_KEYS}
     params |= {"perceptual": config["loss"]["perceptual"], "variant": config["loss"]["variant"]}
     params |= {k: flatten(config)[k] for k in RECIPE_PARAMS}
@@ -181,16 +199,22 @@ def log_trial(
 
 
 def finish_stage(client: MlflowClient, study: str, stage: str, parent_id: str, winner_id: str, winner: dict[str, str]) -> None:
-    """Tag the winner, record it on the parent, and log the stage's paper-style table (an MLflow table for the
-    UI's artifact view, plus Markdown and CSV) and plot on the parent. Nothing changes when it was recorded."""
+    """Record the winner (idempotent, and re-computable: a re-run may change it), then log the stage's paper-style
+    table (an MLflow table for the UI's artifact view, plus Markdown and CSV) and plot on the parent and end it FINISHED.
+
+    The winner is kept in tags (`sweeper.winner_run_id`, `winner.mu`, `winner.beta` on the stage run), which,
+    unlike params, may change; exactly one trial run of the stage has `sweeper.winner=true`.
+    """
     from sweeper import figures, report, tables
 
-    if client.get_run(parent_id).data.tags.get("sweeper.winner_run_id") == winner_id:
-        return  # a re-run of a finished stage: keep its record (and end time) as it is
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    for run in _find(client, experiment_id, {"sweeper.kind": "trial", "sweeper.study": study, "sweeper.stage": stage}, 50000):
+        if run.info.run_id != winner_id and run.data.tags.get("sweeper.winner") != "false":
+            client.set_tag(run.info.run_id, "sweeper.winner", "false")
     client.set_tag(winner_id, "sweeper.winner", "true")
     client.set_tag(parent_id, "sweeper.winner_run_id", winner_id)
     for name in ("mu", "beta"):
-        client.log_param(parent_id, f"winner.{name}", winner[name])
+        client.set_tag(parent_id, f"winner.{name}", winner[name])
     for table, rows in report.sweep_tables(report.load_study(client, study)):
         if {r.stage for r in rows} != {stage}:
             continue

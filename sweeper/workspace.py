@@ -25,11 +25,18 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
+from sweeper.crashpoints import crash_point
 from trainer.files import file_lock
 
 
 def default_root() -> Path:
     return Path(os.environ.get("SWEEPER_HOME") or "sweeps")
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a `sqlite:///path` URL (Optuna or MLflow), None for any other URL: the one parser of them."""
+    prefix = "sqlite:///"
+    return Path(url[len(prefix) :]) if url.startswith(prefix) else None
 
 
 @dataclass(frozen=True)
@@ -57,8 +64,7 @@ class Workspace:
 
     def sqlite_file(self) -> Path | None:
         """The Optuna SQLite file, or None for a server or journal storage."""
-        prefix = "sqlite:///"
-        return Path(self.storage[len(prefix) :]) if self.storage.startswith(prefix) else None
+        return sqlite_path(self.storage)
 
     def journal_file(self) -> Path | None:
         """The Optuna journal file for `storage=journal:///path/optuna.journal`, else None."""
@@ -74,6 +80,21 @@ class Workspace:
         journal.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
 
+    def create_stores(self) -> None:
+        """Create the missing SQLite stores (Optuna, MLflow) whole: their tables are made in a temporary file
+        renamed into place, so a kill while they are created leaves no half-made store behind. Call under
+        a lock that other sweepers of the workspace take too."""
+        from mlflow import MlflowClient
+
+        makers = {self.storage: optuna.storages.RDBStorage, self.tracking_uri: lambda url: MlflowClient(url).search_experiments()}
+        for url, make in makers.items():
+            db = sqlite_path(url)
+            if db is not None and not db.exists():
+                tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+                tmp.unlink(missing_ok=True)
+                make(f"sqlite:///{tmp}")
+                os.replace(tmp, db)
+
     def exists(self) -> bool:
         """Whether this workspace holds an Optuna record (only checkable for files; servers say True)."""
         db = self.sqlite_file() or self.journal_file()
@@ -81,14 +102,16 @@ class Workspace:
 
     @contextlib.contextmanager
     def claim_lock(self) -> Iterator[None]:
-        """Serialize grid bookkeeping between sweeper processes on one machine.
+        """Serialize grid bookkeeping (enqueue, claim) between sweeper processes sharing a storage file.
 
         Optuna pops a WAITING trial atomically in PostgreSQL/MySQL (SELECT ... FOR UPDATE), but on SQLite
         the read and the update are separate statements: two processes popping from one queue took the same
-        trial 9 times in 300 (measured with optuna 5.0). SQLite is single-machine, so a file lock fixes it.
+        trial 9 times in 300 (measured with optuna 5.0). A file lock beside the SQLite or journal file fixes
+        it (and keeps two sweepers from enqueueing one grid point twice). Not `<file>.lock`: Optuna's journal
+        backend creates and deletes that one itself.
         """
-        db = self.sqlite_file()
-        with file_lock(db.with_name(db.name + ".lock")) if db else contextlib.nullcontext():
+        db = self.sqlite_file() or self.journal_file()
+        with file_lock(db.with_name(db.name + ".claim.lock")) if db else contextlib.nullcontext():
             yield
 
 
@@ -98,13 +121,15 @@ def workspace_of(trial_dir: Path) -> Path:
 
 
 # --- The Optuna record of a stage -------------------------------------------------------------------
-# Each grid point is enqueued as a WAITING trial that already carries its params; a sweeper process claims
-# one by the atomic WAITING -> RUNNING transition (under `claim_lock` on SQLite). A failed or interrupted
-# attempt is finished as FAIL and the point is enqueued again (same trial folder, so it resumes from its
-# checkpoint) until it has failed `max_retries + 1` times. Neither `study.ask` nor `study.tell` is used, which
-# avoids GridSampler's duplicate-on-exhausted-grid and RuntimeError-on-final-tell traps of optuna 5.0.
+# Each grid point is enqueued as a WAITING trial that already carries its params, its folder and its attempt
+# number (one `create_new_trial`, so a kill cannot leave a trial without a folder); a sweeper claims one by
+# the atomic WAITING -> RUNNING transition (under `claim_lock` for SQLite and journal files). A failed attempt
+# is finished as FAIL and the point is enqueued again (same trial folder, so it resumes from its checkpoint)
+# until it has failed `max_retries + 1` times. Neither `study.ask` nor `study.tell` is used.
 
 CANCELLED = "cancelled"  # reason prefix of attempts stopped by `sweeper cancel` (not counted as failures)
+DUPLICATE = "duplicate"  # reason prefix of a grid point enqueued twice by racing sweepers (not counted)
+CARRIED = ("budget", "rungs")  # attrs a new attempt takes over from the last one (successive halving)
 
 
 def point_key(params: dict[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -120,38 +145,39 @@ def stage_trials(storage: BaseStorage, study_id: int) -> dict[tuple[tuple[str, s
 
 
 def failures(trials: list[FrozenTrial]) -> int:
-    return sum(t.state == TrialState.FAIL and not str(t.user_attrs.get("reason", "")).startswith(CANCELLED) for t in trials)
+    """Failed attempts that count against `max_retries` (cancels and duplicates do not)."""
+    return sum(t.state == TrialState.FAIL and not str(t.user_attrs.get("reason", "")).startswith((CANCELLED, DUPLICATE)) for t in trials)
 
 
 def needs_attempt(trials: list[FrozenTrial], max_retries: int) -> bool:
     """Whether a grid point has no live or finished trial and retries left."""
-    live = {TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING}
-    return not any(t.state in live for t in trials) and failures(trials) <= max_retries
+    settled = {TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING}
+    return not any(t.state in settled for t in trials) and failures(trials) <= max_retries
 
 
 def resolved(trials: list[FrozenTrial], max_retries: int) -> bool:
-    """A grid point is done: it completed, or it failed more than `max_retries` times."""
+    """A grid point is done: it completed, was stopped by successive halving, or failed more than `max_retries` times."""
     live = {TrialState.RUNNING, TrialState.WAITING}
-    return any(t.state == TrialState.COMPLETE for t in trials) or (not any(t.state in live for t in trials) and failures(trials) > max_retries)
+    return any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) or (
+        not any(t.state in live for t in trials) and failures(trials) > max_retries
+    )
 
 
 def enqueue(storage: BaseStorage, study_id: int, ws: Workspace, study: str, stage: str,
-            grid: dict[str, tuple[str, ...]], points: list[dict[str, str]], max_retries: int) -> None:
-    """Enqueue every grid point that needs an attempt (call under `ws.claim_lock()`)."""
+            grid: dict[str, tuple[str, ...]], points: list[dict[str, str]], max_retries: int) -> None:  # fmt: skip
+    """Enqueue every grid point that needs an attempt (call under `ws.claim_lock()`). The folder of a point
+    is named by its index in the grid, so every attempt of it (and any re-run) finds the same folder."""
     groups = stage_trials(storage, study_id)
     distributions = {k: CategoricalDistribution(list(v)) for k, v in grid.items()}
-    for point in points:
+    for index, point in enumerate(points):
         trials = groups.get(point_key(point), [])
         if not needs_attempt(trials, max_retries):
             continue
-        attrs = {"attempt": failures(trials) + 1}
-        if trials:
-            attrs["trial_dir"] = trials[0].user_attrs["trial_dir"]
+        attrs = {"attempt": failures(trials) + 1, "trial_dir": str(ws.trial_dir(study, stage, index))}
+        attrs |= {k: trials[-1].user_attrs[k] for k in CARRIED if trials and k in trials[-1].user_attrs}
         template = create_trial(state=TrialState.WAITING, params=point, distributions=distributions, user_attrs=attrs)
-        trial_id = storage.create_new_trial(study_id, template_trial=template)
-        if not trials:
-            number = storage.get_trial_number_from_id(trial_id)
-            storage.set_trial_user_attr(trial_id, "trial_dir", str(ws.trial_dir(study, stage, number)))
+        storage.create_new_trial(study_id, template_trial=template)
+        crash_point("enqueued")
 
 
 def claim(storage: BaseStorage, study_id: int) -> FrozenTrial | None:
@@ -164,7 +190,7 @@ def claim(storage: BaseStorage, study_id: int) -> FrozenTrial | None:
 
 
 def finish(storage: BaseStorage, study_id: int, number: int, state: TrialState, value: float | None, attrs: dict[str, Any]) -> bool:
-    """Record the end of a trial; False when another process finished it first."""
+    """Record the end of a trial; False when another process finished it first (idempotent for the loser)."""
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
     try:
         for key, v in attrs.items():

@@ -90,7 +90,7 @@ def test_mu_search_survives_kill_9_and_agrees_with_mlflow(tmp_path: Path, env: d
     complete = [t for t in trials if t["state"] == "COMPLETE"]
     assert len(complete) == 7 and {t["params"]["mu"] for t in complete} == MU_GRID  # the grid, each point once
     (failed,) = [t for t in trials if t["state"] == "FAIL"]
-    assert "without result.json" in failed["reason"]
+    assert "without a result" in failed["reason"]
     suggested = failed["reason"].split("`")[1].split()  # the command the reason suggests works as printed
     assert suggested[:2] == ["sweeper", "logs"] and sweeper(suggested[1:], tmp_path, env).returncode == 0
     (retry,) = [t for t in complete if t["params"]["mu"] == failed["params"]["mu"]]
@@ -101,7 +101,7 @@ def test_mu_search_survives_kill_9_and_agrees_with_mlflow(tmp_path: Path, env: d
     exp = client.get_experiment_by_name("mu_search").experiment_id
     (parent,) = client.search_runs([exp], "tags.`sweeper.kind` = 'stage'")
     nested = client.search_runs([exp], "tags.`sweeper.kind` = 'trial'")
-    assert parent.info.status == "FINISHED" and parent.data.params["winner.mu"] in MU_GRID
+    assert parent.info.status == "FINISHED" and parent.data.tags["winner.mu"] in MU_GRID
     assert {r.info.run_id for r in nested} == {t["mlflow_run_id"] for t in complete}  # one nested run per trial
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in nested)
     for run in nested:

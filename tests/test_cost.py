@@ -20,7 +20,7 @@ from optuna.trial import TrialState, create_trial
 from cluster_helpers import env_for, write_study
 from sweeper import correlate, halving, ledger, rankcheck
 from sweeper.gpus import thread_share
-from sweeper.scheduler_options import Halving, pop_halving
+from sweeper.overrides import parse
 from trainer.errors import UserError
 
 # Four mu values, a small generator, 6 iterations validated every 2: three points on each curve.
@@ -94,11 +94,12 @@ def test_rank_check_refuses_a_halving_stage() -> None:
 
 
 def test_scheduler_options_are_checked() -> None:
-    assert pop_halving(["study=x", "scheduler=sha", "scheduler.eta=4"]) == (Halving("sha", 4, None), ["study=x"])
+    opts = parse(["study=x", "scheduler=sha", "scheduler.eta=4"])
+    assert (opts.scheduler, opts.eta, opts.min_iters) == ("sha", 4, None)
     with pytest.raises(UserError, match="scheduler='asha' is not valid; choose one of none, sha"):
-        pop_halving(["scheduler=asha"])
-    with pytest.raises(UserError, match="scheduler.eta='1': expected a whole number >= 2"):
-        pop_halving(["scheduler.eta=1"])
+        parse(["scheduler=asha"])
+    with pytest.raises(UserError, match="scheduler.eta"):
+        parse(["scheduler.eta=1"])
 
 
 # --- a real study -----------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def test_a_second_sweeper_books_around_the_first(locks: Path, tmp_path: Path) ->
         folder = tmp_path / "ws" / "trials" / "s" / "g" / str(n)
         folder.mkdir(parents=True)
         jobs.append(folder)
-    ids = executor.submit([TrialJob("s", "g", n, folder) for n, folder in enumerate(jobs)])
+    ids = executor.submit([TrialJob("s", "g", n, folder, f"t.{n}") for n, folder in enumerate(jobs)])
     deadline = time.monotonic() + 120
     while any(executor.state(i) == "RUNNING" for i in ids):
         assert time.monotonic() < deadline

@@ -26,14 +26,18 @@ def make_stage(tmp_path: Path) -> tuple[Workspace, optuna.storages.BaseStorage, 
     return ws, storage, storage.get_study_id_from_name("mu_search.mu")
 
 
-def test_enqueue_is_idempotent_and_assigns_folders(tmp_path: Path) -> None:
+def test_enqueue_is_idempotent_and_creates_each_trial_with_its_folder(tmp_path: Path) -> None:
+    """Issue 9 item 3: a trial is created with its folder in one step (a kill cannot leave one without),
+    named by the grid point's index, so every attempt and every re-run finds the same folder."""
     ws, storage, sid = make_stage(tmp_path)
+    points = GRID.points()
     for _ in range(2):
-        enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, GRID.points(), max_retries=2)
+        enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=2)
     trials = storage.get_all_trials(sid)
     assert len(trials) == 7 and {t.state for t in trials} == {TrialState.WAITING}
-    assert sorted(t.params["mu"] for t in trials) == sorted(p["mu"] for p in GRID.points())
-    assert [t.user_attrs["trial_dir"] for t in trials] == [str(ws.trial_dir("mu_search", "mu", t.number)) for t in trials]
+    assert sorted(t.params["mu"] for t in trials) == sorted(p["mu"] for p in points)
+    for t in trials:
+        assert t.user_attrs == {"attempt": 1, "trial_dir": str(ws.trial_dir("mu_search", "mu", points.index(t.params)))}
 
 
 def test_failed_points_are_retried_in_their_folder_then_given_up(tmp_path: Path) -> None:
@@ -47,10 +51,11 @@ def test_failed_points_are_retried_in_their_folder_then_given_up(tmp_path: Path)
     enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=1)
     second = claim(storage, sid)
     assert second.user_attrs == {"attempt": 2, "trial_dir": first.user_attrs["trial_dir"]}
+    storage.set_trial_user_attr(second._trial_id, "budget", 3)  # successive halving: the retry keeps the budget
     finish(storage, sid, second.number, TrialState.FAIL, None, {"reason": "cancelled by `sweeper cancel`"})
     enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=1)  # a cancel is not a failure
     third = claim(storage, sid)
-    assert third.user_attrs["attempt"] == 2
+    assert third.user_attrs["attempt"] == 2 and third.user_attrs["budget"] == 3
     finish(storage, sid, third.number, TrialState.FAIL, None, {"reason": "boom again"})
     enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=1)  # 2 failures > max_retries=1
     assert claim(storage, sid) is None
@@ -93,22 +98,18 @@ def test_config_hash_ignores_bookkeeping_only() -> None:
 
 
 def test_rank_prefers_low_lpips_then_high_psnr() -> None:
-    def trial(number: int, **metrics: float) -> optuna.trial.FrozenTrial:
-        t = optuna.trial.create_trial(value=0.0, user_attrs={"metrics": {f"mean/{k}": v for k, v in metrics.items()}})
-        t.number = number
-        return t
-
-    trials = [trial(0, lpips=0.2, psnr=30), trial(1, lpips=0.1, psnr=20), trial(2, lpips=0.1, psnr=25), trial(3, psnr=40)]
-    assert [t.number for t in sorted(trials, key=lambda t: rank("lpips", t))] == [2, 1, 0, 3]
-    assert [t.number for t in sorted(trials, key=lambda t: rank("psnr", t))] == [3, 0, 2, 1]
+    trials = [dict(lpips=0.2, psnr=30), dict(lpips=0.1, psnr=20), dict(lpips=0.1, psnr=25), dict(psnr=40)]
+    means = [{f"mean/{k}": v for k, v in m.items()} for m in trials]
+    assert sorted(range(4), key=lambda i: rank("lpips", means[i])) == [2, 1, 0, 3]
+    assert sorted(range(4), key=lambda i: rank("psnr", means[i])) == [3, 0, 2, 1]
 
 
 def test_owner_liveness_uses_pid_and_start_time() -> None:
     me = owner_id()
     assert owner_alive(me)
     host, pid, _ = me.rsplit(":", 2)
-    assert not owner_alive(f"{host}:{pid}:1")  # same pid, another start time: a recycled pid
-    assert owner_alive(f"elsewhere:{pid}:1")  # another machine: cannot tell, assumed alive
+    assert owner_alive(f"{host}:{pid}:1") is False  # same pid, another start time: a recycled pid
+    assert owner_alive(f"elsewhere:{pid}:1") is None  # another machine: cannot tell here, its lease decides
 
 
 def test_config_hash_drops_beta_only_where_no_resnet_loss_is_built() -> None:

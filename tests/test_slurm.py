@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from cluster_helpers import REPO, TINY, assert_grid_once, env_for, status, sweeper, sweeper_args, tiny, trials, write_study
+from test_crash import assert_sound, crash_chain, crash_env, study_args
 from sweeper.executors.slurm import SlurmExecutor, checkpoint_step
 from trainer.errors import UserError
 
@@ -63,7 +64,9 @@ def test_study_runs_as_one_job_array_detached_then_reattached(tmp_path: Path) ->
     assert {t["slurm_job_id"] for t in shown} == set(submitted.values())
     assert {t["slurm_state"] for t in shown} <= {"PENDING", "RUNNING", "COMPLETING", "COMPLETED"}
 
-    attached = sweeper(args, env)  # the detached sweeper is gone: this one adopts its jobs, submits nothing
+    # The detached sweeper is gone: this one adopts its jobs and, though told executor=local, watches them
+    # with the executor that started them (issue 9 item 6); it submits nothing.
+    attached = sweeper([a if a != "executor=slurm" else "executor=local" for a in args], env)
     assert attached.returncode == 0, attached.stderr
     complete = assert_grid_once(storage, tracking_uri, "cl_pair", mus)
     assert {t.number: t.user_attrs["slurm_job_id"] for t in complete} == submitted
@@ -184,3 +187,24 @@ def test_single_training_runs_as_a_slurm_job(tmp_path: Path) -> None:
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
     assert run.data.tags["sweeper.weights"] == "random" and "Set5/psnr" in run.data.metrics
+
+
+@pytest.mark.slow
+def test_kill_at_every_crash_point_on_slurm(tmp_path: Path) -> None:
+    """The crash matrix of tests/test_crash.py with SLURM jobs and the journal storage a cluster would use."""
+    t0 = time.monotonic()
+    runs = crash_chain(tmp_path, "journal", "slurm")
+    print(f"slurm x journal: {runs} sweeper runs in {time.monotonic() - t0:.0f}s")
+
+
+def test_trials_started_locally_are_watched_locally_after_a_switch_to_slurm(tmp_path: Path) -> None:
+    """Issue 9 item 6: a re-run with executor=slurm watches the local jobs of the killed run with the local
+    executor (no job is run again); only the new job (the promotion to the last rung) goes to SLURM."""
+    env, ws = crash_env(tmp_path), tmp_path / "ws"
+    killed = sweeper(study_args(ws, "journal", "executor=local"), env | {"SWEEPER_CRASH_AT": "job_recorded:2"})
+    assert killed.returncode == -9, killed.stderr
+    done = sweeper(study_args(ws, "journal", "executor=slurm"), env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    by_state = {t.state.name: t for t in assert_sound(ws, "journal")}
+    assert by_state["PRUNED"].user_attrs["executor"] == "local" and by_state["COMPLETE"].user_attrs["executor"] == "slurm"
+    assert len({p.name.split("_")[0] for p in (ws / "slurm").iterdir() if p.is_dir()}) == 1  # one submission: the promotion

@@ -78,3 +78,22 @@ def test_a_half_logged_run_is_replaced(tmp_path: Path) -> None:
 def test_final_means_skip_metrics_missing_on_any_set() -> None:
     result = {"final": {"A": {"psnr": 10.0, "lpips": 0.1}, "B": {"psnr": 20.0, "lpips": None}}}
     assert tracking.final_means(result) == {"mean/psnr": 15.0}
+
+
+def test_a_rerun_may_change_the_stage_winner(tmp_path: Path) -> None:
+    """Issue 9 item 4: the winner lives in tags, so a re-run that picks another winner records it (params
+    cannot change); exactly one trial run stays `sweeper.winner=true`, and a stage run resumes RUNNING."""
+    import mlflow_layout
+
+    _, client = mlflow_layout.store(tmp_path)
+    final = mlflow_layout.scores(25.0, 0.7, 0.2)
+    parent, ids = mlflow_layout.log_stage(client, tmp_path, "mu_search", "mu",
+                                          [{"arch": "srgan", "mu": m, "final": final} for m in (0.5, 5.0)], winner=0)  # fmt: skip
+    experiment = client.get_run(parent).info.experiment_id
+    assert tracking.stage_run(client, experiment, "mu_search", "mu", {}) == parent
+    assert client.get_run(parent).info.status == "RUNNING"  # the stage resumes
+    tracking.finish_stage(client, "mu_search", "mu", parent, ids[1], {"mu": "5", "beta": "beta1_3"})
+    stage = client.get_run(parent)
+    assert stage.info.status == "FINISHED" and stage.data.tags["sweeper.winner_run_id"] == ids[1]
+    assert (stage.data.tags["winner.mu"], stage.data.tags["winner.beta"]) == ("5", "beta1_3")
+    assert [client.get_run(i).data.tags["sweeper.winner"] for i in ids] == ["false", "true"]

@@ -167,7 +167,11 @@ def test_resume_is_exact(tmp_path, cache):
     for name, tensor in a["g"].items():  # the kept (EMA) generator; the losses of D and G are compared below
         assert torch.equal(tensor, b["g"][name]), name
     assert resumed["final"] == straight["final"]
-    assert jsonl(tmp_path / "resumed" / "metrics.jsonl") == jsonl(tmp_path / "straight" / "metrics.jsonl")
+    rung = [r for r in jsonl(tmp_path / "resumed" / "metrics.jsonl") if r["kind"] == "val" and r["step"] == 10]
+    rung_file = json.loads((tmp_path / "resumed" / "rungs" / "10.json").read_text())  # stop_after = a rung: validated there
+    assert rung_file == {"step": 10, "final": {r["set"]: {m: r[m] for m in ("psnr", "ssim", "lpips")} for r in rung}} and rung
+    others = [r for r in jsonl(tmp_path / "resumed" / "metrics.jsonl") if r not in rung]
+    assert others == jsonl(tmp_path / "straight" / "metrics.jsonl")  # every iteration trained and logged once
     segments = [(r["from_step"], r["to_step"], r["pretrain"]) for r in jsonl(tmp_path / "resumed" / "ledger.jsonl")]
     assert segments == [(0, 10, "reused"), (10, 20, "none")]  # the resume neither repeats nor pre-trains
 
@@ -228,3 +232,27 @@ def test_esrgan_published_code_variant_trains(tmp_path, cache):
 def test_cuda_device_without_cuda_is_a_user_error(tmp_path, cache):
     with pytest.raises(UserError, match="train.device=cuda"):
         train(smoke(**{"train.device": "cuda"}), tmp_path / "run", cache, progress=False)
+
+
+def test_sigterm_checkpoints_and_the_run_resumes(tmp_path, cache):
+    """After `stop_on_sigterm` (the worker's), SIGTERM ends training at the next iteration with a checkpoint
+    and result.json "interrupted" (the sweeper resumes it without spending a retry); every iteration once."""
+    import signal
+
+    from trainer import train as train_mod
+
+    cfg = smoke(**{"train.iters": 4, "train.from_scratch": True, "train.ckpt_every": 10, "train.log_every": 1})
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        train_mod.stop_on_sigterm()
+        signal.raise_signal(signal.SIGTERM)
+        first = train(cfg, tmp_path / "run", cache, progress=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        train_mod._sigterm["received"] = False
+    assert first["status"] == "interrupted" and first["iters"] == 1
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "interrupted"
+    assert load_checkpoint(tmp_path / "run" / "ckpt" / "last.pt")["step"] == 1
+    again = train(cfg, tmp_path / "run", cache, progress=False)
+    assert again["status"] == "complete" and again["iters"] == 4
+    assert [r["step"] for r in jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"] == [1, 2, 3, 4]

@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,19 @@ RESUME_MAY_CHANGE = {"train.device", "data.num_workers", "data.cache", "train.th
 
 class Diverged(Exception):
     """A loss became NaN or infinite; raised before any optimiser step uses it."""
+
+
+class Interrupted(Exception):
+    """SIGTERM arrived (after `stop_on_sigterm`); raised at the next iteration, after a checkpoint."""
+
+
+_sigterm = {"received": False}
+
+
+def stop_on_sigterm() -> None:
+    """From now on SIGTERM (Ctrl-C of the sweeper, `sweeper cancel`) ends training at the next iteration with
+    a checkpoint and a result.json of status "interrupted", which the sweeper resumes without spending a retry."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: _sigterm.update(received=True))
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -233,6 +247,9 @@ def run_pretrain(
                 append_jsonl(log, {"step": step, "kind": "train", **values})
             if step % cfg.train.ckpt_every == 0 and step < total:
                 save_atomic(state(step), folder / "last.pt")
+            if _sigterm["received"]:
+                save_atomic(state(step), folder / "last.pt")
+                raise Interrupted(f"interrupted (SIGTERM) in pre-training at iteration {step}")
     finally:
         bar.close()
     final = state(step)
@@ -396,9 +413,11 @@ def train(
 ) -> dict[str, Any]:
     """Run (or resume, or return the finished result of) one training run in `run_dir`.
 
-    `stop_after=N` ends this call after GAN iteration N with a checkpoint and no result.json (status
-    "stopped"), for time-sliced schedulers; calling again resumes exactly. Raises UserError for bad
-    settings, data or missing weights before any training; a diverging loss ends the run with status "failed".
+    `stop_after=N` (a rung of successive halving) ends this call after GAN iteration N: it validates there,
+    checkpoints and writes `rungs/<N>.json` = {"step", "final"} (no result.json; status "stopped"); calling
+    again resumes exactly. After `stop_on_sigterm`, SIGTERM ends it with a checkpoint and status
+    "interrupted". Raises UserError for bad settings, data or missing weights before any training; a
+    diverging loss ends the run with status "failed".
     """
     run_dir, cache_dir = Path(run_dir), Path(cache_dir)
     result_path, ckpt_path = run_dir / "result.json", run_dir / "ckpt" / "last.pt"
@@ -452,8 +471,8 @@ def train(
             seed_everything(cfg.seed)  # the same state whether pre-training ran here or came from the cache
         drop_records_after(run_dir / "metrics.jsonl", tally.step)  # lines logged after the checkpoint, if any
         stopped = run_gan(cfg, run_dir, gan, batches, val_sets, lpips, tally, progress, stop_after, segment)
-    except Diverged as e:
-        out = result("failed", str(e))
+    except (Diverged, Interrupted) as e:
+        out = result("interrupted" if isinstance(e, Interrupted) else "failed", str(e))
         write_json_atomic(result_path, out)
         return out
     finally:
@@ -480,6 +499,15 @@ def run_gan(cfg: Config, run_dir: Path, gan: Gan, batches: TrainBatches, val_set
                      "elapsed_s": tally.duration_s()}, run_dir / "ckpt" / "last.pt")
         segment.record(tally.step)
 
+    def validate_now(step: int) -> None:
+        g_eval = gan.ema if gan.ema is not None else gan.g
+        tally.final = validate(g_eval, val_sets, lpips, cfg, device, run_dir / "samples", step)
+        for set_name, m in tally.final.items():
+            append_jsonl(metrics_log, {"step": step, "kind": "val", "set": set_name, **m})
+
+    if stop_after is not None and tally.step >= stop_after and tally.step < t.iters:  # checkpointed at the rung already
+        write_json_atomic(run_dir / "rungs" / f"{tally.step}.json", {"step": tally.step, "final": tally.final})
+        return True
     bar = Progress(run_dir / "progress.json", "gan", tally.step, t.iters, show)
     try:
         for step in range(tally.step + 1, t.iters + 1):
@@ -489,15 +517,15 @@ def run_gan(cfg: Config, run_dir: Path, gan: Gan, batches: TrainBatches, val_set
             if step % t.log_every == 0:
                 lr = gan.sched_g.get_last_lr()[0]
                 append_jsonl(metrics_log, {"step": step, "kind": "train", **values, "lr": lr})
-            if step % t.val_every == 0 or step == t.iters:
-                g_eval = gan.ema if gan.ema is not None else gan.g
-                tally.final = validate(g_eval, val_sets, lpips, cfg, device, run_dir / "samples", step)
-                for set_name, m in tally.final.items():
-                    append_jsonl(metrics_log, {"step": step, "kind": "val", "set": set_name, **m})
-            if step % t.ckpt_every == 0 or step == t.iters or step == stop_after:
+            if step % t.val_every == 0 or step == t.iters or step == stop_after:
+                validate_now(step)
+            if step % t.ckpt_every == 0 or step == t.iters or step == stop_after or _sigterm["received"]:
                 save()
-            if step == stop_after and step < t.iters:
+            if step == stop_after and step < t.iters:  # a rung of successive halving: its result, beside the checkpoint
+                write_json_atomic(run_dir / "rungs" / f"{step}.json", {"step": step, "final": tally.final})
                 return True
+            if _sigterm["received"] and step < t.iters:
+                raise Interrupted(f"interrupted (SIGTERM) at iteration {step}")
     finally:
         bar.close()
     return False

@@ -1,7 +1,9 @@
 """The executor interface shared by the local and SLURM executors.
 
 An executor only starts jobs and says whether they are alive; the outcome of a trial is always read from
-`trial_dir/result.json` by the orchestrator (see docs/ARCHITECTURE.md, "Trial folder").
+the trial folder by the orchestrator (see docs/ARCHITECTURE.md, "Trial folder"). Every job is started with
+a launch token, recorded on the trial before the job is submitted, so a sweeper killed between submitting
+and recording the job id finds the job again (`find`) instead of starting a second one.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ class TrialJob:
     study: str  # study name, e.g. "mu_search"
     stage: str  # stage name, e.g. "mu"
     number: int  # Optuna trial number
-    trial_dir: Path  # the trial folder (config.yaml already written there)
+    trial_dir: Path  # the trial folder (config.yaml and budget.json already written there)
+    token: str  # launch token: `<batch>.<index in the batch>`, unique per launch
 
 
 class Executor(Protocol):
@@ -29,7 +32,11 @@ class Executor(Protocol):
         ...
 
     def submit(self, jobs: list[TrialJob]) -> list[str]:
-        """Start the jobs; return one job id per job, in order."""
+        """Start the jobs (each told its token); return one job id per job, in order."""
+        ...
+
+    def find(self, token: str) -> str | None:
+        """The id of the job started with this launch token, None when there never was one."""
         ...
 
     def state(self, job_id: str) -> str:

@@ -10,9 +10,10 @@ Each trial runs `sweeper.worker.main([TRIAL_DIR])` in its own process and sessio
 kill -9 of the sweeper never takes it down), with stdout/stderr in the trial folder. Importing torch and
 the trainer takes seconds, so the processes are forked from a "zygote": one helper process per sweeper
 that imports them once and forks a worker per trial (the forkserver pattern; nothing touches the GPU
-before the fork). A job id names a small JSON record in `<workspace>/jobs/` (host, pid, process start
-time, GPU, trial folder), so a restarted sweeper re-attaches to a job it did not start, and a recycled pid
-is never mistaken for the job.
+before the fork). A job id is the launch token; it names a small JSON record in `<workspace>/jobs/` (host,
+trial folder, GPU, and the pid and process start time, which the zygote adds right after the fork), written
+*before* the fork, so a sweeper killed at any moment finds the job again, a restarted sweeper re-attaches to
+a job it did not start, and a recycled pid is never mistaken for the job.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 from sweeper.executors.base import TrialJob
 from sweeper.gpus import thread_share
+from sweeper.worker import folder_busy
 from trainer.files import write_json_atomic
 from trainer.errors import UserError
 
@@ -89,12 +91,18 @@ class LocalExecutor:
         return int(reply)
 
     def _start(self, job: TrialJob) -> str:
-        pid = self._fork({"trial_dir": str(job.trial_dir), "gpus": self.gpus, "per_gpu": self.trials_per_gpu, "threads": self.threads})
-        start = process_start(pid) or "0"
-        job_id = f"{self.host}.{pid}.{start}"
-        record = {"host": self.host, "pid": pid, "start": start, "trial_dir": str(job.trial_dir)}
-        write_json_atomic(self.jobs_dir / f"{job_id}.json", record)
-        return job_id
+        record = {"host": self.host, "pid": None, "start": None, "trial_dir": str(job.trial_dir), "token": job.token,
+                  "gpus": self.gpus, "per_gpu": self.trials_per_gpu, "threads": self.threads}  # fmt: skip
+        path = self.jobs_dir / f"{job.token}.json"
+        write_json_atomic(path, record)  # before the fork: the job can always be found by its token
+        self._fork({"record": str(path), **record})  # the zygote adds pid and start to the record
+        return job.token
+
+    def find(self, token: str) -> str | None:
+        record = self._record(token)
+        if record is None or (record["pid"] is None and not folder_busy(Path(record["trial_dir"]))):
+            return None  # never forked (killed before the zygote got the request): launch it again
+        return token
 
     def _record(self, job_id: str) -> dict[str, Any] | None:
         try:
@@ -106,13 +114,15 @@ class LocalExecutor:
         record = self._record(job_id)
         if record is None or record["host"] != self.host:
             return "UNKNOWN"  # another machine's process: only a sweeper there can tell
-        return "RUNNING" if process_start(record["pid"]) == record["start"] else "ENDED"
+        if record["pid"] is not None and process_start(record["pid"]) == record["start"]:
+            return "RUNNING"
+        return "RUNNING" if folder_busy(Path(record["trial_dir"])) else "ENDED"
 
     def cancel(self, job_ids: list[str]) -> None:
         for job_id in job_ids:
             record = self._record(job_id)
-            if record and self.state(job_id) == "RUNNING":
-                os.killpg(record["pid"], signal.SIGTERM)  # the worker leads its own session
+            if record and record["pid"] is not None and process_start(record["pid"]) == record["start"]:
+                os.killpg(record["pid"], signal.SIGTERM)  # the worker leads its own session; it checkpoints and ends
 
     def log_paths(self, job_id: str) -> tuple[Path, Path]:
         record = self._record(job_id)
@@ -123,8 +133,9 @@ class LocalExecutor:
 
 
 def zygote() -> None:
-    """Import the trainer once, then for each request line {"trial_dir", "gpus", "per_gpu", "threads"} fork a
-    worker and print its pid. The worker books its GPU slot itself (so the booking lives exactly as long as it).
+    """Import the trainer once, then for each request line (a job record plus its path) fork a worker, add its
+    pid and start time to the record, and print the pid. The worker books its GPU slot itself (so the booking
+    lives exactly as long as it).
 
     Ends when the sweeper closes the pipe (or dies); the workers it forked keep running in their own sessions.
     """
@@ -155,11 +166,13 @@ def zygote() -> None:
                     os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
                     os.environ["GPU_SHARE"] = str(1 / request["per_gpu"])  # the cost ledger's GPU-seconds: a booked share
                 torch.set_num_threads(request["threads"])  # the trial's config may set train.threads instead
-                code = worker.main([str(trial_dir)])
+                code = worker.main([str(trial_dir), request["token"]])
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
+        record = {k: v for k, v in request.items() if k != "record"} | {"pid": pid, "start": process_start(pid) or "0"}
+        write_json_atomic(Path(request["record"]), record)
         print(pid, flush=True)
 
 

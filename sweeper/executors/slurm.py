@@ -1,6 +1,8 @@
 """Trials as SLURM jobs through submitit: one job array per submission, requeued on timeout or preemption.
 
-Each array task runs `TrialTask(trial_dir)`, a `submitit.helpers.Checkpointable`: when SLURM signals the
+The array is named `sweeper-<batch>` after the launch tokens of its jobs (`<batch>.<index>`, index = array
+task), so a sweeper killed between sbatch and recording the job ids finds the tasks with `squeue --name`.
+Each array task runs `TrialTask(trial_dir, token)`, a `submitit.helpers.Checkpointable`: when SLURM signals the
 end of the time limit (or a preemption), submitit requeues the same call, and `sweeper.worker.run_trial`
 resumes from the trial's `ckpt/last.pt` (lost work: at most one `train.ckpt_every`). Job folders
 (`<workspace>/slurm/<job id>/`: pickles, stdout, stderr) must be on a filesystem the nodes share, like
@@ -59,7 +61,7 @@ class TrialTask(submitit.helpers.Checkpointable):
     """The SLURM job function: run one trial. submitit's inherited `checkpoint()` requeues this same call,
     so a requeued job simply runs the trial again and the trainer resumes from its last checkpoint."""
 
-    def __call__(self, trial_dir: str) -> int:
+    def __call__(self, trial_dir: str, token: str) -> int:
         import torch
 
         from sweeper.worker import main
@@ -68,7 +70,7 @@ class TrialTask(submitit.helpers.Checkpointable):
         restart = os.environ.get("SLURM_RESTART_COUNT", "0")
         print(f"[sweeper] {trial_dir}: SLURM job {submitit.JobEnvironment().job_id}, restart {restart}, "
               f"pid {os.getpid()}, starting at step {checkpoint_step(Path(trial_dir))}", flush=True)  # fmt: skip
-        return main([trial_dir])  # leaves result.json, "failed" with the reason on an exception
+        return main([trial_dir, token])  # leaves result.json, "failed" with the reason on an exception
 
 
 def checkpoint_step(trial_dir: Path) -> int:
@@ -190,16 +192,28 @@ class SlurmExecutor:
         return self.params["array_parallelism"]
 
     def submit(self, jobs: list[TrialJob]) -> list[str]:
-        """Submit the jobs as one array (a single job when there is one); ids look like `1234_0`."""
+        """Submit the jobs as one array named after their tokens' batch (a single job when there is one); ids
+        look like `1234_0`."""
         if not jobs:
             return []
-        ex = self._submitit(f"{jobs[0].study}.{jobs[0].stage}")
+        batch = jobs[0].token.rsplit(".", 1)[0]
+        assert [job.token for job in jobs] == [f"{batch}.{i}" for i in range(len(jobs))], "one batch, in order"
+        ex = self._submitit(f"sweeper-{batch}")
         try:
             with ex.batch():
-                handles = [ex.submit(TrialTask(), str(job.trial_dir)) for job in jobs]
+                handles = [ex.submit(TrialTask(), str(job.trial_dir), job.token) for job in jobs]
         except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as e:
             raise UserError(f"sbatch refused the jobs: {str(e).strip().splitlines()[-1]}") from None
         return [h.job_id for h in handles]
+
+    def find(self, token: str) -> str | None:
+        batch, index = token.rsplit(".", 1)
+        out = subprocess.run(["squeue", "-h", "-r", "-t", "all", f"--name=sweeper-{batch}", "-o", "%i"],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        ids = out.stdout.split()
+        if out.returncode != 0 or not ids:
+            return None
+        return next((i for i in ids if i.endswith(f"_{index}")), ids[0] if len(ids) == 1 and index == "0" else None)
 
     def _squeue(self, array_id: str) -> dict[str, str] | None:
         cached = self._squeue_cache.get(array_id)

@@ -1,0 +1,45 @@
+"""Named crash points of the sweeper's trial state machine, for the fault-injection tests.
+
+`crash_point(name)` does nothing unless the environment variable `SWEEPER_CRASH_AT` is `name` or
+`name:N`: then the N-th time (default 1) this process reaches the point it ends itself as `kill -9` would
+(SIGKILL: no cleanup, no `finally`), or with SIGINT (Ctrl-C: the sweeper's own interrupt handling runs)
+when `SWEEPER_CRASH_SIGNAL=INT`. tests/test_crash.py crashes at each name of `CRASH_POINTS` in turn, which
+also proves that each is reached (none is dead code).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+CRASH_POINTS = (
+    "enqueued",  # a grid point's WAITING trial exists
+    "claimed",  # WAITING -> RUNNING, before the owner and lease are recorded
+    "launching",  # launch token and budget.json written, before the executor is asked
+    "submitted",  # the job exists, its id not yet on the trial
+    "job_recorded",  # job id and executor recorded on the trial
+    "rung_reported",  # a rung's value reported to Optuna, the trial not yet paused
+    "before_promote",  # a paused trial chosen to go on, not yet relaunched
+    "mlflow_run_created",  # the trial's MLflow run exists, its metrics not all logged
+    "before_finish",  # the trial's MLflow run is complete, the Optuna trial still RUNNING
+    "after_finish",  # the Optuna trial is COMPLETE
+    "before_winner",  # the stage's trials are all settled, no winner recorded
+    "after_winner",  # the winner is in Optuna, not yet in MLflow
+)
+
+_hits: Counter[str] = Counter()
+
+
+def crash_point(name: str) -> None:
+    """End this process here when `SWEEPER_CRASH_AT` names this point (and hit count)."""
+    assert name in CRASH_POINTS, name
+    target = os.environ.get("SWEEPER_CRASH_AT")
+    if not target:
+        return
+    point, _, count = target.partition(":")
+    if point != name:
+        return
+    _hits[name] += 1
+    if _hits[name] == int(count or 1):
+        os.kill(os.getpid(), signal.SIGINT if os.environ.get("SWEEPER_CRASH_SIGNAL") == "INT" else signal.SIGKILL)
