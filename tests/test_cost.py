@@ -20,7 +20,7 @@ from optuna.trial import TrialState, create_trial
 from cluster_helpers import env_for, write_study
 from sweeper import correlate, halving, ledger, rankcheck
 from sweeper.gpus import thread_share
-from sweeper.overrides import parse
+from sweeper.overrides import Options, parse
 from trainer.errors import UserError
 
 # Four mu values, a small generator, 6 iterations validated every 2: three points on each curve.
@@ -72,14 +72,14 @@ def test_snap_and_replay_on_known_curves() -> None:
     assert rankcheck.snap([1, 2, 12], [6, 12]) == [6, 12]
     # trial 3 leads at budget 2 and is the only one kept (4 // 3 = 1), but trial 0 wins at the end: halving drops the winner
     curves = {0: {2: (2.0, 0.0), 6: (0.0, 0.0)}, 1: {2: (3.0, 0.0), 6: (1.0, 0.0)}, 2: {2: (4.0, 0.0), 6: (2.0, 0.0)}, 3: {2: (1.0, 0.0), 6: (3.0, 0.0)}}
-    check = rankcheck.check_stage("mu", curves, 6, "psnr", Halving(eta=3, min_iters=2))
+    check = rankcheck.check_stage("mu", curves, 6, "psnr", Options(eta=3, min_iters=2))
     assert check.budgets == [2, 6] and check.winner == 0 and check.pick == 3
     first, last = check.rungs
     assert (first.alive, first.winner_alive, last.alive, last.winner_alive) == (4, True, 1, False)
     x, y = np.array([2.0, 3, 4, 1]), np.array([0.0, 1, 2, 3])
     assert first.kendall == pytest.approx(correlate.kendall(x, y)) and first.p_kendall == pytest.approx(correlate.permutation_p(x, y)[1])
     assert check.halving_iters == halving.iterations_spent([4, 1], [2, 6]) == 12 and check.full_iters == 24
-    flat = rankcheck.check_stage("mu", {t: {2: (1.0, 0.0), 6: (float(t), 0.0)} for t in range(3)}, 6, "psnr", Halving())
+    flat = rankcheck.check_stage("mu", {t: {2: (1.0, 0.0), 6: (float(t), 0.0)} for t in range(3)}, 6, "psnr", Options())
     assert flat.rungs[0].undefined and math.isnan(flat.rungs[0].p_kendall)
 
 
