@@ -397,11 +397,11 @@ class StageWork:
                     launch.append((t, budget))
             except Settled:
                 self.settled(t.number)
-        busy = sum(self.phase(t) in LIVE_PHASES for t in self.trials(TrialState.RUNNING) if t.number in self.mine)
+        busy = sum(self.phase(t) in LIVE_PHASES for t in self.trials(TrialState.RUNNING) if t.number in self.mine)  # relaunches too
         free = self.run.executor.slots() - busy
-        for t, budget in self.promotions()[:free]:
-            launch.append((t, budget))
-        free -= len(launch)
+        promoted = self.promotions()[: max(free, 0)]
+        launch += promoted
+        free -= len(promoted)
         while free > 0:
             with self.run.ws.claim_lock():
                 trial = claim(self.run.storage, self.study_id)
