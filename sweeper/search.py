@@ -495,8 +495,10 @@ class StageWork:
                 continue
             crash_point("launching")
             jobs.append(TrialJob(self.run.study.name, self.name, t.number, trial_dir, token))
-        job_ids = self.run.executor.submit(jobs) if jobs else []
-        crash_point("submitted") if jobs else None
+        if not jobs:
+            return
+        job_ids = self.run.executor.submit(jobs)
+        crash_point("submitted")
         for job, job_id in zip(jobs, job_ids, strict=True):
             slurm = {"slurm_job_id": job_id} if self.run.executor.name == "slurm" else {}
             try:
@@ -523,7 +525,7 @@ class StageWork:
         trial of mine is PRUNED with the budget it reached."""
         if len(self.budgets) == 1:
             return []
-        live = [t for t in self.trials(TrialState.RUNNING, TrialState.WAITING)]
+        live = self.trials(TrialState.RUNNING, TrialState.WAITING)
         index = {point_key(p): i for i, p in enumerate(self.stage.points())}
         finished: dict[int, dict[int, tuple]] = {}
         promoted: dict[int, set[int]] = {}
@@ -535,7 +537,8 @@ class StageWork:
                 if reached > k:
                     promoted.setdefault(k, set()).add(i)
         paused = {index[point_key(t.params)]: t for t in live if t.state == TrialState.RUNNING and self.phase(t) == "paused"}
-        open_rungs = {self.budgets.index(t.user_attrs.get("budget", self.budgets[0])) for t in live if t.state == TrialState.WAITING or self.phase(t) != "paused"}
+        heading = [t for t in live if t.state == TrialState.WAITING or self.phase(t) != "paused"]  # towards their budget
+        open_rungs = {self.budgets.index(t.user_attrs.get("budget", self.budgets[0])) for t in heading}
         moves = halving.promotions(finished, promoted, open_rungs, self.run.opts.eta, len(self.budgets) - 1)
         chosen = [(paused[i], self.budgets[k]) for i, k in moves if i in paused]
         if not moves and not open_rungs:  # quiescent: nothing can reach any rung any more
