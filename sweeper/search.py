@@ -399,11 +399,11 @@ class StageWork:
                     launch.append((t, budget))
             except Settled:
                 self.settled(t.number)
-        busy = sum(self.phase(t) in LIVE_PHASES for t in self.trials(TrialState.RUNNING) if t.number in self.mine)
+        busy = sum(self.phase(t) in LIVE_PHASES for t in self.trials(TrialState.RUNNING) if t.number in self.mine)  # relaunches too
         free = self.run.executor.slots() - busy
-        for t, budget in self.promotions()[:free]:
-            launch.append((t, budget))
-        free -= len(launch)
+        promoted = self.promotions()[: max(free, 0)]
+        launch += promoted
+        free -= len(promoted)
         while free > 0:
             with self.run.ws.claim_lock():
                 trial = claim(self.run.storage, self.study_id)
@@ -498,8 +498,10 @@ class StageWork:
                 continue
             crash_point("launching")
             jobs.append(TrialJob(self.run.study.name, self.name, t.number, trial_dir, token))
-        job_ids = self.run.executor.submit(jobs) if jobs else []
-        crash_point("submitted") if jobs else None
+        if not jobs:
+            return
+        job_ids = self.run.executor.submit(jobs)
+        crash_point("submitted")
         for job, job_id in zip(jobs, job_ids, strict=True):
             slurm = {"slurm_job_id": job_id} if self.run.executor.name == "slurm" else {}
             try:
@@ -526,7 +528,7 @@ class StageWork:
         trial of mine is PRUNED with the budget it reached."""
         if len(self.budgets) == 1:
             return []
-        live = [t for t in self.trials(TrialState.RUNNING, TrialState.WAITING)]
+        live = self.trials(TrialState.RUNNING, TrialState.WAITING)
         index = {point_key(p): i for i, p in enumerate(self.stage.points())}
         finished: dict[int, dict[int, tuple]] = {}
         promoted: dict[int, set[int]] = {}
@@ -538,7 +540,8 @@ class StageWork:
                 if reached > k:
                     promoted.setdefault(k, set()).add(i)
         paused = {index[point_key(t.params)]: t for t in live if t.state == TrialState.RUNNING and self.phase(t) == "paused"}
-        open_rungs = {self.budgets.index(t.user_attrs.get("budget", self.budgets[0])) for t in live if t.state == TrialState.WAITING or self.phase(t) != "paused"}
+        heading = [t for t in live if t.state == TrialState.WAITING or self.phase(t) != "paused"]  # towards their budget
+        open_rungs = {self.budgets.index(t.user_attrs.get("budget", self.budgets[0])) for t in heading}
         moves = halving.promotions(finished, promoted, open_rungs, self.run.opts.eta, len(self.budgets) - 1)
         chosen = [(paused[i], self.budgets[k]) for i, k in moves if i in paused]
         if not moves and not open_rungs:  # quiescent: nothing can reach any rung any more

@@ -52,3 +52,14 @@ def test_commands_without_training_settings_refuse_them() -> None:
 def test_study_is_required() -> None:
     with pytest.raises(UserError, match="study=NAME"):
         require_study(parse([]))
+
+
+def test_scheduler_options() -> None:
+    opts = parse(["scheduler=sha", "scheduler.eta=2", "scheduler.min_iters=5"])
+    assert (opts.scheduler, opts.eta, opts.min_iters) == ("sha", 2, 5)
+    assert (parse([]).scheduler, parse([]).eta, parse([]).min_iters) == ("none", 3, None)
+    for tokens, message in ((["scheduler=asha"], "scheduler='asha' is not valid; choose one of none, sha"),
+                            (["scheduler.eta=1"], r"scheduler.eta=1: expected a whole number >= 2"),
+                            (["scheduler.min_iters=0"], r"scheduler.min_iters=0: expected a whole number >= 1")):  # fmt: skip
+        with pytest.raises(UserError, match=message):
+            parse(tokens)

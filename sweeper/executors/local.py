@@ -173,7 +173,11 @@ def zygote() -> None:
                 os._exit(code)
         record = {k: v for k, v in request.items() if k != "record"} | {"pid": pid, "start": process_start(pid) or "0"}
         write_json_atomic(Path(request["record"]), record)
-        print(pid, flush=True)
+        try:
+            print(pid, flush=True)
+        except BrokenPipeError:  # the sweeper is gone (Ctrl-C, kill): the job is findable by its record already
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return
 
 
 if __name__ == "__main__":
