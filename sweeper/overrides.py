@@ -12,10 +12,10 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
+from sweeper.selection import METRICS
 from trainer.config import ALIASES, PRESETS, all_keys, check_choice, parse_value, resolve_key
 from trainer.errors import UserError
 
-METRICS = ("lpips", "psnr", "ssim")
 OPTION_KEYS = ("study", "stage", "trial", "executor", "select_by", "storage", "tracking_uri", "workspace", "rounds", "max_retries",
                "scheduler", "scheduler.eta", "scheduler.min_iters")  # fmt: skip
 SCHEDULERS = ("none", "sha")
@@ -90,7 +90,7 @@ def parse(tokens: list[str], allow_config: bool = True) -> Options:
             setattr(opts, field_name, _count(key, value, 2 if field_name == "eta" else 1))
         elif key == "select_by":
             if value not in METRICS:
-                raise UserError(f"select_by={text!r} is not valid; choose one of {', '.join(METRICS)}")
+                raise UserError(f"select_by={text!r} is not valid; choose one of {', '.join(sorted(METRICS))}")
             opts.select_by = value
         elif key in OPTION_KEYS:
             if not text.strip():

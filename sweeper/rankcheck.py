@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from sweeper import correlate, halving, search
 from sweeper.overrides import Options, parse
-from sweeper.runs import HIGHER_IS_BETTER
+from sweeper.selection import HIGHER_IS_BETTER, TIE_BREAK
 from sweeper.workspace import point_key
 from trainer.errors import UserError
 
@@ -66,7 +66,7 @@ def signed(metric: str, value: float | None) -> float:
 
 def curve(trial_dir: Path, select_by: str) -> Curve:
     """The trial's validation curve: per recorded step, the mean over validation sets of each metric."""
-    tie = search.TIE_BREAK[select_by]
+    tie = TIE_BREAK[select_by]
     by_step: dict[int, list[dict]] = {}
     path = trial_dir / "metrics.jsonl"
     for line in path.read_text().splitlines() if path.exists() else []:

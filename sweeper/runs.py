@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from mlflow import MlflowClient
 
 from sweeper.overrides import Options
+from sweeper.selection import HIGHER_IS_BETTER, METRICS  # noqa: F401 (re-exported for the report modules)
 from sweeper.tracking import BASELINES
 from sweeper.workspace import Workspace, sqlite_path
 from trainer.errors import UserError
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per config.yaml read is noise
 
-METRICS = ("psnr", "ssim", "lpips")
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False}
 LABELS = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS"}
 
 

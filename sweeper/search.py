@@ -42,7 +42,7 @@ from sweeper.executors import Executor, TrialJob, make_executor
 from sweeper.executors.local import process_start
 from sweeper.overrides import Options, parse, require_study
 from sweeper.progress import StageProgress, job_gone, read_progress, show, trial_states
-from sweeper.runs import HIGHER_IS_BETTER
+from sweeper.selection import HIGHER_IS_BETTER, TIE_BREAK
 from sweeper.studies import Stage, Study, label, load
 from sweeper.worker import folder_busy
 from sweeper.workspace import CANCELLED, Workspace, claim, enqueue, finish, point_key, resolved, stage_trials
@@ -54,7 +54,6 @@ POLL_S = 0.25
 LEASE_S = float(os.environ.get("SWEEPER_LEASE_S", "60"))  # a trial's owner renews its lease every LEASE_S / 3
 BOOKKEEPING = {"train.device", "data.num_workers", "data.cache", "train.log_every", "train.ckpt_every", "train.threads"}  # not part of a trial's identity
 SETTINGS_KEYS = ("mu", "beta", "arch", "loss.perceptual")
-TIE_BREAK = {"lpips": "psnr", "psnr": "lpips", "ssim": "psnr"}
 LIVE_PHASES = ("claimed", "launching", "launched")  # RUNNING trials that hold (or are about to hold) a job slot
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -21,6 +21,7 @@ from mlflow.entities import Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from sweeper.crashpoints import crash_point
+from sweeper.selection import METRICS
 from sweeper.studies import label
 from trainer.config import flatten
 
@@ -31,7 +32,6 @@ logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 KIND_TAG, TRAINING = "mlflow.experimentKind", "custom_model_development"  # the MLflow UI's experiment kinds
 BASELINES = "baselines"  # the experiment of reference methods (bicubic), kept out of the studies' experiments
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
-METRICS = ("psnr", "ssim", "lpips")
 PARAM_KEYS = ("beta", "arch", "preset", "seed", "upscale")
 RECIPE_PARAMS = ("loss.gan", "loss.ragan_detach", "model.skip", "model.init", "metrics.space", "train.from_scratch")  # docs/RECIPE.md
 
