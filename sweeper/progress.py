@@ -8,7 +8,6 @@ per running trial, read from each trial's progress.json (written by the trainer 
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,16 +18,13 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from sweeper.workspace import resolved, workspace_of
+from trainer.files import read_json
 
 EVERY_S = 30.0  # seconds between two progress lines when stdout is not a terminal
 
 
 def read_progress(trial_dir: Path) -> dict[str, Any]:
-    try:
-        progress = json.loads((trial_dir / "progress.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return progress if isinstance(progress, dict) else {}
+    return read_json(trial_dir / "progress.json") or {}
 
 
 def show(bar: tqdm, progress: dict[str, Any]) -> None:

@@ -48,7 +48,7 @@ from sweeper.worker import folder_busy
 from sweeper.workspace import CANCELLED, Workspace, claim, enqueue, finish, point_key, resolved, stage_trials
 from trainer.config import build_config, flatten, parse_value
 from trainer.errors import UserError
-from trainer.files import file_lock, write_bytes_atomic, write_json_atomic, write_text_atomic
+from trainer.files import file_lock, read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 POLL_S = 0.25
 LEASE_S = float(os.environ.get("SWEEPER_LEASE_S", "60"))  # a trial's owner renews its lease every LEASE_S / 3
@@ -88,14 +88,6 @@ def rank(select_by: str, metrics: dict[str, float]) -> tuple[float, float]:
         return float("inf") if value != value else (-value if HIGHER_IS_BETTER[metric] else value)
 
     return signed(select_by), signed(TIE_BREAK[select_by])
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def read_result(trial_dir: Path) -> dict[str, Any] | None:

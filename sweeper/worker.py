@@ -14,7 +14,6 @@ token, exits at once without writing anything ("superseded"); the sweeper waits 
 from __future__ import annotations
 
 import fcntl
-import json
 import sys
 import time
 import traceback
@@ -25,7 +24,7 @@ import yaml
 
 from sweeper.workspace import workspace_of
 from trainer.config import config_from_dict
-from trainer.files import write_json_atomic
+from trainer.files import read_json, write_json_atomic
 
 LOCK = ".lock"
 LOCK_WAIT_S = 5.0  # a sweeper probing the lock (`folder_busy`) holds it for microseconds
@@ -63,10 +62,7 @@ def folder_busy(trial_dir: Path) -> bool:
 
 def read_budget(trial_dir: Path) -> dict[str, Any]:
     """`budget.json`: {"stop_after": GAN iterations this job trains to, "token": the launch token}; {} if absent."""
-    try:
-        return json.loads((trial_dir / "budget.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    return read_json(trial_dir / "budget.json") or {}
 
 
 def run_trial(trial_dir: Path, stop_after: int | None = None) -> dict[str, Any]:

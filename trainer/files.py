@@ -37,6 +37,16 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode())
 
 
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object written by `write_json_atomic` (or by hand), or None when the file is missing, unreadable
+    or holds something else: callers treat all three as "not there yet"."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
 

@@ -40,7 +40,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from trainer.errors import UserError
-from trainer.files import atomic_write, file_lock, sha256_file, write_json_atomic
+from trainer.files import atomic_write, file_lock, read_json, sha256_file, write_json_atomic
 from trainer.images import read_image, to_rgb
 from trainer.imresize import degrade
 
@@ -139,13 +139,6 @@ def folder_for(cache: Path, source: Path, settings: Settings) -> Path:
     return cache / f"{source.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def stale_sources(manifest: dict[str, Any] | None, settings: Settings, files: list[Path]) -> list[str] | None:
     """Why a manifest does not describe `files` under `settings`: None if it does, else the changed source
     names ([] when the manifest is missing or its settings or version differ). A source whose size or
@@ -164,7 +157,7 @@ def stale_sources(manifest: dict[str, Any] | None, settings: Settings, files: li
 
 def current_manifest(files: list[Path], source: Path, settings: Settings, cache: Path) -> dict[str, Any] | None:
     """The manifest of `files` prepared under `settings` in `cache` if it is there and current, else None."""
-    manifest = _read_json(folder_for(cache, source, settings) / "manifest.json")
+    manifest = read_json(folder_for(cache, source, settings) / "manifest.json")
     return manifest if stale_sources(manifest, settings, files) is None else None
 
 
@@ -178,7 +171,7 @@ def open_or_build(files: list[Path], source: Path, settings: Settings, cache: Pa
     if (manifest := current_manifest(files, source, settings, cache)) is not None:
         return PreparedSet(folder, manifest)
     with file_lock(folder.with_name(folder.name + ".lock")):
-        manifest = _read_json(folder / "manifest.json")
+        manifest = read_json(folder / "manifest.json")
         stale = stale_sources(manifest, settings, files)
         if stale is None:
             return PreparedSet(folder, manifest)
@@ -219,7 +212,7 @@ def _build(folder: Path, files: list[Path], source: Path, settings: Settings, wo
     sizes = [image_size(f) for f in files]
     plan = {"version": VERSION, "settings": asdict(settings), "sources": _stats(files), "sizes": sizes}
     images, table, hr_bytes, lr_bytes = _layout(sizes, settings)
-    if _read_json(folder / "plan.json") != json.loads(json.dumps(plan)):
+    if read_json(folder / "plan.json") != json.loads(json.dumps(plan)):
         _fresh(folder)
         for name, total in (("hr.npy", hr_bytes), ("lr.npy", lr_bytes)):
             np.lib.format.open_memmap(folder / name, mode="w+", dtype=np.uint8, shape=(max(total, 1),)).flush()

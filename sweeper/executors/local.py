@@ -30,7 +30,7 @@ from typing import Any
 from sweeper.executors.base import TrialJob
 from sweeper.gpus import thread_share
 from sweeper.worker import folder_busy
-from trainer.files import write_json_atomic
+from trainer.files import read_json, write_json_atomic
 from trainer.errors import UserError
 
 
@@ -105,10 +105,7 @@ class LocalExecutor:
         return token
 
     def _record(self, job_id: str) -> dict[str, Any] | None:
-        try:
-            return json.loads((self.jobs_dir / f"{job_id}.json").read_text())
-        except (OSError, ValueError):
-            return None
+        return read_json(self.jobs_dir / f"{job_id}.json")
 
     def state(self, job_id: str) -> str:
         record = self._record(job_id)
