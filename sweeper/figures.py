@@ -39,6 +39,13 @@ def unmeasured_note(runs: list[RunRecord], sets: list[str]) -> str:
     return f" {', '.join(missing)} was not measured (no AlexNet ImageNet weights; see `sweeper weights status`), so its panel is left out." if missing else ""
 
 
+def stopped_note(runs: list[RunRecord]) -> str:
+    """The caption's note on trials stopped by successive halving, drawn hollow (points) or hatched (bars)."""
+    if not any(r.stopped_at is not None for r in runs):
+        return ""
+    return " Hollow points and hatched bars: trials stopped by successive halving, their values at the budget they reached."
+
+
 def panels(metrics: list[str], title: str | None) -> tuple[Figure, list[Axes]]:
     """One panel per metric, laid out so that tick labels never run into the next panel."""
     fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4.4 * max(len(metrics), 1), 3.6), squeeze=False, layout="constrained")
@@ -78,9 +85,10 @@ def metrics_vs_mu(runs: list[RunRecord], sets: list[str], title: str) -> bytes:
     fig, axes = panels(metrics, title)
     for ax, metric in zip(axes, metrics):
         for k, s in enumerate(sets):
-            ax.plot(mus, [r.value(s, metric) for r in finite], "o-", color=f"C{k}", label=s)
-            for r in vgg_only:
-                ax.plot([at_inf], [r.value(s, metric)], "D", color=f"C{k}", markersize=7)
+            ax.plot(mus, [r.value(s, metric) for r in finite], "-", color=f"C{k}", label=s)
+            for x, r, marker in [(r.mu, r, "o") for r in finite] + [(at_inf, r, "D") for r in vgg_only]:
+                face = "none" if r.stopped_at is not None else f"C{k}"
+                ax.plot([x], [r.value(s, metric)], marker, color=f"C{k}", markerfacecolor=face, markersize=7 if marker == "D" else 6)
         ax.set_xscale("log")
         ticks = mus + ([at_inf] if vgg_only else [])
         ax.set_xticks(ticks, [f"{m:g}" for m in mus] + (["∞"] if vgg_only else []))
@@ -89,6 +97,8 @@ def metrics_vs_mu(runs: list[RunRecord], sets: list[str], title: str) -> bytes:
         if vgg_only and mus:
             ax.axvspan(mus[-1] * 1.6, at_inf / 1.6, color="0.9", zorder=0)  # the break between finite mu and inf
         ax.set_xlabel("μ (log scale; ◆ ∞ = VGG loss only)" if vgg_only else "μ (log scale)")
+    if any(r.stopped_at is not None for r in runs):
+        axes[0].plot([], [], "o", color="0.4", markerfacecolor="none", label="stopped by halving")
     legend_below(fig, axes)
     return png(fig)
 
@@ -101,13 +111,16 @@ def metrics_per_beta(runs: list[RunRecord], sets: list[str], title: str) -> byte
     width = 0.8 / max(len(sets), 1)
     for ax, metric in zip(axes, metrics):
         for k, s in enumerate(sets):
-            ax.bar(x + k * width, [r.value(s, metric) for r in runs], width, label=s)
+            hatch = ["//" if r.stopped_at is not None else None for r in runs]
+            ax.bar(x + k * width, [r.value(s, metric) for r in runs], width, label=s, hatch=hatch, edgecolor="white")
         ax.set_xticks(x + width * (len(sets) - 1) / 2, [r.beta for r in runs])
         ax.set_xlabel("β (ResNet feature layers)")
         values = [r.value(s, metric) for r in runs for s in sets if not math.isnan(r.value(s, metric))]
         lo, hi = min(values), max(values)  # bars differ by little: zoom on the range instead of starting at 0
         pad = (hi - lo) * 0.5 or abs(hi) * 0.05 or 1.0
         ax.set_ylim(lo - pad, hi + pad)
+    if any(r.stopped_at is not None for r in runs):
+        axes[0].bar([0], [math.nan], color="0.6", hatch="//", edgecolor="white", label="stopped by halving")
     legend_below(fig, axes)
     return png(fig)
 

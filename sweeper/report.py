@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 
 from sweeper import correlate, figures, ledger, rankcheck, search, tracking
 from sweeper.overrides import Options, parse, require_study
-from sweeper.runs import METRICS, RunRecord, find_runs, finished, mu_label, open_client, paper_order
+from sweeper.runs import METRICS, RunRecord, find_runs, finished, mu_label, open_client, paper_order, stopped_early
 from sweeper.tables import Table, rows_to_csv, rows_to_latex, rows_to_markdown, to_csv, to_latex, to_markdown
 from trainer.files import write_bytes_atomic, write_text_atomic
 from trainer.config import config_from_dict
@@ -50,7 +50,8 @@ class Study:
     name: str
     client: MlflowClient
     stages: list[RunRecord]  # stage parent runs, oldest first
-    trials: list[RunRecord]  # finished trial runs, oldest first
+    trials: list[RunRecord]  # trial runs that trained to the end, oldest first
+    stopped: list[RunRecord] = field(default_factory=list)  # trials stopped by successive halving, oldest first
     configs: dict[str, dict] = field(default_factory=dict)  # run id -> config.yaml, read on demand
 
     def config(self, run: RunRecord) -> dict:
@@ -84,10 +85,11 @@ def read_config(client: MlflowClient, run_id: str) -> dict:
 
 
 def load_study(client: MlflowClient, name: str) -> Study:
-    trials = finished(find_runs(client, "trial", name))
+    runs = find_runs(client, "trial", name)
+    trials = finished(runs)
     if not trials:
         raise UserError(f"study={name!r} has no finished trials yet; run `sweeper run study={name}` first")
-    return Study(name=name, client=client, stages=find_runs(client, "stage", name), trials=trials)
+    return Study(name=name, client=client, stages=find_runs(client, "stage", name), trials=trials, stopped=stopped_early(runs))
 
 
 def ordered_sets(runs: list[RunRecord]) -> list[str]:
@@ -125,11 +127,19 @@ def provenance(study: Study, runs: list[RunRecord]) -> str:
 
 def metric_table(key: str, kind: str, title: str, header: str, labelled: list[tuple[str, RunRecord]],
                  metrics: tuple[str, ...] = PAPER_METRICS, marks: str = "best2") -> Table:
-    """Rows = labelled runs, columns = their sets x metrics, values = final metrics."""
+    """Rows = labelled runs, columns = their sets x metrics, values = final metrics. A trial stopped by
+    successive halving keeps its row, labelled with the budget it reached and left out of the marks."""
     sets = ordered_sets([r for _, r in labelled])
     columns = [(s, m) for s in sets for m in metrics]
     values = [[r.value(s, m) for s, m in columns] for _, r in labelled]
-    return Table(key, kind, title, header, [label for label, _ in labelled], columns, values, marks)
+    rows = [label if r.stopped_at is None else f"{label} (stopped at {r.stopped_at} it)" for label, r in labelled]
+    table = Table(key, kind, title, header, rows, columns, values, marks)
+    table.unranked = {i for i, (_, r) in enumerate(labelled) if r.stopped_at is not None}
+    if table.unranked:
+        table.notes.append("Rows \"stopped at N it\" were stopped by successive halving (scheduler=sha): their values are "
+                           "at N iterations, not compared with the rows that trained to the end; the winner is chosen "
+                           "among those.")
+    return table
 
 
 def latest_per(runs: list[RunRecord], key) -> list[RunRecord]:
@@ -141,9 +151,11 @@ def latest_per(runs: list[RunRecord], key) -> list[RunRecord]:
 
 
 def stage_groups(study: Study) -> list[tuple[str, list[RunRecord]]]:
-    """(stage, its finished trials) in stage order; trials whose stage has no parent run form their own group."""
-    names = [s.stage for s in study.stages] + sorted({t.stage for t in study.trials} - {s.stage for s in study.stages})
-    return [(n, [t for t in study.trials if t.stage == n]) for n in dict.fromkeys(names)]
+    """(stage, its finished trials, stopped ones included) in stage order; trials whose stage has no parent run
+    form their own group."""
+    trials = study.trials + study.stopped
+    names = [s.stage for s in study.stages] + sorted({t.stage for t in trials} - {s.stage for s in study.stages})
+    return [(n, [t for t in trials if t.stage == n]) for n in dict.fromkeys(names)]
 
 
 def varying(runs: list[RunRecord]) -> set[str]:
@@ -329,7 +341,8 @@ def histories(client: MlflowClient, runs: list[RunRecord], set_name: str) -> dic
     """Validation history per run: label -> metric -> [(step, value)]."""
     out = {}
     for r in runs:
-        label = f"{ARCH_NAMES.get(r.arch, r.arch)} {r.setting} ({r.stage})"
+        stopped = "" if r.stopped_at is None else f", stopped at {r.stopped_at}"
+        label = f"{ARCH_NAMES.get(r.arch, r.arch)} {r.setting} ({r.stage}{stopped})"
         out[label] = {m: [(h.step, h.value) for h in client.get_metric_history(r.run_id, f"{set_name}/{m}")] for m in METRICS}
     return out
 
@@ -400,7 +413,7 @@ def write_section(client: MlflowClient, writer: Writer, table: Table, runs: list
     """A table and the figures that go with its kind."""
     writer.table(table)
     sets = ordered_sets(runs)
-    note = figures.unmeasured_note(runs, sets)
+    note = figures.unmeasured_note(runs, sets) + figures.stopped_note(runs)
     if table.kind == "mu":
         writer.figure(f"{table.key}_vs_mu", figures.metrics_vs_mu(runs, sets, table.title), f"{table.title}: metrics against mu.{note}")
     if table.kind == "beta":
@@ -451,9 +464,10 @@ def build(client: MlflowClient, name: str, out: Path, optuna_stages: tuple | Non
     if optuna_stages:
         cost_section(writer, *optuna_stages)
         rank_check_section(writer, *optuna_stages)
-    for s in ordered_sets(study.trials):
-        note = figures.unmeasured_note(study.trials, [s])
-        writer.figure(f"curves_{s}", figures.validation_curves(histories(client, study.trials, s), s), f"Validation curves per trial on {s}.{note}")
+    every = study.trials + study.stopped
+    for s in ordered_sets(every):
+        note = figures.unmeasured_note(every, [s])
+        writer.figure(f"curves_{s}", figures.validation_curves(histories(client, every, s), s), f"Validation curves per trial on {s}.{note}")
     top = [f"# Study `{name}`: the paper's tables and figures, from MLflow", "", banner(study), "",
            f"Regenerate with `sweeper report study={name} --out {out}`.", ""]
     write_text_atomic(out / "README.md", "\n".join(top) + "\n" + "\n".join(writer.sections))

@@ -43,6 +43,13 @@ class RunRecord:
         return self.tags.get("sweeper.stage", "")
 
     @property
+    def stopped_at(self) -> int | None:
+        """The GAN iteration successive halving stopped this trial at (its metrics are from there); None when it
+        trained to the end."""
+        value = self.tags.get("sweeper.stopped_at")
+        return int(value) if value else None
+
+    @property
     def arch(self) -> str:
         return self.params.get("arch", "")
 
@@ -141,4 +148,10 @@ def find_runs(client: MlflowClient, kind: str | None, study: str | None = None, 
 
 
 def finished(runs: list[RunRecord]) -> list[RunRecord]:
-    return [r for r in runs if r.status == "FINISHED"]
+    """The runs that trained to their end: FINISHED, and not stopped early by successive halving."""
+    return [r for r in runs if r.status == "FINISHED" and r.stopped_at is None]
+
+
+def stopped_early(runs: list[RunRecord]) -> list[RunRecord]:
+    """The trials successive halving stopped at a rung (`sweeper.stopped_at`): shown in the tables, never ranked."""
+    return [r for r in runs if r.status == "FINISHED" and r.stopped_at is not None]

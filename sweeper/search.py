@@ -538,9 +538,11 @@ class StageWork:
         if not moves and not open_rungs:  # quiescent: nothing can reach any rung any more
             for t in paused.values():
                 if t.number in self.mine:
-                    reason = f"stopped by successive halving at {t.user_attrs['reached_iters']} iterations"
+                    reached = t.user_attrs["reached_iters"]
+                    run_id = self.log(t, Path(t.user_attrs["trial_dir"]), stopped_at=reached)
+                    reason = f"stopped by successive halving at {reached} iterations"
                     try:
-                        self.end(t.number, TrialState.PRUNED, None, {"reason": reason})
+                        self.end(t.number, TrialState.PRUNED, None, {"reason": reason, "mlflow_run_id": run_id})
                     except Settled:
                         self.settled(t.number)
         mine = [(t, b) for t, b in chosen if t.number in self.mine]
@@ -550,23 +552,27 @@ class StageWork:
 
     def complete(self, t: FrozenTrial, trial_dir: Path, result: dict[str, Any]) -> None:
         """A final result: log the trial to MLflow (found by its trial key if already logged), then COMPLETE it."""
-        attrs = t.user_attrs
         metrics = tracking.final_means(result)
         if f"mean/{self.run.select_by}" not in metrics:
             self.end(t.number, TrialState.FAIL, None, {"reason": f"no {self.run.select_by} in result.json (select_by={self.run.select_by})"})
             return
+        run_id = self.log(t, trial_dir)
+        metrics |= {f"{s}/{m}": v for s, values in result["final"].items() for m, v in values.items() if isinstance(v, (int, float))}
+        crash_point("before_finish")
+        self.end(t.number, TrialState.COMPLETE, metrics[f"mean/{self.run.select_by}"],
+                 {"mlflow_run_id": run_id, "metrics": metrics, "duration_s": result.get("duration_s"), "reached_iters": result.get("iters")})  # fmt: skip
+        crash_point("after_finish")
+
+    def log(self, t: FrozenTrial, trial_dir: Path, stopped_at: int | None = None) -> str:
+        """Log the trial to MLflow as a nested run of the stage (found by its trial key if already logged)."""
+        attrs = t.user_attrs
         config = yaml.safe_load((trial_dir / "config.yaml").read_text())
         extra = {"sweeper.reused_from": attrs["reused_from"]} if "reused_from" in attrs else {}
         if "slurm_job_id" in attrs:
             extra["sweeper.slurm_job_id"] = attrs["slurm_job_id"]
         tags = {**self.run.tags, "sweeper.stage": self.name, "sweeper.trial_number": str(t.number), **extra}
         with file_lock(trial_dir / ".finish.lock"):  # two sweepers that adopted the trial at once log one run
-            run_id = tracking.log_trial(self.run.client, self.run.experiment_id, self.parent, trial_dir, config, tags)
-        metrics |= {f"{s}/{m}": v for s, values in result["final"].items() for m, v in values.items() if isinstance(v, (int, float))}
-        crash_point("before_finish")
-        self.end(t.number, TrialState.COMPLETE, metrics[f"mean/{self.run.select_by}"],
-                 {"mlflow_run_id": run_id, "metrics": metrics, "duration_s": result.get("duration_s"), "reached_iters": result.get("iters")})  # fmt: skip
-        crash_point("after_finish")
+            return tracking.log_trial(self.run.client, self.run.experiment_id, self.parent, trial_dir, config, tags, stopped_at)
 
     def end(self, number: int, state: TrialState, value: float | None, attrs: dict[str, Any]) -> None:
         if not finish(self.run.storage, self.study_id, number, state, value, attrs):

@@ -38,15 +38,17 @@ class Table:
     values: list[list[float]]
     marks: str = "best2"  # a key of MARKS
     notes: list[str] = field(default_factory=list)
+    unranked: set[int] = field(default_factory=set)  # rows shown but never marked (trials stopped by halving)
 
     def column(self, j: int) -> list[float]:
         return [row[j] for row in self.values]
 
     def markers(self) -> list[list[str]]:
-        """'best' / 'second' / 'worst' / '' for each cell, per column (lower is better for LPIPS); ties share a marker."""
+        """'best' / 'second' / 'worst' / '' for each cell, per column (lower is better for LPIPS), among the
+        ranked rows; ties share a marker."""
         out = [["" for _ in self.columns] for _ in self.rows]
         for j, (_, metric) in enumerate(self.columns):
-            present = [i for i, v in enumerate(self.column(j)) if not math.isnan(v)]
+            present = [i for i, v in enumerate(self.column(j)) if not math.isnan(v) and i not in self.unranked]
             sign = -1 if HIGHER_IS_BETTER[metric] else 1
             ranked = sorted({self.values[i][j] for i in present}, key=lambda v: sign * v)
             if len(ranked) < 2:  # one row, or every row equal: nothing stands out

@@ -126,9 +126,9 @@ def trial_run_name(config: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def run_times(trial_dir: Path, result: dict[str, Any]) -> tuple[int, int]:
-    """(start, end) of a finished trial in ms since the epoch: result.json's mtime, less the training time."""
-    end = (trial_dir / "result.json").stat().st_mtime
+def run_times(result_path: Path, result: dict[str, Any]) -> tuple[int, int]:
+    """(start, end) of a finished trial in ms since the epoch: its result file's mtime, less the training time."""
+    end = result_path.stat().st_mtime
     return int((end - float(result.get("duration_s") or 0.0)) * 1000), int(end * 1000)
 
 
@@ -162,22 +162,28 @@ def final_means(result: dict[str, Any]) -> dict[str, float]:
 
 
 def log_trial(
-    client: MlflowClient, experiment_id: str, parent_id: str | None, trial_dir: Path, config: dict[str, Any], tags: dict[str, str]
+    client: MlflowClient, experiment_id: str, parent_id: str | None, trial_dir: Path, config: dict[str, Any], tags: dict[str, str],
+    stopped_at: int | None = None,
 ) -> str:
-    """Log a finished trial's folder as a nested run of `parent_id` (None: a top-level run); return its run id (existing one if logged)."""
+    """Log a finished trial's folder as a nested run of `parent_id` (None: a top-level run); return its run id
+    (the existing one if logged). `stopped_at=N`: successive halving stopped the trial at its rung N, whose
+    `rungs/<N>.json` stands for result.json; the run is tagged `sweeper.stopped_at=N` and its name says so."""
     key = {"sweeper.kind": "trial", "sweeper.study": tags["sweeper.study"], "sweeper.stage": tags["sweeper.stage"], "sweeper.trial_number": tags["sweeper.trial_number"]}
     for run in _find(client, experiment_id, key):
         if run.info.status == "FINISHED":
             return run.info.run_id
         client.delete_run(run.info.run_id)  # half-logged before a crash: log it again from the folder
-    result = json.loads((trial_dir / "result.json").read_text())
+    result_path = trial_dir / ("result.json" if stopped_at is None else f"rungs/{stopped_at}.json")
+    result = json.loads(result_path.read_text())
     weights = result.get("weights", {})
     all_tags = {
         **tags, **key, "sweeper.winner": "false", **({MLFLOW_PARENT_RUN_ID: parent_id} if parent_id else {}),
         "sweeper.weights": str(weights.get("extractors", "unknown")), "sweeper.lpips": str(weights.get("lpips", "unknown")),
+        **({"sweeper.stopped_at": str(stopped_at)} if stopped_at is not None else {}),
     }  # fmt: skip
-    start, end = run_times(trial_dir, result)
-    run_id = client.create_run(experiment_id, start_time=start, run_name=trial_run_name(config), tags=all_tags).info.run_id
+    start, end = run_times(result_path, result)
+    name = trial_run_name(config) + ("" if stopped_at is None else f" (stopped at {stopped_at} it)")
+    run_id = client.create_run(experiment_id, start_time=start, run_name=name, tags=all_tags).info.run_id
     crash_point("mlflow_run_created")
     params = {"mu": label(config["mu"])} | {k: config[k] for k in PARAM_KEYS}
     params |= {"perceptual": config["loss"]["perceptual"], "variant": config["loss"]["variant"]}
@@ -191,7 +197,7 @@ def log_trial(
     for i in range(0, len(metrics), BATCH):
         client.log_batch(run_id, metrics=metrics[i : i + BATCH])
     client.log_artifact(run_id, str(trial_dir / "config.yaml"))
-    client.log_artifact(run_id, str(trial_dir / "result.json"))
+    client.log_artifact(run_id, str(result_path))
     if (trial_dir / "samples").is_dir():
         client.log_artifacts(run_id, str(trial_dir / "samples"), "samples")
     client.set_terminated(run_id, "FINISHED", end_time=end)

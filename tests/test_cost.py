@@ -14,6 +14,7 @@ import numpy as np
 import optuna
 import pytest
 import yaml
+from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -183,3 +184,41 @@ def test_rank_check_and_report_on_the_real_study(study) -> None:
         assert all((report / "tables" / f"{name}{s}").exists() for s in (".md", ".csv", ".tex"))
     assert (report / "figures" / "rank_check.png").stat().st_size > 1000
     assert "### Cost: spent vs the naive protocol" in (report / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_halving_study_logs_and_reports_its_stopped_trials(tmp_path: Path) -> None:
+    """Issue 12: a trial stopped by successive halving is an MLflow run tagged with the budget it reached; the
+    report's table shows it, so labelled and never marked best; the winner is one that reached the last rung."""
+    env = env_for(tmp_path) | {"OMP_NUM_THREADS": "1"}
+    write_study(tmp_path, "small", MUS)
+    ws = tmp_path / "ws"
+    sweeper(["run", "study=small", f"workspace={ws}", *SMALL, "scheduler=sha"], tmp_path, env)
+    storage = optuna.storages.get_storage(f"sqlite:///{ws / 'optuna.db'}")
+    trials = optuna.load_study(study_name="small.mu", storage=storage).get_trials(deepcopy=False)
+    pruned = {t.user_attrs["mlflow_run_id"]: t for t in trials if t.state == TrialState.PRUNED}
+    complete = {t.user_attrs["mlflow_run_id"]: t for t in trials if t.state == TrialState.COMPLETE}
+    assert len(pruned) >= 2 and len(pruned) + len(complete) == len(MUS)
+    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    runs = {r.info.run_id: r for r in client.search_runs([client.get_experiment_by_name("small").experiment_id],
+                                                        "tags.`sweeper.kind` = 'trial'")}
+    assert set(runs) == set(pruned) | set(complete)  # one run per settled trial, stopped ones included
+    for run_id, t in pruned.items():
+        run = runs[run_id]
+        assert run.data.tags["sweeper.stopped_at"] == str(t.user_attrs["reached_iters"]) and t.user_attrs["reached_iters"] < 6
+        assert run.info.run_name.endswith(f"(stopped at {t.user_attrs['reached_iters']} it)")
+        assert run.data.metrics["mean/psnr"] == pytest.approx(t.user_attrs["metrics"]["mean/psnr"])
+        assert run.data.tags["sweeper.winner"] == "false"
+    assert [r.data.tags["sweeper.winner"] for r in runs.values()].count("true") == 1
+    assert all("sweeper.stopped_at" not in runs[i].data.tags for i in complete)
+
+    report = tmp_path / "report"
+    sweeper(["report", "study=small", f"workspace={ws}", "--out", str(report)], tmp_path, env)
+    (table,) = (report / "tables").glob("table1_*.md")
+    rows = [r for r in table.read_text().splitlines() if r.startswith("| mu=")]
+    stopped = [r for r in rows if "(stopped at" in r]
+    assert len(rows) == len(MUS) and len(stopped) == len(pruned)
+    assert not [r for r in stopped if "**" in r or "_" in r.split("|", 2)[2]]  # never marked best or second
+    assert "were stopped by successive halving" in table.read_text()
+    csv = next((report / "tables").glob("table1_*.csv")).read_text()
+    assert csv.count("(stopped at") == len(pruned)

@@ -1,7 +1,7 @@
 """Crash safety proven by fault injection (issue 9): a `sweeper run` killed (SIGKILL, as `kill -9`) or
 interrupted (SIGINT, as Ctrl-C) at every named crash point of the trial state machine, then re-run with the
 same command, ends exactly as an uninterrupted run: every grid point settled once, no retry spent, no
-iteration trained twice or by two jobs, one MLflow run per complete trial, exactly one winner on which Optuna
+iteration trained twice or by two jobs, one MLflow run per settled trial (a stopped one tagged with its rung), exactly one winner on which Optuna
 and MLflow agree, no stage run left RUNNING.
 
 The crashes are chained to keep CI short: run k crashes at point k, and run k + 1 (crashing at point k + 1)
@@ -66,7 +66,9 @@ def assert_sound(ws: Path, storage: str, study: str = "crash", mus: list[str] = 
     client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(study).experiment_id
     runs = client.search_runs([experiment], "tags.`sweeper.kind` = 'trial'")
-    assert sorted(r.info.run_id for r in runs) == sorted(t.user_attrs["mlflow_run_id"] for t in complete)
+    assert sorted(r.info.run_id for r in runs) == sorted(t.user_attrs["mlflow_run_id"] for t in settled)  # one run each
+    stopped = {r.info.run_id: r.data.tags.get("sweeper.stopped_at") for r in runs}
+    assert all(stopped[t.user_attrs["mlflow_run_id"]] == (None if t in complete else str(t.user_attrs["reached_iters"])) for t in settled)
     winner_trial = optuna.load_study(study_name=f"{study}.mu", storage=opened).user_attrs["winner_trial"]
     winners = [r.info.run_id for r in runs if r.data.tags["sweeper.winner"] == "true"]
     assert winners == [next(t.user_attrs["mlflow_run_id"] for t in complete if t.number == winner_trial)]

@@ -414,8 +414,8 @@ def train(
     """Run (or resume, or return the finished result of) one training run in `run_dir`.
 
     `stop_after=N` (a rung of successive halving) ends this call after GAN iteration N: it validates there,
-    checkpoints and writes `rungs/<N>.json` = {"step", "final"} (no result.json; status "stopped"); calling
-    again resumes exactly. After `stop_on_sigterm`, SIGTERM ends it with a checkpoint and status
+    checkpoints and writes `rungs/<N>.json`, shaped like result.json with status "stopped" (no result.json);
+    calling again resumes exactly. After `stop_on_sigterm`, SIGTERM ends it with a checkpoint and status
     "interrupted". Raises UserError for bad settings, data or missing weights before any training; a
     diverging loss ends the run with status "failed".
     """
@@ -477,8 +477,10 @@ def train(
         return out
     finally:
         segment.record(tally.step)
-    if stopped:
-        return result("stopped", f"stopped after iteration {tally.step} as asked (stop_after)")
+    if stopped:  # a rung of successive halving: its result, beside the checkpoint
+        out = result("stopped", f"stopped after iteration {tally.step} as asked (stop_after)")
+        write_json_atomic(run_dir / "rungs" / f"{tally.step}.json", out)
+        return out
     out = result("complete", None)
     write_json_atomic(result_path, out)
     keep_generator_only(ckpt_path)  # after result.json: a crash in between only leaves the full state
@@ -506,7 +508,6 @@ def run_gan(cfg: Config, run_dir: Path, gan: Gan, batches: TrainBatches, val_set
             append_jsonl(metrics_log, {"step": step, "kind": "val", "set": set_name, **m})
 
     if stop_after is not None and tally.step >= stop_after and tally.step < t.iters:  # checkpointed at the rung already
-        write_json_atomic(run_dir / "rungs" / f"{tally.step}.json", {"step": tally.step, "final": tally.final})
         return True
     bar = Progress(run_dir / "progress.json", "gan", tally.step, t.iters, show)
     try:
@@ -521,8 +522,7 @@ def run_gan(cfg: Config, run_dir: Path, gan: Gan, batches: TrainBatches, val_set
                 validate_now(step)
             if step % t.ckpt_every == 0 or step == t.iters or step == stop_after or _sigterm["received"]:
                 save()
-            if step == stop_after and step < t.iters:  # a rung of successive halving: its result, beside the checkpoint
-                write_json_atomic(run_dir / "rungs" / f"{step}.json", {"step": step, "final": tally.final})
+            if step == stop_after and step < t.iters:
                 return True
             if _sigterm["received"] and step < t.iters:
                 raise Interrupted(f"interrupted (SIGTERM) at iteration {step}")
