@@ -62,9 +62,9 @@ def status(
     format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
 ) -> None:
     """Show a study's trials: state, params, metrics, duration, progress."""
-    from sweeper import search
+    from sweeper import status as status_mod
 
-    search.status(overrides or [], fmt=format)
+    status_mod.status(overrides or [], fmt=format)
 
 
 @app.command()
@@ -172,18 +172,18 @@ def ui(
 @user_errors
 def logs(overrides: Overrides = None) -> None:
     """Print a trial's stdout/stderr: `sweeper logs study=mu_search trial=3`."""
-    from sweeper import search
+    from sweeper import status as status_mod
 
-    search.logs(overrides or [])
+    status_mod.logs(overrides or [])
 
 
 @app.command()
 @user_errors
 def cancel(overrides: Overrides = None) -> None:
     """Cancel a study's queued or running trials (SLURM jobs or local processes)."""
-    from sweeper import search
+    from sweeper import status as status_mod
 
-    search.cancel(overrides or [])
+    status_mod.cancel(overrides or [])
 
 
 @app.command()

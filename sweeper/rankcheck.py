@@ -20,7 +20,8 @@ import numpy as np
 import yaml
 from optuna.trial import TrialState
 
-from sweeper import correlate, halving, search
+from sweeper import correlate, halving
+from sweeper import status as trial_status
 from sweeper.overrides import Options, parse
 from sweeper.selection import HIGHER_IS_BETTER, TIE_BREAK
 from sweeper.workspace import point_key
@@ -132,7 +133,7 @@ def stage_curves(storage, study_id: int, select_by: str) -> tuple[dict[int, Curv
 def check_study(tokens: list[str]) -> list[StageCheck]:
     """Every stage of the study (or `stage=`) replayed."""
     opts = parse(tokens, allow_config=False)
-    _, _, storage, stages = search.stage_ids(opts)
+    _, _, storage, stages = trial_status.stage_ids(opts)
     out = []
     for name, sid in stages.items():
         select_by = opts.select_by or storage.get_study_user_attrs(sid).get("select_by", "lpips")

@@ -24,7 +24,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from sweeper import correlate, figures, ledger, rankcheck, search, tracking
+from sweeper import correlate, figures, ledger, rankcheck, tracking
+from sweeper import status as trial_status
 from sweeper.overrides import Options, parse, require_study
 from sweeper.runs import METRICS, RunRecord, find_runs, finished, mu_label, open_client, paper_order, stopped_early
 from sweeper.tables import Table, rows_to_csv, rows_to_latex, rows_to_markdown, to_csv, to_latex, to_markdown
@@ -490,7 +491,7 @@ def main(tokens: list[str], out: Path | None = None) -> None:
     client = open_client(opts)
     out = out or Path("results") / name
     try:
-        _, _, storage, stages = search.stage_ids(opts)
+        _, _, storage, stages = trial_status.stage_ids(opts)
     except UserError:  # the Optuna record is not reachable from here (tracking_uri= only): no cost or rank check
         storage, stages = None, {}
     keys = build(client, name, out, (storage, stages) if stages else None)
