@@ -88,9 +88,16 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=200, help="batches timed in the second trial")
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="processes for 'all cores'")
     ap.add_argument("--rounds", type=int, default=2, help="prepare timings alternate 1 and all cores; best of each")
-    ap.add_argument("--dir", type=Path, default=None, help="working folder (default: a temporary one)")
+    ap.add_argument("--dir", type=Path, default=None, help="working folder, kept (default: a temporary one, removed)")
     args = ap.parse_args()
-    work = args.dir or Path(tempfile.mkdtemp(prefix="data_prep."))
+    if args.dir is not None:
+        measure(args, args.dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="data_prep.") as tmp:  # about 1 GB per 40 images
+        measure(args, Path(tmp))
+
+
+def measure(args: argparse.Namespace, work: Path) -> None:
     root = work / "data"
     make_images(root / "DIV2K", args.images)
     print(f"{args.images} synthetic {WIDTH}x{HEIGHT} images in {root}; {args.workers} cores for 'all'")
