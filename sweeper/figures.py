@@ -176,19 +176,26 @@ def comparison_grid(images: list[str], columns: list[str], tiles: list[list[np.n
 def rank_check(stages: dict[str, list[tuple[float, float, float, bool]]]) -> bytes:
     """Per stage, Kendall's tau and Spearman's rho of each rung's ranking with the final one against the rung's
     budget as a fraction of train.iters; `stages[name] = [(fraction, tau, rho, winner_alive)]`. A rung where
-    halving would have dropped the final winner is marked with a red cross."""
-    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    halving would have dropped the final winner is marked with a red cross. A stage whose correlations are all
+    undefined (every trial tied) gets no lines, only a note in the legend."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.6), layout="constrained")
+    fractions = sorted({r[0] for rungs in stages.values() for r in rungs})
     for k, (name, rungs) in enumerate(stages.items()):
         x = [r[0] for r in rungs]
+        if all(math.isnan(v) for r in rungs for v in r[1:3]):
+            ax.plot([], [], " ", label=f"{name}: undefined (every trial tied)")
+            continue
         ax.plot(x, [r[1] for r in rungs], "o-", color=f"C{k}", label=f"{name}: Kendall tau")
         ax.plot(x, [r[2] for r in rungs], "s--", color=f"C{k}", alpha=0.6, label=f"{name}: Spearman rho")
         lost = [(r[0], r[1]) for r in rungs if not r[3]]
         if lost:
-            ax.plot(*zip(*lost), "x", color="red", markersize=10, label=f"{name}: winner dropped")
+            ax.plot(*zip(*lost), "x", color="red", markersize=10, label=f"{name}: winner not kept")
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xscale("log")
+    ax.set_xticks(fractions, [f"{f:.2g}" for f in fractions])
+    ax.minorticks_off()
     ax.set_ylim(-1.05, 1.05)
-    ax.set_xlabel("rung budget / train.iters")
+    ax.set_xlabel("rung budget / train.iters (log scale)")
     ax.set_ylabel("agreement with the final ranking")
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("Successive halving replayed: rank agreement per rung")

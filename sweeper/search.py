@@ -653,12 +653,13 @@ class StageWork:
             raise UserError(f"stage {self.run.study.name}.{self.name}: every trial failed; see `sweeper status study={self.run.study.name}{self.run.opts.where}`")
         best = min(done, key=lambda t: (*rank(self.run.select_by, t.user_attrs["metrics"]), t.number))
         winner = best.user_attrs["settings"]
-        crash_point("before_winner")
-        self.run.storage.set_study_user_attr(self.study_id, "winner", winner)
-        self.run.storage.set_study_user_attr(self.study_id, "winner_trial", best.number)
-        self.run.storage.set_study_user_attr(self.study_id, "finished_at", time.time())
-        crash_point("after_winner")
-        tracking.finish_stage(self.run.client, self.run.study.name, self.name, self.parent, best.user_attrs["mlflow_run_id"], winner)
+        with file_lock(self.run.ws.root / "setup.lock"):  # two sweepers concluding at once: MLflow's tag inserts race
+            crash_point("before_winner")
+            self.run.storage.set_study_user_attr(self.study_id, "winner", winner)
+            self.run.storage.set_study_user_attr(self.study_id, "winner_trial", best.number)
+            self.run.storage.set_study_user_attr(self.study_id, "finished_at", time.time())
+            crash_point("after_winner")
+            tracking.finish_stage(self.run.client, self.run.study.name, self.name, self.parent, best.user_attrs["mlflow_run_id"], winner)
         score = best.user_attrs["metrics"][f"mean/{self.run.select_by}"]
         print(f"stage {self.name}: winner trial {best.number} ({', '.join(f'{k}={v}' for k, v in winner.items())}), mean {self.run.select_by} {score:.4f}")
         return winner

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -50,8 +51,16 @@ def sweeper_args(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "sweeper.cli", *args]
 
 
+def ctrl_c_works() -> None:
+    """In the child before exec: SIGINT back to its default, as in a terminal. A shell that starts the test
+    suite in the background ignores SIGINT for it, children inherit that, and Python then never raises
+    KeyboardInterrupt (the Ctrl-C crash tests would see runs that cannot be interrupted)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def sweeper(args: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(sweeper_args(args), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(sweeper_args(args), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=ctrl_c_works)
 
 
 def status(study: str, extra: list[str], env: dict[str, str]) -> dict:

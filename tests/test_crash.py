@@ -25,7 +25,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from cluster_helpers import REPO, env_for, sweeper, sweeper_args, write_study
+from cluster_helpers import REPO, ctrl_c_works, env_for, sweeper, sweeper_args, write_study
 from sweeper.crashpoints import CRASH_POINTS
 from sweeper.workspace import Workspace
 
@@ -114,7 +114,8 @@ def test_ctrl_c_at_every_crash_point_spends_no_retry(tmp_path: Path) -> None:
 
 
 def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(sweeper_args(args), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(sweeper_args(args), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ctrl_c_works)
 
 
 def wait_for_a_job(ws: Path, runner: subprocess.Popen[str], timeout: float = 120) -> None:
