@@ -45,13 +45,13 @@ from sweeper.selection import HIGHER_IS_BETTER, TIE_BREAK
 from sweeper.studies import Stage, Study, label, load
 from sweeper.worker import folder_busy
 from sweeper.workspace import CANCELLED, Workspace, claim, enqueue, finish, point_key, resolved, stage_trials
-from trainer.config import build_config, flatten, parse_value
+from trainer.config import NOT_COMPUTATION, build_config, flatten, parse_value
 from trainer.errors import UserError
 from trainer.files import file_lock, read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 POLL_S = 0.25
 LEASE_S = float(os.environ.get("SWEEPER_LEASE_S", "60"))  # a trial's owner renews its lease every LEASE_S / 3
-BOOKKEEPING = {"train.device", "data.num_workers", "data.cache", "train.log_every", "train.ckpt_every", "train.threads"}  # not part of a trial's identity
+BOOKKEEPING = NOT_COMPUTATION | {"train.log_every", "train.ckpt_every"}  # not part of a trial's identity
 SETTINGS_KEYS = ("mu", "beta", "arch", "loss.perceptual")
 LIVE_PHASES = ("claimed", "launching", "launched")  # RUNNING trials that hold (or are about to hold) a job slot
 

@@ -34,6 +34,7 @@ ARCH_GAN = {"srgan": "vanilla", "esrgan": "ragan"}  # what the authors' configs 
 SKIPS = ("none", "bilinear")  # generator output + bilinear upsampling of the input, or not
 INITS = ("basicsr", "all_convs")  # which convs get the 0.1-scaled Kaiming init (trainer/nets/layers.py)
 METRIC_SPACES = ("y", "rgb")  # PSNR/SSIM on MATLAB's Y (section 4.1) or on RGB (the authors' test config)
+NOT_COMPUTATION = {"train.device", "data.num_workers", "data.cache", "train.threads"}  # where and how fast, not what: a run may resume under others
 
 
 @dataclass

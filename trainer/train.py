@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from trainer import weights as weights_mod
 from trainer.checkpoint import FINISHED, keep_generator_only, load_checkpoint, rng_state, save_atomic, set_rng_state
-from trainer.config import Config, flatten
+from trainer.config import NOT_COMPUTATION, Config, flatten
 from trainer.data import TrainBatches, ValImage, load_val_sets
 from trainer.errors import UserError
 from trainer.files import file_lock, write_json_atomic, write_text_atomic
@@ -46,7 +46,6 @@ from trainer.nets import build_discriminator, build_generator
 PROGRESS_EVERY_S = 5.0
 SAMPLES = 2  # SR crops saved per validation (first images of the first validation set)
 SAMPLE_CROP = 128
-RESUME_MAY_CHANGE = {"train.device", "data.num_workers", "data.cache", "train.threads"}  # settings that do not change the computation
 
 
 class Diverged(Exception):
@@ -312,7 +311,7 @@ def validate(g: nn.Module, val_sets: dict[str, list[ValImage]], lpips: LPIPSMetr
 
 def check_resumable(cfg: Config, saved: dict[str, Any], path: Path) -> None:
     new, old = flatten(cfg.to_dict()), flatten(saved)
-    diff = sorted(k for k in new.keys() | old.keys() if new.get(k) != old.get(k) and k not in RESUME_MAY_CHANGE)
+    diff = sorted(k for k in new.keys() | old.keys() if new.get(k) != old.get(k) and k not in NOT_COMPUTATION)
     if diff:
         changes = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
         raise UserError(f"{path} was started with other settings ({changes}); use a new run folder or the same ones")
