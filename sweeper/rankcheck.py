@@ -12,7 +12,6 @@ full grid. Rung budgets snap to the validation steps actually recorded; both are
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from optuna.trial import TrialState
 from sweeper import correlate, halving
 from sweeper import status as trial_status
 from sweeper.overrides import Options, parse
-from sweeper.selection import HIGHER_IS_BETTER, TIE_BREAK
+from sweeper.selection import TIE_BREAK, signed
 from sweeper.workspace import point_key
 from trainer.errors import UserError
 
@@ -57,12 +56,6 @@ class StageCheck:
     winner: int  # the full grid's winner
     halving_iters: int
     full_iters: int
-
-
-def signed(metric: str, value: float | None) -> float:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return math.inf
-    return -value if HIGHER_IS_BETTER[metric] else value
 
 
 def curve(trial_dir: Path, select_by: str) -> Curve:

@@ -41,7 +41,7 @@ from sweeper.executors import Executor, TrialJob, make_executor
 from sweeper.executors.local import process_start
 from sweeper.overrides import Options, parse, require_study
 from sweeper.progress import StageProgress, read_progress, show, trial_states
-from sweeper.selection import HIGHER_IS_BETTER, TIE_BREAK
+from sweeper.selection import HIGHER_IS_BETTER, TIE_BREAK, signed
 from sweeper.studies import Stage, Study, label, load
 from sweeper.worker import folder_busy
 from sweeper.workspace import CANCELLED, Workspace, claim, enqueue, finish, point_key, resolved, stage_trials
@@ -81,12 +81,8 @@ def trial_settings(config: dict[str, Any]) -> dict[str, str]:
 
 def rank(select_by: str, metrics: dict[str, float]) -> tuple[float, float]:
     """Sort key of a trial's mean metrics, best first: the selection metric, then its tie-break metric."""
-
-    def signed(metric: str) -> float:
-        value = metrics.get(f"mean/{metric}", float("nan"))
-        return float("inf") if value != value else (-value if HIGHER_IS_BETTER[metric] else value)
-
-    return signed(select_by), signed(TIE_BREAK[select_by])
+    tie = TIE_BREAK[select_by]
+    return signed(select_by, metrics.get(f"mean/{select_by}")), signed(tie, metrics.get(f"mean/{tie}"))
 
 
 def read_result(trial_dir: Path) -> dict[str, Any] | None:

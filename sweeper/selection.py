@@ -3,3 +3,11 @@
 METRICS = ("psnr", "ssim", "lpips")
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False}
 TIE_BREAK = {"lpips": "psnr", "psnr": "lpips", "ssim": "psnr"}  # the second metric that orders equal scores
+
+
+def signed(metric: str, value: float | None) -> float:
+    """`value` of `metric` as a sort key where smaller is better: negated where higher is better; a missing or
+    NaN value ranks last (inf)."""
+    if value is None or value != value:
+        return float("inf")
+    return -value if HIGHER_IS_BETTER[metric] else value
