@@ -9,7 +9,7 @@ as a trial trained earlier) has no ledger: it cost nothing, but the naive protoc
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +69,9 @@ class Totals:
         return self
 
     def merge(self, other: Totals) -> Totals:
-        for name in ("trials", "segments", "iters", "repeated", "wall_s", "device_s", "pretrain_iters", "pretrain_device_s", "pretrain_reused"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.devices |= other.devices
+        for f in fields(self):  # counts and sums add up; the sets of devices unite
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            setattr(self, f.name, mine | theirs if isinstance(mine, set) else mine + theirs)
         return self
 
     @property

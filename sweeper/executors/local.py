@@ -111,14 +111,14 @@ class LocalExecutor:
         record = self._record(job_id)
         if record is None or record["host"] != self.host:
             return "UNKNOWN"  # another machine's process: only a sweeper there can tell
-        if record["pid"] is not None and process_start(record["pid"]) == record["start"]:
+        if _alive(record):
             return "RUNNING"
         return "RUNNING" if folder_busy(Path(record["trial_dir"])) else "ENDED"
 
     def cancel(self, job_ids: list[str]) -> None:
         for job_id in job_ids:
             record = self._record(job_id)
-            if record and record["pid"] is not None and process_start(record["pid"]) == record["start"]:
+            if record and _alive(record):
                 os.killpg(record["pid"], signal.SIGTERM)  # the worker leads its own session; it checkpoints and ends
 
     def log_paths(self, job_id: str) -> tuple[Path, Path]:
@@ -127,6 +127,11 @@ class LocalExecutor:
             raise UserError(f"no record of local job {job_id} in {self.jobs_dir}")
         trial_dir = Path(record["trial_dir"])
         return trial_dir / "stdout.log", trial_dir / "stderr.log"
+
+
+def _alive(record: dict[str, Any]) -> bool:
+    """Whether the job record's process is the one running now (a recycled pid has another start time)."""
+    return record["pid"] is not None and process_start(record["pid"]) == record["start"]
 
 
 def zygote() -> None:
