@@ -23,6 +23,7 @@ CRASH_POINTS = (
     "before_promote",  # a paused trial chosen to go on, not yet relaunched
     "mlflow_run_created",  # the trial's MLflow run exists, its metrics not all logged
     "before_finish",  # the trial's MLflow run is complete, the Optuna trial still RUNNING
+    "before_prune",  # a trial stopped by halving is logged to MLflow, the Optuna trial still RUNNING (paused)
     "after_finish",  # the Optuna trial is COMPLETE
     "before_winner",  # the stage's trials are all settled, no winner recorded
     "after_winner",  # the winner is in Optuna, not yet in MLflow

@@ -535,6 +535,7 @@ class StageWork:
                 if t.number in self.mine:
                     reached = t.user_attrs["reached_iters"]
                     run_id = self.log(t, Path(t.user_attrs["trial_dir"]), stopped_at=reached)
+                    crash_point("before_prune")
                     reason = f"stopped by successive halving at {reached} iterations"
                     try:
                         self.end(t.number, TrialState.PRUNED, None, {"reason": reason, "mlflow_run_id": run_id})
