@@ -34,7 +34,7 @@ ARCH_GAN = {"srgan": "vanilla", "esrgan": "ragan"}  # what the authors' configs 
 SKIPS = ("none", "bilinear")  # generator output + bilinear upsampling of the input, or not
 INITS = ("basicsr", "all_convs")  # which convs get the 0.1-scaled Kaiming init (trainer/nets/layers.py)
 METRIC_SPACES = ("y", "rgb")  # PSNR/SSIM on MATLAB's Y (section 4.1) or on RGB (the authors' test config)
-NOT_COMPUTATION = {"train.device", "data.num_workers", "data.cache", "train.threads"}  # where and how fast, not what: a run may resume under others
+NOT_COMPUTATION = {"train.device", "train.devices", "data.num_workers", "data.cache", "train.threads"}  # where and how fast, not what: a run may resume under others
 
 
 @dataclass
@@ -96,6 +96,7 @@ class TrainConfig:
     ckpt_every: int = 5_000
     log_every: int = 100
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    devices: int = 1  # ranks of one training (DDP, trainer.distributed): the global batch is split over them
     threads: int = 0  # CPU intra-op threads; 0 = the sweeper's share (cores // concurrent trials), else torch's default
     amp: bool = False  # bf16 autocast on CUDA
     channels_last: bool = False
@@ -294,6 +295,10 @@ def validate(cfg: Config) -> Config:
     for name in ("iters", "val_every", "ckpt_every", "log_every"):
         if getattr(cfg.train, name) <= 0:
             raise UserError(f"train.{name}={getattr(cfg.train, name)}: must be positive")
+    if cfg.train.devices < 1 or cfg.data.batch_size % cfg.train.devices:
+        fits = [n for n in range(1, cfg.data.batch_size + 1) if cfg.data.batch_size % n == 0]
+        raise UserError(f"train.devices={cfg.train.devices}: the global batch data.batch_size={cfg.data.batch_size} is split "
+                        f"evenly over the devices; choose one of {', '.join(map(str, fits))}")
     if not 0 <= cfg.train.ema < 1:
         raise UserError(f"train.ema={cfg.train.ema}: must be in [0, 1) (0 turns EMA off)")
     return cfg

@@ -163,12 +163,16 @@ class TrainBatches:
     aligned crop (HR `hr_patch`) with a random flip/90-degree rotation. Batch `b` depends only on
     (cfg.seed, b), so `state_dict()` is just the batch counter and resuming gives exactly the batches a
     straight run would. With `data.num_workers` > 0, worker processes make batches b, b+1, ... ahead and
-    they arrive in order: the same batches. Sub-images smaller than `hr_patch` are skipped.
+    they arrive in order: the same batches. Sub-images smaller than `hr_patch` are skipped. With `shard`
+    (one rank of several, `trainer.distributed.shard`) a batch is that slice of the global batch: the same
+    patches in the same order, each rank cutting only its own.
     """
 
-    def __init__(self, cfg: Config, cache_dir: Path, device: str | torch.device = "cpu", show: bool = False) -> None:
+    def __init__(self, cfg: Config, cache_dir: Path, device: str | torch.device = "cpu", show: bool = False,
+                 shard: tuple[int, int] | None = None) -> None:
         d, s = cfg.data, cfg.upscale
         self.scale, self.lr_patch, self.batch_size = s, d.hr_patch // s, d.batch_size
+        self.shard = shard or (0, d.batch_size)  # samples [start, stop) of each batch this process trains on
         self.seed, self.device, self.num_workers = cfg.seed, torch.device(device), d.num_workers
         self.sets = [prepare_set(cfg, name, cache_dir, show=show) for name in d.train_sets]
         usable = [np.flatnonzero(p.windows[:, 3:5].min(axis=1) >= d.hr_patch) for p in self.sets]
@@ -209,7 +213,8 @@ class TrainBatches:
         return int(self._perm[1][i])
 
     def batch_at(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch `b` as uint8 (N, 3, h, w) LR and HR tensors; a function of (seed, b) only."""
+        """Batch `b` (this shard of it) as uint8 (N, 3, h, w) LR and HR tensors; a function of (seed, b) only.
+        Every sample's random draws are made, so a shard's crops are those of the whole batch."""
         g = _rng(self.seed, 1, b)
         p, s = self.lr_patch, self.scale
         lrs, hrs = [], []
@@ -219,6 +224,8 @@ class TrainBatches:
             left = int(torch.randint(lr.shape[1] - p + 1, (), generator=g))
             crops = (lr[top : top + p, left : left + p], hr[top * s : (top + p) * s, left * s : (left + p) * s])
             hflip, vflip, transpose = (bool(f) for f in torch.rand(3, generator=g) < 0.5)
+            if not self.shard[0] <= k < self.shard[1]:
+                continue
             lr, hr = (_augment(torch.from_numpy(np.array(c)).permute(2, 0, 1), hflip, vflip, transpose) for c in crops)
             lrs.append(lr)
             hrs.append(hr)

@@ -7,6 +7,12 @@
    one generator and one discriminator step per iteration, Adam(0.9, 0.99), MultiStepLR, optional EMA.
 
 Everything needed to resume exactly is checkpointed atomically; calling `train` again on the folder resumes.
+
+`train.devices=N` trains the same run on N ranks (`trainer.distributed`: DDP, the global batch split, global
+BatchNorm statistics and loss means): `train` launches them on this machine, or, inside ranks a launcher
+started (torchrun, submitit tasks), joins their group. Rank 0 alone writes the trial folder (checkpoints,
+logs, progress, validation, result). No host sync per iteration: the losses are summed on the device
+(`LossMeter`) and read every `train.log_every` and before any checkpoint, validation or stop.
 """
 
 from __future__ import annotations
@@ -31,9 +37,10 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
+from trainer import distributed
 from trainer import weights as weights_mod
 from trainer.checkpoint import FINISHED, keep_generator_only, load_checkpoint, rng_state, save_atomic, set_rng_state
-from trainer.config import NOT_COMPUTATION, Config, flatten
+from trainer.config import NOT_COMPUTATION, Config, config_from_dict, flatten
 from trainer.data import TrainBatches, ValImage, load_val_sets
 from trainer.errors import UserError
 from trainer.files import file_lock, write_json_atomic, write_text_atomic
@@ -49,20 +56,32 @@ SAMPLE_CROP = 128
 
 
 class Diverged(Exception):
-    """A loss became NaN or infinite; raised before any optimiser step uses it."""
+    """A loss became NaN or infinite at iteration `step`; raised before any checkpoint, validation or rung
+    holds weights trained on it."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
 
 
 class Interrupted(Exception):
     """SIGTERM arrived (after `stop_on_sigterm`); raised at the next iteration, after a checkpoint."""
 
 
-_sigterm = {"received": False}
+_sigterm = {"received": False, "armed": False}
 
 
 def stop_on_sigterm() -> None:
     """From now on SIGTERM (Ctrl-C of the sweeper, `sweeper cancel`) ends training at the next iteration with
-    a checkpoint and a result.json of status "interrupted", which the sweeper resumes without spending a retry."""
+    a checkpoint and a result.json of status "interrupted", which the sweeper resumes without spending a retry.
+    Ranks launched by `train` do the same (all of them stop at the same iteration)."""
+    _sigterm["armed"] = True
     signal.signal(signal.SIGTERM, lambda signum, frame: _sigterm.update(received=True))
+
+
+def stop_requested() -> bool:
+    """SIGTERM has reached this rank or another one (one CPU collective across ranks, no device sync)."""
+    return distributed.any_rank(_sigterm["received"])
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -94,11 +113,42 @@ def check_finite(losses: dict[str, torch.Tensor], stage: str, step: int) -> dict
     values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
     bad = {k: v for k, v in values.items() if not math.isfinite(v)}
     if bad:
-        raise Diverged(f"{stage} diverged at iteration {step}: " + ", ".join(f"{k}={v}" for k, v in bad.items()))
+        raise Diverged(f"{stage} diverged at iteration {step}: " + ", ".join(f"{k}={v}" for k, v in bad.items()), step)
     return values
 
 
+class LossMeter:
+    """The losses of the iterations since the last `read`, summed on the device, and the first iteration where
+    one was NaN or infinite: adding costs no host sync (the authors' DP code syncs twice per step)."""
+
+    def __init__(self, stage: str):
+        self.stage, self.names, self.count = stage, [], 0
+        self.sum: torch.Tensor | None = None
+        self.first_bad: torch.Tensor | None = None
+
+    def add(self, losses: dict[str, torch.Tensor], step: int) -> None:
+        v = torch.stack([t.detach().float() for t in losses.values()])
+        if self.sum is None:
+            self.names, self.sum, self.first_bad = list(losses), torch.zeros_like(v), v.new_full((), math.inf)
+        self.sum += v
+        self.first_bad = torch.where(torch.isfinite(v).all(), self.first_bad, self.first_bad.clamp(max=step))
+        self.count += 1
+
+    def read(self, step: int) -> dict[str, float]:
+        """The mean of each loss over the iterations since the last read and over the ranks (what one process
+        on the whole batch logs), as floats: one sync. Raises Diverged naming the first bad iteration."""
+        if self.sum is None or not self.count:
+            return {}
+        mean = distributed.mean_over_ranks(self.sum) / self.count
+        bad = float(distributed.min_over_ranks(self.first_bad))
+        self.sum.zero_()
+        self.count, self.first_bad = 0, self.first_bad.new_full((), math.inf)
+        return check_finite(dict(zip(self.names, mean)), self.stage, int(bad) if math.isfinite(bad) else step)
+
+
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    if not distributed.world().main:
+        return
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
@@ -106,7 +156,7 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 def drop_records_after(path: Path, step: int) -> None:
     """On resume, forget log lines written after the checkpoint (they will be written again)."""
-    if not path.exists():
+    if not distributed.world().main or not path.exists():
         return
     kept = []
     for line in path.read_text().splitlines():
@@ -117,12 +167,13 @@ def drop_records_after(path: Path, step: int) -> None:
 
 
 class Progress:
-    """tqdm bar (it/s, ETA, current losses) plus `progress.json` rewritten every few seconds."""
+    """tqdm bar (it/s, ETA, the losses last read) plus `progress.json` rewritten every few seconds (rank 0's)."""
 
     def __init__(self, path: Path, stage: str, start: int, total: int, show: bool):
         self.path, self.stage, self.start, self.total = path, stage, start, total
         self.t0 = self.last_write = time.monotonic()
-        self.bar = tqdm(total=total, initial=start, desc=stage, disable=not show, dynamic_ncols=True)
+        self.main = distributed.world().main
+        self.bar = tqdm(total=total, initial=start, desc=stage, disable=not (show and self.main), dynamic_ncols=True)
         self.write(start)
 
     def update(self, step: int, losses: dict[str, float] | None = None) -> None:
@@ -133,6 +184,8 @@ class Progress:
             self.write(step)
 
     def write(self, step: int) -> None:
+        if not self.main:
+            return
         self.last_write = now = time.monotonic()
         it_s = (step - self.start) / max(now - self.t0, 1e-9)
         eta = (self.total - step) / it_s if it_s > 0 else None
@@ -188,18 +241,21 @@ def pretrained_generator(
     cfg: Config, cache_dir: Path, device: torch.device, run_dir: Path, show: bool
 ) -> tuple[dict[str, torch.Tensor], int, float]:
     """The PSNR-oriented generator weights for `cfg`, trained now unless cached, with the pre-training
-    iterations and seconds this call spent on it (0, 0.0 when reused). One process trains a given cache
-    entry at a time (file lock); the others wait and then reuse it."""
-    batches = TrainBatches(cfg, cache_dir, device, show)
+    iterations and seconds this call spent on it (0, 0.0 when reused). One training trains a given cache
+    entry at a time (file lock, held by its rank 0; its other ranks wait for it); the others wait and then
+    reuse it."""
+    batches = TrainBatches(cfg, cache_dir, device, show, distributed.shard(cfg.data.batch_size))
     folder = cache_dir / f"pretrain-{cfg.arch}-x{cfg.upscale}-{pretrain_key(cfg, batches.data_id)}"
     ckpt_path = folder / "last.pt"
     trained, seconds = 0, 0.0
-    with file_lock(folder.with_suffix(".lock")):
+    with file_lock(folder.with_suffix(".lock")) if distributed.world().main else contextlib.nullcontext():
+        distributed.barrier()  # the lock is ours: every rank may read the entry
         ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
         if ckpt is None or ckpt["step"] < cfg.train.pretrain_iters:
             t0, before = time.monotonic(), ckpt["step"] if ckpt else 0
             ckpt = run_pretrain(cfg, folder, ckpt, batches, run_dir, show)
             trained, seconds = cfg.train.pretrain_iters - before, time.monotonic() - t0
+        distributed.barrier()  # every rank has read the entry before the lock goes
     return ckpt["g"], trained, seconds
 
 
@@ -210,7 +266,8 @@ def run_pretrain(
     from `ckpt` if given."""
     seed_everything(cfg.seed)
     device = batches.device
-    g = prepare(build_generator(cfg), cfg, device).train()
+    g = distributed.sync_batchnorm(prepare(build_generator(cfg), cfg, device).train())
+    g_run = distributed.data_parallel(g, device)
     opt, sched = make_optimizer(g, cfg.train.pretrain_lr, cfg.train.pretrain_milestones, cfg)
     total, start = cfg.train.pretrain_iters, 0
     folder.mkdir(parents=True, exist_ok=True)
@@ -229,30 +286,38 @@ def run_pretrain(
                 "opt_g": opt.state_dict(), "sched_g": sched.state_dict(), "data": batches.state_dict(),
                 "rng": rng_state()}
 
-    bar = Progress(run_dir / "progress.json", "pretrain", start, total, show)
+    def save(step: int) -> None:
+        if distributed.world().main:
+            save_atomic(state(step), folder / "last.pt")
+
+    bar, meter = Progress(run_dir / "progress.json", "pretrain", start, total, show), LossMeter("pre-training")
     step = start
     try:
         for step in range(start + 1, total + 1):
             lr, hr = next(batches)
             with autocast(cfg, device):
-                l_pix = F.l1_loss(g(batch_to(lr, cfg)), hr)
-            values = check_finite({"l_pix": l_pix}, "pre-training", step)
+                l_pix = F.l1_loss(g_run(batch_to(lr, cfg)), hr)
+            meter.add({"l_pix": l_pix}, step)
             opt.zero_grad(set_to_none=True)
             l_pix.backward()
             opt.step()
             sched.step()
-            bar.update(step, values)
+            bar.update(step)
+            stop = stop_requested()
             if step % cfg.train.log_every == 0:
+                values = meter.read(step)
+                bar.update(step, values)
                 append_jsonl(log, {"step": step, "kind": "train", **values})
-            if step % cfg.train.ckpt_every == 0 and step < total:
-                save_atomic(state(step), folder / "last.pt")
-            if _sigterm["received"]:
-                save_atomic(state(step), folder / "last.pt")
+            if (step % cfg.train.ckpt_every == 0 and step < total) or stop:
+                meter.read(step)  # never checkpoint weights trained on a NaN
+                save(step)
+            if stop:
                 raise Interrupted(f"interrupted (SIGTERM) in pre-training at iteration {step}")
+        meter.read(step)
     finally:
         bar.close()
     final = state(step)
-    save_atomic(final, folder / "last.pt")
+    save(step)
     return final
 
 
@@ -319,7 +384,8 @@ def check_resumable(cfg: Config, saved: dict[str, Any], path: Path) -> None:
 
 @dataclass
 class Gan:
-    """The GAN stage's state: networks, DP loss, optimisers, schedulers and the optional EMA generator."""
+    """The GAN stage's state: networks, DP loss, optimisers, schedulers and the optional EMA generator.
+    `g_run`/`d_run` are `g`/`d` under DDP when training on several ranks (else the same modules)."""
 
     cfg: Config
     g: nn.Module
@@ -330,32 +396,36 @@ class Gan:
     opt_d: torch.optim.Optimizer
     sched_g: torch.optim.lr_scheduler.LRScheduler
     sched_d: torch.optim.lr_scheduler.LRScheduler
+    g_run: nn.Module
+    d_run: nn.Module
 
     @classmethod
     def build(cls, cfg: Config, device: torch.device) -> Gan:
         t, lw = cfg.train, cfg.loss
         seed_everything(cfg.seed)
-        g = prepare(build_generator(cfg), cfg, device).train()
-        d = prepare(build_discriminator(cfg), cfg, device).train()
+        g = distributed.sync_batchnorm(prepare(build_generator(cfg), cfg, device).train())
+        d = distributed.sync_batchnorm(prepare(build_discriminator(cfg), cfg, device).train())
         percep = DualPerceptualLoss(
             cfg.mu, cfg.beta, cfg.weights, lw.c, mode=lw.perceptual, static_weight=lw.static_weight, variant=lw.variant
         )
         ema = copy.deepcopy(g).requires_grad_(False) if t.ema > 0 else None
         opt_g, sched_g = make_optimizer(g, t.lr, t.milestones, cfg)
         opt_d, sched_d = make_optimizer(d, t.lr, t.milestones, cfg)
-        return cls(cfg, g, d, prepare(percep, cfg, device), ema, opt_g, opt_d, sched_g, sched_d)
+        percep = distributed.sync_batchnorm(prepare(percep, cfg, device))  # the published-code ResNet's BN
+        return cls(cfg, g, d, percep, ema, opt_g, opt_d, sched_g, sched_d,
+                   distributed.data_parallel(g, device), distributed.data_parallel(d, device))
 
-    def step(self, lr: torch.Tensor, hr: torch.Tensor, step: int) -> dict[str, float]:
-        """One generator step, eq. (2), then one discriminator step, eq. (3); returns the losses.
-        Raises Diverged, before either optimiser steps, if any loss is NaN or infinite."""
-        cfg, g, d, lw = self.cfg, self.g, self.d, self.cfg.loss
+    def step(self, lr: torch.Tensor, hr: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One generator step, eq. (2), then one discriminator step, eq. (3); returns the losses as tensors
+        on the device (this rank's shard's; `LossMeter` averages them over ranks when it reads them)."""
+        cfg, d, lw = self.cfg, self.d, self.cfg.loss
         lr, hr = batch_to(lr, cfg), batch_to(hr, cfg)
         with autocast(cfg, lr.device):
-            sr = g(lr)
-            d.requires_grad_(False)  # the generator's adversarial term needs no D parameter gradients
+            sr = self.g_run(lr)
+            d.requires_grad_(False)  # the generator's adversarial term needs no D parameter gradients (nor DDP)
             fake_for_g = d(sr)
             d.requires_grad_(True)
-            real, fake = d(hr), d(sr.detach())
+            real, fake = self.d_run(hr), self.d_run(sr.detach())
             l_pix = F.l1_loss(sr, hr)
             p = self.percep(sr, hr)
             l_adv = generator_adversarial_loss(lw.gan, real, fake_for_g)  # loss.gan: vanilla | ragan (eq. 3)
@@ -363,7 +433,6 @@ class Gan:
             l_d = discriminator_loss(lw.gan, real, fake, lw.ragan_detach)
         losses = {"l_g": l_g, "l_pix": l_pix, "l_adv": l_adv, "l_percep": p["total"], "l_vgg": p["vgg"],
                   "l_res": p["res"], "dp_weight": p["weight"], "l_d": l_d}
-        values = check_finite(losses, "GAN training", step)
         for opt, loss, sched in ((self.opt_g, l_g, self.sched_g), (self.opt_d, l_d, self.sched_d)):
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -371,9 +440,9 @@ class Gan:
             sched.step()
         if self.ema is not None:
             with torch.no_grad():
-                for e, v in zip(self.ema.state_dict().values(), g.state_dict().values()):
+                for e, v in zip(self.ema.state_dict().values(), self.g.state_dict().values()):
                     e.lerp_(v, 1 - cfg.train.ema) if e.is_floating_point() else e.copy_(v)
-        return values
+        return losses
 
     def state_dict(self) -> dict[str, Any]:
         ema = self.ema.state_dict() if self.ema is not None else None
@@ -416,7 +485,8 @@ def train(
     checkpoints and writes `rungs/<N>.json`, shaped like result.json with status "stopped" (no result.json);
     calling again resumes exactly. After `stop_on_sigterm`, SIGTERM ends it with a checkpoint and status
     "interrupted". Raises UserError for bad settings, data or missing weights before any training; a
-    diverging loss ends the run with status "failed".
+    diverging loss ends the run with status "failed". With `train.devices` > 1 outside a launch, the ranks
+    are launched here (`launch_ranks`) and rank 0's result is returned.
     """
     run_dir, cache_dir = Path(run_dir), Path(cache_dir)
     result_path, ckpt_path = run_dir / "result.json", run_dir / "ckpt" / "last.pt"
@@ -424,27 +494,33 @@ def train(
         done = json.loads(result_path.read_text())
         if done.get("status") == "complete":
             return done
+    if cfg.train.devices > 1 and not distributed.launched():
+        return launch_ranks(cfg, run_dir, cache_dir, progress, stop_after)
+    device = pick_device(cfg)
+    world = distributed.init(cfg.train.devices, device.type)
+    device = distributed.rank_device(device)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     if ckpt is not None:
         check_resumable(cfg, ckpt["config"], ckpt_path)
         if ckpt["stage"] == FINISHED:
             raise UserError(f"{ckpt_path}: this run finished and kept only its generator weights; delete {run_dir} to train it again")
-    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if world.main:
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
-    device = pick_device(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    segment = Segment(run_dir, ckpt["step"] if ckpt is not None else 0, device.type)  # this call's cost ledger line
+    segment = Segment(run_dir, ckpt["step"] if ckpt is not None else 0, device.type, world.size)  # this call's cost ledger line
     if cfg.train.amp and device.type != "cuda":
         note("train.amp applies to CUDA only; training in float32 on the CPU")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     gan = Gan.build(cfg, device)  # before pre-training, so missing extractor weights fail fast
-    if cfg.data.hr_patch != 128:
+    if cfg.data.hr_patch != 128 and world.main:
         note(f"discriminator input is {cfg.data.hr_patch}x{cfg.data.hr_patch}, not the paper's 128x128: "
              f"its first linear layer takes 512*{cfg.data.hr_patch // 32}^2 features instead of 512*4^2")
-    batches, val_sets, lpips = TrainBatches(cfg, cache_dir, device, progress), load_val_sets(cfg), LPIPSMetric(device)
+    batches = TrainBatches(cfg, cache_dir, device, progress, distributed.shard(cfg.data.batch_size))
+    val_sets, lpips = load_val_sets(cfg), LPIPSMetric(device)
     weights_used = {
         "extractors": weights_mod.describe(cfg.weights),  # what was loaded: a random run is never recorded otherwise
         "lpips": "imagenet" if lpips.available else "unavailable",
@@ -454,7 +530,13 @@ def train(
     def result(status: str, reason: str | None) -> dict[str, Any]:
         checkpoint = str(ckpt_path) if ckpt_path.exists() else None
         return {"status": status, "reason": reason, "final": tally.final, "weights": weights_used,
-                "iters": tally.step, "duration_s": tally.duration_s(), "checkpoint": checkpoint}
+                "iters": tally.step, "duration_s": tally.duration_s(), "checkpoint": checkpoint,
+                "world_size": world.size}
+
+    def finish(out: dict[str, Any], path: Path) -> dict[str, Any]:
+        if world.main:
+            write_json_atomic(path, out)
+        return out
 
     try:
         if ckpt is not None:
@@ -471,60 +553,112 @@ def train(
         drop_records_after(run_dir / "metrics.jsonl", tally.step)  # lines logged after the checkpoint, if any
         stopped = run_gan(cfg, run_dir, gan, batches, val_sets, lpips, tally, progress, stop_after, segment)
     except (Diverged, Interrupted) as e:
-        out = result("interrupted" if isinstance(e, Interrupted) else "failed", str(e))
-        write_json_atomic(result_path, out)
-        return out
+        return finish(result("interrupted" if isinstance(e, Interrupted) else "failed", str(e)), result_path)
     finally:
         segment.record(tally.step)
     if stopped:  # a rung of successive halving: its result, beside the checkpoint
-        out = result("stopped", f"stopped after iteration {tally.step} as asked (stop_after)")
-        write_json_atomic(run_dir / "rungs" / f"{tally.step}.json", out)
-        return out
-    out = result("complete", None)
-    write_json_atomic(result_path, out)
-    keep_generator_only(ckpt_path)  # after result.json: a crash in between only leaves the full state
+        return finish(result("stopped", f"stopped after iteration {tally.step} as asked (stop_after)"),
+                      run_dir / "rungs" / f"{tally.step}.json")
+    out = finish(result("complete", None), result_path)
+    if world.main:
+        keep_generator_only(ckpt_path)  # after result.json: a crash in between only leaves the full state
     return out
 
 
 def run_gan(cfg: Config, run_dir: Path, gan: Gan, batches: TrainBatches, val_sets: dict[str, list[ValImage]],
             lpips: LPIPSMetric, tally: Tally, show: bool, stop_after: int | None, segment: Segment) -> bool:
     """The GAN stage from iteration tally.step + 1: train, log, validate, checkpoint (and bring the cost
-    ledger's line up to date). Returns True when it stopped early because of `stop_after`."""
+    ledger's line up to date). Returns True when it stopped early because of `stop_after`. On several ranks
+    every rank runs this loop; rank 0 alone validates (the others wait) and writes."""
     t = cfg.train
     device = next(gan.g.parameters()).device
     metrics_log = run_dir / "metrics.jsonl"
+    main = distributed.world().main
 
     def save() -> None:
-        save_atomic({"config": cfg.to_dict(), "stage": "gan", "step": tally.step, **gan.state_dict(),
-                     "data": batches.state_dict(), "rng": rng_state(), "final": tally.final,
-                     "elapsed_s": tally.duration_s()}, run_dir / "ckpt" / "last.pt")
+        if main:
+            save_atomic({"config": cfg.to_dict(), "stage": "gan", "step": tally.step, **gan.state_dict(),
+                         "data": batches.state_dict(), "rng": rng_state(), "final": tally.final,
+                         "elapsed_s": tally.duration_s()}, run_dir / "ckpt" / "last.pt")
         segment.record(tally.step)
 
     def validate_now(step: int) -> None:
-        g_eval = gan.ema if gan.ema is not None else gan.g
-        tally.final = validate(g_eval, val_sets, lpips, cfg, device, run_dir / "samples", step)
-        for set_name, m in tally.final.items():
-            append_jsonl(metrics_log, {"step": step, "kind": "val", "set": set_name, **m})
+        if main:
+            g_eval = gan.ema if gan.ema is not None else gan.g
+            tally.final = validate(g_eval, val_sets, lpips, cfg, device, run_dir / "samples", step)
+            for set_name, m in tally.final.items():
+                append_jsonl(metrics_log, {"step": step, "kind": "val", "set": set_name, **m})
+        distributed.barrier()
 
     if stop_after is not None and tally.step >= stop_after and tally.step < t.iters:  # checkpointed at the rung already
         return True
-    bar = Progress(run_dir / "progress.json", "gan", tally.step, t.iters, show)
+    bar, meter = Progress(run_dir / "progress.json", "gan", tally.step, t.iters, show), LossMeter("GAN training")
     try:
         for step in range(tally.step + 1, t.iters + 1):
-            values = gan.step(*next(batches), step)
+            meter.add(gan.step(*next(batches)), step)
             tally.step = step
-            bar.update(step, {k: values[k] for k in ("l_g", "l_percep", "l_d")})
+            bar.update(step)
+            stop = stop_requested()
+            validating = step % t.val_every == 0 or step == t.iters or step == stop_after
+            saving = step % t.ckpt_every == 0 or step == t.iters or step == stop_after or stop
             if step % t.log_every == 0:
-                lr = gan.sched_g.get_last_lr()[0]
-                append_jsonl(metrics_log, {"step": step, "kind": "train", **values, "lr": lr})
-            if step % t.val_every == 0 or step == t.iters or step == stop_after:
+                values = meter.read(step)
+                bar.update(step, {k: values[k] for k in ("l_g", "l_percep", "l_d")})
+                append_jsonl(metrics_log, {"step": step, "kind": "train", **values, "lr": gan.sched_g.get_last_lr()[0]})
+            if validating or saving:
+                meter.read(step)  # never validate or checkpoint weights trained on a NaN
+            if validating:
                 validate_now(step)
-            if step % t.ckpt_every == 0 or step == t.iters or step == stop_after or _sigterm["received"]:
+            if saving:
                 save()
             if step == stop_after and step < t.iters:
                 return True
-            if _sigterm["received"] and step < t.iters:
+            if stop and step < t.iters:
                 raise Interrupted(f"interrupted (SIGTERM) at iteration {step}")
+    except Diverged as e:
+        tally.step = e.step - 1  # the iterations trained before the first bad loss
+        raise
     finally:
         bar.close()
     return False
+
+
+# ----------------------------------------------------------------------------- several ranks
+
+
+def launch_ranks(cfg: Config, run_dir: Path, cache_dir: Path, show: bool, stop_after: int | None) -> dict[str, Any]:
+    """`train` on `train.devices` ranks of this machine (torch.distributed.run's elastic agent), each with an
+    equal share of this process's intra-op threads; returns rank 0's result. A rank's UserError is raised
+    here as one line; a rank that dies fails the launch (the others are stopped); SIGTERM to this process
+    reaches the ranks, which checkpoint and stop together (result "interrupted") when `stop_on_sigterm` was
+    called here."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    threads = max(1, (cfg.train.threads or torch.get_num_threads()) // cfg.train.devices)
+    args = [cfg.to_dict(), str(run_dir), str(cache_dir), show, stop_after, threads, _sigterm["armed"]]
+    try:
+        out = distributed.launch(_rank_main, args, cfg.train.devices)
+    except SignalException:
+        done = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").exists() else {}
+        if done.get("status") != "interrupted":
+            raise
+        return done
+    if "user_error" in out:
+        raise UserError(out["user_error"])
+    return out
+
+
+def _rank_main(cfg_dict: dict[str, Any], run_dir: str, cache_dir: str, show: bool, stop_after: int | None,
+               threads: int, stop_on_term: bool) -> dict[str, Any]:
+    """One rank of `launch_ranks` (module level: the agent starts it in a fresh interpreter)."""
+    if stop_on_term:
+        stop_on_sigterm()
+    torch.set_num_threads(threads)
+    cfg = config_from_dict(cfg_dict)
+    cfg.train.threads = 0  # set above, per rank
+    try:
+        return train(cfg, Path(run_dir), Path(cache_dir), show, stop_after=stop_after)
+    except UserError as e:
+        return {"user_error": str(e)}
+    finally:
+        distributed.close()

@@ -2,7 +2,9 @@
 
     l_DP = l_VGG + (1/mu) * zeta * l_RES,   zeta = value((l_VGG + c) / (l_RES + c))
 
-zeta is detached from the graph, so it scales the ResNet gradient without changing its direction.
+zeta is detached from the graph, so it scales the ResNet gradient without changing its direction. On several
+ranks (`train.devices`) zeta comes from the global batch's l_VGG and l_RES (their means over ranks), so every
+rank weighs its l_RES by the value one process on the whole batch would use, never by its own shard's.
 
 `mode` picks the perceptual term (Table 6): "dp" the dynamic weight above; "vgg" the VGG loss alone (the
 same as mu=inf, and no ResNet is built); "static" l_VGG + static_weight * l_RES.
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.config import BETAS, PERCEPTUAL, VARIANTS, check_choice, check_mu
+from trainer.distributed import mean_over_ranks
 from trainer.errors import UserError
 from trainer.losses.perceptual import ResNetStages, imagenet_normalize, vgg_extractor
 
@@ -85,8 +88,10 @@ class DualPerceptualLoss(nn.Module):
 
         if self.mode == "static":
             weight = l_vgg.new_tensor(self.static_weight)
-        elif published:
-            weight = (l_vgg / l_res).detach() / self.mu
         else:
-            weight = ((l_vgg + self.c) / (l_res + self.c)).detach() / self.mu  # eq. (9), then eq. (8)'s 1/mu
+            g_vgg, g_res = mean_over_ranks(torch.stack([l_vgg, l_res]).detach())  # the global batch's losses
+            if published:
+                weight = g_vgg / g_res / self.mu
+            else:
+                weight = (g_vgg + self.c) / (g_res + self.c) / self.mu  # eq. (9), then eq. (8)'s 1/mu
         return {"total": l_vgg + weight * l_res, "vgg": l_vgg, "res": l_res, "weight": weight}

@@ -3,7 +3,8 @@
 `loss.gan` picks the game: "ragan" is the relativistic average GAN of eq. (3) (Jolicoeur-Martineau 2018;
 ESRGAN, the authors' ESRGAN-DP through BasicSR's `ESRGANModel`); "vanilla" is the standard GAN that the
 authors' SRGAN-DP proxy trains with (BasicSR's `SRGANModel`): G minimises BCE(D(G(x)), 1), D minimises
-BCE(D(y), 1) + BCE(D(G(x)), 0).
+BCE(D(y), 1) + BCE(D(G(x)), 0). RaGAN's batch means are over the global batch when one training runs on
+several ranks (`trainer.distributed.global_mean`), as one process on the whole batch computes them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.config import GANS, check_choice
+from trainer.distributed import global_mean
 
 
 def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
@@ -29,7 +31,7 @@ def ragan_loss(real: torch.Tensor, fake: torch.Tensor, detach_means: bool = Fals
     discriminator (two half-weighted terms, each with the other side's mean detached); False is the RaGAN
     paper's form, where each term also pulls on the other batch through its mean.
     """
-    real_mean, fake_mean = real.mean(), fake.mean()
+    real_mean, fake_mean = global_mean(real), global_mean(fake)  # the whole batch's, on several ranks too
     if detach_means:
         real_mean, fake_mean = real_mean.detach(), fake_mean.detach()
     return 0.5 * (bce(real - fake_mean, 1.0) + bce(fake - real_mean, 0.0))
