@@ -520,10 +520,10 @@ def train(
         note(f"discriminator input is {cfg.data.hr_patch}x{cfg.data.hr_patch}, not the paper's 128x128: "
              f"its first linear layer takes 512*{cfg.data.hr_patch // 32}^2 features instead of 512*4^2")
     batches = TrainBatches(cfg, cache_dir, device, progress, distributed.shard(cfg.data.batch_size))
-    val_sets, lpips = load_val_sets(cfg), LPIPSMetric(device)
+    val_sets, lpips = (load_val_sets(cfg), LPIPSMetric(device)) if world.main else ({}, None)  # rank 0 validates
     weights_used = {
         "extractors": weights_mod.describe(cfg.weights),  # what was loaded: a random run is never recorded otherwise
-        "lpips": "imagenet" if lpips.available else "unavailable",
+        "lpips": "imagenet" if lpips and lpips.available else "unavailable",
     }
     tally = Tally()
 
@@ -566,7 +566,7 @@ def train(
 
 
 def run_gan(cfg: Config, run_dir: Path, gan: Gan, batches: TrainBatches, val_sets: dict[str, list[ValImage]],
-            lpips: LPIPSMetric, tally: Tally, show: bool, stop_after: int | None, segment: Segment) -> bool:
+            lpips: LPIPSMetric | None, tally: Tally, show: bool, stop_after: int | None, segment: Segment) -> bool:
     """The GAN stage from iteration tally.step + 1: train, log, validate, checkpoint (and bring the cost
     ledger's line up to date). Returns True when it stopped early because of `stop_after`. On several ranks
     every rank runs this loop; rank 0 alone validates (the others wait) and writes."""
@@ -583,7 +583,7 @@ def run_gan(cfg: Config, run_dir: Path, gan: Gan, batches: TrainBatches, val_set
         segment.record(tally.step)
 
     def validate_now(step: int) -> None:
-        if main:
+        if lpips is not None:  # rank 0
             g_eval = gan.ema if gan.ema is not None else gan.g
             tally.final = validate(g_eval, val_sets, lpips, cfg, device, run_dir / "samples", step)
             for set_name, m in tally.final.items():
