@@ -54,7 +54,7 @@ def step_seconds(gan: Gan, lr: torch.Tensor, hr: torch.Tensor, steps: int) -> fl
     sync(lr.device)
     t = time.perf_counter()
     for i in range(steps):
-        gan.step(lr, hr, i)
+        gan.step(lr, hr)
     sync(lr.device)
     return (time.perf_counter() - t) / steps
 
@@ -67,7 +67,7 @@ def python_overhead(gan: Gan, lr: torch.Tensor, hr: torch.Tensor, steps: int) ->
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t = time.perf_counter()
         for i in range(steps):
-            gan.step(lr, hr, i)
+            gan.step(lr, hr)
         wall = time.perf_counter() - t
     in_ops = sum(e.cpu_time_total for e in prof.events() if is_outermost_aten(e)) / 1e6
     return max(0.0, 1 - in_ops / wall)

@@ -106,6 +106,6 @@ def test_the_gan_stage_trains_the_chosen_game(arch):
         lr, hr = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 32, 32)
         with torch.no_grad():  # in train mode BatchNorm uses batch statistics: the same logits inside the step
             real, fake = trainer.d(hr), trainer.d(trainer.g(lr))
-        values = trainer.step(lr, hr, 1)
+        values = {k: float(v) for k, v in trainer.step(lr, hr).items()}
         assert values["l_adv"] == pytest.approx(float(generator_adversarial_loss(gan, real, fake)), rel=1e-5)
         assert values["l_d"] == pytest.approx(float(discriminator_loss(gan, real, fake, cfg.loss.ragan_detach)), rel=1e-5)
