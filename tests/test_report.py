@@ -102,7 +102,7 @@ def test_report_lists_the_tables_figures_and_warning(paper_store, paper_report):
     readme = (paper_report / "README.md").read_text()
     assert "smoke preset, random-init extractors: NOT paper results" in readme.split("\n\n")[1]
     assert "preset=smoke" in readme and "weights=random" in readme and "commit=abc1234" in readme
-    assert "PSNR/SSIM on Y" in readme  # metrics.space of the runs
+    assert "PSNR/SSIM on RGB" in readme  # metrics.space of the runs
     for key in ("table1_mu_srgan", "table2_beta_srgan"):
         assert (paper_report / "tables" / f"{key}.tex").read_text().count(r"\\") >= 4
     assert "Table 6" not in readme  # the ablation belongs to another study

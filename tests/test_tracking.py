@@ -56,7 +56,7 @@ def test_a_trial_is_logged_once_in_the_documented_layout(tmp_path: Path) -> None
     assert run.data.tags["sweeper.weights"] == "random" and run.data.tags["sweeper.lpips"] == "unavailable"
     assert run.data.params["mu"] == "inf" and run.data.params["perceptual"] == "dp" and run.data.params["preset"] == "smoke"
     recipe = {k: run.data.params[k] for k in ("loss.gan", "model.skip", "metrics.space", "train.from_scratch")}
-    assert recipe == {"loss.gan": "vanilla", "model.skip": "bilinear", "metrics.space": "y", "train.from_scratch": "True"}  # smoke
+    assert recipe == {"loss.gan": "vanilla", "model.skip": "bilinear", "metrics.space": "rgb", "train.from_scratch": "True"}  # smoke
     assert run.data.metrics["mean/psnr"] == 21.0 and "mean/lpips" not in run.data.metrics
     history = [(m.step, m.value) for m in client.get_metric_history(run_id, "train/l_g")]
     assert sorted(history) == [(2, 0.5), (4, 0.4)]
