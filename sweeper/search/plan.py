@@ -115,7 +115,7 @@ def measure(cfg: Config) -> Rate:
         return (time.perf_counter() - t0) / MEASURED_STEPS
 
     share = 1 if device.type == "cuda" else torch.get_num_threads()
-    gan_s = seconds(lambda i: gan.step(lr, hr, i)) * share
+    gan_s = seconds(lambda _: gan.step(lr, hr)) * share
     pre_s = seconds(pretrain_step) * share
     unit = "GPU-s" if device.type == "cuda" else "CPU core-s"
     return Rate(gan_s, pre_s, unit, f"measured now on {device.type} ({MEASURED_STEPS} steps, validation excluded)")
