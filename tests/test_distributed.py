@@ -124,3 +124,21 @@ def test_a_killed_two_rank_run_resumes_to_the_single_process_result(tmp_path):
     result = json.loads((tmp_path / "two" / "result.json").read_text())
     assert result["world_size"] == 2 and result["iters"] == 4
     assert_same_training(tmp_path / "one", tmp_path / "two")
+
+
+@pytest.mark.slow
+def test_sweeper_train_on_two_ranks_records_the_world_size(tmp_path):
+    """`sweeper train arch=srgan mu=0.5 beta=beta3_6 preset=smoke train.devices=2`: 2 gloo ranks on this CPU,
+    world_size 2 in result.json and in the MLflow run."""
+    from cluster_helpers import env_for, sweeper, tiny
+    from mlflow import MlflowClient
+
+    ws = tmp_path / "ws"
+    done = sweeper(["train", "arch=srgan", "mu=0.5", "beta=beta3_6", *tiny("model.num_blocks=1"), "train.devices=2",
+                    f"workspace={ws}"], env_for(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((ws / "trials" / "train" / "run" / "0" / "result.json").read_text())
+    assert result["status"] == "complete" and result["world_size"] == 2
+    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
+    assert run.data.params["world_size"] == "2" and run.data.params["train.amp"] == "False"

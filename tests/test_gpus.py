@@ -94,3 +94,15 @@ def test_slurm_shards_per_gpu_from_sinfo() -> None:
     assert shards_per_gpu("gpu:a100:4,shard:16(S:0-1)") == 4
     assert shards_per_gpu("gpu:2,shard:a100:8") == 4
     assert shards_per_gpu("gpu:4") is None and shards_per_gpu("(null)") is None
+
+
+def test_a_training_on_several_gpus_books_one_slot_on_each(locks: Path) -> None:
+    """`train.devices=2` on 3 fake GPUs: one slot on each of two different GPUs, the third left for others."""
+    ids, files = gpus.book_devices(3, 1, 2)
+    assert sorted(ids) == [0, 1] and gpus.held() == {0: 1, 1: 1}
+    other = gpus.try_book(3, 1)
+    assert other is not None and other[0] == 2
+    assert gpus.try_book(3, 1) is None  # every slot is held now
+    for f in [*files, other[2]]:
+        f.close()
+    assert gpus.held() == {}

@@ -200,6 +200,28 @@ def test_single_training_runs_as_a_slurm_job(tmp_path: Path) -> None:
     assert run.data.tags["sweeper.weights"] == "random" and "Set5/psnr" in run.data.metrics
 
 
+def test_a_two_rank_trial_is_one_job_of_two_tasks_and_complete_once(tmp_path: Path) -> None:
+    """`train.devices=2` on SLURM: one job, two tasks (gloo ranks here), the trial COMPLETE once, world_size 2."""
+    cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, timeout=60).stdout.split()
+    if max(map(int, cpus or ["0"])) < 2:
+        pytest.skip(f"the SLURM node declares {cpus} CPU(s): two 1-CPU tasks do not fit (slurm.conf written where nproc honoured OMP_NUM_THREADS=1)")
+    env, mus = env_for(tmp_path), ["0.5"]
+    write_study(tmp_path, "cl_ddp", mus)
+    where, storage, tracking_uri = workspace_args(tmp_path)
+    done = sweeper(["run", "study=cl_ddp", *where, *tiny("model.num_blocks=1"), "train.devices=2", "executor=slurm"], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (trial,) = assert_grid_once(storage, tracking_uri, "cl_ddp", mus)
+    job_id = trial.user_attrs["slurm_job_id"]
+    trial_dir = Path(trial.user_attrs["trial_dir"])
+    assert json.loads((trial_dir / "result.json").read_text())["world_size"] == 2
+    tasks = sorted(p.name for p in (tmp_path / "ws" / "slurm" / job_id).glob(f"{job_id}_*_log.out"))
+    assert tasks == [f"{job_id}_0_log.out", f"{job_id}_1_log.out"], tasks  # submitit's log per task: two ranks
+
+    from mlflow import MlflowClient
+
+    assert MlflowClient(tracking_uri).get_run(trial.user_attrs["mlflow_run_id"]).data.params["world_size"] == "2"
+
+
 @pytest.mark.slow
 def test_kill_at_every_crash_point_on_slurm(tmp_path: Path) -> None:
     """The crash matrix of tests/test_crash.py with SLURM jobs and the journal storage a cluster would use."""

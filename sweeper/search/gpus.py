@@ -31,12 +31,12 @@ def locks_dir() -> Path:
     return folder
 
 
-def try_book(gpus: int, per_gpu: int) -> tuple[int, int, IO[str]] | None:
-    """(gpu, slot, open lock file) of the first free slot, slot-major; None when every slot is held.
-    Keep the file open for as long as the GPU is used: closing it (or exiting) releases the slot."""
+def try_book(gpus: int, per_gpu: int, exclude: frozenset[int] = frozenset()) -> tuple[int, int, IO[str]] | None:
+    """(gpu, slot, open lock file) of the first free slot, slot-major, on a GPU not in `exclude`; None when every
+    such slot is held. Keep the file open for as long as the GPU is used: closing it (or exiting) releases the slot."""
     folder = locks_dir()
     for slot in range(per_gpu):
-        for gpu in range(gpus):
+        for gpu in (g for g in range(gpus) if g not in exclude):
             path = folder / f"gpu{gpu}.slot{slot}.lock"
             f = open(path, "a")
             try:
@@ -64,6 +64,26 @@ def book(gpus: int, per_gpu: int, announce: bool = True) -> tuple[int, IO[str]]:
     if announce:
         print(f"[sweeper] booked GPU {gpu} slot {slot} ({f.name})", flush=True)
     return gpu, f
+
+
+def book_devices(gpus: int, per_gpu: int, count: int) -> tuple[list[int], list[IO[str]]]:
+    """Wait for a slot on each of `count` different GPUs (one training on `count` devices, `train.devices`) and
+    book them all; returns (GPUs, open lock files). A partial set is released before waiting again, so two
+    trainings that each hold part of what they need never wait for each other."""
+    waited = False
+    while True:
+        booked: list[tuple[int, int, IO[str]]] = []
+        while len(booked) < count and (one := try_book(gpus, per_gpu, frozenset(b[0] for b in booked))) is not None:
+            booked.append(one)
+        if len(booked) == count:
+            print(f"[sweeper] booked GPUs {', '.join(f'{g} slot {s}' for g, s, _ in booked)}", flush=True)
+            return [g for g, _, _ in booked], [f for _, _, f in booked]
+        for _, _, f in booked:
+            f.close()
+        if not waited:
+            print(f"[sweeper] {count} GPUs with a free slot are not free at once; waiting", flush=True)
+            waited = True
+        time.sleep(POLL_S)
 
 
 def held() -> dict[int, int]:

@@ -10,7 +10,10 @@ point equal to an earlier stage's winner is reused), and trial-iterations and de
 Device-seconds per iteration come from the workspace's cost ledgers of trainings of the same shape (arch,
 network, patch, batch, device), all-in (setup and validation included); else from a few training steps of
 each architecture measured now at the preset's shapes on this machine (validation excluded). Which one
-was used is printed.
+was used is printed. A training on `train.devices=N` devices costs N x its wall time: ledgers of N-device
+trainings price it as they measured it; a one-device rate is scaled by 1 / DDP_EFFICIENCY (a stated figure,
+the issue's goal for 2 GPUs, not a measurement: `benchmarks/gpu.py` measures it on a machine with GPUs). The
+wall time of each stage's longest training, on its N devices, is printed beside the device-hours.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from trainer.errors import UserError
 from trainer.train import pretrain_key
 
 MEASURED_STEPS = 3  # timed steps per architecture, after one warm-up step
+DDP_EFFICIENCY = 0.9  # speed-up on N devices / N, stated (2 GPUs >= 1.8x one, issue 21's goal), not measured
 
 
 @dataclass(frozen=True)
@@ -64,13 +68,16 @@ class StagePlan:
     naive_hours: float
     none_hours: float
     sha_hours: float
+    wall_hours: float  # the stage's longest training, on its train.devices devices (CPU: per core)
+    devices: int
     rate_source: str
 
 
 def shape(cfg: dict[str, Any], device: str) -> str:
     """What a step's cost depends on (not mu or beta: the same networks run whatever their values)."""
     d = cfg["data"]
-    return json.dumps([cfg["arch"], cfg["upscale"], cfg["model"], d["hr_patch"], d["batch_size"], cfg["loss"]["perceptual"], device])
+    devices = cfg["train"].get("devices", 1)
+    return json.dumps([cfg["arch"], cfg["upscale"], cfg["model"], d["hr_patch"], d["batch_size"], cfg["loss"]["perceptual"], device, devices])
 
 
 def ledger_rates(root: Path) -> dict[str, ledger.Totals]:
@@ -133,9 +140,15 @@ def rate_for(cfg: Config, found: dict[str, ledger.Totals], measured: dict[str, R
         if pre is None:  # every trial reused its pre-training from the cache: measure a pre-training step
             pre = measured.setdefault(key, measure(cfg)).pretrain_s
         return Rate(totals.gan_rate, pre, totals.unit, f"ledgers of {totals.trials} trial(s) in the workspace")
-    if key not in measured:
-        measured[key] = measure(cfg)
-    return measured[key]
+    one = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, devices=1))  # measured on one device
+    one_key = shape(one.to_dict(), device)
+    if one_key not in measured:
+        measured[one_key] = measure(one)
+    rate, n = measured[one_key], cfg.train.devices
+    if n == 1:
+        return rate
+    return Rate(rate.gan_s / DDP_EFFICIENCY, rate.pretrain_s / DDP_EFFICIENCY, rate.unit,
+                f"{rate.source}, on {n} devices at a stated scaling efficiency of {DDP_EFFICIENCY}")
 
 
 def plan_stage(name: str, cfgs: list[Config], seen: set[str], cached: set[str], cache_dir: Path, opts: Options,
@@ -172,6 +185,8 @@ def plan_stage(name: str, cfgs: list[Config], seen: set[str], cached: set[str], 
         naive_hours=(gan_s(cfgs) + pretrain_s(cfgs)) / 3600,
         none_hours=(gan_s(new.values()) + pretrain_s(pre_needed.values())) / 3600,
         sha_hours=(sha_s + pretrain_s(pre_needed.values())) / 3600,
+        wall_hours=max((gan_s([c]) + pretrain_s([c])) / c.train.devices for c in cfgs) / 3600,
+        devices=max(c.train.devices for c in cfgs),
         rate_source="; ".join(sorted(sources)),
     )  # fmt: skip
 
@@ -212,7 +227,8 @@ def main(tokens: list[str], fmt: str = "table") -> None:
         return
     rows = [{"stage": p.stage, "points": p.points, "trainings": p.trainings, "GAN iters naive / none / sha": f"{p.naive_iters} / {p.none_iters} / {p.sha_iters}",
              "pre-training iters naive / cached": f"{p.naive_pretrain_iters} / {p.pretrain_iters}",
-             "device-hours naive / none / sha": " / ".join(map(hours, (p.naive_hours, p.none_hours, p.sha_hours)))} for p in plans]  # fmt: skip
+             "device-hours naive / none / sha": " / ".join(map(hours, (p.naive_hours, p.none_hours, p.sha_hours))),
+             "one training's wall hours (devices)": f"{hours(p.wall_hours)} ({p.devices})"} for p in plans]  # fmt: skip
     total = {k: sum(getattr(p, k) for p in plans) for k in ("naive_hours", "none_hours", "sha_hours")}
     print(rows_to_markdown(rows))
     for p in plans:

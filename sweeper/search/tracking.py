@@ -31,6 +31,7 @@ logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 PARAM_KEYS = ("beta", "arch", "preset", "seed", "upscale")
 RECIPE_PARAMS = ("loss.gan", "loss.ragan_detach", "model.skip", "model.init", "metrics.space", "train.from_scratch")  # docs/RECIPE.md
+SPEED_PARAMS = ("train.amp", "train.channels_last")  # how a GPU computed it (benchmarks/gpu.py measures the choices)
 
 
 def _find(client: MlflowClient, experiment_id: str, tags: dict[str, str], max_results: int = 10) -> list[Any]:
@@ -149,7 +150,8 @@ def log_trial(
     crash_point("mlflow_run_created")
     params = {"mu": label(config["mu"])} | {k: config[k] for k in PARAM_KEYS}
     params |= {"perceptual": config["loss"]["perceptual"], "variant": config["loss"]["variant"]}
-    params |= {k: flatten(config)[k] for k in RECIPE_PARAMS}
+    params |= {k: flatten(config)[k] for k in RECIPE_PARAMS + SPEED_PARAMS}
+    params |= {"world_size": result.get("world_size", 1)}  # the ranks that trained it (train.devices)
     metrics = [Metric(k, v, end, step) for (k, step), v in read_metrics(trial_dir).items()]
     steps = int(result.get("iters", 0))
     for set_name, values in result.get("final", {}).items():  # the final values are the latest, whatever was logged

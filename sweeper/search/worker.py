@@ -73,6 +73,21 @@ def run_trial(trial_dir: Path, stop_after: int | None = None) -> dict[str, Any]:
     return train(cfg, trial_dir, workspace_of(trial_dir) / "cache", progress=False, stop_after=stop_after)
 
 
+def run_rank(trial_dir: Path, token: str) -> int:
+    """A rank other than 0 of a `train.devices=N` trial whose ranks a launcher started (SLURM tasks): it trains
+    its share without the folder's lock (task 0, the worker proper, holds it and alone writes); a stale token
+    ends it at once, as it ends the worker."""
+    from trainer.train import stop_on_sigterm
+
+    stop_on_sigterm()
+    budget = read_budget(trial_dir)
+    if budget.get("token") != token:
+        print(f"superseded: another job owns {trial_dir}; exiting without writing", file=sys.stderr)
+        return 0
+    result = run_trial(trial_dir, budget.get("stop_after"))
+    return 0 if result.get("status") in ("complete", "stopped") else 1
+
+
 def main(argv: list[str]) -> int:
     if len(argv) not in (1, 2):
         print("usage: python -m sweeper.search.worker TRIAL_DIR [TOKEN]", file=sys.stderr)

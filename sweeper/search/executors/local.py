@@ -1,7 +1,9 @@
 """Trials as local processes, up to `n_jobs` at once, on GPU slots booked machine-wide (`sweeper.gpus`).
 
 With GPUs, each worker books one of `trials_per_gpu` slots of a GPU (a flock every sweeper on the machine
-sees, held for the worker's life) and sees only that GPU; `n_jobs` defaults to GPUs x trials_per_gpu. On a
+sees, held for the worker's life) and sees only that GPU (a `train.devices=N` trial: one slot on each of N
+GPUs, and sees those; its worker launches the N ranks with torch.distributed.run's agent, in `trainer.train`);
+`n_jobs` defaults to GPUs x trials_per_gpu. On a
 CPU, `n_jobs` defaults to 1. Either way each trial gets `cores // n_jobs` intra-op threads (at least 1)
 unless its config sets `train.threads`: trials sharing cores with torch's default thread count each run
 several times slower (issue 12).
@@ -26,6 +28,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from sweeper.search.executors.base import TrialJob
 from sweeper.search.gpus import thread_share
@@ -91,8 +95,11 @@ class LocalExecutor:
         return int(reply)
 
     def _start(self, job: TrialJob) -> str:
+        devices = trial_devices(job.trial_dir)
+        if self.gpus and devices > self.gpus:
+            raise UserError(f"train.devices={devices}: this machine has {self.gpus} GPU(s)")
         record = {"host": self.host, "pid": None, "start": None, "trial_dir": str(job.trial_dir), "token": job.token,
-                  "gpus": self.gpus, "per_gpu": self.trials_per_gpu, "threads": self.threads}  # fmt: skip
+                  "gpus": self.gpus, "per_gpu": self.trials_per_gpu, "threads": self.threads, "devices": devices}  # fmt: skip
         path = self.jobs_dir / f"{job.token}.json"
         write_json_atomic(path, record)  # before the fork: the job can always be found by its token
         self._fork({"record": str(path), **record})  # the zygote adds pid and start to the record
@@ -129,6 +136,12 @@ class LocalExecutor:
         return trial_dir / "stdout.log", trial_dir / "stderr.log"
 
 
+def trial_devices(trial_dir: Path) -> int:
+    """`train.devices` of the trial's config.yaml (1 when it has none): the GPUs its worker books."""
+    path = trial_dir / "config.yaml"
+    return int(yaml.safe_load(path.read_text())["train"].get("devices", 1)) if path.exists() else 1
+
+
 def _alive(record: dict[str, Any]) -> bool:
     """Whether the job record's process is the one running now (a recycled pid has another start time)."""
     return record["pid"] is not None and process_start(record["pid"]) == record["start"]
@@ -163,7 +176,10 @@ def zygote() -> None:
                     log = os.open(trial_dir / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
                     os.dup2(log, fd)
                     os.close(log)
-                if request["gpus"]:
+                if request["gpus"] and request.get("devices", 1) > 1:  # one training on several GPUs: one slot on each
+                    ids, booking = gpus.book_devices(request["gpus"], request["per_gpu"], request["devices"])  # noqa: F841
+                    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))
+                elif request["gpus"]:
                     gpu, booking = gpus.book(request["gpus"], request["per_gpu"])  # noqa: F841 (held open until exit)
                     os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
                     os.environ["GPU_SHARE"] = str(1 / request["per_gpu"])  # the cost ledger's GPU-seconds: a booked share

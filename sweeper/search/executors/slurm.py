@@ -8,6 +8,13 @@ resumes from the trial's `ckpt/last.pt` (lost work: at most one `train.ckpt_ever
 (`<workspace>/slurm/<job id>/`: pickles, stdout, stderr) must be on a filesystem the nodes share, like
 the trial folders.
 
+A trial with `train.devices=N` (one training on N ranks, `trainer.distributed`) is one job of N tasks
+(`executor.nodes` nodes, N / nodes tasks and, where the preset asks for GPUs, as many GPUs per node): every
+task exports the env:// variables of `submitit.helpers.TorchDistributedEnvironment` and trains as one rank;
+task 0 is the trial's worker (folder lock, token, result.json), the others are bare ranks. A rank that
+dies fails the job (the trial is retried from its checkpoint); a time limit or preemption requeues the whole
+job (submitit requeues from task 0), which resumes from the checkpoint without spending a retry.
+
 `executor.trials_per_gpu=N` packs N trials on a GPU with SLURM's GPU sharding (`--gres=shard`): each trial
 stays one job (one job id, one requeue, one result per trial), and each requests 1/N of a GPU's shards;
 the cluster must configure shards (docs/CLUSTER.md explains the choice and the set-up).
@@ -51,6 +58,7 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "max_requeues": (int, "how often a job may be requeued after its time limit"),
     "signal_delay_s": (int, "seconds before the time limit at which the job checkpoints and requeues"),
     "trials_per_gpu": (int, "trials sharing one GPU, through SLURM GPU sharding (--gres=shard)"),
+    "nodes": (int, "nodes per trial job: a train.devices=N training puts N / nodes ranks on each"),
 }
 PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
 RUNNING = {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "SUSPENDED", "STOPPED", "RESIZING"}
@@ -64,13 +72,28 @@ class TrialTask(submitit.helpers.Checkpointable):
     def __call__(self, trial_dir: str, token: str) -> int:
         import torch
 
-        from sweeper.search.worker import main
+        from sweeper.search.worker import main, run_rank
 
         torch.set_num_threads(int(os.environ.get("SLURM_CPUS_PER_TASK") or torch.get_num_threads()))  # the job's cores, not the node's
+        job = submitit.JobEnvironment()
+        if job.num_tasks > 1:  # one rank of a train.devices=N training; each picks cuda:LOCAL_RANK itself
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            if job.global_rank != 0:
+                return run_rank(Path(trial_dir), token)
         restart = os.environ.get("SLURM_RESTART_COUNT", "0")
-        print(f"[sweeper] {trial_dir}: SLURM job {submitit.JobEnvironment().job_id}, restart {restart}, "
+        print(f"[sweeper] {trial_dir}: SLURM job {job.job_id}, restart {restart}, {job.num_tasks} task(s), "
               f"pid {os.getpid()}, starting at step {checkpoint_step(Path(trial_dir))}", flush=True)  # fmt: skip
         return main([trial_dir, token])  # leaves result.json, "failed" with the reason on an exception
+
+
+def job_devices(jobs: list[TrialJob]) -> int:
+    """The ranks each of `jobs` trains on (`train.devices` of their config.yaml): one array holds one kind."""
+    import yaml
+
+    counts = {int(yaml.safe_load((job.trial_dir / "config.yaml").read_text())["train"].get("devices", 1)) for job in jobs}
+    if len(counts) > 1:
+        raise UserError(f"trials of one submission train on different train.devices ({sorted(counts)}); give them one value")
+    return counts.pop()
 
 
 def checkpoint_step(trial_dir: Path) -> int:
@@ -164,7 +187,8 @@ class SlurmExecutor:
         flags += [f"--{key}={p[key]}" for key in ("partition", "account", "qos", "constraint") if p.get(key)]
         flags += [f"--gpus-per-node={p['gpus_per_node']}"] if p["gpus_per_node"] else []
         flags += [f"--gres={p['gres']}"] if p.get("gres") else []
-        flags += [f"--{key.replace('_', '-')}={value}" for key, value in (p.get("additional_parameters") or {}).items()]
+        flags += [f"--{key.replace('_', '-')}" + ("" if value is True else f"={value}")  # a flag without a value, as submitit writes it
+                  for key, value in (p.get("additional_parameters") or {}).items()]
         out = subprocess.run(["sbatch", "--test-only", *flags, "--wrap", "true"], capture_output=True, text=True, timeout=60)
         if out.returncode != 0:
             lines = out.stderr.strip().splitlines() or ["no reason given"]
@@ -174,12 +198,18 @@ class SlurmExecutor:
             print(f"warning: storage is SQLite ({sqlite_file}): run `sweeper run` for this study from one machine only; "
                   "workers on several machines need storage=postgresql+psycopg2://... (docs/CLUSTER.md)")
 
-    def _submitit(self, name: str) -> submitit.AutoExecutor:
+    def _submitit(self, name: str, devices: int = 1) -> submitit.AutoExecutor:
+        """An executor for jobs of `devices` ranks each (one task per rank, one GPU per task where GPUs are asked)."""
         p = self.params
+        nodes = p.get("nodes", 1)
+        if devices % nodes or (devices > 1 and p.get("trials_per_gpu", 1) > 1):
+            raise UserError(f"train.devices={devices} does not fit executor.nodes={nodes}, executor.trials_per_gpu="
+                            f"{p.get('trials_per_gpu', 1)}: a training's ranks are spread evenly over whole nodes and GPUs")
         ex = submitit.AutoExecutor(folder=self.folder, cluster="slurm", slurm_max_num_timeout=p["max_requeues"])
         optional = {f"slurm_{k}": p[k] for k in ("partition", "account", "qos", "constraint", "additional_parameters") if p.get(k)}
+        optional |= {"nodes": nodes, "tasks_per_node": devices // nodes} if devices > 1 else {}
         if p["gpus_per_node"]:
-            optional["gpus_per_node"] = p["gpus_per_node"]
+            optional["gpus_per_node"] = p["gpus_per_node"] if devices == 1 else devices // nodes
         if p.get("gres"):
             optional["slurm_gres"] = p["gres"]
         ex.update_parameters(
@@ -198,7 +228,7 @@ class SlurmExecutor:
             return []
         batch = jobs[0].token.rsplit(".", 1)[0]
         assert [job.token for job in jobs] == [f"{batch}.{i}" for i in range(len(jobs))], "one batch, in order"
-        ex = self._submitit(f"sweeper-{batch}")
+        ex = self._submitit(f"sweeper-{batch}", job_devices(jobs))
         try:
             with ex.batch():
                 handles = [ex.submit(TrialTask(), str(job.trial_dir), job.token) for job in jobs]
