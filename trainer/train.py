@@ -633,11 +633,16 @@ def launch_ranks(cfg: Config, run_dir: Path, cache_dir: Path, show: bool, stop_a
     reaches the ranks, which checkpoint and stop together (result "interrupted") when `stop_on_sigterm` was
     called here."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     threads = max(1, (cfg.train.threads or torch.get_num_threads()) // cfg.train.devices)
     args = [cfg.to_dict(), str(run_dir), str(cache_dir), show, stop_after, threads, _sigterm["armed"]]
     try:
         out = distributed.launch(_rank_main, args, cfg.train.devices)
+    except ChildFailedError as e:  # one line for result.json's reason; the ranks' own errors are in the job's log
+        rank, failure = e.get_first_failure()
+        how = f"signal {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
+        raise RuntimeError(f"rank {rank} of {cfg.train.devices} failed ({how}); the launcher stopped the others") from None
     except SignalException:
         done = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").exists() else {}
         if done.get("status") != "interrupted":
