@@ -81,8 +81,8 @@ class TrialTask(submitit.helpers.Checkpointable):
             if job.global_rank != 0:
                 return run_rank(Path(trial_dir), token)
         restart = os.environ.get("SLURM_RESTART_COUNT", "0")
-        print(f"[sweeper] {trial_dir}: SLURM job {job.job_id}, restart {restart}, {job.num_tasks} task(s), "
-              f"pid {os.getpid()}, starting at step {checkpoint_step(Path(trial_dir))}", flush=True)  # fmt: skip
+        print(f"[sweeper] {trial_dir}: SLURM job {job.job_id}, restart {restart}, pid {os.getpid()}, "
+              f"starting at step {checkpoint_step(Path(trial_dir))} ({job.num_tasks} task(s))", flush=True)  # fmt: skip
         return main([trial_dir, token])  # leaves result.json, "failed" with the reason on an exception
 
 
