@@ -42,6 +42,7 @@ from trainer.ledger import Segment
 from trainer.losses import DualPerceptualLoss, discriminator_loss, generator_adversarial_loss
 from trainer.metrics import LPIPSMetric, per_image_csv, score, set_means
 from trainer.nets import build_discriminator, build_generator
+from trainer.terminal import bar
 
 PROGRESS_EVERY_S = 5.0
 SAMPLES = 2  # SR crops saved per validation (first images of the first validation set)
@@ -122,7 +123,7 @@ class Progress:
     def __init__(self, path: Path, stage: str, start: int, total: int, show: bool):
         self.path, self.stage, self.start, self.total = path, stage, start, total
         self.t0 = self.last_write = time.monotonic()
-        self.bar = tqdm(total=total, initial=start, desc=stage, disable=not show, dynamic_ncols=True)
+        self.bar = bar(total=total, initial=start, desc=stage, disable=not show)
         self.write(start)
 
     def update(self, step: int, losses: dict[str, float] | None = None) -> None:
