@@ -11,6 +11,7 @@ from pathlib import Path
 import mlflow_layout
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from sweeper.analysis import report, tables
@@ -174,3 +175,41 @@ def test_stage_runs_hold_their_table_and_the_experiment_a_view_of_its_trials(pap
     assert view["searchFilter"] == "tags.`sweeper.kind` = 'trial'" and "params.`mu`" in view["selectedColumns"]
     names = {r.info.run_name for r in client.search_runs([exp.experiment_id], view["searchFilter"])}
     assert {"mu=0.5 beta1_3", "mu=inf beta1_3", "mu=0.5 beta4_3"} <= names
+
+
+@pytest.mark.slow
+def test_table5_scores_the_winners_checkpoint_on_whole_images_as_bicubic_is(tmp_path):
+    """The winner's row is `sweeper evaluate` of its checkpoint on every whole image (not its training-time
+    crops), computed once and reused by the next report."""
+    import torch
+
+    from sweeper.analysis import evaluate
+    from trainer.checkpoint import save_atomic
+    from trainer.config import config_from_dict
+    from trainer.data import EMBEDDED
+    from trainer.nets import build_generator
+
+    uri, client = mlflow_layout.store(tmp_path / "ws")
+    trial = {"arch": "srgan", "mu": 0.5, "beta": "beta1_3", "final": mlflow_layout.scores(40.0, 0.99, 0.01, sets=("Set5",))}
+    _, (run_id,) = mlflow_layout.log_stage(client, tmp_path / "ws", "mu_search", "mu", [trial], winner=0, select_by="psnr")
+    folder = tmp_path / "ws" / "trials" / "mu_search" / "mu" / "0"
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    torch.manual_seed(0)
+    ckpt = folder / "ckpt" / "last.pt"
+    save_atomic({"config": config, "step": 12, "stage": "finished", "g": build_generator(config_from_dict(config)).state_dict()}, ckpt)
+    result = json.loads((folder / "result.json").read_text()) | {"checkpoint": str(ckpt)}
+    client.log_text(run_id, json.dumps(result), "result.json")
+    study = report.load_study(client, "mu_search")
+    table, _ = report.table5(study, report.bicubic_run(study))
+    rows = evaluate.evaluate(str(ckpt), EMBEDDED, ["Set5"], 4, use_lpips=False)
+    whole = {"psnr": np.mean([r["psnr_y"] for r in rows]), "ssim": np.mean([r["ssim_y"] for r in rows])}
+    def cell(t, metric: str) -> float:
+        i = next(i for i, label in enumerate(t.rows) if "ours" in label)
+        return t.values[i][t.columns.index(("Set5", metric))]
+
+    assert cell(table, "psnr") == pytest.approx(whole["psnr"], abs=1e-9) != 40.0  # not the logged 40 dB crops
+    assert cell(table, "ssim") == pytest.approx(whole["ssim"], abs=1e-9)
+    assert any("whole image" in note for note in table.notes)
+    ckpt.unlink()  # cached: the next report reads the logged evaluation, not the checkpoint
+    again, _ = report.table5(report.load_study(client, "mu_search"), report.bicubic_run(study))
+    assert cell(again, "psnr") == cell(table, "psnr")

@@ -93,10 +93,11 @@ class Study:
         return None
 
 
-def read_config(client: MlflowClient, run_id: str) -> dict:
+def read_config(client: MlflowClient, run_id: str, artifact: str = "config.yaml") -> dict:
+    """A run's YAML (or JSON) artifact as a dict ({} when it has none)."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = client.download_artifacts(run_id, "config.yaml", tmp)
+            path = client.download_artifacts(run_id, artifact, tmp)
         except (MlflowException, OSError):
             return {}
         loaded = yaml.safe_load(Path(path).read_text())
@@ -262,26 +263,27 @@ def promoted_runs(study: Study) -> list[RunRecord]:
 
 
 def table5(study: Study, bicubic: RunRecord | None) -> tuple[Table, list[RunRecord]] | None:
-    """Table 5: the study's winner and runs promoted from it against bicubic and the tagged baselines."""
+    """Table 5: the study's winner and runs promoted from it against bicubic and the tagged baselines. Every
+    row is scored the same way: our runs' checkpoints are evaluated on the whole validation images, as bicubic
+    is (`whole_image_run`), never shown with the crops they were validated on during training."""
     ours = [r for r in [study.winner(), *promoted_runs(study)] if r]
     if not ours:
         return None
     baselines = [b for b in finished(find_runs(study.client, None, None, baseline="true")) if b.tags.get("sweeper.method") != "bicubic"]
     labelled = [("Bicubic", bicubic)] if bicubic else []
     labelled += [(b.tags.get("sweeper.label", b.name), b) for b in baselines]
-    labelled += [(f"{ARCH_NAMES.get(r.arch, r.arch)} ({r.setting}, ours)", r) for r in ours]
+    scored = {r.run_id: whole_image_run(study, r) for r in ours}
+    labelled += [(f"{ARCH_NAMES.get(r.arch, r.arch)} ({r.setting}, ours)", scored[r.run_id] or r) for r in ours]
     title = "Table 5: comparison with bicubic and baselines on the benchmark sets"
     table = metric_table("table5", "baselines", title, provenance(study, ours), labelled, METRICS, "best")
-    data = study.config(ours[0]).get("data", {})
     if not bicubic:
         table.notes.append("Bicubic is missing: its validation sets could not be read (see `sweeper evaluate bicubic`).")
-    elif data.get("val_max_images") or data.get("val_crop"):
-        table.notes.append(
-            f"Bicubic is scored on every whole image of each set; the runs were validated on at most {data.get('val_max_images') or 'all'} "
-            f"images per set, centre-cropped to {data.get('val_crop') or 'full'} px: the rows are not directly comparable."
-        )
-    if bicubic and metric_space(study.config(ours[0])) != "Y":
-        table.notes.append("Bicubic is scored on Y (`sweeper evaluate`); the runs' PSNR/SSIM are on RGB (metrics.space=rgb).")
+    table.notes.append("Every row is scored by `sweeper evaluate` on every whole image of each set, PSNR/SSIM on Y "
+                       "(our rows: each run's final generator, evaluated when the report was first built).")
+    missing = [r.setting for r in ours if scored[r.run_id] is None]
+    if missing:
+        table.notes.append(f"No checkpoint was found for {', '.join(missing)}: its row shows its validation during "
+                           "training instead (crops, the run's metric space) and is not comparable with the others.")
     return table, ours
 
 
@@ -290,29 +292,26 @@ def eval_key(cfg: dict) -> str:
     return f"x{cfg['upscale']} root={cfg['data']['root'] or 'default'} sets={'+'.join(cfg['data']['val_sets'])}"
 
 
-def bicubic_run(study: Study) -> RunRecord | None:
-    """The bicubic baseline on the winner's validation sets (`sweeper evaluate bicubic`), logged once in the
-    experiment `baselines` (out of the studies' experiments, whose runs are all trials and stages) as a run tagged
-    `sweeper.kind=baseline`, `sweeper.method=bicubic`, and reused; None when the sets cannot be read."""
+def evaluation_run(study: Study, method: str, config: dict, tags: dict[str, str]) -> RunRecord | None:
+    """`sweeper evaluate METHOD` (bicubic or a checkpoint) on the validation sets of `config`, whole images, logged
+    once in the experiment `baselines` (out of the studies' experiments, whose runs are all trials and stages) as
+    a run tagged `sweeper.kind=baseline` and `tags`, and reused while `tags` match; None when the sets cannot be read."""
     from sweeper.analysis import evaluate
     from trainer.data import resolve_root
 
-    winner = study.winner()
-    config = study.config(winner) if winner else {}
-    if not config:
-        return None
-    key = eval_key(config)
-    logged = [r for r in finished(find_runs(study.client, "baseline", None, method="bicubic")) if r.tags.get("sweeper.eval") == key]
+    tags = {"sweeper.kind": "baseline", "sweeper.eval": eval_key(config), **tags}
+    wanted = {k[len("sweeper."):]: v for k, v in tags.items() if k != "sweeper.kind"}
+    logged = finished(find_runs(study.client, "baseline", None, **wanted))
     if logged:
         return logged[-1]
     cfg = config_from_dict(config)
     try:
-        rows = evaluate.evaluate("bicubic", resolve_root(cfg.data.root or None), cfg.data.val_sets, cfg.upscale, use_lpips=True)
+        rows = evaluate.evaluate(method, resolve_root(cfg.data.root or None), cfg.data.val_sets, cfg.upscale, use_lpips=True)
     except UserError as e:
-        print(f"note: no bicubic row in Table 5: {e}")
+        print(f"note: no {tags.get('sweeper.label', method)} row in Table 5: {e}")
         return None
-    tags = {"sweeper.kind": "baseline", "sweeper.baseline": "true", "sweeper.method": "bicubic", "sweeper.label": "Bicubic", "sweeper.eval": key}
-    run_id = study.client.create_run(baselines_experiment(study.client, study.name), run_name="bicubic", tags=tags).info.run_id
+    run_id = study.client.create_run(baselines_experiment(study.client, study.name), run_name=tags.get("sweeper.label", method),
+                                     tags=tags).info.run_id  # fmt: skip
     now = int(time.time() * 1000)
     metrics = []
     for s in cfg.data.val_sets:
@@ -323,7 +322,28 @@ def bicubic_run(study: Study) -> RunRecord | None:
                 metrics.append(Metric(f"{s}/{m}", sum(values) / len(values), now, 0))
     study.client.log_batch(run_id, metrics=metrics)
     study.client.set_terminated(run_id)
-    return next(r for r in find_runs(study.client, "baseline", None, method="bicubic") if r.run_id == run_id)
+    return next(r for r in find_runs(study.client, "baseline", None, **wanted) if r.run_id == run_id)
+
+
+def bicubic_run(study: Study) -> RunRecord | None:
+    """The bicubic baseline on the winner's validation sets, whole images (`evaluation_run`)."""
+    winner = study.winner()
+    config = study.config(winner) if winner else {}
+    if not config:
+        return None
+    return evaluation_run(study, "bicubic", config, {"sweeper.baseline": "true", "sweeper.method": "bicubic", "sweeper.label": "Bicubic"})
+
+
+def whole_image_run(study: Study, run: RunRecord) -> RunRecord | None:
+    """`run`'s final generator (its result.json's checkpoint) evaluated on whole images of its validation sets,
+    as bicubic is (`evaluation_run`, tagged `sweeper.method=checkpoint`, `sweeper.source_run`; computed once and
+    reused, also once the checkpoint is gone); None when it was never evaluated and its checkpoint is gone."""
+    checkpoint = read_config(study.client, run.run_id, "result.json").get("checkpoint")
+    config = study.config(run)
+    if not checkpoint or not config:
+        return None
+    tags = {"sweeper.method": "checkpoint", "sweeper.source_run": run.run_id, "sweeper.label": f"{run.name} (whole images)"}
+    return evaluation_run(study, checkpoint, config, tags)
 
 
 SAMPLE_NAME = re.compile(r"^(\d+)_(.+)\.png$")  # trainer.train.validate: <step>_<set>_<image>.png

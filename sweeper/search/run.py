@@ -42,11 +42,10 @@ def main(tokens: list[str], detach: bool = False) -> None:
     if executor.name == "slurm":
         executor.check(ws.sqlite_file())  # sbatch --test-only of the options; a warning for SQLite storage
     select_by = default_select_by(opts)
-    config = check_weights(base_config(study, opts, ws), opts.preset, select_by)
+    config = check_data(check_weights(base_config(study, opts, ws), opts.preset, select_by))
     for stage in study.stages:  # every trial config and rung budget valid before anything is created
         for point in stage.points():
             stage_budgets(opts, build_config({**config, **stage.overrides(point)}).train.iters, len(stage.points()))
-    check_data(config)
 
     ws.root.mkdir(parents=True, exist_ok=True)
     tags = {"sweeper.study": study.name, "sweeper.preset": opts.preset, "sweeper.select_by": select_by,

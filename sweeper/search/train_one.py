@@ -33,8 +33,7 @@ def train_one(tokens: list[str], extra_tags: dict[str, str] | None = None) -> No
     if opts.study or opts.trial is not None:
         raise UserError("sweeper train takes training settings (and workspace=, tracking_uri=); use `sweeper run` for studies")
     ws = Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri)
-    config = check_weights(opts.config, opts.preset, opts.select_by or "psnr")
-    check_data(config)
+    config = check_data(check_weights(opts.config, opts.preset, opts.select_by or "psnr"))
     cfg = build_config(config)
     runs = ws.root / "trials" / "train" / "run"
     number = 1 + max((int(p.name) for p in runs.glob("*") if p.name.isdigit()), default=-1)
