@@ -201,13 +201,14 @@ def promote(
     to: Annotated[str, typer.Option("--to", help="target architecture")] = "esrgan",
     source: Annotated[Optional[str], typer.Option("--from", help="study to take the winner from")] = None,
     force: Annotated[bool, typer.Option("--force", help="promote without a (consistent) correlation check")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the resolved config and command only")] = False,
+    allow_demo: Annotated[bool, typer.Option("--allow-demo", help="promote a winner picked at preset=smoke or with random weights into preset=paper")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="preview: whether the gate passes and why, the resolved config and command")] = False,
     overrides: Overrides = None,
 ) -> None:
     """Launch the full ESRGAN-DP run with the search's winning (mu, beta)."""
     from sweeper.search import promote as promote_mod
 
-    promote_mod.main(to=to, source=source, force=force, dry_run=dry_run, overrides=overrides or [])
+    promote_mod.main(to=to, source=source, force=force, dry_run=dry_run, overrides=overrides or [], allow_demo=allow_demo)
 
 
 @app.command()
