@@ -129,6 +129,7 @@ def test_mu_search_survives_kill_9_and_agrees_with_mlflow(tmp_path: Path, env: d
     (source,) = [t for t in complete if t["params"]["mu"] == "inf"]
     (copy,) = status(ws, tmp_path, env, "again")["trials"]
     assert copy["state"] == "COMPLETE" and copy["reused_from"] == f"mu_search.mu#{source['number']}"
+    assert f"stage x: all 1 points reused from earlier trials (mu_search.mu#{source['number']}); nothing to train" in reused.stdout
     assert copy["trial_dir"] != source["trial_dir"]  # its own folder: its own config.yaml, the source's outcome
     assert (Path(copy["trial_dir"]) / "result.json").read_bytes() == (Path(source["trial_dir"]) / "result.json").read_bytes()
     assert not (Path(copy["trial_dir"]) / "ckpt").exists()  # nothing was trained for it

@@ -51,7 +51,7 @@ def paper_store(tmp_path_factory):
 def paper_report(paper_store, tmp_path_factory):
     uri, client, _ = paper_store
     out = tmp_path_factory.mktemp("results") / "paper"
-    report.main(["study=paper", f"tracking_uri={uri}"], out=out)
+    report.main(["study=paper", f"tracking_uri={uri}"], out=out, write_html=True)
     return out
 
 
@@ -116,6 +116,11 @@ def test_report_lists_the_tables_figures_and_warning(paper_store, paper_report):
     stage = client.search_runs([client.get_experiment_by_name("paper").experiment_id], "tags.`sweeper.stage` = 'beta' and tags.`sweeper.kind` = 'stage'")[0]
     logged = {f.path for f in client.list_artifacts(stage.info.run_id, "report/figures")}
     assert "report/figures/curves_Set5.png" in logged
+    page = (paper_report / "report.html").read_text()  # `--html`: one page, every figure inside it
+    assert page.count('src="data:image/png;base64,') == readme.count("](figures/") and 'src="figures/' not in page
+    assert "<table>" in page and "Set5" in page
+    logged_page = client.download_artifacts(stage.info.run_id, "report/report.html", str(paper_report.parent))
+    assert Path(logged_page).read_text() == page
 
 
 def test_crop_grid_uses_the_latest_sample_of_each_run(paper_store):

@@ -12,6 +12,8 @@ figures as PNG under `<out>/figures/`, everything gathered in `<out>/README.md` 
 
 from __future__ import annotations
 
+import base64
+import html
 import math
 import re
 import tempfile
@@ -513,17 +515,41 @@ def build(client: MlflowClient, name: str, out: Path, optuna_stages: tuple | Non
     return [t.key for t, _ in sections]
 
 
-def log_report(client: MlflowClient, study: Study, out: Path) -> str | None:
-    """Attach the report to the study's latest stage run (artifact folder `report/`); returns that run's id."""
+FIGURE_SRC = re.compile(r'src="(figures/[^"]+\.png)"')
+HTML_STYLE = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}table{border-collapse:collapse}"
+              "td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}td:first-child,th:first-child{text-align:left}"
+              "img{max-width:100%}")
+
+
+def to_html(out: Path, title: str) -> str:
+    """The report's README.md as one self-contained HTML page: tables as HTML tables, figures embedded as
+    data URIs (MLflow's artifact preview shows it whole; a Markdown preview there cannot load relative images).
+    markdown-it-py (already installed with typer's rich) renders; only the figure links are rewritten here."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render((out / "README.md").read_text())
+
+    def embed(m: re.Match[str]) -> str:
+        return f'src="data:image/png;base64,{base64.b64encode((out / m.group(1)).read_bytes()).decode()}"'
+
+    body = FIGURE_SRC.sub(embed, body)
+    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{HTML_STYLE}</style></head><body>\n{body}</body></html>\n")
+
+
+def log_report(client: MlflowClient, study: Study, out: Path, page: str) -> str | None:
+    """Attach the report to the study's latest stage run (artifact folder `report/`, with `report.html`, the
+    self-contained page MLflow previews); returns that run's id."""
     if not study.stages:
         return None
     run_id = study.stages[-1].run_id
     client.log_artifacts(run_id, str(out), "report")
+    client.log_text(run_id, page, "report/report.html")
     return run_id
 
 
-def main(tokens: list[str], out: Path | None = None) -> None:
-    """`sweeper report study=NAME [--out results/NAME] [workspace=... | tracking_uri=...]`."""
+def main(tokens: list[str], out: Path | None = None, write_html: bool = False) -> None:
+    """`sweeper report study=NAME [--out results/NAME] [--html] [workspace=... | tracking_uri=...]`."""
     opts = parse(tokens, allow_config=False)
     name = require_study(opts)
     client = open_client(opts)
@@ -533,7 +559,11 @@ def main(tokens: list[str], out: Path | None = None) -> None:
     except UserError:  # the Optuna record is not reachable from here (tracking_uri= only): no cost or rank check
         storage, stages = None, {}
     keys = build(client, name, out, (storage, stages) if stages else None)
-    run_id = log_report(client, load_study(client, name), out)
-    print(f"wrote {len(keys)} tables ({', '.join(keys) or 'none'}) and figures to {out}/README.md")
+    page = to_html(out, f"Study {name}")
+    if write_html:
+        write_text_atomic(out / "report.html", page)
+    run_id = log_report(client, load_study(client, name), out, page)
+    print(f"wrote {len(keys)} tables ({', '.join(keys) or 'none'}) and figures to {out}/README.md"
+          + (f"; the same as one page, figures embedded: {out}/report.html" if write_html else ""))
     if run_id:
         print(f"logged under artifacts report/ of MLflow run {run_id}")

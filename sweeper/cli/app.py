@@ -23,7 +23,7 @@ app.add_typer(weights_app, name="weights")
 data_app = typer.Typer(no_args_is_help=True, help="Training data: the prepared cache of sub-images and their LR.")
 app.add_typer(data_app, name="data")
 
-Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value settings, e.g. study=mu_search preset=smoke train.iters=2000")]
+Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value settings (study=, preset=, any config key); see the example below")]
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -43,7 +43,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@app.command()
+@app.command(epilog="Example: sweeper run study=mu_search preset=smoke data.root=DATA")
 @user_errors
 def run(
     overrides: Overrides = None,
@@ -55,7 +55,7 @@ def run(
     main(overrides or [], detach=detach)
 
 
-@app.command()
+@app.command(epilog="Example: sweeper status study=paper --format json")
 @user_errors
 def status(
     overrides: Overrides = None,
@@ -67,7 +67,7 @@ def status(
     status_mod.status(overrides or [], fmt=format)
 
 
-@app.command()
+@app.command(epilog="Example: sweeper train arch=srgan mu=0.5 beta=beta3_6 preset=smoke")
 @user_errors
 def train(
     overrides: Overrides = None,
@@ -84,7 +84,7 @@ def train(
     train_one(overrides or [])
 
 
-@app.command()
+@app.command(epilog="Example: sweeper recipe arch=esrgan preset=paper --format json")
 @user_errors
 def recipe(
     overrides: Overrides = None,
@@ -97,7 +97,7 @@ def recipe(
     recipe_mod.main(overrides or [], fmt=format, document_all=document)
 
 
-@app.command()
+@app.command(epilog="Example: sweeper studies")
 @user_errors
 def studies() -> None:
     """List the available studies with a one-line description."""
@@ -106,7 +106,7 @@ def studies() -> None:
     studies_mod.list_studies()
 
 
-@app.command()
+@app.command(epilog="Example: sweeper evaluate sweeps/trials/mu_search/mu/6/ckpt/last.pt --data-root DATA --sets Set5,Set14")
 @user_errors
 def evaluate(
     method: Annotated[str, typer.Argument(help="bicubic, or a generator checkpoint (.pt) to evaluate")],
@@ -122,7 +122,7 @@ def evaluate(
     evaluate_mod.main(method, data_root=data_root, sets=sets, out=out, upscale=upscale, use_lpips=lpips)
 
 
-@weights_app.command("status")
+@weights_app.command("status", epilog="Example: sweeper weights status")
 @user_errors
 def weights_status() -> None:
     """Show each weights file: needed by what, where it is looked for, present or missing, hash ok."""
@@ -131,7 +131,7 @@ def weights_status() -> None:
     weights.print_status()
 
 
-@weights_app.command("import")
+@weights_app.command("import", epilog="Example: sweeper weights import ~/Downloads/vgg19-dcbb9e9d.pth")
 @user_errors
 def weights_import(files: Annotated[list[Path], typer.Argument(help="downloaded checkpoint files")]) -> None:
     """Copy downloaded checkpoint files into the torch hub cache after checking their hash."""
@@ -140,7 +140,7 @@ def weights_import(files: Annotated[list[Path], typer.Argument(help="downloaded 
     weights.import_files(files)
 
 
-@data_app.command("prepare")
+@data_app.command("prepare", epilog="Example: sweeper data prepare --data-root DATA --sets DIV2K")
 @user_errors
 def data_prepare(
     overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value settings: preset=, upscale=, data.subimage_step=, data.cache=, workspace=")] = None,
@@ -154,7 +154,7 @@ def data_prepare(
     prepare.main(overrides or [], data_root=data_root, sets=sets, workers=workers)
 
 
-@app.command()
+@app.command(epilog="Example: sweeper ui workspace=sweeps --host 0.0.0.0 --port 5000")
 @user_errors
 def ui(
     overrides: Overrides = None,
@@ -168,7 +168,7 @@ def ui(
     raise typer.Exit(ui_mod.serve(overrides or [], host=host, port=port, workers=workers))
 
 
-@app.command()
+@app.command(epilog="Example: sweeper logs study=paper stage=mu trial=3")
 @user_errors
 def logs(overrides: Overrides = None) -> None:
     """Print a trial's stdout/stderr: `sweeper logs study=mu_search trial=3`."""
@@ -177,7 +177,7 @@ def logs(overrides: Overrides = None) -> None:
     status_mod.logs(overrides or [])
 
 
-@app.command()
+@app.command(epilog="Example: sweeper cancel study=mu_search")
 @user_errors
 def cancel(overrides: Overrides = None) -> None:
     """Cancel a study's queued or running trials (SLURM jobs or local processes)."""
@@ -186,7 +186,7 @@ def cancel(overrides: Overrides = None) -> None:
     status_mod.cancel(overrides or [])
 
 
-@app.command()
+@app.command(epilog="Example: sweeper correlate workspace=sweeps")
 @user_errors
 def correlate(overrides: Overrides = None) -> None:
     """Proxy-vs-target agreement (Table 4): Spearman, Kendall, exact permutation p, best/worst agreement."""
@@ -195,7 +195,7 @@ def correlate(overrides: Overrides = None) -> None:
     correlate_mod.main(overrides or [])
 
 
-@app.command()
+@app.command(epilog="Example: sweeper promote --to esrgan --from paper --dry-run")
 @user_errors
 def promote(
     to: Annotated[str, typer.Option("--to", help="target architecture")] = "esrgan",
@@ -211,7 +211,7 @@ def promote(
     promote_mod.main(to=to, source=source, force=force, dry_run=dry_run, overrides=overrides or [], allow_demo=allow_demo)
 
 
-@app.command()
+@app.command(epilog="Example: sweeper plan study=paper preset=paper scheduler.eta=3")
 @user_errors
 def plan(
     overrides: Overrides = None,
@@ -223,7 +223,7 @@ def plan(
     plan_mod.main(overrides or [], fmt=format)
 
 
-@app.command("rank-check")
+@app.command("rank-check", epilog="Example: sweeper rank-check study=paper")
 @user_errors
 def rank_check(overrides: Overrides = None) -> None:
     """Replay successive halving on a scheduler=none study: per rung, rank agreement with the final ranking."""
@@ -232,14 +232,15 @@ def rank_check(overrides: Overrides = None) -> None:
     rankcheck.main(overrides or [])
 
 
-@app.command()
+@app.command(epilog="Example: sweeper report study=paper --out results/paper --html")
 @user_errors
 def report(
     overrides: Overrides = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="output folder (default results/<study>)")] = None,
+    html: Annotated[bool, typer.Option("--html", help="also write report.html: the whole report as one page, figures embedded (as logged to MLflow)")] = False,
 ) -> None:
     """Regenerate the paper's tables and figures for a study from MLflow: Markdown, CSV, LaTeX, PNG."""
     from sweeper.analysis import report as report_mod
 
-    report_mod.main(overrides or [], out=out)
+    report_mod.main(overrides or [], out=out, write_html=html)
 

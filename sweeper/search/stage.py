@@ -84,6 +84,12 @@ def conclude(work: StageWork, groups: dict[Any, list[FrozenTrial]]) -> dict[str,
     if not done:
         tracking.end_stage_run(work.run.client, work.parent, "FAILED")
         raise UserError(f"stage {work.run.study.name}.{work.name}: every trial failed; see `sweeper status study={work.run.study.name}{work.run.opts.where}`")
+    reused = [t for t in done if "reused_from" in t.user_attrs]
+    if reused:
+        nothing = "nothing to halve" if work.run.opts.scheduler != "none" else "nothing to train"
+        sources = ", ".join(sorted({t.user_attrs["reused_from"] for t in reused}))
+        print(f"stage {work.name}: all {len(reused)} points reused from earlier trials ({sources}); {nothing}" if len(reused) == len(groups)
+              else f"stage {work.name}: {len(reused)} of {len(groups)} points reused from earlier trials ({sources})")  # fmt: skip
     best = min(done, key=lambda t: (*rank(work.run.select_by, t.user_attrs["metrics"]), t.number))
     winner = best.user_attrs["settings"]
     with file_lock(work.run.ws.root / "setup.lock"):  # two sweepers concluding at once: MLflow's tag inserts race
