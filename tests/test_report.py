@@ -96,6 +96,7 @@ def test_best_and_second_best_are_marked_per_column(paper_report):
             assert cell.startswith("**") == (label == ranked[0]), (key, label, cell)
             assert (cell.startswith("_") and cell.endswith("_")) == (label == ranked[1]), (key, label, cell)
         best = tables.fmt(values[ranked[0]], key.split("/")[1])
+        assert "second best in each column" in latex.split("caption")[1]  # the legend
         assert rf"\textbf{{{best}}}" in latex and rf"\underline{{{tables.fmt(values[ranked[1]], key.split('/')[1])}}}" in latex
 
 
@@ -179,7 +180,7 @@ def test_stage_runs_hold_their_table_and_the_experiment_a_view_of_its_trials(pap
     view = json.loads(json.loads(exp.tags[VIEW_TAG])["state"])
     assert view["searchFilter"] == "tags.`sweeper.kind` = 'trial'" and "params.`mu`" in view["selectedColumns"]
     names = {r.info.run_name for r in client.search_runs([exp.experiment_id], view["searchFilter"])}
-    assert {"mu=0.5 beta1_3", "mu=inf beta1_3", "mu=0.5 beta4_3"} <= names
+    assert {"mu=0.5 beta1_3 · mu", "mu=inf beta1_3 · mu", "mu=0.5 beta4_3 · beta"} <= names
 
 
 @pytest.mark.slow

@@ -54,7 +54,7 @@ def main(tokens: list[str], detach: bool = False) -> None:
         ws.create_stores()
         client = MlflowClient(ws.tracking_uri)
         run = Run(study, opts, ws, select_by, executor, ws.open_storage(), client,
-                  experiment(client, study.name, ws.artifacts_dir), tags, owner_id())  # fmt: skip
+                  experiment(client, study.name, ws.artifacts_dir, study.description), tags, owner_id())  # fmt: skip
     fixed: dict[str, Any] = {}
     previous = None
     before = trial_states(run.storage, study.name)
