@@ -3,6 +3,7 @@ a dead holder's leftover process is taken over, a full file system is refused in
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import signal
@@ -19,7 +20,7 @@ import torch
 from tests.test_prepared import cfg_for, make_set
 from trainer.checkpoint import save_atomic
 from trainer.data import prepare_set
-from trainer.errors import NoSpace
+from trainer.errors import NoSpace, environment_fault
 from trainer.files import file_lock
 
 ROOT = Path(__file__).parents[1]
@@ -218,3 +219,19 @@ def test_prepare_checks_the_space_its_images_need(tmp_path: Path, small_fs: Path
     (small_fs / "other").unlink()
     assert prepare_set(cfg_for(tmp_path / "data", small_fs, **{"data.subimage_step": 48}), "Train", small_fs,
                        workers=1).built == 4  # space freed: the same call goes through
+
+
+def test_the_machines_faults_are_told_from_a_runs_own(tmp_path: Path) -> None:
+    eio = OSError(errno.EIO, "Input/output error", str(tmp_path / "ckpt.pt"))
+    assert environment_fault(eio) == (f"I/O error on {tmp_path}/ckpt.pt (a failing disk or network file system): "
+                                      "check that file system, then run again")
+    wrapped = RuntimeError("DataLoader worker failed")
+    wrapped.__cause__ = OSError(errno.EROFS, "Read-only file system", "/data/x.png")
+    assert environment_fault(wrapped) == ("the file system of /data/x.png is read-only: remount it read-write or pass "
+                                          "another workspace=, then run again")
+    assert environment_fault(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")).startswith(
+        "CUDA out of memory (another process on the GPU")
+    assert environment_fault(NoSpace("no space left on the file system of /w: 1 MB free")) == "no space left on the file system of /w: 1 MB free"
+    for own in (ValueError("mu must be > 0"), FileNotFoundError(errno.ENOENT, "No such file", "x"), KeyError("g"),
+                RuntimeError("mat1 and mat2 shapes cannot be multiplied")):
+        assert environment_fault(own) is None, own
