@@ -80,3 +80,23 @@ def test_racing_and_halving_do_not_combine() -> None:
 
 def test_a_points_metrics_are_the_mean_over_its_repeats() -> None:
     assert mean_metrics([{"mean/psnr": 30.0, "mean/lpips": 0.2}, {"mean/psnr": 31.0}]) == {"mean/psnr": 30.5}
+
+
+def test_plan_prices_repeats_and_racing_before_the_training_data_is_there(tmp_path: Path) -> None:
+    """Issue 18: planning is what a user does before downloading the training set; it never needs it."""
+    from sweeper.search.plan import plan
+    from trainer.data import prepared_data_id, subimage_count
+
+    root = tmp_path / "data"
+    (root / "Set5").mkdir(parents=True)  # validation only: no training set under this root yet
+    paper = build_config({"preset": "paper", "weights": "random", "data.root": str(root)})
+    assert subimage_count(paper, "DIV2K", tmp_path) == (32592, "known count (not in the data root yet)")
+    assert prepared_data_id(paper, tmp_path) is None
+    smoke = build_config({"preset": "smoke"})
+    assert subimage_count(smoke, "train", tmp_path)[1] == "the headers of its 6 images"
+    common = ["study=mu_search", "preset=smoke", "weights=random", f"data.root={root}", f"workspace={tmp_path / 'ws'}", "model.num_feat=8"]
+    (fixed,), _ = plan([*common, "repeats=3"])
+    assert (fixed.points, fixed.repeats, fixed.trainings, fixed.none_iters) == (7, "3", 21, 21 * fixed.iters)
+    assert "train: ? sub-images (not in the data root yet)" in fixed.data
+    (raced,), _ = plan([*common, "repeats=auto", "max_repeats=4"])
+    assert raced.trainings == 28 and raced.repeats.startswith("auto (at most 4")
