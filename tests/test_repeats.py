@@ -100,3 +100,24 @@ def test_plan_prices_repeats_and_racing_before_the_training_data_is_there(tmp_pa
     assert "train: ? sub-images (not in the data root yet)" in fixed.data
     (raced,), _ = plan([*common, "repeats=auto", "max_repeats=4"])
     assert raced.trainings == 28 and raced.repeats.startswith("auto (at most 4")
+
+
+@pytest.mark.slow
+def test_halving_promotes_a_point_with_all_its_repeats_on_their_mean(tmp_path: Path) -> None:
+    """scheduler=sha with repeats=2 on two points: both repeats of the point with the better mean rung score go
+    on to the last rung together; both repeats of the other are stopped at the first rung."""
+    import optuna
+    from cluster_helpers import env_for, sweeper, tiny, write_study
+
+    env, ws = env_for(tmp_path), tmp_path / "ws"
+    write_study(tmp_path, "halves", ["0.5", "inf"])
+    done = sweeper(["run", "study=halves", f"workspace={ws}", *tiny("train.val_every=1", "train.from_scratch=true"),
+                    "repeats=2", "scheduler=sha", "max_retries=0"], env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = optuna.load_study(study_name="halves.mu", storage=f"sqlite:///{ws / 'optuna.db'}").get_trials(deepcopy=False)
+    states = {(t.params["mu"], t.params["repeat"]): t.state.name for t in trials}
+    assert len(trials) == 4 and sorted(states.values()) == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"], states
+    winner = next(mu for (mu, _), state in states.items() if state == "COMPLETE")
+    assert states[winner, 0] == states[winner, 1] == "COMPLETE"
+    rung = {mu: sum(t.user_attrs["rungs"]["1"]["mean/psnr"] for t in trials if t.params["mu"] == mu) / 2 for mu in ("0.5", "inf")}
+    assert rung[winner] == max(rung.values()), rung  # the better mean over the two seeds at the first rung

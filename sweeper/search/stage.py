@@ -103,7 +103,8 @@ def race_round(work: StageWork, groups: dict[Any, list[FrozenTrial]], record: di
     failed = [points[i] for i in alive if i not in results]
     m = racing.metric_array([results[i] for i in results], work.run.select_by, space) if results else None
     if m is None:
-        return {**record, "end": f"no {work.run.select_by} per image to race on" if results else "every racing point failed"}
+        said = f"no {work.run.select_by} per image to race on: the race ends with every point in it" if results else "every racing point failed"
+        return {**record, "end": said, "survivors": list(results)}
     sets = racing.image_sets(next(iter(results.values()))[0])
     d = racing.decide(m, HIGHER_IS_BETTER[work.run.select_by], labels, sets, max_repeats, work.run.opts.min_effect)
     kept = [list(results)[p] for p in d.alive]
