@@ -12,11 +12,20 @@ import torch
 from PIL import Image
 
 from trainer.config import build_config
-from trainer.data import EMBEDDED, TrainBatches, check_train_sets, load_set, load_val_sets, resolve_root, set_names, val_pairs
+from trainer.data import (
+    EMBEDDED,
+    TrainBatches,
+    check_train_sets,
+    load_set,
+    load_val_sets,
+    resolve_root,
+    set_names,
+    val_pairs,
+)
 from trainer.errors import UserError
 from trainer.images import read_image, write_image
 from trainer.imresize import degrade, modcrop
-from trainer.prepared import windows, Settings
+from trainer.prepared import Settings, windows
 
 
 def smoke(**overrides):

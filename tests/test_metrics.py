@@ -14,8 +14,19 @@ from scipy.signal import correlate2d
 
 from trainer import weights
 from trainer.data import ValImage
-from trainer.metrics import (LPIPSMetric, per_image_csv, psnr_batch, psnr_y, psnr_y_batch, rgb_to_y, score, set_means,
-                             ssim_batch, ssim_y, ssim_y_batch)
+from trainer.metrics import (
+    LPIPSMetric,
+    per_image_csv,
+    psnr_batch,
+    psnr_y,
+    psnr_y_batch,
+    rgb_to_y,
+    score,
+    set_means,
+    ssim_batch,
+    ssim_y,
+    ssim_y_batch,
+)
 from trainer.train import score_image
 
 

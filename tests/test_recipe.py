@@ -8,8 +8,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from sweeper import recipe
-from sweeper.cli import app
+from sweeper.analysis import recipe
+from sweeper.cli.app import app
 from trainer.config import all_keys, build_config
 from trainer.errors import UserError
 

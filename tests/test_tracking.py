@@ -8,7 +8,8 @@ from pathlib import Path
 import yaml
 from mlflow import MlflowClient
 
-from sweeper import tracking
+from sweeper.core.mlflow_names import experiment
+from sweeper.search import tracking
 from trainer.config import build_config
 
 
@@ -38,8 +39,8 @@ TAGS = {"sweeper.study": "mu_search", "sweeper.stage": "mu", "sweeper.trial_numb
 
 def test_a_trial_is_logged_once_in_the_documented_layout(tmp_path: Path) -> None:
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = tracking.experiment(client, "mu_search", tmp_path / "artifacts")
-    assert tracking.experiment(client, "mu_search", tmp_path / "artifacts") == exp
+    exp = experiment(client, "mu_search", tmp_path / "artifacts")
+    assert experiment(client, "mu_search", tmp_path / "artifacts") == exp
     parent = tracking.stage_run(client, exp, "mu_search", "mu", {"sweeper.preset": "smoke"})
     assert tracking.stage_run(client, exp, "mu_search", "mu", {}) == parent
     config = trial_folder(tmp_path / "trial")
@@ -67,7 +68,7 @@ def test_a_trial_is_logged_once_in_the_documented_layout(tmp_path: Path) -> None
 
 def test_a_half_logged_run_is_replaced(tmp_path: Path) -> None:
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = tracking.experiment(client, "mu_search", tmp_path / "artifacts")
+    exp = experiment(client, "mu_search", tmp_path / "artifacts")
     config = trial_folder(tmp_path / "trial")
     crashed = client.create_run(exp, tags={"sweeper.kind": "trial", **TAGS}).info.run_id  # a crash before set_terminated
     run_id = tracking.log_trial(client, exp, None, tmp_path / "trial", config, TAGS)

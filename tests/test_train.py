@@ -13,10 +13,16 @@ import yaml
 
 from trainer.checkpoint import load_checkpoint, load_generator
 from trainer.config import build_config
+from trainer.data import TrainBatches
 from trainer.errors import UserError
 from trainer.images import read_image
-from trainer.data import TrainBatches
-from trainer.train import Diverged, check_finite, drop_records_after, pretrain_key, train
+from trainer.train import (
+    Diverged,
+    check_finite,
+    drop_records_after,
+    pretrain_key,
+    train,
+)
 
 SMOKE = {"preset": "smoke", "weights": "random", "train.from_scratch": False}  # these tests cover pre-training too
 

@@ -65,7 +65,7 @@ def test_missing_file_names_file_url_and_import_command(torch_home: Path) -> Non
 
 
 def test_every_missing_file_is_named_at_once_with_one_import_command(torch_home: Path) -> None:
-    from sweeper.search import check_weights
+    from sweeper.search.session import check_weights
 
     with pytest.raises(weights.MissingWeightsError) as err:
         check_weights({}, "proxy", "psnr")
