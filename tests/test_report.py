@@ -174,3 +174,34 @@ def test_stage_runs_hold_their_table_and_the_experiment_a_view_of_its_trials(pap
     assert view["searchFilter"] == "tags.`sweeper.kind` = 'trial'" and "params.`mu`" in view["selectedColumns"]
     names = {r.info.run_name for r in client.search_runs([exp.experiment_id], view["searchFilter"])}
     assert {"mu=0.5 beta1_3", "mu=inf beta1_3", "mu=0.5 beta4_3"} <= names
+
+
+def test_a_scored_folder_is_a_table5_method_in_the_studys_space(tmp_path):
+    """`sweeper evaluate folder=DIR method=NAME` -> a Table 5 row (a column of the paper's table), in the study's
+    metric space; our smoke rows (validation crops) are never bolded against whole-image baselines."""
+    from typer.testing import CliRunner
+
+    from sweeper.cli.app import app
+    from trainer.data import EMBEDDED, val_pairs
+    from trainer.images import write_image
+
+    uri, client = mlflow_layout.store(tmp_path)
+    trials = [{"arch": "srgan", "mu": mu, "beta": "beta1_3", "final": mlflow_layout.scores(30 + k, 0.9, 0.1, sets=("Set5",))}
+              for k, mu in enumerate([0.5, 1])]
+    mlflow_layout.log_stage(client, tmp_path, "small", "mu", trials, winner=1)
+    for pair in val_pairs(EMBEDDED, "Set5", 4, "mod12"):  # a "method" that returns the LR image's nearest upscaling
+        write_image(tmp_path / "sr" / pair.name, pair.lr.repeat_interleave(4, -1).repeat_interleave(4, -2))
+    done = CliRunner().invoke(app, ["evaluate", f"folder={tmp_path / 'sr'}", "method=Nearest", f"workspace={tmp_path}",
+                                    "--data-root", str(EMBEDDED), "--sets", "Set5", "--no-lpips"])
+    assert done.exit_code == 0, done.output
+    out = tmp_path / "report"
+    report.main(["study=small", f"tracking_uri={uri}"], out=out)
+    rows = {r["row"]: r for r in read_csv(out / "tables" / "table5.csv")}
+    (nearest,) = report.find_runs(client, "baseline", None, method="Nearest")
+    assert float(rows["Nearest"]["Set5/psnr"]) == pytest.approx(nearest.value("Set5", "psnr_rgb"), abs=1e-6)  # smoke configs: rgb
+    assert float(rows["Bicubic"]["Set5/psnr"]) > float(rows["Nearest"]["Set5/psnr"])
+    markdown = (out / "tables" / "table5.md").read_text()
+    ours = next(line for line in markdown.splitlines() if "ours" in line)
+    assert "**" not in ours and "never marked" in markdown  # 31 dB on 64-px crops is not bolded over whole images
+    assert "**" in next(line for line in markdown.splitlines() if line.startswith("| Bicubic"))
+    assert "(HR mod12)" in markdown and "alex v0.1" in markdown

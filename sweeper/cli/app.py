@@ -109,17 +109,21 @@ def studies() -> None:
 @app.command()
 @user_errors
 def evaluate(
-    method: Annotated[str, typer.Argument(help="bicubic, or a generator checkpoint (.pt) to evaluate")],
+    tokens: Annotated[list[str], typer.Argument(help="bicubic | CHECKPOINT.pt | checkpoint=RUN_OR_PT [iter=N] | folder=DIR method=NAME [workspace=...], "
+                                                     "then scoring keys: metrics.space=rgb|y data.val_hr=mod12|mod4 metrics.lpips_net=alex|vgg metrics.lpips_version=0.1|0.0")],
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help="folder holding the benchmark sets")] = None,
     sets: Annotated[str, typer.Option("--sets", help="comma-separated set names")] = "Set5,Set14,BSD100",
     out: Annotated[Optional[Path], typer.Option("--out", help="CSV with one row per image")] = None,
     upscale: Annotated[int, typer.Option("--upscale")] = 4,
     lpips: Annotated[bool, typer.Option("--lpips/--no-lpips", help="compute LPIPS when its weights are present")] = True,
 ) -> None:
-    """Evaluate bicubic upscaling or a checkpoint: PSNR/SSIM (Y, MATLAB conventions) and LPIPS per image."""
+    """Score bicubic, a checkpoint (or a kept snapshot: iter=N) or a folder of SR images: PSNR/SSIM in RGB and Y, LPIPS, per image.
+
+    `sweeper evaluate bicubic --data-root DATA --sets Set5 metrics.space=rgb data.val_hr=mod12`;
+    `sweeper evaluate folder=ESRGAN_results method=ESRGAN --sets Set5,Set14` also logs the method for Table 5."""
     from sweeper.analysis import evaluate as evaluate_mod
 
-    evaluate_mod.main(method, data_root=data_root, sets=sets, out=out, upscale=upscale, use_lpips=lpips)
+    evaluate_mod.main(tokens, data_root=data_root, sets=sets, out=out, upscale=upscale, use_lpips=lpips)
 
 
 @weights_app.command("status")
