@@ -100,3 +100,40 @@ def test_an_exported_generator_reproduces_its_outputs_bit_for_bit(tmp_path: Path
     save_file({"w": torch.zeros(1)}, tmp_path / "plain.safetensors")
     with pytest.raises(UserError, match="without a dp-sweeper card"):
         read_card(tmp_path / "plain.safetensors")
+
+
+def test_sweeper_export_writes_the_winner_with_its_card(tmp_path: Path) -> None:
+    import mlflow_layout
+    import yaml
+    from typer.testing import CliRunner
+
+    from sweeper.cli.app import app
+    from trainer.checkpoint import FINISHED, save_generator
+
+    uri, client = mlflow_layout.store(tmp_path)
+    trials = [{"arch": "srgan", "mu": mu, "beta": "beta1_3", "final": mlflow_layout.scores(30 + k, 0.9, 0.1)} for k, mu in enumerate([0.5, 1])]
+    mlflow_layout.log_stage(client, tmp_path, "small", "mu", trials, winner=1)
+    generators = {}
+    for n in (0, 1):
+        folder = tmp_path / "trials" / "small" / "mu" / str(n)
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        torch.manual_seed(n)
+        generators[n] = build_generator(config_from_dict(config)).eval()
+        save_generator(folder / "ckpt" / "last.pt", config, FINISHED, 12, generators[n].state_dict())
+    runner = CliRunner()
+    done = runner.invoke(app, ["export", "--from", "small", "--out", str(tmp_path / "w.safetensors"), f"workspace={tmp_path}"])
+    assert done.exit_code == 0, done.output
+    card = read_card(tmp_path / "w.safetensors")
+    assert card["source"]["trial"] == "1" and card["architecture"]["network"].startswith("SRResNet") and card["commit"] == "abc1234"
+    assert card["metrics"]["Set5"]["psnr"] == trials[1]["final"]["Set5"]["psnr"] and card["config"]["mu"] == 1
+    back = build_generator(config_from_dict(card["config"])).eval()
+    back.load_state_dict(read_state(tmp_path / "w.safetensors"))
+    x = torch.rand(1, 3, 16, 12, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.equal(back(x), generators[1](x))  # the winner, bit for bit
+    other = runner.invoke(app, ["export", "--from", "small", "--trial", "0", "--out", str(tmp_path / "t0.safetensors"), f"workspace={tmp_path}"])
+    assert other.exit_code == 0 and read_card(tmp_path / "t0.safetensors")["source"]["trial"] == "0"
+    for args, message in ((["--trial", "7"], "--trial 7: no finished trial"), ([], "must end in .safetensors")):
+        out = str(tmp_path / ("x.safetensors" if args else "x.pt"))
+        bad = runner.invoke(app, ["export", "--from", "small", "--out", out, f"workspace={tmp_path}", *args])
+        assert bad.exit_code == 2 and message in bad.output, bad.output

@@ -73,12 +73,15 @@ def test_table1_matches_the_runs_in_mlflow(paper_store, paper_report):
     _, client, mu_trials = paper_store
     rows = read_csv(paper_report / "tables" / "table1_mu_srgan.csv")
     assert [r["row"] for r in rows] == ["mu=inf", "mu=0.2", "mu=0.5", "mu=1", "mu=5", "mu=10", "mu=20"]
-    assert list(rows[0])[1:] == [f"{s}/{m}" for s in ("Set5", "Set14") for m in ("ssim", "psnr", "lpips")]
+    assert list(rows[0])[1:] == [f"{s}/{m}" for s in ("Set5", "Set14") for m in ("ssim", "psnr", "lpips")] + ["provenance"]
+    assert all("weights=random" in r["provenance"] and "PSNR/SSIM on RGB (HR mod12)" in r["provenance"] for r in rows)
+    latex = (paper_report / "tables" / "table1_mu_srgan.tex").read_text()
+    assert r"\caption{Table 1" in latex and "weights=random" in latex.split(r"\caption", 1)[1].split(r"\begin{tabular}")[0]
     exp = client.get_experiment_by_name("paper").experiment_id
     logged = {float(r.data.params["mu"]): r.data.metrics for r in client.search_runs([exp], "tags.`sweeper.stage` = 'mu' and tags.`sweeper.kind` = 'trial'")}
     for row in rows:
         for key, text in row.items():
-            if key != "row":
+            if key not in ("row", "provenance"):
                 assert float(text) == pytest.approx(logged[float(row["row"].removeprefix("mu="))][key], abs=1e-6)
     assert len(logged) == len(mu_trials)
 
@@ -87,7 +90,7 @@ def test_best_and_second_best_are_marked_per_column(paper_report):
     rows = read_csv(paper_report / "tables" / "table1_mu_srgan.csv")
     cells = markdown_rows(paper_report / "tables" / "table1_mu_srgan.md")
     latex = (paper_report / "tables" / "table1_mu_srgan.tex").read_text()
-    for j, key in enumerate(list(rows[0])[1:]):
+    for j, key in enumerate(list(rows[0])[1:-1]):
         values = {r["row"]: float(r[key]) for r in rows}
         ranked = sorted(values, key=values.get, reverse=not key.endswith("lpips"))
         for label in values:
@@ -158,7 +161,7 @@ def test_correlation_study_gives_tables_3_and_4(tmp_path):
     assert "| mu=1 + beta1_3 | 26.00 / 0.7000 / 0.2000 | 26.00 / 0.7000 / 0.1200 |" in md
     t3 = read_csv(out / "tables" / "table3.csv")
     assert [r["row"] for r in t3] == ["SRGAN-DP (mu=0.5 + beta3_6)", "ESRGAN-DP (mu=0.5 + beta3_6)"]
-    assert list(t3[0]) == ["row", "Set5/lpips", "Set14/lpips"]
+    assert list(t3[0]) == ["row", "Set5/lpips", "Set14/lpips", "provenance"]
     readme = (out / "README.md").read_text()
     assert "Verdict (promotion gate, mean/lpips): consistent" in readme and "1/24" in readme
 

@@ -3,7 +3,9 @@
 Every default is what the authors' released code ran (their SRGAN-DP and ESRGAN-DP configs, on BasicSR),
 which is the paper's text (section 4.2) or ESRGAN's where the paper defers to it. Where the text and the
 code disagree the default follows the code, and a key gives the text's choice back; `sweeper recipe` prints
-every such choice with the key that changes it (docs/RECIPE.md). Examples:
+every such choice with the key that changes it (docs/RECIPE.md). The exception is the DP loss, `loss.variant`:
+its default is the text's eqs. (8)-(9), since the beta sweep the paper reports needs the text's single-stage
+ResNet loss (the released loss sums stages and fixes beta3_6). Examples:
 - `train.lr` is 1e-4, not the 1e-2 printed in section 4.2 (1e-2 diverges with Adam on these networks).
 - `train.from_scratch` is true: both released configs start the GAN stage without a pre-trained generator.
 - `loss.gan` is the standard GAN for the SRGAN proxy (their `SRGANModel`), RaGAN (eq. 3) for ESRGAN.

@@ -465,7 +465,7 @@ def train(
     def result(status: str, reason: str | None) -> dict[str, Any]:
         checkpoint = str(ckpt_path) if ckpt_path.exists() else None
         return {"status": status, "reason": reason, "final": tally.final, "per_image": tally.per_image,
-                "metrics": metrics_used, "weights": weights_used, "snapshots": snapshot_steps(run_dir),
+                "metrics": metrics_used, "weights": weights_used, "snapshots": snapshot_steps(run_dir), "data_id": batches.data_id,
                 "iters": tally.step, "duration_s": tally.duration_s(), "checkpoint": checkpoint}
 
     try:

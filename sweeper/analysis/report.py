@@ -25,7 +25,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from sweeper.analysis import correlate, figures, ledger, rankcheck
+from sweeper.analysis import correlate, figures, ledger, paper_figures, rankcheck
 from sweeper.analysis.runs import (
     METRICS,
     RunRecord,
@@ -48,6 +48,7 @@ from sweeper.analysis.tables import (
 from sweeper.core.mlflow_names import baselines_experiment, metric_tags
 from sweeper.core.overrides import Options, parse, require_study
 from sweeper.core.trials import stage_ids
+from sweeper.core.workspace import Workspace
 from trainer.config import config_from_dict, flatten
 from trainer.errors import UserError
 from trainer.files import write_bytes_atomic, write_text_atomic
@@ -450,7 +451,17 @@ def lpips_chart(table: Table) -> bytes | None:
     return figures.lpips_bars(table.rows, [table.columns[j][0] for j in cols], values, table.title)
 
 
-def write_section(client: MlflowClient, writer: Writer, table: Table, runs: list[RunRecord]) -> None:
+@dataclass
+class Crops:
+    """Where the report finds trial checkpoints for fixed-box crops, and which images and boxes to show."""
+
+    workspace: Workspace
+    config: dict
+    images: list[str]
+    boxes: dict
+
+
+def write_section(client: MlflowClient, writer: Writer, table: Table, runs: list[RunRecord], crops: Crops | None = None) -> None:
     """A table and the figures that go with its kind."""
     writer.table(table)
     sets = ordered_sets(runs)
@@ -462,8 +473,18 @@ def write_section(client: MlflowClient, writer: Writer, table: Table, runs: list
     if table.kind in ("archs", "baselines"):
         writer.figure(f"{table.key}_lpips", lpips_chart(table), f"{table.title}: LPIPS per method and set (as Fig. 2)")
     if table.kind in ("mu", "beta", "ablation"):
-        grid = comparison_grid(client, list(zip(table.rows, runs)), table.title)
-        writer.figure(f"{table.key}_crops", grid, f"{table.title}: the same crops across settings (as Figs. 6-7)")
+        fixed = None
+        if crops is not None:
+            labelled = [(label, crops.workspace.trial_dir(r.tags.get("sweeper.study", ""), r.stage, int(r.tags.get("sweeper.trial_number", -1))) / "ckpt" / "last.pt")
+                        for label, r in zip(table.rows, runs)]
+            fixed = paper_figures.report_crops(crops.images, labelled, crops.config, crops.boxes, table.title)
+        if fixed is not None:
+            boxes = "; ".join(f"{k} {v}" for k, v in crops.boxes.items()) or "each image's default box"
+            writer.figure(f"{table.key}_crops", fixed, f"{table.title}: GT, bicubic and each setting's generator on whole images, "
+                          f"zoomed at fixed boxes ({boxes}; change with crop=SET/NAME:x,y,w,h) (as Figs. 6-10)")
+        else:
+            grid = comparison_grid(client, list(zip(table.rows, runs)), table.title)
+            writer.figure(f"{table.key}_crops", grid, f"{table.title}: the same validation crops across settings (as Figs. 6-7)")
 
 
 def cost_section(writer: Writer, storage, stages: dict[str, int]) -> None:
@@ -490,7 +511,7 @@ def rank_check_section(writer: Writer, storage, stages: dict[str, int]) -> None:
         writer.figure("rank_check", figures.rank_check(points), "Rank agreement of each rung with the final ranking (Kendall tau, Spearman rho)")
 
 
-def build(client: MlflowClient, name: str, out: Path, optuna_stages: tuple | None = None) -> list[str]:
+def build(client: MlflowClient, name: str, out: Path, optuna_stages: tuple | None = None, crops: Crops | None = None) -> list[str]:
     """Write the study's tables and figures under `out` and README.md gathering them; returns the table keys.
     `optuna_stages` = (storage, stage name -> Optuna study id) adds the cost table and the rank check."""
     study = load_study(client, name)
@@ -499,7 +520,7 @@ def build(client: MlflowClient, name: str, out: Path, optuna_stages: tuple | Non
     sections += [s for s in (table3(study), table5(study, bicubic_run(study))) if s]
     sections.sort(key=lambda s: s[0].key)
     for i, (table, runs) in enumerate(sections):
-        write_section(client, writer, table, runs)
+        write_section(client, writer, table, runs, crops)
         if table.kind == "correlation" and (i + 1 == len(sections) or sections[i + 1][0].kind != "correlation"):
             correlation_section(study, writer)
     if optuna_stages:
@@ -525,7 +546,8 @@ def log_report(client: MlflowClient, study: Study, out: Path) -> str | None:
 
 
 def main(tokens: list[str], out: Path | None = None) -> None:
-    """`sweeper report study=NAME [--out results/NAME] [workspace=... | tracking_uri=...]`."""
+    """`sweeper report study=NAME [--out results/NAME] [workspace=... | tracking_uri=...] [crop=SET/NAME[:x,y,w,h] ...]`."""
+    images, boxes, tokens = paper_figures.parse_crop_tokens(tokens)
     opts = parse(tokens, allow_config=False)
     name = require_study(opts)
     client = open_client(opts)
@@ -534,7 +556,10 @@ def main(tokens: list[str], out: Path | None = None) -> None:
         _, _, storage, stages = stage_ids(opts)
     except UserError:  # the Optuna record is not reachable from here (tracking_uri= only): no cost or rank check
         storage, stages = None, {}
-    keys = build(client, name, out, (storage, stages) if stages else None)
+    study = load_study(client, name)
+    winner = study.winner()
+    crops = Crops(Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri), study.config(winner) if winner else {}, images, boxes)
+    keys = build(client, name, out, (storage, stages) if stages else None, crops)
     run_id = log_report(client, load_study(client, name), out)
     print(f"wrote {len(keys)} tables ({', '.join(keys) or 'none'}) and figures to {out}/README.md")
     if run_id:
