@@ -1,6 +1,8 @@
-"""`sweeper figure features` (the paper's Fig. 4: feature maps of a ResNet-50 bottleneck beta_{m,n} and a VGG19
-conv Phi_{i,j} on one image, from the extractors the losses use) and fixed-box crops of named images across
-trials, other methods, GT and bicubic (Figs. 6-10), for `sweeper figure crops` and the report.
+"""The paper's figures drawn from images: feature maps (`sweeper figure features`, its Figure 4) and zoomed crops
+(`sweeper figure crops` and the report, its Figures 6-10).
+
+Fig. 4 shows a ResNet-50 bottleneck beta_{m,n} and a VGG19 conv Phi_{i,j} on one image, from the extractors the
+losses use; the crops show named images at a fixed box across trials, other methods, GT and bicubic.
 
 A crop box is `x,y,w,h` in HR pixels (after `data.val_hr`); `DEFAULT_BOXES` holds one per image the paper's
 figures show, other images get their central quarter. Random-init extractors are said in the figure's title.
