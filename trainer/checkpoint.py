@@ -11,16 +11,56 @@ from torch import nn
 
 from trainer.config import config_from_dict
 from trainer.errors import UserError
-from trainer.files import atomic_write
+from trainer.files import atomic_write, check_space, no_space
 from trainer.nets import build_generator
 
 
 FINISHED = "finished"  # the `stage` of a checkpoint shrunk by keep_generator_only
+SNAPSHOT = "snapshot"  # the `stage` of a generator kept every train.keep_every iterations
+
+
+def snapshot_path(run_dir: Path, step: int) -> Path:
+    """Where `train.keep_every` keeps the generator of iteration `step`."""
+    return Path(run_dir) / "ckpt" / f"g_{step:07d}.pt"
+
+
+def snapshot_steps(run_dir: Path) -> list[int]:
+    """The iterations whose generator a run kept (`train.keep_every`), ascending."""
+    return sorted(int(p.stem[2:]) for p in (Path(run_dir) / "ckpt").glob("g_*.pt") if p.stem[2:].isdigit())
+
+
+def save_generator(path: Path, config: dict[str, Any], stage: str, step: int, g: dict[str, torch.Tensor]) -> None:
+    """A generator-only checkpoint (what evaluation, export and promotion read), atomically."""
+    save_atomic({"config": config, "stage": stage, "step": step, "g": g}, path)
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save `obj` (tensors, dicts, lists, numbers, strings only) atomically."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """torch.save `obj` (tensors, dicts, lists, numbers, strings only) atomically, after checking that its
+    tensors' bytes fit on the file system. A disk that fills up during the write raises NoSpace, never torch's
+    own message (`[enforce fail at inline_container.cc] unexpected pos ...`, which names no cause)."""
+    need = tensor_bytes(obj)
+    check_space(path.parent, need, "a checkpoint")
+
+    def write(f: Any) -> None:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:  # torch's zip writer reports a short write (ENOSPC) this way
+            if "unexpected pos" in str(e) or "file write failed" in str(e):
+                raise no_space(path.parent, need, "a checkpoint") from None
+            raise
+
+    atomic_write(path, write)
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nest of dicts, lists and tuples: a checkpoint's size, less a few kB of pickle."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -41,7 +81,7 @@ def keep_generator_only(path: Path) -> None:
     generator weights (the EMA ones when kept). Optimizer, discriminator, data and RNG state only serve a
     resume, and a finished run never resumes; they are most of the file (183 MB -> 6 MB for the smoke preset)."""
     ckpt = load_checkpoint(path)
-    save_atomic({"config": ckpt["config"], "stage": FINISHED, "step": ckpt["step"], "g": ckpt.get("ema") or ckpt["g"]}, path)
+    save_generator(path, ckpt["config"], FINISHED, ckpt["step"], ckpt.get("ema") or ckpt["g"])
 
 
 def load_generator(path: str | Path) -> nn.Module:
