@@ -29,7 +29,7 @@ import optuna
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from sweeper.workspace import Workspace  # noqa: E402
+from sweeper.core.workspace import Workspace  # noqa: E402
 
 STUDY = "description: crash soak\nconfig:\n  arch: srgan\n  beta: beta1_3\nstages:\n  - name: mu\n    grid:\n      mu: [0.5, 5, inf]\n"
 SETTINGS = ["preset=smoke", "weights=random", "train.iters=6", "train.from_scratch=true", "train.milestones=[3]",

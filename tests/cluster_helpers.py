@@ -17,7 +17,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from sweeper.workspace import Workspace
+from sweeper.core.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 # The smoke preset cut to a few seconds of training per trial (the embedded dataset, random extractor weights).

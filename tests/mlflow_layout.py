@@ -13,9 +13,9 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
-from sweeper import tracking
+from sweeper.core.mlflow_names import experiment
+from sweeper.search import tracking
 from trainer.config import build_config, format_mu
-
 
 _TEMPLATE: list[Path] = []  # an empty, migrated store, made once per test process: migrations take seconds
 
@@ -41,7 +41,7 @@ def log_stage(client: MlflowClient, root: Path, study: str, stage: str, trials: 
     `trial`: arch, mu, beta, perceptual (default dp), final {set: {metric: value}}, optional
     history {set: {metric: [(step, value)]}} and sample (an HxWx3 uint8 array, saved at steps 6 and 12).
     """
-    exp = tracking.experiment(client, study, root / "artifacts")
+    exp = experiment(client, study, root / "artifacts")
     tags = {"sweeper.study": study, "sweeper.preset": "smoke", "sweeper.select_by": select_by,
             "sweeper.weights": "random", "sweeper.git_commit": "abc1234", "sweeper.stage": stage}
     parent = tracking.stage_run(client, exp, study, stage, tags)

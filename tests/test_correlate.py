@@ -6,12 +6,12 @@ import itertools
 import math
 from fractions import Fraction
 
+import mlflow_layout
 import numpy as np
 import pytest
 from scipy.stats import kendalltau, spearmanr
 
-import mlflow_layout
-from sweeper import correlate
+from sweeper.analysis import correlate
 from trainer.errors import UserError
 
 

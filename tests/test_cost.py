@@ -14,14 +14,15 @@ import numpy as np
 import optuna
 import pytest
 import yaml
+from cluster_helpers import env_for, write_study
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
-from cluster_helpers import env_for, write_study
-from sweeper import correlate, halving, ledger, rankcheck
-from sweeper.gpus import thread_share
-from sweeper.overrides import Options, parse
+from sweeper.analysis import correlate, ledger, rankcheck
+from sweeper.core import halving
+from sweeper.core.overrides import Options, parse
+from sweeper.search.gpus import thread_share
 from trainer.errors import UserError
 
 # Four mu values, a small generator, 6 iterations validated every 2: three points on each curve.

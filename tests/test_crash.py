@@ -22,12 +22,19 @@ from pathlib import Path
 
 import optuna
 import pytest
+from cluster_helpers import (
+    REPO,
+    ctrl_c_works,
+    env_for,
+    sweeper,
+    sweeper_args,
+    write_study,
+)
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from cluster_helpers import REPO, ctrl_c_works, env_for, sweeper, sweeper_args, write_study
-from sweeper.crashpoints import CRASH_POINTS
-from sweeper.workspace import Workspace
+from sweeper.core.crashpoints import CRASH_POINTS
+from sweeper.core.workspace import Workspace
 
 MUS = ["0.5", "inf"]
 CHEAP = ["preset=smoke", "weights=random", "train.iters=2", "train.from_scratch=true", "train.milestones=[1]",

@@ -12,11 +12,18 @@ import torch
 from PIL import Image
 
 from trainer.config import build_config
-from trainer.data import EMBEDDED, TrainBatches, check_train_sets, load_set, load_val_sets, resolve_root
+from trainer.data import (
+    EMBEDDED,
+    TrainBatches,
+    check_train_sets,
+    load_set,
+    load_val_sets,
+    resolve_root,
+)
 from trainer.errors import UserError
 from trainer.images import read_image, write_image
 from trainer.imresize import degrade
-from trainer.prepared import windows, Settings
+from trainer.prepared import Settings, windows
 
 
 def smoke(**overrides):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from sweeper.cli import app
+from sweeper.cli.app import app
 from trainer.checkpoint import save_atomic
 from trainer.config import build_config
 from trainer.data import EMBEDDED

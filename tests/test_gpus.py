@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from sweeper import gpus
-from sweeper.executors.base import TrialJob
-from sweeper.executors.local import LocalExecutor
-from sweeper.executors.slurm import shards_per_gpu
+from sweeper.search import gpus
+from sweeper.search.executors.base import TrialJob
+from sweeper.search.executors.local import LocalExecutor
+from sweeper.search.executors.slurm import shards_per_gpu
 from trainer.errors import UserError
 
 HOLDER = """
 import sys, time
-from sweeper import gpus
+from sweeper.search import gpus
 gpu, lock = gpus.book(int(sys.argv[1]), int(sys.argv[2]), announce=False)
 print(gpu, flush=True)
 time.sleep(600)

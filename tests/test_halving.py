@@ -2,7 +2,14 @@
 
 import pytest
 
-from sweeper.halving import default_rungs, iterations_spent, keep, promotions, replay, rung_budgets
+from sweeper.core.halving import (
+    default_rungs,
+    iterations_spent,
+    keep,
+    promotions,
+    replay,
+    rung_budgets,
+)
 
 
 def test_default_rungs_leave_about_one_point_at_the_last_rung():

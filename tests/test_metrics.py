@@ -14,7 +14,19 @@ from scipy.signal import correlate2d
 
 from trainer import weights
 from trainer.data import ValImage
-from trainer.metrics import LPIPSMetric, psnr_batch, psnr_y, psnr_y_batch, rgb_to_y, ssim_batch, ssim_y, ssim_y_batch
+from trainer.metrics import (
+    LPIPSMetric,
+    per_image_csv,
+    psnr_batch,
+    psnr_y,
+    psnr_y_batch,
+    rgb_to_y,
+    score,
+    set_means,
+    ssim_batch,
+    ssim_y,
+    ssim_y_batch,
+)
 from trainer.train import score_image
 
 
@@ -85,14 +97,19 @@ def test_lpips_unavailable_without_alexnet_weights(torch_home: Path, caplog: pyt
         metric(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 16))
 
 
+def cache_trunk(torch_home: Path, key: str, features: torch.nn.Sequential) -> None:
+    """Write `features` into the hub cache under the torchvision file name of FILES[key]."""
+    (torch_home / "hub" / "checkpoints").mkdir(parents=True, exist_ok=True)
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()},
+               torch_home / "hub" / "checkpoints" / weights.FILES[key].name)
+
+
 def test_lpips_uses_the_cached_alexnet_weights(torch_home: Path) -> None:
     torch.manual_seed(0)
     features = torchvision.models.alexnet().features
-    (torch_home / "hub" / "checkpoints").mkdir(parents=True)
-    torch.save({f"features.{k}": v for k, v in features.state_dict().items()},
-               torch_home / "hub" / "checkpoints" / weights.FILES["alexnet"].name)
+    cache_trunk(torch_home, "alexnet", features)
     metric = LPIPSMetric("cpu")
-    assert metric.available
+    assert metric.available and metric.describe() == {"net": "alex", "version": "0.1", "weights": "imagenet"}
     trunk = dict(metric.model.net.named_parameters())
     assert torch.equal(trunk["slice1.0.weight"], features[0].weight)
     assert torch.equal(trunk["slice5.10.bias"], features[10].bias)
@@ -100,6 +117,22 @@ def test_lpips_uses_the_cached_alexnet_weights(torch_home: Path) -> None:
     same, different = metric(x, x), metric(x, x.flip(-1))
     assert same.shape == (2,) and torch.allclose(same, torch.zeros(2), atol=1e-6)
     assert (different > 0.01).all()
+    older = LPIPSMetric("cpu", version="0.0")  # the v0.0 heads, and no input scaling layer
+    assert older.available and float(older(x, x.flip(-1))[0]) != pytest.approx(float(different[0]), rel=1e-3)
+
+
+def test_lpips_vgg_uses_the_cached_vgg16_weights(torch_home: Path) -> None:
+    assert not LPIPSMetric("cpu", net="vgg").available  # alex present or not, vgg needs its own file
+    torch.manual_seed(0)
+    features = torchvision.models.vgg16().features
+    cache_trunk(torch_home, "vgg16", features)
+    metric = LPIPSMetric("cpu", net="vgg")
+    assert metric.available and metric.model.net.N_slices == 5
+    trunk = dict(metric.model.net.named_parameters())
+    assert torch.equal(trunk["slice1.0.weight"], features[0].weight)
+    assert torch.equal(trunk["slice5.28.bias"], features[28].bias)  # conv5_3, the trunk's last layer
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    assert float(metric(x, x)[0]) == pytest.approx(0, abs=1e-6) and float(metric(x, x.flip(-1))[0]) > 0.01
 
 
 # --------------------------------------------------------------------------- metrics.space=rgb (BasicSR, test_y_channel false)
@@ -120,6 +153,27 @@ def test_rgb_ssim_is_the_mean_of_the_channels_ssim() -> None:
     assert float(ssim_batch(sr, hr, 4, "rgb")) == pytest.approx(sum(per_channel) / 3, abs=1e-12)
     with pytest.raises(ValueError, match="'ycbcr'"):
         ssim_batch(sr, hr, 4, "ycbcr")
+
+
+def test_score_gives_both_spaces_as_the_single_space_functions() -> None:
+    hr = rand_u8(3, 40, 32, seed=6)
+    sr_u8 = (hr.int() + rand_u8(3, 40, 32, seed=7).int() // 8 - 16).clamp(0, 255).to(torch.uint8)
+    both = score(sr_u8.float() / 255, hr, 4)
+    assert both == {"psnr_y": psnr_y(sr_u8, hr, 4), "ssim_y": ssim_y(sr_u8, hr, 4),
+                    "psnr_rgb": float(psnr_batch(sr_u8, hr, 4, "rgb")), "ssim_rgb": float(ssim_batch(sr_u8, hr, 4, "rgb"))}
+    assert both["psnr_y"] != both["psnr_rgb"]
+
+
+def test_set_means_and_per_image_csv() -> None:
+    rows = {"a.png": {"psnr_y": 30.0, "ssim_y": 0.9, "psnr_rgb": 28.0, "ssim_rgb": 0.8, "lpips": 0.2},
+            "b.png": {"psnr_y": 32.0, "ssim_y": 0.7, "psnr_rgb": 29.0, "ssim_rgb": 0.6, "lpips": None}}
+    means = set_means(rows.values(), "y")
+    assert means == {"psnr": 31.0, "ssim": pytest.approx(0.8), "lpips": None, "psnr_y": 31.0, "ssim_y": pytest.approx(0.8),
+                     "psnr_rgb": 28.5, "ssim_rgb": pytest.approx(0.7)}  # LPIPS only where every image has one
+    assert set_means([rows["a.png"]], "rgb")["psnr"] == 28.0 and set_means([rows["a.png"]], "rgb")["lpips"] == 0.2
+    text = per_image_csv({"Set5": rows})
+    assert text.splitlines() == ["set,image,psnr_y,ssim_y,psnr_rgb,ssim_rgb,lpips",
+                                 "Set5,a.png,30.0,0.9,28.0,0.8,0.2", "Set5,b.png,32.0,0.7,29.0,0.6,"]
 
 
 def test_validation_scores_a_grayscale_image_in_either_space() -> None:

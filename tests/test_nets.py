@@ -7,7 +7,13 @@ import torch
 
 from trainer.config import build_config
 from trainer.errors import UserError
-from trainer.nets import RRDBNet, SRResNet, VGGDiscriminator, build_discriminator, build_generator
+from trainer.nets import (
+    RRDBNet,
+    SRResNet,
+    VGGDiscriminator,
+    build_discriminator,
+    build_generator,
+)
 
 
 def n_params(net: torch.nn.Module) -> int:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sweeper.overrides import parse, require_study
+from sweeper.core.overrides import parse, require_study
 from trainer.errors import UserError
 
 

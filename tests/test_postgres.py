@@ -11,7 +11,6 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy
-
 from cluster_helpers import REPO, postgres
 
 pytestmark = pytest.mark.postgres
@@ -19,7 +18,7 @@ CLAIMS = 120
 
 CLAIMER = """
 import sys, optuna
-from sweeper.workspace import claim
+from sweeper.core.workspace import claim
 storage = optuna.storages.get_storage(sys.argv[1])
 study_id = storage.get_study_id_from_name("claims")
 while (trial := claim(storage, study_id)) is not None:

@@ -13,9 +13,9 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
-from sweeper.executors.local import process_start
-from sweeper.progress import StageProgress, job_gone
-from sweeper.workspace import stage_trials
+from sweeper.core.workspace import stage_trials
+from sweeper.search.executors.local import process_start
+from sweeper.search.progress import StageProgress, job_gone
 
 
 def add_trial(storage, study_id: int, mu: str, state: TrialState, attrs: dict) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import shutil
 
+import mlflow_layout
 import pytest
 from mlflow import MlflowClient
 
-import mlflow_layout
-from sweeper import correlate, promote, report
+from sweeper.analysis import correlate, report
+from sweeper.search import promote
 from trainer.errors import UserError
 
 BETAS = ["beta1_3", "beta2_4", "beta3_6", "beta4_3"]

@@ -8,8 +8,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from sweeper import recipe
-from sweeper.cli import app
+from sweeper.analysis import recipe
+from sweeper.cli.app import app
 from trainer.config import all_keys, build_config
 from trainer.errors import UserError
 
@@ -30,19 +30,21 @@ def test_defaults_follow_the_authors_configs(arch, gan):
     assert (cfg.train.lr, cfg.train.milestones, cfg.train.lr_gamma, cfg.train.iters) == (1e-4, [50_000, 100_000, 200_000, 300_000], 0.5, 400_000)
     assert (cfg.data.batch_size, cfg.data.hr_patch, cfg.train.ema, cfg.seed) == (16, 128, 0.0, 0)
     assert (cfg.loss.pixel_weight, cfg.loss.adv_weight, cfg.loss.perceptual_weight) == (1e-2, 5e-3, 1.0)
-    assert cfg.metrics.space == "y"  # the paper's text; rgb is one key away
+    assert cfg.metrics.space == "rgb"  # the space of the paper's published numbers; the text's Y is one key away
+    assert (cfg.metrics.lpips_net, cfg.metrics.lpips_version) == ("alex", "0.1")
 
 
 def test_each_choice_is_one_key_away():
     cfg = build_config({"arch": "srgan", "loss.gan": "ragan", "loss.ragan_detach": False, "model.skip": "bilinear",
-                        "model.init": "all_convs", "metrics.space": "rgb", "train.from_scratch": False})  # fmt: skip
+                        "model.init": "all_convs", "metrics.space": "y", "train.from_scratch": False})  # fmt: skip
     assert (cfg.loss.gan, cfg.loss.ragan_detach, cfg.model.skip, cfg.model.init) == ("ragan", False, "bilinear", "all_convs")
-    assert (cfg.metrics.space, cfg.train.from_scratch) == ("rgb", False)
+    assert (cfg.metrics.space, cfg.train.from_scratch) == ("y", False)
     assert build_config({"arch": "esrgan", "loss.gan": "vanilla"}).loss.gan == "vanilla"
 
 
 @pytest.mark.parametrize("key,bad,valid", [("loss.gan", "wgan", "vanilla, ragan"), ("model.skip", "nearest", "none, bilinear"),
-                                           ("model.init", "xavier", "basicsr, all_convs"), ("metrics.space", "ycbcr", "y, rgb")])  # fmt: skip
+                                           ("model.init", "xavier", "basicsr, all_convs"), ("metrics.space", "ycbcr", "y, rgb"),
+                                           ("metrics.lpips_net", "squeeze", "alex, vgg"), ("metrics.lpips_version", "0.2", "0.1, 0.0")])  # fmt: skip
 def test_bad_values_name_the_value_and_the_choices(key, bad, valid):
     with pytest.raises(UserError, match=f"{key}='{bad}' is not valid; choose one of {valid}"):
         build_config({key: bad})

@@ -8,12 +8,13 @@ import json
 import math
 from pathlib import Path
 
+import mlflow_layout
 import numpy as np
 import pytest
 from PIL import Image
 
-import mlflow_layout
-from sweeper import report, tables, tracking
+from sweeper.analysis import report, tables
+from sweeper.core.mlflow_names import VIEW_TAG
 from trainer.errors import UserError
 
 MUS = [0.2, 0.5, 1, 5, 10, 20, math.inf]
@@ -101,7 +102,7 @@ def test_report_lists_the_tables_figures_and_warning(paper_store, paper_report):
     readme = (paper_report / "README.md").read_text()
     assert "smoke preset, random-init extractors: NOT paper results" in readme.split("\n\n")[1]
     assert "preset=smoke" in readme and "weights=random" in readme and "commit=abc1234" in readme
-    assert "PSNR/SSIM on Y" in readme  # metrics.space of the runs
+    assert "PSNR/SSIM on RGB" in readme  # metrics.space of the runs
     for key in ("table1_mu_srgan", "table2_beta_srgan"):
         assert (paper_report / "tables" / f"{key}.tex").read_text().count(r"\\") >= 4
     assert "Table 6" not in readme  # the ablation belongs to another study
@@ -169,7 +170,7 @@ def test_stage_runs_hold_their_table_and_the_experiment_a_view_of_its_trials(pap
     assert stage.info.run_name == "paper · mu"
     table = json.loads(Path(client.download_artifacts(stage.info.run_id, "results/table1_mu_srgan.json", str(tmp_path))).read_text())
     assert table["columns"][0] == "setting" and [row[0] for row in table["data"]][:2] == ["mu=inf", "mu=0.2"]
-    view = json.loads(json.loads(exp.tags[tracking.VIEW_TAG])["state"])
+    view = json.loads(json.loads(exp.tags[VIEW_TAG])["state"])
     assert view["searchFilter"] == "tags.`sweeper.kind` = 'trial'" and "params.`mu`" in view["selectedColumns"]
     names = {r.info.run_name for r in client.search_runs([exp.experiment_id], view["searchFilter"])}
     assert {"mu=0.5 beta1_3", "mu=inf beta1_3", "mu=0.5 beta4_3"} <= names

@@ -10,9 +10,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from sweeper.search import config_hash, owner_alive, owner_id, rank
-from sweeper.studies import load
-from sweeper.workspace import Workspace, claim, enqueue, finish, stage_trials
+from sweeper.core.studies import load
+from sweeper.core.workspace import Workspace, claim, enqueue, finish, stage_trials
+from sweeper.core.identity import config_hash
+from sweeper.core.selection import rank
+from sweeper.search.session import owner_alive, owner_id
 from trainer.config import build_config
 
 GRID = load("mu_search").stages[0]
@@ -64,7 +66,7 @@ def test_failed_points_are_retried_in_their_folder_then_given_up(tmp_path: Path)
 
 CLAIMER = """
 import sys, optuna
-from sweeper.workspace import Workspace, claim
+from sweeper.core.workspace import Workspace, claim
 ws = Workspace.resolve(sys.argv[1])
 storage = optuna.storages.get_storage(ws.storage)
 sid = storage.get_study_id_from_name("race")

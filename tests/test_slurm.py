@@ -15,10 +15,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from cluster_helpers import REPO, TINY, assert_grid_once, env_for, status, sweeper, sweeper_args, tiny, trials, write_study
+from cluster_helpers import (
+    REPO,
+    TINY,
+    assert_grid_once,
+    env_for,
+    status,
+    sweeper,
+    sweeper_args,
+    tiny,
+    trials,
+    write_study,
+)
 from test_crash import assert_sound, crash_chain, crash_env, study_args
-from sweeper.executors.slurm import SlurmExecutor, checkpoint_step
+
+from sweeper.search.executors.slurm import SlurmExecutor, checkpoint_step
 from trainer.errors import UserError
 
 pytestmark = pytest.mark.slurm

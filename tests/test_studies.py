@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeper import studies
+from sweeper.core import studies
 from trainer.errors import UserError
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import yaml
 from mlflow import MlflowClient
 
-from sweeper import tracking
+from sweeper.core.mlflow_names import experiment
+from sweeper.search import tracking
 from trainer.config import build_config
 
 
@@ -38,8 +39,8 @@ TAGS = {"sweeper.study": "mu_search", "sweeper.stage": "mu", "sweeper.trial_numb
 
 def test_a_trial_is_logged_once_in_the_documented_layout(tmp_path: Path) -> None:
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = tracking.experiment(client, "mu_search", tmp_path / "artifacts")
-    assert tracking.experiment(client, "mu_search", tmp_path / "artifacts") == exp
+    exp = experiment(client, "mu_search", tmp_path / "artifacts")
+    assert experiment(client, "mu_search", tmp_path / "artifacts") == exp
     parent = tracking.stage_run(client, exp, "mu_search", "mu", {"sweeper.preset": "smoke"})
     assert tracking.stage_run(client, exp, "mu_search", "mu", {}) == parent
     config = trial_folder(tmp_path / "trial")
@@ -55,7 +56,7 @@ def test_a_trial_is_logged_once_in_the_documented_layout(tmp_path: Path) -> None
     assert run.data.tags["sweeper.weights"] == "random" and run.data.tags["sweeper.lpips"] == "unavailable"
     assert run.data.params["mu"] == "inf" and run.data.params["perceptual"] == "dp" and run.data.params["preset"] == "smoke"
     recipe = {k: run.data.params[k] for k in ("loss.gan", "model.skip", "metrics.space", "train.from_scratch")}
-    assert recipe == {"loss.gan": "vanilla", "model.skip": "bilinear", "metrics.space": "y", "train.from_scratch": "True"}  # smoke
+    assert recipe == {"loss.gan": "vanilla", "model.skip": "bilinear", "metrics.space": "rgb", "train.from_scratch": "True"}  # smoke
     assert run.data.metrics["mean/psnr"] == 21.0 and "mean/lpips" not in run.data.metrics
     history = [(m.step, m.value) for m in client.get_metric_history(run_id, "train/l_g")]
     assert sorted(history) == [(2, 0.5), (4, 0.4)]
@@ -67,7 +68,7 @@ def test_a_trial_is_logged_once_in_the_documented_layout(tmp_path: Path) -> None
 
 def test_a_half_logged_run_is_replaced(tmp_path: Path) -> None:
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = tracking.experiment(client, "mu_search", tmp_path / "artifacts")
+    exp = experiment(client, "mu_search", tmp_path / "artifacts")
     config = trial_folder(tmp_path / "trial")
     crashed = client.create_run(exp, tags={"sweeper.kind": "trial", **TAGS}).info.run_id  # a crash before set_terminated
     run_id = tracking.log_trial(client, exp, None, tmp_path / "trial", config, TAGS)

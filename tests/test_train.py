@@ -1,6 +1,7 @@
 """The training loop on the smoke preset with the embedded data and random-init extractors: the trial-folder
 contract, the shared pre-training cache, exact resume, divergence handling and refusals."""
 
+import csv
 import json
 import math
 import multiprocessing
@@ -12,10 +13,16 @@ import yaml
 
 from trainer.checkpoint import load_checkpoint, load_generator
 from trainer.config import build_config
+from trainer.data import TrainBatches
 from trainer.errors import UserError
 from trainer.images import read_image
-from trainer.data import TrainBatches
-from trainer.train import Diverged, check_finite, drop_records_after, pretrain_key, train
+from trainer.train import (
+    Diverged,
+    check_finite,
+    drop_records_after,
+    pretrain_key,
+    train,
+)
 
 SMOKE = {"preset": "smoke", "weights": "random", "train.from_scratch": False}  # these tests cover pre-training too
 
@@ -52,6 +59,18 @@ def test_smoke_trial_fills_the_trial_folder(smoke_run):
     assert set(result["final"]) == {"Set5"}
     final = result["final"]["Set5"]
     assert 15 < final["psnr"] < 60 and 0 < final["ssim"] <= 1 and final["lpips"] is None
+    # Both spaces are kept; psnr/ssim are those of metrics.space (rgb by default), per image and as means.
+    assert result["metrics"] == {"space": "rgb", "lpips_net": "alex", "lpips_version": "0.1"}
+    assert (final["psnr"], final["ssim"]) == (final["psnr_rgb"], final["ssim_rgb"]) != (final["psnr_y"], final["ssim_y"])
+    images = result["per_image"]["Set5"]
+    assert list(images) == ["baby.png", "bird.png"]  # val_max_images=2, by file name
+    for key in ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"):
+        assert final[key] == pytest.approx(sum(v[key] for v in images.values()) / 2, rel=1e-12)
+    assert all(v["lpips"] is None for v in images.values())
+    with open(run / "per_image.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["set"], r["image"]) for r in rows] == [("Set5", "baby.png"), ("Set5", "bird.png")]
+    assert float(rows[1]["ssim_y"]) == images["bird.png"]["ssim_y"] and rows[1]["lpips"] == ""
     assert result["duration_s"] > 0
     assert json.loads((run / "result.json").read_text()) == result
 
@@ -170,7 +189,9 @@ def test_resume_is_exact(tmp_path, cache):
     rung = [r for r in jsonl(tmp_path / "resumed" / "metrics.jsonl") if r["kind"] == "val" and r["step"] == 10]
     rung_file = json.loads((tmp_path / "resumed" / "rungs" / "10.json").read_text())  # stop_after = a rung: validated there
     assert rung_file == first and rung  # shaped like result.json, status "stopped"
-    assert rung_file["final"] == {r["set"]: {m: r[m] for m in ("psnr", "ssim", "lpips")} for r in rung}
+    assert rung_file["final"] == {r["set"]: {m: v for m, v in r.items() if m not in ("step", "kind", "set")} for r in rung}
+    assert rung_file["per_image"].keys() == {"Set5"} and len(rung_file["per_image"]["Set5"]) == 2
+    assert resumed["per_image"] == straight["per_image"] != rung_file["per_image"]
     others = [r for r in jsonl(tmp_path / "resumed" / "metrics.jsonl") if r not in rung]
     assert others == jsonl(tmp_path / "straight" / "metrics.jsonl")  # every iteration trained and logged once
     segments = [(r["from_step"], r["to_step"], r["pretrain"]) for r in jsonl(tmp_path / "resumed" / "ledger.jsonl")]

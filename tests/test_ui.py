@@ -12,12 +12,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import mlflow_layout
 import numpy as np
 import pytest
-
-import mlflow_layout
 from cluster_helpers import REPO, sweeper_args
-from sweeper.ui import group_alive
+
+from sweeper.analysis.ui import group_alive
 
 MUS = [0.2, 0.5, 1, 5, 10, 20, float("inf")]
 

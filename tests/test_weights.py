@@ -60,11 +60,12 @@ def test_missing_file_names_file_url_and_import_command(torch_home: Path) -> Non
     message = str(err.value)
     assert "resnet50-0676ba61.pth" in message and "https://download.pytorch.org/models/resnet50-0676ba61.pth" in message
     assert "sweeper weights import" in message and "\n" not in message
-    assert [f.name for f in weights.missing()] == ["vgg19-dcbb9e9d.pth", "resnet50-0676ba61.pth", "alexnet-owt-7be5be79.pth"]
+    assert [f.name for f in weights.missing()] == ["vgg19-dcbb9e9d.pth", "resnet50-0676ba61.pth", "alexnet-owt-7be5be79.pth",
+                                                  "vgg16-397923af.pth"]
 
 
 def test_every_missing_file_is_named_at_once_with_one_import_command(torch_home: Path) -> None:
-    from sweeper.search import check_weights
+    from sweeper.search.session import check_weights
 
     with pytest.raises(weights.MissingWeightsError) as err:
         check_weights({}, "proxy", "psnr")
@@ -124,4 +125,4 @@ def test_import_copies_verified_files_under_their_cache_name(
     table = capsys.readouterr().out
     row = next(line for line in table.splitlines() if line.startswith(entry.name))
     assert row.split()[-2:] == ["present", "yes"]
-    assert "vgg19-dcbb9e9d.pth" in table and "MISSING" in table and "3 missing" in table
+    assert "vgg19-dcbb9e9d.pth" in table and "MISSING" in table and "4 missing" in table

@@ -8,8 +8,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from cluster_helpers import REPO, TINY, assert_grid_once, env_for, postgres, sweeper_args, write_study
+from cluster_helpers import (
+    REPO,
+    TINY,
+    assert_grid_once,
+    env_for,
+    postgres,
+    sweeper_args,
+    write_study,
+)
 
 MUS = ["0.5", "1", "5", "inf"]
 

@@ -33,7 +33,9 @@ GANS = ("vanilla", "ragan")  # the standard GAN (BasicSR's SRGANModel) or RaGAN,
 ARCH_GAN = {"srgan": "vanilla", "esrgan": "ragan"}  # what the authors' configs use for each arch
 SKIPS = ("none", "bilinear")  # generator output + bilinear upsampling of the input, or not
 INITS = ("basicsr", "all_convs")  # which convs get the 0.1-scaled Kaiming init (trainer/nets/layers.py)
-METRIC_SPACES = ("y", "rgb")  # PSNR/SSIM on MATLAB's Y (section 4.1) or on RGB (the authors' test config)
+METRIC_SPACES = ("y", "rgb")  # PSNR/SSIM on MATLAB's Y (section 4.1's text) or RGB (the authors' test config, the paper's numbers)
+LPIPS_NETS = ("alex", "vgg")  # LPIPS trunk: the lpips package's default, or BasicSR's calculate_lpips script
+LPIPS_VERSIONS = ("0.1", "0.0")  # the lpips package's linear heads
 NOT_COMPUTATION = {"train.device", "data.num_workers", "data.cache", "train.threads"}  # where and how fast, not what: a run may resume under others
 
 
@@ -77,7 +79,14 @@ class LossConfig:
 
 @dataclass
 class MetricsConfig:
-    space: str = "y"  # y | rgb: where validation PSNR/SSIM are computed (border = upscale either way)
+    """Both spaces are always computed and recorded (psnr_y, ssim_y, psnr_rgb, ssim_rgb); `space` picks the
+    one that selects and that tables show first. Its default is RGB although section 4.1's text says Y: the
+    paper's published numbers are RGB (Table 5's bicubic Set5 row, 26.69 / 0.7736, is the RGB protocol; on
+    Y it reads 28.42), as the authors' configs (`test_y_channel: false`) score."""
+
+    space: str = "rgb"  # rgb | y: which space `psnr`/`ssim` hold (border = upscale either way)
+    lpips_net: str = "alex"  # alex | vgg: the paper does not say; BasicSR's calculate_lpips uses vgg
+    lpips_version: str = "0.1"  # 0.1 | 0.0: the lpips package's linear heads
 
 
 @dataclass
@@ -275,6 +284,8 @@ def validate(cfg: Config) -> Config:
     check_choice("model.skip", cfg.model.skip, SKIPS)
     check_choice("model.init", cfg.model.init, INITS)
     check_choice("metrics.space", cfg.metrics.space, METRIC_SPACES)
+    check_choice("metrics.lpips_net", cfg.metrics.lpips_net, LPIPS_NETS)
+    check_choice("metrics.lpips_version", cfg.metrics.lpips_version, LPIPS_VERSIONS)
     check_mu(cfg.mu)
     if cfg.upscale not in (2, 3, 4):
         raise UserError(f"upscale={cfg.upscale} is not supported; choose 2, 3 or 4")

@@ -1,6 +1,7 @@
 """PSNR and SSIM on the Y channel with MATLAB's conventions (section 4.1: 4-pixel border removed, Y of
-YCbCr), or on RGB as BasicSR scores with `test_y_channel: false` (the authors' configs), and LPIPS (Zhang
-et al., AlexNet) through the `lpips` package.
+YCbCr) and on RGB as BasicSR scores with `test_y_channel: false` (the authors' configs, and the space of the
+paper's published numbers), and LPIPS (Zhang et al.; AlexNet or VGG16 trunk, v0.1 or v0.0 heads) through the
+`lpips` package. `score` gives both spaces of one SR image; `metrics.space` only says which one selects.
 
 Conventions, as in ESRGAN's and most SR papers' MATLAB evaluation:
 - Y is MATLAB's `rgb2ycbcr` on uint8 (ITU-R BT.601, studio range 16..235), rounded to uint8; a
@@ -19,16 +20,19 @@ at a time is as fast, as the batch no longer fits in the caches).
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
 import io
 import logging
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 from trainer import weights
 from trainer.config import METRIC_SPACES as SPACES
+from trainer.images import to_rgb, to_uint8
 
 # MATLAB's rgb2ycbcr for uint8: T = [65.481 128.553 24.966] * (1/255), Y = imlincomb(T1, R, T2, G, T3, B, 16).
 Y_WEIGHTS = tuple(c * (1 / 255) for c in (65.481, 128.553, 24.966))
@@ -119,6 +123,51 @@ def ssim_y(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> float:
     return float(ssim_batch(sr, hr, crop_border, "y"))
 
 
+SCORES = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")  # what `score` returns, per image
+
+
+def score(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> dict[str, float]:
+    """PSNR/SSIM of one float [0, 1] (3, H, W) SR image against its uint8 HR in both spaces (`SCORES`).
+
+    On Y a grayscale HR is its own Y, so the SR output is reduced to one channel the same way (the mean of
+    its channels, then rounded); on RGB a grayscale HR is copied to three channels, as BasicSR reads it.
+    """
+    sr = sr.detach().cpu()
+    sr_y = to_uint8(sr.mean(0, keepdim=True) if hr.shape[0] == 1 else sr)
+    sr_rgb, hr_rgb = to_uint8(sr), to_rgb(hr)
+    return {
+        "psnr_y": float(psnr_batch(sr_y, hr, crop_border, "y")),
+        "ssim_y": float(ssim_batch(sr_y, hr, crop_border, "y")),
+        "psnr_rgb": float(psnr_batch(sr_rgb, hr_rgb, crop_border, "rgb")),
+        "ssim_rgb": float(ssim_batch(sr_rgb, hr_rgb, crop_border, "rgb")),
+    }
+
+
+def set_means(rows: Iterable[dict[str, float | None]], space: str) -> dict[str, float | None]:
+    """The mean of each per-image value of a set, `psnr`/`ssim` (those of `space`) first; LPIPS is None
+    unless every image has one."""
+    rows = list(rows)
+    means: dict[str, float | None] = {k: sum(r[k] for r in rows) / len(rows) for k in SCORES}
+    lp = [r.get("lpips") for r in rows]
+    lpips = sum(lp) / len(lp) if lp and None not in lp else None
+    return {"psnr": means[f"psnr_{space}"], "ssim": means[f"ssim_{space}"], "lpips": lpips, **means}
+
+
+PER_IMAGE_COLUMNS = ("set", "image", *SCORES, "lpips")
+
+
+def per_image_csv(per_image: dict[str, dict[str, dict[str, float | None]]]) -> str:
+    """`{set: {image: {metric: value}}}` as CSV text (`PER_IMAGE_COLUMNS`; full precision, empty LPIPS when
+    unavailable)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(PER_IMAGE_COLUMNS)
+    for set_name, images in per_image.items():
+        for image, values in images.items():
+            writer.writerow([set_name, image, *("" if values.get(k) is None else repr(float(values[k])) for k in PER_IMAGE_COLUMNS[2:])])
+    return buf.getvalue()
+
+
 @functools.cache
 def warn_once(message: str) -> None:
     """Log a warning once per process (a command builds the metric for every run or set it scores)."""
@@ -126,29 +175,35 @@ def warn_once(message: str) -> None:
 
 
 class LPIPSMetric:
-    """LPIPS v0.1 (AlexNet trunk, learned linear heads) on float [0, 1] (N, 3, H, W) images.
+    """LPIPS (`net` trunk: alex | vgg, the `lpips` package's learned linear heads of `version` 0.1 | 0.0) on
+    float [0, 1] (N, 3, H, W) images.
 
-    The linear heads ship inside the `lpips` package; the AlexNet trunk needs torchvision's ImageNet
-    file, which `trainer.weights` loads offline. Without it `available` is False, `reason` says which
-    file is missing and how to import it, one warning is logged, and calling the metric is an error:
-    a random trunk would give a plausible-looking but meaningless number.
+    The linear heads ship inside the `lpips` package; the trunk (AlexNet's or VGG16's `features`) needs
+    torchvision's ImageNet file, which `trainer.weights` loads offline. Without it `available` is False,
+    `reason` says which file is missing and how to import it, one warning is logged, and calling the
+    metric is an error: a random trunk would give a plausible-looking but meaningless number.
     """
 
-    def __init__(self, device: str | torch.device = "cpu") -> None:
+    def __init__(self, device: str | torch.device = "cpu", net: str = "alex", version: str = "0.1") -> None:
         self.device = torch.device(device)
+        self.net, self.version = net, version
         self.model: torch.nn.Module | None = None
         self.reason = ""
         try:
-            trunk = weights.alexnet_features("imagenet")
+            trunk = weights.lpips_trunk(net, "imagenet")
         except weights.MissingWeightsError as e:
             self.reason = f"LPIPS unavailable: {e}"
             warn_once(self.reason)
             return
-        self.model = _build_lpips(trunk).to(self.device)
+        self.model = _build_lpips(trunk, net, version).to(self.device)
 
     @property
     def available(self) -> bool:
         return self.model is not None
+
+    def describe(self) -> dict[str, str]:
+        """What this metric is, for recording beside its values: net, version, trunk weights."""
+        return {"net": self.net, "version": self.version, "weights": "imagenet" if self.available else "unavailable"}
 
     @torch.no_grad()
     def __call__(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
@@ -158,22 +213,22 @@ class LPIPSMetric:
         return self.model(sr, hr).flatten()
 
 
-def _build_lpips(trunk: torch.nn.Sequential) -> torch.nn.Module:
-    """An `lpips.LPIPS` (alex, v0.1) with `trunk`'s weights and the package's linear heads, built offline."""
+def _build_lpips(trunk: torch.nn.Sequential, net: str, version: str) -> torch.nn.Module:
+    """An `lpips.LPIPS` (`net`, heads of `version`) with `trunk`'s weights and the package's linear heads, built offline."""
     import lpips  # imported on use: it loads scipy.ndimage, which nothing else here needs
 
     # lpips builds its trunk with torchvision's deprecated `pretrained=` argument: silence that warning.
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        model = lpips.LPIPS(net="alex", pretrained=False, pnet_rand=True, verbose=False)
-    heads = torch.load(Path(lpips.__file__).parent / "weights/v0.1/alex.pth", map_location="cpu", weights_only=True)
+        model = lpips.LPIPS(net=net, version=version, pretrained=False, pnet_rand=True, verbose=False)
+    heads_file = Path(lpips.__file__).parent / f"weights/v{version}/{net}.pth"
+    heads = torch.load(heads_file, map_location="cpu", weights_only=True)
     missing, unexpected = model.load_state_dict(heads, strict=False)
     # The heads are saved as lin0..lin4; `lins.*` are the same modules, reached through a ModuleList.
     if unexpected or any(k.startswith("lin") and not k.startswith("lins.") for k in missing):
         raise RuntimeError(f"lpips package weights do not match its model: {unexpected or missing}")
-    # lpips splits AlexNet's `features` into slices whose children keep their original indices.
+    # lpips splits the trunk's `features` into slices whose children keep their original indices.
     for i in range(model.net.N_slices):
         for name, module in getattr(model.net, f"slice{i + 1}").named_children():
             module.load_state_dict(trunk[int(name)].state_dict())
     return model.eval().requires_grad_(False)
-

@@ -40,7 +40,7 @@ from trainer.files import file_lock, write_json_atomic, write_text_atomic
 from trainer.images import to_rgb, to_uint8, write_image
 from trainer.ledger import Segment
 from trainer.losses import DualPerceptualLoss, discriminator_loss, generator_adversarial_loss
-from trainer.metrics import LPIPSMetric, psnr_batch, ssim_batch
+from trainer.metrics import LPIPSMetric, per_image_csv, score, set_means
 from trainer.nets import build_discriminator, build_generator
 
 PROGRESS_EVERY_S = 5.0
@@ -267,43 +267,37 @@ def super_resolve(g: nn.Module, lr_u8: torch.Tensor, device: torch.device) -> to
 
 
 def score_image(sr: torch.Tensor, img: ValImage, upscale: int, space: str = "y") -> tuple[float, float]:
-    """PSNR/SSIM on Y or RGB (`metrics.space`) with `upscale` border pixels removed (section 4.1). On Y a
-    grayscale HR is its own Y, so the SR output is reduced to one channel the same way before scoring; on
-    RGB a grayscale HR is copied to three channels, as BasicSR reads it."""
-    if space == "rgb":
-        sr_u8, hr = to_uint8(sr[0]).cpu(), to_rgb(img.hr)
-    else:
-        sr_u8, hr = to_uint8(sr[0].mean(0, keepdim=True) if img.hr.shape[0] == 1 else sr[0]).cpu(), img.hr
-    return float(psnr_batch(sr_u8, hr, upscale, space)), float(ssim_batch(sr_u8, hr, upscale, space))
+    """PSNR/SSIM of a (1, 3, H, W) SR output in one space (`metrics.score` gives both)."""
+    scores = score(sr[0], img.hr, upscale)
+    return scores[f"psnr_{space}"], scores[f"ssim_{space}"]
+
+
+Means = dict[str, dict[str, float | None]]  # set -> metric -> mean over its images
+PerImage = dict[str, dict[str, dict[str, float | None]]]  # set -> image file name -> metric -> value
 
 
 def validate(g: nn.Module, val_sets: dict[str, list[ValImage]], lpips: LPIPSMetric, cfg: Config,
-             device: torch.device, samples_dir: Path, step: int) -> dict[str, dict[str, float | None]]:
-    """Mean PSNR, SSIM and LPIPS (None when unavailable) per validation set; saves a few SR crops."""
+             device: torch.device, samples_dir: Path, step: int) -> tuple[Means, PerImage]:
+    """Per image and as means per validation set: PSNR/SSIM in both spaces (`metrics.SCORES`) and LPIPS
+    (None when unavailable); the means also carry `psnr`/`ssim` of `metrics.space`. Saves a few SR crops."""
     was_training = g.training
     g.eval()
-    results: dict[str, dict[str, float | None]] = {}
+    means: Means = {}
+    per_image: PerImage = {}
     for i, (set_name, images) in enumerate(val_sets.items()):
-        psnrs, ssims, lp = [], [], []
+        rows = per_image[set_name] = {}
         for j, img in enumerate(images):
             sr = super_resolve(g, img.lr, device)
-            p, s = score_image(sr, img, cfg.upscale, cfg.metrics.space)
-            psnrs.append(p)
-            ssims.append(s)
-            if lpips.available:
-                lp.append(float(lpips(sr, to_rgb(img.hr).unsqueeze(0).float().div(255).to(device))[0]))
+            lp = float(lpips(sr, to_rgb(img.hr).unsqueeze(0).float().div(255).to(device))[0]) if lpips.available else None
+            rows[img.name] = {**score(sr[0], img.hr, cfg.upscale), "lpips": lp}
             if i == 0 and j < SAMPLES:
                 h, w = sr.shape[-2:]
                 top, left = max(0, (h - SAMPLE_CROP) // 2), max(0, (w - SAMPLE_CROP) // 2)
                 crop = sr[0, :, top : top + SAMPLE_CROP, left : left + SAMPLE_CROP]
                 write_image(samples_dir / f"{step:07d}_{set_name}_{Path(img.name).stem}.png", crop.cpu())
-        results[set_name] = {
-            "psnr": sum(psnrs) / len(psnrs),
-            "ssim": sum(ssims) / len(ssims),
-            "lpips": sum(lp) / len(lp) if lp else None,
-        }
+        means[set_name] = set_means(rows.values(), cfg.metrics.space)
     g.train(was_training)
-    return results
+    return means, per_image
 
 
 # ----------------------------------------------------------------------------- stage 2: GAN
@@ -399,7 +393,8 @@ class Tally:
     """What result.json reports, kept current by the loop (and carried across resumes by the checkpoint)."""
 
     step: int = 0
-    final: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    final: Means = field(default_factory=dict)
+    per_image: PerImage = field(default_factory=dict)  # the latest validation's values, image by image
     earlier_s: float = 0.0  # time spent by earlier calls on this run
     t0: float = field(default_factory=time.monotonic)
 
@@ -444,16 +439,20 @@ def train(
     if cfg.data.hr_patch != 128:
         note(f"discriminator input is {cfg.data.hr_patch}x{cfg.data.hr_patch}, not the paper's 128x128: "
              f"its first linear layer takes 512*{cfg.data.hr_patch // 32}^2 features instead of 512*4^2")
-    batches, val_sets, lpips = TrainBatches(cfg, cache_dir, device, progress), load_val_sets(cfg), LPIPSMetric(device)
+    mc = cfg.metrics
+    lpips = LPIPSMetric(device, mc.lpips_net, mc.lpips_version)
+    batches, val_sets = TrainBatches(cfg, cache_dir, device, progress), load_val_sets(cfg)
     weights_used = {
         "extractors": weights_mod.describe(cfg.weights),  # what was loaded: a random run is never recorded otherwise
         "lpips": "imagenet" if lpips.available else "unavailable",
     }
+    metrics_used = {"space": mc.space, "lpips_net": mc.lpips_net, "lpips_version": mc.lpips_version}
     tally = Tally()
 
     def result(status: str, reason: str | None) -> dict[str, Any]:
         checkpoint = str(ckpt_path) if ckpt_path.exists() else None
-        return {"status": status, "reason": reason, "final": tally.final, "weights": weights_used,
+        return {"status": status, "reason": reason, "final": tally.final, "per_image": tally.per_image,
+                "metrics": metrics_used, "weights": weights_used,
                 "iters": tally.step, "duration_s": tally.duration_s(), "checkpoint": checkpoint}
 
     try:
@@ -462,6 +461,7 @@ def train(
             batches.load_state_dict(ckpt["data"])
             set_rng_state(ckpt["rng"])
             tally.step, tally.final, tally.earlier_s = ckpt["step"], ckpt["final"], ckpt["elapsed_s"]
+            tally.per_image = ckpt.get("per_image", {})  # absent from checkpoints older than per-image metrics
         else:
             if not cfg.train.from_scratch:
                 weights_g, segment.pretrain_iters, segment.pretrain_s = pretrained_generator(cfg, cache_dir, device, run_dir, progress)
@@ -476,6 +476,7 @@ def train(
         return out
     finally:
         segment.record(tally.step)
+    write_text_atomic(run_dir / "per_image.csv", per_image_csv(tally.per_image))
     if stopped:  # a rung of successive halving: its result, beside the checkpoint
         out = result("stopped", f"stopped after iteration {tally.step} as asked (stop_after)")
         write_json_atomic(run_dir / "rungs" / f"{tally.step}.json", out)
@@ -496,13 +497,13 @@ def run_gan(cfg: Config, run_dir: Path, gan: Gan, batches: TrainBatches, val_set
 
     def save() -> None:
         save_atomic({"config": cfg.to_dict(), "stage": "gan", "step": tally.step, **gan.state_dict(),
-                     "data": batches.state_dict(), "rng": rng_state(), "final": tally.final,
+                     "data": batches.state_dict(), "rng": rng_state(), "final": tally.final, "per_image": tally.per_image,
                      "elapsed_s": tally.duration_s()}, run_dir / "ckpt" / "last.pt")
         segment.record(tally.step)
 
     def validate_now(step: int) -> None:
         g_eval = gan.ema if gan.ema is not None else gan.g
-        tally.final = validate(g_eval, val_sets, lpips, cfg, device, run_dir / "samples", step)
+        tally.final, tally.per_image = validate(g_eval, val_sets, lpips, cfg, device, run_dir / "samples", step)
         for set_name, m in tally.final.items():
             append_jsonl(metrics_log, {"step": step, "kind": "val", "set": set_name, **m})
 

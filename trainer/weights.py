@@ -1,4 +1,4 @@
-"""ImageNet weights for the feature extractors (VGG19, eq. 4; ResNet-50, eq. 5) and LPIPS (AlexNet),
+"""ImageNet weights for the feature extractors (VGG19, eq. 4; ResNet-50, eq. 5) and LPIPS (AlexNet or VGG16),
 loaded offline from torchvision's torch hub cache: `$TORCH_HOME/hub/checkpoints/<torchvision file name>`.
 
 Nothing is ever downloaded. A missing file is a `MissingWeightsError` naming the file, its URL and
@@ -57,7 +57,10 @@ FILES: dict[str, WeightsFile] = {
                             "or set weights=random for an ablation"),
     "alexnet": WeightsFile("AlexNet", torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url, "LPIPS metric",
                            "until then LPIPS is reported as unavailable"),
+    "vgg16": WeightsFile("VGG16", torchvision.models.VGG16_Weights.IMAGENET1K_V1.url, "LPIPS metric with metrics.lpips_net=vgg",
+                         "until then LPIPS is reported as unavailable"),
 }
+LPIPS_TRUNKS = {"alex": "alexnet", "vgg": "vgg16"}  # metrics.lpips_net -> the FILES entry of its trunk
 
 
 class MissingWeightsError(UserError):
@@ -154,13 +157,19 @@ def resnet50(weights: str) -> torchvision.models.ResNet:
     return _load_into(model, "resnet50", weights)
 
 
-def alexnet_features(weights: str) -> nn.Sequential:
-    """AlexNet's `features` (the LPIPS trunk)."""
+def _lpips_features(key: str) -> nn.Sequential:
+    """The untrained `features` of an LPIPS trunk: AlexNet's, or VGG16's (torchvision's "D" layer list)."""
+    return torchvision.models.alexnet().features if key == "alexnet" else tv_vgg.make_layers(tv_vgg.cfgs["D"])
+
+
+def lpips_trunk(net: str, weights: str) -> nn.Sequential:
+    """The `features` of LPIPS's trunk for `metrics.lpips_net` (alex: AlexNet, vgg: VGG16)."""
+    key = LPIPS_TRUNKS[net]
     if weights == "random":
-        return torchvision.models.alexnet().features.eval().requires_grad_(False)
+        return _lpips_features(key).eval().requires_grad_(False)
     with torch.device("meta"):
-        features = torchvision.models.alexnet().features
-    return _load_into(features, "alexnet", weights, prefix="features.")
+        features = _lpips_features(key)
+    return _load_into(features, key, weights, prefix="features.")
 
 
 def print_status() -> None:

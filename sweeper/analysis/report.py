@@ -1,0 +1,519 @@
+"""`sweeper report study=NAME --out results/NAME`: the paper's tables and figures that a study covers,
+regenerated from MLflow alone (docs/ARCHITECTURE.md, "MLflow layout").
+
+Which tables a study covers follows from what varies among its finished trials, stage by stage:
+mu -> Table 1, beta -> Table 2, the loss (`perceptual`) -> Table 6, the arch -> Tables 3 and 4.
+Table 5 compares the study's winner (and any run promoted from it) with bicubic and with the runs
+tagged `sweeper.baseline=true`. From the workspace's Optuna record and trial folders (where the report
+can reach them) come the cost table (spent vs the naive protocol, `sweeper.ledger`) and the rank check of
+successive halving on stages that trained every trial to the end (`sweeper.rankcheck`). Each table goes out as Markdown, CSV and LaTeX under `<out>/tables/`,
+figures as PNG under `<out>/figures/`, everything gathered in `<out>/README.md` and logged to MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+
+from sweeper.analysis import correlate, figures, ledger, rankcheck
+from sweeper.analysis.runs import (
+    METRICS,
+    RunRecord,
+    find_runs,
+    finished,
+    mu_label,
+    open_client,
+    paper_order,
+    stopped_early,
+)
+from sweeper.analysis.tables import (
+    Table,
+    rows_to_csv,
+    rows_to_latex,
+    rows_to_markdown,
+    to_csv,
+    to_latex,
+    to_markdown,
+)
+from sweeper.core.mlflow_names import baselines_experiment
+from sweeper.core.overrides import Options, parse, require_study
+from sweeper.core.trials import stage_ids
+from trainer.config import config_from_dict
+from trainer.errors import UserError
+from trainer.files import write_bytes_atomic, write_text_atomic
+from trainer.images import read_image
+
+SET_ORDER = ("Set5", "Set14", "BSD100", "Urban100")
+PAPER_METRICS = ("ssim", "psnr", "lpips")  # Tables 1, 2 and 6 print SSIM / PSNR / LPIPS
+ARCH_NAMES = {"srgan": "SRGAN-DP", "esrgan": "ESRGAN-DP"}
+ABLATION_ROWS = {  # Table 6, in the paper's order
+    "vgg": "VGG loss",
+    "static": "VGG loss + ResNet loss",
+    "dp": "VGG loss + ResNet loss + dynamic weighting",
+}
+
+
+@dataclass
+class Study:
+    """A study's runs as read from MLflow."""
+
+    name: str
+    client: MlflowClient
+    stages: list[RunRecord]  # stage parent runs, oldest first
+    trials: list[RunRecord]  # trial runs that trained to the end, oldest first
+    stopped: list[RunRecord] = field(default_factory=list)  # trials stopped by successive halving, oldest first
+    configs: dict[str, dict] = field(default_factory=dict)  # run id -> config.yaml, read on demand
+
+    def config(self, run: RunRecord) -> dict:
+        """The run's config.yaml artifact ({} when it has none)."""
+        if run.run_id not in self.configs:
+            self.configs[run.run_id] = read_config(self.client, run.run_id)
+        return self.configs[run.run_id]
+
+    def stage_of(self, run: RunRecord) -> RunRecord | None:
+        parent = run.tags.get("mlflow.parentRunId")
+        return next((s for s in self.stages if s.run_id == parent), None)
+
+    def winner(self) -> RunRecord | None:
+        """The winner of the latest stage that has one."""
+        for stage in reversed(self.stages):
+            run_id = stage.tags.get("sweeper.winner_run_id")
+            match = [t for t in self.trials if t.run_id == run_id]
+            if match:
+                return match[0]
+        return None
+
+
+def read_config(client: MlflowClient, run_id: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, "config.yaml", tmp)
+        except (MlflowException, OSError):
+            return {}
+        loaded = yaml.safe_load(Path(path).read_text())
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def load_study(client: MlflowClient, name: str) -> Study:
+    runs = find_runs(client, "trial", name)
+    trials = finished(runs)
+    if not trials:
+        raise UserError(f"study={name!r} has no finished trials yet; run `sweeper run study={name}` first")
+    return Study(name=name, client=client, stages=find_runs(client, "stage", name), trials=trials, stopped=stopped_early(runs))
+
+
+def ordered_sets(runs: list[RunRecord]) -> list[str]:
+    """Validation sets of the runs, the paper's sets in the paper's order first."""
+    found = set().union(*(r.sets() for r in runs))
+    return [s for s in SET_ORDER if s in found] + sorted(found - set(SET_ORDER))
+
+
+def _distinct(values) -> str:
+    return ", ".join(sorted({str(v) for v in values if v not in ("", None)})) or "n/a"
+
+
+def metric_space(config: dict) -> str:
+    """Where a run's PSNR/SSIM were computed, `metrics.space`: "Y" or "RGB" (Y for runs older than the key)."""
+    return str((config.get("metrics") or {}).get("space", "y")).upper()
+
+
+def provenance(study: Study, runs: list[RunRecord]) -> str:
+    """The table's heading line: preset, data, metric space (`metrics.space`), weights kind, commit."""
+    configs = [study.config(r) for r in runs]
+    data = [
+        f"{'+'.join(c['data'].get('train_sets', []))} -> {'+'.join(c['data'].get('val_sets', []))}"
+        for c in configs
+        if isinstance(c.get("data"), dict)
+    ]
+    commits = [r.tags.get("sweeper.git_commit") or (study.stage_of(r) or r).tags.get("sweeper.git_commit") for r in runs]
+    return (
+        f"preset={_distinct(r.params.get('preset') for r in runs)} · data={_distinct(data)} · "
+        f"PSNR/SSIM on {_distinct(metric_space(c) for c in configs)} · "
+        f"weights={_distinct(r.tags.get('sweeper.weights') for r in runs)} "
+        f"(LPIPS {_distinct(r.tags.get('sweeper.lpips') for r in runs)}) · "
+        f"commit={_distinct(commits)}"
+    )
+
+
+def metric_table(key: str, kind: str, title: str, header: str, labelled: list[tuple[str, RunRecord]],
+                 metrics: tuple[str, ...] = PAPER_METRICS, marks: str = "best2") -> Table:
+    """Rows = labelled runs, columns = their sets x metrics, values = final metrics. A trial stopped by
+    successive halving keeps its row, labelled with the budget it reached and left out of the marks."""
+    sets = ordered_sets([r for _, r in labelled])
+    columns = [(s, m) for s in sets for m in metrics]
+    values = [[r.value(s, m) for s, m in columns] for _, r in labelled]
+    rows = [label if r.stopped_at is None else f"{label} (stopped at {r.stopped_at} it)" for label, r in labelled]
+    table = Table(key, kind, title, header, rows, columns, values, marks)
+    table.unranked = {i for i, (_, r) in enumerate(labelled) if r.stopped_at is not None}
+    if table.unranked:
+        table.notes.append("Rows \"stopped at N it\" were stopped by successive halving (scheduler=sha): their values are "
+                           "at N iterations, not compared with the rows that trained to the end; the winner is chosen "
+                           "among those.")
+    return table
+
+
+def latest_per(runs: list[RunRecord], key) -> list[RunRecord]:
+    """One run per key value (the latest; `runs` are oldest first), in first-seen order."""
+    picked: dict = {}
+    for r in runs:
+        picked[key(r)] = r
+    return list(picked.values())
+
+
+def stage_groups(study: Study) -> list[tuple[str, list[RunRecord]]]:
+    """(stage, its finished trials, stopped ones included) in stage order; trials whose stage has no parent run
+    form their own group."""
+    trials = study.trials + study.stopped
+    names = [s.stage for s in study.stages] + sorted({t.stage for t in trials} - {s.stage for s in study.stages})
+    return [(n, [t for t in trials if t.stage == n]) for n in dict.fromkeys(names)]
+
+
+def varying(runs: list[RunRecord]) -> set[str]:
+    """Which of mu, beta, perceptual and arch take more than one value (beta among finite mu, unless every
+    mu is inf: a beta stage at mu=inf, where beta has no effect)."""
+    out = {name for name in ("mu", "perceptual", "arch") if len({r.params.get(name) for r in runs}) > 1}
+    finite = [r for r in runs if not math.isinf(r.mu)] or runs
+    if len({r.beta for r in finite}) > 1:
+        out.add("beta")
+    return out
+
+
+def sweep_tables(study: Study) -> list[tuple[Table, list[RunRecord]]]:
+    """Tables 1 (mu), 2 (beta) and 6 (ablation), one per stage and arch, with the runs behind them."""
+    out = []
+    for stage, runs in stage_groups(study):
+        for arch in sorted({r.arch for r in runs}):
+            group = [r for r in runs if r.arch == arch]
+            vary = varying(group)
+            name = ARCH_NAMES.get(arch, arch)
+            if vary == {"mu"}:
+                rows = sorted(latest_per(group, lambda r: r.mu), key=paper_order)
+                fixed = _distinct(r.beta for r in rows if not math.isinf(r.mu))
+                title = f"Table 1: {name} under different mu ({fixed}; stage {stage})"
+                labelled = [(mu_label(r.mu), r) for r in rows]
+                table = metric_table(f"table1_{stage}_{arch}", "mu", title, provenance(study, rows), labelled)
+                if any(math.isinf(r.mu) for r in rows):
+                    table.notes.append("mu=inf means the VGG loss only, the original perceptual loss.")
+            elif vary == {"beta"}:
+                rows = sorted(latest_per(group, lambda r: r.beta), key=lambda r: r.beta)
+                title = f"Table 2: {name} under different beta ({_distinct(mu_label(r.mu) for r in rows)}; stage {stage})"
+                table = metric_table(f"table2_{stage}_{arch}", "beta", title, provenance(study, rows), [(r.beta, r) for r in rows])
+                if all(math.isinf(r.mu) for r in rows):
+                    table.notes.append("mu=inf won the mu stage: the loss is VGG only, so beta has no effect on these rows.")
+            elif "perceptual" in vary and "arch" not in vary:
+                by_loss = {r.params.get("perceptual"): r for r in group}
+                rows = [by_loss[k] for k in ABLATION_ROWS if k in by_loss]
+                title = f"Table 6: {name} under different conditions (stage {stage})"
+                labelled = [(ABLATION_ROWS[r.params['perceptual']], r) for r in rows]
+                table = metric_table(f"table6_{stage}_{arch}", "ablation", title, provenance(study, rows), labelled)
+            else:
+                continue
+            out.append((table, rows))
+    return out
+
+
+def correlation_tables(study: Study, proxy: str = "srgan", target: str = "esrgan") -> list[tuple[Table, list[RunRecord]]]:
+    """Table 4, one per validation set, when settings ran with both archs."""
+    pairs = correlate.paired_runs(study.trials, proxy, target)
+    if len(pairs) < 2:
+        return []
+    runs = [r for _, p, t in pairs for r in (p, t)]
+    header = provenance(study, runs)
+    out = []
+    for s in ordered_sets(runs):
+        columns = [(ARCH_NAMES[a], m) for a in (proxy, target) for m in METRICS]
+        values = [[r.value(s, m) for r in (p, t) for m in METRICS] for _, p, t in pairs]
+        title = f"Table 4: hyperparameter combinations, {ARCH_NAMES[proxy]} vs {ARCH_NAMES[target]} on {s}"
+        out.append((Table(f"table4_{s}", "correlation", title, header, [lbl for lbl, _, _ in pairs], columns, values, "best_worst"), runs))
+    return out
+
+
+def table3(study: Study) -> tuple[Table, list[RunRecord]] | None:
+    """Table 3: the search's winner against its promoted ESRGAN-DP run or, in a study that ran both archs,
+    both archs at the setting the proxy ranks best (by the study's selection metric)."""
+    promoted = promoted_runs(study)
+    sources = [t for p in promoted[-1:] for t in study.trials if t.run_id == p.tags.get("sweeper.promoted_from_run_id")]
+    if sources:
+        pair = [sources[0], promoted[-1]]
+    else:
+        try:
+            results = correlate.correlate_runs(study.trials, "srgan", "esrgan")
+        except UserError:  # fewer than 3 shared settings
+            return None
+        best = correlate.gate(results, correlate.selection_metric(None, study.stages)).best_proxy
+        pair = next([p, t] for lbl, p, t in correlate.paired_runs(study.trials, "srgan", "esrgan") if lbl == best)
+    labelled = [(f"{ARCH_NAMES.get(r.arch, r.arch)} ({r.setting})", r) for r in pair]
+    title = "Table 3: SRGAN-DP vs ESRGAN-DP in LPIPS at the selected hyperparameters"
+    return metric_table("table3", "archs", title, provenance(study, pair), labelled, ("lpips",), "best"), pair
+
+
+def promoted_runs(study: Study) -> list[RunRecord]:
+    """Finished runs promoted from this study (`sweeper promote`), in any experiment."""
+    return finished(find_runs(study.client, "trial", None, promoted_from_study=study.name))
+
+
+def table5(study: Study, bicubic: RunRecord | None) -> tuple[Table, list[RunRecord]] | None:
+    """Table 5: the study's winner and runs promoted from it against bicubic and the tagged baselines."""
+    ours = [r for r in [study.winner(), *promoted_runs(study)] if r]
+    if not ours:
+        return None
+    baselines = [b for b in finished(find_runs(study.client, None, None, baseline="true")) if b.tags.get("sweeper.method") != "bicubic"]
+    labelled = [("Bicubic", bicubic)] if bicubic else []
+    labelled += [(b.tags.get("sweeper.label", b.name), b) for b in baselines]
+    labelled += [(f"{ARCH_NAMES.get(r.arch, r.arch)} ({r.setting}, ours)", r) for r in ours]
+    title = "Table 5: comparison with bicubic and baselines on the benchmark sets"
+    table = metric_table("table5", "baselines", title, provenance(study, ours), labelled, METRICS, "best")
+    data = study.config(ours[0]).get("data", {})
+    if not bicubic:
+        table.notes.append("Bicubic is missing: its validation sets could not be read (see `sweeper evaluate bicubic`).")
+    elif data.get("val_max_images") or data.get("val_crop"):
+        table.notes.append(
+            f"Bicubic is scored on every whole image of each set; the runs were validated on at most {data.get('val_max_images') or 'all'} "
+            f"images per set, centre-cropped to {data.get('val_crop') or 'full'} px: the rows are not directly comparable."
+        )
+    if bicubic and metric_space(study.config(ours[0])) != "Y":
+        table.notes.append("Bicubic is scored on Y (`sweeper evaluate`); the runs' PSNR/SSIM are on RGB (metrics.space=rgb).")
+    return table, ours
+
+
+def eval_key(cfg: dict) -> str:
+    """What bicubic scores depend on: data root, validation sets and upscale factor."""
+    return f"x{cfg['upscale']} root={cfg['data']['root'] or 'default'} sets={'+'.join(cfg['data']['val_sets'])}"
+
+
+def bicubic_run(study: Study) -> RunRecord | None:
+    """The bicubic baseline on the winner's validation sets (`sweeper evaluate bicubic`), logged once in the
+    experiment `baselines` (out of the studies' experiments, whose runs are all trials and stages) as a run tagged
+    `sweeper.kind=baseline`, `sweeper.method=bicubic`, and reused; None when the sets cannot be read."""
+    from sweeper.analysis import evaluate
+    from trainer.data import resolve_root
+
+    winner = study.winner()
+    config = study.config(winner) if winner else {}
+    if not config:
+        return None
+    key = eval_key(config)
+    logged = [r for r in finished(find_runs(study.client, "baseline", None, method="bicubic")) if r.tags.get("sweeper.eval") == key]
+    if logged:
+        return logged[-1]
+    cfg = config_from_dict(config)
+    try:
+        rows = evaluate.evaluate("bicubic", resolve_root(cfg.data.root or None), cfg.data.val_sets, cfg.upscale, use_lpips=True)
+    except UserError as e:
+        print(f"note: no bicubic row in Table 5: {e}")
+        return None
+    tags = {"sweeper.kind": "baseline", "sweeper.baseline": "true", "sweeper.method": "bicubic", "sweeper.label": "Bicubic", "sweeper.eval": key}
+    run_id = study.client.create_run(baselines_experiment(study.client, study.name), run_name="bicubic", tags=tags).info.run_id
+    now = int(time.time() * 1000)
+    metrics = []
+    for s in cfg.data.val_sets:
+        per = [r for r in rows if r["set"] == s]
+        for m, col in (("psnr", "psnr_y"), ("ssim", "ssim_y"), ("lpips", "lpips")):
+            values = [r[col] for r in per if r[col] is not None]
+            if values:
+                metrics.append(Metric(f"{s}/{m}", sum(values) / len(values), now, 0))
+    study.client.log_batch(run_id, metrics=metrics)
+    study.client.set_terminated(run_id)
+    return next(r for r in find_runs(study.client, "baseline", None, method="bicubic") if r.run_id == run_id)
+
+
+SAMPLE_NAME = re.compile(r"^(\d+)_(.+)\.png$")  # trainer.train.validate: <step>_<set>_<image>.png
+
+
+def latest_samples(client: MlflowClient, run: RunRecord) -> dict[str, str]:
+    """Crop name (`<set>_<image>`) -> artifact path of its latest validation sample."""
+    latest: dict[str, tuple[int, str]] = {}
+    for info in client.list_artifacts(run.run_id, "samples"):
+        m = SAMPLE_NAME.match(Path(info.path).name)
+        if m and int(m[1]) >= latest.get(m[2], (-1, ""))[0]:
+            latest[m[2]] = (int(m[1]), info.path)
+    return {name: path for name, (_, path) in latest.items()}
+
+
+def comparison_grid(client: MlflowClient, labelled: list[tuple[str, RunRecord]], title: str) -> bytes | None:
+    """The same crops across settings (Figs. 6-7), from the runs' `samples/` artifacts; None without samples."""
+    samples = [latest_samples(client, r) for _, r in labelled]
+    names = sorted(set().union(*samples))[:3]
+    if not names:
+        return None
+    tiles = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            row = []
+            for (_, run), found in zip(labelled, samples):
+                path = found.get(name)
+                row.append(read_image(client.download_artifacts(run.run_id, path, tmp)).permute(1, 2, 0).numpy() if path else None)
+            tiles.append(row)
+    return figures.comparison_grid(names, [label for label, _ in labelled], tiles, title)
+
+
+def histories(client: MlflowClient, runs: list[RunRecord], set_name: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Validation history per run: label -> metric -> [(step, value)]."""
+    out = {}
+    for r in runs:
+        stopped = "" if r.stopped_at is None else f", stopped at {r.stopped_at}"
+        label = f"{ARCH_NAMES.get(r.arch, r.arch)} {r.setting} ({r.stage}{stopped})"
+        out[label] = {m: [(h.step, h.value) for h in client.get_metric_history(r.run_id, f"{set_name}/{m}")] for m in METRICS}
+    return out
+
+
+@dataclass
+class Writer:
+    """Writes tables and figures under `out` atomically and gathers the README's sections."""
+
+    out: Path
+    sections: list[str] = field(default_factory=list)
+
+    def table(self, table: Table) -> None:
+        md = to_markdown(table)
+        for suffix, text in ((".md", md), (".csv", to_csv(table)), (".tex", to_latex(table))):
+            write_text_atomic(self.out / "tables" / f"{table.key}{suffix}", text)
+        links = f"[CSV](tables/{table.key}.csv) · [LaTeX](tables/{table.key}.tex)"
+        self.sections.append(f"{md}\n{links}\n")
+
+    def figure(self, name: str, data: bytes | None, caption: str) -> None:
+        if data is not None:
+            write_bytes_atomic(self.out / "figures" / f"{name}.png", data)
+            self.sections.append(f"![{caption}](figures/{name}.png)\n\n_{caption}_\n")
+
+    def text(self, markdown: str) -> None:
+        self.sections.append(markdown)
+
+    def rows(self, key: str, title: str, rows: list[dict], notes: str = "") -> None:
+        """A plain table of dict rows (not the paper's metric layout) as Markdown, CSV and LaTeX."""
+        for suffix, text in ((".md", rows_to_markdown(rows)), (".csv", rows_to_csv(rows)), (".tex", rows_to_latex(rows, title))):
+            write_text_atomic(self.out / "tables" / f"{key}{suffix}", text)
+        self.sections.append(f"### {title}\n\n{rows_to_markdown(rows)}\n{notes}\n\n[CSV](tables/{key}.csv) · [LaTeX](tables/{key}.tex)\n")
+
+
+def banner(study: Study) -> str:
+    """The warning on top when the numbers cannot be the paper's: random-init extractors or unavailable LPIPS."""
+    presets = _distinct(r.params.get("preset") for r in study.trials)
+    lines = []
+    if any(r.tags.get("sweeper.weights") == "random" for r in study.trials):
+        lines.append(f"> **{presets} preset, random-init extractors: NOT paper results.** The VGG19/ResNet-50 feature "
+                     "extractors were randomly initialised, so these numbers only show that the protocol runs end to end.")
+    if any(r.tags.get("sweeper.lpips") == "unavailable" for r in study.trials):
+        lines.append("> **LPIPS unavailable** (no AlexNet ImageNet weights): LPIPS columns read n/a.")
+    return "\n>\n".join(lines)
+
+
+def correlation_section(study: Study, writer: Writer) -> None:
+    """Table 4's statistics: agreement per set and metric, the small-n warning and the promotion verdict."""
+    try:
+        results = correlate.correlate_runs(study.trials, "srgan", "esrgan")
+    except UserError:  # fewer than 3 shared settings: Table 4 stands without statistics
+        return
+    key = correlate.selection_metric(None, study.stages)
+    write_text_atomic(writer.out / "tables" / "table4_stats.csv", rows_to_csv(correlate.to_rows(results)))
+    writer.text(f"### Table 4 (statistics): SRGAN-DP vs ESRGAN-DP rank agreement\n\n{correlate.summary(results, key)}\n"
+                "[CSV](tables/table4_stats.csv)\n")
+
+
+def lpips_chart(table: Table) -> bytes | None:
+    """Fig. 2's bar chart from a table's LPIPS columns (None when LPIPS was not measured)."""
+    cols = [j for j, (_, m) in enumerate(table.columns) if m == "lpips"]
+    values = [[row[j] for j in cols] for row in table.values]
+    if not any(not math.isnan(v) for row in values for v in row):
+        return None
+    return figures.lpips_bars(table.rows, [table.columns[j][0] for j in cols], values, table.title)
+
+
+def write_section(client: MlflowClient, writer: Writer, table: Table, runs: list[RunRecord]) -> None:
+    """A table and the figures that go with its kind."""
+    writer.table(table)
+    sets = ordered_sets(runs)
+    note = figures.unmeasured_note(runs, sets) + figures.stopped_note(runs)
+    if table.kind == "mu":
+        writer.figure(f"{table.key}_vs_mu", figures.metrics_vs_mu(runs, sets, table.title), f"{table.title}: metrics against mu.{note}")
+    if table.kind == "beta":
+        writer.figure(f"{table.key}_per_beta", figures.metrics_per_beta(runs, sets, table.title), f"{table.title}: metrics per beta.{note}")
+    if table.kind in ("archs", "baselines"):
+        writer.figure(f"{table.key}_lpips", lpips_chart(table), f"{table.title}: LPIPS per method and set (as Fig. 2)")
+    if table.kind in ("mu", "beta", "ablation"):
+        grid = comparison_grid(client, list(zip(table.rows, runs)), table.title)
+        writer.figure(f"{table.key}_crops", grid, f"{table.title}: the same crops across settings (as Figs. 6-7)")
+
+
+def cost_section(writer: Writer, storage, stages: dict[str, int]) -> None:
+    """The cost table: per stage and for the study, spent (from the ledgers) vs the naive protocol."""
+    rows = ledger.cost_rows(ledger.study_costs(storage, stages))
+    notes = ("Naive: every grid point trained to train.iters with its own pre-training, priced at the device-seconds per "
+             "iteration this study measured. Ratios are spent / naive (iterations: GAN + pre-training).")  # fmt: skip
+    writer.rows("cost", "Cost: spent vs the naive protocol", rows, notes)
+
+
+def rank_check_section(writer: Writer, storage, stages: dict[str, int]) -> None:
+    """`sweeper rank-check`'s table and figure for the stages that trained every trial to the end."""
+    checks = []
+    for name, sid in stages.items():
+        select_by = storage.get_study_user_attrs(sid).get("select_by", "lpips")
+        try:
+            checks.append(rankcheck.check_stage(name, *rankcheck.stage_curves(storage, sid, select_by), select_by, Options()))
+        except UserError:  # a halving stage, or fewer than 2 complete trials: nothing to replay
+            continue
+    if checks:
+        notes = "\n\n".join(rankcheck.summary(c) for c in checks)
+        writer.rows("rank_check", "Rank check: successive halving replayed on the full validation curves", rankcheck.to_rows(checks), notes)
+        points = {c.stage: [(r.budget / c.budgets[-1], r.kendall, r.spearman, r.winner_alive) for r in c.rungs] for c in checks}
+        writer.figure("rank_check", figures.rank_check(points), "Rank agreement of each rung with the final ranking (Kendall tau, Spearman rho)")
+
+
+def build(client: MlflowClient, name: str, out: Path, optuna_stages: tuple | None = None) -> list[str]:
+    """Write the study's tables and figures under `out` and README.md gathering them; returns the table keys.
+    `optuna_stages` = (storage, stage name -> Optuna study id) adds the cost table and the rank check."""
+    study = load_study(client, name)
+    writer = Writer(out)
+    sections = sweep_tables(study) + correlation_tables(study)
+    sections += [s for s in (table3(study), table5(study, bicubic_run(study))) if s]
+    sections.sort(key=lambda s: s[0].key)
+    for i, (table, runs) in enumerate(sections):
+        write_section(client, writer, table, runs)
+        if table.kind == "correlation" and (i + 1 == len(sections) or sections[i + 1][0].kind != "correlation"):
+            correlation_section(study, writer)
+    if optuna_stages:
+        cost_section(writer, *optuna_stages)
+        rank_check_section(writer, *optuna_stages)
+    every = study.trials + study.stopped
+    for s in ordered_sets(every):
+        note = figures.unmeasured_note(every, [s])
+        writer.figure(f"curves_{s}", figures.validation_curves(histories(client, every, s), s), f"Validation curves per trial on {s}.{note}")
+    top = [f"# Study `{name}`: the paper's tables and figures, from MLflow", "", banner(study), "",
+           f"Regenerate with `sweeper report study={name} --out {out}`.", ""]
+    write_text_atomic(out / "README.md", "\n".join(top) + "\n" + "\n".join(writer.sections))
+    return [t.key for t, _ in sections]
+
+
+def log_report(client: MlflowClient, study: Study, out: Path) -> str | None:
+    """Attach the report to the study's latest stage run (artifact folder `report/`); returns that run's id."""
+    if not study.stages:
+        return None
+    run_id = study.stages[-1].run_id
+    client.log_artifacts(run_id, str(out), "report")
+    return run_id
+
+
+def main(tokens: list[str], out: Path | None = None) -> None:
+    """`sweeper report study=NAME [--out results/NAME] [workspace=... | tracking_uri=...]`."""
+    opts = parse(tokens, allow_config=False)
+    name = require_study(opts)
+    client = open_client(opts)
+    out = out or Path("results") / name
+    try:
+        _, _, storage, stages = stage_ids(opts)
+    except UserError:  # the Optuna record is not reachable from here (tracking_uri= only): no cost or rank check
+        storage, stages = None, {}
+    keys = build(client, name, out, (storage, stages) if stages else None)
+    run_id = log_report(client, load_study(client, name), out)
+    print(f"wrote {len(keys)} tables ({', '.join(keys) or 'none'}) and figures to {out}/README.md")
+    if run_id:
+        print(f"logged under artifacts report/ of MLflow run {run_id}")

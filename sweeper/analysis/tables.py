@@ -1,0 +1,175 @@
+"""A results table as in the paper (rows = settings or methods, columns = sets x metrics) and its three
+renderings: Markdown, CSV and LaTeX, with the best and second best value of each column marked.
+
+Markers: Markdown `**best**`, `_second_`; LaTeX `\\textbf{best}`, `\\underline{second}` (the paper uses
+red and blue). Table 4 marks the best and the worst instead, as the paper does. CSV holds plain numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from itertools import groupby
+
+from sweeper.analysis.runs import HIGHER_IS_BETTER, LABELS
+
+DECIMALS = {"psnr": 2, "ssim": 4, "lpips": 4}
+MARKS = {"best2": ("best", "second"), "best": ("best",), "best_worst": ("best", "worst")}
+LEGEND = {
+    "best2": "**bold** = best, _underline_ = second best in each column.",
+    "best": "**bold** = best in each column.",
+    "best_worst": "**bold** = best, _underline_ = worst in each column.",
+}
+
+
+@dataclass
+class Table:
+    """`values[i][j]` is row i's value for `columns[j] = (group, metric)`; NaN = not measured."""
+
+    key: str  # file stem, e.g. "table1_mu_srgan"
+    kind: str  # what the rows compare: mu | beta | ablation | correlation | archs | baselines
+    title: str
+    header: str  # provenance line: preset, data, weights kind, commit
+    rows: list[str]
+    columns: list[tuple[str, str]]
+    values: list[list[float]]
+    marks: str = "best2"  # a key of MARKS
+    notes: list[str] = field(default_factory=list)
+    unranked: set[int] = field(default_factory=set)  # rows shown but never marked (trials stopped by halving)
+
+    def column(self, j: int) -> list[float]:
+        return [row[j] for row in self.values]
+
+    def markers(self) -> list[list[str]]:
+        """'best' / 'second' / 'worst' / '' for each cell, per column (lower is better for LPIPS), among the
+        ranked rows; ties share a marker."""
+        out = [["" for _ in self.columns] for _ in self.rows]
+        for j, (_, metric) in enumerate(self.columns):
+            present = [i for i, v in enumerate(self.column(j)) if not math.isnan(v) and i not in self.unranked]
+            sign = -1 if HIGHER_IS_BETTER[metric] else 1
+            ranked = sorted({self.values[i][j] for i in present}, key=lambda v: sign * v)
+            if len(ranked) < 2:  # one row, or every row equal: nothing stands out
+                continue
+            target = {"best": ranked[0], "second": ranked[1], "worst": ranked[-1]}
+            for i in present:
+                out[i][j] = next((m for m in MARKS[self.marks] if target[m] == self.values[i][j]), "")
+        return out
+
+
+def fmt(value: float, metric: str) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.{DECIMALS[metric]}f}"
+
+
+def _groups(table: Table) -> list[tuple[str, list[int]]]:
+    """Consecutive columns sharing a group (a set, or an arch in Table 4): (group, column indices)."""
+    return [(g, [j for j, _ in items]) for g, items in groupby(enumerate(table.columns), key=lambda jc: jc[1][0])]
+
+
+def _cells(table: Table, wrap: dict[str, str], sep: str) -> list[list[str]]:
+    """Row cells with each group's metrics joined by `sep` and markers applied through `wrap` templates."""
+    marks = table.markers()
+    rows = []
+    for i, label in enumerate(table.rows):
+        cells = [label]
+        for _, cols in _groups(table):
+            parts = []
+            for j in cols:
+                text = fmt(table.values[i][j], table.columns[j][1])
+                parts.append(wrap.get(marks[i][j], "{}").format(text))
+            cells.append(sep.join(parts))
+        rows.append(cells)
+    return rows
+
+
+def _subheads(table: Table, sep: str) -> list[str]:
+    return [sep.join(LABELS[table.columns[j][1]] for j in cols) for _, cols in _groups(table)]
+
+
+def to_markdown(table: Table) -> str:
+    groups = [g for g, _ in _groups(table)]
+    lines = [f"### {table.title}", "", f"_{table.header}_", ""]
+    lines.append("| | " + " | ".join(groups) + " |")
+    lines.append("|---" * (len(groups) + 1) + "|")
+    lines.append("| | " + " | ".join(_subheads(table, " / ")) + " |")
+    for cells in _cells(table, {"best": "**{}**", "second": "_{}_", "worst": "_{}_"}, " / "):
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", LEGEND[table.marks]] + [f"{n}" for n in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+def to_columns(table: Table) -> dict[str, list]:
+    """The table as named columns (`setting`, then `<set>/<metric>`; None = not measured), for `MlflowClient.log_table`."""
+    out: dict[str, list] = {"setting": list(table.rows)}
+    for j, (group, metric) in enumerate(table.columns):
+        out[f"{group}/{metric}"] = [None if math.isnan(v) else round(v, 6) for v in table.column(j)]
+    return out
+
+
+def to_csv(table: Table) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["row"] + [f"{g}/{m}" for g, m in table.columns])
+    for label, values in zip(table.rows, table.values):
+        w.writerow([label] + ["" if math.isnan(v) else repr(round(v, 6)) for v in values])
+    return buf.getvalue()
+
+
+def latex_escape(text: str) -> str:
+    """Escape TeX specials; `mu=0.5` and `beta3_6` become $\\mu=0.5$ and $\\beta_{3,6}$ as in the paper."""
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("$", r"\$"), ("_", r"\_")):
+        text = text.replace(a, b)
+    text = re.sub(r"beta(\d)\\_(\d)", r"$\\beta_{\1,\2}$", text)
+    text = re.sub(r"\bmu=inf\b", r"$\\mu=\\infty$", text)
+    text = re.sub(r"\bmu=([0-9.e+-]+)", r"$\\mu=\1$", text)
+    return text
+
+
+def to_latex(table: Table) -> str:
+    groups = _groups(table)
+    wrap = {"best": r"\textbf{{{}}}", "second": r"\underline{{{}}}", "worst": r"\underline{{{}}}"}
+    lines = [
+        "% " + table.header,
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{latex_escape(table.title)}}}",
+        r"\begin{tabular}{l" + "c" * len(groups) + "}",
+        r"\hline",
+        " & " + " & ".join(latex_escape(g) for g, _ in groups) + r" \\",
+        " & " + " & ".join(_subheads(table, " / ")) + r" \\",
+        r"\hline",
+    ]
+    for cells in _cells(table, wrap, " / "):
+        lines.append(" & ".join([latex_escape(cells[0])] + cells[1:]) + r" \\")
+    lines += [r"\hline", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def rows_to_markdown(rows: list[dict]) -> str:
+    """A plain Markdown table of dict rows (keys of the first row as the header)."""
+    keys = list(rows[0])
+    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else "-" if v is None else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(keys) + " |", "|---" * len(keys) + "|"]
+    lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def rows_to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def rows_to_latex(rows: list[dict], caption: str) -> str:
+    """A plain LaTeX table of dict rows (keys of the first row as the header)."""
+    keys = list(rows[0])
+    cell = lambda v: latex_escape(f"{v:.4g}" if isinstance(v, float) else "--" if v is None else str(v))  # noqa: E731
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(caption)}}}", r"\begin{tabular}{" + "l" * len(keys) + "}",
+             r"\hline", " & ".join(latex_escape(k) for k in keys) + r" \\", r"\hline"]  # fmt: skip
+    lines += [" & ".join(cell(r[k]) for k in keys) + r" \\" for r in rows]
+    lines += [r"\hline", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,7 @@
+"""`python -m sweeper.cli ...`: the same as the `sweeper` command."""
+
+import sys
+
+from sweeper.cli.app import app
+
+sys.exit(app())

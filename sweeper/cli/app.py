@@ -1,0 +1,244 @@
+"""The `sweeper` command line. Each command is a thin wrapper: it imports the module that owns the work
+lazily (so `sweeper --help` does not import torch or MLflow) and turns a UserError into one line."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from trainer.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Reproduce the Dual Perceptual loss paper's hyperparameter search: run studies, inspect, report, promote.",
+)
+weights_app = typer.Typer(no_args_is_help=True, help="ImageNet weights for VGG19, ResNet-50 and AlexNet (LPIPS).")
+app.add_typer(weights_app, name="weights")
+data_app = typer.Typer(no_args_is_help=True, help="Training data: the prepared cache of sub-images and their LR.")
+app.add_typer(data_app, name="data")
+
+Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value settings, e.g. study=mu_search preset=smoke train.iters=2000")]
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Print a UserError as `error: ...` on stderr and exit 2, without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.secho("interrupted: re-run the same command to resume", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def run(
+    overrides: Overrides = None,
+    detach: Annotated[bool, typer.Option("--detach", help="return after submitting (executor=slurm)")] = False,
+) -> None:
+    """Run (or resume) a study: `sweeper run study=mu_search preset=smoke`."""
+    from sweeper.search.run import main
+
+    main(overrides or [], detach=detach)
+
+
+@app.command()
+@user_errors
+def status(
+    overrides: Overrides = None,
+    format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+) -> None:
+    """Show a study's trials: state, params, metrics, duration, progress."""
+    from sweeper.search import status as status_mod
+
+    status_mod.status(overrides or [], fmt=format)
+
+
+@app.command()
+@user_errors
+def train(
+    overrides: Overrides = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the resolved config and the recipe table only")] = False,
+) -> None:
+    """Train one run and log it to MLflow: `sweeper train arch=srgan mu=0.5 beta=beta3_6 preset=smoke`."""
+    if dry_run:
+        from sweeper.analysis import recipe
+
+        recipe.dry_run(overrides or [])
+        return
+    from sweeper.search.train_one import train_one
+
+    train_one(overrides or [])
+
+
+@app.command()
+@user_errors
+def recipe(
+    overrides: Overrides = None,
+    format: Annotated[str, typer.Option("--format", help="markdown or json")] = "markdown",
+    document: Annotated[bool, typer.Option("--document", help="docs/RECIPE.md: both archs at the defaults")] = False,
+) -> None:
+    """Every choice that shapes a result: value in effect, its key, paper text vs authors' code vs BasicSR."""
+    from sweeper.analysis import recipe as recipe_mod
+
+    recipe_mod.main(overrides or [], fmt=format, document_all=document)
+
+
+@app.command()
+@user_errors
+def studies() -> None:
+    """List the available studies with a one-line description."""
+    from sweeper.core import studies as studies_mod
+
+    studies_mod.list_studies()
+
+
+@app.command()
+@user_errors
+def evaluate(
+    method: Annotated[str, typer.Argument(help="bicubic, or a generator checkpoint (.pt) to evaluate")],
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="folder holding the benchmark sets")] = None,
+    sets: Annotated[str, typer.Option("--sets", help="comma-separated set names")] = "Set5,Set14,BSD100",
+    out: Annotated[Optional[Path], typer.Option("--out", help="CSV with one row per image")] = None,
+    upscale: Annotated[int, typer.Option("--upscale")] = 4,
+    lpips: Annotated[bool, typer.Option("--lpips/--no-lpips", help="compute LPIPS when its weights are present")] = True,
+) -> None:
+    """Evaluate bicubic upscaling or a checkpoint: PSNR/SSIM (Y, MATLAB conventions) and LPIPS per image."""
+    from sweeper.analysis import evaluate as evaluate_mod
+
+    evaluate_mod.main(method, data_root=data_root, sets=sets, out=out, upscale=upscale, use_lpips=lpips)
+
+
+@weights_app.command("status")
+@user_errors
+def weights_status() -> None:
+    """Show each weights file: needed by what, where it is looked for, present or missing, hash ok."""
+    from trainer import weights
+
+    weights.print_status()
+
+
+@weights_app.command("import")
+@user_errors
+def weights_import(files: Annotated[list[Path], typer.Argument(help="downloaded checkpoint files")]) -> None:
+    """Copy downloaded checkpoint files into the torch hub cache after checking their hash."""
+    from trainer import weights
+
+    weights.import_files(files)
+
+
+@data_app.command("prepare")
+@user_errors
+def data_prepare(
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value settings: preset=, upscale=, data.subimage_step=, data.cache=, workspace=")] = None,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="folder holding the sets (default: data.root, $SWEEPER_DATA)")] = None,
+    sets: Annotated[Optional[str], typer.Option("--sets", help="comma-separated training sets (default: data.train_sets)")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="processes (default: every core)")] = None,
+) -> None:
+    """Cut training sets into sub-images and make their LR once, for every trial: `sweeper data prepare --data-root DATA --sets DIV2K`."""
+    from sweeper.search import prepare
+
+    prepare.main(overrides or [], data_root=data_root, sets=sets, workers=workers)
+
+
+@app.command()
+@user_errors
+def ui(
+    overrides: Overrides = None,
+    host: Annotated[str, typer.Option("--host", help="interface to serve on (0.0.0.0: every interface)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 5000,
+    workers: Annotated[int, typer.Option("--workers", help="MLflow server worker processes")] = 2,
+) -> None:
+    """Start the MLflow UI on the workspace's tracking store; it stops when this command does."""
+    from sweeper.analysis import ui as ui_mod
+
+    raise typer.Exit(ui_mod.serve(overrides or [], host=host, port=port, workers=workers))
+
+
+@app.command()
+@user_errors
+def logs(overrides: Overrides = None) -> None:
+    """Print a trial's stdout/stderr: `sweeper logs study=mu_search trial=3`."""
+    from sweeper.search import status as status_mod
+
+    status_mod.logs(overrides or [])
+
+
+@app.command()
+@user_errors
+def cancel(overrides: Overrides = None) -> None:
+    """Cancel a study's queued or running trials (SLURM jobs or local processes)."""
+    from sweeper.search import status as status_mod
+
+    status_mod.cancel(overrides or [])
+
+
+@app.command()
+@user_errors
+def correlate(overrides: Overrides = None) -> None:
+    """Proxy-vs-target agreement (Table 4): Spearman, Kendall, exact permutation p, best/worst agreement."""
+    from sweeper.analysis import correlate as correlate_mod
+
+    correlate_mod.main(overrides or [])
+
+
+@app.command()
+@user_errors
+def promote(
+    to: Annotated[str, typer.Option("--to", help="target architecture")] = "esrgan",
+    source: Annotated[Optional[str], typer.Option("--from", help="study to take the winner from")] = None,
+    force: Annotated[bool, typer.Option("--force", help="promote without a (consistent) correlation check")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the resolved config and command only")] = False,
+    overrides: Overrides = None,
+) -> None:
+    """Launch the full ESRGAN-DP run with the search's winning (mu, beta)."""
+    from sweeper.search import promote as promote_mod
+
+    promote_mod.main(to=to, source=source, force=force, dry_run=dry_run, overrides=overrides or [])
+
+
+@app.command()
+@user_errors
+def plan(
+    overrides: Overrides = None,
+    format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+) -> None:
+    """Before a study runs: its trials, iterations and device-hours, naive, with scheduler=none and with scheduler=sha."""
+    from sweeper.search import plan as plan_mod
+
+    plan_mod.main(overrides or [], fmt=format)
+
+
+@app.command("rank-check")
+@user_errors
+def rank_check(overrides: Overrides = None) -> None:
+    """Replay successive halving on a scheduler=none study: per rung, rank agreement with the final ranking."""
+    from sweeper.analysis import rankcheck
+
+    rankcheck.main(overrides or [])
+
+
+@app.command()
+@user_errors
+def report(
+    overrides: Overrides = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="output folder (default results/<study>)")] = None,
+) -> None:
+    """Regenerate the paper's tables and figures for a study from MLflow: Markdown, CSV, LaTeX, PNG."""
+    from sweeper.analysis import report as report_mod
+
+    report_mod.main(overrides or [], out=out)
+

@@ -1,0 +1,50 @@
+"""The names of the MLflow layout (docs/ARCHITECTURE.md, "MLflow layout") that both its writer (`sweeper.search.tracking`)
+and its readers (`sweeper.analysis`) need: experiment kinds, the baselines experiment, the trials view's tag, and the
+commit a run is recorded with. Creating an experiment lives here too: the search creates a study's, the report the
+baselines one."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from urllib.parse import urlparse
+
+from mlflow import MlflowClient
+
+KIND_TAG, TRAINING = "mlflow.experimentKind", "custom_model_development"  # the MLflow UI's experiment kinds
+BASELINES = "baselines"  # the experiment of reference methods (bicubic), kept out of the studies' experiments
+
+# The MLflow UI (3.x) opens a view stored as the experiment tag `mlflow.sharedViewState.<key>` when its URL
+# carries `?viewStateShareKey=<key>`. Ours lists every trial flat (a search filter turns off the collapsing of
+# nested runs) with its grid parameters and final metrics as columns, best first by the selection metric.
+VIEW_KEY = "sweeper"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+VIEW_NAME = "Trials (sweeper)"
+
+
+def git_commit() -> str:
+    """The checkout's commit (with `+dirty` when code has local changes; generated results/ do not count), or "unknown"."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"], capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def experiment(client: MlflowClient, name: str, artifacts_dir: Path) -> str:
+    """The experiment of a study, created (with artifacts under the workspace) before any trial runs, and marked
+    as model training so that the MLflow UI opens it on its runs rather than on its GenAI overview."""
+    found = client.get_experiment_by_name(name)
+    if found is not None and found.tags.get(KIND_TAG) == TRAINING:
+        return found.experiment_id
+    exp_id = found.experiment_id if found else client.create_experiment(name, artifact_location=(artifacts_dir / name).resolve().as_uri())
+    client.set_experiment_tag(exp_id, KIND_TAG, TRAINING)
+    return exp_id
+
+
+def baselines_experiment(client: MlflowClient, beside: str) -> str:
+    """The experiment `baselines` (bicubic and other reference methods), its artifacts beside those of experiment `beside`."""
+    artifacts = Path(urlparse(client.get_experiment_by_name(beside).artifact_location).path).parent
+    return experiment(client, BASELINES, artifacts)

@@ -1,0 +1,122 @@
+"""Command-line `key=value` tokens -> sweeper options + validated training-config overrides.
+
+Sweeper options (`study=`, `executor=`, `executor.n_jobs=`, `select_by=`, ...) steer the orchestration;
+every other key must be a training-config key (`train.iters=2000`, `mu=inf`, `data.root=/data`), checked
+against `trainer.config` so a typo fails before anything runs. Values parse like YAML: `[a, b]` is a list,
+`inf` is infinity.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from sweeper.core.selection import METRICS
+from trainer.config import (
+    ALIASES,
+    PRESETS,
+    all_keys,
+    check_choice,
+    parse_value,
+    resolve_key,
+)
+from trainer.errors import UserError
+
+OPTION_KEYS = ("study", "stage", "trial", "executor", "select_by", "storage", "tracking_uri", "workspace", "rounds", "max_retries",
+               "scheduler", "scheduler.eta", "scheduler.min_iters")  # fmt: skip
+SCHEDULERS = ("none", "sha")
+
+
+@dataclass
+class Options:
+    study: str | None = None
+    stage: str | None = None
+    trial: int | None = None
+    executor: str = "local"
+    executor_options: dict[str, Any] = field(default_factory=dict)
+    select_by: str | None = None  # None: the preset's default (lpips; psnr for preset=smoke)
+    storage: str | None = None
+    tracking_uri: str | None = None
+    workspace: str | None = None
+    rounds: int | None = None  # None: the study's own
+    max_retries: int = 2
+    scheduler: str = "none"  # "sha": successive halving over each stage's grid (sweeper.halving)
+    eta: int = 3  # scheduler.eta
+    min_iters: int | None = None  # scheduler.min_iters; None: from sweeper.halving.rung_budgets
+    config: dict[str, Any] = field(default_factory=dict)  # dotted training-config key -> parsed value
+
+    @property
+    def preset(self) -> str:
+        return str(self.config.get("preset", "paper"))
+
+    @property
+    def where(self) -> str:
+        """The workspace=, storage= and tracking_uri= given, as ` key=value` tokens: a suggested command
+        carries them so that it works as printed."""
+        given = {"workspace": self.workspace, "storage": self.storage, "tracking_uri": self.tracking_uri}
+        return "".join(f" {k}={v}" for k, v in given.items() if v)
+
+
+def _count(key: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"{key}={value!r}: expected a whole number >= {minimum}")
+    return value
+
+
+def _unknown_key(key: str) -> UserError:
+    valid = [*OPTION_KEYS, *ALIASES, *all_keys()]
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else f"sweeper options: {', '.join(OPTION_KEYS)}, or a config key like train.iters"
+    return UserError(f"unknown key '{key}'; {hint}")
+
+
+def parse(tokens: list[str], allow_config: bool = True) -> Options:
+    """Parse `key=value` tokens; UserError on a token without '=', a repeated or unknown key, or a bad value."""
+    opts = Options()
+    seen: set[str] = set()
+    for token in tokens:
+        key, sep, text = token.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"'{token}' is not a key=value setting (e.g. study=mu_search or train.iters=2000)")
+        if key in seen:
+            raise UserError(f"{key}= is given twice; keep one")
+        seen.add(key)
+        value = parse_value(text)
+        if key.startswith("executor."):
+            opts.executor_options[key.removeprefix("executor.")] = value
+        elif key in ("trial", "rounds", "max_retries"):
+            setattr(opts, key, _count(key, value, 1 if key == "rounds" else 0))
+        elif key == "scheduler":
+            if value not in SCHEDULERS:
+                raise UserError(f"scheduler={text!r} is not valid; choose one of {', '.join(SCHEDULERS)}")
+            opts.scheduler = value
+        elif key in ("scheduler.eta", "scheduler.min_iters"):
+            field_name = key.removeprefix("scheduler.")
+            setattr(opts, field_name, _count(key, value, 2 if field_name == "eta" else 1))
+        elif key == "select_by":
+            if value not in METRICS:
+                raise UserError(f"select_by={text!r} is not valid; choose one of {', '.join(sorted(METRICS))}")
+            opts.select_by = value
+        elif key in OPTION_KEYS:
+            if not text.strip():
+                raise UserError(f"{key}= needs a value")
+            setattr(opts, key, text.strip())
+        else:
+            try:
+                dotted = resolve_key(key)
+            except UserError:
+                raise _unknown_key(key) from None
+            if not allow_config:
+                raise UserError(f"{key}= is a training setting; this command takes only {', '.join(OPTION_KEYS)}")
+            if dotted == "preset":  # named before anything looks for weights or data
+                check_choice("preset", value, PRESETS)
+            opts.config[dotted] = text if dotted == "weights" else value
+    return opts
+
+
+def require_study(opts: Options) -> str:
+    if not opts.study:
+        raise UserError("which study? add study=NAME (list them with `sweeper studies`)")
+    return opts.study

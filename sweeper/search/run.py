@@ -1,0 +1,80 @@
+"""`sweeper run`: a study's stages in order (and rounds, for an alternating study), each worked to its winner
+(`sweeper.search.stage`); the winner of a stage fixes its keys for the next.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlflow import MlflowClient
+
+from sweeper.core.mlflow_names import experiment, git_commit
+from sweeper.core.overrides import parse, require_study
+from sweeper.core.studies import load
+from sweeper.core.workspace import Workspace
+from sweeper.search.executors import make_executor
+from sweeper.search.progress import trial_states
+from sweeper.search.session import (
+    Run,
+    base_config,
+    check_data,
+    check_weights,
+    default_select_by,
+    owner_id,
+    stage_budgets,
+)
+from sweeper.search.stage import work_stage
+from trainer.config import build_config, parse_value
+from trainer.errors import UserError
+from trainer.files import file_lock
+
+
+def main(tokens: list[str], detach: bool = False) -> None:
+    opts = parse(tokens)
+    study = load(require_study(opts))
+    rounds = opts.rounds or 1
+    if rounds > 1 and not study.alternate:
+        raise UserError(f"rounds={rounds}: study {study.name} does not alternate; rounds= applies to studies like paper")
+    ws = Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri)
+    executor = make_executor(opts.executor, opts.executor_options, ws.root, opts.preset)  # settings first, then weights and data
+    if detach and executor.name == "local":
+        raise UserError("--detach needs executor=slurm: local trials are watched by this process")
+    if executor.name == "slurm":
+        executor.check(ws.sqlite_file())  # sbatch --test-only of the options; a warning for SQLite storage
+    select_by = default_select_by(opts)
+    config = check_weights(base_config(study, opts, ws), opts.preset, select_by)
+    for stage in study.stages:  # every trial config and rung budget valid before anything is created
+        for point in stage.points():
+            stage_budgets(opts, build_config({**config, **stage.overrides(point)}).train.iters, len(stage.points()))
+    check_data(config)
+
+    ws.root.mkdir(parents=True, exist_ok=True)
+    tags = {"sweeper.study": study.name, "sweeper.preset": opts.preset, "sweeper.select_by": select_by,
+            "sweeper.weights": str(config.get("weights", "imagenet")), "sweeper.git_commit": git_commit()}  # fmt: skip
+    with file_lock(ws.root / "setup.lock"):  # sweepers started together: one creates the stores and the experiment
+        ws.create_stores()
+        client = MlflowClient(ws.tracking_uri)
+        run = Run(study, opts, ws, select_by, executor, ws.open_storage(), client,
+                  experiment(client, study.name, ws.artifacts_dir), tags, owner_id())  # fmt: skip
+    fixed: dict[str, Any] = {}
+    previous = None
+    before = trial_states(run.storage, study.name)
+    for r in range(1, rounds + 1):
+        for stage in study.stages:
+            winner = work_stage(run, stage, stage.name if r == 1 else f"{stage.name}_r{r}", {**config, **fixed}, detach)
+            if winner is None:
+                print(f"submitted; follow with `sweeper status study={study.name}{opts.where}`, re-run the same command to collect results")
+                return
+            if study.alternate:
+                fixed |= {k: parse_value(winner[k]) for k in stage.searched_keys()}
+        if winner == previous:
+            print(f"round {r} kept the winner of round {r - 1}: stopping")
+            break
+        previous = winner
+    where = opts.where
+    if trial_states(run.storage, study.name) == before:
+        print(f"\n{study.name}: nothing to do, every trial had finished in {ws.root} (another workspace= starts afresh)")
+    print(f"\n{study.name}: winner {', '.join(f'{k}={v}' for k, v in winner.items())} (by mean {select_by})")
+    print(f"  trials:  sweeper status study={study.name}{where}")
+    print(f"  MLflow:  sweeper ui{where}")
+    print(f"  tables:  sweeper report study={study.name}{where}")

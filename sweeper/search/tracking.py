@@ -1,0 +1,199 @@
+"""MLflow logging of trials and stages, in the layout of docs/ARCHITECTURE.md ("MLflow layout").
+
+The orchestrator is the only writer. A trial is logged in one go when it ends, from its folder
+(config.yaml, metrics.jsonl, result.json, samples/), never from the training loop. Logging is idempotent:
+a trial's run is found by its tags, and a run left half-logged by a crash is deleted and logged again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from sweeper.core.crashpoints import crash_point
+from sweeper.core.mlflow_names import VIEW_NAME, VIEW_TAG
+from sweeper.core.selection import METRICS
+from sweeper.core.studies import label
+from trainer.config import flatten
+
+# MLflow announces creating and migrating its SQLite tables at INFO level on every new store; keep the
+# console to what the user asked for.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+
+BATCH = 1000  # MLflow's limit of metrics per log_batch call
+PARAM_KEYS = ("beta", "arch", "preset", "seed", "upscale")
+RECIPE_PARAMS = ("loss.gan", "loss.ragan_detach", "model.skip", "model.init", "metrics.space", "train.from_scratch")  # docs/RECIPE.md
+
+
+def _find(client: MlflowClient, experiment_id: str, tags: dict[str, str], max_results: int = 10) -> list[Any]:
+    clause = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    return client.search_runs([experiment_id], filter_string=clause, max_results=max_results)
+
+
+def stage_run(client: MlflowClient, experiment_id: str, study: str, stage: str, tags: dict[str, str]) -> str:
+    """The parent run of a stage (named `<study> · <stage>`): found by its tags (and set RUNNING again: the stage
+    resumes), or created. Also (re)writes the experiment's ready-made UI view of the trials (`ui_view`), ranked
+    by the stage's selection metric."""
+    key = {"sweeper.kind": "stage", "sweeper.study": study, "sweeper.stage": stage}
+    client.set_experiment_tag(experiment_id, VIEW_TAG, ui_view(tags.get("sweeper.select_by", "psnr")))
+    runs = _find(client, experiment_id, key)
+    if runs:
+        if runs[0].info.status != "RUNNING":
+            client.update_run(runs[0].info.run_id, status="RUNNING")
+        return runs[0].info.run_id
+    return client.create_run(experiment_id, run_name=f"{study} · {stage}", tags={**key, **tags}).info.run_id
+
+
+def ui_view(select_by: str) -> str:
+    """The experiment view of the trials as the MLflow UI stores a saved view: an envelope (name, times) around
+    the JSON of its search facets and UI state. Saved so, it is also listed in the UI's "Views" menu."""
+    metrics = [select_by] + [m for m in METRICS if m != select_by]
+    columns = [f"params.`{p}`" for p in ("mu", "beta", "perceptual")] + [f"metrics.`mean/{m}`" for m in metrics]
+    columns += [f"tags.`{t}`" for t in ("sweeper.stage", "sweeper.winner")]
+    state = {
+        "searchFilter": "tags.`sweeper.kind` = 'trial'", "orderByKey": f"metrics.`mean/{select_by}`",
+        "orderByAsc": select_by == "lpips", "selectedColumns": columns, "runsHiddenMode": "SHOW_ALL",
+    }  # fmt: skip
+    return json.dumps({"name": VIEW_NAME, "createdAt": 0, "updatedAt": 0, "state": json.dumps(state)})
+
+
+def end_stage_run(client: MlflowClient, run_id: str, status: str) -> None:
+    """End a stage run that stops without a winner: FAILED (an error) or KILLED (Ctrl-C, `sweeper cancel`)."""
+    client.set_terminated(run_id, status)
+
+
+def kill_stage_runs(client: MlflowClient, study: str) -> None:
+    """`sweeper cancel`: every RUNNING stage run of the study ends KILLED (a re-run sets it RUNNING again)."""
+    found = client.get_experiment_by_name(study)
+    for run in _find(client, found.experiment_id, {"sweeper.kind": "stage", "sweeper.study": study}, 1000) if found else []:
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "KILLED")
+
+
+def trial_run_name(config: dict[str, Any]) -> str:
+    """A trial's setting as a reader compares them: `mu=0.5 beta1_3`, with the loss and arch when not the defaults."""
+    parts = [f"mu={label(config['mu'])}", str(config["beta"])]
+    if config["loss"]["perceptual"] != "dp":
+        parts.append(f"loss={config['loss']['perceptual']}")
+    if config["arch"] != "srgan":
+        parts.append(str(config["arch"]))
+    return " ".join(parts)
+
+
+def run_times(result_path: Path, result: dict[str, Any]) -> tuple[int, int]:
+    """(start, end) of a finished trial in ms since the epoch: its result file's mtime, less the training time."""
+    end = result_path.stat().st_mtime
+    return int((end - float(result.get("duration_s") or 0.0)) * 1000), int(end * 1000)
+
+
+def read_metrics(trial_dir: Path) -> dict[tuple[str, int], float]:
+    """(metric key, step) -> value from metrics.jsonl: `train/<loss>` and `<Set>/<metric>`."""
+    out: dict[tuple[str, int], float] = {}
+    path = trial_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill: the rest of the file is still good
+        step, kind = int(row.get("step", 0)), row.get("kind")
+        if kind == "train":
+            out.update({(f"train/{k}", step): float(v) for k, v in row.items() if k not in ("step", "kind") and isinstance(v, (int, float))})
+        elif kind == "val":
+            out.update({(f"{row['set']}/{m}", step): float(row[m]) for m in METRICS if isinstance(row.get(m), (int, float))})
+    return out
+
+
+def final_means(result: dict[str, Any]) -> dict[str, float]:
+    """`mean/<metric>` over the validation sets of result.json (a metric missing on any set is left out)."""
+    sets = list(result.get("final", {}).values())
+    out = {}
+    for m in METRICS:
+        values = [s.get(m) for s in sets]
+        if sets and all(isinstance(v, (int, float)) and not math.isnan(v) for v in values):
+            out[f"mean/{m}"] = sum(values) / len(values)
+    return out
+
+
+def log_trial(
+    client: MlflowClient, experiment_id: str, parent_id: str | None, trial_dir: Path, config: dict[str, Any], tags: dict[str, str],
+    stopped_at: int | None = None,
+) -> str:
+    """Log a finished trial's folder as a nested run of `parent_id` (None: a top-level run); return its run id
+    (the existing one if logged). `stopped_at=N`: successive halving stopped the trial at its rung N, whose
+    `rungs/<N>.json` stands for result.json; the run is tagged `sweeper.stopped_at=N` and its name says so."""
+    key = {"sweeper.kind": "trial", "sweeper.study": tags["sweeper.study"], "sweeper.stage": tags["sweeper.stage"], "sweeper.trial_number": tags["sweeper.trial_number"]}
+    for run in _find(client, experiment_id, key):
+        if run.info.status == "FINISHED":
+            return run.info.run_id
+        client.delete_run(run.info.run_id)  # half-logged before a crash: log it again from the folder
+    result_path = trial_dir / ("result.json" if stopped_at is None else f"rungs/{stopped_at}.json")
+    result = json.loads(result_path.read_text())
+    weights = result.get("weights", {})
+    all_tags = {
+        **tags, **key, "sweeper.winner": "false", **({MLFLOW_PARENT_RUN_ID: parent_id} if parent_id else {}),
+        "sweeper.weights": str(weights.get("extractors", "unknown")), "sweeper.lpips": str(weights.get("lpips", "unknown")),
+        **({"sweeper.stopped_at": str(stopped_at)} if stopped_at is not None else {}),
+    }  # fmt: skip
+    start, end = run_times(result_path, result)
+    name = trial_run_name(config) + ("" if stopped_at is None else f" (stopped at {stopped_at} it)")
+    run_id = client.create_run(experiment_id, start_time=start, run_name=name, tags=all_tags).info.run_id
+    crash_point("mlflow_run_created")
+    params = {"mu": label(config["mu"])} | {k: config[k] for k in PARAM_KEYS}
+    params |= {"perceptual": config["loss"]["perceptual"], "variant": config["loss"]["variant"]}
+    params |= {k: flatten(config)[k] for k in RECIPE_PARAMS}
+    metrics = [Metric(k, v, end, step) for (k, step), v in read_metrics(trial_dir).items()]
+    steps = int(result.get("iters", 0))
+    for set_name, values in result.get("final", {}).items():  # the final values are the latest, whatever was logged
+        metrics += [Metric(f"{set_name}/{m}", float(values[m]), end, steps) for m in METRICS if isinstance(values.get(m), (int, float))]
+    metrics += [Metric(k, v, end, steps) for k, v in final_means(result).items()]
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    for i in range(0, len(metrics), BATCH):
+        client.log_batch(run_id, metrics=metrics[i : i + BATCH])
+    client.log_artifact(run_id, str(trial_dir / "config.yaml"))
+    client.log_artifact(run_id, str(result_path))
+    if (trial_dir / "samples").is_dir():
+        client.log_artifacts(run_id, str(trial_dir / "samples"), "samples")
+    client.set_terminated(run_id, "FINISHED", end_time=end)
+    return run_id
+
+
+def finish_stage(client: MlflowClient, study: str, stage: str, parent_id: str, winner_id: str, winner: dict[str, str]) -> None:
+    """Record the winner (idempotent, and re-computable: a re-run may change it), then log the stage's paper-style
+    table (an MLflow table for the UI's artifact view, plus Markdown and CSV) and plot on the parent and end it FINISHED.
+
+    The winner is kept in tags (`sweeper.winner_run_id`, `winner.mu`, `winner.beta` on the stage run), which,
+    unlike params, may change; exactly one trial run of the stage has `sweeper.winner=true`.
+    """
+    from sweeper.analysis import figures, report, tables
+
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    for run in _find(client, experiment_id, {"sweeper.kind": "trial", "sweeper.study": study, "sweeper.stage": stage}, 50000):
+        if run.info.run_id != winner_id and run.data.tags.get("sweeper.winner") != "false":
+            client.set_tag(run.info.run_id, "sweeper.winner", "false")
+    client.set_tag(winner_id, "sweeper.winner", "true")
+    client.set_tag(parent_id, "sweeper.winner_run_id", winner_id)
+    for name in ("mu", "beta"):
+        client.set_tag(parent_id, f"winner.{name}", winner[name])
+    for table, rows in report.sweep_tables(report.load_study(client, study)):
+        if {r.stage for r in rows} != {stage}:
+            continue
+        client.log_table(parent_id, tables.to_columns(table), f"results/{table.key}.json")
+        client.log_text(parent_id, tables.to_markdown(table), f"results/{table.key}.md")
+        client.log_text(parent_id, tables.to_csv(table), f"results/{table.key}.csv")
+        sets = report.ordered_sets(rows)
+        plot = figures.metrics_vs_mu if table.key.startswith("table1") else figures.metrics_per_beta
+        if not table.key.startswith("table6"):
+            with tempfile.TemporaryDirectory() as tmp:
+                png = Path(tmp) / f"{table.key}.png"
+                png.write_bytes(plot(rows, sets, table.title))
+                client.log_artifact(parent_id, str(png), "results")
+    client.set_terminated(parent_id, "FINISHED")
