@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sweeper.analysis import paper
+from trainer.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +70,14 @@ def test_rows_match_our_settings(published):
     assert t["table6"].match({"arch": "esrgan", "perceptual": "static", "mu": "0.5"}).label == "VGG loss + ResNet loss"
     assert t["table1"].match({"arch": "esrgan", "mu": "0.5", "beta": "beta1_3"}) is None
     assert published.space == "rgb" and all(len(r.values) == 4 for r in t["table1"].rows)
+
+
+def test_paper_check_command(capsys):
+    """`sweeper paper-check` applies select_by= as a stage would; a bad metric is a one-line UserError."""
+    paper.main([])
+    out = capsys.readouterr().out
+    assert "rule picks mu=0.5; agrees" in out and "rule picks beta2_4; differs from the paper's beta3_6" in out
+    paper.main(["select_by=psnr"])
+    assert "rule picks mu=1; differs from the paper's mu=0.5" in capsys.readouterr().out
+    with pytest.raises(UserError, match="select_by='psnr,psnr'"):
+        paper.main(["select_by=psnr,psnr"])

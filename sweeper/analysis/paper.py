@@ -18,7 +18,8 @@ import numpy as np
 import yaml
 
 from sweeper.analysis import stats
-from sweeper.selection import HIGHER_IS_BETTER
+from sweeper.core.overrides import parse
+from sweeper.core.selection import HIGHER_IS_BETTER
 
 TABLES_FILE = Path(__file__).with_name("paper_tables.yaml")
 UNITS = {"psnr": " dB", "ssim": "", "lpips": ""}
@@ -122,8 +123,8 @@ def check(metrics: Sequence[str], tie_break: str = "best_mean", paper: Paper | N
 
 def render(checks: list[Check], paper: Paper) -> str:
     """The check as text: the ranking with margins, the choice against the paper's, the per-set winners."""
-    lines = [f"The selection rule applied to the paper's own tables ({paper.source}; PSNR/SSIM on "
-             f"{paper.space.upper()}, as published):"]  # fmt: skip
+    space = paper.space.upper()
+    lines = [f"The selection rule applied to the paper's own tables ({paper.source}; PSNR/SSIM on {space}, as published):"]
     for c in checks:
         first = c.metrics[0]
         unit = UNITS[first]
@@ -148,3 +149,11 @@ def render(checks: list[Check], paper: Paper) -> str:
         lines.append(f"  {c.verdict.kind}: one training per setting and set means only; nothing in the paper "
                      "tells these margins from seed noise")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def main(tokens: list[str]) -> None:
+    """`sweeper paper-check [select_by=lpips,psnr] [select.tie_break=...]` (default: the paper's LPIPS)."""
+    opts = parse(tokens, allow_config=False)
+    rule = opts.rule(opts.select_by or "lpips")
+    published = load()
+    print(render(check(rule.metrics, rule.tie_break, published), published), end="")

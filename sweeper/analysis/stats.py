@@ -46,14 +46,14 @@ both axes: seed luck and hard images cancel out of it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats as sps
 
-TIE_BREAKS = ("best_mean", "simplest")
+from sweeper.core.selection import TIE_BREAKS
+
 DRAWS = 4000  # bootstrap draws (the image part; the pure bootstrap's Bonferroni tails need many)
 EXACT_SIGN_FLIPS = 10  # sign-flip tests are exact (every pattern) up to 2^10 patterns
 
@@ -364,3 +364,15 @@ def decide(metrics: Sequence[tuple[str, np.ndarray, bool]], labels: Sequence[str
         means = np.array([weighted_means(oriented(np.asarray(m, dtype=float), h), grouped) for _, m, h in metrics])
         chosen = min(pool, key=lambda p: (*means[:, p], p))
     return Verdict("tie", labels[chosen], [labels[p] for p in pool], tie_break, done)
+
+
+def comparison_rows(verdict: Verdict) -> list[dict[str, object]]:
+    """The verdict's comparisons as flat rows (one per metric and point) for an MLflow table, CSV or Markdown."""
+    rows: list[dict[str, object]] = []
+    for c in verdict.comparisons:
+        for r in c.rows:
+            rows.append({"metric": c.metric, "point": r.label, "mean": r.mean, "behind_best": r.diff, "low": r.low,
+                         "high": r.high, "p_holm": r.p, "separated": r.separated, "best": r.best,
+                         "repeats_needed": r.repeats_needed, "repeats": c.repeats, "images": c.images,
+                         "interval": c.interval, "test": c.test, "verdict": verdict.kind})  # fmt: skip
+    return rows

@@ -222,6 +222,16 @@ def plan(
     plan_mod.main(overrides or [], fmt=format)
 
 
+@app.command("paper-check")
+@user_errors
+def paper_check(overrides: Overrides = None) -> None:
+    """Apply the selection rule (select_by=, select.tie_break=) to the paper's own Tables 1 and 2 and print
+    what it would choose and how close the margins are."""
+    from sweeper.analysis import paper
+
+    paper.main(overrides or [])
+
+
 @app.command("rank-check")
 @user_errors
 def rank_check(overrides: Overrides = None) -> None:

@@ -12,7 +12,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from sweeper.core.selection import METRICS
+from sweeper.core.selection import TIE_BREAKS, Rule, parse_select_by
 from trainer.config import (
     ALIASES,
     PRESETS,
@@ -24,7 +24,7 @@ from trainer.config import (
 from trainer.errors import UserError
 
 OPTION_KEYS = ("study", "stage", "trial", "executor", "select_by", "storage", "tracking_uri", "workspace", "rounds", "max_retries",
-               "scheduler", "scheduler.eta", "scheduler.min_iters")  # fmt: skip
+               "scheduler", "scheduler.eta", "scheduler.min_iters", "select.min_effect", "select.tie_break", "select.alpha")  # fmt: skip
 SCHEDULERS = ("none", "sha")
 
 
@@ -35,7 +35,11 @@ class Options:
     trial: int | None = None
     executor: str = "local"
     executor_options: dict[str, Any] = field(default_factory=dict)
-    select_by: str | None = None  # None: the preset's default (lpips; psnr for preset=smoke)
+    select_by: str | None = None  # the first selection metric; None: the preset's default (lpips; psnr for preset=smoke)
+    select_then: tuple[str, ...] = ()  # later metrics, consulted among ties (select_by=lpips,psnr)
+    min_effect: float = 0.0  # select.min_effect, in units of the first metric
+    tie_break: str = "best_mean"  # select.tie_break
+    alpha: float = 0.05  # select.alpha: the intervals are 1 - alpha
     storage: str | None = None
     tracking_uri: str | None = None
     workspace: str | None = None
@@ -45,6 +49,11 @@ class Options:
     eta: int = 3  # scheduler.eta
     min_iters: int | None = None  # scheduler.min_iters; None: from sweeper.halving.rung_budgets
     config: dict[str, Any] = field(default_factory=dict)  # dotted training-config key -> parsed value
+
+    def rule(self, select_by: str) -> Rule:
+        """The selection rule with `select_by` (the resolved first metric) first."""
+        then = tuple(m for m in self.select_then if m != select_by)
+        return Rule((select_by, *then), self.min_effect, self.tie_break, self.alpha)
 
     @property
     def preset(self) -> str:
@@ -96,9 +105,19 @@ def parse(tokens: list[str], allow_config: bool = True) -> Options:
             field_name = key.removeprefix("scheduler.")
             setattr(opts, field_name, _count(key, value, 2 if field_name == "eta" else 1))
         elif key == "select_by":
-            if value not in METRICS:
-                raise UserError(f"select_by={text!r} is not valid; choose one of {', '.join(sorted(METRICS))}")
-            opts.select_by = value
+            opts.select_by, *then = parse_select_by(text)
+            opts.select_then = tuple(then)
+        elif key == "select.tie_break":
+            if value not in TIE_BREAKS:
+                raise UserError(f"select.tie_break={text!r} is not valid; choose one of {', '.join(TIE_BREAKS)}")
+            opts.tie_break = value
+        elif key in ("select.min_effect", "select.alpha"):
+            alpha = key == "select.alpha"
+            number = not isinstance(value, bool) and isinstance(value, (int, float)) and value == value
+            if not number or (not 0 < value < 0.5 if alpha else not 0 <= value < float("inf")):
+                expected = "a number between 0 and 0.5 (0.05: 95 % intervals)" if alpha else "a number >= 0, in the first metric's units"
+                raise UserError(f"{key}={text!r}: expected {expected}")
+            setattr(opts, "min_effect" if key == "select.min_effect" else "alpha", float(value))
         elif key in OPTION_KEYS:
             if not text.strip():
                 raise UserError(f"{key}= needs a value")

@@ -49,14 +49,16 @@ def status(tokens: list[str], fmt: str = "table") -> None:
         raise UserError(f"--format {fmt}: choose table or json")
     name, _, storage, stages = stage_ids(parse(tokens, allow_config=False))
     trials = [trial_record(storage, stage, t) for stage, sid in stages.items() for t in storage.get_all_trials(sid, deepcopy=False)]
-    winners = {stage: storage.get_study_user_attrs(sid).get("winner_trial") for stage, sid in stages.items()}
+    attrs = {stage: storage.get_study_user_attrs(sid) for stage, sid in stages.items()}
     for t in trials:
-        t["winner"] = winners[t["stage"]] == t["number"]
+        t["winner"] = attrs[t["stage"]].get("winner_trial") == t["number"]
+    verdicts = {stage: a["verdict"] for stage, a in attrs.items() if "verdict" in a}  # issue 18: winner, tie or untested
     costs = ledger.study_costs(storage, stages)  # issue 12: the cost ledger's totals per stage
     if fmt == "json":
-        print(json.dumps({"study": name, "stages": list(stages), "trials": trials, "cost": ledger.cost_rows(costs)}, indent=1))
+        print(json.dumps({"study": name, "stages": list(stages), "trials": trials, "verdicts": verdicts, "cost": ledger.cost_rows(costs)}, indent=1))
         return
-    print("\n".join([format_table(trials), *ledger.status_lines(costs)]))
+    lines = [f"verdict {stage}: {'!!! ' if v['kind'] != 'winner' else ''}{v['summary']}" for stage, v in verdicts.items()]
+    print("\n".join([format_table(trials), *lines, *ledger.status_lines(costs)]))
 
 
 def format_table(trials: list[dict[str, Any]]) -> str:

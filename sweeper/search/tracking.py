@@ -197,3 +197,17 @@ def finish_stage(client: MlflowClient, study: str, stage: str, parent_id: str, w
                 png.write_bytes(plot(rows, sets, table.title))
                 client.log_artifact(parent_id, str(png), "results")
     client.set_terminated(parent_id, "FINISHED")
+
+
+def log_verdict(client: MlflowClient, parent_id: str, record: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """The stage's verdict as tags (`sweeper.verdict` winner | tie | untested, `sweeper.tied`, `sweeper.verdict_summary`)
+    and its comparison (differences to the best, intervals, p-values) as the MLflow table `results/comparison.json`
+    with a CSV beside it."""
+    from sweeper.analysis import tables
+
+    client.set_tag(parent_id, "sweeper.verdict", record["kind"])
+    client.set_tag(parent_id, "sweeper.tied", ", ".join(record["tied"]))
+    client.set_tag(parent_id, "sweeper.verdict_summary", record["summary"][:5000])
+    if rows:
+        client.log_table(parent_id, {k: [r[k] for r in rows] for k in rows[0]}, "results/comparison.json")
+        client.log_text(parent_id, tables.rows_to_csv(rows), "results/comparison.csv")
