@@ -39,7 +39,8 @@ def log_stage(client: MlflowClient, root: Path, study: str, stage: str, trials: 
     them, logged under the stage's parent run; `winner` = index of the winning trial (None: stage unfinished).
 
     `trial`: arch, mu, beta, perceptual (default dp), final {set: {metric: value}}, optional
-    history {set: {metric: [(step, value)]}} and sample (an HxWx3 uint8 array, saved at steps 6 and 12).
+    history {set: {metric: [(step, value)]}}, sample (an HxWx3 uint8 array, saved at steps 6 and 12) and
+    per_image {set: {image: {psnr_rgb, ssim_rgb, lpips, ...}}}.
     """
     exp = experiment(client, study, root / "artifacts")
     tags = {"sweeper.study": study, "sweeper.preset": "smoke", "sweeper.select_by": select_by,
@@ -68,6 +69,8 @@ def write_trial(folder: Path, trial: dict) -> dict:
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = {"status": "complete", "reason": None, "final": trial["final"], "weights": {"extractors": "random", "lpips": "imagenet"},
               "iters": 12, "duration_s": 1.0, "checkpoint": None}
+    if "per_image" in trial:  # {set: {image: {metric: value}}} as the trainer keeps them
+        result["per_image"] = trial["per_image"]
     (folder / "result.json").write_text(json.dumps(result))
     if "sample" in trial:  # an older, darker crop too: the report must pick the latest step
         (folder / "samples").mkdir(exist_ok=True)

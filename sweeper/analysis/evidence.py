@@ -31,6 +31,11 @@ def per_image_values(result: dict[str, Any], metric: str, space: str) -> dict[st
     return {s: {SET_MEAN: (means or {}).get(key, (means or {}).get(metric))} for s, means in (result.get("final") or {}).items()}
 
 
+def only_set(result: dict[str, Any], set_name: str) -> dict[str, Any]:
+    """The result reduced to one validation set (per-image values and mean)."""
+    return {k: {set_name: result[k][set_name]} for k in ("per_image", "final") if set_name in (result.get(k) or {})}
+
+
 @dataclass(frozen=True)
 class Evidence:
     """One metric of a stage as `m[point, repeat, image]`, with each image's set (`groups`)."""

@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from sweeper.analysis import correlate, figures, ledger, rankcheck
+from sweeper.analysis import correlate, evidence, figures, ledger, paper, rankcheck, stats
 from sweeper.analysis.runs import (
     METRICS,
     RunRecord,
@@ -45,6 +45,7 @@ from sweeper.analysis.tables import (
     to_markdown,
 )
 from sweeper.core.mlflow_names import baselines_experiment
+from sweeper.core.selection import HIGHER_IS_BETTER
 from sweeper.core.overrides import Options, parse, require_study
 from sweeper.core.trials import stage_ids
 from trainer.config import config_from_dict
@@ -72,12 +73,19 @@ class Study:
     trials: list[RunRecord]  # trial runs that trained to the end, oldest first
     stopped: list[RunRecord] = field(default_factory=list)  # trials stopped by successive halving, oldest first
     configs: dict[str, dict] = field(default_factory=dict)  # run id -> config.yaml, read on demand
+    results: dict[str, dict] = field(default_factory=dict)  # run id -> result.json, read on demand
 
     def config(self, run: RunRecord) -> dict:
         """The run's config.yaml artifact ({} when it has none)."""
         if run.run_id not in self.configs:
-            self.configs[run.run_id] = read_config(self.client, run.run_id)
+            self.configs[run.run_id] = read_artifact(self.client, run.run_id, "config.yaml")
         return self.configs[run.run_id]
+
+    def result(self, run: RunRecord) -> dict:
+        """The run's result.json artifact, per-image values included ({} when it has none)."""
+        if run.run_id not in self.results:
+            self.results[run.run_id] = read_artifact(self.client, run.run_id, "result.json")
+        return self.results[run.run_id]
 
     def stage_of(self, run: RunRecord) -> RunRecord | None:
         parent = run.tags.get("mlflow.parentRunId")
@@ -93,10 +101,11 @@ class Study:
         return None
 
 
-def read_config(client: MlflowClient, run_id: str) -> dict:
+def read_artifact(client: MlflowClient, run_id: str, name: str) -> dict:
+    """A YAML (or JSON) mapping logged as an artifact of the run; {} when it is missing or not a mapping."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = client.download_artifacts(run_id, "config.yaml", tmp)
+            path = client.download_artifacts(run_id, name, tmp)
         except (MlflowException, OSError):
             return {}
         loaded = yaml.safe_load(Path(path).read_text())
@@ -144,21 +153,53 @@ def provenance(study: Study, runs: list[RunRecord]) -> str:
     )
 
 
-def metric_table(key: str, kind: str, title: str, header: str, labelled: list[tuple[str, RunRecord]],
-                 metrics: tuple[str, ...] = PAPER_METRICS, marks: str = "best2") -> Table:
-    """Rows = labelled runs, columns = their sets x metrics, values = final metrics. A trial stopped by
-    successive halving keeps its row, labelled with the budget it reached and left out of the marks."""
-    sets = ordered_sets([r for _, r in labelled])
+def metric_table(study: Study, key: str, kind: str, title: str, labelled: list[tuple[str, RunRecord]],
+                 metrics: tuple[str, ...] = PAPER_METRICS) -> Table:  # fmt: skip
+    """Rows = labelled runs, columns = their sets x metrics, values = final metrics, marks from the paired
+    comparison of each column (`significance`). A trial stopped by successive halving keeps its row, labelled
+    with the budget it reached and left out of the marks."""
+    runs = [r for _, r in labelled]
+    sets = ordered_sets(runs)
     columns = [(s, m) for s in sets for m in metrics]
-    values = [[r.value(s, m) for s, m in columns] for _, r in labelled]
+    values = [[r.value(s, m) for s, m in columns] for r in runs]
     rows = [label if r.stopped_at is None else f"{label} (stopped at {r.stopped_at} it)" for label, r in labelled]
-    table = Table(key, kind, title, header, rows, columns, values, marks)
-    table.unranked = {i for i, (_, r) in enumerate(labelled) if r.stopped_at is not None}
+    table = Table(key, kind, title, provenance(study, runs), rows, columns, values)
+    table.unranked = {i for i, r in enumerate(runs) if r.stopped_at is not None}
+    significance(study, table, runs)
     if table.unranked:
         table.notes.append("Rows \"stopped at N it\" were stopped by successive halving (scheduler=sha): their values are "
                            "at N iterations, not compared with the rows that trained to the end; the winner is chosen "
                            "among those.")
     return table
+
+
+def significance(study: Study, table: Table, runs: list[RunRecord]) -> None:
+    """Mark, per column, the row separated from all others as best and the rows not separable from the best
+    as tied (`stats.compare` on the runs' per-image values of that set); a column whose rows lack per-image
+    values stays unmarked. Adds a note saying which intervals were used."""
+    marks = [["" for _ in table.columns] for _ in table.rows]
+    used: list[stats.Comparison] = []
+    for j, (set_name, metric) in enumerate(table.columns):
+        ranked = [i for i, v in enumerate(table.column(j)) if i not in table.unranked and not math.isnan(v)]
+        if len(ranked) < 2:
+            continue
+        space = metric_space(study.config(runs[ranked[0]])).lower()
+        ev = evidence.arrange([[evidence.only_set(study.result(runs[i]), set_name)] for i in ranked], metric, space)
+        if ev is None:
+            continue
+        c = stats.compare(ev.m, HIGHER_IS_BETTER[metric], [str(i) for i in ranked], ev.groups, metric)
+        if c.kind == "untested":
+            continue
+        used.append(c)
+        for i, row in zip(ranked, c.rows):
+            marks[i][j] = "best" if row.best and c.kind == "winner" else "tie" if c.kind == "tie" and not row.separated else ""
+    table.significance = marks
+    if used:
+        tests = sorted({f"{c.interval}; p-values: {c.test}" for c in used})
+        table.notes.append("Marks from paired comparisons per column: " + " | ".join(tests) + ".")
+    else:
+        table.notes.append("No marks: the runs carry no per-image values (or one value per set and one seed), so no "
+                           "difference between rows can be tested; the best mean is not marked.")  # fmt: skip
 
 
 def latest_per(runs: list[RunRecord], key) -> list[RunRecord]:
@@ -200,13 +241,13 @@ def sweep_tables(study: Study) -> list[tuple[Table, list[RunRecord]]]:
                 fixed = _distinct(r.beta for r in rows if not math.isinf(r.mu))
                 title = f"Table 1: {name} under different mu ({fixed}; stage {stage})"
                 labelled = [(mu_label(r.mu), r) for r in rows]
-                table = metric_table(f"table1_{stage}_{arch}", "mu", title, provenance(study, rows), labelled)
+                table = metric_table(study, f"table1_{stage}_{arch}", "mu", title, labelled)
                 if any(math.isinf(r.mu) for r in rows):
                     table.notes.append("mu=inf means the VGG loss only, the original perceptual loss.")
             elif vary == {"beta"}:
                 rows = sorted(latest_per(group, lambda r: r.beta), key=lambda r: r.beta)
                 title = f"Table 2: {name} under different beta ({_distinct(mu_label(r.mu) for r in rows)}; stage {stage})"
-                table = metric_table(f"table2_{stage}_{arch}", "beta", title, provenance(study, rows), [(r.beta, r) for r in rows])
+                table = metric_table(study, f"table2_{stage}_{arch}", "beta", title, [(r.beta, r) for r in rows])
                 if all(math.isinf(r.mu) for r in rows):
                     table.notes.append("mu=inf won the mu stage: the loss is VGG only, so beta has no effect on these rows.")
             elif "perceptual" in vary and "arch" not in vary:
@@ -214,7 +255,7 @@ def sweep_tables(study: Study) -> list[tuple[Table, list[RunRecord]]]:
                 rows = [by_loss[k] for k in ABLATION_ROWS if k in by_loss]
                 title = f"Table 6: {name} under different conditions (stage {stage})"
                 labelled = [(ABLATION_ROWS[r.params['perceptual']], r) for r in rows]
-                table = metric_table(f"table6_{stage}_{arch}", "ablation", title, provenance(study, rows), labelled)
+                table = metric_table(study, f"table6_{stage}_{arch}", "ablation", title, labelled)
             else:
                 continue
             out.append((table, rows))
@@ -233,7 +274,10 @@ def correlation_tables(study: Study, proxy: str = "srgan", target: str = "esrgan
         columns = [(ARCH_NAMES[a], m) for a in (proxy, target) for m in METRICS]
         values = [[r.value(s, m) for r in (p, t) for m in METRICS] for _, p, t in pairs]
         title = f"Table 4: hyperparameter combinations, {ARCH_NAMES[proxy]} vs {ARCH_NAMES[target]} on {s}"
-        out.append((Table(f"table4_{s}", "correlation", title, header, [lbl for lbl, _, _ in pairs], columns, values, "best_worst"), runs))
+        table = Table(f"table4_{s}", "correlation", title, header, [lbl for lbl, _, _ in pairs], columns, values)
+        table.notes.append("Unmarked: the paper marks the best and the worst of each column without intervals; the "
+                           "rank agreement below is the comparison this table supports.")  # fmt: skip
+        out.append((table, runs))
     return out
 
 
@@ -253,7 +297,7 @@ def table3(study: Study) -> tuple[Table, list[RunRecord]] | None:
         pair = next([p, t] for lbl, p, t in correlate.paired_runs(study.trials, "srgan", "esrgan") if lbl == best)
     labelled = [(f"{ARCH_NAMES.get(r.arch, r.arch)} ({r.setting})", r) for r in pair]
     title = "Table 3: SRGAN-DP vs ESRGAN-DP in LPIPS at the selected hyperparameters"
-    return metric_table("table3", "archs", title, provenance(study, pair), labelled, ("lpips",), "best"), pair
+    return metric_table(study, "table3", "archs", title, labelled, ("lpips",)), pair
 
 
 def promoted_runs(study: Study) -> list[RunRecord]:
@@ -271,7 +315,7 @@ def table5(study: Study, bicubic: RunRecord | None) -> tuple[Table, list[RunReco
     labelled += [(b.tags.get("sweeper.label", b.name), b) for b in baselines]
     labelled += [(f"{ARCH_NAMES.get(r.arch, r.arch)} ({r.setting}, ours)", r) for r in ours]
     title = "Table 5: comparison with bicubic and baselines on the benchmark sets"
-    table = metric_table("table5", "baselines", title, provenance(study, ours), labelled, METRICS, "best")
+    table = metric_table(study, "table5", "baselines", title, labelled, METRICS)
     data = study.config(ours[0]).get("data", {})
     if not bicubic:
         table.notes.append("Bicubic is missing: its validation sets could not be read (see `sweeper evaluate bicubic`).")

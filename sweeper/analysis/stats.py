@@ -123,7 +123,9 @@ class Comparison:
         over = "over images, one seed" if self.repeats == 1 else f"over {self.repeats} repeats and images"
         if self.kind == "untested":
             return "no interval: one seed and one value per set"
-        return f"{level} {which}, paired bootstrap {over} ({self.settings.draws} draws, seed {self.settings.seed})"
+        how = ("paired pigeonhole bootstrap" if self.settings.interval == "bootstrap"
+               else "paired t (seed spread) + image bootstrap")  # fmt: skip
+        return f"{level} {which}, {how} {over} ({self.settings.draws} draws, seed {self.settings.seed})"
 
 
 def oriented(m: np.ndarray, higher_is_better: bool) -> np.ndarray:
