@@ -66,9 +66,10 @@ def test_shipped_numbers_agree_where_the_paper_repeats_them(published):
 def test_rows_match_our_settings(published):
     t = published.tables
     assert t["table1"].match({"arch": "srgan", "mu": "inf", "beta": "beta1_3"}).label == "mu=inf"
-    assert t["table2"].match({"arch": "srgan", "mu": "0.50", "beta": "beta2_4"}).label == "beta2_4"
+    assert t["table2"].match({"arch": "srgan", "mu": "0.50", "beta": "beta2_4", "perceptual": "dp"}).label == "beta2_4"
     assert t["table6"].match({"arch": "esrgan", "perceptual": "static", "mu": "0.5"}).label == "VGG loss + ResNet loss"
-    assert t["table1"].match({"arch": "esrgan", "mu": "0.5", "beta": "beta1_3"}) is None
+    assert t["table1"].match({"arch": "esrgan", "mu": "0.5", "beta": "beta1_3", "perceptual": "dp"}) is None
+    assert t["table2"].match({"arch": "srgan", "mu": "0.5", "beta": "beta2_4", "perceptual": "vgg"}) is None
     assert published.space == "rgb" and all(len(r.values) == 4 for r in t["table1"].rows)
 
 

@@ -119,6 +119,13 @@ def test_only_a_separated_best_is_bold_and_ties_are_marked(tmp_path):
     md = (tmp_path / "out" / "tables" / "table2_beta_srgan.md").read_text()
     assert "simultaneous over all 6 pairs (Bonferroni), paired t (seed spread) + image bootstrap over images, one seed" in md
     assert r"\textbf{25." in (tmp_path / "out" / "tables" / "table2_beta_srgan.tex").read_text()
+    # the paper beside ours (same setting and set, RGB as the paper), and the rule applied to the paper's tables
+    beside = {(r["paper table"], r["setting"], r["metric"]): r for r in read_csv(tmp_path / "out" / "tables" / "paper_vs_ours.csv")}
+    row = beside[("table2", "mu=0.5 + beta2_4", "lpips")]
+    assert float(row["paper"]) == 0.1039 and float(row["delta"]) == pytest.approx(float(row["ours"]) - 0.1039)
+    assert float(beside[("table2", "mu=0.5 + beta3_6", "psnr (RGB)")]["paper"]) == 27.45
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "rule picks beta2_4; differs from the paper's beta3_6" in readme and "Ours beside the paper's published numbers" in readme
 
 
 def test_report_lists_the_tables_figures_and_warning(paper_store, paper_report):

@@ -12,6 +12,7 @@ figures as PNG under `<out>/figures/`, everything gathered in `<out>/README.md` 
 
 from __future__ import annotations
 
+import csv
 import math
 import re
 import tempfile
@@ -488,6 +489,75 @@ def write_section(client: MlflowClient, writer: Writer, table: Table, runs: list
         writer.figure(f"{table.key}_crops", grid, f"{table.title}: the same crops across settings (as Figs. 6-7)")
 
 
+def verdict_section(study: Study, writer: Writer) -> None:
+    """Each stage's verdict (winner, tie or untested, `sweeper.verdict_summary`) and its comparison table."""
+    for stage in study.stages:
+        summary = stage.tags.get("sweeper.verdict_summary")
+        if not summary:
+            continue
+        loud = "" if stage.tags.get("sweeper.verdict") == "winner" else "**" + stage.tags.get("sweeper.verdict", "").upper() + ":** "
+        rows = read_rows(study.client, stage.run_id, "results/comparison.csv")
+        title = f"Verdict of stage {stage.stage}"
+        if rows:
+            notes = (f"{loud}{summary}\n\nbehind_best: how much worse than the best point on average (metric units); low/high: "
+                     "its interval; separated: the interval excludes 0 beyond select.min_effect; repeats_needed: an estimate.")  # fmt: skip
+            writer.rows(f"verdict_{stage.stage}", title, rows, notes)
+        else:
+            writer.text(f"### {title}\n\n{loud}{summary}\n")
+
+
+def read_rows(client: MlflowClient, run_id: str, name: str) -> list[dict]:
+    """A CSV artifact of a run as dict rows ([] when it is missing)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, name, tmp)
+        except (MlflowException, OSError):
+            return []
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+
+
+def paper_rows(study: Study, published: paper.Paper) -> tuple[list[dict], list[str]]:
+    """Our finished runs beside the paper's published value for the same setting and set (each table that
+    prints it), with the difference; PSNR/SSIM only where ours were measured in the paper's space."""
+    rows, notes = [], set()
+    for run in latest_per(study.trials, lambda r: (r.arch, r.mu, r.beta, r.params.get("perceptual"))):
+        ours = {"arch": run.arch, "mu": run.params.get("mu", ""), "beta": run.beta, "perceptual": run.params.get("perceptual", "dp")}
+        space = metric_space(study.config(run)).lower()
+        for table in published.tables.values():
+            match = table.match(ours)
+            if match is None:
+                continue
+            for set_name, values in match.values.items():
+                for metric, theirs in values.items():
+                    if metric != "lpips" and space != published.space:
+                        notes.add(f"PSNR/SSIM left out: ours on {space.upper()}, the paper's on {published.space.upper()} "
+                                  "(metrics.space=rgb measures them as the paper did)")  # fmt: skip
+                        continue
+                    value = run.value(set_name, metric)
+                    if math.isnan(value):
+                        continue
+                    rows.append({"paper table": table.key, "setting": run.setting, "arch": run.arch, "set": set_name,
+                                 "metric": f"{metric} ({published.space.upper()})" if metric != "lpips" else "lpips",
+                                 "ours": value, "paper": theirs, "delta": value - theirs})  # fmt: skip
+    return rows, sorted(notes)
+
+
+def paper_section(study: Study, writer: Writer) -> None:
+    """The selection rule applied to the paper's own tables (`sweeper paper-check`), and our numbers beside the
+    paper's where setting and set match."""
+    published = paper.load()
+    metrics = [m for m in (study.stages[0].tags.get("sweeper.select_by", "lpips") if study.stages else "lpips").split(",") if m]
+    checks = paper.check(metrics, paper=published)
+    writer.text(f"### The selection rule on the paper's own tables (`sweeper paper-check select_by={','.join(metrics)}`)\n\n"
+                f"```\n{paper.render(checks, published)}```\n")  # fmt: skip
+    rows, notes = paper_rows(study, published)
+    if rows:
+        notes.append(f"Paper: {published.source}, as printed (one training per setting); delta = ours - paper. "
+                     f"LPIPS network: the paper does not say; ours as recorded in each run.")  # fmt: skip
+        writer.rows("paper_vs_ours", "Ours beside the paper's published numbers", rows, "\n\n".join(notes))
+
+
 def cost_section(writer: Writer, storage, stages: dict[str, int]) -> None:
     """The cost table: per stage and for the study, spent (from the ledgers) vs the naive protocol."""
     rows = ledger.cost_rows(ledger.study_costs(storage, stages))
@@ -524,6 +594,8 @@ def build(client: MlflowClient, name: str, out: Path, optuna_stages: tuple | Non
         write_section(client, writer, table, runs)
         if table.kind == "correlation" and (i + 1 == len(sections) or sections[i + 1][0].kind != "correlation"):
             correlation_section(study, writer)
+    verdict_section(study, writer)
+    paper_section(study, writer)
     if optuna_stages:
         cost_section(writer, *optuna_stages)
         rank_check_section(writer, *optuna_stages)
