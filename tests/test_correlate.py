@@ -12,6 +12,7 @@ import pytest
 from scipy.stats import kendalltau, spearmanr
 
 from sweeper.analysis import correlate
+from sweeper.analysis.runs import RunRecord
 from trainer.errors import UserError
 
 
@@ -89,7 +90,9 @@ def test_gate_and_verdict():
     ]
     g = correlate.gate(rows, "mean/lpips")
     assert not g.best_agrees
-    assert correlate.verdict(g).startswith("contradicts: by mean/lpips the proxy's best is d but the target's best is a")
+    assert correlate.verdict(g) == ("inconclusive: by mean/lpips the proxy's best is d but the target's best is a, and without "
+                                    "per-image values the difference cannot be tested")  # fmt: skip
+    assert correlate.gate_tag(g) == "inconclusive"
     assert correlate.gate(rows, "psnr").best_agrees
     with pytest.raises(UserError, match="select_by='BSD100/lpips'.*mean/lpips, mean/psnr"):
         correlate.gate(rows, "BSD100/lpips")
@@ -167,3 +170,33 @@ def test_too_few_shared_settings_is_a_user_error(tmp_path):
     mlflow_layout.log_stage(client, tmp_path, "correlation", "proxy_vs_target", trials)
     with pytest.raises(UserError, match="at least 3 settings.*shared finished settings: mu=inf"):
         correlate.main([f"tracking_uri={uri}"])
+
+
+def test_a_disagreement_is_a_contradiction_only_when_both_archs_separate_it():
+    """Per-image values: the proxy prefers d, the target a, each by 0.02 LPIPS on every image (far beyond the
+    noise): significant, "contradicts". The same bests by 0.0005 amid 0.01 noise: "inconclusive". rho and tau
+    get bootstrap intervals over images."""
+    labels = ["a", "b", "c", "d"]
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.1, 0.2, 12)
+
+    def runs(arch: str, offsets: list[float], noise: float) -> list:
+        out = []
+        for label, off in zip(labels, offsets):
+            images = {f"i{k}": {"lpips": float(b + off + rng.normal(0, noise))} for k, b in enumerate(base)}
+            mean = float(np.mean([v["lpips"] for v in images.values()]))
+            out.append((RunRecord(f"{arch}-{label}", label, "x", "FINISHED", 0, 0, {}, {"arch": arch, "metrics.space": "rgb"},
+                                  {"Set5/lpips": mean, "mean/lpips": mean}), {"per_image": {"Set5": images}, "final": {"Set5": {"lpips": mean}}}))  # fmt: skip
+        return out
+
+    for gap, noise, expected in ((0.02, 0.001, "significant"), (0.0005, 0.01, "not significant")):
+        proxy = runs("srgan", [0.03, 0.02, 0.01, 0.01 - gap], noise)
+        target = runs("esrgan", [0.0, 0.01, 0.02, gap], noise)
+        results = dict((r.run_id, res) for r, res in proxy + target)
+        pairs = [(label, p, t) for label, (p, _), (t, _) in zip(labels, proxy, target)]
+        a = correlate.agreement("Set5", "lpips", labels, np.array([p.value("Set5", "lpips") for _, p, _ in pairs]),
+                                np.array([t.value("Set5", "lpips") for _, _, t in pairs]))  # fmt: skip
+        got = correlate.tested(a, pairs, lambda r: results[r.run_id])
+        assert (got.best_proxy, got.best_target, got.disagreement) == ("d", "a", expected)
+        assert correlate.verdict(got).startswith("contradicts" if expected == "significant" else "inconclusive")
+        assert got.rho_ci[0] <= got.spearman <= got.rho_ci[1] and got.tau_ci[0] <= got.kendall <= got.tau_ci[1]

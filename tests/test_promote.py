@@ -74,7 +74,7 @@ def test_refuses_without_a_correlation_check_unless_forced(ws, capsys):
 def test_refuses_when_the_check_contradicts_the_proxy(ws, capsys):
     uri, client, root = ws
     correlation_study(client, root, uri, target_lpips=[0.30, 0.05, 0.25, 0.10])  # target prefers mu=1 + beta1_3
-    with pytest.raises(UserError, match="does not support the proxy: contradicts: by mean/lpips the proxy's best is mu=0.5 \\+ beta3_6 but the target's best is mu=1 \\+ beta1_3; pass --force"):
+    with pytest.raises(UserError, match="does not support the proxy: inconclusive: by mean/lpips the proxy's best is mu=0.5 \\+ beta3_6 but the target's best is mu=1 \\+ beta1_3, and without per-image values the difference cannot be tested; pass --force"):
         promote.main("esrgan", None, force=False, dry_run=True, overrides=[f"tracking_uri={uri}"])
 
 

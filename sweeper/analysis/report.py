@@ -20,12 +20,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from sweeper.analysis import correlate, evidence, figures, ledger, paper, rankcheck, stats
+from sweeper.analysis import (
+    correlate,
+    evidence,
+    figures,
+    ledger,
+    paper,
+    rankcheck,
+    stats,
+)
 from sweeper.analysis.runs import (
     METRICS,
     RunRecord,
@@ -34,6 +41,7 @@ from sweeper.analysis.runs import (
     mu_label,
     open_client,
     paper_order,
+    read_artifact,
     stopped_early,
 )
 from sweeper.analysis.tables import (
@@ -46,8 +54,8 @@ from sweeper.analysis.tables import (
     to_markdown,
 )
 from sweeper.core.mlflow_names import baselines_experiment
-from sweeper.core.selection import HIGHER_IS_BETTER
 from sweeper.core.overrides import Options, parse, require_study
+from sweeper.core.selection import HIGHER_IS_BETTER
 from sweeper.core.trials import stage_ids
 from trainer.config import config_from_dict
 from trainer.errors import UserError
@@ -100,17 +108,6 @@ class Study:
             if match:
                 return match[0]
         return None
-
-
-def read_artifact(client: MlflowClient, run_id: str, name: str) -> dict:
-    """A YAML (or JSON) mapping logged as an artifact of the run; {} when it is missing or not a mapping."""
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = client.download_artifacts(run_id, name, tmp)
-        except (MlflowException, OSError):
-            return {}
-        loaded = yaml.safe_load(Path(path).read_text())
-    return loaded if isinstance(loaded, dict) else {}
 
 
 def load_study(client: MlflowClient, name: str) -> Study:
@@ -455,7 +452,7 @@ def banner(study: Study) -> str:
 def correlation_section(study: Study, writer: Writer) -> None:
     """Table 4's statistics: agreement per set and metric, the small-n warning and the promotion verdict."""
     try:
-        results = correlate.correlate_runs(study.trials, "srgan", "esrgan")
+        results = correlate.correlate_runs(study.trials, "srgan", "esrgan", study.result)
     except UserError:  # fewer than 3 shared settings: Table 4 stands without statistics
         return
     key = correlate.selection_metric(None, study.stages)

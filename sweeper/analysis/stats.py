@@ -133,7 +133,7 @@ def oriented(m: np.ndarray, higher_is_better: bool) -> np.ndarray:
     return -m if higher_is_better else m
 
 
-def _image_weights(groups: np.ndarray) -> np.ndarray:
+def image_weights(groups: np.ndarray) -> np.ndarray:
     """Each image's weight in the overall mean: 1 / (number of sets x images in its set)."""
     _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
     return 1.0 / (len(counts) * counts[inverse])
@@ -141,10 +141,10 @@ def _image_weights(groups: np.ndarray) -> np.ndarray:
 
 def weighted_means(m: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """Per point: the mean over repeats of the mean over sets of each set's image mean."""
-    return np.einsum("pri,i->p", m, _image_weights(groups)) / m.shape[1]
+    return np.einsum("pri,i->p", m, image_weights(groups)) / m.shape[1]
 
 
-def _draws(rng: np.random.Generator, repeats: int, groups: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def draws(rng: np.random.Generator, repeats: int, groups: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Bootstrap multiplicities: (n, repeats) counts of each repeat drawn, (n, images) counts of each image
     drawn within its set."""
     w = rng.multinomial(repeats, np.full(repeats, 1 / repeats), size=n).astype(float)
@@ -155,7 +155,7 @@ def _draws(rng: np.random.Generator, repeats: int, groups: np.ndarray, n: int) -
     return w, v
 
 
-def _means(d: np.ndarray, w: np.ndarray, v: np.ndarray, image_weight: np.ndarray) -> np.ndarray:
+def resampled_means(d: np.ndarray, w: np.ndarray, v: np.ndarray, image_weight: np.ndarray) -> np.ndarray:
     """Weighted means of d[p, r, i] under repeat multiplicities w[b, r] and image multiplicities v[b, i]:
     (b, p)."""
     return np.einsum("br,pri,bi->bp", w / d.shape[1], d, v * image_weight, optimize=True)
@@ -200,7 +200,7 @@ def _variance_parts(d: np.ndarray, groups: np.ndarray, v: np.ndarray) -> Varianc
     of the per-image repeat means estimates image variance plus residual/repeats. The residual (repeat x image
     interaction, from the two-way decomposition) would be counted twice, so it is taken out of the seed part."""
     n_points, n_repeats, n_images = d.shape
-    weight = _image_weights(groups)
+    weight = image_weights(groups)
     x = np.einsum("pri,i->pr", d, weight)
     per_image = d.mean(axis=1)
     image = ((v * weight) @ per_image.T).var(axis=0)
@@ -264,7 +264,7 @@ def compare(m: np.ndarray, higher_is_better: bool, labels: Sequence[str], groups
         raise ValueError("m has NaN values: every point needs the metric on every image and repeat")
     groups = np.zeros(m.shape[2], dtype=int) if groups is None else np.asarray(groups)
     n_points, n_repeats, _ = m.shape
-    weight = _image_weights(groups)
+    weight = image_weights(groups)
     s = oriented(m, higher_is_better)
     means = weighted_means(s, groups)
     best = int(np.argmin(means))  # first of equal means: the caller's order decides exact ties
@@ -275,10 +275,10 @@ def compare(m: np.ndarray, higher_is_better: bool, labels: Sequence[str], groups
     tail = settings.alpha / (2 * k)
     untested = n_repeats == 1 and all(np.sum(groups == g) == 1 for g in np.unique(groups))
     rng = np.random.default_rng(settings.seed)
-    w, v = _draws(rng, n_repeats, groups, settings.draws)
+    w, v = draws(rng, n_repeats, groups, settings.draws)
     parts = _variance_parts(d, groups, v)
     if settings.interval == "bootstrap":
-        low, high = np.quantile(_means(d, w, v, weight), [tail, 1 - tail], axis=0)
+        low, high = np.quantile(resampled_means(d, w, v, weight), [tail, 1 - tail], axis=0)
     else:
         half = parts.half_width(tail, n_repeats)
         low, high = diff - half, diff + half

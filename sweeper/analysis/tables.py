@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from itertools import groupby
 
-from sweeper.analysis.runs import HIGHER_IS_BETTER, LABELS
+from sweeper.analysis.runs import LABELS
 
 DECIMALS = {"psnr": 2, "ssim": 4, "lpips": 4}
 LEGEND = ("**bold** = best in its column and separated from every other row; ≈ = not separable from the best "

@@ -75,6 +75,10 @@ def main(tokens: list[str], detach: bool = False) -> None:
     if trial_states(run.storage, study.name) == before:
         print(f"\n{study.name}: nothing to do, every trial had finished in {ws.root} (another workspace= starts afresh)")
     print(f"\n{study.name}: winner {', '.join(f'{k}={v}' for k, v in winner.items())} (by mean {select_by})")
+    for stage_study in run.storage.get_all_studies():  # a tie or an untested choice is said again, at the end
+        verdict = stage_study.user_attrs.get("verdict") if stage_study.study_name.startswith(f"{study.name}.") else None
+        if verdict and verdict["kind"] != "winner":
+            print(f"  !!! {stage_study.study_name}: {verdict['summary']}")
     print(f"  trials:  sweeper status study={study.name}{where}")
     print(f"  MLflow:  sweeper ui{where}")
     print(f"  tables:  sweeper report study={study.name}{where}")
