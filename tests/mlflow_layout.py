@@ -40,7 +40,7 @@ def log_stage(client: MlflowClient, root: Path, study: str, stage: str, trials: 
 
     `trial`: arch, mu, beta, perceptual (default dp), final {set: {metric: value}}, optional
     history {set: {metric: [(step, value)]}}, sample (an HxWx3 uint8 array, saved at steps 6 and 12) and
-    per_image {set: {image: {psnr_rgb, ssim_rgb, lpips, ...}}}.
+    per_image {set: {image: {psnr_rgb, ssim_rgb, lpips, ...}}}, seed (a repeat: seed + r).
     """
     exp = experiment(client, study, root / "artifacts")
     tags = {"sweeper.study": study, "sweeper.preset": "smoke", "sweeper.select_by": select_by,
@@ -60,7 +60,8 @@ def log_stage(client: MlflowClient, root: Path, study: str, stage: str, trials: 
 def write_trial(folder: Path, trial: dict) -> dict:
     """A finished trial folder (docs/ARCHITECTURE.md, "Trial folder"); returns its config dict."""
     cfg = build_config({"preset": "smoke", "arch": trial["arch"], "mu": trial.get("mu", 0.5), "beta": trial.get("beta", "beta1_3"),
-                        "loss.perceptual": trial.get("perceptual", "dp"), "weights": "random"})
+                        "loss.perceptual": trial.get("perceptual", "dp"), "weights": "random",
+                        "seed": trial.get("seed", 0)})
     config = cfg.to_dict()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

@@ -128,6 +128,33 @@ def test_only_a_separated_best_is_bold_and_ties_are_marked(tmp_path):
     assert "rule picks beta2_4; differs from the paper's beta3_6" in readme and "Ours beside the paper's published numbers" in readme
 
 
+def test_repeats_show_mean_and_spread_and_are_paired(tmp_path):
+    """Three repeats (seeds 0-2) per beta: cells are the mean ± the std over repeats (CSV: an sd column), and
+    the marks pair the repeats by seed: beta2_4 is 0.3 dB better in each, under a seed effect of 1 dB."""
+    uri, client = mlflow_layout.store(tmp_path / "ws")
+    rng = np.random.default_rng(9)
+    base = rng.normal(0, 2, 8)
+    trials = []
+    for seed in (0, 1, 2):
+        shift = float(rng.normal(0, 1))
+        for b in BETAS[:3]:
+            images = per_image(rng, base + shift, 25.3 if b == "beta2_4" else 25.0, 0.7, 0.15)
+            psnr = float(np.mean([v["psnr_rgb"] for v in images["Set5"].values()]))
+            trials.append({"arch": "srgan", "mu": 0.5, "beta": b, "seed": seed, "per_image": images,
+                           "final": {"Set5": {"psnr": psnr, "ssim": 0.7, "lpips": 0.15}}})  # fmt: skip
+    mlflow_layout.log_stage(client, tmp_path / "ws", "paper", "beta", trials, winner=1)
+    report.main(["study=paper", f"tracking_uri={uri}"], out=tmp_path / "out")
+    md = (tmp_path / "out" / "tables" / "table2_beta_srgan.md").read_text()
+    cells = markdown_rows(tmp_path / "out" / "tables" / "table2_beta_srgan.md")
+    assert list(cells) == BETAS[:3] and " ± " in cells["beta1_3"][1]
+    assert cells["beta2_4"][1].startswith("**") and "R = 3" in md and "over 3 repeats and images" in md
+    rows = read_csv(tmp_path / "out" / "tables" / "table2_beta_srgan.csv")
+    mean = np.mean([t["final"]["Set5"]["psnr"] for t in trials if t["beta"] == "beta2_4"])
+    sd = np.std([t["final"]["Set5"]["psnr"] for t in trials if t["beta"] == "beta2_4"], ddof=1)
+    (row,) = [r for r in rows if r["row"] == "beta2_4"]
+    assert float(row["Set5/psnr"]) == pytest.approx(mean, abs=1e-6) and float(row["Set5/psnr sd"]) == pytest.approx(sd, abs=1e-6)
+
+
 def test_report_lists_the_tables_figures_and_warning(paper_store, paper_report):
     readme = (paper_report / "README.md").read_text()
     assert "smoke preset, random-init extractors: NOT paper results" in readme.split("\n\n")[1]

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
@@ -151,19 +152,39 @@ def provenance(study: Study, runs: list[RunRecord]) -> str:
     )
 
 
+def repeats_of(study: Study, run: RunRecord) -> list[RunRecord]:
+    """The finished repeats of `run`'s grid point in its stage (same settings, one run per seed, the latest of
+    each, ordered by seed): `[run]` without repeats or for a trial stopped by halving."""
+    if run.stopped_at is not None:
+        return [run]
+    same = [t for t in study.trials if t.stage == run.stage and (t.arch, t.setting, t.params.get("perceptual")) ==
+            (run.arch, run.setting, run.params.get("perceptual"))]  # fmt: skip
+    by_seed = {t.params.get("seed", ""): t for t in same}
+    return [by_seed[k] for k in sorted(by_seed, key=lambda k: float(k) if k.replace(".", "").isdigit() else math.inf)] or [run]
+
+
 def metric_table(study: Study, key: str, kind: str, title: str, labelled: list[tuple[str, RunRecord]],
                  metrics: tuple[str, ...] = PAPER_METRICS) -> Table:  # fmt: skip
-    """Rows = labelled runs, columns = their sets x metrics, values = final metrics, marks from the paired
-    comparison of each column (`significance`). A trial stopped by successive halving keeps its row, labelled
-    with the budget it reached and left out of the marks."""
+    """Rows = labelled runs, columns = their sets x metrics, values = final metrics (the mean over the point's
+    repeats, +- their standard deviation, when it has several), marks from the paired comparison of each column
+    (`significance`). A trial stopped by successive halving keeps its row, labelled with the budget it reached
+    and left out of the marks."""
     runs = [r for _, r in labelled]
+    groups = [repeats_of(study, r) for r in runs]
     sets = ordered_sets(runs)
     columns = [(s, m) for s in sets for m in metrics]
-    values = [[r.value(s, m) for s, m in columns] for r in runs]
+    per_repeat = [np.array([[r.value(s, m) for s, m in columns] for r in g]) for g in groups]
+    values = [g.mean(axis=0).tolist() for g in per_repeat]
     rows = [label if r.stopped_at is None else f"{label} (stopped at {r.stopped_at} it)" for label, r in labelled]
     table = Table(key, kind, title, provenance(study, runs), rows, columns, values)
+    if any(len(g) > 1 for g in groups):
+        table.spread = [(g.std(axis=0, ddof=1) if len(g) > 1 else np.full(len(columns), np.nan)).tolist() for g in per_repeat]
+        counts = sorted({len(g) for g in groups})
+        table.spread_kind = f"std over {'/'.join(map(str, counts))} repeats"
+        table.notes.append(f"Cells: mean over each point's repeats (R = {'/'.join(map(str, counts))}) ± the standard deviation "
+                           "of the repeats' values (the seed-to-seed spread, not an interval; the marks use the paired intervals).")  # fmt: skip
     table.unranked = {i for i, r in enumerate(runs) if r.stopped_at is not None}
-    significance(study, table, runs)
+    significance(study, table, groups)
     if table.unranked:
         table.notes.append("Rows \"stopped at N it\" were stopped by successive halving (scheduler=sha): their values are "
                            "at N iterations, not compared with the rows that trained to the end; the winner is chosen "
@@ -171,18 +192,21 @@ def metric_table(study: Study, key: str, kind: str, title: str, labelled: list[t
     return table
 
 
-def significance(study: Study, table: Table, runs: list[RunRecord]) -> None:
+def significance(study: Study, table: Table, groups: list[list[RunRecord]]) -> None:
     """Mark, per column, the row separated from all others as best and the rows not separable from the best
-    as tied (`stats.compare` on the runs' per-image values of that set); a column whose rows lack per-image
-    values stays unmarked. Adds a note saying which intervals were used."""
+    as tied (`stats.compare` on the per-image values of that set, paired by image and by the seeds every row
+    has); a column whose rows lack per-image values stays unmarked. Adds a note saying which intervals were used."""
     marks = [["" for _ in table.columns] for _ in table.rows]
     used: list[stats.Comparison] = []
     for j, (set_name, metric) in enumerate(table.columns):
         ranked = [i for i, v in enumerate(table.column(j)) if i not in table.unranked and not math.isnan(v)]
         if len(ranked) < 2:
             continue
-        space = metric_space(study.config(runs[ranked[0]])).lower()
-        ev = evidence.arrange([[evidence.only_set(study.result(runs[i]), set_name)] for i in ranked], metric, space)
+        seeds = set.intersection(*({r.params.get("seed", "") for r in groups[i]} for i in ranked))
+        results = [[evidence.only_set(study.result(r), set_name) for r in groups[i] if r.params.get("seed", "") in seeds] for i in ranked]
+        if not seeds or len({len(r) for r in results}) != 1:
+            continue
+        ev = evidence.arrange(results, metric, metric_space(study.config(groups[ranked[0]][0])).lower())
         if ev is None:
             continue
         c = stats.compare(ev.m, HIGHER_IS_BETTER[metric], [str(i) for i in ranked], ev.groups, metric)

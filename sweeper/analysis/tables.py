@@ -106,11 +106,21 @@ def to_columns(table: Table) -> dict[str, list]:
 
 
 def to_csv(table: Table) -> str:
+    """Plain numbers; with repeats, a `<set>/<metric> sd` column (the std over repeats, `spread_kind`) after
+    each value column. Marks are in the Markdown and LaTeX."""
+    def number(v: float) -> str:
+        return "" if math.isnan(v) else repr(round(v, 6))
+
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["row"] + [f"{g}/{m}" for g, m in table.columns])
-    for label, values in zip(table.rows, table.values):
-        w.writerow([label] + ["" if math.isnan(v) else repr(round(v, 6)) for v in values])
+    spread = table.spread
+    header = [f"{g}/{m}" for g, m in table.columns]
+    w.writerow(["row"] + ([c for h in header for c in (h, f"{h} sd")] if spread else header))
+    for i, (label, values) in enumerate(zip(table.rows, table.values)):
+        cells = [number(v) for v in values]
+        if spread:
+            cells = [c for v, sd in zip(values, spread[i]) for c in (number(v), number(sd))]
+        w.writerow([label] + cells)
     return buf.getvalue()
 
 
