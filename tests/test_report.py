@@ -153,6 +153,9 @@ def test_repeats_show_mean_and_spread_and_are_paired(tmp_path):
     sd = np.std([t["final"]["Set5"]["psnr"] for t in trials if t["beta"] == "beta2_4"], ddof=1)
     (row,) = [r for r in rows if r["row"] == "beta2_4"]
     assert float(row["Set5/psnr"]) == pytest.approx(mean, abs=1e-6) and float(row["Set5/psnr sd"]) == pytest.approx(sd, abs=1e-6)
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "Points are the mean over each setting's repeats; error bars their std." in readme
+    assert Image.open(tmp_path / "out" / "figures" / "table2_beta_srgan_per_beta.png").size[0] > 100
 
 
 def test_report_lists_the_tables_figures_and_warning(paper_store, paper_report):

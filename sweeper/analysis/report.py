@@ -13,6 +13,7 @@ figures as PNG under `<out>/figures/`, everything gathered in `<out>/README.md` 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import re
 import tempfile
@@ -494,15 +495,34 @@ def lpips_chart(table: Table) -> bytes | None:
     return figures.lpips_bars(table.rows, [table.columns[j][0] for j in cols], values, table.title)
 
 
-def write_section(client: MlflowClient, writer: Writer, table: Table, runs: list[RunRecord]) -> None:
+def pooled(study: Study, runs: list[RunRecord]) -> tuple[list[RunRecord], figures.Spread]:
+    """Each run as its point's mean over repeats (metrics averaged), and the std over repeats per metric key
+    (empty without repeats)."""
+    out, spread = [], {}
+    for run in runs:
+        group = repeats_of(study, run)
+        if len(group) < 2:
+            out.append(run)
+            continue
+        keys = set.intersection(*(set(r.metrics) for r in group))
+        values = {k: np.array([r.metrics[k] for r in group]) for k in keys}
+        out.append(dataclasses.replace(run, metrics={k: float(v.mean()) for k, v in values.items()}))
+        spread[run.run_id] = {k: float(v.std(ddof=1)) for k, v in values.items()}
+    return out, spread
+
+
+def write_section(client: MlflowClient, study: Study, writer: Writer, table: Table, runs: list[RunRecord]) -> None:
     """A table and the figures that go with its kind."""
     writer.table(table)
     sets = ordered_sets(runs)
     note = figures.unmeasured_note(runs, sets) + figures.stopped_note(runs)
+    means, spread = pooled(study, runs)
+    if spread:
+        note += " Points are the mean over each setting's repeats; error bars their std."
     if table.kind == "mu":
-        writer.figure(f"{table.key}_vs_mu", figures.metrics_vs_mu(runs, sets, table.title), f"{table.title}: metrics against mu.{note}")
+        writer.figure(f"{table.key}_vs_mu", figures.metrics_vs_mu(means, sets, table.title, spread), f"{table.title}: metrics against mu.{note}")
     if table.kind == "beta":
-        writer.figure(f"{table.key}_per_beta", figures.metrics_per_beta(runs, sets, table.title), f"{table.title}: metrics per beta.{note}")
+        writer.figure(f"{table.key}_per_beta", figures.metrics_per_beta(means, sets, table.title, spread), f"{table.title}: metrics per beta.{note}")
     if table.kind in ("archs", "baselines"):
         writer.figure(f"{table.key}_lpips", lpips_chart(table), f"{table.title}: LPIPS per method and set (as Fig. 2)")
     if table.kind in ("mu", "beta", "ablation"):
@@ -612,7 +632,7 @@ def build(client: MlflowClient, name: str, out: Path, optuna_stages: tuple | Non
     sections += [s for s in (table3(study), table5(study, bicubic_run(study))) if s]
     sections.sort(key=lambda s: s[0].key)
     for i, (table, runs) in enumerate(sections):
-        write_section(client, writer, table, runs)
+        write_section(client, study, writer, table, runs)
         if table.kind == "correlation" and (i + 1 == len(sections) or sections[i + 1][0].kind != "correlation"):
             correlation_section(study, writer)
     verdict_section(study, writer)
