@@ -111,7 +111,11 @@ def test_mu_search_survives_kill_9_and_agrees_with_mlflow(tmp_path: Path, env: d
         assert [m.step for m in client.get_metric_history(run.info.run_id, "Set5/psnr")] == [3]
     winner = [r for r in nested if r.data.tags["sweeper.winner"] == "true"]
     assert [r.info.run_id for r in winner] == [parent.data.tags["sweeper.winner_run_id"]]
-    assert {a.path for a in client.list_artifacts(parent.info.run_id, "results")} >= {"results/table1_mu_srgan.md", "results/table1_mu_srgan.csv"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "results")} >= {"results/table1_mu_srgan.md", "results/table1_mu_srgan.csv",
+                                                                                  "results/comparison.json", "results/comparison.csv"}  # fmt: skip
+    verdict = parent.data.tags["sweeper.verdict"]  # issue 18: the paired comparison decided, and says how
+    assert verdict in ("winner", "tie") and f"stage mu: {'!!! TIE' if verdict == 'tie' else 'winner'}" in done.stdout
+    assert "resolution (estimate)" in done.stdout and "over images, one seed" in parent.data.tags["sweeper.verdict_summary"]
 
     again = sweeper(args, tmp_path, env)  # finished: nothing is trained or logged again
     assert again.returncode == 0, again.stderr
@@ -140,7 +144,7 @@ def test_mu_search_survives_kill_9_and_agrees_with_mlflow(tmp_path: Path, env: d
     logs = sweeper(["logs", "study=mu_search", f"trial={retry['number']}", f"workspace={ws}"], tmp_path, env)
     assert logs.returncode == 0 and "stderr.log <==" in logs.stdout
     table = sweeper(["status", "study=mu_search", f"workspace={ws}"], tmp_path, env)
-    assert table.returncode == 0 and table.stdout.count("COMPLETE") == 7
+    assert table.returncode == 0 and table.stdout.count("COMPLETE") == 7 and "verdict mu: " in table.stdout
 
 
 @pytest.mark.slow
