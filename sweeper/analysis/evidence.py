@@ -1,5 +1,6 @@
 """Per-image metric values out of trial results, arranged as `m[point, repeat, image]` for
-`sweeper.analysis.stats`.
+`sweeper.analysis.stats`, and a stage's verdict from its finished trainings (`stage_verdict`, called by the
+search's `conclude` with plain data: this module never touches a store).
 
 A trial's `result.json` (or a rung file) holds `per_image: {set: {image: {psnr_y, ssim_y, psnr_rgb, ssim_rgb,
 lpips}}}` (issue 20); `per_image_values` is the one place that reads it, so a change of that layout is
@@ -48,7 +49,8 @@ class Evidence:
 
 def arrange(results: Sequence[Sequence[dict[str, Any]]], metric: str, space: str) -> Evidence | None:
     """`results[p][r]` = result of point p, repeat r (every point the same number of repeats) -> Evidence over
-    the images every result scored; None when any of them lacks the metric there (LPIPS unavailable)."""
+    the images every result scored (an image missing from one result is left out for all); None when any of
+    them lacks the metric there (LPIPS unavailable)."""
     tables = [[per_image_values(res, metric, space) for res in point] for point in results]
     keys = [(s, name) for s, images in tables[0][0].items() for name in images]
     shared = [k for k in keys if all(k[0] in t and k[1] in t[k[0]] for point in tables for t in point)]
