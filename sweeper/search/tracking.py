@@ -209,5 +209,9 @@ def log_verdict(client: MlflowClient, parent_id: str, record: dict[str, Any], ro
     client.set_tag(parent_id, "sweeper.tied", ", ".join(record["tied"]))
     client.set_tag(parent_id, "sweeper.verdict_summary", record["summary"][:5000])
     if rows:
-        client.log_table(parent_id, {k: [r[k] for r in rows] for k in rows[0]}, "results/comparison.json")
+        path = "results/comparison.json"
+        if any(a.path == path for a in client.list_artifacts(parent_id, "results")):  # concluded again: replace, not append
+            client.log_dict(parent_id, {"columns": list(rows[0]), "data": [list(r.values()) for r in rows]}, path)
+        else:  # log_table also registers it as a table for the MLflow UI
+            client.log_table(parent_id, {k: [r[k] for r in rows] for k in rows[0]}, path)
         client.log_text(parent_id, tables.rows_to_csv(rows), "results/comparison.csv")
