@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from fractions import Fraction
 
 import mlflow_layout
@@ -172,6 +173,10 @@ def test_too_few_shared_settings_is_a_user_error(tmp_path):
         correlate.main([f"tracking_uri={uri}"])
 
 
+def results_of(results: dict) -> Callable[[RunRecord], dict]:
+    return lambda r: results[r.run_id]
+
+
 def test_a_disagreement_is_a_contradiction_only_when_both_archs_separate_it():
     """Per-image values: the proxy prefers d, the target a, each by 0.02 LPIPS on every image (far beyond the
     noise): significant, "contradicts". The same bests by 0.0005 amid 0.01 noise: "inconclusive". rho and tau
@@ -196,7 +201,7 @@ def test_a_disagreement_is_a_contradiction_only_when_both_archs_separate_it():
         pairs = [(label, p, t) for label, (p, _), (t, _) in zip(labels, proxy, target)]
         a = correlate.agreement("Set5", "lpips", labels, np.array([p.value("Set5", "lpips") for _, p, _ in pairs]),
                                 np.array([t.value("Set5", "lpips") for _, _, t in pairs]))  # fmt: skip
-        got = correlate.tested(a, pairs, lambda r: results[r.run_id])
+        got = correlate.tested(a, pairs, results_of(results))
         assert (got.best_proxy, got.best_target, got.disagreement) == ("d", "a", expected)
         assert correlate.verdict(got).startswith("contradicts" if expected == "significant" else "inconclusive")
         assert got.rho_ci[0] <= got.spearman <= got.rho_ci[1] and got.tau_ci[0] <= got.kendall <= got.tau_ci[1]

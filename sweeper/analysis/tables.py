@@ -7,6 +7,9 @@ Marks: only a difference the data can support is marked (issue 18). `Table.signi
 `\\textbf{best}` and `value$\\approx$`. A column without per-image values to compare carries no mark; the note
 under the table says which intervals were used. The paper's own markers (best / second best in red and blue,
 Table 4's best and worst) rank values without any interval and are not reproduced. CSV holds plain numbers.
+Every rendering carries the provenance line (preset, data, metric space, weights, LPIPS network, commit): in
+Markdown under the title, in CSV as the last column, in LaTeX inside the caption, so that no copy of a
+table reads as a paper result without saying what it is.
 """
 
 from __future__ import annotations
@@ -115,12 +118,12 @@ def to_csv(table: Table) -> str:
     w = csv.writer(buf, lineterminator="\n")
     spread = table.spread
     header = [f"{g}/{m}" for g, m in table.columns]
-    w.writerow(["row"] + ([c for h in header for c in (h, f"{h} sd")] if spread else header))
+    w.writerow(["row"] + ([c for h in header for c in (h, f"{h} sd")] if spread else header) + ["provenance"])
     for i, (label, values) in enumerate(zip(table.rows, table.values)):
         cells = [number(v) for v in values]
         if spread:
             cells = [c for v, sd in zip(values, spread[i]) for c in (number(v), number(sd))]
-        w.writerow([label] + cells)
+        w.writerow([label] + cells + [table.header])
     return buf.getvalue()
 
 
@@ -138,10 +141,9 @@ def to_latex(table: Table) -> str:
     groups = _groups(table)
     wrap = {"best": r"\textbf{{{}}}", "tie": r"{}$\approx$"}
     lines = [
-        "% " + table.header,
         r"\begin{table}[t]",
         r"\centering",
-        rf"\caption{{{latex_escape(table.title)}}}",
+        rf"\caption{{{latex_escape(table.title)}. {{\footnotesize {latex_escape(table.header)}}}}}",
         r"\begin{tabular}{l" + "c" * len(groups) + "}",
         r"\hline",
         " & " + " & ".join(latex_escape(g) for g, _ in groups) + r" \\",

@@ -11,11 +11,14 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper.analysis import evidence, racing, stats
 from sweeper.core.crashpoints import crash_point
-from sweeper.analysis import evidence, stats
 from sweeper.core.identity import SETTINGS_KEYS, config_hash
+from sweeper.core.overrides import stage_repeats
+from sweeper.core.repeats import grid_key, mean_metrics, repeat_of, units
 from sweeper.core.selection import HIGHER_IS_BETTER, rank, simplicity
-from sweeper.core.studies import Stage
+from sweeper.core.studies import AUTO, Stage
+from sweeper.core.workspace import point_key
 from sweeper.search import tracking
 from sweeper.search.machine import StageWork, read_result
 from sweeper.search.session import Run, stage_budgets
@@ -57,10 +60,60 @@ def open_stage(run: Run, stage: Stage, name: str, config: dict[str, Any]) -> Sta
 
 
 def work_stage(run: Run, stage: Stage, name: str, config: dict[str, Any], detach: bool) -> dict[str, str] | None:
-    """Open a stage, work it to its end and return its winner (None when `detach` and jobs were submitted)."""
+    """Open a stage, work it to its end and return its winner (None when `detach` and jobs were submitted):
+    every point's `repeats`, or a race (`repeats=auto`)."""
+    repeats, max_repeats = stage_repeats(run.opts, stage)
     work = open_stage(run, stage, name, config)
-    groups = work.run_to_end(detach)
+    groups = race(work, detach, max_repeats) if repeats == AUTO else work.run_to_end(detach, units(stage, int(repeats)))
     return None if groups is None else conclude(work, groups)
+
+
+def race(work: StageWork, detach: bool, max_repeats: int) -> dict[Any, list[FrozenTrial]] | None:
+    """`repeats=auto`: round k trains seed k of the points still racing (`sweeper.analysis.racing`). Each
+    round's decision is recorded in the stage's `race` attr (rounds: the points racing in each round; `end`:
+    why it stopped) before the next round's trials are enqueued, so a re-run resumes the race exactly."""
+    storage, study_id = work.run.storage, work.study_id
+    record = storage.get_study_user_attrs(study_id).get("race") or {"rounds": [list(range(len(work.stage.points())))]}
+    while True:
+        rounds = record["rounds"]
+        wanted = {i: [k for k, alive in enumerate(rounds) if i in alive] for i in rounds[0]}
+        groups = work.run_to_end(detach, units(work.stage, wanted))
+        if groups is None or record.get("end"):
+            survivors = {point_key(u.params) for u in units(work.stage, {i: wanted[i] for i in record.get("survivors", [])})}
+            return groups if groups is None else {k: v for k, v in groups.items() if k in survivors}
+        record = race_round(work, groups, record, max_repeats)
+        with file_lock(work.run.ws.root / "setup.lock"):
+            storage.set_study_user_attr(study_id, "race", record)
+        crash_point("race_recorded")
+        print(f"stage {work.name} race, round {len(record['rounds'])}: {record.get('end') or record['said']}")
+
+
+def race_round(work: StageWork, groups: dict[Any, list[FrozenTrial]], record: dict[str, Any], max_repeats: int) -> dict[str, Any]:
+    """The race record after deciding its last round (a pure function of the record and the trials)."""
+    alive, seeds = record["rounds"][-1], len(record["rounds"])
+    points = work.stage.points()
+    results: dict[int, list[dict[str, Any]]] = {}
+    for i in alive:
+        done = [next((t for t in groups.get(point_key(u.params), []) if t.state == TrialState.COMPLETE), None) for u in units(work.stage, {i: range(seeds)})]
+        found = [read_result(Path(t.user_attrs["trial_dir"])) for t in done if t is not None]
+        if len(found) == seeds:
+            results[i] = found
+    labels = [" ".join(f"{k}={v}" for k, v in points[i].items()) for i in results]
+    space = build_config(work.config).metrics.space
+    failed = [points[i] for i in alive if i not in results]
+    m = racing.metric_array([results[i] for i in results], work.run.select_by, space) if results else None
+    if m is None:
+        said = f"no {work.run.select_by} per image to race on: the race ends with every point in it" if results else "every racing point failed"
+        return {**record, "end": said, "survivors": list(results)}
+    sets = racing.image_sets(next(iter(results.values()))[0])
+    d = racing.decide(m, HIGHER_IS_BETTER[work.run.select_by], labels, sets, max_repeats, work.run.opts.min_effect)
+    kept = [list(results)[p] for p in d.alive]
+    said = d.reason + (f"; failed: {failed}" if failed else "")
+    if d.done:
+        spent, fixed = racing.trainings(record["rounds"]), len(points) * max_repeats
+        said += f" ({spent} trainings; repeats={max_repeats} would have taken {fixed}: {fixed - spent} saved)"
+        return {**record, "end": said, "survivors": kept, "trainings": spent, "fixed_trainings": fixed}
+    return {"rounds": [*record["rounds"], kept], "said": said}
 
 
 def trainings(work: StageWork, done: list[FrozenTrial]) -> tuple[list[evidence.Trained], dict[str, FrozenTrial], dict[str, Any]]:
@@ -69,25 +122,21 @@ def trainings(work: StageWork, done: list[FrozenTrial]) -> tuple[list[evidence.T
     varying = [k for k in SETTINGS_KEYS if len({t.user_attrs["settings"].get(k) for t in done}) > 1] or list(SETTINGS_KEYS)
     space = build_config(work.config).metrics.space
     out, first, simple = [], {}, {}
-    for t in sorted(done, key=lambda t: (repeat_of(t), t.number)):
+    for t in sorted(done, key=lambda t: (repeat_of(t.params), t.number)):
         settings = t.user_attrs["settings"]
         point = " ".join(f"{k.removeprefix('loss.')}={settings[k]}" for k in varying)
         result = read_result(Path(t.user_attrs["trial_dir"])) or {}
-        out.append(evidence.Trained(point, repeat_of(t), result, space))
+        out.append(evidence.Trained(point, repeat_of(t.params), result, space))
         first.setdefault(point, t)
         simple[point] = simplicity(settings)
     return out, first, simple
 
 
-def repeat_of(t: FrozenTrial) -> int:
-    """The trial's repeat (0 for studies without repeats)."""
-    return int(t.params.get("repeat", t.user_attrs.get("repeat", 0)))
-
-
 def conclude(work: StageWork, groups: dict[Any, list[FrozenTrial]]) -> dict[str, str]:
     """Pick the winner among the COMPLETE trials by the stage's verdict (`evidence.stage_verdict`: paired
-    intervals over repeats and images) and record it in Optuna and MLflow (idempotent: a re-run recomputes
-    it, and may change it); log the comparison, the stage's table and plot. A tie is said loudly."""
+    intervals over repeats and images; without per-image values, the best mean over a point's repeats) and
+    record it in Optuna and MLflow (idempotent: a re-run recomputes it, and may change it); log the
+    comparison, the stage's table and plot. A tie is said loudly."""
     done = [t for trials in groups.values() for t in trials if t.state == TrialState.COMPLETE]
     failed = [trials[-1] for trials in groups.values() if not any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)]
     for t in failed:
@@ -95,13 +144,19 @@ def conclude(work: StageWork, groups: dict[Any, list[FrozenTrial]]) -> dict[str,
     if not done:
         tracking.end_stage_run(work.run.client, work.parent, "FAILED")
         raise UserError(f"stage {work.run.study.name}.{work.name}: every trial failed; see `sweeper status study={work.run.study.name}{work.run.opts.where}`")
+    by_point: dict[Any, list[FrozenTrial]] = {}
+    for t in sorted(done, key=lambda t: (repeat_of(t.params), t.number)):  # a point's trial standing for it: its lowest repeat
+        by_point.setdefault(grid_key(t.params), []).append(t)
+    means = {p: mean_metrics(t.user_attrs["metrics"] for t in trials) for p, trials in by_point.items()}  # over the repeats
     trained, standing, simple = trainings(work, done)
     verdict = evidence.stage_verdict(trained, work.run.opts.rule(work.run.select_by), simple)
     if verdict is None:  # the metric is not there per image and repeat: the best mean, untested
-        best = min(done, key=lambda t: (*rank(work.run.select_by, t.user_attrs["metrics"]), t.number))
+        chosen = min(by_point, key=lambda p: (*rank(work.run.select_by, means[p]), by_point[p][0].number))
+        best = by_point[chosen][0]
         record = {"kind": "untested", "tied": [], "summary": f"UNTESTED: by mean {work.run.select_by} only (no paired values to compare)"}
     else:
         best = standing[verdict.chosen]
+        chosen = grid_key(best.params)
         record = {"kind": verdict.kind, "tied": verdict.tied, "summary": verdict.summary()}
     winner = best.user_attrs["settings"]
     with file_lock(work.run.ws.root / "setup.lock"):  # two sweepers concluding at once: MLflow's tag inserts race
@@ -113,8 +168,9 @@ def conclude(work: StageWork, groups: dict[Any, list[FrozenTrial]]) -> dict[str,
         crash_point("after_winner")
         tracking.log_verdict(work.run.client, work.parent, record, stats.comparison_rows(verdict) if verdict else [])
         tracking.finish_stage(work.run.client, work.run.study.name, work.name, work.parent, best.user_attrs["mlflow_run_id"], winner)
-    score = best.user_attrs["metrics"][f"mean/{work.run.select_by}"]
-    print(f"stage {work.name}: winner trial {best.number} ({', '.join(f'{k}={v}' for k, v in winner.items())}), mean {work.run.select_by} {score:.4f}")
+    score, n = means[chosen][f"mean/{work.run.select_by}"], len(by_point[chosen])
+    over = f" over {n} repeats" if n > 1 else ""
+    print(f"stage {work.name}: winner trial {best.number} ({', '.join(f'{k}={v}' for k, v in winner.items())}), mean {work.run.select_by}{over} {score:.4f}")
     print(f"stage {work.name}: {'!!! ' if record['kind'] != 'winner' else ''}{record['summary']}")
     if verdict is not None:
         print(resolution(verdict))
