@@ -39,6 +39,7 @@ def main(extra: list[str]) -> None:
         for t in trials:
             folder = Path(t.user_attrs["trial_dir"])
             started, ended = (folder / "config.yaml").stat().st_mtime, (folder / "result.json").stat().st_mtime
+            assert t.datetime_start is not None and t.datetime_complete is not None  # COMPLETE trials have both
             rows.append((started - t.datetime_start.timestamp(), ended - started, t.datetime_complete.timestamp() - ended))
     print(f"sweeper run {' '.join(o for o in overrides if not o.startswith('workspace='))}: {len(trials)} trials, {os.cpu_count()} CPUs")
     print(f"whole command wall time: {total:.1f} s")

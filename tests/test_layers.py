@@ -97,6 +97,8 @@ def test_layout_docs_are_current() -> None:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("layout", ROOT / "scripts" / "layout.py")
+
+    assert spec is not None and spec.loader is not None
     layout = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(layout)
     stale = [p.name for p in layout.DOCS if layout.rewritten(p) != p.read_text()]

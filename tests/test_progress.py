@@ -4,7 +4,6 @@ behind `sweeper status`, on a real Optuna storage and real job records."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 from pathlib import Path

@@ -13,7 +13,7 @@ from sweeper.search import promote
 from trainer.errors import UserError
 
 BETAS = ["beta1_3", "beta2_4", "beta3_6", "beta4_3"]
-SETTINGS = [{"mu": float("inf")}, {"mu": 1, "beta": "beta1_3"}, {"mu": 10, "beta": "beta1_3"}, {"mu": 0.5, "beta": "beta3_6"}]
+SETTINGS = mlflow_layout.SETTINGS
 
 
 def paper_study(client, root, finished: bool = True) -> None:

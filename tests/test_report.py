@@ -64,7 +64,7 @@ def markdown_rows(path) -> dict[str, list[str]]:
     out = {}
     for line in path.read_text().splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if line.startswith("| mu=") or line.startswith("| beta") or line.startswith("| VGG"):
+        if line.startswith(("| mu=", "| beta", "| VGG")):
             out[cells[0]] = [p.strip() for c in cells[1:] for p in c.split(" / ")]
     return out
 
@@ -89,7 +89,7 @@ def test_best_and_second_best_are_marked_per_column(paper_report):
     latex = (paper_report / "tables" / "table1_mu_srgan.tex").read_text()
     for j, key in enumerate(list(rows[0])[1:]):
         values = {r["row"]: float(r[key]) for r in rows}
-        ranked = sorted(values, key=values.get, reverse=not key.endswith("lpips"))
+        ranked = sorted(values, key=values.__getitem__, reverse=not key.endswith("lpips"))
         for label in values:
             cell = cells[label][j]
             assert cell.startswith("**") == (label == ranked[0]), (key, label, cell)
@@ -142,9 +142,8 @@ def test_report_needs_a_known_study(paper_store, tmp_path):
 
 def test_correlation_study_gives_tables_3_and_4(tmp_path):
     uri, client = mlflow_layout.store(tmp_path / "ws")
-    settings = [{"mu": math.inf}, {"mu": 1, "beta": "beta1_3"}, {"mu": 10, "beta": "beta1_3"}, {"mu": 0.5, "beta": "beta3_6"}]
     lpips = {"srgan": [0.30, 0.20, 0.25, 0.10], "esrgan": [0.28, 0.12, 0.26, 0.11]}  # the archs agree on best and worst
-    trials = [{"arch": a, **s, "final": mlflow_layout.scores(25 + i, 0.7, lpips[a][i])} for a in lpips for i, s in enumerate(settings)]
+    trials = [{"arch": a, **s, "final": mlflow_layout.scores(25 + i, 0.7, lpips[a][i])} for a in lpips for i, s in enumerate(mlflow_layout.SETTINGS)]
     mlflow_layout.log_stage(client, tmp_path / "ws", "correlation", "proxy_vs_target", trials, winner=3)
     out = tmp_path / "out"
     report.main(["study=correlation", f"tracking_uri={uri}"], out=out)

@@ -14,7 +14,6 @@ from trainer.errors import UserError
 from trainer.files import atomic_write
 from trainer.nets import build_generator
 
-
 FINISHED = "finished"  # the `stage` of a checkpoint shrunk by keep_generator_only
 
 

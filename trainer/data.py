@@ -219,9 +219,9 @@ class TrainBatches:
             left = int(torch.randint(lr.shape[1] - p + 1, (), generator=g))
             crops = (lr[top : top + p, left : left + p], hr[top * s : (top + p) * s, left * s : (left + p) * s])
             hflip, vflip, transpose = (bool(f) for f in torch.rand(3, generator=g) < 0.5)
-            lr, hr = (_augment(torch.from_numpy(np.array(c)).permute(2, 0, 1), hflip, vflip, transpose) for c in crops)
-            lrs.append(lr)
-            hrs.append(hr)
+            lr_patch, hr_patch = (_augment(torch.from_numpy(np.array(c)).permute(2, 0, 1), hflip, vflip, transpose) for c in crops)
+            lrs.append(lr_patch)
+            hrs.append(hr_patch)
         return torch.stack(lrs), torch.stack(hrs)
 
     def __iter__(self) -> TrainBatches:
@@ -235,7 +235,8 @@ class TrainBatches:
                 self._loader = iter(self._worker_loader())
             lr, hr = next(self._loader)
         self.batch += 1
-        return tuple(t.to(self.device, non_blocking=True).float().div_(255) for t in (lr, hr))
+        lr, hr = (t.to(self.device, non_blocking=True).float().div_(255) for t in (lr, hr))
+        return lr, hr
 
     def _worker_loader(self) -> DataLoader:
         """Batches self.batch, self.batch + 1, ... made by `num_workers` processes, delivered in order."""

@@ -77,9 +77,9 @@ def mean_table(rows: list[dict], sets: list[str]) -> str:
     for s in sets:
         sel = [r for r in rows if r["set"] == s]
         lp = [r["lpips"] for r in sel if r["lpips"] is not None]
-        mean = lambda key: sum(r[key] for r in sel) / len(sel)  # noqa: E731
+        psnr, ssim = (sum(r[key] for r in sel) / len(sel) for key in ("psnr_y", "ssim_y"))
         lp_text = f"{sum(lp) / len(lp):8.4f}" if lp else f"{'n/a':>8}"
-        lines.append(f"{s:<10} {len(sel):>6} {mean('psnr_y'):8.4f} {mean('ssim_y'):8.4f} {lp_text}")
+        lines.append(f"{s:<10} {len(sel):>6} {psnr:8.4f} {ssim:8.4f} {lp_text}")
     return "\n".join(lines)
 
 

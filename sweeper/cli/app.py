@@ -4,10 +4,9 @@ lazily (so `sweeper --help` does not import torch or MLflow) and turns a UserErr
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -23,7 +22,7 @@ app.add_typer(weights_app, name="weights")
 data_app = typer.Typer(no_args_is_help=True, help="Training data: the prepared cache of sub-images and their LR.")
 app.add_typer(data_app, name="data")
 
-Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value settings, e.g. study=mu_search preset=smoke train.iters=2000")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="key=value settings, e.g. study=mu_search preset=smoke train.iters=2000")]
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -110,9 +109,9 @@ def studies() -> None:
 @user_errors
 def evaluate(
     method: Annotated[str, typer.Argument(help="bicubic, or a generator checkpoint (.pt) to evaluate")],
-    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="folder holding the benchmark sets")] = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="folder holding the benchmark sets")] = None,
     sets: Annotated[str, typer.Option("--sets", help="comma-separated set names")] = "Set5,Set14,BSD100",
-    out: Annotated[Optional[Path], typer.Option("--out", help="CSV with one row per image")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="CSV with one row per image")] = None,
     upscale: Annotated[int, typer.Option("--upscale")] = 4,
     lpips: Annotated[bool, typer.Option("--lpips/--no-lpips", help="compute LPIPS when its weights are present")] = True,
 ) -> None:
@@ -143,10 +142,10 @@ def weights_import(files: Annotated[list[Path], typer.Argument(help="downloaded 
 @data_app.command("prepare")
 @user_errors
 def data_prepare(
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value settings: preset=, upscale=, data.subimage_step=, data.cache=, workspace=")] = None,
-    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="folder holding the sets (default: data.root, $SWEEPER_DATA)")] = None,
-    sets: Annotated[Optional[str], typer.Option("--sets", help="comma-separated training sets (default: data.train_sets)")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="processes (default: every core)")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value settings: preset=, upscale=, data.subimage_step=, data.cache=, workspace=")] = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="folder holding the sets (default: data.root, $SWEEPER_DATA)")] = None,
+    sets: Annotated[str | None, typer.Option("--sets", help="comma-separated training sets (default: data.train_sets)")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="processes (default: every core)")] = None,
 ) -> None:
     """Cut training sets into sub-images and make their LR once, for every trial: `sweeper data prepare --data-root DATA --sets DIV2K`."""
     from sweeper.search import prepare
@@ -199,7 +198,7 @@ def correlate(overrides: Overrides = None) -> None:
 @user_errors
 def promote(
     to: Annotated[str, typer.Option("--to", help="target architecture")] = "esrgan",
-    source: Annotated[Optional[str], typer.Option("--from", help="study to take the winner from")] = None,
+    source: Annotated[str | None, typer.Option("--from", help="study to take the winner from")] = None,
     force: Annotated[bool, typer.Option("--force", help="promote without a (consistent) correlation check")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the resolved config and command only")] = False,
     overrides: Overrides = None,
@@ -235,7 +234,7 @@ def rank_check(overrides: Overrides = None) -> None:
 @user_errors
 def report(
     overrides: Overrides = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="output folder (default results/<study>)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="output folder (default results/<study>)")] = None,
 ) -> None:
     """Regenerate the paper's tables and figures for a study from MLflow: Markdown, CSV, LaTeX, PNG."""
     from sweeper.analysis import report as report_mod

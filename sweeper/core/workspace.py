@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState, create_trial
@@ -78,7 +78,9 @@ class Workspace:
         if journal is None:
             return optuna.storages.get_storage(self.storage)
         journal.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
 
     def create_stores(self) -> None:
         """Create the missing SQLite stores (Optuna, MLflow) whole: their tables are made in a temporary file
@@ -86,7 +88,7 @@ class Workspace:
         a lock that other sweepers of the workspace take too."""
         from mlflow import MlflowClient
 
-        makers = {self.storage: optuna.storages.RDBStorage, self.tracking_uri: lambda url: MlflowClient(url).search_experiments()}
+        makers: dict[str, Callable[[str], object]] = {self.storage: optuna.storages.RDBStorage, self.tracking_uri: lambda url: MlflowClient(url).search_experiments()}
         for url, make in makers.items():
             db = sqlite_path(url)
             if db is not None and not db.exists():
@@ -168,7 +170,7 @@ def enqueue(storage: BaseStorage, study_id: int, ws: Workspace, study: str, stag
     """Enqueue every grid point that needs an attempt (call under `ws.claim_lock()`). The folder of a point
     is named by its index in the grid, so every attempt of it (and any re-run) finds the same folder."""
     groups = stage_trials(storage, study_id)
-    distributions = {k: CategoricalDistribution(list(v)) for k, v in grid.items()}
+    distributions: dict[str, BaseDistribution] = {k: CategoricalDistribution(list(v)) for k, v in grid.items()}
     for index, point in enumerate(points):
         trials = groups.get(point_key(point), [])
         if not needs_attempt(trials, max_retries):

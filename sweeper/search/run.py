@@ -39,8 +39,7 @@ def main(tokens: list[str], detach: bool = False) -> None:
     executor = make_executor(opts.executor, opts.executor_options, ws.root, opts.preset)  # settings first, then weights and data
     if detach and executor.name == "local":
         raise UserError("--detach needs executor=slurm: local trials are watched by this process")
-    if executor.name == "slurm":
-        executor.check(ws.sqlite_file())  # sbatch --test-only of the options; a warning for SQLite storage
+    executor.check(ws.sqlite_file())  # SLURM: sbatch --test-only of the options; a warning for SQLite storage
     select_by = default_select_by(opts)
     config = check_weights(base_config(study, opts, ws), opts.preset, select_by)
     for stage in study.stages:  # every trial config and rung budget valid before anything is created
@@ -58,13 +57,15 @@ def main(tokens: list[str], detach: bool = False) -> None:
                   experiment(client, study.name, ws.artifacts_dir), tags, owner_id())  # fmt: skip
     fixed: dict[str, Any] = {}
     previous = None
+    winner: dict[str, str] = {}
     before = trial_states(run.storage, study.name)
     for r in range(1, rounds + 1):
         for stage in study.stages:
-            winner = work_stage(run, stage, stage.name if r == 1 else f"{stage.name}_r{r}", {**config, **fixed}, detach)
-            if winner is None:
+            found = work_stage(run, stage, stage.name if r == 1 else f"{stage.name}_r{r}", {**config, **fixed}, detach)
+            if found is None:
                 print(f"submitted; follow with `sweeper status study={study.name}{opts.where}`, re-run the same command to collect results")
                 return
+            winner = found
             if study.alternate:
                 fixed |= {k: parse_value(winner[k]) for k in stage.searched_keys()}
         if winner == previous:

@@ -13,7 +13,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.analysis import ledger
-from sweeper.core.overrides import Options, parse, require_study
+from sweeper.core.overrides import Options, parse
 from sweeper.core.trials import stage_ids
 from sweeper.core.workspace import CANCELLED, Workspace, finish
 from sweeper.search import tracking

@@ -76,6 +76,9 @@ class LocalExecutor:
     def slots(self) -> int:
         return self.n_jobs
 
+    def check(self, sqlite_file: Path | None) -> None:
+        """Nothing to ask ahead: the options were checked when the executor was made."""
+
     def submit(self, jobs: list[TrialJob]) -> list[str]:
         return [self._start(job) for job in jobs]
 
@@ -164,7 +167,7 @@ def zygote() -> None:
                     os.dup2(log, fd)
                     os.close(log)
                 if request["gpus"]:
-                    gpu, booking = gpus.book(request["gpus"], request["per_gpu"])  # noqa: F841 (held open until exit)
+                    gpu, booking = gpus.book(request["gpus"], request["per_gpu"])
                     os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
                     os.environ["GPU_SHARE"] = str(1 / request["per_gpu"])  # the cost ledger's GPU-seconds: a booked share
                 torch.set_num_threads(request["threads"])  # the trial's config may set train.threads instead
