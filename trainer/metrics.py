@@ -20,6 +20,7 @@ at a time is as fast, as the batch no longer fits in the caches).
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import functools
 import io
@@ -195,12 +196,12 @@ class LPIPSMetric:
         self.model: torch.nn.Module | None = None
         self.reason = ""
         try:
-            trunk = weights.lpips_trunk(net, "imagenet")
+            model = lpips_model(net, version)
         except weights.MissingWeightsError as e:
             self.reason = f"LPIPS unavailable: {e}"
             warn_once(self.reason)
             return
-        self.model = _build_lpips(trunk, net, version).to(self.device)
+        self.model = model if self.device.type == "cpu" else copy.deepcopy(model).to(self.device)
 
     @property
     def available(self) -> bool:
@@ -216,6 +217,14 @@ class LPIPSMetric:
             raise RuntimeError(self.reason)
         sr, hr = (t.to(self.device, torch.float32) * 2 - 1 for t in (sr, hr))
         return self.model(sr, hr).flatten()
+
+
+@functools.cache
+def lpips_model(net: str, version: str) -> torch.nn.Module:
+    """The LPIPS network on the CPU (frozen, eval mode), built once per process and shared by its metrics; a
+    local trial inherits the one its launcher built before forking it (`sweeper.search.executors.local`).
+    MissingWeightsError (not cached) when the trunk's ImageNet file is absent."""
+    return _build_lpips(weights.lpips_trunk(net, "imagenet"), net, version)
 
 
 def _build_lpips(trunk: torch.nn.Sequential, net: str, version: str) -> torch.nn.Module:
