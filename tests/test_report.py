@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sweeper import api as sweeper_api
 from sweeper.analysis import report, tables
 from sweeper.core.mlflow_names import VIEW_TAG
 from trainer.errors import UserError
@@ -50,7 +51,7 @@ def paper_store(tmp_path_factory):
 def paper_report(paper_store, tmp_path_factory):
     uri, client, _ = paper_store
     out = tmp_path_factory.mktemp("results") / "paper"
-    report.main(["study=paper", f"tracking_uri={uri}"], out=out)
+    sweeper_api.report("paper", out=out, tracking_uri=uri)
     return out
 
 
@@ -126,7 +127,7 @@ def test_crop_grid_uses_the_latest_sample_of_each_run(paper_store):
 
 def test_ablation_table_rows_in_paper_order(paper_store, tmp_path):
     uri, _, _ = paper_store
-    report.main(["study=ablation", f"tracking_uri={uri}"], out=tmp_path)
+    sweeper_api.report("ablation", out=tmp_path, tracking_uri=uri)
     rows = read_csv(tmp_path / "tables" / "table6_perceptual_esrgan.csv")
     assert [r["row"] for r in rows] == ["VGG loss", "VGG loss + ResNet loss", "VGG loss + ResNet loss + dynamic weighting"]
     assert float(rows[0]["Set5/psnr"]) == pytest.approx(27.0)  # vgg was logged third: 25 + 2
@@ -135,9 +136,9 @@ def test_ablation_table_rows_in_paper_order(paper_store, tmp_path):
 def test_report_needs_a_known_study(paper_store, tmp_path):
     uri, _, _ = paper_store
     with pytest.raises(UserError, match="which study"):
-        report.main([f"tracking_uri={uri}"], out=tmp_path)
+        sweeper_api.report(out=tmp_path, tracking_uri=uri)
     with pytest.raises(UserError, match="study='papr' has no runs.*ablation, paper"):
-        report.main(["study=papr", f"tracking_uri={uri}"], out=tmp_path)
+        sweeper_api.report("papr", out=tmp_path, tracking_uri=uri)
 
 
 def test_correlation_study_gives_tables_3_and_4(tmp_path):
@@ -146,7 +147,7 @@ def test_correlation_study_gives_tables_3_and_4(tmp_path):
     trials = [{"arch": a, **s, "final": mlflow_layout.scores(25 + i, 0.7, lpips[a][i])} for a in lpips for i, s in enumerate(mlflow_layout.SETTINGS)]
     mlflow_layout.log_stage(client, tmp_path / "ws", "correlation", "proxy_vs_target", trials, winner=3)
     out = tmp_path / "out"
-    report.main(["study=correlation", f"tracking_uri={uri}"], out=out)
+    sweeper_api.report("correlation", out=out, tracking_uri=uri)
     rows = read_csv(out / "tables" / "table4_Set5.csv")
     assert [r["row"] for r in rows] == ["mu=inf", "mu=0.5 + beta3_6", "mu=1 + beta1_3", "mu=10 + beta1_3"]
     assert [float(r["ESRGAN-DP/lpips"]) for r in rows] == pytest.approx([0.28, 0.11, 0.12, 0.26])

@@ -45,7 +45,7 @@ from sweeper.analysis.tables import (
     to_markdown,
 )
 from sweeper.core.mlflow_names import baselines_experiment
-from sweeper.core.overrides import Options, parse, require_study
+from sweeper.core.overrides import Options, require_study
 from sweeper.core.trials import stage_ids
 from trainer.config import config_from_dict
 from trainer.errors import UserError
@@ -502,9 +502,17 @@ def log_report(client: MlflowClient, study: Study, out: Path) -> str | None:
     return run_id
 
 
-def main(tokens: list[str], out: Path | None = None) -> None:
-    """`sweeper report study=NAME [--out results/NAME] [workspace=... | tracking_uri=...]`."""
-    opts = parse(tokens, allow_config=False)
+@dataclass(frozen=True)
+class Written:
+    """Where a report went: its folder, its tables' keys, and the MLflow run it is attached to (if any)."""
+
+    out: Path
+    tables: list[str]
+    run_id: str | None
+
+
+def write(opts: Options, out: Path | None = None) -> Written:
+    """The report of `opts.study` written to `out` (default `results/<study>`) and attached to its last stage run."""
     name = require_study(opts)
     client = open_client(opts)
     out = out or Path("results") / name
@@ -513,7 +521,5 @@ def main(tokens: list[str], out: Path | None = None) -> None:
     except UserError:  # the Optuna record is not reachable from here (tracking_uri= only): no cost or rank check
         storage, stages = None, {}
     keys = build(client, name, out, (storage, stages) if stages else None)
-    run_id = log_report(client, load_study(client, name), out)
-    print(f"wrote {len(keys)} tables ({', '.join(keys) or 'none'}) and figures to {out}/README.md")
-    if run_id:
-        print(f"logged under artifacts report/ of MLflow run {run_id}")
+    return Written(out, keys, log_report(client, load_study(client, name), out))
+

@@ -49,9 +49,10 @@ def run(
     detach: Annotated[bool, typer.Option("--detach", help="return after submitting (executor=slurm)")] = False,
 ) -> None:
     """Run (or resume) a study: `sweeper run study=mu_search preset=smoke`."""
-    from sweeper.search.run import main
+    from sweeper.api import run_study
+    from sweeper.core.overrides import split
 
-    main(overrides or [], detach=detach)
+    run_study(overrides=split(overrides or []), detach=detach)
 
 
 @app.command()
@@ -237,7 +238,11 @@ def report(
     out: Annotated[Path | None, typer.Option("--out", help="output folder (default results/<study>)")] = None,
 ) -> None:
     """Regenerate the paper's tables and figures for a study from MLflow: Markdown, CSV, LaTeX, PNG."""
-    from sweeper.analysis import report as report_mod
+    from sweeper.api import report as write_report
+    from sweeper.core.overrides import split
 
-    report_mod.main(overrides or [], out=out)
+    written = write_report(out=out, overrides=split(overrides or []))
+    print(f"wrote {len(written.tables)} tables ({', '.join(written.tables) or 'none'}) and figures to {written.readme}")
+    if written.mlflow_run_id:
+        print(f"logged under artifacts report/ of MLflow run {written.mlflow_run_id}")
 

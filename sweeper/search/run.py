@@ -4,12 +4,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
 
 from sweeper.core.mlflow_names import experiment, git_commit
-from sweeper.core.overrides import parse, require_study
+from sweeper.core.overrides import Options, parse, require_study
 from sweeper.core.studies import load
 from sweeper.core.workspace import Workspace
 from sweeper.search.executors import make_executor
@@ -29,8 +31,22 @@ from trainer.errors import UserError
 from trainer.files import file_lock
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What a `sweeper run` ended with: the last stage's winner (None: `detach` submitted jobs and returned)."""
+
+    study: str
+    workspace: Path
+    select_by: str
+    winner: dict[str, str] | None
+
+
 def main(tokens: list[str], detach: bool = False) -> None:
-    opts = parse(tokens)
+    run(parse(tokens), detach)
+
+
+def run(opts: Options, detach: bool = False) -> Outcome:
+    """Run or resume the study of `opts` to its winner, printing progress and where to look next."""
     study = load(require_study(opts))
     rounds = opts.rounds or 1
     if rounds > 1 and not study.alternate:
@@ -64,7 +80,7 @@ def main(tokens: list[str], detach: bool = False) -> None:
             found = work_stage(run, stage, stage.name if r == 1 else f"{stage.name}_r{r}", {**config, **fixed}, detach)
             if found is None:
                 print(f"submitted; follow with `sweeper status study={study.name}{opts.where}`, re-run the same command to collect results")
-                return
+                return Outcome(study.name, ws.root, select_by, None)
             winner = found
             if study.alternate:
                 fixed |= {k: parse_value(winner[k]) for k in stage.searched_keys()}
@@ -79,3 +95,4 @@ def main(tokens: list[str], detach: bool = False) -> None:
     print(f"  trials:  sweeper status study={study.name}{where}")
     print(f"  MLflow:  sweeper ui{where}")
     print(f"  tables:  sweeper report study={study.name}{where}")
+    return Outcome(study.name, ws.root, select_by, winner)
