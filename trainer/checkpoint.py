@@ -11,15 +11,39 @@ from torch import nn
 
 from trainer.config import config_from_dict
 from trainer.errors import UserError
-from trainer.files import atomic_write
+from trainer.files import atomic_write, check_space, no_space
 from trainer.nets import build_generator
 
 FINISHED = "finished"  # the `stage` of a checkpoint shrunk by keep_generator_only
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save `obj` (tensors, dicts, lists, numbers, strings only) atomically."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """torch.save `obj` (tensors, dicts, lists, numbers, strings only) atomically, after checking that its
+    tensors' bytes fit on the file system. A disk that fills up during the write raises NoSpace, never torch's
+    own message (`[enforce fail at inline_container.cc] unexpected pos ...`, which names no cause)."""
+    need = tensor_bytes(obj)
+    check_space(path.parent, need, "a checkpoint")
+
+    def write(f: Any) -> None:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:  # torch's zip writer reports a short write (ENOSPC) this way
+            if "unexpected pos" in str(e) or "file write failed" in str(e):
+                raise no_space(path.parent, need, "a checkpoint") from None
+            raise
+
+    atomic_write(path, write)
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nest of dicts, lists and tuples: a checkpoint's size, less a few kB of pickle."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

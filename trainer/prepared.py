@@ -21,7 +21,9 @@ killed build resume; a changed plan starts over. A worker writes an image's pixe
 once, before the manifest. A resume re-reads the marked images and redoes any whose bytes do not match (what a
 power cut before that fsync can leave). Syncing per image instead made two workers wait on each other's
 writeback (`benchmarks/data_prep.py`: 1.5x with two processes, 1.8-1.9x now). Old files are unlinked, never
-overwritten, so a trial still mapping them keeps its data.
+overwritten, so a trial still mapping them keeps its data. The free space is checked first (the bytes of
+the images left to do); the pool's workers die with the process that started them and never hold the lock,
+so a killed build never blocks the next one.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
 import zlib
@@ -46,9 +49,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from trainer.errors import UserError
-from trainer.files import atomic_write, file_lock, read_json, sha256_file, write_json_atomic
+from trainer.files import atomic_write, check_space, file_lock, read_json, sha256_file, write_json_atomic
 from trainer.images import read_image, to_rgb
 from trainer.imresize import degrade
+from trainer.procs import die_with_parent
 
 VERSION = 1
 ARRAYS = ("hr.npy", "lr.npy", "images.npy", "windows.npy")
@@ -227,6 +231,7 @@ def _build(folder: Path, files: list[Path], source: Path, settings: Settings, wo
     done_dir = folder / "done"
     spans = [_spans(images[i], table[table[:, 0] == i], settings.scale) for i in range(len(files))]
     todo = [i for i in range(len(files)) if not _intact(folder, i, spans[i])]
+    check_space(folder, sum(hr[1] + lr[1] for hr, lr in (spans[i] for i in todo)), f"preparing {source.name}")
     workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(todo) or 1))
     if multiprocessing.current_process().daemon:  # e.g. a multiprocessing.Pool worker: it may not start a pool
         workers = 1
@@ -241,8 +246,8 @@ def _build(folder: Path, files: list[Path], source: Path, settings: Settings, wo
                 bar.update()
         else:
             ctx = multiprocessing.get_context("fork")  # workers only use CPU torch, one thread each
-            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=torch.set_num_threads,
-                                                        initargs=(1,)) as pool:
+            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                                        initargs=(os.getpid(),)) as pool:
                 try:
                     for future in concurrent.futures.as_completed([pool.submit(_prepare_image, t) for t in tasks]):
                         future.result()
@@ -266,6 +271,13 @@ def _build(folder: Path, files: list[Path], source: Path, settings: Settings, wo
     shutil.rmtree(done_dir, ignore_errors=True)
     (folder / "plan.json").unlink()
     return manifest, len(todo)
+
+
+def _init_worker(parent: int) -> None:
+    """A pool worker: one thread, and killed with its parent (an orphan would wait on the task pipe for ever).
+    It holds no lock: `trainer.files` closes inherited lock descriptors at every fork."""
+    die_with_parent(signal.SIGKILL, parent)
+    torch.set_num_threads(1)
 
 
 def _fsync(path: Path) -> None:

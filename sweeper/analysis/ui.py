@@ -9,8 +9,6 @@ the command prints one link per study: the study's trials, flat, with their sett
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -27,16 +25,10 @@ from sweeper.core.mlflow_names import VIEW_KEY, VIEW_TAG
 from sweeper.core.overrides import parse
 from sweeper.core.workspace import Workspace
 from trainer.errors import UserError
+from trainer.procs import die_with_parent
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 GRACE_S = 5.0  # how long the server may take to stop before it is killed (it keeps no state of its own)
-
-
-def die_with_parent() -> None:
-    """In the child, before exec: receive SIGTERM when the parent dies, however it dies (Linux)."""
-    # not Linux: the signal handlers still stop the server on SIGTERM, SIGINT and SIGHUP
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
 
 
 def stop_group(server: subprocess.Popen[bytes]) -> None:
@@ -102,7 +94,7 @@ def serve(tokens: list[str], host: str, port: int, workers: int) -> int:
     if host not in ("127.0.0.1", "localhost"):
         cmd += ["--allowed-hosts", "*"]  # reachable by other machines' names, as asked by --host
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}  # its job runner (7 queue consumers) serves GenAI features only
-    server = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=die_with_parent)
+    server = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGTERM))
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)

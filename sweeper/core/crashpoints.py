@@ -25,6 +25,7 @@ CRASH_POINTS = (
     "before_finish",  # the trial's MLflow run is complete, the Optuna trial still RUNNING
     "before_prune",  # a trial stopped by halving is logged to MLflow, the Optuna trial still RUNNING (paused)
     "after_finish",  # the Optuna trial is COMPLETE
+    "race_recorded",  # a racing stage's round decided and recorded in Optuna, its trials not enqueued yet
     "before_winner",  # the stage's trials are all settled, no winner recorded
     "after_winner",  # the winner is in Optuna, not yet in MLflow
 )

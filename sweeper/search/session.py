@@ -22,10 +22,10 @@ from sweeper.core.overrides import Options
 from sweeper.core.studies import Study
 from sweeper.core.workspace import Workspace
 from sweeper.search.executors import Executor, make_executor
-from sweeper.search.executors.local import process_start
 from trainer.config import build_config, parse_value
 from trainer.errors import UserError
 from trainer.files import write_bytes_atomic
+from trainer.procs import process_start
 
 # --- Checks before anything is created ---
 

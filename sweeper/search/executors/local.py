@@ -33,21 +33,13 @@ from sweeper.search.gpus import thread_share
 from sweeper.search.worker import folder_busy
 from trainer.errors import UserError
 from trainer.files import read_json, write_json_atomic
+from trainer.procs import process_start
 
 
 def visible_gpus() -> int:
     import torch
 
     return torch.cuda.device_count()
-
-
-def process_start(pid: int) -> str | None:
-    """The process's start time (clock ticks since boot), or None when it is gone or a zombie."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] in "ZX" else fields[19]
 
 
 class LocalExecutor:

@@ -1,0 +1,237 @@
+"""Faults of the machine (issue 19): a killed data prepare never blocks the next one, a lock left open by
+a dead holder's leftover process is taken over, a full file system is refused in one line with numbers."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_prepared import cfg_for, make_set
+from trainer.checkpoint import save_atomic
+from trainer.data import prepare_set
+from trainer.errors import NoSpace, environment_fault
+from trainer.files import file_lock
+
+ROOT = Path(__file__).parents[1]
+
+# A process that imports the trainer once and, for each line on stdin, forks a child preparing the set in the
+# folder given there with a pool of two workers (stderr to CACHE/<n>.err), and prints the child's pid: each
+# child is a separate `prepare` process that the test can SIGKILL, without paying torch's import each time.
+DRIVER = """
+import os, signal, sys
+from pathlib import Path
+from tests.test_prepared import cfg_for
+from trainer.data import prepare_set
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+root = Path(sys.argv[1])
+for n, line in enumerate(sys.stdin):
+    cache = Path(line.strip())
+    pid = os.fork()
+    if pid == 0:
+        err = os.open(cache.parent / f"{cache.name}.{n}.err", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.dup2(err, 2)
+        code = 1
+        try:
+            prepare_set(cfg_for(root, cache, **{"data.subimage_step": 16}), "Train", cache, workers=2)
+            code = 0
+        finally:
+            os._exit(code)
+    print(pid, flush=True)
+"""
+
+
+def descendants(pid: int) -> list[int]:
+    """The process's children and theirs (Linux /proc)."""
+    try:
+        kids = [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return kids + [d for k in kids for d in descendants(k)]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except OSError:
+        return False
+
+
+def wait_for(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+@pytest.mark.slow
+def test_prepare_killed_at_ten_points_never_blocks_the_next_and_ends_byte_identical(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_set(data, 16, (160, 160))
+    cache = tmp_path / "cache"
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(data)], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert driver.stdin and driver.stdout
+    done = lambda: len(list(cache.glob("Train-*/done/*.json")))  # noqa: E731
+    plan = lambda: any(cache.glob("Train-*/plan.json"))  # noqa: E731
+    holder = lambda pid: lambda: any(f"{pid} " in p.read_text() for p in cache.glob("Train-*.lock"))  # noqa: E731
+    # where each run is killed: while starting, holding the lock, after the plan, then after 1 .. 15 images
+    points = [lambda pid: lambda: True, holder, lambda pid: plan,
+              *[lambda pid, k=k: lambda: done() >= k for k in (1, 3, 5, 7, 9, 12, 15)]]
+    try:
+        for n, point in enumerate(points):
+            driver.stdin.write(f"{cache}\n")
+            driver.stdin.flush()
+            pid = int(driver.stdout.readline())
+            started = time.monotonic()
+            wait_for(point(pid))
+            workers = descendants(pid)
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda pid=pid, workers=workers: not alive(pid) and not any(alive(w) for w in workers), timeout=5)  # the pool died with it
+            if n >= 2:  # every run after the first kill got past the lock within seconds
+                assert time.monotonic() - started < 30
+            assert not any(cache.glob("Train-*/manifest.json")), f"point {n}: finished before the kill"
+        driver.stdin.write(f"{cache}\n")
+        driver.stdin.flush()
+        pid = int(driver.stdout.readline())
+        started = time.monotonic()
+        wait_for(lambda: any(cache.glob("Train-*/manifest.json")) and not alive(pid), timeout=60)
+        assert time.monotonic() - started < 30
+        reference = tmp_path / "reference"
+        driver.stdin.write(f"{reference}\n")
+        driver.stdin.flush()
+        pid = int(driver.stdout.readline())
+        wait_for(lambda: any(reference.glob("Train-*/manifest.json")) and not alive(pid), timeout=60)
+    finally:
+        driver.stdin.close()
+        driver.wait(timeout=30)
+    last = (tmp_path / f"cache.{len(points)}.err").read_text()
+    assert "of 16 images to do" in last and "16 of 16" not in last  # resumed, not started over
+    (folder,), (ref,) = cache.glob("Train-*/"), reference.glob("Train-*/")
+    for name in ("hr.npy", "lr.npy", "images.npy", "windows.npy"):
+        assert (folder / name).read_bytes() == (ref / name).read_bytes(), name
+
+
+# A process that takes a lock, leaks its descriptor to a long-lived child (as a process started with the lock's
+# descriptor passed on would), prints the child's pid and waits to be killed.
+LEAKER = """
+import fcntl, os, subprocess, sys, time
+from pathlib import Path
+from trainer.files import file_lock
+with file_lock(Path(sys.argv[1])):
+    fd = next(int(n) for n in os.listdir("/proc/self/fd") if os.path.realpath(f"/proc/self/fd/{n}") == sys.argv[1])
+    child = subprocess.Popen(["sleep", "120"], pass_fds=[fd])
+    print(child.pid, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_lock_whose_holder_is_gone_is_taken_over(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    lock = tmp_path / "set.lock"
+    leaker = subprocess.Popen([sys.executable, "-c", LEAKER, str(lock)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert leaker.stdout
+    sleeper = int(leaker.stdout.readline())
+    try:
+        leaker.kill()
+        leaker.wait()
+        held = os.open(lock, os.O_RDONLY)
+        with pytest.raises(BlockingIOError):  # the lock outlived its holder: the leftover child keeps it
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(held)
+        started = time.monotonic()
+        with file_lock(lock):
+            assert time.monotonic() - started < 5
+            assert f"{os.getpid()} " in lock.read_text()
+        err = capfd.readouterr().err
+        assert f"note: {lock} was held by process {leaker.pid}, which has ended" in err and "taking the lock over" in err
+    finally:
+        os.kill(sleeper, signal.SIGKILL)
+
+
+def test_a_lock_held_by_a_live_process_is_waited_for(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    lock = tmp_path / "set.lock"
+    holder = subprocess.Popen([sys.executable, "-c", LEAKER, str(lock)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout
+    os.kill(int(holder.stdout.readline()), signal.SIGKILL)  # only the holder itself has the lock now
+    got: list[float] = []
+
+    def take() -> None:
+        with file_lock(lock):
+            got.append(time.monotonic())
+
+    waiter = threading.Thread(target=take)
+    try:
+        waiter.start()
+        time.sleep(1.0)
+        assert not got  # its holder is alive: no take-over, the waiter waits
+        killed = time.monotonic()
+        holder.kill()
+        holder.wait()
+        waiter.join(timeout=10)
+        assert got and got[0] >= killed
+        assert "taking the lock over" not in capfd.readouterr().err
+    finally:
+        holder.kill()
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MB tmpfs (root only; the test is skipped elsewhere), unmounted afterwards."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused_with_the_numbers(small_fs: Path) -> None:
+    (small_fs / "other").write_bytes(b"x" * (3 << 20))  # someone else's 3 MB
+    with pytest.raises(NoSpace, match=rf"^no space left on the file system of {small_fs}/ckpt: 1.0 MB free, a "
+                       r"checkpoint needs ~1.9 MB; free some space \(or use a larger disk\) and run again$") as e:
+        save_atomic({"g": torch.zeros(500_000)}, small_fs / "ckpt" / "last.pt")
+    assert e.value.errno == 28 and [p.name for p in small_fs.iterdir()] == ["other"]  # refused before writing
+
+
+def test_torchs_writer_error_on_a_full_disk_surfaces_as_no_space(small_fs: Path) -> None:
+    big_pickle = {"g": torch.zeros(10), "log": list(range(1_000_000))}  # its tensors say ~0 MB; the file is ~5 MB
+    with pytest.raises(NoSpace, match=r"^no space left on the file system of .*: 0.0 MB free, a checkpoint needs"):
+        save_atomic(big_pickle, small_fs / "last.pt")
+    assert list(small_fs.iterdir()) == []  # no half-written temporary file is left
+
+
+def test_prepare_checks_the_space_its_images_need(tmp_path: Path, small_fs: Path) -> None:
+    make_set(tmp_path / "data", 4, (400, 400))  # 4 x 480 kB of HR pixels + their sub-images' LR: ~2.0 MB
+    (small_fs / "other").write_bytes(b"x" * (3 << 20))
+    with pytest.raises(NoSpace, match=r": 1.0 MB free, preparing Train needs ~2.0 MB; free some space"):
+        prepare_set(cfg_for(tmp_path / "data", small_fs, **{"data.subimage_step": 48}), "Train", small_fs, workers=1)
+    (small_fs / "other").unlink()
+    assert prepare_set(cfg_for(tmp_path / "data", small_fs, **{"data.subimage_step": 48}), "Train", small_fs,
+                       workers=1).built == 4  # space freed: the same call goes through
+
+
+def test_the_machines_faults_are_told_from_a_runs_own(tmp_path: Path) -> None:
+    eio = OSError(errno.EIO, "Input/output error", str(tmp_path / "ckpt.pt"))
+    assert environment_fault(eio) == (f"I/O error on {tmp_path}/ckpt.pt (a failing disk or network file system): "
+                                      "check that file system, then run again")
+    wrapped = RuntimeError("DataLoader worker failed")
+    wrapped.__cause__ = OSError(errno.EROFS, "Read-only file system", "/data/x.png")
+    assert environment_fault(wrapped) == ("the file system of /data/x.png is read-only: remount it read-write or pass "
+                                          "another workspace=, then run again")
+    assert environment_fault(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")).startswith(
+        "CUDA out of memory (another process on the GPU")
+    assert environment_fault(NoSpace("no space left on the file system of /w: 1 MB free")) == "no space left on the file system of /w: 1 MB free"
+    for own in (ValueError("mu must be > 0"), FileNotFoundError(errno.ENOENT, "No such file", "x"), KeyError("g"),
+                RuntimeError("mat1 and mat2 shapes cannot be multiplied")):
+        assert environment_fault(own) is None, own
