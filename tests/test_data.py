@@ -19,10 +19,12 @@ from trainer.data import (
     load_set,
     load_val_sets,
     resolve_root,
+    set_names,
+    val_pairs,
 )
 from trainer.errors import UserError
 from trainer.images import read_image, write_image
-from trainer.imresize import degrade
+from trainer.imresize import degrade, modcrop
 from trainer.prepared import Settings, windows
 
 
@@ -90,14 +92,55 @@ def test_val_sets_follow_the_config(shared_data: Path) -> None:
     sets = load_val_sets(cfg)
     assert list(sets) == ["Set5", "Set14"] and all(len(v) == 3 for v in sets.values())
     bridge = sets["Set14"][2]
-    assert bridge.name == "bridge.png" and bridge.hr.shape == (1, 64, 64)  # grayscale HR kept as its own Y
-    assert bridge.lr.shape == (3, 16, 16)
+    assert bridge.name == "bridge.png" and bridge.hr.shape == (1, 60, 60)  # grayscale HR kept as its own Y; mod12 of 64
+    assert bridge.lr.shape == (3, 15, 15)
     img = sets["Set5"][0]
-    assert img.hr.shape == (3, 64, 64) and img.lr.shape == (3, 16, 16)
+    assert img.hr.shape == (3, 60, 60) and img.lr.shape == (3, 15, 15) and not img.supplied
     assert torch.equal(img.lr, degrade(img.hr, 4))
-    full = load_set(shared_data, "Set5")[0][1]
-    top, left = (full.shape[1] - 64) // 2, (full.shape[2] - 64) // 2
-    assert torch.equal(img.hr, full[:, top : top + 64, left : left + 64])
+    full = modcrop(load_set(shared_data, "Set5")[0][1], 12)
+    top, left = (full.shape[1] - 64) // 2 // 4 * 4, (full.shape[2] - 64) // 2 // 4 * 4  # on the LR grid
+    assert torch.equal(img.hr, full[:, top : top + 60, left : left + 60])
+    mod4 = load_val_sets(smoke(**{"data.root": str(shared_data), "data.val_hr": "mod4", "data.val_sets": ["Set5"]}))
+    assert mod4["Set5"][0].hr.shape == (3, 64, 64)
+
+
+def published_layout(root: Path, shared_data: Path) -> dict[str, torch.Tensor]:
+    """Set5 as BasicSR ships it: GTmod12/ and LRbicx4/; bird's LR is made another way, so a test can tell
+    the supplied files from a re-degradation. Returns the LR images written."""
+    lrs = {}
+    for name, img in load_set(shared_data, "Set5"):
+        hr = modcrop(img, 12)
+        lr = degrade(hr, 4) if name != "bird.png" else hr[:, 1::4, 1::4].contiguous()  # nearest, not bicubic
+        write_image(root / "Set5" / "GTmod12" / name, hr)
+        write_image(root / "Set5" / "LRbicx4" / name, lr)
+        lrs[name] = lr
+    return lrs
+
+
+def test_published_layout_scores_the_supplied_lr_images(shared_data: Path, tmp_path: Path) -> None:
+    lrs = published_layout(tmp_path, shared_data)
+    assert set_names(tmp_path) == ["Set5"]  # its images are in GTmod12/
+    pairs = {p.name: p for p in val_pairs(tmp_path, "Set5", 4, "mod12")}
+    flat = {p.name: p for p in val_pairs(shared_data, "Set5", 4, "mod12")}
+    assert all(p.supplied for p in pairs.values()) and not any(p.supplied for p in flat.values())
+    for name, pair in pairs.items():
+        assert torch.equal(pair.hr, flat[name].hr) and torch.equal(pair.lr, lrs[name])
+    assert torch.equal(pairs["baby.png"].lr, flat["baby.png"].lr)  # the published LR files are MATLAB's bicubic of GTmod12
+    assert not torch.equal(pairs["bird.png"].lr, flat["bird.png"].lr)  # the supplied file, not a re-degradation
+    (crop,) = val_pairs(tmp_path, "Set5", 4, "mod12", crop=64, max_images=1)
+    top, left = (pairs["baby.png"].hr.shape[1] - 64) // 2 // 4, (pairs["baby.png"].hr.shape[2] - 64) // 2 // 4
+    assert crop.hr.shape == (3, 60, 60) and torch.equal(crop.lr, lrs["baby.png"][:, top : top + 15, left : left + 15])
+
+
+def test_published_layout_errors_are_one_line(shared_data: Path, tmp_path: Path) -> None:
+    published_layout(tmp_path, shared_data)
+    write_image(tmp_path / "Set5" / "LRbicx4" / "head.png", torch.zeros(3, 10, 10, dtype=torch.uint8))
+    with pytest.raises(UserError, match=r"Set5/LRbicx4/head.png: LR image is \(10, 10\), but its HR .* is \(276, 276\)") as err:
+        val_pairs(tmp_path, "Set5", 4, "mod12")
+    assert "\n" not in str(err.value)
+    (tmp_path / "Set5" / "LRbicx4" / "head.png").unlink()
+    with pytest.raises(UserError, match=r"LRbicx4: no LR image for 1 HR image\(s\) of Set5 \(head.png\)"):
+        val_pairs(tmp_path, "Set5", 4, "mod12")
 
 
 def chw(a: np.ndarray) -> torch.Tensor:

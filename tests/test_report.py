@@ -74,12 +74,15 @@ def test_table1_matches_the_runs_in_mlflow(paper_store, paper_report):
     _, client, mu_trials = paper_store
     rows = read_csv(paper_report / "tables" / "table1_mu_srgan.csv")
     assert [r["row"] for r in rows] == ["mu=inf", "mu=0.2", "mu=0.5", "mu=1", "mu=5", "mu=10", "mu=20"]
-    assert list(rows[0])[1:] == [f"{s}/{m}" for s in ("Set5", "Set14") for m in ("ssim", "psnr", "lpips")]
+    assert list(rows[0])[1:] == [f"{s}/{m}" for s in ("Set5", "Set14") for m in ("ssim", "psnr", "lpips")] + ["provenance"]
+    assert all("weights=random" in r["provenance"] and "PSNR/SSIM on RGB (HR mod12)" in r["provenance"] for r in rows)
+    latex = (paper_report / "tables" / "table1_mu_srgan.tex").read_text()
+    assert r"\caption{Table 1" in latex and "weights=random" in latex.split(r"\caption", 1)[1].split(r"\begin{tabular}")[0]
     exp = client.get_experiment_by_name("paper").experiment_id
     logged = {float(r.data.params["mu"]): r.data.metrics for r in client.search_runs([exp], "tags.`sweeper.stage` = 'mu' and tags.`sweeper.kind` = 'trial'")}
     for row in rows:
         for key, text in row.items():
-            if key != "row":
+            if key not in ("row", "provenance"):
                 assert float(text) == pytest.approx(logged[float(row["row"].removeprefix("mu="))][key], abs=1e-6)
     assert len(logged) == len(mu_trials)
 
@@ -88,7 +91,7 @@ def test_best_and_second_best_are_marked_per_column(paper_report):
     rows = read_csv(paper_report / "tables" / "table1_mu_srgan.csv")
     cells = markdown_rows(paper_report / "tables" / "table1_mu_srgan.md")
     latex = (paper_report / "tables" / "table1_mu_srgan.tex").read_text()
-    for j, key in enumerate(list(rows[0])[1:]):
+    for j, key in enumerate(list(rows[0])[1:-1]):
         values = {r["row"]: float(r[key]) for r in rows}
         ranked = sorted(values, key=values.__getitem__, reverse=not key.endswith("lpips"))
         for label in values:
@@ -158,7 +161,7 @@ def test_correlation_study_gives_tables_3_and_4(tmp_path):
     assert "| mu=1 + beta1_3 | 26.00 / 0.7000 / 0.2000 | 26.00 / 0.7000 / 0.1200 |" in md
     t3 = read_csv(out / "tables" / "table3.csv")
     assert [r["row"] for r in t3] == ["SRGAN-DP (mu=0.5 + beta3_6)", "ESRGAN-DP (mu=0.5 + beta3_6)"]
-    assert list(t3[0]) == ["row", "Set5/lpips", "Set14/lpips"]
+    assert list(t3[0]) == ["row", "Set5/lpips", "Set14/lpips", "provenance"]
     readme = (out / "README.md").read_text()
     assert "Verdict (promotion gate, mean/lpips): consistent" in readme and "1/24" in readme
 
@@ -174,3 +177,34 @@ def test_stage_runs_hold_their_table_and_the_experiment_a_view_of_its_trials(pap
     assert view["searchFilter"] == "tags.`sweeper.kind` = 'trial'" and "params.`mu`" in view["selectedColumns"]
     names = {r.info.run_name for r in client.search_runs([exp.experiment_id], view["searchFilter"])}
     assert {"mu=0.5 beta1_3", "mu=inf beta1_3", "mu=0.5 beta4_3"} <= names
+
+
+def test_a_scored_folder_is_a_table5_method_in_the_studys_space(tmp_path):
+    """`sweeper evaluate folder=DIR method=NAME` -> a Table 5 row (a column of the paper's table), in the study's
+    metric space; our smoke rows (validation crops) are never bolded against whole-image baselines."""
+    from typer.testing import CliRunner
+
+    from sweeper.cli.app import app
+    from trainer.data import EMBEDDED, val_pairs
+    from trainer.images import write_image
+
+    uri, client = mlflow_layout.store(tmp_path)
+    trials = [{"arch": "srgan", "mu": mu, "beta": "beta1_3", "final": mlflow_layout.scores(30 + k, 0.9, 0.1, sets=("Set5",))}
+              for k, mu in enumerate([0.5, 1])]
+    mlflow_layout.log_stage(client, tmp_path, "small", "mu", trials, winner=1)
+    for pair in val_pairs(EMBEDDED, "Set5", 4, "mod12"):  # a "method" that returns the LR image's nearest upscaling
+        write_image(tmp_path / "sr" / pair.name, pair.lr.repeat_interleave(4, -1).repeat_interleave(4, -2))
+    done = CliRunner().invoke(app, ["evaluate", f"folder={tmp_path / 'sr'}", "method=Nearest", f"workspace={tmp_path}",
+                                    "--data-root", str(EMBEDDED), "--sets", "Set5", "--no-lpips"])
+    assert done.exit_code == 0, done.output
+    out = tmp_path / "report"
+    report.main(["study=small", f"tracking_uri={uri}"], out=out)
+    rows = {r["row"]: r for r in read_csv(out / "tables" / "table5.csv")}
+    (nearest,) = report.find_runs(client, "baseline", None, method="Nearest")
+    assert float(rows["Nearest"]["Set5/psnr"]) == pytest.approx(nearest.value("Set5", "psnr_rgb"), abs=1e-6)  # smoke configs: rgb
+    assert float(rows["Bicubic"]["Set5/psnr"]) > float(rows["Nearest"]["Set5/psnr"])
+    markdown = (out / "tables" / "table5.md").read_text()
+    ours = next(line for line in markdown.splitlines() if "ours" in line)
+    assert "**" not in ours and "never marked" in markdown  # 31 dB on 64-px crops is not bolded over whole images
+    assert "**" in next(line for line in markdown.splitlines() if line.startswith("| Bicubic"))
+    assert "(HR mod12)" in markdown and "alex v0.1" in markdown

@@ -172,6 +172,25 @@ def comparison_grid(images: list[str], columns: list[str], tiles: list[list[np.n
     return png(fig)
 
 
+def feature_maps(image: np.ndarray, rows: list[tuple[str, list[np.ndarray]]], channels: list[str], title: str) -> bytes:
+    """Fig. 4: the input image, then one row per extractor of its feature maps (each channel scaled to its own
+    range, viridis: yellow = high)."""
+    fig, axes = plt.subplots(len(rows), len(channels) + 1, figsize=(2.3 * (len(channels) + 1), 2.4 * len(rows)), squeeze=False)
+    for i, (label, maps) in enumerate(rows):
+        axes[i][0].imshow(image)
+        axes[i][0].set_ylabel(label, fontsize=9)
+        for j, fmap in enumerate(maps, start=1):
+            axes[i][j].imshow(fmap, cmap="viridis")
+            if i == 0:
+                axes[i][j].set_title(channels[j - 1], fontsize=9)
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0][0].set_title("input", fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    return png(fig)
+
+
 def rank_check(stages: dict[str, list[tuple[float, float, float, bool]]]) -> bytes:
     """Per stage, Kendall's tau and Spearman's rho of each rung's ranking with the final one against the rung's
     budget as a fraction of train.iters; `stages[name] = [(fraction, tau, rho, winner_alive)]`. A rung where

@@ -3,6 +3,9 @@ renderings: Markdown, CSV and LaTeX, with the best and second best value of each
 
 Markers: Markdown `**best**`, `_second_`; LaTeX `\\textbf{best}`, `\\underline{second}` (the paper uses
 red and blue). Table 4 marks the best and the worst instead, as the paper does. CSV holds plain numbers.
+Every rendering carries the provenance line (preset, data, metric space, weights, LPIPS network, commit): in
+Markdown under the title, in CSV as the last column, in LaTeX inside the caption, so that no copy of a
+table reads as a paper result without saying what it is.
 """
 
 from __future__ import annotations
@@ -111,9 +114,9 @@ def to_columns(table: Table) -> dict[str, list]:
 def to_csv(table: Table) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["row"] + [f"{g}/{m}" for g, m in table.columns])
+    w.writerow(["row"] + [f"{g}/{m}" for g, m in table.columns] + ["provenance"])
     for label, values in zip(table.rows, table.values):
-        w.writerow([label] + ["" if math.isnan(v) else repr(round(v, 6)) for v in values])
+        w.writerow([label] + ["" if math.isnan(v) else repr(round(v, 6)) for v in values] + [table.header])
     return buf.getvalue()
 
 
@@ -131,10 +134,9 @@ def to_latex(table: Table) -> str:
     groups = _groups(table)
     wrap = {"best": r"\textbf{{{}}}", "second": r"\underline{{{}}}", "worst": r"\underline{{{}}}"}
     lines = [
-        "% " + table.header,
         r"\begin{table}[t]",
         r"\centering",
-        rf"\caption{{{latex_escape(table.title)}}}",
+        rf"\caption{{{latex_escape(table.title)}. {{\footnotesize {latex_escape(table.header)}}}}}",
         r"\begin{tabular}{l" + "c" * len(groups) + "}",
         r"\hline",
         " & " + " & ".join(latex_escape(g) for g, _ in groups) + r" \\",

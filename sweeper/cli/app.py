@@ -21,6 +21,8 @@ weights_app = typer.Typer(no_args_is_help=True, help="ImageNet weights for VGG19
 app.add_typer(weights_app, name="weights")
 data_app = typer.Typer(no_args_is_help=True, help="Training data: the prepared cache of sub-images and their LR.")
 app.add_typer(data_app, name="data")
+figure_app = typer.Typer(no_args_is_help=True, help="The paper's figures that need images: Fig. 4's feature maps, Figs. 6-10's zoomed crops.")
+app.add_typer(figure_app, name="figure")
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="key=value settings, e.g. study=mu_search preset=smoke train.iters=2000")]
 
@@ -109,17 +111,48 @@ def studies() -> None:
 @app.command()
 @user_errors
 def evaluate(
-    method: Annotated[str, typer.Argument(help="bicubic, or a generator checkpoint (.pt) to evaluate")],
+    tokens: Annotated[list[str], typer.Argument(help="bicubic | CHECKPOINT.pt | checkpoint=RUN_OR_PT [iter=N] | folder=DIR method=NAME [workspace=...], "
+                                                     "then scoring keys: metrics.space=rgb|y data.val_hr=mod12|mod4 metrics.lpips_net=alex|vgg metrics.lpips_version=0.1|0.0")],
     data_root: Annotated[Path | None, typer.Option("--data-root", help="folder holding the benchmark sets")] = None,
     sets: Annotated[str, typer.Option("--sets", help="comma-separated set names")] = "Set5,Set14,BSD100",
     out: Annotated[Path | None, typer.Option("--out", help="CSV with one row per image")] = None,
     upscale: Annotated[int, typer.Option("--upscale")] = 4,
     lpips: Annotated[bool, typer.Option("--lpips/--no-lpips", help="compute LPIPS when its weights are present")] = True,
 ) -> None:
-    """Evaluate bicubic upscaling or a checkpoint: PSNR/SSIM (Y, MATLAB conventions) and LPIPS per image."""
+    """Score bicubic, a checkpoint (or a kept snapshot: iter=N) or a folder of SR images: PSNR/SSIM in RGB and Y, LPIPS, per image.
+
+    `sweeper evaluate bicubic --data-root DATA --sets Set5 metrics.space=rgb data.val_hr=mod12`;
+    `sweeper evaluate folder=ESRGAN_results method=ESRGAN --sets Set5,Set14` also logs the method for Table 5."""
     from sweeper.analysis import evaluate as evaluate_mod
 
-    evaluate_mod.main(method, data_root=data_root, sets=sets, out=out, upscale=upscale, use_lpips=lpips)
+    evaluate_mod.main(tokens, data_root=data_root, sets=sets, out=out, upscale=upscale, use_lpips=lpips)
+
+
+@figure_app.command("features")
+@user_errors
+def figure_features(
+    overrides: Overrides = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="folder holding the benchmark sets")] = None,
+    out: Annotated[Path, typer.Option("--out", help="the PNG to write")] = Path("fig4_features.png"),
+) -> None:
+    """Fig. 4: `sweeper figure features image=Set14/lenna block=beta1_2 vgg=phi3_3 channels=1,64,256 [weights=random]`."""
+    from sweeper.analysis import paper_figures
+
+    paper_figures.features_main(overrides or [], data_root, out)
+
+
+@figure_app.command("crops")
+@user_errors
+def figure_crops(
+    overrides: Overrides = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="folder holding the benchmark sets")] = None,
+    out: Annotated[Path, typer.Option("--out", help="the PNG to write")] = Path("crops.png"),
+    upscale: Annotated[int, typer.Option("--upscale")] = 4,
+) -> None:
+    """Figs. 6-10: `sweeper figure crops image=Set14/lenna [box=x,y,w,h] [checkpoint=LABEL:FILE ...]`: GT, bicubic, each checkpoint."""
+    from sweeper.analysis import paper_figures
+
+    paper_figures.crops_main(overrides or [], data_root, out, upscale)
 
 
 @weights_app.command("status")
@@ -197,6 +230,20 @@ def correlate(overrides: Overrides = None) -> None:
 
 @app.command()
 @user_errors
+def export(
+    source: Annotated[str, typer.Option("--from", help="study whose winner (or --trial) to export")],
+    out: Annotated[Path, typer.Option("--out", help="the .safetensors file to write")],
+    trial: Annotated[int | None, typer.Option("--trial", help="a finished trial's number instead of the winner")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Write a study's winning generator (or --trial N's) as safetensors with a JSON card: `sweeper export --from paper --out g.safetensors`."""
+    from sweeper.search import export as export_mod
+
+    export_mod.main(source, trial, out, overrides or [])
+
+
+@app.command()
+@user_errors
 def promote(
     to: Annotated[str, typer.Option("--to", help="target architecture")] = "esrgan",
     source: Annotated[str | None, typer.Option("--from", help="study to take the winner from")] = None,
@@ -238,11 +285,7 @@ def report(
     out: Annotated[Path | None, typer.Option("--out", help="output folder (default results/<study>)")] = None,
 ) -> None:
     """Regenerate the paper's tables and figures for a study from MLflow: Markdown, CSV, LaTeX, PNG."""
-    from sweeper.api import report as write_report
-    from sweeper.core.overrides import split
+    from sweeper.analysis import report as report_mod
 
-    written = write_report(out=out, overrides=split(overrides or []))
-    print(f"wrote {len(written.tables)} tables ({', '.join(written.tables) or 'none'}) and figures to {written.readme}")
-    if written.mlflow_run_id:
-        print(f"logged under artifacts report/ of MLflow run {written.mlflow_run_id}")
+    report_mod.main(overrides or [], out=out)
 

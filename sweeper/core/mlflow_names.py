@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from mlflow import MlflowClient
@@ -53,3 +54,12 @@ def baselines_experiment(client: MlflowClient, beside: str) -> str:
         raise UserError(f"no MLflow experiment {beside!r}: run study={beside} first")
     artifacts = Path(urlparse(beside_experiment.artifact_location).path).parent
     return experiment(client, BASELINES, artifacts)
+
+
+def metric_tags(metrics: dict[str, Any] | None) -> dict[str, str]:
+    """Tags saying how a run's images were scored (result.json's `metrics`): the space of `psnr`/`ssim`, the LPIPS
+    network and version, the HR crop; none for results older than that record."""
+    if not metrics:
+        return {}
+    return {"sweeper.metrics_space": str(metrics.get("space")), "sweeper.lpips_net": f"{metrics.get('lpips_net')} v{metrics.get('lpips_version')}",
+            "sweeper.val_hr": str(metrics.get("val_hr", "mod4"))}

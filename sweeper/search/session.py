@@ -59,14 +59,14 @@ def check_weights(config: dict[str, Any], preset: str, select_by: str) -> dict[s
         raise weights.MissingWeightsError(lacking[0], weights.cache_dir() / lacking[0].name, also=lacking[1:])
     elif kind != "imagenet":
         weights.describe(kind)
-    if weights.missing(["alexnet"]):
+    trunk = weights.FILES[weights.LPIPS_TRUNKS.get(str(config.get("metrics.lpips_net", "alex")), "alexnet")]  # metrics.lpips_net's
+    if not (weights.cache_dir() / trunk.name).is_file():
         if select_by == "lpips":
-            alexnet = weights.FILES["alexnet"]
             raise UserError(
-                f"select_by=lpips needs LPIPS, but the AlexNet weights {alexnet.name} are missing from {weights.cache_dir()}; "
+                f"select_by=lpips needs LPIPS, but the {trunk.network} weights {trunk.name} are missing from {weights.cache_dir()}; "
                 f"`sweeper weights import FILE` them or pass select_by=psnr"
             )
-        print(f"note: LPIPS unavailable (no AlexNet weights): trials record lpips as null; selecting by {select_by}")
+        print(f"note: LPIPS unavailable (no {trunk.network} weights): trials record lpips as null; selecting by {select_by}")
     return config
 
 

@@ -15,7 +15,7 @@ from sweeper.analysis import racing
 from sweeper.core.crashpoints import crash_point
 from sweeper.core.identity import config_hash
 from sweeper.core.overrides import stage_repeats
-from sweeper.core.repeats import units
+from sweeper.core.repeats import grid_key, mean_metrics, repeat_of, units
 from sweeper.core.selection import HIGHER_IS_BETTER, rank
 from sweeper.core.studies import AUTO, Stage
 from sweeper.core.workspace import point_key
@@ -117,7 +117,7 @@ def race_round(work: StageWork, groups: dict[Any, list[FrozenTrial]], record: di
 
 
 def conclude(work: StageWork, groups: dict[Any, list[FrozenTrial]]) -> dict[str, str]:
-    """Pick the winner among the COMPLETE trials and record it in Optuna and MLflow (idempotent: a re-run
+    """Pick the winner among the COMPLETE trials (the best mean over a point's repeats) and record it in Optuna and MLflow (idempotent: a re-run
     recomputes it, and may change it); log the stage's table and plot."""
     done = [t for trials in groups.values() for t in trials if t.state == TrialState.COMPLETE]
     failed = [trials[-1] for trials in groups.values() if not any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)]
@@ -126,7 +126,12 @@ def conclude(work: StageWork, groups: dict[Any, list[FrozenTrial]]) -> dict[str,
     if not done:
         tracking.end_stage_run(work.run.client, work.parent, "FAILED")
         raise UserError(f"stage {work.run.study.name}.{work.name}: every trial failed; see `sweeper status study={work.run.study.name}{work.run.opts.where}`")
-    best = min(done, key=lambda t: (*rank(work.run.select_by, t.user_attrs["metrics"]), t.number))
+    by_point: dict[Any, list[FrozenTrial]] = {}
+    for t in sorted(done, key=lambda t: (repeat_of(t.params), t.number)):  # a point's trial standing for it: its lowest repeat
+        by_point.setdefault(grid_key(t.params), []).append(t)
+    means = {p: mean_metrics(t.user_attrs["metrics"] for t in trials) for p, trials in by_point.items()}  # over the repeats
+    chosen = min(by_point, key=lambda p: (*rank(work.run.select_by, means[p]), by_point[p][0].number))
+    best = by_point[chosen][0]
     winner = best.user_attrs["settings"]
     with file_lock(work.run.ws.root / "setup.lock"):  # two sweepers concluding at once: MLflow's tag inserts race
         crash_point("before_winner")
@@ -135,6 +140,7 @@ def conclude(work: StageWork, groups: dict[Any, list[FrozenTrial]]) -> dict[str,
         work.run.storage.set_study_user_attr(work.study_id, "finished_at", time.time())
         crash_point("after_winner")
         tracking.finish_stage(work.run.client, work.run.study.name, work.name, work.parent, best.user_attrs["mlflow_run_id"], winner)
-    score = best.user_attrs["metrics"][f"mean/{work.run.select_by}"]
-    print(f"stage {work.name}: winner trial {best.number} ({', '.join(f'{k}={v}' for k, v in winner.items())}), mean {work.run.select_by} {score:.4f}")
+    score, n = means[chosen][f"mean/{work.run.select_by}"], len(by_point[chosen])
+    over = f" over {n} repeats" if n > 1 else ""
+    print(f"stage {work.name}: winner trial {best.number} ({', '.join(f'{k}={v}' for k, v in winner.items())}), mean {work.run.select_by}{over} {score:.4f}")
     return winner
