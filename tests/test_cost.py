@@ -104,6 +104,13 @@ def test_scheduler_options_are_checked() -> None:
         parse(["scheduler.eta=1"])
 
 
+def test_plan_names_what_its_hours_count() -> None:
+    from sweeper.search.plan import hours_unit
+
+    assert hours_unit({"CPU core-s"}) == "CPU core-hours" and hours_unit({"GPU-s"}) == "GPU-hours"
+    assert hours_unit({"GPU-s", "CPU core-s"}) == "device-hours"
+
+
 # --- a real study -----------------------------------------------------------------------------------------
 
 
@@ -148,6 +155,7 @@ def test_plan_agrees_with_the_finished_studys_ledger(study) -> None:
     assert (stage["points"], stage["trainings"], stage["naive_iters"], stage["none_iters"]) == (4, 4, 24, 24)
     assert stage["pretrain_iters"] == 0 and stage["naive_pretrain_iters"] == 8  # the cache holds the pre-training now
     assert stage["rate_source"].startswith("srgan: ledgers of 4 trial(s) in the workspace")
+    assert stage["unit"] == "CPU core-hours"  # trained on this machine's CPU: core-hours, not device-hours
     budgets = halving.rung_budgets(6, 4, 3)
     assert stage["sha_budgets"] == budgets and stage["sha_iters"] == halving.iterations_spent([4, 1, 1], budgets)
     totals = ledger.Totals()

@@ -174,6 +174,11 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
     },
 }
 
+# A data root's sets: what each preset trains on when data.train_sets= is not given (the embedded demo's
+# `train` set exists only in the embedded data), and the benchmark sets validated on when found there.
+ROOT_TRAIN_SETS = {"smoke": ["T91", "BSD200"], "proxy": ["T91", "BSD200"], "paper": ["DIV2K"]}
+BENCHMARK_SETS = ("Set5", "Set14", "BSD100", "Urban100", "Manga109")
+
 # Short keys accepted on the command line for the most used settings.
 ALIASES = {"iters": "train.iters", "root": "data.root"}
 

@@ -16,12 +16,13 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from trainer.config import Config
+from trainer.config import BENCHMARK_SETS, ROOT_TRAIN_SETS, Config, build_config
 from trainer.errors import UserError
 from trainer.images import IMAGE_SUFFIXES, read_image, to_rgb
 from trainer.imresize import degrade, modcrop
@@ -58,6 +59,42 @@ def set_names(root: Path) -> list[str]:
 def _hr_folder(folder: Path) -> Path:
     """A set's HR images: `GTmod12/` in the published layout, else the set folder itself."""
     return folder / PUBLISHED_HR if (folder / PUBLISHED_HR).is_dir() else folder
+
+
+def settle_sets(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` (dotted keys) with the sets of a data root settled: on a root other than the embedded demo,
+    `data.train_sets` defaults to the preset's sets found there (`ROOT_TRAIN_SETS`: T91 and BSD200 for smoke and
+    proxy, DIV2K for paper) and `data.val_sets` to every benchmark set found (`BENCHMARK_SETS`); a key the
+    config names is kept as it is. None of the preset's training sets there: a UserError naming what was found."""
+    cfg = build_config(config)
+    root = resolve_root(cfg.data.root or None)
+    if root == EMBEDDED:
+        return config
+    found = set_names(root)
+    settled = dict(config)
+    if "data.train_sets" not in config:
+        wanted = ROOT_TRAIN_SETS[cfg.preset]
+        present = [s for s in wanted if s in found]
+        if not present:
+            raise UserError(f"{root} has none of the training sets preset={cfg.preset} trains on ({', '.join(wanted)}); "
+                            f"sets found there: {', '.join(found) or 'none'}; name yours with data.train_sets=[...]")
+        settled["data.train_sets"] = present
+    if "data.val_sets" not in config:
+        benchmarks = [s for s in BENCHMARK_SETS if s in found]
+        if not benchmarks:
+            raise UserError(f"{root} has none of the benchmark sets ({', '.join(BENCHMARK_SETS)}) to validate on; "
+                            f"sets found there: {', '.join(found) or 'none'}; name yours with data.val_sets=[...]")
+        settled["data.val_sets"] = benchmarks
+    return settled
+
+
+def describe_sets(cfg: Config) -> str:
+    """What a run trains and validates on, and with which crops, in one line: `train: T91, BSD200 (...); validate: ...`."""
+    d = cfg.data
+    train = f"train: {', '.join(d.train_sets)} ({d.subimage_size}-px sub-images every {d.subimage_step} px, {d.hr_patch}-px HR patches)"
+    which = f"first {d.val_max_images} images of each" if d.val_max_images else "every image"
+    crops = f"{d.val_crop}-px centre crops" if d.val_crop else "whole images"
+    return f"{train}; validate: {', '.join(d.val_sets)} ({which}, {crops}) from {resolve_root(d.root or None)}"
 
 
 def _image_files(folder: Path) -> list[Path]:

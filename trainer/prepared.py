@@ -46,13 +46,13 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from trainer.errors import UserError
 from trainer.files import atomic_write, check_space, file_lock, read_json, sha256_file, write_json_atomic
 from trainer.images import read_image, to_rgb
 from trainer.imresize import degrade
 from trainer.procs import die_with_parent
+from trainer.terminal import bar
 
 VERSION = 1
 ARRAYS = ("hr.npy", "lr.npy", "images.npy", "windows.npy")
@@ -238,12 +238,11 @@ def _build(folder: Path, files: list[Path], source: Path, settings: Settings, wo
     print(f"preparing {source.name}: {len(todo)} of {len(files)} images to do, {workers} process(es) -> {folder}",
           file=sys.stderr)
     tasks = [(files[i], i, folder, settings.scale, sizes[i], table[table[:, 0] == i].tolist(), spans[i]) for i in todo]
-    with tqdm(total=len(files), initial=len(files) - len(todo), desc=source.name, unit="img", disable=not show,
-              dynamic_ncols=True) as bar:
+    with bar(total=len(files), initial=len(files) - len(todo), desc=source.name, unit="img", disable=not show) as images_bar:
         if workers == 1:
             for task in tasks:
                 _prepare_image(task)
-                bar.update()
+                images_bar.update()
         else:
             ctx = multiprocessing.get_context("fork")  # workers only use CPU torch, one thread each
             with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
@@ -251,7 +250,7 @@ def _build(folder: Path, files: list[Path], source: Path, settings: Settings, wo
                 try:
                     for future in concurrent.futures.as_completed([pool.submit(_prepare_image, t) for t in tasks]):
                         future.result()
-                        bar.update()
+                        images_bar.update()
                 except BaseException:  # a bad image or Ctrl-C: do not wait for the remaining images
                     pool.shutdown(wait=False, cancel_futures=True)
                     raise

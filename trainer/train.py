@@ -57,6 +57,7 @@ from trainer.ledger import Segment
 from trainer.losses import DualPerceptualLoss, discriminator_loss, generator_adversarial_loss
 from trainer.metrics import LPIPSMetric, per_image_csv, score, set_means
 from trainer.nets import build_discriminator, build_generator
+from trainer.terminal import bar
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
@@ -146,8 +147,9 @@ class Progress:
 
     def __init__(self, path: Path, stage: str, start: int, total: int, show: bool):
         self.path, self.stage, self.start, self.total = path, stage, start, total
-        self.t0 = self.last_write = time.monotonic()
-        self.bar = tqdm(total=total, initial=start, desc=stage, disable=not show, dynamic_ncols=True)
+        self.t0 = self.last_write = self.last_log = time.monotonic()
+        self.logged = start
+        self.bar = bar(total=total, initial=start, desc=stage, disable=not show)
         self.write(start)
 
     def update(self, step: int, losses: dict[str, float] | None = None) -> None:
@@ -156,6 +158,15 @@ class Progress:
             self.bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
         if time.monotonic() - self.last_write >= PROGRESS_EVERY_S or step == self.total:
             self.write(step)
+
+    def log(self, step: int, losses: dict[str, float]) -> None:
+        """One line on stdout (the trial's stdout.log, shown by `sweeper logs`): step, losses, seconds per step
+        since the last line."""
+        now = time.monotonic()
+        step_s = (now - self.last_log) / max(step - self.logged, 1)
+        self.last_log, self.logged = now, step
+        text = " ".join(f"{k} {v:.4g}" for k, v in losses.items())
+        tqdm.write(f"{self.stage} {step}/{self.total}: {text}, {step_s:.3g} s/step", file=sys.stdout)
 
     def write(self, step: int) -> None:
         self.last_write = now = time.monotonic()
@@ -269,6 +280,7 @@ def run_pretrain(
             bar.update(step, values)
             if step % cfg.train.log_every == 0:
                 append_jsonl(log, {"step": step, "kind": "train", **values})
+                bar.log(step, values)
             if step % cfg.train.ckpt_every == 0 and step < total:
                 save_atomic(state(step), folder / "last.pt")
             if _sigterm["received"]:
@@ -556,6 +568,7 @@ def run_gan(cfg: Config, run_dir: Path, gan: Gan, batches: TrainBatches, val_set
             if step % t.log_every == 0:
                 lr = gan.sched_g.get_last_lr()[0]
                 append_jsonl(metrics_log, {"step": step, "kind": "train", **values, "lr": lr})
+                bar.log(step, values)
             if step % t.val_every == 0 or step == t.iters or step == stop_after:
                 validate_now(step)
             if t.keep_every and step % t.keep_every == 0:

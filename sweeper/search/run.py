@@ -62,12 +62,11 @@ def run(opts: Options, detach: bool = False) -> Outcome:
         raise UserError("--detach needs executor=slurm: local trials are watched by this process")
     executor.check(ws.sqlite_file())  # SLURM: sbatch --test-only of the options; a warning for SQLite storage
     select_by = default_select_by(opts)
-    config = {"train.threads": STUDY_THREADS} | check_weights(base_config(study, opts, ws), opts.preset, select_by)
+    config = check_data({"train.threads": STUDY_THREADS} | check_weights(base_config(study, opts, ws), opts.preset, select_by))
     for stage in study.stages:  # every trial config, repeats setting and rung budget valid before anything is created
         stage_repeats(opts, stage)
         for point in stage.points():
             stage_budgets(opts, build_config({**config, **stage.overrides(point)}).train.iters, len(stage.points()))
-    check_data(config)
 
     ws.root.mkdir(parents=True, exist_ok=True)
     tags = {"sweeper.study": study.name, "sweeper.preset": opts.preset, "sweeper.select_by": select_by,
@@ -76,7 +75,7 @@ def run(opts: Options, detach: bool = False) -> Outcome:
         ws.create_stores()
         client = MlflowClient(ws.tracking_uri)
         run = Run(study, opts, ws, select_by, executor, ws.open_storage(), client,
-                  experiment(client, study.name, ws.artifacts_dir), tags, owner_id())  # fmt: skip
+                  experiment(client, study.name, ws.artifacts_dir, study.description), tags, owner_id())  # fmt: skip
     fixed: dict[str, Any] = {}
     previous = None
     winner: dict[str, str] = {}
