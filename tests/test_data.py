@@ -16,10 +16,12 @@ from trainer.data import (
     EMBEDDED,
     TrainBatches,
     check_train_sets,
+    describe_sets,
     load_set,
     load_val_sets,
     resolve_root,
     set_names,
+    settle_sets,
     val_pairs,
 )
 from trainer.errors import UserError
@@ -151,7 +153,7 @@ def test_sub_images_are_the_windows_of_the_sources_with_their_lr(cache: Path) ->
     batches = TrainBatches(smoke(), cache)
     files = sorted((EMBEDDED / "train").glob("*.png"))
     settings = Settings(96, 48, 4)
-    expected = [(img, w) for f in files for img in [read_image(f)] for w in windows(*img.shape[-2:], settings)]
+    expected = [(img, w) for f in files for img in [read_image(f)] for w in windows(img.shape[-2], img.shape[-1], settings)]
     assert len(batches) == len(expected) == 76 and batches.skipped == 0
     for i in (0, 1, 30, len(batches) - 1):
         img, (top, left, h, w) = expected[i]
@@ -201,7 +203,7 @@ def test_a_resumed_stream_sees_exactly_the_batches_of_a_straight_one(cache: Path
     straight = TrainBatches(smoke(), cache)
     n = len(straight)  # with batch_size 2, n // 2 + 3 batches cross an epoch boundary
     k = n // 4 + 1
-    stream, saved = [], None
+    stream, saved = [], {}
     for i in range(n // 2 + 3):
         if i == k:
             saved = straight.state_dict()
@@ -231,3 +233,24 @@ def test_too_small_training_images_are_refused(cache: Path) -> None:
     with pytest.raises(UserError, match="hr_patch=320"):
         TrainBatches(cfg, cache)
     check_train_sets(smoke())
+
+
+def test_a_data_root_gives_the_presets_training_sets_and_every_benchmark_found(shared_data: Path, tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SWEEPER_DATA", raising=False)
+    root = {"data.root": str(shared_data)}
+    settled = settle_sets({"preset": "smoke", **root})  # smoke trains on the embedded `train` set: not in a root
+    assert settled["data.train_sets"] == ["T91", "BSD200"] and settled["data.val_sets"] == ["Set5", "Set14", "BSD100"]
+    line = describe_sets(build_config(settled))
+    assert line.startswith("train: T91, BSD200 (96-px sub-images every 48 px, 32-px HR patches); validate: Set5, Set14, BSD100 (")
+    assert "first 2 images of each, 64-px centre crops" in line
+    named = settle_sets({"preset": "proxy", "data.val_sets": ["Set14"], "data.train_sets": ["T91"], **root})
+    assert named["data.val_sets"] == ["Set14"] and named["data.train_sets"] == ["T91"]  # what the config names stays
+    assert settle_sets({"preset": "smoke"}) == {"preset": "smoke"}  # the embedded demo: the preset's own sets
+    with pytest.raises(UserError, match=r"none of the training sets preset=paper trains on \(DIV2K\); sets found there: "
+                                        r"BSD100, BSD200, Set14, Set5, T91; name yours with data.train_sets=\[\.\.\.\]"):
+        settle_sets({"preset": "paper", **root})
+    (tmp_path / "T91").mkdir()
+    write_image(tmp_path / "T91" / "a.png", torch.zeros(3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(UserError, match="none of the benchmark sets .*data.val_sets="):
+        settle_sets({"preset": "smoke", "data.root": str(tmp_path)})

@@ -285,3 +285,12 @@ def test_sigterm_checkpoints_and_the_run_resumes(tmp_path, cache):
     again = train(cfg, tmp_path / "run", cache, progress=False)
     assert again["status"] == "complete" and again["iters"] == 4
     assert [r["step"] for r in jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"] == [1, 2, 3, 4]
+
+
+def test_every_log_every_steps_a_line_on_stdout_has_the_step_the_losses_and_the_step_time(tmp_path, cache, capsys):
+    """What `sweeper logs` shows of a trial (its stdout.log): one line per `train.log_every` steps."""
+    cfg = smoke(**{"train.iters": 4, "train.from_scratch": True, "train.ckpt_every": 10, "train.log_every": 2})
+    train(cfg, tmp_path / "run", cache, progress=False)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("gan ")]
+    assert [line.split(":")[0] for line in lines] == ["gan 2/4", "gan 4/4"]
+    assert all(" l_g " in line and " l_d " in line and line.endswith(" s/step") for line in lines), lines

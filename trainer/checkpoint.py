@@ -14,7 +14,6 @@ from trainer.errors import UserError
 from trainer.files import atomic_write, check_space, no_space
 from trainer.nets import build_generator
 
-
 FINISHED = "finished"  # the `stage` of a checkpoint shrunk by keep_generator_only
 SNAPSHOT = "snapshot"  # the `stage` of a generator kept every train.keep_every iterations
 

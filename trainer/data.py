@@ -16,12 +16,13 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from trainer.config import Config
+from trainer.config import BENCHMARK_SETS, ROOT_TRAIN_SETS, Config, build_config
 from trainer.errors import UserError
 from trainer.images import IMAGE_SUFFIXES, read_image, to_rgb
 from trainer.imresize import degrade, modcrop
@@ -58,6 +59,42 @@ def set_names(root: Path) -> list[str]:
 def _hr_folder(folder: Path) -> Path:
     """A set's HR images: `GTmod12/` in the published layout, else the set folder itself."""
     return folder / PUBLISHED_HR if (folder / PUBLISHED_HR).is_dir() else folder
+
+
+def settle_sets(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` (dotted keys) with the sets of a data root settled: on a root other than the embedded demo,
+    `data.train_sets` defaults to the preset's sets found there (`ROOT_TRAIN_SETS`: T91 and BSD200 for smoke and
+    proxy, DIV2K for paper) and `data.val_sets` to every benchmark set found (`BENCHMARK_SETS`); a key the
+    config names is kept as it is. None of the preset's training sets there: a UserError naming what was found."""
+    cfg = build_config(config)
+    root = resolve_root(cfg.data.root or None)
+    if root == EMBEDDED:
+        return config
+    found = set_names(root)
+    settled = dict(config)
+    if "data.train_sets" not in config:
+        wanted = ROOT_TRAIN_SETS[cfg.preset]
+        present = [s for s in wanted if s in found]
+        if not present:
+            raise UserError(f"{root} has none of the training sets preset={cfg.preset} trains on ({', '.join(wanted)}); "
+                            f"sets found there: {', '.join(found) or 'none'}; name yours with data.train_sets=[...]")
+        settled["data.train_sets"] = present
+    if "data.val_sets" not in config:
+        benchmarks = [s for s in BENCHMARK_SETS if s in found]
+        if not benchmarks:
+            raise UserError(f"{root} has none of the benchmark sets ({', '.join(BENCHMARK_SETS)}) to validate on; "
+                            f"sets found there: {', '.join(found) or 'none'}; name yours with data.val_sets=[...]")
+        settled["data.val_sets"] = benchmarks
+    return settled
+
+
+def describe_sets(cfg: Config) -> str:
+    """What a run trains and validates on, and with which crops, in one line: `train: T91, BSD200 (...); validate: ...`."""
+    d = cfg.data
+    train = f"train: {', '.join(d.train_sets)} ({d.subimage_size}-px sub-images every {d.subimage_step} px, {d.hr_patch}-px HR patches)"
+    which = f"first {d.val_max_images} images of each" if d.val_max_images else "every image"
+    crops = f"{d.val_crop}-px centre crops" if d.val_crop else "whole images"
+    return f"{train}; validate: {', '.join(d.val_sets)} ({which}, {crops}) from {resolve_root(d.root or None)}"
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -137,7 +174,7 @@ def val_pairs(root: str | Path | None, name: str, scale: int, val_hr: str, crop:
                 f"{(hr.shape[-2] // scale, hr.shape[-1] // scale)}; the LR files belong to other HR images or another scale"
             )
         if crop:
-            rows, cols = _center_box(*hr.shape[-2:], crop, scale)
+            rows, cols = _center_box(hr.shape[-2], hr.shape[-1], crop, scale)
             hr = modcrop(hr[..., rows, cols], multiple)
             if lr is not None:
                 top, left = rows.start // scale, cols.start // scale
@@ -306,9 +343,9 @@ class TrainBatches:
             left = int(torch.randint(lr.shape[1] - p + 1, (), generator=g))
             crops = (lr[top : top + p, left : left + p], hr[top * s : (top + p) * s, left * s : (left + p) * s])
             hflip, vflip, transpose = (bool(f) for f in torch.rand(3, generator=g) < 0.5)
-            lr, hr = (_augment(torch.from_numpy(np.array(c)).permute(2, 0, 1), hflip, vflip, transpose) for c in crops)
-            lrs.append(lr)
-            hrs.append(hr)
+            lr_patch, hr_patch = (_augment(torch.from_numpy(np.array(c)).permute(2, 0, 1), hflip, vflip, transpose) for c in crops)
+            lrs.append(lr_patch)
+            hrs.append(hr_patch)
         return torch.stack(lrs), torch.stack(hrs)
 
     def __iter__(self) -> TrainBatches:
@@ -322,7 +359,8 @@ class TrainBatches:
                 self._loader = iter(self._worker_loader())
             lr, hr = next(self._loader)
         self.batch += 1
-        return tuple(t.to(self.device, non_blocking=True).float().div_(255) for t in (lr, hr))
+        lr, hr = (t.to(self.device, non_blocking=True).float().div_(255) for t in (lr, hr))
+        return lr, hr
 
     def _worker_loader(self) -> DataLoader:
         """Batches self.batch, self.batch + 1, ... made by `num_workers` processes, delivered in order."""

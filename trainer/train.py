@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -35,18 +35,31 @@ from torch import nn
 from tqdm import tqdm
 
 from trainer import weights as weights_mod
-from trainer.checkpoint import (FINISHED, SNAPSHOT, keep_generator_only, load_checkpoint, rng_state, save_atomic, save_generator,
-                                set_rng_state, snapshot_path, snapshot_steps)
+from trainer.checkpoint import (
+    FINISHED,
+    SNAPSHOT,
+    keep_generator_only,
+    load_checkpoint,
+    rng_state,
+    save_atomic,
+    save_generator,
+    set_rng_state,
+    snapshot_path,
+    snapshot_steps,
+)
 from trainer.config import NOT_COMPUTATION, Config, flatten
 from trainer.data import TrainBatches, ValImage, load_val_sets, lr_source
 from trainer.errors import UserError
 from trainer.files import file_lock, write_json_atomic, write_text_atomic
 from trainer.generator_files import init_state
-from trainer.images import to_rgb, to_uint8, write_image
+from trainer.images import to_rgb, write_image
 from trainer.ledger import Segment
 from trainer.losses import DualPerceptualLoss, discriminator_loss, generator_adversarial_loss
 from trainer.metrics import LPIPSMetric, per_image_csv, score, set_means
 from trainer.nets import build_discriminator, build_generator
+from trainer.terminal import bar
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 PROGRESS_EVERY_S = 5.0
 SAMPLES = 2  # SR crops saved per validation (first images of the first validation set)
@@ -134,8 +147,9 @@ class Progress:
 
     def __init__(self, path: Path, stage: str, start: int, total: int, show: bool):
         self.path, self.stage, self.start, self.total = path, stage, start, total
-        self.t0 = self.last_write = time.monotonic()
-        self.bar = tqdm(total=total, initial=start, desc=stage, disable=not show, dynamic_ncols=True)
+        self.t0 = self.last_write = self.last_log = time.monotonic()
+        self.logged = start
+        self.bar = bar(total=total, initial=start, desc=stage, disable=not show)
         self.write(start)
 
     def update(self, step: int, losses: dict[str, float] | None = None) -> None:
@@ -144,6 +158,15 @@ class Progress:
             self.bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
         if time.monotonic() - self.last_write >= PROGRESS_EVERY_S or step == self.total:
             self.write(step)
+
+    def log(self, step: int, losses: dict[str, float]) -> None:
+        """One line on stdout (the trial's stdout.log, shown by `sweeper logs`): step, losses, seconds per step
+        since the last line."""
+        now = time.monotonic()
+        step_s = (now - self.last_log) / max(step - self.logged, 1)
+        self.last_log, self.logged = now, step
+        text = " ".join(f"{k} {v:.4g}" for k, v in losses.items())
+        tqdm.write(f"{self.stage} {step}/{self.total}: {text}, {step_s:.3g} s/step", file=sys.stdout)
 
     def write(self, step: int) -> None:
         self.last_write = now = time.monotonic()
@@ -162,7 +185,7 @@ def autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextMan
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def prepare(net: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
+def prepare(net: ModuleT, cfg: Config, device: torch.device) -> ModuleT:
     net = net.to(device)
     return net.to(memory_format=torch.channels_last) if cfg.train.channels_last else net
 
@@ -174,7 +197,7 @@ def batch_to(x: torch.Tensor, cfg: Config) -> torch.Tensor:
 def make_optimizer(
     net: nn.Module, lr: float, milestones: list[int], cfg: Config
 ) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.MultiStepLR]:
-    opt = torch.optim.Adam(net.parameters(), lr=lr, betas=tuple(cfg.train.adam_betas))
+    opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(cfg.train.adam_betas[0], cfg.train.adam_betas[1]))
     return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=cfg.train.lr_gamma)
 
 
@@ -257,6 +280,7 @@ def run_pretrain(
             bar.update(step, values)
             if step % cfg.train.log_every == 0:
                 append_jsonl(log, {"step": step, "kind": "train", **values})
+                bar.log(step, values)
             if step % cfg.train.ckpt_every == 0 and step < total:
                 save_atomic(state(step), folder / "last.pt")
             if _sigterm["received"]:
@@ -544,6 +568,7 @@ def run_gan(cfg: Config, run_dir: Path, gan: Gan, batches: TrainBatches, val_set
             if step % t.log_every == 0:
                 lr = gan.sched_g.get_last_lr()[0]
                 append_jsonl(metrics_log, {"step": step, "kind": "train", **values, "lr": lr})
+                bar.log(step, values)
             if step % t.val_every == 0 or step == t.iters or step == stop_after:
                 validate_now(step)
             if t.keep_every and step % t.keep_every == 0:

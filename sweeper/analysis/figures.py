@@ -10,13 +10,13 @@ import math
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-from sweeper.analysis.runs import HIGHER_IS_BETTER, LABELS, METRICS, RunRecord  # noqa: E402
+from sweeper.analysis.runs import HIGHER_IS_BETTER, LABELS, METRICS, RunRecord
 
 UNITS = {"psnr": " (dB)", "ssim": "", "lpips": ""}
 

@@ -12,8 +12,10 @@ figures as PNG under `<out>/figures/`, everything gathered in `<out>/README.md` 
 
 from __future__ import annotations
 
+import base64
 import csv
 import dataclasses
+import html
 import math
 import re
 import tempfile
@@ -113,6 +115,17 @@ class Study:
             if match:
                 return match[0]
         return None
+
+
+def read_config(client: MlflowClient, run_id: str, artifact: str = "config.yaml") -> dict:
+    """A run's YAML (or JSON) artifact as a dict ({} when it has none)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, artifact, tmp)
+        except (MlflowException, OSError):
+            return {}
+        loaded = yaml.safe_load(Path(path).read_text())
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def load_study(client: MlflowClient, name: str) -> Study:
@@ -351,8 +364,8 @@ def in_space(run: RunRecord, space: str) -> RunRecord:
 def table5(study: Study, bicubic: RunRecord | None) -> tuple[Table, list[RunRecord]] | None:
     """Table 5: the study's winner and runs promoted from it against bicubic and the baselines (`sweeper evaluate
     folder=DIR method=NAME`), one row per method (a column of the paper's Table 5), all in the study's metric space.
-    Rows scored another way than the rest (other HR crop, validation crops against whole images) are shown but
-    never marked."""
+    Our rows are our checkpoints evaluated on whole images as the baselines are (`whole_image_run`); rows scored
+    another way than the rest (other HR crop, a run whose checkpoint is gone) are shown but never marked."""
     ours = [r for r in [study.winner(), *promoted_runs(study)] if r]
     if not ours:
         return None
@@ -361,7 +374,9 @@ def table5(study: Study, bicubic: RunRecord | None) -> tuple[Table, list[RunReco
     baselines = [b for b in finished(find_runs(study.client, None, None, baseline="true")) if b.tags.get("sweeper.method") != "bicubic"]
     labelled = [("Bicubic", in_space(bicubic, space))] if bicubic else []
     labelled += [(b.tags.get("sweeper.label", b.name), in_space(b, space)) for b in baselines]
-    labelled += [(f"{ARCH_NAMES.get(r.arch, r.arch)} ({r.setting}, ours)", r) for r in ours]
+    scored = {r.run_id: whole_image_run(study, r) for r in ours}  # whole images, as the baselines are
+    labelled += [(f"{ARCH_NAMES.get(r.arch, r.arch)} ({r.setting}, ours)", in_space(s, space) if (s := scored[r.run_id]) else r)
+                 for r in ours]  # fmt: skip
     title = "Table 5: comparison with bicubic and baselines on the benchmark sets"
     table = metric_table(study, "table5", "baselines", title, labelled, METRICS, provenance(study, ours))
     data = config.get("data", {})
@@ -373,47 +388,69 @@ def table5(study: Study, bicubic: RunRecord | None) -> tuple[Table, list[RunReco
     table.unranked |= other_hr
     if not bicubic:
         table.notes.append("Bicubic is missing: its validation sets could not be read (see `sweeper evaluate bicubic`).")
-    if data.get("val_max_images") or data.get("val_crop"):
-        table.unranked |= {i for i, (_, r) in enumerate(labelled) if r in ours}
+    table.notes.append("Our rows: each run's final generator evaluated by `sweeper evaluate` on every whole image of each set, "
+                       "as the baselines are (when the report was first built; reused after).")
+    unscored = [r for r in ours if scored[r.run_id] is None]
+    if unscored and (data.get("val_max_images") or data.get("val_crop")):
+        table.unranked |= {i for i, (_, r) in enumerate(labelled) if r in unscored}
         table.notes.append(
-            f"The baselines are scored on every whole image of each set; our runs were validated on at most {data.get('val_max_images') or 'all'} "
-            f"images per set, centre-cropped to {data.get('val_crop') or 'full'} px: not comparable, so our rows are never marked."
+            f"No checkpoint for {', '.join(r.setting for r in unscored)}: shown as validated during training, on at most "
+            f"{data.get('val_max_images') or 'all'} images per set, centre-cropped to {data.get('val_crop') or 'full'} px: not comparable, never marked."
         )
     return table, ours
 
 
-def bicubic_run(study: Study) -> RunRecord | None:
-    """The bicubic baseline on the winner's validation sets (`sweeper evaluate bicubic`), logged once in the
-    experiment `baselines` (out of the studies' experiments, whose runs are all trials and stages) as a run tagged
-    `sweeper.kind=baseline`, `sweeper.method=bicubic`, and reused; None when the sets cannot be read."""
+def evaluation_run(study: Study, method: str, config: dict, tags: dict[str, str]) -> RunRecord | None:
+    """`sweeper evaluate METHOD` (bicubic or a generator checkpoint) on the validation sets of `config`, whole
+    images, under its scoring protocol, logged once in the experiment `baselines` (out of the studies'
+    experiments, whose runs are all trials and stages) as a run tagged `sweeper.kind=baseline` and `tags`, and
+    reused while they match; None when it cannot be scored (sets unreadable, checkpoint gone)."""
     from sweeper.analysis import evaluate
     from trainer.data import resolve_root
 
-    winner = study.winner()
-    config = study.config(winner) if winner else {}
-    if not config:
-        return None
     cfg = config_from_dict(config)
     key = evaluate.eval_key(cfg, cfg.data.val_sets) + f" lpips={cfg.metrics.lpips_net}{cfg.metrics.lpips_version}"
-    logged = [r for r in finished(find_runs(study.client, "baseline", None, method="bicubic")) if r.tags.get("sweeper.eval") == key]
+    wanted = {k.removeprefix("sweeper."): v for k, v in tags.items()}
+    logged = [r for r in finished(find_runs(study.client, "baseline", None, **wanted)) if r.tags.get("sweeper.eval") == key]
     if logged:
         return logged[-1]
     protocol = {k: v for k, v in flatten(config).items() if k in evaluate.PROTOCOL_KEYS}
     try:
-        rows = evaluate.evaluate("bicubic", resolve_root(cfg.data.root or None), cfg.data.val_sets, cfg.upscale, use_lpips=True, config=protocol)
+        rows = evaluate.evaluate(method, resolve_root(cfg.data.root or None), cfg.data.val_sets, cfg.upscale, use_lpips=True, config=protocol)
     except UserError as e:
-        print(f"note: no bicubic row in Table 5: {e}")
+        print(f"note: no {tags.get('sweeper.label', method)} row in Table 5: {e}")
         return None
     m = cfg.metrics
-    tags = {"sweeper.kind": "baseline", "sweeper.baseline": "true", "sweeper.method": "bicubic", "sweeper.label": "Bicubic", "sweeper.eval": key,
+    tags = {"sweeper.kind": "baseline", **tags, "sweeper.eval": key,
             **metric_tags({"space": m.space, "lpips_net": m.lpips_net, "lpips_version": m.lpips_version, "val_hr": cfg.data.val_hr})}
-    run_id = study.client.create_run(baselines_experiment(study.client, study.name), run_name="bicubic", tags=tags).info.run_id
+    run_id = study.client.create_run(baselines_experiment(study.client, study.name), run_name=tags.get("sweeper.label", method), tags=tags).info.run_id
     now = int(time.time() * 1000)
     metrics = [Metric(f"{s}/{k}", float(v), now, 0) for s, images in evaluate.by_set(rows).items()
                for k, v in set_means(images.values(), m.space).items() if v is not None]
     study.client.log_batch(run_id, metrics=metrics)
     study.client.set_terminated(run_id)
-    return next(r for r in find_runs(study.client, "baseline", None, method="bicubic") if r.run_id == run_id)
+    return next(r for r in find_runs(study.client, "baseline", None, **wanted) if r.run_id == run_id)
+
+
+def bicubic_run(study: Study) -> RunRecord | None:
+    """The bicubic baseline on the winner's validation sets (`evaluation_run`, tagged `sweeper.method=bicubic`)."""
+    winner = study.winner()
+    config = study.config(winner) if winner else {}
+    if not config:
+        return None
+    return evaluation_run(study, "bicubic", config, {"sweeper.baseline": "true", "sweeper.method": "bicubic", "sweeper.label": "Bicubic"})
+
+
+def whole_image_run(study: Study, run: RunRecord) -> RunRecord | None:
+    """`run`'s final generator (its result.json's checkpoint) evaluated on whole images of its validation sets, as
+    bicubic is (`evaluation_run`, tagged `sweeper.method=checkpoint`, `sweeper.source_run`; computed once and
+    reused, also once the checkpoint is gone); None when it was never evaluated and its checkpoint is gone."""
+    checkpoint = read_config(study.client, run.run_id, "result.json").get("checkpoint")
+    config = study.config(run)
+    if not checkpoint or not config:
+        return None
+    tags = {"sweeper.method": "checkpoint", "sweeper.source_run": run.run_id, "sweeper.label": f"{run.name} (whole images)"}
+    return evaluation_run(study, checkpoint, config, tags)
 
 
 SAMPLE_NAME = re.compile(r"^(\d+)_(.+)\.png$")  # trainer.train.validate: <step>_<set>_<image>.png
@@ -565,7 +602,7 @@ def write_section(client: MlflowClient, study: Study, writer: Writer, table: Tab
             labelled = [(label, crops.workspace.trial_dir(r.tags.get("sweeper.study", ""), r.stage, int(r.tags.get("sweeper.trial_number", -1))) / "ckpt" / "last.pt")
                         for label, r in zip(table.rows, runs)]
             fixed = paper_figures.report_crops(crops.images, labelled, crops.config, crops.boxes, table.title)
-        if fixed is not None:
+        if fixed is not None and crops is not None:
             boxes = "; ".join(f"{k} {v}" for k, v in crops.boxes.items()) or "each image's default box"
             writer.figure(f"{table.key}_crops", fixed, f"{table.title}: GT, bicubic and each setting's generator on whole images, "
                           f"zoomed at fixed boxes ({boxes}; change with crop=SET/NAME:x,y,w,h) (as Figs. 6-10)")
@@ -694,19 +731,62 @@ def build(client: MlflowClient, name: str, out: Path, optuna_stages: tuple | Non
     return [t.key for t, _ in sections]
 
 
-def log_report(client: MlflowClient, study: Study, out: Path) -> str | None:
-    """Attach the report to the study's latest stage run (artifact folder `report/`); returns that run's id."""
+FIGURE_SRC = re.compile(r'src="(figures/[^"]+\.png)"')
+HTML_STYLE = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}table{border-collapse:collapse}"
+              "td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}td:first-child,th:first-child{text-align:left}"
+              "img{max-width:100%}")
+
+
+def to_html(out: Path, title: str) -> str:
+    """The report's README.md as one self-contained HTML page: tables as HTML tables, figures embedded as
+    data URIs (MLflow's artifact preview shows it whole; a Markdown preview there cannot load relative images).
+    markdown-it-py (already installed with typer's rich) renders; only the figure links are rewritten here."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render((out / "README.md").read_text())
+
+    def embed(m: re.Match[str]) -> str:
+        return f'src="data:image/png;base64,{base64.b64encode((out / m.group(1)).read_bytes()).decode()}"'
+
+    body = FIGURE_SRC.sub(embed, body)
+    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{HTML_STYLE}</style></head><body>\n{body}</body></html>\n")
+
+
+def log_report(client: MlflowClient, study: Study, out: Path, page: str) -> str | None:
+    """Attach the report to the study's latest stage run (artifact folder `report/`, with `report.html`, the
+    self-contained page MLflow previews); returns that run's id."""
     if not study.stages:
         return None
     run_id = study.stages[-1].run_id
     client.log_artifacts(run_id, str(out), "report")
+    client.log_text(run_id, page, "report/report.html")
     return run_id
 
 
-def main(tokens: list[str], out: Path | None = None) -> None:
-    """`sweeper report study=NAME [--out results/NAME] [workspace=... | tracking_uri=...] [crop=SET/NAME[:x,y,w,h] ...]`."""
+@dataclass(frozen=True)
+class Written:
+    """Where a report went: its folder, its tables' keys, and the MLflow run it is attached to (if any)."""
+
+    out: Path
+    tables: list[str]
+    run_id: str | None
+
+
+def main(tokens: list[str], out: Path | None = None, write_html: bool = False) -> None:
+    """`sweeper report study=NAME [--out results/NAME] [--html] [workspace=... | tracking_uri=...] [crop=SET/NAME[:x,y,w,h] ...]`."""
     images, boxes, tokens = paper_figures.parse_crop_tokens(tokens)
-    opts = parse(tokens, allow_config=False)
+    written = write(parse(tokens, allow_config=False), out, images, boxes, write_html)
+    print(f"wrote {len(written.tables)} tables ({', '.join(written.tables) or 'none'}) and figures to {written.out}/README.md"
+          + (f"; the same as one page, figures embedded: {written.out}/report.html" if write_html else ""))
+    if written.run_id:
+        print(f"logged under artifacts report/ of MLflow run {written.run_id}")
+
+
+def write(opts: Options, out: Path | None = None, images: list[str] | None = None, boxes: dict | None = None,
+          write_html: bool = False) -> Written:  # fmt: skip
+    """The report of `opts.study` written to `out` (default `results/<study>`) and attached to its last stage run;
+    `images` and `boxes` choose the fixed-box crops (`crop=` tokens); `write_html` adds report.html."""
     name = require_study(opts)
     client = open_client(opts)
     out = out or Path("results") / name
@@ -716,9 +796,9 @@ def main(tokens: list[str], out: Path | None = None) -> None:
         storage, stages = None, {}
     study = load_study(client, name)
     winner = study.winner()
-    crops = Crops(Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri), study.config(winner) if winner else {}, images, boxes)
+    crops = Crops(Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri), study.config(winner) if winner else {}, images or [], boxes or {})
     keys = build(client, name, out, (storage, stages) if stages else None, crops)
-    run_id = log_report(client, load_study(client, name), out)
-    print(f"wrote {len(keys)} tables ({', '.join(keys) or 'none'}) and figures to {out}/README.md")
-    if run_id:
-        print(f"logged under artifacts report/ of MLflow run {run_id}")
+    page = to_html(out, f"Study {name}")
+    if write_html:
+        write_text_atomic(out / "report.html", page)
+    return Written(out, keys, log_report(client, load_study(client, name), out, page))

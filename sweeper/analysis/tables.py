@@ -6,7 +6,8 @@ Marks: only a difference the data can support is marked (issue 18). `Table.signi
 `sweeper.analysis.stats`) or `tie` (not separable from the best): Markdown `**best**` and `value ≈`, LaTeX
 `\\textbf{best}` and `value$\\approx$`. A column without per-image values to compare carries no mark; the note
 under the table says which intervals were used. The paper's own markers (best / second best in red and blue,
-Table 4's best and worst) rank values without any interval and are not reproduced. CSV holds plain numbers.
+Table 4's best and worst) rank values without any interval and are not reproduced. Columns follow each paper
+table's order: SSIM / PSNR / LPIPS in Tables 1, 2 and 6, PSNR / SSIM / LPIPS in Tables 4 and 5. CSV holds plain numbers.
 Every rendering carries the provenance line (preset, data, metric space, weights, LPIPS network, commit): in
 Markdown under the title, in CSV as the last column, in LaTeX inside the caption, so that no copy of a
 table reads as a paper result without saying what it is.
@@ -26,6 +27,8 @@ from sweeper.analysis.runs import LABELS
 DECIMALS = {"psnr": 2, "ssim": 4, "lpips": 4}
 LEGEND = ("**bold** = best in its column and separated from every other row; ≈ = not separable from the best "
           "(a tie); unmarked columns: nothing to compare beyond the means.")  # fmt: skip
+LEGEND_LATEX = (r"\textbf{Bold}: best in its column and separated from every other row; $\approx$: not separable "
+                r"from the best.")  # the same, in the LaTeX caption
 
 
 @dataclass
@@ -143,7 +146,7 @@ def to_latex(table: Table) -> str:
     lines = [
         r"\begin{table}[t]",
         r"\centering",
-        rf"\caption{{{latex_escape(table.title)}. {{\footnotesize {latex_escape(table.header)}}}}}",
+        rf"\caption{{{latex_escape(table.title)}. {LEGEND_LATEX} {{\footnotesize {latex_escape(table.header)}}}}}",
         r"\begin{tabular}{l" + "c" * len(groups) + "}",
         r"\hline",
         " & " + " & ".join(latex_escape(g) for g, _ in groups) + r" \\",

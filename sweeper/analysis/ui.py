@@ -94,7 +94,7 @@ def serve(tokens: list[str], host: str, port: int, workers: int) -> int:
     if host not in ("127.0.0.1", "localhost"):
         cmd += ["--allowed-hosts", "*"]  # reachable by other machines' names, as asked by --host
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}  # its job runner (7 queue consumers) serves GenAI features only
-    server = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGTERM))  # noqa: PLW1509
+    server = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGTERM))
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)

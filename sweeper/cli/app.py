@@ -4,10 +4,9 @@ lazily (so `sweeper --help` does not import torch or MLflow) and turns a UserErr
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -25,7 +24,7 @@ app.add_typer(data_app, name="data")
 figure_app = typer.Typer(no_args_is_help=True, help="The paper's figures that need images: Fig. 4's feature maps, Figs. 6-10's zoomed crops.")
 app.add_typer(figure_app, name="figure")
 
-Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value settings, e.g. study=mu_search preset=smoke train.iters=2000")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="key=value settings (study=, preset=, any config key); see the example below")]
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -45,19 +44,20 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@app.command()
+@app.command(epilog="Example: sweeper run study=mu_search preset=smoke data.root=DATA")
 @user_errors
 def run(
     overrides: Overrides = None,
     detach: Annotated[bool, typer.Option("--detach", help="return after submitting (executor=slurm)")] = False,
 ) -> None:
     """Run (or resume) a study: `sweeper run study=mu_search preset=smoke`."""
-    from sweeper.search.run import main
+    from sweeper.api import run_study
+    from sweeper.core.overrides import split
 
-    main(overrides or [], detach=detach)
+    run_study(overrides=split(overrides or []), detach=detach)
 
 
-@app.command()
+@app.command(epilog="Example: sweeper status study=paper --format json")
 @user_errors
 def status(
     overrides: Overrides = None,
@@ -69,7 +69,7 @@ def status(
     status_mod.status(overrides or [], fmt=format)
 
 
-@app.command()
+@app.command(epilog="Example: sweeper train arch=srgan mu=0.5 beta=beta3_6 preset=smoke")
 @user_errors
 def train(
     overrides: Overrides = None,
@@ -86,7 +86,7 @@ def train(
     train_one(overrides or [])
 
 
-@app.command()
+@app.command(epilog="Example: sweeper recipe arch=esrgan preset=paper --format json")
 @user_errors
 def recipe(
     overrides: Overrides = None,
@@ -99,7 +99,7 @@ def recipe(
     recipe_mod.main(overrides or [], fmt=format, document_all=document)
 
 
-@app.command()
+@app.command(epilog="Example: sweeper studies")
 @user_errors
 def studies() -> None:
     """List the available studies with a one-line description."""
@@ -108,14 +108,14 @@ def studies() -> None:
     studies_mod.list_studies()
 
 
-@app.command()
+@app.command(epilog="Example: sweeper evaluate sweeps/trials/mu_search/mu/6/ckpt/last.pt --data-root DATA --sets Set5,Set14")
 @user_errors
 def evaluate(
     tokens: Annotated[list[str], typer.Argument(help="bicubic | CHECKPOINT.pt | checkpoint=RUN_OR_PT [iter=N] | folder=DIR method=NAME [workspace=...], "
                                                      "then scoring keys: metrics.space=rgb|y data.val_hr=mod12|mod4 metrics.lpips_net=alex|vgg metrics.lpips_version=0.1|0.0")],
-    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="folder holding the benchmark sets")] = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="folder holding the benchmark sets")] = None,
     sets: Annotated[str, typer.Option("--sets", help="comma-separated set names")] = "Set5,Set14,BSD100",
-    out: Annotated[Optional[Path], typer.Option("--out", help="CSV with one row per image")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="CSV with one row per image")] = None,
     upscale: Annotated[int, typer.Option("--upscale")] = 4,
     lpips: Annotated[bool, typer.Option("--lpips/--no-lpips", help="compute LPIPS when its weights are present")] = True,
 ) -> None:
@@ -132,7 +132,7 @@ def evaluate(
 @user_errors
 def figure_features(
     overrides: Overrides = None,
-    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="folder holding the benchmark sets")] = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="folder holding the benchmark sets")] = None,
     out: Annotated[Path, typer.Option("--out", help="the PNG to write")] = Path("fig4_features.png"),
 ) -> None:
     """Fig. 4: `sweeper figure features image=Set14/lenna block=beta1_2 vgg=phi3_3 channels=1,64,256 [weights=random]`."""
@@ -145,7 +145,7 @@ def figure_features(
 @user_errors
 def figure_crops(
     overrides: Overrides = None,
-    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="folder holding the benchmark sets")] = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="folder holding the benchmark sets")] = None,
     out: Annotated[Path, typer.Option("--out", help="the PNG to write")] = Path("crops.png"),
     upscale: Annotated[int, typer.Option("--upscale")] = 4,
 ) -> None:
@@ -155,7 +155,7 @@ def figure_crops(
     paper_figures.crops_main(overrides or [], data_root, out, upscale)
 
 
-@weights_app.command("status")
+@weights_app.command("status", epilog="Example: sweeper weights status")
 @user_errors
 def weights_status() -> None:
     """Show each weights file: needed by what, where it is looked for, present or missing, hash ok."""
@@ -164,7 +164,7 @@ def weights_status() -> None:
     weights.print_status()
 
 
-@weights_app.command("import")
+@weights_app.command("import", epilog="Example: sweeper weights import ~/Downloads/vgg19-dcbb9e9d.pth")
 @user_errors
 def weights_import(files: Annotated[list[Path], typer.Argument(help="downloaded checkpoint files")]) -> None:
     """Copy downloaded checkpoint files into the torch hub cache after checking their hash."""
@@ -173,13 +173,13 @@ def weights_import(files: Annotated[list[Path], typer.Argument(help="downloaded 
     weights.import_files(files)
 
 
-@data_app.command("prepare")
+@data_app.command("prepare", epilog="Example: sweeper data prepare --data-root DATA --sets DIV2K")
 @user_errors
 def data_prepare(
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value settings: preset=, upscale=, data.subimage_step=, data.cache=, workspace=")] = None,
-    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="folder holding the sets (default: data.root, $SWEEPER_DATA)")] = None,
-    sets: Annotated[Optional[str], typer.Option("--sets", help="comma-separated training sets (default: data.train_sets)")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="processes (default: every core)")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value settings: preset=, upscale=, data.subimage_step=, data.cache=, workspace=")] = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="folder holding the sets (default: data.root, $SWEEPER_DATA)")] = None,
+    sets: Annotated[str | None, typer.Option("--sets", help="comma-separated training sets (default: data.train_sets)")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="processes (default: every core)")] = None,
 ) -> None:
     """Cut training sets into sub-images and make their LR once, for every trial: `sweeper data prepare --data-root DATA --sets DIV2K`."""
     from sweeper.search import prepare
@@ -187,7 +187,7 @@ def data_prepare(
     prepare.main(overrides or [], data_root=data_root, sets=sets, workers=workers)
 
 
-@app.command()
+@app.command(epilog="Example: sweeper ui workspace=sweeps --host 0.0.0.0 --port 5000")
 @user_errors
 def ui(
     overrides: Overrides = None,
@@ -201,7 +201,7 @@ def ui(
     raise typer.Exit(ui_mod.serve(overrides or [], host=host, port=port, workers=workers))
 
 
-@app.command()
+@app.command(epilog="Example: sweeper logs study=paper stage=mu trial=3")
 @user_errors
 def logs(overrides: Overrides = None) -> None:
     """Print a trial's stdout/stderr: `sweeper logs study=mu_search trial=3`."""
@@ -210,7 +210,7 @@ def logs(overrides: Overrides = None) -> None:
     status_mod.logs(overrides or [])
 
 
-@app.command()
+@app.command(epilog="Example: sweeper cancel study=mu_search")
 @user_errors
 def cancel(overrides: Overrides = None) -> None:
     """Cancel a study's queued or running trials (SLURM jobs or local processes)."""
@@ -219,7 +219,7 @@ def cancel(overrides: Overrides = None) -> None:
     status_mod.cancel(overrides or [])
 
 
-@app.command()
+@app.command(epilog="Example: sweeper correlate workspace=sweeps")
 @user_errors
 def correlate(overrides: Overrides = None) -> None:
     """Proxy-vs-target agreement (Table 4): Spearman, Kendall, exact permutation p, best/worst agreement."""
@@ -228,12 +228,12 @@ def correlate(overrides: Overrides = None) -> None:
     correlate_mod.main(overrides or [])
 
 
-@app.command()
+@app.command(epilog="Example: sweeper promote --to esrgan --from paper --dry-run")
 @user_errors
 def export(
     source: Annotated[str, typer.Option("--from", help="study whose winner (or --trial) to export")],
     out: Annotated[Path, typer.Option("--out", help="the .safetensors file to write")],
-    trial: Annotated[Optional[int], typer.Option("--trial", help="a finished trial's number instead of the winner")] = None,
+    trial: Annotated[int | None, typer.Option("--trial", help="a finished trial's number instead of the winner")] = None,
     overrides: Overrides = None,
 ) -> None:
     """Write a study's winning generator (or --trial N's) as safetensors with a JSON card: `sweeper export --from paper --out g.safetensors`."""
@@ -246,18 +246,19 @@ def export(
 @user_errors
 def promote(
     to: Annotated[str, typer.Option("--to", help="target architecture")] = "esrgan",
-    source: Annotated[Optional[str], typer.Option("--from", help="study to take the winner from")] = None,
+    source: Annotated[str | None, typer.Option("--from", help="study to take the winner from")] = None,
     force: Annotated[bool, typer.Option("--force", help="promote without a (consistent) correlation check")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the resolved config and command only")] = False,
+    allow_demo: Annotated[bool, typer.Option("--allow-demo", help="promote a winner picked at preset=smoke or with random weights into preset=paper")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="preview: whether the gate passes and why, the resolved config and command")] = False,
     overrides: Overrides = None,
 ) -> None:
     """Launch the full ESRGAN-DP run with the search's winning (mu, beta)."""
     from sweeper.search import promote as promote_mod
 
-    promote_mod.main(to=to, source=source, force=force, dry_run=dry_run, overrides=overrides or [])
+    promote_mod.main(to=to, source=source, force=force, dry_run=dry_run, overrides=overrides or [], allow_demo=allow_demo)
 
 
-@app.command()
+@app.command(epilog="Example: sweeper plan study=paper preset=paper scheduler.eta=3")
 @user_errors
 def plan(
     overrides: Overrides = None,
@@ -269,7 +270,7 @@ def plan(
     plan_mod.main(overrides or [], fmt=format)
 
 
-@app.command("paper-check")
+@app.command("paper-check", epilog="Example: sweeper paper-check select_by=lpips")
 @user_errors
 def paper_check(overrides: Overrides = None) -> None:
     """Apply the selection rule (select_by=, select.tie_break=) to the paper's own Tables 1 and 2 and print
@@ -279,7 +280,7 @@ def paper_check(overrides: Overrides = None) -> None:
     paper.main(overrides or [])
 
 
-@app.command("rank-check")
+@app.command("rank-check", epilog="Example: sweeper rank-check study=paper")
 @user_errors
 def rank_check(overrides: Overrides = None) -> None:
     """Replay successive halving on a scheduler=none study: per rung, rank agreement with the final ranking."""
@@ -288,14 +289,15 @@ def rank_check(overrides: Overrides = None) -> None:
     rankcheck.main(overrides or [])
 
 
-@app.command()
+@app.command(epilog="Example: sweeper report study=paper --out results/paper --html")
 @user_errors
 def report(
     overrides: Overrides = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="output folder (default results/<study>)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="output folder (default results/<study>)")] = None,
+    html: Annotated[bool, typer.Option("--html", help="also write report.html: the whole report as one page, figures embedded (as logged to MLflow)")] = False,
 ) -> None:
     """Regenerate the paper's tables and figures for a study from MLflow: Markdown, CSV, LaTeX, PNG."""
     from sweeper.analysis import report as report_mod
 
-    report_mod.main(overrides or [], out=out)
+    report_mod.main(overrides or [], out=out, write_html=html)
 

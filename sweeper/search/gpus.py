@@ -10,6 +10,7 @@ over the GPUs instead of filling GPU 0 first.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import time
@@ -24,10 +25,8 @@ def locks_dir() -> Path:
     folder = Path(os.environ.get("SWEEPER_GPU_LOCKS") or "/tmp/sweeper-gpus")
     if not folder.is_dir():
         folder.mkdir(parents=True, exist_ok=True)
-        try:
+        with contextlib.suppress(PermissionError):  # made by another user at the same moment
             folder.chmod(0o1777)
-        except PermissionError:  # made by another user at the same moment
-            pass
     return folder
 
 
@@ -38,16 +37,14 @@ def try_book(gpus: int, per_gpu: int) -> tuple[int, int, IO[str]] | None:
     for slot in range(per_gpu):
         for gpu in range(gpus):
             path = folder / f"gpu{gpu}.slot{slot}.lock"
-            f = open(path, "a")
+            f = open(path, "a")  # noqa: SIM115 (held open: the lock lasts as long as the file)
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 f.close()
                 continue
-            try:
+            with contextlib.suppress(PermissionError):  # another user's file: still lockable by us
                 os.chmod(path, 0o666)
-            except PermissionError:  # another user's file: still lockable by us
-                pass
             return gpu, slot, f
     return None
 

@@ -70,14 +70,19 @@ def check_weights(config: dict[str, Any], preset: str, select_by: str) -> dict[s
     return config
 
 
-def check_data(config: dict[str, Any]) -> None:
-    """Open the validation data and the training images' headers once, so a missing root or an unreadable
-    image fails now (the training sets are prepared by the first trial that needs them, or `sweeper data prepare`)."""
-    from trainer.data import check_train_sets, load_val_sets
+def check_data(config: dict[str, Any]) -> dict[str, Any]:
+    """Settle the data root's sets (`trainer.data.settle_sets`), say what the run trains and validates on, and
+    open the validation data and the training images' headers once, so a missing root or set or an unreadable
+    image fails now (the training sets are prepared by the first trial that needs them, or `sweeper data prepare`).
+    Returns the config with the sets settled."""
+    from trainer.data import check_train_sets, describe_sets, load_val_sets, settle_sets
 
+    config = settle_sets(config)
     cfg = build_config(config)
+    print(describe_sets(cfg))
     load_val_sets(cfg)
     check_train_sets(cfg)
+    return config
 
 
 @dataclass

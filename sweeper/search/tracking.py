@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from sweeper.analysis.tables import DECIMALS
 from sweeper.core.crashpoints import crash_point
 from sweeper.core.mlflow_names import VIEW_NAME, VIEW_TAG, metric_tags
 from sweeper.core.selection import METRICS
@@ -30,6 +31,7 @@ from trainer.metrics import SCORES
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
+ROUNDED = "rounded/"  # `rounded/mean/psnr`: the mean at the tables' decimals, for the UI's columns (full values stay in `mean/*`)
 PARAM_KEYS = ("beta", "arch", "preset", "seed", "upscale")
 RECIPE_PARAMS = ("loss.gan", "loss.ragan_detach", "model.skip", "model.init", "model.init_from", "metrics.space", "metrics.lpips_net",
                  "metrics.lpips_version", "data.val_hr", "train.from_scratch")  # docs/RECIPE.md
@@ -59,7 +61,7 @@ def ui_view(select_by: str) -> str:
     """The experiment view of the trials as the MLflow UI stores a saved view: an envelope (name, times) around
     the JSON of its search facets and UI state. Saved so, it is also listed in the UI's "Views" menu."""
     metrics = [select_by] + [m for m in METRICS if m != select_by]
-    columns = [f"params.`{p}`" for p in ("mu", "beta", "perceptual")] + [f"metrics.`mean/{m}`" for m in metrics]
+    columns = [f"params.`{p}`" for p in ("mu", "beta", "perceptual")] + [f"metrics.`{ROUNDED}mean/{m}`" for m in metrics]
     columns += [f"tags.`{t}`" for t in ("sweeper.stage", "sweeper.winner")]
     state = {
         "searchFilter": "tags.`sweeper.kind` = 'trial'", "orderByKey": f"metrics.`mean/{select_by}`",
@@ -148,7 +150,7 @@ def log_trial(
         **({"sweeper.stopped_at": str(stopped_at)} if stopped_at is not None else {}),
     }  # fmt: skip
     start, end = run_times(result_path, result)
-    name = trial_run_name(config) + ("" if stopped_at is None else f" (stopped at {stopped_at} it)")
+    name = f"{trial_run_name(config)} · {tags['sweeper.stage']}" + ("" if stopped_at is None else f" (stopped at {stopped_at} it)")
     run_id = client.create_run(experiment_id, start_time=start, run_name=name, tags=all_tags).info.run_id
     crash_point("mlflow_run_created")
     params = {"mu": label(config["mu"])} | {k: config[k] for k in PARAM_KEYS}
@@ -159,7 +161,9 @@ def log_trial(
     steps = int(result.get("iters", 0))
     for set_name, values in result.get("final", {}).items():  # the final values are the latest, whatever was logged
         metrics += [Metric(f"{set_name}/{m}", float(values[m]), end, steps) for m in FINAL_METRICS if isinstance(values.get(m), (int, float))]
-    metrics += [Metric(k, v, end, steps) for k, v in final_means(result).items()]
+    means = final_means(result)
+    metrics += [Metric(k, v, end, steps) for k, v in means.items()]
+    metrics += [Metric(f"{ROUNDED}{k}", round(v, DECIMALS[k.split("/")[1]]), end, steps) for k, v in means.items()]
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
     for i in range(0, len(metrics), BATCH):
         client.log_batch(run_id, metrics=metrics[i : i + BATCH])
