@@ -198,7 +198,7 @@ def test_a_disagreement_is_a_contradiction_only_when_both_archs_separate_it():
     for gap, noise, expected in ((0.02, 0.001, "significant"), (0.0005, 0.01, "not significant")):
         proxy = runs("srgan", [0.03, 0.02, 0.01, 0.01 - gap], noise)
         target = runs("esrgan", [0.0, 0.01, 0.02, gap], noise)
-        results = dict((r.run_id, res) for r, res in proxy + target)
+        results = {r.run_id: res for r, res in proxy + target}
         pairs = [(label, p, t) for label, (p, _), (t, _) in zip(labels, proxy, target)]
         a = correlate.agreement("Set5", "lpips", labels, np.array([p.value("Set5", "lpips") for _, p, _ in pairs]),
                                 np.array([t.value("Set5", "lpips") for _, _, t in pairs]))  # fmt: skip

@@ -227,8 +227,8 @@ def test_stage_verdict_from_trial_results_pairs_repeats_and_reads_the_space():
     simplest = evidence.stage_verdict(trainings, Rule(("psnr",), min_effect=1.0, tie_break="simplest"),
                                       {"mu=inf": (0,), "mu=1": (2,), "mu=10": (1,)})  # fmt: skip
     assert simplest.chosen == "mu=inf"
-    means_only = [evidence.Trained(t.point, t.repeat, result(None, {"Set5": float(np.mean(list(
-        t.result["per_image"]["Set5"][k]["psnr_rgb"] for k in images)))}), "rgb") for t in trainings]  # fmt: skip
+    means_only = [evidence.Trained(t.point, t.repeat, result(None, {"Set5": float(np.mean([
+        t.result["per_image"]["Set5"][k]["psnr_rgb"] for k in images]))}), "rgb") for t in trainings]  # fmt: skip
     c = evidence.stage_verdict(means_only, Rule(("psnr",))).comparisons[0]
     assert c.images == 1 and c.repeats == 2
     assert evidence.arrange([[t.result] for t in means_only[:3]], "psnr", "rgb").per_image is False
