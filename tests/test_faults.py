@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +19,8 @@ import numpy as np
 import pytest
 import torch
 
+from cluster_helpers import TINY, env_for, sweeper
+from tests.test_crash import assert_sound, crash_env, start, study_args, wait_for_a_job
 from tests.test_prepared import cfg_for, make_set
 from trainer.checkpoint import save_atomic
 from trainer.data import prepare_set
@@ -235,3 +239,67 @@ def test_the_machines_faults_are_told_from_a_runs_own(tmp_path: Path) -> None:
     for own in (ValueError("mu must be > 0"), FileNotFoundError(errno.ENOENT, "No such file", "x"), KeyError("g"),
                 RuntimeError("mat1 and mat2 shapes cannot be multiplied")):
         assert environment_fault(own) is None, own
+
+
+def mount_tmpfs(folder: Path, size: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here (root needed): {mounted.stderr.strip()}")
+
+
+def run_json(ws: Path, env: dict[str, str]) -> list[dict]:
+    done = subprocess.run([sys.executable, "-m", "sweeper.cli", "status", "study=mu_search", f"workspace={ws}", "--format", "json"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["trials"]
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_study_in_one_line_spends_no_retry_and_the_rerun_finishes(tmp_path: Path) -> None:
+    env = env_for(tmp_path)
+    small = [*TINY, "model.num_feat=8", "model.num_blocks=1", "data.hr_patch=32", "max_retries=0"]  # checkpoints of ~2 MB
+    args = lambda ws: [sys.executable, "-m", "sweeper.cli", "run", "study=mu_search", f"workspace={ws}", *small]  # noqa: E731
+    reference = subprocess.run(args(tmp_path / "reference"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    ws = tmp_path / "ws"
+    mount_tmpfs(ws / "trials", "1m")  # the trial folders on a 1 MB file system: no checkpoint fits
+    try:
+        full = subprocess.run(args(ws), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-3000:]
+        last = full.stderr.strip().splitlines()[-1]
+        assert re.fullmatch(rf"error: stopped: 3 trials in a row could not run for a fault of the machine, not of their "
+                            rf"settings \(no retry spent\); the last: no space left on the file system of {ws}/trials/"
+                            rf"mu_search/mu/\d/ckpt: 0\.\d MB free, a checkpoint needs ~[\d.]+ MB; free some space \(or "
+                            rf"use a larger disk\) and run again\. Re-run the same command to resume once it is fixed", last), last
+        trials = run_json(ws, env)
+        assert [t["state"] for t in trials].count("FAIL") == 3 and all(
+            t["reason"].startswith("machine fault: no space left") for t in trials if t["state"] == "FAIL")
+        assert not [t for t in trials if t["state"] == "COMPLETE"]
+        subprocess.run(["mount", "-o", "remount,size=256m", str(ws / "trials")], check=True)
+        done = subprocess.run(args(ws), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        complete = [t for t in run_json(ws, env) if t["state"] == "COMPLETE"]
+        expected = {t["params"]["mu"]: t["metrics"] for t in run_json(tmp_path / "reference", env) if t["state"] == "COMPLETE"}
+        assert len(complete) == 7 and {t["params"]["mu"]: t["metrics"] for t in complete} == expected
+        assert {t["attempt"] for t in complete} == {1}  # no retry spent (max_retries=0 would have lost the points)
+    finally:
+        subprocess.run(["umount", "-l", str(ws / "trials")])
+
+
+@pytest.mark.slow
+def test_a_hang_up_stops_the_run_like_ctrl_c_and_the_rerun_spends_no_retry(tmp_path: Path) -> None:
+    env, ws = crash_env(tmp_path), tmp_path / "ws"
+    args = study_args(ws, "sqlite", "train.iters=12", "train.val_every=12")
+    runner = start(args, env)
+    wait_for_a_job(ws, runner)
+    runner.send_signal(signal.SIGHUP)  # the SSH session dropped
+    _, err = runner.communicate(timeout=180)
+    assert runner.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "interrupted by a hang-up (SIGHUP): re-run the same command to resume"
+    interrupted = [json.loads(p.read_text()) for p in ws.glob("trials/crash/mu/*/result.json")]
+    assert interrupted and {r["status"] for r in interrupted} == {"interrupted"}  # the local trial checkpointed
+    done = sweeper(args, env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = assert_sound(ws, "sqlite")
+    assert {t.user_attrs["attempt"] for t in trials} == {1}  # nothing failed, no retry spent

@@ -1,9 +1,13 @@
 """The `sweeper` command line. Each command is a thin wrapper: it imports the module that owns the work
-lazily (so `sweeper --help` does not import torch or MLflow) and turns a UserError into one line."""
+lazily (so `sweeper --help` does not import torch or MLflow) and turns a UserError or a fault of the machine
+found by a check (`trainer.errors.MachineFault`: a full disk) into one line. A hang-up (SIGHUP: the terminal
+or SSH session went away) stops `sweeper run` as Ctrl-C does."""
 
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +15,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from trainer.errors import UserError
+from trainer.errors import MachineFault, UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -26,18 +30,34 @@ app.add_typer(data_app, name="data")
 Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value settings, e.g. study=mu_search preset=smoke train.iters=2000")]
 
 
+class HangUp(KeyboardInterrupt):
+    """SIGHUP arrived: handled as Ctrl-C (local trials checkpoint and are released; SLURM jobs keep running)."""
+
+
+def hang_up(signum: int, frame: Any) -> None:
+    """The SIGHUP handler of `sweeper run`: a terminal that is gone swallows what is printed from now on (a
+    write to it would fail), then the run stops as on Ctrl-C."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        if os.isatty(fd):
+            os.dup2(null, fd)
+    os.close(null)
+    raise HangUp
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print a UserError as `error: ...` on stderr and exit 2, without a traceback."""
+    """Print a UserError or MachineFault as `error: ...` on stderr and exit 2, without a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except UserError as e:
+        except (UserError, MachineFault) as e:
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.secho("interrupted: re-run the same command to resume", err=True)
+        except KeyboardInterrupt as e:
+            cause = " by a hang-up (SIGHUP)" if isinstance(e, HangUp) else ""
+            typer.secho(f"interrupted{cause}: re-run the same command to resume", err=True)
             raise typer.Exit(130) from None
 
     return wrapper
@@ -52,6 +72,7 @@ def run(
     """Run (or resume) a study: `sweeper run study=mu_search preset=smoke`."""
     from sweeper.search.run import main
 
+    signal.signal(signal.SIGHUP, hang_up)
     main(overrides or [], detach=detach)
 
 

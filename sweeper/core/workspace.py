@@ -125,10 +125,14 @@ def workspace_of(trial_dir: Path) -> Path:
 # number (one `create_new_trial`, so a kill cannot leave a trial without a folder); a sweeper claims one by
 # the atomic WAITING -> RUNNING transition (under `claim_lock` for SQLite and journal files). A failed attempt
 # is finished as FAIL and the point is enqueued again (same trial folder, so it resumes from its checkpoint)
-# until it has failed `max_retries + 1` times. Neither `study.ask` nor `study.tell` is used.
+# until it has failed `max_retries + 1` times. An attempt ended by a fault of the machine (a full disk, a killed
+# job) is FAIL too, its reason starting "machine fault", and not counted. `retry_failed=true` re-opens a point
+# that used up its retries: its new attempt carries `counted_from` (failures of earlier trials stop counting).
+# Neither `study.ask` nor `study.tell` is used.
 
 CANCELLED = "cancelled"  # reason prefix of attempts stopped by `sweeper cancel` (not counted as failures)
 DUPLICATE = "duplicate"  # reason prefix of a grid point enqueued twice by racing sweepers (not counted)
+MACHINE = "machine fault"  # reason prefix of attempts ended by a fault of the machine, not the trial's (not counted)
 CARRIED = ("budget", "rungs")  # attrs a new attempt takes over from the last one (successive halving)
 
 
@@ -145,8 +149,11 @@ def stage_trials(storage: BaseStorage, study_id: int) -> dict[tuple[tuple[str, s
 
 
 def failures(trials: list[FrozenTrial]) -> int:
-    """Failed attempts that count against `max_retries` (cancels and duplicates do not)."""
-    return sum(t.state == TrialState.FAIL and not str(t.user_attrs.get("reason", "")).startswith((CANCELLED, DUPLICATE)) for t in trials)
+    """Failed attempts that count against `max_retries`: not cancels, duplicates or the machine's faults, nor
+    those before the point was re-opened (`counted_from`)."""
+    since = max((t.user_attrs.get("counted_from", 0) for t in trials), default=0)
+    return sum(t.state == TrialState.FAIL and t.number >= since
+               and not str(t.user_attrs.get("reason", "")).startswith((CANCELLED, DUPLICATE, MACHINE)) for t in trials)
 
 
 def needs_attempt(trials: list[FrozenTrial], max_retries: int) -> bool:
@@ -164,16 +171,20 @@ def resolved(trials: list[FrozenTrial], max_retries: int) -> bool:
 
 
 def enqueue(storage: BaseStorage, study_id: int, ws: Workspace, study: str, stage: str,
-            grid: dict[str, tuple[str, ...]], points: list[dict[str, str]], max_retries: int) -> None:  # fmt: skip
-    """Enqueue every grid point that needs an attempt (call under `ws.claim_lock()`). The folder of a point
-    is named by its index in the grid, so every attempt of it (and any re-run) finds the same folder."""
+            grid: dict[str, tuple[str, ...]], points: list[dict[str, str]], max_retries: int,
+            reopen: bool = False) -> None:  # fmt: skip
+    """Enqueue every grid point that needs an attempt (call under `ws.claim_lock()`), and with `reopen` every
+    point that failed more than `max_retries` times. The folder of a point is named by its index in the grid,
+    so every attempt of it (and any re-run) finds the same folder."""
     groups = stage_trials(storage, study_id)
     distributions = {k: CategoricalDistribution(list(v)) for k, v in grid.items()}
     for index, point in enumerate(points):
         trials = groups.get(point_key(point), [])
-        if not needs_attempt(trials, max_retries):
+        reopened = reopen and resolved(trials, max_retries) and all(t.state == TrialState.FAIL for t in trials)
+        if not reopened and not needs_attempt(trials, max_retries):
             continue
-        attrs = {"attempt": failures(trials) + 1, "trial_dir": str(ws.trial_dir(study, stage, index))}
+        attrs = {"attempt": 1 if reopened else failures(trials) + 1, "trial_dir": str(ws.trial_dir(study, stage, index))}
+        attrs |= {"counted_from": trials[-1].number + 1} if reopened else {}
         attrs |= {k: trials[-1].user_attrs[k] for k in CARRIED if trials and k in trials[-1].user_attrs}
         template = create_trial(state=TrialState.WAITING, params=point, distributions=distributions, user_attrs=attrs)
         storage.create_new_trial(study_id, template_trial=template)

@@ -6,6 +6,8 @@ what a crash at each arrow leaves and how a re-run repairs it):
 
     (none) -enqueue-> WAITING -claim-> RUNNING/claimed -token, budget.json-> launching -submit, job id->
     launched -> COMPLETE (final result, logged to MLflow) | FAIL (counted; a new WAITING attempt, same folder)
+             -> FAIL "machine fault: ..." (not counted; a new WAITING attempt; after max_machine_faults in a row
+                no new job is launched and the run stops, saying why)
              -> launching again ("interrupted": SIGTERM, checkpointed; no retry spent)
              -> paused at rung k (scheduler=sha) -> launching (promoted: resumes) | PRUNED (not promoted)
 
@@ -37,6 +39,7 @@ from sweeper.core.selection import rank
 from sweeper.core.studies import Stage
 from sweeper.core.workspace import (
     CANCELLED,
+    MACHINE,
     claim,
     enqueue,
     finish,
@@ -70,6 +73,10 @@ class StageCancelled(UserError):
     """`sweeper cancel` was run on the stage this process works on."""
 
 
+class MachineHalt(UserError):
+    """`max_machine_faults` attempts in a row ended by faults of the machine: the stage stops launching and ends."""
+
+
 class Settled(Exception):
     """The trial was finished by another process (`sweeper cancel`, or a sweeper that adopted it) meanwhile."""
 
@@ -87,6 +94,7 @@ class StageWork:
     budgets: list[int]  # GAN iterations of each rung; the last is train.iters
     mine: set[int] = field(default_factory=set)  # numbers of the RUNNING trials this process owns
     renewed_at: float = 0.0
+    machine_faults: list[str] = field(default_factory=list)  # reasons of the attempts ended in a row by the machine
 
     # --- the loop ---
 
@@ -95,16 +103,19 @@ class StageWork:
         and jobs were submitted); `sweeper.search.stage` concludes it."""
         points = self.stage.points()
         bars = StageProgress(f"{self.run.study.name}.{self.name}", len(points))
+        reopen = self.run.opts.retry_failed
         try:
             while True:
                 if self.run.storage.get_study_user_attrs(self.study_id).get("cancelled"):
                     raise StageCancelled(f"stage {self.run.study.name}.{self.name} was cancelled (`sweeper cancel`); re-run to resume it")
                 with self.run.ws.claim_lock():
                     enqueue(self.run.storage, self.study_id, self.run.ws, self.run.study.name, self.name,
-                            self.stage.grid, points, self.run.opts.max_retries)  # fmt: skip
+                            self.stage.grid, points, self.run.opts.max_retries, reopen)  # fmt: skip
+                reopen = False  # retry_failed=true re-opens the points that had failed when the run started, once
                 self.renew_leases()
                 self.adopt()
                 self.advance()
+                self.check_halt()
                 groups = stage_trials(self.run.storage, self.study_id)
                 bars.update(groups, self.run.opts.max_retries)
                 if all(resolved(trials, self.run.opts.max_retries) for trials in groups.values()) and len(groups) >= len(points):
@@ -118,7 +129,7 @@ class StageWork:
             raise
         except BaseException as e:
             self.release()
-            tracking.end_stage_run(self.run.client, self.parent, "KILLED" if isinstance(e, StageCancelled) else "FAILED")
+            tracking.end_stage_run(self.run.client, self.parent, "KILLED" if isinstance(e, (StageCancelled, MachineHalt)) else "FAILED")
             raise
         finally:
             bars.close()
@@ -155,7 +166,7 @@ class StageWork:
             except Settled:
                 self.settled(t.number)
         busy = sum(self.phase(t) in LIVE_PHASES for t in self.trials(TrialState.RUNNING) if t.number in self.mine)  # relaunches too
-        free = self.run.executor.slots() - busy
+        free = 0 if self.halted() else self.run.executor.slots() - busy
         promoted = self.promotions()[: max(free, 0)]
         launch += promoted
         free -= len(promoted)
@@ -208,10 +219,15 @@ class StageWork:
             self.pause(t, budget, rung)
         else:
             logs_cmd = f"sweeper logs study={self.run.study.name} stage={self.name} trial={t.number}{self.run.opts.where}"
-            reason = (result or {}).get("reason") or f"the job ended without a result (killed or crashed: `{logs_cmd}`)"
+            reason = (result or {}).get("reason") or (f"the job ended without a result (killed: out of memory, kill -9 "
+                                                      f"or a lost node; `{logs_cmd}`)")
             if result:  # keep the attempt's result; the retry resumes from the checkpoint
                 os.replace(trial_dir / "result.json", trial_dir / f"result.attempt-{t.user_attrs.get('attempt', 1)}.json")
-            self.end(t.number, TrialState.FAIL, None, {"reason": reason})
+            if result is None or result.get("fault") == "machine":
+                self.machine_fault(t, reason)
+            else:
+                self.end(t.number, TrialState.FAIL, None, {"reason": reason})
+                self.machine_faults.clear()
         return None
 
     # --- transitions ---
@@ -276,6 +292,7 @@ class StageWork:
         crash_point("rung_reported")
         rungs = {**t.user_attrs.get("rungs", {}), str(budget): metrics}
         self.set_attrs(t.number, rungs=rungs, metrics=metrics, reached_iters=budget, phase="paused")
+        self.machine_faults.clear()
 
     def promotions(self) -> list[tuple[FrozenTrial, int]]:
         """ASHA over the grid (`sweeper.core.halving.promotions`): (paused trial of mine, next budget) to launch
@@ -327,6 +344,29 @@ class StageWork:
         self.end(t.number, TrialState.COMPLETE, metrics[f"mean/{self.run.select_by}"],
                  {"mlflow_run_id": run_id, "metrics": metrics, "duration_s": result.get("duration_s"), "reached_iters": result.get("iters")})  # fmt: skip
         crash_point("after_finish")
+        self.machine_faults.clear()
+
+    # --- faults of the machine (issue 19): not the trial's, no retry spent ---
+
+    def machine_fault(self, t: FrozenTrial, reason: str) -> None:
+        """An attempt ended by a fault of the machine (a full or failing disk, memory, a killed job): FAIL with
+        a reason starting "machine fault", not counted against max_retries; the point is enqueued again (the
+        next attempt resumes from the checkpoint)."""
+        self.end(t.number, TrialState.FAIL, None, {"reason": f"{MACHINE}: {reason}"})
+        crash_point("machine_fault")
+        self.machine_faults.append(reason)
+        print(f"[{self.run.study.name}.{self.name}] trial {t.number}: {MACHINE}, waiting again (no retry spent): {reason}", flush=True)
+
+    def halted(self) -> bool:
+        """Whether `max_machine_faults` attempts in a row ended by the machine's faults: no new job is launched."""
+        return len(self.machine_faults) >= self.run.opts.max_machine_faults
+
+    def check_halt(self) -> None:
+        """Once halted and none of this process's jobs is running any more: stop, saying why and what to do."""
+        if self.halted() and not any(self.phase(t) in LIVE_PHASES for t in self.trials(TrialState.RUNNING) if t.number in self.mine):
+            raise MachineHalt(f"stopped: {len(self.machine_faults)} trials in a row could not run for a fault of the "
+                              f"machine, not of their settings (no retry spent); the last: {self.machine_faults[-1]}. "
+                              "Re-run the same command to resume once it is fixed")
 
     def log(self, t: FrozenTrial, trial_dir: Path, stopped_at: int | None = None) -> str:
         """Log the trial to MLflow as a nested run of the stage (found by its trial key if already logged)."""
