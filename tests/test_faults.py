@@ -9,22 +9,30 @@ import json
 import os
 import re
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from optuna.trial import TrialState
 
 from cluster_helpers import TINY, env_for, sweeper
 from tests.test_crash import assert_sound, crash_env, start, study_args, wait_for_a_job
 from tests.test_prepared import cfg_for, make_set
+from tests.test_search import GRID, make_stage
+from sweeper.core.studies import available, load
+from sweeper.core.workspace import MACHINE, Workspace, claim, enqueue, failures, finish, resolved, stage_trials
 from trainer.checkpoint import save_atomic
 from trainer.data import prepare_set
-from trainer.errors import NoSpace, environment_fault
+from trainer.errors import NoSpace, UserError, environment_fault
 from trainer.files import file_lock
 
 ROOT = Path(__file__).parents[1]
@@ -303,3 +311,116 @@ def test_a_hang_up_stops_the_run_like_ctrl_c_and_the_rerun_spends_no_retry(tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
     trials = assert_sound(ws, "sqlite")
     assert {t.user_attrs["attempt"] for t in trials} == {1}  # nothing failed, no retry spent
+
+
+def test_machine_faults_spend_no_retry_and_retry_failed_reopens_a_point(tmp_path: Path) -> None:
+    ws, storage, sid = make_stage(tmp_path)
+    points = GRID.points()[:1]
+    enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=0)
+    first = claim(storage, sid)
+    finish(storage, sid, first.number, TrialState.FAIL, None, {"reason": f"{MACHINE}: no space left on ..."})
+    enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=0)  # not counted: a new attempt
+    second = claim(storage, sid)
+    assert second.user_attrs == {"attempt": 1, "trial_dir": first.user_attrs["trial_dir"]}
+    finish(storage, sid, second.number, TrialState.FAIL, None, {"reason": "GAN training diverged at iteration 3"})
+    enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=0)
+    assert claim(storage, sid) is None  # the trial's own failure used up max_retries=0
+    enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=0, reopen=True)  # retry_failed=true
+    third = claim(storage, sid)
+    assert third.user_attrs == {"attempt": 1, "trial_dir": first.user_attrs["trial_dir"], "counted_from": second.number + 1}
+    enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=0, reopen=True)  # live: not again
+    assert claim(storage, sid) is None
+    finish(storage, sid, third.number, TrialState.FAIL, None, {"reason": "boom"})
+    trials = stage_trials(storage, sid)[(("mu", "0.2"),)]
+    assert failures(trials) == 1 and resolved(trials, 0)  # only the failure since the re-opening counts
+
+
+def test_an_open_workspace_and_a_trial_dir_outside_it_are_refused(tmp_path: Path) -> None:
+    open_ws = tmp_path / "shared-ws"
+    open_ws.mkdir()
+    open_ws.chmod(0o775)
+    env = env_for(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "sweeper.cli", "run", "study=mu_search", f"workspace={open_ws}", *TINY],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr == (f"error: workspace {open_ws} is writable by group (mode 775): they could plant files that run "
+                           f"as you; make it yours alone with `chmod go-w {open_ws}`, or use another folder\n")
+    assert os.listdir(open_ws) == []  # nothing created in it
+    ws = Workspace.resolve(str(tmp_path / "ws"))
+    ws.create()
+    assert stat.S_IMODE((tmp_path / "ws").stat().st_mode) == 0o700
+    inside = ws.trial_dir("s", "g", 0)
+    assert ws.recorded_trial_dir(str(inside)) == inside
+    (tmp_path / "ws" / "trials").mkdir()
+    (tmp_path / "ws" / "trials" / "escape").symlink_to(tmp_path)
+    for outside in (str(tmp_path / "home"), str(tmp_path / "ws" / "trials" / ".." / ".." / "x"), str(tmp_path / "ws" / "trials" / "escape" / "y")):
+        with pytest.raises(UserError, match=r"^the Optuna record names trial folder .*, outside .*/ws/trials; refusing to use it"):
+            ws.recorded_trial_dir(outside)
+
+
+def test_a_code_carrying_checkpoint_is_refused_in_one_line(tmp_path: Path) -> None:
+    evil = tmp_path / "evil.pt"
+    marker = tmp_path / "pwned"
+    evil.write_bytes(subprocess.run([sys.executable, "-c", EVIL, str(marker)], capture_output=True, check=True).stdout)
+    done = subprocess.run([sys.executable, "-m", "sweeper.cli", "evaluate", str(evil), "--sets", "Set5"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and not marker.exists()
+    assert done.stderr == (f"error: {evil}: refused: it holds Python objects other than tensors and plain values, which "
+                           "could run code when loaded; only checkpoints written by this trainer are loaded\n")
+
+
+EVIL = """
+import io, os, sys, torch
+class Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {sys.argv[1]}",))
+buf = io.BytesIO()
+torch.save({"g": Evil(), "config": {}}, buf)
+sys.stdout.buffer.write(buf.getvalue())
+"""
+
+
+@pytest.mark.slow
+def test_ui_on_every_interface_warns_checks_host_headers_and_keeps_uploads_in_the_workspace(tmp_path: Path) -> None:
+    ws = Workspace.resolve(str(tmp_path / "ws"))
+    ws.create()
+    ws.create_stores()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ui = subprocess.Popen([sys.executable, "-m", "sweeper.cli", "ui", f"workspace={ws.root}", "--host", "0.0.0.0", "--port",
+                           str(port)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert ui.stdout and "MLflow UI at" in next(line for line in ui.stdout if "MLflow UI" in line)
+
+        def request(host: str, method: str = "GET", path: str = "/api/2.0/mlflow/experiments/search?max_results=1") -> int:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, headers={"Host": host},
+                                         data=b"hello" if method == "PUT" else None)
+            try:
+                with urllib.request.urlopen(req, timeout=30) as reply:
+                    return reply.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        assert request("evil.example") == 403 and request(f"localhost:{port}") == 200  # DNS rebinding still refused
+        assert request(f"{socket.gethostname()}:{port}") == 200
+        assert request(f"localhost:{port}", "PUT", "/api/2.0/mlflow-artifacts/artifacts/x/up.txt") == 200
+        assert (ws.artifacts_dir / "x" / "up.txt").read_text() == "hello" and not (tmp_path / "mlartifacts").exists()
+    finally:
+        ui.terminate()
+        _, err = ui.communicate(timeout=60)
+    assert err.startswith("warning: --host 0.0.0.0 serves this workspace's MLflow store (every run, metric and artifact) "
+                          "to anyone who can reach this machine, with no password (--auth adds MLflow basic-auth)\n")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a folder of another user needs root")
+def test_studies_of_a_folder_someone_else_owns_are_ignored_and_names_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SWEEPER_STUDIES", raising=False)
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "mu_search.yaml").write_text("description: planted\nconfig: {}\nstages: []\n")
+    assert available()["mu_search"].resolve() == tmp_path / "studies" / "mu_search.yaml"  # ours: it may replace a built-in one
+    os.chown(tmp_path / "studies", 65534, 65534)
+    assert available()["mu_search"].parent.parent == ROOT  # another user's ./studies (say in /tmp) is not read
+    with pytest.raises(UserError, match=r"^study='\.\./x': a study name is letters, digits and _"):
+        load("../x")

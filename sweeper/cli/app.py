@@ -182,11 +182,12 @@ def ui(
     host: Annotated[str, typer.Option("--host", help="interface to serve on (0.0.0.0: every interface)")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 5000,
     workers: Annotated[int, typer.Option("--workers", help="MLflow server worker processes")] = 2,
+    auth: Annotated[bool, typer.Option("--auth", help="MLflow's basic-auth (users and passwords; needs mlflow[auth])")] = False,
 ) -> None:
     """Start the MLflow UI on the workspace's tracking store; it stops when this command does."""
     from sweeper.analysis import ui as ui_mod
 
-    raise typer.Exit(ui_mod.serve(overrides or [], host=host, port=port, workers=workers))
+    raise typer.Exit(ui_mod.serve(overrides or [], host=host, port=port, workers=workers, auth=auth))
 
 
 @app.command()

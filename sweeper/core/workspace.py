@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,20 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from sweeper.core.crashpoints import crash_point
+from trainer.errors import UserError
 from trainer.files import file_lock
+
+
+def private_dir(path: Path, what: str) -> Path:
+    """`path` created with mode 0700, or checked when it exists: a folder that group or others may write is
+    refused (whoever can write it can plant files that run as you: SLURM job pickles, trial folders)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o022:
+        who = "group and others" if mode & 0o022 == 0o022 else "group" if mode & 0o020 else "others"
+        raise UserError(f"{what} {path} is writable by {who} (mode {mode:o}): they could plant files that run as "
+                        f"you; make it yours alone with `chmod go-w {path}`, or use another folder")
+    return path
 
 
 def default_root() -> Path:
@@ -61,6 +75,19 @@ class Workspace:
 
     def trial_dir(self, study: str, stage: str, number: int) -> Path:
         return self.root / "trials" / study / stage / str(number)
+
+    def create(self) -> None:
+        """Create the workspace folder (mode 0700), or refuse one that group or others may write."""
+        private_dir(self.root, "workspace")
+
+    def recorded_trial_dir(self, value: str) -> Path:
+        """A trial folder as the Optuna record gives it, checked to lie (links resolved) in this workspace's
+        `trials/`: a record someone else wrote must not make us write elsewhere."""
+        path, trials = Path(value), (self.root / "trials").resolve()
+        if not path.resolve().is_relative_to(trials):
+            raise UserError(f"the Optuna record names trial folder {value}, outside {trials}; refusing to use it "
+                            "(a store shared with or changed by someone else?)")
+        return path
 
     def sqlite_file(self) -> Path | None:
         """The Optuna SQLite file, or None for a server or journal storage."""

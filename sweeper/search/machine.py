@@ -201,7 +201,7 @@ class StageWork:
         if phase != "launched":
             return None  # paused: `promotions` moves it
         executor = self.run.executor_of(t)
-        trial_dir = Path(attrs["trial_dir"])
+        trial_dir = self.run.ws.recorded_trial_dir(attrs["trial_dir"])
         if executor.state(attrs["job_id"]) != "ENDED" or folder_busy(trial_dir):
             return None  # running (or a superseded duplicate ended while the live job still holds the folder)
         return self.job_ended(t, trial_dir)
@@ -242,11 +242,11 @@ class StageWork:
         if any(e.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING) for e in earlier):
             self.end(t.number, TrialState.FAIL, None, {"reason": "duplicate grid point (enqueued twice by racing sweepers)"})
             return None
-        trial_dir = Path(t.user_attrs["trial_dir"])
+        trial_dir = self.run.ws.recorded_trial_dir(t.user_attrs["trial_dir"])
         write_text_atomic(trial_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
         source = reusable(self.run, identity)
         if source is not None:
-            copy_outcome(Path(source[1]), trial_dir)
+            copy_outcome(self.run.ws.recorded_trial_dir(source[1]), trial_dir)
             self.set_attrs(t.number, reused_from=source[0])
             self.complete(self.fetch(t.number), trial_dir, read_result(trial_dir))
             return None
@@ -257,7 +257,7 @@ class StageWork:
         budget.json and recorded on the trial before the job exists; the job id is recorded after."""
         batch, jobs = uuid.uuid4().hex[:12], []
         for t, budget in launches:
-            token, trial_dir = f"{batch}.{len(jobs)}", Path(t.user_attrs["trial_dir"])
+            token, trial_dir = f"{batch}.{len(jobs)}", self.run.ws.recorded_trial_dir(t.user_attrs["trial_dir"])
             result = read_result(trial_dir)
             if result and result.get("status") != "complete":
                 (trial_dir / "result.json").unlink()  # an interruption's: the job resumes from the checkpoint
@@ -320,7 +320,7 @@ class StageWork:
             for t in paused.values():
                 if t.number in self.mine:
                     reached = t.user_attrs["reached_iters"]
-                    run_id = self.log(t, Path(t.user_attrs["trial_dir"]), stopped_at=reached)
+                    run_id = self.log(t, self.run.ws.recorded_trial_dir(t.user_attrs["trial_dir"]), stopped_at=reached)
                     crash_point("before_prune")
                     reason = f"stopped by successive halving at {reached} iterations"
                     try:
