@@ -24,7 +24,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from cluster_helpers import TINY, env_for, sweeper
+from cluster_helpers import TINY, env_for, sweeper, tiny
 from tests.test_crash import assert_sound, crash_env, start, study_args, wait_for_a_job
 from tests.test_prepared import cfg_for, make_set
 from tests.test_search import GRID, make_stage
@@ -266,7 +266,7 @@ def run_json(ws: Path, env: dict[str, str]) -> list[dict]:
 @pytest.mark.slow
 def test_a_full_disk_stops_the_study_in_one_line_spends_no_retry_and_the_rerun_finishes(tmp_path: Path) -> None:
     env = env_for(tmp_path)
-    small = [*TINY, "model.num_feat=8", "model.num_blocks=1", "data.hr_patch=32", "max_retries=0"]  # checkpoints of ~2 MB
+    small = [*tiny("train.ckpt_every=2"), "model.num_feat=8", "model.num_blocks=1", "max_retries=0"]  # one checkpoint a trial
     args = lambda ws: [sys.executable, "-m", "sweeper.cli", "run", "study=mu_search", f"workspace={ws}", *small]  # noqa: E731
     reference = subprocess.run(args(tmp_path / "reference"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert reference.returncode == 0, reference.stderr[-3000:]
@@ -284,7 +284,7 @@ def test_a_full_disk_stops_the_study_in_one_line_spends_no_retry_and_the_rerun_f
         assert [t["state"] for t in trials].count("FAIL") == 3 and all(
             t["reason"].startswith("machine fault: no space left") for t in trials if t["state"] == "FAIL")
         assert not [t for t in trials if t["state"] == "COMPLETE"]
-        subprocess.run(["mount", "-o", "remount,size=256m", str(ws / "trials")], check=True)
+        subprocess.run(["mount", "-o", "remount,size=1g", str(ws / "trials")], check=True)  # the disk enlarged
         done = subprocess.run(args(ws), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
         complete = [t for t in run_json(ws, env) if t["state"] == "COMPLETE"]
