@@ -10,6 +10,9 @@ checked and a fresh one started, which must reach it (so no crash point is dead 
 trial folder meets a full disk (`SWEEPER_INJECT=nospace`), which must spend no retry. Trials are as cheap as real ones get: a two-point grid, two
 GAN iterations of a tiny generator from scratch, rungs at 1 and 2 iterations (`scheduler=sha`, so the rung
 and promotion points are reached too), `max_retries=0` so that any attempt counted as failed loses its point.
+The racing points (`RACE_POINTS`, issue 18) end each chain on a fresh study that races two points over two
+seeds (`repeats=auto max_repeats=2`, no halving: the two do not combine): it crashes after its first round is
+recorded, and the re-run must train exactly the second round's seeds.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ CHEAP = ["preset=smoke", "weights=random", "train.iters=2", "train.from_scratch=
          "train.val_every=2", "train.ckpt_every=1", "train.log_every=1", "data.val_max_images=1",
          "model.num_feat=8", "model.num_blocks=1", "scheduler=sha", "max_retries=0"]  # fmt: skip
 STORAGES = {"sqlite": "sqlite:///{ws}/optuna.db", "journal": "journal://{ws}/optuna.journal"}
+RACE_POINTS = ("race_recorded",)
+RACING = ("scheduler=none", "repeats=auto", "max_repeats=2")
 
 
 def study_args(ws: Path, storage: str, *extra: str) -> list[str]:
@@ -86,15 +91,32 @@ def assert_sound(ws: Path, storage: str, study: str = "crash", mus: list[str] = 
     return trials
 
 
+def assert_race_sound(ws: Path, storage: str) -> None:
+    """A race over MUS with max_repeats=2 that nothing separated: both rounds recorded, each point's two seeds
+    trained once (repeat r with seed r), nothing failed, one MLflow run per trial, and a winner."""
+    opened = Workspace.resolve(str(ws), STORAGES[storage].format(ws=ws), None).open_storage()
+    study = optuna.load_study(study_name="crash.mu", storage=opened)
+    trials = study.get_trials(deepcopy=False)
+    assert sorted((t.params["mu"], t.params["repeat"], t.state.name) for t in trials) == sorted(
+        (mu, r, "COMPLETE") for mu in MUS for r in (0, 1)), [(t.number, t.state.name, t.params, t.user_attrs.get("reason")) for t in trials]  # fmt: skip
+    race = study.user_attrs["race"]
+    assert race["rounds"] == [[0, 1], [0, 1]] and "max_repeats=2 reached" in race["end"], race
+    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("crash").experiment_id], "tags.`sweeper.kind` = 'trial'")
+    assert sorted(r.info.run_id for r in runs) == sorted(t.user_attrs["mlflow_run_id"] for t in trials)
+    assert "winner_trial" in study.user_attrs
+
+
 def crash_chain(tmp_path: Path, storage: str, executor: str, signal: str | None = None) -> int:
     """Crash at every point in turn (see the module docstring); returns the number of `sweeper run`s."""
-    env, runs, fresh = crash_env(tmp_path) | {"SWEEPER_INJECT": "nospace"}, 0, 0  # each folder's first job: disk full
+    env, runs, fresh = crash_env(tmp_path), 0, 0
+    faulty = env | {"SWEEPER_INJECT": "nospace"}  # the first job of each trial folder meets a full disk
     ws = tmp_path / f"ws{fresh}"
     expected = 130 if signal == "INT" else -9
-    for point in CRASH_POINTS:
+    for point in [p for p in CRASH_POINTS if p not in RACE_POINTS]:
         for attempt in range(2):
             extra = {"SWEEPER_CRASH_AT": point} | ({"SWEEPER_CRASH_SIGNAL": signal} if signal else {})
-            done = sweeper(study_args(ws, storage, f"executor={executor}"), env | extra)
+            done = sweeper(study_args(ws, storage, f"executor={executor}"), faulty | extra)
             runs += 1
             assert "Traceback" not in done.stderr, (point, done.stderr)
             if done.returncode == expected:
@@ -103,14 +125,22 @@ def crash_chain(tmp_path: Path, storage: str, executor: str, signal: str | None 
             assert_sound(ws, storage)  # finished before reaching the point: check it, then a fresh study
             fresh += 1
             ws = tmp_path / f"ws{fresh}"
-    done = sweeper(study_args(ws, storage, f"executor={executor}"), env)
+    done = sweeper(study_args(ws, storage, f"executor={executor}"), faulty)
     assert done.returncode == 0, done.stderr[-3000:]
     trials = assert_sound(ws, storage)
     opened = Workspace.resolve(str(ws), STORAGES[storage].format(ws=ws), None).open_storage()
     faults = [t for t in optuna.load_study(study_name="crash.mu", storage=opened).get_trials() if t.state == TrialState.FAIL]
     assert {t.params["mu"] for t in faults} == set(MUS) and all(t.user_attrs["reason"].startswith(MACHINE) for t in faults)
     assert {t.user_attrs["attempt"] for t in trials} == {1}  # the machine's faults spent no retry (max_retries=0)
-    return runs + 1
+    ws = tmp_path / "race"
+    for point in RACE_POINTS:
+        extra = {"SWEEPER_CRASH_AT": point} | ({"SWEEPER_CRASH_SIGNAL": signal} if signal else {})
+        crashed = sweeper(study_args(ws, storage, f"executor={executor}", *RACING), env | extra)
+        assert crashed.returncode == expected and "Traceback" not in crashed.stderr, (point, crashed.returncode, crashed.stderr[-3000:])
+    done = sweeper(study_args(ws, storage, f"executor={executor}", *RACING), env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_race_sound(ws, storage)
+    return runs + len(RACE_POINTS) + 2
 
 
 @pytest.mark.slow

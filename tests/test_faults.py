@@ -28,8 +28,9 @@ from cluster_helpers import TINY, env_for, sweeper, tiny
 from tests.test_crash import assert_sound, crash_env, start, study_args, wait_for_a_job
 from tests.test_prepared import cfg_for, make_set
 from tests.test_search import GRID, make_stage
+from sweeper.core.repeats import units
 from sweeper.core.studies import available, load
-from sweeper.core.workspace import MACHINE, Workspace, claim, enqueue, failures, finish, resolved, stage_trials
+from sweeper.core.workspace import MACHINE, Workspace, claim, enqueue, failures, finish, point_key, resolved, stage_trials
 from trainer.checkpoint import save_atomic
 from trainer.data import prepare_set
 from trainer.errors import NoSpace, UserError, environment_fault
@@ -315,7 +316,7 @@ def test_a_hang_up_stops_the_run_like_ctrl_c_and_the_rerun_spends_no_retry(tmp_p
 
 def test_machine_faults_spend_no_retry_and_retry_failed_reopens_a_point(tmp_path: Path) -> None:
     ws, storage, sid = make_stage(tmp_path)
-    points = GRID.points()[:1]
+    points = units(GRID, 1)[:1]
     enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=0)
     first = claim(storage, sid)
     finish(storage, sid, first.number, TrialState.FAIL, None, {"reason": f"{MACHINE}: no space left on ..."})
@@ -331,7 +332,7 @@ def test_machine_faults_spend_no_retry_and_retry_failed_reopens_a_point(tmp_path
     enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=0, reopen=True)  # live: not again
     assert claim(storage, sid) is None
     finish(storage, sid, third.number, TrialState.FAIL, None, {"reason": "boom"})
-    trials = stage_trials(storage, sid)[(("mu", "0.2"),)]
+    trials = stage_trials(storage, sid)[point_key(points[0].params)]
     assert failures(trials) == 1 and resolved(trials, 0)  # only the failure since the re-opening counts
 
 

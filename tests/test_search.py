@@ -10,6 +10,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from sweeper.core.repeats import point_of, units
 from sweeper.core.studies import load
 from sweeper.core.workspace import Workspace, claim, enqueue, finish, stage_trials
 from sweeper.core.identity import config_hash
@@ -34,17 +35,23 @@ def test_enqueue_is_idempotent_and_creates_each_trial_with_its_folder(tmp_path: 
     ws, storage, sid = make_stage(tmp_path)
     points = GRID.points()
     for _ in range(2):
-        enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=2)
+        enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, units(GRID, 1), max_retries=2)
     trials = storage.get_all_trials(sid)
     assert len(trials) == 7 and {t.state for t in trials} == {TrialState.WAITING}
     assert sorted(t.params["mu"] for t in trials) == sorted(p["mu"] for p in points)
     for t in trials:
-        assert t.user_attrs == {"attempt": 1, "trial_dir": str(ws.trial_dir("mu_search", "mu", points.index(t.params)))}
+        assert t.params["repeat"] == 0
+        assert t.user_attrs == {"attempt": 1, "trial_dir": str(ws.trial_dir("mu_search", "mu", points.index(point_of(t.params))))}
+    enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, units(GRID, 3), max_retries=2)  # more repeats later: only the new ones
+    trials = storage.get_all_trials(sid)
+    assert len(trials) == 21 and sorted(t.params["repeat"] for t in trials) == [0] * 7 + [1] * 7 + [2] * 7
+    folders = {(point_of(t.params)["mu"], t.params["repeat"]): Path(t.user_attrs["trial_dir"]).name for t in trials}
+    assert [folders[k] for k in (("0.2", 0), ("0.2", 2), ("inf", 1))] == ["0", "0-r2", "6-r1"]
 
 
 def test_failed_points_are_retried_in_their_folder_then_given_up(tmp_path: Path) -> None:
     ws, storage, sid = make_stage(tmp_path)
-    points = GRID.points()[:1]
+    points = units(GRID, 1)[:1]
     enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=1)
     first = claim(storage, sid)
     assert first is not None and claim(storage, sid) is None
@@ -61,7 +68,7 @@ def test_failed_points_are_retried_in_their_folder_then_given_up(tmp_path: Path)
     finish(storage, sid, third.number, TrialState.FAIL, None, {"reason": "boom again"})
     enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=1)  # 2 failures > max_retries=1
     assert claim(storage, sid) is None
-    assert [t.state for t in stage_trials(storage, sid)[(("mu", "0.2"),)]] == [TrialState.FAIL] * 3
+    assert [t.state for t in stage_trials(storage, sid)[(("mu", "0.2"), ("repeat", "0"))]] == [TrialState.FAIL] * 3
 
 
 CLAIMER = """

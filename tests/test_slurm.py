@@ -219,3 +219,22 @@ def test_trials_started_locally_are_watched_locally_after_a_switch_to_slurm(tmp_
     by_state = {t.state.name: t for t in assert_sound(ws, "journal")}
     assert by_state["PRUNED"].user_attrs["executor"] == "local" and by_state["COMPLETE"].user_attrs["executor"] == "slurm"
     assert len({p.name.split("_")[0] for p in (ws / "slurm").iterdir() if p.is_dir()}) == 1  # one submission: the promotion
+
+
+def test_a_point_trains_to_the_same_numbers_locally_and_on_slurm(tmp_path: Path) -> None:
+    """Issue 18: a study fixes every trial's intra-op threads (train.threads=1 unless set), so the same point
+    and seed give bit-identical metrics through either executor; repeats run as ordinary trials of one array."""
+    env = env_for(tmp_path)
+    write_study(tmp_path, "same", ["0.5"])
+    results = {}
+    for executor in ("local", "slurm"):
+        ws = tmp_path / executor
+        done = sweeper(["run", "study=same", f"workspace={ws}", *TINY, "repeats=2", f"executor={executor}"], env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        for t in trials(f"sqlite:///{ws / 'optuna.db'}", "same"):
+            result = json.loads((Path(t.user_attrs["trial_dir"]) / "result.json").read_text())
+            assert result["environment"]["threads"] == 1, result["environment"]
+            results[executor, t.params["repeat"]] = result["per_image"]
+    assert sorted(results) == [("local", 0), ("local", 1), ("slurm", 0), ("slurm", 1)]
+    assert results["local", 0] == results["slurm", 0] and results["local", 1] == results["slurm", 1]
+    assert results["local", 0] != results["local", 1]  # another seed, other numbers

@@ -118,17 +118,49 @@ def prepare_set(cfg: Config, name: str, cache_dir: Path, workers: int | None = N
     return open_or_build(_set_files(root, name), root / name, _settings(cfg), data_cache(cfg, cache_dir), workers, show)
 
 
+def _present_files(cfg: Config, name: str) -> tuple[Path, list[Path]] | None:
+    """(folder, images) of training set `name` under the data root, None when the root or the set is not
+    there (for planning, which must work before the data is downloaded)."""
+    try:
+        root = resolve_root(cfg.data.root or None)
+        return root / name, _set_files(root, name)
+    except UserError:
+        return None
+
+
 def prepared_data_id(cfg: Config, cache_dir: Path) -> str | None:
-    """`TrainBatches.data_id` of `cfg`'s training sets if every one is prepared and current, else None
+    """`TrainBatches.data_id` of `cfg`'s training sets if every one is there, prepared and current, else None
     (prepares nothing: `sweeper plan` uses it to tell a cached pre-training from one still to pay)."""
-    root = resolve_root(cfg.data.root or None)
     hashes = []
     for name in cfg.data.train_sets:
-        manifest = current_manifest(_set_files(root, name), root / name, _settings(cfg), data_cache(cfg, cache_dir))
+        present = _present_files(cfg, name)
+        if present is None:
+            return None
+        manifest = current_manifest(present[1], present[0], _settings(cfg), data_cache(cfg, cache_dir))
         if manifest is None:
             return None
         hashes.append(manifest["content_hash"])
     return "+".join(hashes)
+
+
+KNOWN_SUBIMAGES = {"DIV2K": 32592}  # DIV2K_train_HR (800 images) cut at 480 every 240 (+ the far edge): section 4.1
+
+
+def subimage_count(cfg: Config, name: str, cache_dir: Path) -> tuple[int | None, str]:
+    """How many sub-images training set `name` gives under `cfg`'s settings, and where that number comes from:
+    its prepared manifest, else its images' headers, else the known count of a published set at the paper's
+    settings (before the data is downloaded), else None."""
+    settings = _settings(cfg)
+    present = _present_files(cfg, name)
+    if present is not None:
+        folder, files = present
+        manifest = current_manifest(files, folder, settings, data_cache(cfg, cache_dir))
+        if manifest is not None:
+            return int(manifest["subimages"]), "prepared cache"
+        return sum(len(windows(*image_size(f), settings)) for f in files), f"the headers of its {len(files)} images"
+    if name in KNOWN_SUBIMAGES and (settings.size, settings.step) == (480, 240):
+        return KNOWN_SUBIMAGES[name], "known count (not in the data root yet)"
+    return None, "not in the data root yet"
 
 
 def _too_small(cfg: Config, skipped: int) -> UserError:

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import platform
 import random
 import signal
 import sys
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
@@ -78,6 +80,14 @@ def pick_device(cfg: Config) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise UserError(f"train.device={name!r} is not valid; use auto, cpu, cuda or cuda:N") from None
+
+
+def where_trained(device: torch.device) -> dict[str, Any]:
+    """What the numbers of a run depend on beyond its config: the intra-op thread count (sums in another order
+    move the 4th decimal), the device and the library versions. Recorded in result.json; the same config
+    trains bit-identical runs only where all of these are equal."""
+    return {"threads": torch.get_num_threads(), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
+            "device_type": device.type, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}  # fmt: skip
 
 
 def seed_everything(seed: int) -> None:
@@ -447,12 +457,13 @@ def train(
         "lpips": "imagenet" if lpips.available else "unavailable",
     }
     metrics_used = {"space": mc.space, "lpips_net": mc.lpips_net, "lpips_version": mc.lpips_version}
+    environment = where_trained(device)
     tally = Tally()
 
     def result(status: str, reason: str | None) -> dict[str, Any]:
         checkpoint = str(ckpt_path) if ckpt_path.exists() else None
         return {"status": status, "reason": reason, "final": tally.final, "per_image": tally.per_image,
-                "metrics": metrics_used, "weights": weights_used,
+                "metrics": metrics_used, "weights": weights_used, "environment": environment,
                 "iters": tally.step, "duration_s": tally.duration_s(), "checkpoint": checkpoint}
 
     try:

@@ -34,6 +34,7 @@ CRASH_POINTS = (
     "before_finish",  # the trial's MLflow run is complete, the Optuna trial still RUNNING
     "before_prune",  # a trial stopped by halving is logged to MLflow, the Optuna trial still RUNNING (paused)
     "after_finish",  # the Optuna trial is COMPLETE
+    "race_recorded",  # a racing stage's round decided and recorded in Optuna, its trials not enqueued yet
     "machine_fault",  # an attempt ended by a fault of the machine is FAIL (not counted), no new attempt yet
     "before_winner",  # the stage's trials are all settled, no winner recorded
     "after_winner",  # the winner is in Optuna, not yet in MLflow

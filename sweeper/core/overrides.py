@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sweeper.core.selection import METRICS
+from sweeper.core.studies import AUTO, MAX_REPEATS, Stage, check_repeats
 from trainer.config import (
     ALIASES,
     PRESETS,
@@ -24,7 +25,8 @@ from trainer.config import (
 from trainer.errors import UserError
 
 OPTION_KEYS = ("study", "stage", "trial", "executor", "select_by", "storage", "tracking_uri", "workspace", "rounds", "max_retries",
-               "scheduler", "scheduler.eta", "scheduler.min_iters", "max_machine_faults", "retry_failed")  # fmt: skip
+               "scheduler", "scheduler.eta", "scheduler.min_iters", "repeats", "max_repeats", "max_machine_faults",
+               "retry_failed")  # fmt: skip
 SCHEDULERS = ("none", "sha")
 
 
@@ -46,6 +48,9 @@ class Options:
     scheduler: str = "none"  # "sha": successive halving over each stage's grid (sweeper.halving)
     eta: int = 3  # scheduler.eta
     min_iters: int | None = None  # scheduler.min_iters; None: from sweeper.halving.rung_budgets
+    repeats: int | str | None = None  # trainings per grid point, or "auto" (racing); None: the study's (default 1)
+    max_repeats: int | None = None  # racing's cap; None: the study's (default studies.MAX_REPEATS)
+    min_effect: float = 0.0  # select.min_effect: a difference smaller than this (first metric's units) is a tie
     config: dict[str, Any] = field(default_factory=dict)  # dotted training-config key -> parsed value
 
     @property
@@ -101,6 +106,9 @@ def parse(tokens: list[str], allow_config: bool = True) -> Options:
         elif key in ("scheduler.eta", "scheduler.min_iters"):
             field_name = key.removeprefix("scheduler.")
             setattr(opts, field_name, _count(key, value, 2 if field_name == "eta" else 1))
+        elif key in ("repeats", "max_repeats"):
+            check_repeats("", value if key == "repeats" else AUTO, value if key == "max_repeats" else MAX_REPEATS)
+            setattr(opts, key, value)
         elif key == "select_by":
             if value not in METRICS:
                 raise UserError(f"select_by={text!r} is not valid; choose one of {', '.join(sorted(METRICS))}")
@@ -120,6 +128,14 @@ def parse(tokens: list[str], allow_config: bool = True) -> Options:
                 check_choice("preset", value, PRESETS)
             opts.config[dotted] = text if dotted == "weights" else value
     return opts
+
+
+def stage_repeats(opts: Options, stage: Stage) -> tuple[int | str, int]:
+    """(repeats, max_repeats) of a stage: the command line's, else the study file's."""
+    repeats = stage.repeats if opts.repeats is None else opts.repeats
+    if repeats == AUTO and opts.scheduler != "none":
+        raise UserError(f"stage {stage.name} races (repeats: auto) and scheduler={opts.scheduler} halves; they do not combine: pass repeats=N or scheduler=none")
+    return repeats, stage.max_repeats if opts.max_repeats is None else opts.max_repeats
 
 
 def require_study(opts: Options) -> str:

@@ -2,9 +2,10 @@
 
 A study file holds a one-line `description`, `config` (training-config overrides for every trial),
 `stages` (each a `name`, a `grid` of config key -> values crossed as a product, and optional `combos`,
-labelled settings crossed with the grid), optional `inputs` (config key -> the study whose winner
-supplies it) and `alternate: true` (each stage starts from the previous stage's winner; `rounds=N`
-repeats the stages until the winner holds). Files are looked up in ./studies (only when this user owns it),
+labelled settings crossed with the grid, and optional `repeats`/`max_repeats`), optional `inputs` (config key
+-> the study whose winner supplies it), `alternate: true` (each stage starts from the previous stage's winner;
+`rounds=N` repeats the stages until the winner holds) and `repeats`/`max_repeats` for every stage (default 1:
+each point trained once; `auto`: racing, up to `max_repeats`; see `sweeper.core.repeats`). Files are looked up in ./studies (only when this user owns it),
 then $SWEEPER_STUDIES (os.pathsep-separated folders), then the studies/ folder shipped with the package.
 """
 
@@ -24,8 +25,10 @@ from trainer.config import build_config, parse_value, resolve_key
 from trainer.errors import UserError
 
 BUILTIN = Path(__file__).resolve().parents[2] / "studies"
-TOP_KEYS = {"description", "config", "stages", "inputs", "alternate"}
-STAGE_KEYS = {"name", "grid", "combos"}
+TOP_KEYS = {"description", "config", "stages", "inputs", "alternate", "repeats", "max_repeats"}
+STAGE_KEYS = {"name", "grid", "combos", "repeats", "max_repeats"}
+AUTO = "auto"  # repeats=auto: racing (`sweeper.analysis.racing`)
+MAX_REPEATS = 5  # racing's default cap on a point's repeats
 NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 
@@ -43,6 +46,8 @@ class Stage:
     name: str
     grid: dict[str, tuple[str, ...]]  # config key (or "combo") -> labels, the Optuna search space
     combos: dict[str, dict[str, Any]]  # combo label -> config overrides
+    repeats: int | str = 1  # trainings per grid point (seeds seed+0..R-1), or "auto" (racing)
+    max_repeats: int = MAX_REPEATS  # racing's cap
 
     def points(self) -> list[dict[str, str]]:
         """Every grid point, in a stable order."""
@@ -110,9 +115,19 @@ def _config(where: str, raw: Any) -> dict[str, Any]:
         raise UserError(f"{where}: {e}") from None
 
 
-def _stage(where: str, raw: Any) -> Stage:
+def check_repeats(where: str, repeats: Any, max_repeats: Any) -> tuple[int | str, int]:
+    """`repeats` (a whole number >= 1, or auto) and `max_repeats` (>= 2) as given in a study file or on the
+    command line; UserError naming `where` otherwise."""
+    if repeats != AUTO and (isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1):
+        raise UserError(f"{where}repeats={repeats!r}: expected a whole number >= 1 (trainings per grid point) or auto (racing)")
+    if isinstance(max_repeats, bool) or not isinstance(max_repeats, int) or max_repeats < 2:
+        raise UserError(f"{where}max_repeats={max_repeats!r}: expected a whole number >= 2 (racing's most repeats per point)")
+    return repeats, max_repeats
+
+
+def _stage(where: str, raw: Any, defaults: tuple[int | str, int]) -> Stage:
     if not isinstance(raw, dict) or set(raw) - STAGE_KEYS or "name" not in raw:
-        raise UserError(f"{where}: a stage is a mapping with name, grid and optional combos (got {raw!r})")
+        raise UserError(f"{where}: a stage is a mapping with name, grid and optional combos, repeats, max_repeats (got {raw!r})")
     name = str(raw["name"])
     if not NAME.match(name):
         raise UserError(f"{where}: stage name {name!r} must be letters, digits and _")
@@ -126,8 +141,11 @@ def _stage(where: str, raw: Any) -> Stage:
     combos = {",".join(f"{k}={label(v)}" for k, v in c.items()): c for c in (_config(f"{where} combos", c) for c in combos_raw)}
     if not grid and not combos:
         raise UserError(f"{where}: stage {name!r} has neither a grid nor combos")
+    if "repeat" in grid:
+        raise UserError(f"{where}: 'repeat' is not a grid key; give repeats: N to train every point N times")
     space = {k: tuple(label(v) for v in values) for k, values in grid.items()}
-    return Stage(name, space | ({"combo": tuple(combos)} if combos else {}), combos)
+    repeats = check_repeats(f"{where}: ", raw.get("repeats", defaults[0]), raw.get("max_repeats", defaults[1]))
+    return Stage(name, space | ({"combo": tuple(combos)} if combos else {}), combos, *repeats)
 
 
 def parse_study(name: str, path: Path) -> Study:
@@ -144,7 +162,8 @@ def parse_study(name: str, path: Path) -> Study:
         raise UserError(f"{path}: description must be one line of text")
     if not isinstance(raw.get("stages"), list) or not raw["stages"]:
         raise UserError(f"{path}: stages must be a non-empty list")
-    stages = tuple(_stage(f"{path} stage {i + 1}", s) for i, s in enumerate(raw["stages"]))
+    defaults = check_repeats(f"{path}: ", raw.get("repeats", 1), raw.get("max_repeats", MAX_REPEATS))
+    stages = tuple(_stage(f"{path} stage {i + 1}", s, defaults) for i, s in enumerate(raw["stages"]))
     if len({s.name for s in stages}) != len(stages):
         raise UserError(f"{path}: stage names must be distinct")
     inputs = {resolve_key(str(k)): str(v) for k, v in (raw.get("inputs") or {}).items()}

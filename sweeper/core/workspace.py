@@ -4,7 +4,7 @@
 <workspace>/                  default ./sweeps, or $SWEEPER_HOME, or workspace=
   optuna.db  mlflow.db        default stores (storage= / tracking_uri= point elsewhere)
   artifacts/                  MLflow artifacts of the default store
-  trials/<study>/<stage>/<n>/ one folder per grid point (the trial-folder contract)
+  trials/<study>/<stage>/<n>/ one folder per grid point and repeat (the trial-folder contract; `<n>-r<r>` for repeat r > 0)
   cache/                      pre-training cache shared by trials
   jobs/                       local executor job records
 ```
@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from sweeper.core.crashpoints import crash_point
+from sweeper.core.repeats import REPEAT, Unit, grid_key, repeat_of
 from trainer.errors import UserError
 from trainer.files import file_lock
 
@@ -73,8 +74,8 @@ class Workspace:
     def artifacts_dir(self) -> Path:
         return self.root / "artifacts"
 
-    def trial_dir(self, study: str, stage: str, number: int) -> Path:
-        return self.root / "trials" / study / stage / str(number)
+    def trial_dir(self, study: str, stage: str, name: int | str) -> Path:
+        return self.root / "trials" / study / stage / str(name)
 
     def create(self) -> None:
         """Create the workspace folder (mode 0700), or refuse one that group or others may write."""
@@ -164,7 +165,8 @@ CARRIED = ("budget", "rungs")  # attrs a new attempt takes over from the last on
 
 
 def point_key(params: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((k, str(v)) for k, v in params.items()))
+    """The unit (grid point and repeat) a trial is an attempt at, as a hashable key (no `repeat` param: repeat 0)."""
+    return (*grid_key(params), (REPEAT, str(repeat_of(params))))
 
 
 def stage_trials(storage: BaseStorage, study_id: int) -> dict[tuple[tuple[str, str], ...], list[FrozenTrial]]:
@@ -198,22 +200,23 @@ def resolved(trials: list[FrozenTrial], max_retries: int) -> bool:
 
 
 def enqueue(storage: BaseStorage, study_id: int, ws: Workspace, study: str, stage: str,
-            grid: dict[str, tuple[str, ...]], points: list[dict[str, str]], max_retries: int,
-            reopen: bool = False) -> None:  # fmt: skip
-    """Enqueue every grid point that needs an attempt (call under `ws.claim_lock()`), and with `reopen` every
-    point that failed more than `max_retries` times. The folder of a point is named by its index in the grid,
-    so every attempt of it (and any re-run) finds the same folder."""
+            grid: dict[str, tuple[str, ...]], units: list[Unit], max_retries: int, reopen: bool = False) -> None:  # fmt: skip
+    """Enqueue every unit (grid point and repeat) that needs an attempt (call under `ws.claim_lock()`), and with
+    `reopen` (retry_failed=true) every unit that failed more than `max_retries` times. Its folder is named by the
+    point's index in the grid and the repeat (`Unit.folder`), so every attempt of it (and any re-run) finds the
+    same folder."""
     groups = stage_trials(storage, study_id)
-    distributions = {k: CategoricalDistribution(list(v)) for k, v in grid.items()}
-    for index, point in enumerate(points):
-        trials = groups.get(point_key(point), [])
+    distributions: dict[str, Any] = {k: CategoricalDistribution(list(v)) for k, v in grid.items()}
+    distributions[REPEAT] = IntDistribution(0, max((u.repeat for u in units), default=0))  # a range may grow between runs
+    for unit in units:
+        trials = groups.get(point_key(unit.params), [])
         reopened = reopen and resolved(trials, max_retries) and all(t.state == TrialState.FAIL for t in trials)
         if not reopened and not needs_attempt(trials, max_retries):
             continue
-        attrs = {"attempt": 1 if reopened else failures(trials) + 1, "trial_dir": str(ws.trial_dir(study, stage, index))}
+        attrs = {"attempt": 1 if reopened else failures(trials) + 1, "trial_dir": str(ws.trial_dir(study, stage, unit.folder))}
         attrs |= {"counted_from": trials[-1].number + 1} if reopened else {}
         attrs |= {k: trials[-1].user_attrs[k] for k in CARRIED if trials and k in trials[-1].user_attrs}
-        template = create_trial(state=TrialState.WAITING, params=point, distributions=distributions, user_attrs=attrs)
+        template = create_trial(state=TrialState.WAITING, params=unit.params, distributions=distributions, user_attrs=attrs)
         storage.create_new_trial(study_id, template_trial=template)
         crash_point("enqueued")
 

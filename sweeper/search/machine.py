@@ -35,6 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeper.core import halving
 from sweeper.core.crashpoints import crash_point
 from sweeper.core.identity import config_hash, trial_settings
+from sweeper.core.repeats import Unit, grid_key, mean_metrics, repeat_of, unit_config
 from sweeper.core.selection import rank
 from sweeper.core.studies import Stage
 from sweeper.core.workspace import (
@@ -92,17 +93,19 @@ class StageWork:
     study_id: int
     parent: str  # the stage's MLflow run
     budgets: list[int]  # GAN iterations of each rung; the last is train.iters
+    units: list[Unit] = field(default_factory=list)  # what `run_to_end` works on now (a racing stage adds rounds)
     mine: set[int] = field(default_factory=set)  # numbers of the RUNNING trials this process owns
     renewed_at: float = 0.0
     machine_faults: list[str] = field(default_factory=list)  # reasons of the attempts ended in a row by the machine
 
     # --- the loop ---
 
-    def run_to_end(self, detach: bool) -> dict[Any, list[FrozenTrial]] | None:
-        """Work the stage until every grid point is resolved and return its trials by point (None when `detach`
-        and jobs were submitted); `sweeper.search.stage` concludes it."""
-        points = self.stage.points()
-        bars = StageProgress(f"{self.run.study.name}.{self.name}", len(points))
+    def run_to_end(self, detach: bool, units: list[Unit]) -> dict[Any, list[FrozenTrial]] | None:
+        """Work the stage until every unit (grid point and repeat) asked for is resolved and return their trials
+        by unit (`point_key`; None when `detach` and jobs were submitted); `sweeper.search.stage` concludes it."""
+        self.units = units
+        wanted = {point_key(u.params) for u in units}
+        bars = StageProgress(f"{self.run.study.name}.{self.name}", len(units))
         reopen = self.run.opts.retry_failed
         try:
             while True:
@@ -110,15 +113,15 @@ class StageWork:
                     raise StageCancelled(f"stage {self.run.study.name}.{self.name} was cancelled (`sweeper cancel`); re-run to resume it")
                 with self.run.ws.claim_lock():
                     enqueue(self.run.storage, self.study_id, self.run.ws, self.run.study.name, self.name,
-                            self.stage.grid, points, self.run.opts.max_retries, reopen)  # fmt: skip
-                reopen = False  # retry_failed=true re-opens the points that had failed when the run started, once
+                            self.stage.grid, units, self.run.opts.max_retries, reopen)  # fmt: skip
+                reopen = False  # retry_failed=true re-opens the units that had failed when the run started, once
                 self.renew_leases()
                 self.adopt()
                 self.advance()
                 self.check_halt()
-                groups = stage_trials(self.run.storage, self.study_id)
+                groups = {k: v for k, v in stage_trials(self.run.storage, self.study_id).items() if k in wanted}
                 bars.update(groups, self.run.opts.max_retries)
-                if all(resolved(trials, self.run.opts.max_retries) for trials in groups.values()) and len(groups) >= len(points):
+                if all(resolved(trials, self.run.opts.max_retries) for trials in groups.values()) and len(groups) >= len(wanted):
                     break
                 if detach and any(self.phase(t) == "launched" for t in self.trials(TrialState.RUNNING) if t.number in self.mine):
                     self.release()
@@ -235,7 +238,7 @@ class StageWork:
     def prepare(self, t: FrozenTrial) -> int | None:
         """A claimed trial: its config.yaml, or settled at once (a duplicate of a live point, or a reused result).
         Returns the budget to launch it with."""
-        cfg = build_config({**self.config, **self.stage.overrides(t.params)}).to_dict()
+        cfg = build_config(unit_config(self.config, self.stage, t.params)).to_dict()
         identity = config_hash(cfg)
         self.set_attrs(t.number, config_hash=identity, settings=trial_settings(cfg))
         earlier = [e for e in stage_trials(self.run.storage, self.study_id).get(point_key(t.params), []) if e.number < t.number]
@@ -296,28 +299,41 @@ class StageWork:
 
     def promotions(self) -> list[tuple[FrozenTrial, int]]:
         """ASHA over the grid (`sweeper.core.halving.promotions`): (paused trial of mine, next budget) to launch
-        now, best first. Once the stage is quiescent (no trial waiting, running or promotable), every paused
-        trial of mine is PRUNED with the budget it reached."""
+        now, best first. A grid point is promoted as a whole, on the mean over its repeats of each rung metric,
+        once every repeat asked for has finished the rung (all its paused repeats go on together). Once the
+        stage is quiescent (no trial waiting, running or promotable), every paused trial of mine is PRUNED
+        with the budget it reached."""
         if len(self.budgets) == 1:
             return []
         live = self.trials(TrialState.RUNNING, TrialState.WAITING)
-        index = {point_key(p): i for i, p in enumerate(self.stage.points())}
-        finished: dict[int, dict[int, tuple]] = {}
-        promoted: dict[int, set[int]] = {}
+        repeats = {(grid_key(u.params), u.repeat) for u in self.units}
+        index = {grid_key(u.params): u.index for u in self.units}
+        rung_metrics: dict[int, dict[Any, dict[int, dict[str, float]]]] = {}  # rung -> point -> repeat -> metrics
+        promoted: dict[int, set[Any]] = {}
         for t in self.trials(TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE, TrialState.PRUNED):
-            i, reached = index[point_key(t.params)], self.budgets.index(t.user_attrs.get("budget", self.budgets[0]))
+            point, r = grid_key(t.params), repeat_of(t.params)
+            if (point, r) not in repeats:
+                continue
+            reached = self.budgets.index(t.user_attrs.get("budget", self.budgets[0]))
             for k, budget in enumerate(self.budgets[:-1]):
                 if str(budget) in t.user_attrs.get("rungs", {}):
-                    finished.setdefault(k, {})[i] = (*rank(self.run.select_by, t.user_attrs["rungs"][str(budget)]), i)
+                    rung_metrics.setdefault(k, {}).setdefault(point, {})[r] = t.user_attrs["rungs"][str(budget)]
                 if reached > k:
-                    promoted.setdefault(k, set()).add(i)
-        paused = {index[point_key(t.params)]: t for t in live if t.state == TrialState.RUNNING and self.phase(t) == "paused"}
+                    promoted.setdefault(k, set()).add(point)
+        asked = {p: sum(q == p for q, _ in repeats) for p in index}
+        finished = {k: {p: (*rank(self.run.select_by, mean_metrics(list(by_r.values()))), index[p])
+                        for p, by_r in points.items() if len(by_r) == asked[p]} for k, points in rung_metrics.items()}  # fmt: skip
+        paused = [t for t in live if t.state == TrialState.RUNNING and self.phase(t) == "paused"]
         heading = [t for t in live if t.state == TrialState.WAITING or self.phase(t) != "paused"]  # towards their budget
         open_rungs = {self.budgets.index(t.user_attrs.get("budget", self.budgets[0])) for t in heading}
         moves = halving.promotions(finished, promoted, open_rungs, self.run.opts.eta, len(self.budgets) - 1)
-        chosen = [(paused[i], self.budgets[k]) for i, k in moves if i in paused]
-        if not moves and not open_rungs:  # quiescent: nothing can reach any rung any more
-            for t in paused.values():
+        going = set(moves) | {(p, k + 1) for k, points in promoted.items() for p in points}  # a point's other repeats follow
+        chosen = [(t, self.budgets[k]) for p, k in going for t in paused
+                  if grid_key(t.params) == p and t.user_attrs.get("budget") == self.budgets[k - 1]]  # fmt: skip
+        best_first = [p for p, _ in moves]  # then the repeats left behind by an earlier promotion
+        chosen.sort(key=lambda c: best_first.index(grid_key(c[0].params)) if grid_key(c[0].params) in best_first else len(best_first))
+        if not chosen and not open_rungs:  # quiescent: nothing can reach any rung any more
+            for t in paused:
                 if t.number in self.mine:
                     reached = t.user_attrs["reached_iters"]
                     run_id = self.log(t, self.run.ws.recorded_trial_dir(t.user_attrs["trial_dir"]), stopped_at=reached)
@@ -375,7 +391,8 @@ class StageWork:
         extra = {"sweeper.reused_from": attrs["reused_from"]} if "reused_from" in attrs else {}
         if "slurm_job_id" in attrs:
             extra["sweeper.slurm_job_id"] = attrs["slurm_job_id"]
-        tags = {**self.run.tags, "sweeper.stage": self.name, "sweeper.trial_number": str(t.number), **extra}
+        tags = {**self.run.tags, "sweeper.stage": self.name, "sweeper.trial_number": str(t.number),
+                "sweeper.repeat": str(repeat_of(t.params)), **extra}  # fmt: skip
         with file_lock(trial_dir / ".finish.lock"):  # two sweepers that adopted the trial at once log one run
             return tracking.log_trial(self.run.client, self.run.experiment_id, self.parent, trial_dir, config, tags, stopped_at)
 

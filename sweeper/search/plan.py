@@ -1,7 +1,8 @@
 """`sweeper plan study=NAME preset=...`: what a study will cost, before anything runs (issue 12).
 
-Per stage: the grid points, the trainings they need (points with the same config hash train once, and a
-point equal to an earlier stage's winner is reused), and trial-iterations and device-hours three ways:
+Per stage: the grid points and their repeats (`repeats=R`: R trainings per point, one per seed; `repeats=auto`:
+racing's worst case, `max_repeats` per point), the trainings they need (equal configs, seed included, train
+once, and a point equal to an earlier stage's winner is reused), and trial-iterations and device-hours three ways:
 - naive: every point to `train.iters`, pre-training repeated in every trial;
 - `scheduler=none`: every distinct training to `train.iters`, each pre-training once (the shared cache;
   none where the workspace's cache holds it already);
@@ -10,7 +11,9 @@ point equal to an earlier stage's winner is reused), and trial-iterations and de
 Device-seconds per iteration come from the workspace's cost ledgers of trainings of the same shape (arch,
 network, patch, batch, device), all-in (setup and validation included); else from a few training steps of
 each architecture measured now at the preset's shapes on this machine (validation excluded). Which one
-was used is printed.
+was used is printed. It needs no training data: the pre-training counts as uncached where the data is not
+there, and each training set's sub-image count (for the epochs a trial sees) comes from its prepared cache,
+its images' headers or, before it is downloaded, the known count of a published set (DIV2K: 32,592).
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ import yaml
 
 from sweeper.analysis import ledger
 from sweeper.core import halving
-from sweeper.core.overrides import Options, parse, require_study
-from sweeper.core.studies import load
+from sweeper.core.overrides import Options, parse, require_study, stage_repeats
+from sweeper.core.repeats import unit_config, units
+from sweeper.core.studies import AUTO, load
 from sweeper.core.workspace import Workspace
 from sweeper.search.executors import make_executor
 from sweeper.core.identity import config_hash
 from trainer.config import Config, build_config
-from trainer.data import prepared_data_id
+from trainer.data import prepared_data_id, subimage_count
 from trainer.errors import UserError
 from trainer.train import pretrain_key
 
@@ -52,7 +56,8 @@ class Rate:
 @dataclass(frozen=True)
 class StagePlan:
     stage: str
-    points: int
+    points: int  # grid points
+    repeats: str  # "3", or "auto (at most 5)" priced at its worst case
     trainings: int  # distinct trainings not reused from an earlier stage
     iters: int
     naive_iters: int  # GAN trial-iterations
@@ -65,6 +70,7 @@ class StagePlan:
     none_hours: float
     sha_hours: float
     rate_source: str
+    data: str  # the training sets' sub-images and where that count comes from
 
 
 def shape(cfg: dict[str, Any], device: str) -> str:
@@ -138,18 +144,30 @@ def rate_for(cfg: Config, found: dict[str, ledger.Totals], measured: dict[str, R
     return measured[key]
 
 
-def plan_stage(name: str, cfgs: list[Config], seen: set[str], cached: set[str], cache_dir: Path, opts: Options,
+def data_line(cfg: Config, cache_dir: Path) -> str:
+    """Each training set's sub-images, where that count comes from, and the epochs one training sees."""
+    parts = []
+    for name in cfg.data.train_sets:
+        count, source = subimage_count(cfg, name, cache_dir)
+        epochs = f", {cfg.train.iters * cfg.data.batch_size / count:.3g} epochs per training" if count else ""
+        parts.append(f"{name}: {f'{count:,}' if count else '?'} sub-images ({source}{epochs})")
+    return "; ".join(parts)
+
+
+def plan_stage(name: str, cfgs: list[Config], repeats: int, seen: set[str], cached: set[str], cache_dir: Path, opts: Options,
                found: dict[str, ledger.Totals], measured: dict[str, Rate]) -> StagePlan:  # fmt: skip
-    """One stage's plan; `seen` (config hashes trained by earlier stages) and `cached` (pre-training keys) grow."""
+    """One stage's plan over its trainings `cfgs` (every grid point's `repeats`); `seen` (config hashes trained by
+    earlier stages) and `cached` (pre-training keys) grow."""
     identities = {config_hash(c.to_dict()): c for c in cfgs}
     new = {k: c for k, c in identities.items() if k not in seen}
     seen |= set(new)
     iters = max(c.train.iters for c in cfgs)
-    budgets = halving.rung_budgets(iters, max(len(new), 1), opts.eta, opts.min_iters)
-    survivors = [len(new)]
+    new_points = -(-len(new) // repeats)  # halving keeps or stops a point with all its repeats
+    budgets = halving.rung_budgets(iters, max(new_points, 1), opts.eta, opts.min_iters)
+    survivors = [new_points]
     for _ in budgets[1:]:
         survivors.append(halving.keep(survivors[-1], opts.eta, draining=True))
-    sha_iters = halving.iterations_spent(survivors, budgets) if new else 0
+    sha_iters = halving.iterations_spent(survivors, budgets) * repeats if new else 0
     keys = {id(c): pretrain_key(c, prepared_data_id(c, cache_dir) or "unprepared") for c in new.values()}  # unprepared: not cached
     pre_needed = {keys[id(c)]: c for c in new.values() if not c.train.from_scratch and keys[id(c)] not in cached}
     cached |= set(pre_needed)
@@ -165,14 +183,14 @@ def plan_stage(name: str, cfgs: list[Config], seen: set[str], cached: set[str], 
     sources = {f"{c.arch}: {rates[id(c)].source}: {rates[id(c)].gan_s:.3g} {rates[id(c)].unit}/GAN iter, "
                f"{rates[id(c)].pretrain_s:.3g} {rates[id(c)].unit}/pre-training iter" for c in cfgs}  # fmt: skip
     return StagePlan(
-        stage=name, points=len(cfgs), trainings=len(new), iters=iters,
+        stage=name, points=len(cfgs) // repeats, repeats=str(repeats), trainings=len(new), iters=iters,
         naive_iters=len(cfgs) * iters, none_iters=len(new) * iters, sha_iters=sha_iters, sha_budgets=budgets,
         naive_pretrain_iters=sum(c.train.pretrain_iters for c in cfgs if not c.train.from_scratch),
         pretrain_iters=sum(c.train.pretrain_iters for c in pre_needed.values()),
         naive_hours=(gan_s(cfgs) + pretrain_s(cfgs)) / 3600,
         none_hours=(gan_s(new.values()) + pretrain_s(pre_needed.values())) / 3600,
         sha_hours=(sha_s + pretrain_s(pre_needed.values())) / 3600,
-        rate_source="; ".join(sorted(sources)),
+        rate_source="; ".join(sorted(sources)), data=data_line(cfgs[0], cache_dir),
     )  # fmt: skip
 
 
@@ -190,8 +208,11 @@ def plan(tokens: list[str]) -> tuple[list[StagePlan], Options]:
     measured: dict[str, Rate] = {}
     plans = []
     for stage in study.stages:  # an alternating study's later stage runs at an earlier winner, which one is planned as reused
-        cfgs = [build_config({**config, **stage.overrides(p)}) for p in stage.points()]
-        plans.append(plan_stage(stage.name, cfgs, seen, cached, ws.cache_dir, opts, found, measured))
+        repeats, max_repeats = stage_repeats(opts, stage)
+        most = max_repeats if repeats == AUTO else int(repeats)
+        cfgs = [build_config(unit_config(config, stage, u.params)) for u in units(stage, most)]
+        p = plan_stage(stage.name, cfgs, most, seen, cached, ws.cache_dir, opts, found, measured)
+        plans.append(dataclasses.replace(p, repeats=f"auto (at most {most}: racing's worst case)") if repeats == AUTO else p)
     return plans, opts
 
 
@@ -210,12 +231,13 @@ def main(tokens: list[str], fmt: str = "table") -> None:
     if fmt == "json":
         print(json.dumps({"scheduler": {"scheduler": opts.scheduler, "eta": opts.eta, "min_iters": opts.min_iters}, "stages": [asdict(p) for p in plans]}, indent=1))
         return
-    rows = [{"stage": p.stage, "points": p.points, "trainings": p.trainings, "GAN iters naive / none / sha": f"{p.naive_iters} / {p.none_iters} / {p.sha_iters}",
+    rows = [{"stage": p.stage, "points": p.points, "repeats": p.repeats, "trainings": p.trainings, "GAN iters naive / none / sha": f"{p.naive_iters} / {p.none_iters} / {p.sha_iters}",
              "pre-training iters naive / cached": f"{p.naive_pretrain_iters} / {p.pretrain_iters}",
              "device-hours naive / none / sha": " / ".join(map(hours, (p.naive_hours, p.none_hours, p.sha_hours)))} for p in plans]  # fmt: skip
     total = {k: sum(getattr(p, k) for p in plans) for k in ("naive_hours", "none_hours", "sha_hours")}
     print(rows_to_markdown(rows))
     for p in plans:
         print(f"stage {p.stage}: scheduler=sha rungs at {p.sha_budgets} (eta={opts.eta}); rates {p.rate_source}")
+        print(f"stage {p.stage} data: {p.data}")
     print(f"study: {hours(total['naive_hours'])} device-hours naive, {hours(total['none_hours'])} with scheduler=none, "
           f"{hours(total['sha_hours'])} with scheduler=sha ({total['sha_hours'] / total['naive_hours']:.0%} of naive)")  # fmt: skip

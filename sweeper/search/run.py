@@ -9,7 +9,7 @@ from typing import Any
 from mlflow import MlflowClient
 
 from sweeper.core.mlflow_names import experiment, git_commit
-from sweeper.core.overrides import parse, require_study
+from sweeper.core.overrides import parse, require_study, stage_repeats
 from sweeper.core.studies import load
 from sweeper.core.workspace import Workspace
 from sweeper.search.executors import make_executor
@@ -29,7 +29,13 @@ from trainer.errors import UserError
 from trainer.files import file_lock
 
 
+STUDY_THREADS = 1  # a study's trials train on this many intra-op threads unless train.threads= says otherwise
+
+
 def main(tokens: list[str], detach: bool = False) -> None:
+    """`sweeper run`. Every trial of a study trains on `train.threads` intra-op threads (default STUDY_THREADS,
+    whatever the executor or machine share would be), so the same point gives the same numbers locally and on
+    SLURM; the thread count is recorded in each result.json (`environment`) and MLflow run (`env.threads`)."""
     opts = parse(tokens)
     study = load(require_study(opts))
     rounds = opts.rounds or 1
@@ -42,8 +48,9 @@ def main(tokens: list[str], detach: bool = False) -> None:
     if executor.name == "slurm":
         executor.check(ws.sqlite_file())  # sbatch --test-only of the options; a warning for SQLite storage
     select_by = default_select_by(opts)
-    config = check_weights(base_config(study, opts, ws), opts.preset, select_by)
-    for stage in study.stages:  # every trial config and rung budget valid before anything is created
+    config = {"train.threads": STUDY_THREADS} | check_weights(base_config(study, opts, ws), opts.preset, select_by)
+    for stage in study.stages:  # every trial config, repeats setting and rung budget valid before anything is created
+        stage_repeats(opts, stage)
         for point in stage.points():
             stage_budgets(opts, build_config({**config, **stage.overrides(point)}).train.iters, len(stage.points()))
     check_data(config)

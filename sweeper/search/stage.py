@@ -5,17 +5,22 @@ its trials worked by the state machine (`sweeper.search.machine.StageWork`), and
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper.analysis import racing
 from sweeper.core.crashpoints import crash_point
 from sweeper.core.identity import config_hash
+from sweeper.core.overrides import stage_repeats
+from sweeper.core.repeats import units
 from sweeper.core.selection import HIGHER_IS_BETTER, rank
-from sweeper.core.studies import Stage
+from sweeper.core.studies import AUTO, Stage
+from sweeper.core.workspace import point_key
 from sweeper.search import tracking
-from sweeper.search.machine import StageWork
+from sweeper.search.machine import StageWork, read_result
 from sweeper.search.session import Run, stage_budgets
 from trainer.config import build_config
 from trainer.errors import UserError
@@ -55,10 +60,60 @@ def open_stage(run: Run, stage: Stage, name: str, config: dict[str, Any]) -> Sta
 
 
 def work_stage(run: Run, stage: Stage, name: str, config: dict[str, Any], detach: bool) -> dict[str, str] | None:
-    """Open a stage, work it to its end and return its winner (None when `detach` and jobs were submitted)."""
+    """Open a stage, work it to its end and return its winner (None when `detach` and jobs were submitted):
+    every point's `repeats`, or a race (`repeats=auto`)."""
+    repeats, max_repeats = stage_repeats(run.opts, stage)
     work = open_stage(run, stage, name, config)
-    groups = work.run_to_end(detach)
+    groups = race(work, detach, max_repeats) if repeats == AUTO else work.run_to_end(detach, units(stage, int(repeats)))
     return None if groups is None else conclude(work, groups)
+
+
+def race(work: StageWork, detach: bool, max_repeats: int) -> dict[Any, list[FrozenTrial]] | None:
+    """`repeats=auto`: round k trains seed k of the points still racing (`sweeper.analysis.racing`). Each
+    round's decision is recorded in the stage's `race` attr (rounds: the points racing in each round; `end`:
+    why it stopped) before the next round's trials are enqueued, so a re-run resumes the race exactly."""
+    storage, study_id = work.run.storage, work.study_id
+    record = storage.get_study_user_attrs(study_id).get("race") or {"rounds": [list(range(len(work.stage.points())))]}
+    while True:
+        rounds = record["rounds"]
+        wanted = {i: [k for k, alive in enumerate(rounds) if i in alive] for i in rounds[0]}
+        groups = work.run_to_end(detach, units(work.stage, wanted))
+        if groups is None or record.get("end"):
+            survivors = {point_key(u.params) for u in units(work.stage, {i: wanted[i] for i in record.get("survivors", [])})}
+            return groups if groups is None else {k: v for k, v in groups.items() if k in survivors}
+        record = race_round(work, groups, record, max_repeats)
+        with file_lock(work.run.ws.root / "setup.lock"):
+            storage.set_study_user_attr(study_id, "race", record)
+        crash_point("race_recorded")
+        print(f"stage {work.name} race, round {len(record['rounds'])}: {record.get('end') or record['said']}")
+
+
+def race_round(work: StageWork, groups: dict[Any, list[FrozenTrial]], record: dict[str, Any], max_repeats: int) -> dict[str, Any]:
+    """The race record after deciding its last round (a pure function of the record and the trials)."""
+    alive, seeds = record["rounds"][-1], len(record["rounds"])
+    points = work.stage.points()
+    results: dict[int, list[dict[str, Any]]] = {}
+    for i in alive:
+        done = [next((t for t in groups.get(point_key(u.params), []) if t.state == TrialState.COMPLETE), None) for u in units(work.stage, {i: range(seeds)})]
+        found = [read_result(Path(t.user_attrs["trial_dir"])) for t in done if t is not None]
+        if len(found) == seeds:
+            results[i] = found
+    labels = [" ".join(f"{k}={v}" for k, v in points[i].items()) for i in results]
+    space = build_config(work.config).metrics.space
+    failed = [points[i] for i in alive if i not in results]
+    m = racing.metric_array([results[i] for i in results], work.run.select_by, space) if results else None
+    if m is None:
+        said = f"no {work.run.select_by} per image to race on: the race ends with every point in it" if results else "every racing point failed"
+        return {**record, "end": said, "survivors": list(results)}
+    sets = racing.image_sets(next(iter(results.values()))[0])
+    d = racing.decide(m, HIGHER_IS_BETTER[work.run.select_by], labels, sets, max_repeats, work.run.opts.min_effect)
+    kept = [list(results)[p] for p in d.alive]
+    said = d.reason + (f"; failed: {failed}" if failed else "")
+    if d.done:
+        spent, fixed = racing.trainings(record["rounds"]), len(points) * max_repeats
+        said += f" ({spent} trainings; repeats={max_repeats} would have taken {fixed}: {fixed - spent} saved)"
+        return {**record, "end": said, "survivors": kept, "trainings": spent, "fixed_trainings": fixed}
+    return {"rounds": [*record["rounds"], kept], "said": said}
 
 
 def conclude(work: StageWork, groups: dict[Any, list[FrozenTrial]]) -> dict[str, str]:

@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.analysis import ledger
 from sweeper.core.overrides import Options, parse, require_study
+from sweeper.core.repeats import mean_metrics, point_of, repeat_of
 from sweeper.core.trials import stage_ids
 from sweeper.core.workspace import CANCELLED, Workspace, finish
 from sweeper.search import tracking
@@ -27,7 +28,8 @@ def trial_record(storage: BaseStorage, stage: str, t: FrozenTrial) -> dict[str, 
     gone = t.state == TrialState.RUNNING and attrs.get("phase") == "launched" and job_gone(attrs)  # its sweeper died
     end = t.datetime_complete or (dt.datetime.now() if t.state == TrialState.RUNNING and not gone else None)
     record = {
-        "stage": stage, "number": t.number, "state": t.state.name, "params": {**attrs.get("settings", {}), **t.params},
+        "stage": stage, "number": t.number, "state": t.state.name, "params": {**attrs.get("settings", {}), **point_of(t.params)},
+        "repeat": repeat_of(t.params),
         "metrics": attrs.get("metrics", {}), "duration_s": round((end - t.datetime_start).total_seconds(), 1) if end and t.datetime_start else None,
         "mlflow_run_id": attrs.get("mlflow_run_id"), "attempt": attrs.get("attempt", 1), "reason": attrs.get("reason"),
         "reused_from": attrs.get("reused_from"), "job_id": attrs.get("job_id"), "trial_dir": attrs.get("trial_dir"), "job_gone": gone,
@@ -60,22 +62,39 @@ def status(tokens: list[str], fmt: str = "table") -> None:
 
 
 def format_table(trials: list[dict[str, Any]]) -> str:
-    rows = [("stage", "#", "state", "params", "psnr", "ssim", "lpips", "time", "progress / note")]
+    """One row per trial; with repeats, a point's trials together (by repeat) under a row of their means."""
+    rows = [("stage", "#", "state", "params", "rep", "psnr", "ssim", "lpips", "time", "progress / note")]
+    by_point: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for t in trials:
-        m = t["metrics"]
-        p = t.get("progress") or {}
-        note = f"{p.get('stage', '')} {p.get('step', 0)}/{p.get('total', '?')}" if p else (t["reason"] or "")
-        note = f"reused {t['reused_from']}" if t["reused_from"] else note
-        note = f"stopped at {t['reached_iters']} it (halving)" if t["state"] == "PRUNED" else note
-        note = f"slurm {t['slurm_job_id']} {t['slurm_state']} {note}" if "slurm_job_id" in t else note
-        rows.append((
-            t["stage"], f"{t['number']}{'*' if t['winner'] else ''}", t["state"] + (" (job gone; re-run to resume)" if t["job_gone"] else ""), " ".join(f"{k}={v}" for k, v in t["params"].items()),
-            *(f"{m[f'mean/{k}']:.4f}" if f"mean/{k}" in m else "-" for k in ("psnr", "ssim", "lpips")),
-            f"{t['duration_s']:.0f}s" if t["duration_s"] is not None else "-", note,
-        ))  # fmt: skip
+        by_point.setdefault((t["stage"], " ".join(f"{k}={v}" for k, v in t["params"].items())), []).append(t)
+    with_repeats = any(t["repeat"] for t in trials)
+    for (stage, params), group in by_point.items():
+        group = sorted(group, key=lambda t: (t["repeat"], t["number"])) if with_repeats else group
+        done = [t["metrics"] for t in group if t["state"] == "COMPLETE"]
+        if with_repeats:
+            m = mean_metrics(done)
+            reps = len({t["repeat"] for t in group})
+            rows.append((stage, "", f"{len(done)}/{reps} complete", params, "mean",
+                         *(f"{m[f'mean/{k}']:.4f}" if f"mean/{k}" in m else "-" for k in ("psnr", "ssim", "lpips")), "", ""))  # fmt: skip
+        rows += [trial_row(t, "" if with_repeats else params) for t in group]
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines + ["(* = stage winner; metrics are means over the validation sets)"])
+    note = "; rep = repeat (seed = seed + rep), a point's mean over its complete repeats above them" if with_repeats else ""
+    return "\n".join(lines + [f"(* = stage winner; metrics are means over the validation sets{note})"])
+
+
+def trial_row(t: dict[str, Any], params: str) -> tuple[str, ...]:
+    m = t["metrics"]
+    p = t.get("progress") or {}
+    note = f"{p.get('stage', '')} {p.get('step', 0)}/{p.get('total', '?')}" if p else (t["reason"] or "")
+    note = f"reused {t['reused_from']}" if t["reused_from"] else note
+    note = f"stopped at {t['reached_iters']} it (halving)" if t["state"] == "PRUNED" else note
+    note = f"slurm {t['slurm_job_id']} {t['slurm_state']} {note}" if "slurm_job_id" in t else note
+    return (
+        t["stage"], f"{t['number']}{'*' if t['winner'] else ''}", t["state"] + (" (job gone; re-run to resume)" if t["job_gone"] else ""), params,
+        str(t["repeat"]), *(f"{m[f'mean/{k}']:.4f}" if f"mean/{k}" in m else "-" for k in ("psnr", "ssim", "lpips")),
+        f"{t['duration_s']:.0f}s" if t["duration_s"] is not None else "-", note,
+    )  # fmt: skip
 
 
 def find_trial(opts: Options) -> tuple[str, FrozenTrial]:

@@ -150,6 +150,7 @@ def log_trial(
     params = {"mu": label(config["mu"])} | {k: config[k] for k in PARAM_KEYS}
     params |= {"perceptual": config["loss"]["perceptual"], "variant": config["loss"]["variant"]}
     params |= {k: flatten(config)[k] for k in RECIPE_PARAMS}
+    params |= {f"env.{k}": v for k, v in result.get("environment", {}).items()}  # threads, device, versions: where it trained
     metrics = [Metric(k, v, end, step) for (k, step), v in read_metrics(trial_dir).items()]
     steps = int(result.get("iters", 0))
     for set_name, values in result.get("final", {}).items():  # the final values are the latest, whatever was logged

@@ -1,0 +1,78 @@
+"""Racing over seeds (`repeats=auto`): the round decision on synthetic metrics with a planted effect and
+with none (pure functions, fast), and the racing stage end to end (slow, small)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from cluster_helpers import env_for, sweeper, tiny, trials, write_study
+
+from sweeper.analysis import racing, stats
+
+SETS = ["Set5"] * 5 + ["Set14"] * 14
+
+
+def synthetic(effects: list[float], repeats: int, seed: int) -> np.ndarray:
+    """m[point, repeat, image] (PSNR-like, higher is better): image difficulty + a seed's luck shared by every
+    point (common random numbers) + each point's planted effect + small noise."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(30, 2, len(SETS))
+    luck = rng.normal(0, 0.05, (repeats, 1))
+    noise = rng.normal(0, 0.01, (len(effects), repeats, len(SETS)))
+    return image + luck + np.array(effects)[:, None, None] + noise
+
+
+def run_race(m: np.ndarray, max_repeats: int) -> tuple[racing.Decision, list[list[int]]]:
+    """The race a stage would run on m's points and seeds: round k sees seeds 0..k of the points still racing."""
+    rounds = [list(range(m.shape[0]))]
+    while True:
+        alive = rounds[-1]
+        d = racing.decide(m[alive, : len(rounds)], True, [str(p) for p in alive], SETS, max_repeats)
+        kept = [alive[p] for p in d.alive]
+        if d.done:
+            return racing.Decision(kept, [], True, d.reason), rounds
+        rounds.append(kept)
+
+
+def test_a_clear_winner_is_found_with_fewer_trainings_than_fixed_repeats() -> None:
+    m = synthetic([0.0, -0.05, -0.06, -0.08], repeats=5, seed=1)
+    end, rounds = run_race(m, max_repeats=5)
+    fixed = stats.compare(m, True, ["0", "1", "2", "3"], SETS)
+    assert end.alive == [0] and fixed.kind == "winner" and fixed.best.label == "0"  # the same winner as repeats=5
+    assert racing.trainings(rounds) < 4 * 5, rounds
+    assert rounds[0] == rounds[1] == [0, 1, 2, 3]  # nobody is dropped on one seed
+
+
+def test_no_effect_ends_as_a_tie_at_max_repeats() -> None:
+    m = synthetic([0.0, 0.0, 0.0], repeats=4, seed=2)
+    end, rounds = run_race(m, max_repeats=4)
+    assert len(rounds) == 4 and len(end.alive) == 3 and "max_repeats=4 reached" in end.reason, (rounds, end)
+
+
+def test_one_point_or_one_seed() -> None:
+    one = racing.decide(synthetic([0.0], 1, 3), True, ["a"], SETS, 3)
+    assert one.done and one.alive == [0]
+    first = racing.decide(synthetic([0.0, -5.0], 1, 3), True, ["a", "b"], SETS, 3)
+    assert not first.done and first.alive == [0, 1] and "no point is dropped" in first.reason
+
+
+@pytest.mark.slow
+def test_a_racing_stage_records_its_rounds_and_a_rerun_adds_no_trial(tmp_path: Path) -> None:
+    """Two points, max_repeats=2: round 1 trains seed 0 of both, round 2 (recorded before it starts) seed 1."""
+    env, ws = env_for(tmp_path), tmp_path / "ws"
+    write_study(tmp_path, "race", ["0.5", "inf"])
+    args = ["run", "study=race", f"workspace={ws}", *tiny(), "repeats=auto", "max_repeats=2"]
+    done = sweeper(args, env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "max_repeats=2 reached" in done.stdout and "4 trainings; repeats=2 would have taken 4: 0 saved" in done.stdout, done.stdout
+    storage = f"sqlite:///{ws / 'optuna.db'}"
+    first = trials(storage, "race")
+    assert sorted((t.params["mu"], t.params["repeat"], t.state.name) for t in first) == [
+        ("0.5", 0, "COMPLETE"), ("0.5", 1, "COMPLETE"), ("inf", 0, "COMPLETE"), ("inf", 1, "COMPLETE")]  # fmt: skip
+    record = optuna.load_study(study_name="race.mu", storage=storage).user_attrs["race"]
+    assert record["rounds"] == [[0, 1], [0, 1]] and record["trainings"] == 4
+    again = sweeper(args, env)
+    assert again.returncode == 0 and len(trials(storage, "race")) == 4, again.stderr[-3000:]
