@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 from mlflow import MlflowClient
@@ -17,6 +19,8 @@ from sweeper.core.mlflow_names import experiment
 from sweeper.search import tracking
 from trainer.config import build_config, format_mu
 
+# The four settings that the proxy and the target share in the correlation study (Table 4's rows)
+SETTINGS: list[dict[str, Any]] = [{"mu": math.inf}, {"mu": 1, "beta": "beta1_3"}, {"mu": 10, "beta": "beta1_3"}, {"mu": 0.5, "beta": "beta3_6"}]
 _TEMPLATE: list[Path] = []  # an empty, migrated store, made once per test process: migrations take seconds
 
 

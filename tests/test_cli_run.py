@@ -129,6 +129,7 @@ def test_mu_search_survives_kill_9_and_agrees_with_mlflow(tmp_path: Path, env: d
     (source,) = [t for t in complete if t["params"]["mu"] == "inf"]
     (copy,) = status(ws, tmp_path, env, "again")["trials"]
     assert copy["state"] == "COMPLETE" and copy["reused_from"] == f"mu_search.mu#{source['number']}"
+    assert f"stage x: all 1 points reused from earlier trials (mu_search.mu#{source['number']}); nothing to train" in reused.stdout
     assert copy["trial_dir"] != source["trial_dir"]  # its own folder: its own config.yaml, the source's outcome
     assert (Path(copy["trial_dir"]) / "result.json").read_bytes() == (Path(source["trial_dir"]) / "result.json").read_bytes()
     assert not (Path(copy["trial_dir"]) / "ckpt").exists()  # nothing was trained for it
@@ -190,7 +191,8 @@ def broken_data(tmp_path: Path) -> Path:
         (["study=mu_search", "mu=0.5"], "what stage 'mu' of study mu_search searches"),
         (["study=mu_search", "seed=inf"], "seed=inf: a finite integer"),
         (["study=mu_search", "data.root=/nonexistent/data"], "/nonexistent/data"),
-        (["study=mu_search", "data.root=BROKEN"], "bad.png"),
+        (["study=mu_search", "data.root=BROKEN", "data.train_sets=[train]"], "bad.png"),
+        (["study=mu_search", "data.root=BROKEN"], "none of the training sets preset=smoke trains on (T91, BSD200); sets found there: Set5, train"),
         (["study=beta_search"], "run study=mu_search first or pass mu=VALUE"),
         (["study=mu_search", "select_by=lpips"], "select_by=lpips needs LPIPS"),
         (["study=mu_search", "preset=proxy"], "ImageNet weights"),

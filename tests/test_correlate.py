@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from fractions import Fraction
+from pathlib import Path
 
 import mlflow_layout
 import numpy as np
@@ -111,7 +112,7 @@ def test_constant_or_tied_at_the_top_scores_are_undefined():
     assert fine.undefined is None and fine.best_agrees  # ties below the top do not matter for the gate
 
 
-SETTINGS = [{"mu": math.inf}, {"mu": 1, "beta": "beta1_3"}, {"mu": 10, "beta": "beta1_3"}, {"mu": 0.5, "beta": "beta3_6"}]
+SETTINGS = mlflow_layout.SETTINGS
 # Table 4 of the paper (BSD100): SRGAN-DP and ESRGAN-DP (PSNR, SSIM, LPIPS) per setting
 TABLE4 = {
     "srgan": [(25.37, 0.6919, 0.1483), (25.95, 0.7259, 0.1447), (25.71, 0.7111, 0.1473), (25.82, 0.7202, 0.1370)],
@@ -143,7 +144,7 @@ def test_correlate_command_prints_and_logs_the_check(correlation_store, capsys):
     assert run.data.metrics["BSD100/lpips/p_spearman"] == pytest.approx(1 / 24)
     assert run.data.metrics["BSD100/psnr/discordant"] == 0
     rows = client.download_artifacts(run.info.run_id, "correlation.csv")
-    lines = open(rows).read().splitlines()
+    lines = Path(rows).read_text().splitlines()
     assert len(lines) == 1 + 2 * 3  # header + (BSD100, mean) x 3 metrics
     assert lines[0].startswith("set,metric,n,spearman,kendall,discordant")
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from cluster_helpers import env_for, write_study
 from mlflow import MlflowClient
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 from sweeper.analysis import correlate, ledger, rankcheck
@@ -46,7 +46,7 @@ def test_ledger_sums_and_naive_protocol(tmp_path: Path) -> None:
     """A real Optuna storage: 3 grid points, one trained in two segments, one reused (no ledger), one failed once."""
     storage = optuna.storages.InMemoryStorage()
     sid = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "s.mu")
-    dist = {"mu": CategoricalDistribution(["1", "2", "3"])}
+    dist: dict[str, BaseDistribution] = {"mu": CategoricalDistribution(["1", "2", "3"])}
     ledgers = {"1": [line(0, 60, 10, 20, "trained", 8, 2.0), line(60, 100, 5, 10)], "2": [], "3": [line(0, 100, 12, 24, "reused")]}
     for k, (mu, lines) in enumerate(ledgers.items()):
         folder = tmp_path / str(k)
@@ -104,6 +104,13 @@ def test_scheduler_options_are_checked() -> None:
         parse(["scheduler.eta=1"])
 
 
+def test_plan_names_what_its_hours_count() -> None:
+    from sweeper.search.plan import hours_unit
+
+    assert hours_unit({"CPU core-s"}) == "CPU core-hours" and hours_unit({"GPU-s"}) == "GPU-hours"
+    assert hours_unit({"GPU-s", "CPU core-s"}) == "device-hours"
+
+
 # --- a real study -----------------------------------------------------------------------------------------
 
 
@@ -148,6 +155,7 @@ def test_plan_agrees_with_the_finished_studys_ledger(study) -> None:
     assert (stage["points"], stage["trainings"], stage["naive_iters"], stage["none_iters"]) == (4, 4, 24, 24)
     assert stage["pretrain_iters"] == 0 and stage["naive_pretrain_iters"] == 8  # the cache holds the pre-training now
     assert stage["rate_source"].startswith("srgan: ledgers of 4 trial(s) in the workspace")
+    assert stage["unit"] == "CPU core-hours"  # trained on this machine's CPU: core-hours, not device-hours
     budgets = halving.rung_budgets(6, 4, 3)
     assert stage["sha_budgets"] == budgets and stage["sha_iters"] == halving.iterations_spent([4, 1, 1], budgets)
     totals = ledger.Totals()

@@ -214,6 +214,7 @@ def test_trials_of_a_dead_sweeper_on_another_host_are_adopted_when_its_lease_exp
 def test_random_kills_lose_and_duplicate_nothing() -> None:
     """A short, seeded run of benchmarks/crash_soak.py (one study, three kills at random moments)."""
     spec = importlib.util.spec_from_file_location("crash_soak", REPO / "benchmarks" / "crash_soak.py")
+    assert spec is not None and spec.loader is not None
     soak = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(soak)
     counts = soak.soak(seed=1, studies=1, kills=3, max_wait_s=15.0, storage="journal")

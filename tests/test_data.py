@@ -16,13 +16,17 @@ from trainer.data import (
     EMBEDDED,
     TrainBatches,
     check_train_sets,
+    describe_sets,
     load_set,
     load_val_sets,
     resolve_root,
+    set_names,
+    settle_sets,
+    val_pairs,
 )
 from trainer.errors import UserError
 from trainer.images import read_image, write_image
-from trainer.imresize import degrade
+from trainer.imresize import degrade, modcrop
 from trainer.prepared import Settings, windows
 
 
@@ -90,14 +94,55 @@ def test_val_sets_follow_the_config(shared_data: Path) -> None:
     sets = load_val_sets(cfg)
     assert list(sets) == ["Set5", "Set14"] and all(len(v) == 3 for v in sets.values())
     bridge = sets["Set14"][2]
-    assert bridge.name == "bridge.png" and bridge.hr.shape == (1, 64, 64)  # grayscale HR kept as its own Y
-    assert bridge.lr.shape == (3, 16, 16)
+    assert bridge.name == "bridge.png" and bridge.hr.shape == (1, 60, 60)  # grayscale HR kept as its own Y; mod12 of 64
+    assert bridge.lr.shape == (3, 15, 15)
     img = sets["Set5"][0]
-    assert img.hr.shape == (3, 64, 64) and img.lr.shape == (3, 16, 16)
+    assert img.hr.shape == (3, 60, 60) and img.lr.shape == (3, 15, 15) and not img.supplied
     assert torch.equal(img.lr, degrade(img.hr, 4))
-    full = load_set(shared_data, "Set5")[0][1]
-    top, left = (full.shape[1] - 64) // 2, (full.shape[2] - 64) // 2
-    assert torch.equal(img.hr, full[:, top : top + 64, left : left + 64])
+    full = modcrop(load_set(shared_data, "Set5")[0][1], 12)
+    top, left = (full.shape[1] - 64) // 2 // 4 * 4, (full.shape[2] - 64) // 2 // 4 * 4  # on the LR grid
+    assert torch.equal(img.hr, full[:, top : top + 60, left : left + 60])
+    mod4 = load_val_sets(smoke(**{"data.root": str(shared_data), "data.val_hr": "mod4", "data.val_sets": ["Set5"]}))
+    assert mod4["Set5"][0].hr.shape == (3, 64, 64)
+
+
+def published_layout(root: Path, shared_data: Path) -> dict[str, torch.Tensor]:
+    """Set5 as BasicSR ships it: GTmod12/ and LRbicx4/; bird's LR is made another way, so a test can tell
+    the supplied files from a re-degradation. Returns the LR images written."""
+    lrs = {}
+    for name, img in load_set(shared_data, "Set5"):
+        hr = modcrop(img, 12)
+        lr = degrade(hr, 4) if name != "bird.png" else hr[:, 1::4, 1::4].contiguous()  # nearest, not bicubic
+        write_image(root / "Set5" / "GTmod12" / name, hr)
+        write_image(root / "Set5" / "LRbicx4" / name, lr)
+        lrs[name] = lr
+    return lrs
+
+
+def test_published_layout_scores_the_supplied_lr_images(shared_data: Path, tmp_path: Path) -> None:
+    lrs = published_layout(tmp_path, shared_data)
+    assert set_names(tmp_path) == ["Set5"]  # its images are in GTmod12/
+    pairs = {p.name: p for p in val_pairs(tmp_path, "Set5", 4, "mod12")}
+    flat = {p.name: p for p in val_pairs(shared_data, "Set5", 4, "mod12")}
+    assert all(p.supplied for p in pairs.values()) and not any(p.supplied for p in flat.values())
+    for name, pair in pairs.items():
+        assert torch.equal(pair.hr, flat[name].hr) and torch.equal(pair.lr, lrs[name])
+    assert torch.equal(pairs["baby.png"].lr, flat["baby.png"].lr)  # the published LR files are MATLAB's bicubic of GTmod12
+    assert not torch.equal(pairs["bird.png"].lr, flat["bird.png"].lr)  # the supplied file, not a re-degradation
+    (crop,) = val_pairs(tmp_path, "Set5", 4, "mod12", crop=64, max_images=1)
+    top, left = (pairs["baby.png"].hr.shape[1] - 64) // 2 // 4, (pairs["baby.png"].hr.shape[2] - 64) // 2 // 4
+    assert crop.hr.shape == (3, 60, 60) and torch.equal(crop.lr, lrs["baby.png"][:, top : top + 15, left : left + 15])
+
+
+def test_published_layout_errors_are_one_line(shared_data: Path, tmp_path: Path) -> None:
+    published_layout(tmp_path, shared_data)
+    write_image(tmp_path / "Set5" / "LRbicx4" / "head.png", torch.zeros(3, 10, 10, dtype=torch.uint8))
+    with pytest.raises(UserError, match=r"Set5/LRbicx4/head.png: LR image is \(10, 10\), but its HR .* is \(276, 276\)") as err:
+        val_pairs(tmp_path, "Set5", 4, "mod12")
+    assert "\n" not in str(err.value)
+    (tmp_path / "Set5" / "LRbicx4" / "head.png").unlink()
+    with pytest.raises(UserError, match=r"LRbicx4: no LR image for 1 HR image\(s\) of Set5 \(head.png\)"):
+        val_pairs(tmp_path, "Set5", 4, "mod12")
 
 
 def chw(a: np.ndarray) -> torch.Tensor:
@@ -108,7 +153,7 @@ def test_sub_images_are_the_windows_of_the_sources_with_their_lr(cache: Path) ->
     batches = TrainBatches(smoke(), cache)
     files = sorted((EMBEDDED / "train").glob("*.png"))
     settings = Settings(96, 48, 4)
-    expected = [(img, w) for f in files for img in [read_image(f)] for w in windows(*img.shape[-2:], settings)]
+    expected = [(img, w) for f in files for img in [read_image(f)] for w in windows(img.shape[-2], img.shape[-1], settings)]
     assert len(batches) == len(expected) == 76 and batches.skipped == 0
     for i in (0, 1, 30, len(batches) - 1):
         img, (top, left, h, w) = expected[i]
@@ -158,7 +203,7 @@ def test_a_resumed_stream_sees_exactly_the_batches_of_a_straight_one(cache: Path
     straight = TrainBatches(smoke(), cache)
     n = len(straight)  # with batch_size 2, n // 2 + 3 batches cross an epoch boundary
     k = n // 4 + 1
-    stream, saved = [], None
+    stream, saved = [], {}
     for i in range(n // 2 + 3):
         if i == k:
             saved = straight.state_dict()
@@ -188,3 +233,24 @@ def test_too_small_training_images_are_refused(cache: Path) -> None:
     with pytest.raises(UserError, match="hr_patch=320"):
         TrainBatches(cfg, cache)
     check_train_sets(smoke())
+
+
+def test_a_data_root_gives_the_presets_training_sets_and_every_benchmark_found(shared_data: Path, tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SWEEPER_DATA", raising=False)
+    root = {"data.root": str(shared_data)}
+    settled = settle_sets({"preset": "smoke", **root})  # smoke trains on the embedded `train` set: not in a root
+    assert settled["data.train_sets"] == ["T91", "BSD200"] and settled["data.val_sets"] == ["Set5", "Set14", "BSD100"]
+    line = describe_sets(build_config(settled))
+    assert line.startswith("train: T91, BSD200 (96-px sub-images every 48 px, 32-px HR patches); validate: Set5, Set14, BSD100 (")
+    assert "first 2 images of each, 64-px centre crops" in line
+    named = settle_sets({"preset": "proxy", "data.val_sets": ["Set14"], "data.train_sets": ["T91"], **root})
+    assert named["data.val_sets"] == ["Set14"] and named["data.train_sets"] == ["T91"]  # what the config names stays
+    assert settle_sets({"preset": "smoke"}) == {"preset": "smoke"}  # the embedded demo: the preset's own sets
+    with pytest.raises(UserError, match=r"none of the training sets preset=paper trains on \(DIV2K\); sets found there: "
+                                        r"BSD100, BSD200, Set14, Set5, T91; name yours with data.train_sets=\[\.\.\.\]"):
+        settle_sets({"preset": "paper", **root})
+    (tmp_path / "T91").mkdir()
+    write_image(tmp_path / "T91" / "a.png", torch.zeros(3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(UserError, match="none of the benchmark sets .*data.val_sets="):
+        settle_sets({"preset": "smoke", "data.root": str(tmp_path)})

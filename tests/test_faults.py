@@ -17,9 +17,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from optuna.trial import TrialState
@@ -110,7 +110,7 @@ def test_prepare_killed_at_ten_points_never_blocks_the_next_and_ends_byte_identi
             wait_for(point(pid))
             workers = descendants(pid)
             os.kill(pid, signal.SIGKILL)
-            wait_for(lambda: not alive(pid) and not any(alive(w) for w in workers), timeout=5)  # the pool died with it
+            wait_for(lambda pid=pid, workers=workers: not alive(pid) and not any(alive(w) for w in workers), timeout=5)  # the pool died with it
             if n >= 2:  # every run after the first kill got past the lock within seconds
                 assert time.monotonic() - started < 30
             assert not any(cache.glob("Train-*/manifest.json")), f"point {n}: finished before the kill"
@@ -198,7 +198,7 @@ def test_a_lock_held_by_a_live_process_is_waited_for(tmp_path: Path, capfd: pyte
 
 
 @pytest.fixture
-def small_fs(tmp_path: Path) -> Path:
+def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 4 MB tmpfs (root only; the test is skipped elsewhere), unmounted afterwards."""
     mnt = tmp_path / "small"
     mnt.mkdir()

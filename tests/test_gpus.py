@@ -62,7 +62,7 @@ def test_processes_spread_evenly_and_never_double_book(locks: Path) -> None:
 
 def test_a_second_sweeper_books_around_the_first(locks: Path, tmp_path: Path) -> None:
     """Slot 0 of both fake GPUs is held by "another sweeper" (this test); the executor's workers book slot 1."""
-    held = [gpus.try_book(2, 1) for _ in range(2)]
+    held = [booked for _ in range(2) if (booked := gpus.try_book(2, 1)) is not None]
     assert sorted(h[0] for h in held) == [0, 1]
     executor = LocalExecutor(n_jobs=2, gpus=2, workspace=tmp_path / "ws", trials_per_gpu=2)
     jobs = []

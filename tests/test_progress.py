@@ -7,9 +7,11 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -56,3 +58,50 @@ def test_a_local_job_is_gone_when_its_process_is(tmp_path: Path) -> None:
     child.wait()
     assert job_gone(attrs)
     assert not job_gone({"trial_dir": str(trial_dir)})  # claimed, not launched yet: not gone
+
+
+TERMINAL_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState, create_trial
+from sweeper.core.workspace import stage_trials
+from sweeper.search.progress import StageProgress
+
+trial_dir = Path(sys.argv[1])
+(trial_dir / "progress.json").write_text(json.dumps({"stage": "gan", "step": 3, "total": 12}))
+storage = optuna.storages.InMemoryStorage()
+study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "s.mu")
+dist = {"mu": CategoricalDistribution(["0.5", "1"])}
+for mu, state in (("0.5", TrialState.RUNNING), ("1", TrialState.COMPLETE)):
+    attrs = {"trial_dir": str(trial_dir), "metrics": {"mean/psnr": 25.0}}
+    storage.create_new_trial(study_id, template_trial=create_trial(state=state, params={"mu": mu}, distributions=dist,
+                             user_attrs=attrs, value=1.0 if state == TrialState.COMPLETE else None))
+bars = StageProgress("s.mu", 2)
+assert not bars.lines, "stderr should be the pseudo-terminal"
+bars.update(stage_trials(storage, study_id), max_retries=0)
+time.sleep(0.3)
+(trial_dir / "progress.json").write_text(json.dumps({"stage": "gan", "step": 9, "total": 12}))
+bars.update(stage_trials(storage, study_id), max_retries=0)
+bars.close()
+"""
+
+
+def test_on_a_pseudo_terminal_without_a_size_the_stage_and_trial_bars_are_drawn(tmp_path: Path) -> None:
+    """`script` started from a non-terminal opens a pty of 0x0 columns, where tqdm used to draw empty bars."""
+    if subprocess.run(["which", "script"], capture_output=True).returncode:
+        pytest.skip("util-linux `script` is not installed")
+    (tmp_path / "prog.py").write_text(TERMINAL_SCRIPT)
+    typescript = tmp_path / "typescript"
+    command = f"{sys.executable} {tmp_path / 'prog.py'} {tmp_path}"
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    done = subprocess.run(["script", "-qfec", command, str(typescript)], stdin=subprocess.DEVNULL, capture_output=True,
+                          env=env, timeout=120)  # fmt: skip
+    text = typescript.read_text(errors="replace")
+    assert done.returncode == 0, text
+    assert "s.mu:" in text and "1/2" in text  # the stage bar, with the point that finished before it
+    assert "#0 mu=0.5" in text and "9/12" in text and "gan" in text  # the running trial's bar, with its step
+    assert "it/s" in text or "s/it" in text  # and its rate
+    assert "[s.mu] trial 1 mu=1: complete (psnr 25.0000)" in text  # a finished trial's line above the bars

@@ -13,7 +13,7 @@ from sweeper.search import promote
 from trainer.errors import UserError
 
 BETAS = ["beta1_3", "beta2_4", "beta3_6", "beta4_3"]
-SETTINGS = [{"mu": float("inf")}, {"mu": 1, "beta": "beta1_3"}, {"mu": 10, "beta": "beta1_3"}, {"mu": 0.5, "beta": "beta3_6"}]
+SETTINGS = mlflow_layout.SETTINGS
 
 
 def paper_study(client, root, finished: bool = True) -> None:
@@ -63,19 +63,33 @@ def test_refuses_an_incomplete_search(tmp_path):
 
 def test_refuses_without_a_correlation_check_unless_forced(ws, capsys):
     uri, client, root = ws
-    with pytest.raises(UserError, match="no correlation check of srgan against esrgan: run `sweeper run study=correlation` and `sweeper correlate`, or pass --force"):
-        promote.main("esrgan", None, force=False, dry_run=True, overrides=[f"tracking_uri={uri}"])
-    promote.main("esrgan", None, force=True, dry_run=True, overrides=[f"tracking_uri={uri}"])
+    with pytest.raises(UserError, match="no correlation check of srgan against esrgan: run `sweeper run study=correlation` and `sweeper correlate`; or pass --force"):
+        promote.main("esrgan", None, force=False, dry_run=False, overrides=[f"tracking_uri={uri}"])
+    promote.main("esrgan", None, force=False, dry_run=True, overrides=[f"tracking_uri={uri}"])  # previews all the same
     out = capsys.readouterr().out
-    assert "warning: --force: promoting without a correlation check" in out
-    assert "sweeper.promoted_forced=true" in out
+    assert "gate: would be refused: no correlation check of srgan against esrgan: run `sweeper run study=correlation`" in out
+    assert "command: sweeper train arch=esrgan mu=0.5 beta=beta3_6 preset=paper" in out
+
+
+def test_a_demo_winner_goes_into_preset_paper_only_when_asked(ws, capsys):
+    """The stores here hold a preset=smoke, weights=random search: a plumbing check, not a paper result."""
+    uri, client, root = ws
+    correlation_study(client, root, uri, target_lpips=[0.30, 0.20, 0.25, 0.10])  # agrees: the correlation gate passes
+    capsys.readouterr()
+    promote.main("esrgan", None, force=False, dry_run=True, overrides=[f"tracking_uri={uri}"])
+    out = capsys.readouterr().out
+    assert "(stage beta, run " in out and "preset=smoke, weights=random, by mean lpips): mu=0.5, beta=beta3_6 -> arch=esrgan, preset=paper" in out
+    assert "gate: passes: the correlation check (MLflow run " in out
+    assert "gate: would be refused: that winner was picked in a plumbing check (preset=smoke, weights=random, by mean lpips)" in out
+    with pytest.raises(UserError, match=r"plumbing check .*; pass --allow-demo to promote it into preset=paper anyway"):
+        promote.main("esrgan", None, force=True, dry_run=False, overrides=[f"tracking_uri={uri}"])
 
 
 def test_refuses_when_the_check_contradicts_the_proxy(ws, capsys):
     uri, client, root = ws
     correlation_study(client, root, uri, target_lpips=[0.30, 0.05, 0.25, 0.10])  # target prefers mu=1 + beta1_3
-    with pytest.raises(UserError, match="does not support the proxy: contradicts: by mean/lpips the proxy's best is mu=0.5 \\+ beta3_6 but the target's best is mu=1 \\+ beta1_3; pass --force"):
-        promote.main("esrgan", None, force=False, dry_run=True, overrides=[f"tracking_uri={uri}"])
+    with pytest.raises(UserError, match="does not support the proxy: contradicts: by mean/lpips the proxy's best is mu=0.5 \\+ beta3_6 but the target's best is mu=1 \\+ beta1_3; or pass --force"):
+        promote.main("esrgan", None, force=False, dry_run=False, overrides=[f"tracking_uri={uri}"])
 
 
 def test_refuses_a_degenerate_check_unless_forced(ws, capsys):
@@ -83,10 +97,10 @@ def test_refuses_a_degenerate_check_unless_forced(ws, capsys):
     uri, client, root = ws
     correlation_study(client, root, uri, target_lpips=[0.30, 0.10, 0.25, 0.10])
     assert "undefined: by mean/lpips 2 settings tie for the target's best" in capsys.readouterr().out
-    with pytest.raises(UserError, match="does not support the proxy: undefined: .*tie for the target's best.*; pass --force"):
-        promote.main("esrgan", None, force=False, dry_run=True, overrides=[f"tracking_uri={uri}"])
+    with pytest.raises(UserError, match="does not support the proxy: undefined: .*tie for the target's best.*; or pass --force"):
+        promote.main("esrgan", None, force=False, dry_run=False, overrides=[f"tracking_uri={uri}"])
     promote.main("esrgan", None, force=True, dry_run=True, overrides=[f"tracking_uri={uri}"])
-    assert "warning: --force: the correlation check" in capsys.readouterr().out
+    assert "gate: would be refused: the correlation check" in capsys.readouterr().out
 
 
 def test_dry_run_prints_the_resolved_config_and_command(ws, capsys):

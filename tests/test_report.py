@@ -11,8 +11,10 @@ from pathlib import Path
 import mlflow_layout
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
+from sweeper import api as sweeper_api
 from sweeper.analysis import report, tables
 from sweeper.core.mlflow_names import VIEW_TAG
 from trainer.errors import UserError
@@ -50,7 +52,7 @@ def paper_store(tmp_path_factory):
 def paper_report(paper_store, tmp_path_factory):
     uri, client, _ = paper_store
     out = tmp_path_factory.mktemp("results") / "paper"
-    report.main(["study=paper", f"tracking_uri={uri}"], out=out)
+    report.main(["study=paper", f"tracking_uri={uri}"], out=out, write_html=True)
     return out
 
 
@@ -64,7 +66,7 @@ def markdown_rows(path) -> dict[str, list[str]]:
     out = {}
     for line in path.read_text().splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if line.startswith("| mu=") or line.startswith("| beta") or line.startswith("| VGG"):
+        if line.startswith(("| mu=", "| beta", "| VGG")):
             out[cells[0]] = [p.strip() for c in cells[1:] for p in c.split(" / ")]
     return out
 
@@ -73,12 +75,15 @@ def test_table1_matches_the_runs_in_mlflow(paper_store, paper_report):
     _, client, mu_trials = paper_store
     rows = read_csv(paper_report / "tables" / "table1_mu_srgan.csv")
     assert [r["row"] for r in rows] == ["mu=inf", "mu=0.2", "mu=0.5", "mu=1", "mu=5", "mu=10", "mu=20"]
-    assert list(rows[0])[1:] == [f"{s}/{m}" for s in ("Set5", "Set14") for m in ("ssim", "psnr", "lpips")]
+    assert list(rows[0])[1:] == [f"{s}/{m}" for s in ("Set5", "Set14") for m in ("ssim", "psnr", "lpips")] + ["provenance"]
+    assert all("weights=random" in r["provenance"] and "PSNR/SSIM on RGB (HR mod12)" in r["provenance"] for r in rows)
+    latex = (paper_report / "tables" / "table1_mu_srgan.tex").read_text()
+    assert r"\caption{Table 1" in latex and "weights=random" in latex.split(r"\caption", 1)[1].split(r"\begin{tabular}")[0]
     exp = client.get_experiment_by_name("paper").experiment_id
     logged = {float(r.data.params["mu"]): r.data.metrics for r in client.search_runs([exp], "tags.`sweeper.stage` = 'mu' and tags.`sweeper.kind` = 'trial'")}
     for row in rows:
         for key, text in row.items():
-            if key != "row":
+            if key not in ("row", "provenance"):
                 assert float(text) == pytest.approx(logged[float(row["row"].removeprefix("mu="))][key], abs=1e-6)
     assert len(logged) == len(mu_trials)
 
@@ -87,14 +92,15 @@ def test_best_and_second_best_are_marked_per_column(paper_report):
     rows = read_csv(paper_report / "tables" / "table1_mu_srgan.csv")
     cells = markdown_rows(paper_report / "tables" / "table1_mu_srgan.md")
     latex = (paper_report / "tables" / "table1_mu_srgan.tex").read_text()
-    for j, key in enumerate(list(rows[0])[1:]):
+    for j, key in enumerate(list(rows[0])[1:-1]):
         values = {r["row"]: float(r[key]) for r in rows}
-        ranked = sorted(values, key=values.get, reverse=not key.endswith("lpips"))
+        ranked = sorted(values, key=values.__getitem__, reverse=not key.endswith("lpips"))
         for label in values:
             cell = cells[label][j]
             assert cell.startswith("**") == (label == ranked[0]), (key, label, cell)
             assert (cell.startswith("_") and cell.endswith("_")) == (label == ranked[1]), (key, label, cell)
         best = tables.fmt(values[ranked[0]], key.split("/")[1])
+        assert "second best in each column" in latex.split("caption")[1]  # the legend
         assert rf"\textbf{{{best}}}" in latex and rf"\underline{{{tables.fmt(values[ranked[1]], key.split('/')[1])}}}" in latex
 
 
@@ -115,6 +121,11 @@ def test_report_lists_the_tables_figures_and_warning(paper_store, paper_report):
     stage = client.search_runs([client.get_experiment_by_name("paper").experiment_id], "tags.`sweeper.stage` = 'beta' and tags.`sweeper.kind` = 'stage'")[0]
     logged = {f.path for f in client.list_artifacts(stage.info.run_id, "report/figures")}
     assert "report/figures/curves_Set5.png" in logged
+    page = (paper_report / "report.html").read_text()  # `--html`: one page, every figure inside it
+    assert page.count('src="data:image/png;base64,') == readme.count("](figures/") and 'src="figures/' not in page
+    assert "<table>" in page and "Set5" in page
+    logged_page = client.download_artifacts(stage.info.run_id, "report/report.html", str(paper_report.parent))
+    assert Path(logged_page).read_text() == page
 
 
 def test_crop_grid_uses_the_latest_sample_of_each_run(paper_store):
@@ -126,7 +137,7 @@ def test_crop_grid_uses_the_latest_sample_of_each_run(paper_store):
 
 def test_ablation_table_rows_in_paper_order(paper_store, tmp_path):
     uri, _, _ = paper_store
-    report.main(["study=ablation", f"tracking_uri={uri}"], out=tmp_path)
+    sweeper_api.report("ablation", out=tmp_path, tracking_uri=uri)
     rows = read_csv(tmp_path / "tables" / "table6_perceptual_esrgan.csv")
     assert [r["row"] for r in rows] == ["VGG loss", "VGG loss + ResNet loss", "VGG loss + ResNet loss + dynamic weighting"]
     assert float(rows[0]["Set5/psnr"]) == pytest.approx(27.0)  # vgg was logged third: 25 + 2
@@ -135,19 +146,18 @@ def test_ablation_table_rows_in_paper_order(paper_store, tmp_path):
 def test_report_needs_a_known_study(paper_store, tmp_path):
     uri, _, _ = paper_store
     with pytest.raises(UserError, match="which study"):
-        report.main([f"tracking_uri={uri}"], out=tmp_path)
+        sweeper_api.report(out=tmp_path, tracking_uri=uri)
     with pytest.raises(UserError, match="study='papr' has no runs.*ablation, paper"):
-        report.main(["study=papr", f"tracking_uri={uri}"], out=tmp_path)
+        sweeper_api.report("papr", out=tmp_path, tracking_uri=uri)
 
 
 def test_correlation_study_gives_tables_3_and_4(tmp_path):
     uri, client = mlflow_layout.store(tmp_path / "ws")
-    settings = [{"mu": math.inf}, {"mu": 1, "beta": "beta1_3"}, {"mu": 10, "beta": "beta1_3"}, {"mu": 0.5, "beta": "beta3_6"}]
     lpips = {"srgan": [0.30, 0.20, 0.25, 0.10], "esrgan": [0.28, 0.12, 0.26, 0.11]}  # the archs agree on best and worst
-    trials = [{"arch": a, **s, "final": mlflow_layout.scores(25 + i, 0.7, lpips[a][i])} for a in lpips for i, s in enumerate(settings)]
+    trials = [{"arch": a, **s, "final": mlflow_layout.scores(25 + i, 0.7, lpips[a][i])} for a in lpips for i, s in enumerate(mlflow_layout.SETTINGS)]
     mlflow_layout.log_stage(client, tmp_path / "ws", "correlation", "proxy_vs_target", trials, winner=3)
     out = tmp_path / "out"
-    report.main(["study=correlation", f"tracking_uri={uri}"], out=out)
+    sweeper_api.report("correlation", out=out, tracking_uri=uri)
     rows = read_csv(out / "tables" / "table4_Set5.csv")
     assert [r["row"] for r in rows] == ["mu=inf", "mu=0.5 + beta3_6", "mu=1 + beta1_3", "mu=10 + beta1_3"]
     assert [float(r["ESRGAN-DP/lpips"]) for r in rows] == pytest.approx([0.28, 0.11, 0.12, 0.26])
@@ -158,7 +168,7 @@ def test_correlation_study_gives_tables_3_and_4(tmp_path):
     assert "| mu=1 + beta1_3 | 26.00 / 0.7000 / 0.2000 | 26.00 / 0.7000 / 0.1200 |" in md
     t3 = read_csv(out / "tables" / "table3.csv")
     assert [r["row"] for r in t3] == ["SRGAN-DP (mu=0.5 + beta3_6)", "ESRGAN-DP (mu=0.5 + beta3_6)"]
-    assert list(t3[0]) == ["row", "Set5/lpips", "Set14/lpips"]
+    assert list(t3[0]) == ["row", "Set5/lpips", "Set14/lpips", "provenance"]
     readme = (out / "README.md").read_text()
     assert "Verdict (promotion gate, mean/lpips): consistent" in readme and "1/24" in readme
 
@@ -173,4 +183,77 @@ def test_stage_runs_hold_their_table_and_the_experiment_a_view_of_its_trials(pap
     view = json.loads(json.loads(exp.tags[VIEW_TAG])["state"])
     assert view["searchFilter"] == "tags.`sweeper.kind` = 'trial'" and "params.`mu`" in view["selectedColumns"]
     names = {r.info.run_name for r in client.search_runs([exp.experiment_id], view["searchFilter"])}
-    assert {"mu=0.5 beta1_3", "mu=inf beta1_3", "mu=0.5 beta4_3"} <= names
+    assert {"mu=0.5 beta1_3 · mu", "mu=inf beta1_3 · mu", "mu=0.5 beta4_3 · beta"} <= names
+
+
+def test_a_scored_folder_is_a_table5_method_in_the_studys_space(tmp_path):
+    """`sweeper evaluate folder=DIR method=NAME` -> a Table 5 row (a column of the paper's table), in the study's
+    metric space; our smoke rows (validation crops) are never bolded against whole-image baselines."""
+    from typer.testing import CliRunner
+
+    from sweeper.cli.app import app
+    from trainer.data import EMBEDDED, val_pairs
+    from trainer.images import write_image
+
+    uri, client = mlflow_layout.store(tmp_path)
+    trials = [{"arch": "srgan", "mu": mu, "beta": "beta1_3", "final": mlflow_layout.scores(30 + k, 0.9, 0.1, sets=("Set5",))}
+              for k, mu in enumerate([0.5, 1])]
+    mlflow_layout.log_stage(client, tmp_path, "small", "mu", trials, winner=1)
+    for pair in val_pairs(EMBEDDED, "Set5", 4, "mod12"):  # a "method" that returns the LR image's nearest upscaling
+        write_image(tmp_path / "sr" / pair.name, pair.lr.repeat_interleave(4, -1).repeat_interleave(4, -2))
+    done = CliRunner().invoke(app, ["evaluate", f"folder={tmp_path / 'sr'}", "method=Nearest", f"workspace={tmp_path}",
+                                    "--data-root", str(EMBEDDED), "--sets", "Set5", "--no-lpips"])
+    assert done.exit_code == 0, done.output
+    out = tmp_path / "report"
+    report.main(["study=small", f"tracking_uri={uri}"], out=out)
+    rows = {r["row"]: r for r in read_csv(out / "tables" / "table5.csv")}
+    (nearest,) = report.find_runs(client, "baseline", None, method="Nearest")
+    assert float(rows["Nearest"]["Set5/psnr"]) == pytest.approx(nearest.value("Set5", "psnr_rgb"), abs=1e-6)  # smoke configs: rgb
+    assert float(rows["Bicubic"]["Set5/psnr"]) > float(rows["Nearest"]["Set5/psnr"])
+    markdown = (out / "tables" / "table5.md").read_text()
+    ours = next(line for line in markdown.splitlines() if "ours" in line)
+    assert "**" not in ours and "never marked" in markdown  # 31 dB on 64-px crops is not bolded over whole images
+    assert "**" in next(line for line in markdown.splitlines() if line.startswith("| Bicubic"))
+    assert "(HR mod12)" in markdown and "alex v0.1" in markdown
+
+
+@pytest.mark.slow
+def test_table5_scores_the_winners_checkpoint_on_whole_images_as_bicubic_is(tmp_path):
+    """The winner's row is `sweeper evaluate` of its checkpoint on every whole image (not its training-time
+    crops), computed once and reused by the next report."""
+    import torch
+
+    from sweeper.analysis import evaluate
+    from trainer.checkpoint import save_atomic
+    from trainer.config import config_from_dict
+    from trainer.data import EMBEDDED
+    from trainer.nets import build_generator
+
+    uri, client = mlflow_layout.store(tmp_path / "ws")
+    trial = {"arch": "srgan", "mu": 0.5, "beta": "beta1_3", "final": mlflow_layout.scores(40.0, 0.99, 0.01, sets=("Set5",))}
+    _, (run_id,) = mlflow_layout.log_stage(client, tmp_path / "ws", "mu_search", "mu", [trial], winner=0, select_by="psnr")
+    folder = tmp_path / "ws" / "trials" / "mu_search" / "mu" / "0"
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    torch.manual_seed(0)
+    ckpt = folder / "ckpt" / "last.pt"
+    save_atomic({"config": config, "step": 12, "stage": "finished", "g": build_generator(config_from_dict(config)).state_dict()}, ckpt)
+    result = json.loads((folder / "result.json").read_text()) | {"checkpoint": str(ckpt)}
+    client.log_text(run_id, json.dumps(result), "result.json")
+    study = report.load_study(client, "mu_search")
+    found = report.table5(study, report.bicubic_run(study))
+    assert found is not None
+    table, _ = found
+    rows = evaluate.evaluate(str(ckpt), EMBEDDED, ["Set5"], 4, use_lpips=False)  # the study's space: rgb at smoke
+    whole = {"psnr": np.mean([r["psnr_rgb"] for r in rows]), "ssim": np.mean([r["ssim_rgb"] for r in rows])}
+    def cell(t, metric: str) -> float:
+        i = next(i for i, label in enumerate(t.rows) if "ours" in label)
+        return t.values[i][t.columns.index(("Set5", metric))]
+
+    assert cell(table, "psnr") == pytest.approx(whole["psnr"], abs=1e-9) != 40.0  # not the logged 40 dB crops
+    assert cell(table, "ssim") == pytest.approx(whole["ssim"], abs=1e-9)
+    assert any("whole image" in note for note in table.notes)
+    ckpt.unlink()  # cached: the next report reads the logged evaluation, not the checkpoint
+    found = report.table5(report.load_study(client, "mu_search"), report.bicubic_run(study))
+    assert found is not None
+    again, _ = found
+    assert cell(again, "psnr") == cell(table, "psnr")

@@ -40,7 +40,8 @@ TAGS = {"sweeper.study": "mu_search", "sweeper.stage": "mu", "sweeper.trial_numb
 def test_a_trial_is_logged_once_in_the_documented_layout(tmp_path: Path) -> None:
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = experiment(client, "mu_search", tmp_path / "artifacts")
-    assert experiment(client, "mu_search", tmp_path / "artifacts") == exp
+    assert experiment(client, "mu_search", tmp_path / "artifacts", "Table 1: the mu grid") == exp
+    assert client.get_experiment(exp).tags["mlflow.note.content"] == "Table 1: the mu grid"  # the UI's description
     parent = tracking.stage_run(client, exp, "mu_search", "mu", {"sweeper.preset": "smoke"})
     assert tracking.stage_run(client, exp, "mu_search", "mu", {}) == parent
     config = trial_folder(tmp_path / "trial")
@@ -48,7 +49,7 @@ def test_a_trial_is_logged_once_in_the_documented_layout(tmp_path: Path) -> None
     assert tracking.log_trial(client, exp, parent, tmp_path / "trial", config, TAGS) == run_id  # idempotent
 
     run = client.get_run(run_id)
-    assert run.info.run_name == "mu=inf beta3_6" and run.info.status == "FINISHED"
+    assert run.info.run_name == "mu=inf beta3_6 · mu" and run.info.status == "FINISHED"  # the stage in the name
     assert client.get_run(parent).info.run_name == "mu_search · mu"
     ended = (tmp_path / "trial" / "result.json").stat().st_mtime * 1000  # the trial's real times, not the logging's
     assert abs(run.info.end_time - ended) < 2 and abs(run.info.start_time - (ended - 3000)) < 2
@@ -58,6 +59,7 @@ def test_a_trial_is_logged_once_in_the_documented_layout(tmp_path: Path) -> None
     recipe = {k: run.data.params[k] for k in ("loss.gan", "model.skip", "metrics.space", "train.from_scratch")}
     assert recipe == {"loss.gan": "vanilla", "model.skip": "bilinear", "metrics.space": "rgb", "train.from_scratch": "True"}  # smoke
     assert run.data.metrics["mean/psnr"] == 21.0 and "mean/lpips" not in run.data.metrics
+    assert run.data.metrics["rounded/mean/ssim"] == round(run.data.metrics["mean/ssim"], 4)  # for the UI's columns
     history = [(m.step, m.value) for m in client.get_metric_history(run_id, "train/l_g")]
     assert sorted(history) == [(2, 0.5), (4, 0.4)]
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "Set14/ssim")] == [(4, 0.7)]

@@ -55,12 +55,13 @@ def test_smoke_trial_fills_the_trial_folder(smoke_run):
     cfg = smoke()
     assert result["status"] == "complete" and result["reason"] is None
     assert result["iters"] == cfg.train.iters == 12
-    assert result["weights"] == {"extractors": "random", "lpips": "unavailable"}  # no ImageNet files here
+    assert result["weights"] == {"extractors": "random", "lpips": "unavailable", "generator": "pre-trained: L1, 8 iterations"}  # no ImageNet files here
     assert set(result["final"]) == {"Set5"}
     final = result["final"]["Set5"]
     assert 15 < final["psnr"] < 60 and 0 < final["ssim"] <= 1 and final["lpips"] is None
     # Both spaces are kept; psnr/ssim are those of metrics.space (rgb by default), per image and as means.
-    assert result["metrics"] == {"space": "rgb", "lpips_net": "alex", "lpips_version": "0.1"}
+    assert result["metrics"] == {"space": "rgb", "lpips_net": "alex", "lpips_version": "0.1", "val_hr": "mod12",
+                                 "val_lr": {"Set5": "matlab_bicubic"}}
     assert (final["psnr"], final["ssim"]) == (final["psnr_rgb"], final["ssim_rgb"]) != (final["psnr_y"], final["ssim_y"])
     images = result["per_image"]["Set5"]
     assert list(images) == ["baby.png", "bird.png"]  # val_max_images=2, by file name
@@ -91,7 +92,7 @@ def test_smoke_trial_fills_the_trial_folder(smoke_run):
 
     samples = sorted(p.name for p in (run / "samples").iterdir())
     assert len(samples) == 12 and samples[0].startswith("0000002_Set5_")
-    assert read_image(run / "samples" / samples[0]).shape == (3, 64, 64)  # val_crop=64: the whole image
+    assert read_image(run / "samples" / samples[0]).shape == (3, 60, 60)  # val_crop=64, val_hr=mod12: the whole image
 
 
 def test_cost_ledger_has_one_line_per_call(smoke_run, cache):
@@ -176,7 +177,7 @@ def test_concurrent_trials_pretrain_once(tmp_path):
 
 def test_resume_is_exact(tmp_path, cache):
     cfg = smoke(**{"train.iters": 20, "train.milestones": [5, 15], "train.ema": 0.9,
-                   "train.val_every": 7, "train.ckpt_every": 10})
+                   "train.val_every": 7, "train.ckpt_every": 10, "train.keep_every": 5})
     straight = train(cfg, tmp_path / "straight", cache, progress=False)
     first = train(cfg, tmp_path / "resumed", cache, progress=False, stop_after=10)
     assert first["status"] == "stopped" and first["iters"] == 10 and not (tmp_path / "resumed" / "result.json").exists()
@@ -186,6 +187,12 @@ def test_resume_is_exact(tmp_path, cache):
     for name, tensor in a["g"].items():  # the kept (EMA) generator; the losses of D and G are compared below
         assert torch.equal(tensor, b["g"][name]), name
     assert resumed["final"] == straight["final"]
+    assert straight["snapshots"] == resumed["snapshots"] == [5, 10, 15, 20] and first["snapshots"] == [5, 10]  # train.keep_every=5
+    for step in (5, 15, 20):  # generator-only, the EMA weights, the same on both paths; the last is the final generator
+        kept = [load_checkpoint(tmp_path / name / "ckpt" / f"g_{step:07d}.pt") for name in ("straight", "resumed")]
+        assert kept[0]["step"] == step and kept[0].keys() == {"config", "stage", "step", "g"}
+        assert all(torch.equal(v, kept[1]["g"][k]) for k, v in kept[0]["g"].items())
+        assert all(torch.equal(v, a["g"][k]) for k, v in kept[0]["g"].items()) == (step == 20)
     rung = [r for r in jsonl(tmp_path / "resumed" / "metrics.jsonl") if r["kind"] == "val" and r["step"] == 10]
     rung_file = json.loads((tmp_path / "resumed" / "rungs" / "10.json").read_text())  # stop_after = a rung: validated there
     assert rung_file == first and rung  # shaped like result.json, status "stopped"
@@ -278,3 +285,12 @@ def test_sigterm_checkpoints_and_the_run_resumes(tmp_path, cache):
     again = train(cfg, tmp_path / "run", cache, progress=False)
     assert again["status"] == "complete" and again["iters"] == 4
     assert [r["step"] for r in jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"] == [1, 2, 3, 4]
+
+
+def test_every_log_every_steps_a_line_on_stdout_has_the_step_the_losses_and_the_step_time(tmp_path, cache, capsys):
+    """What `sweeper logs` shows of a trial (its stdout.log): one line per `train.log_every` steps."""
+    cfg = smoke(**{"train.iters": 4, "train.from_scratch": True, "train.ckpt_every": 10, "train.log_every": 2})
+    train(cfg, tmp_path / "run", cache, progress=False)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("gan ")]
+    assert [line.split(":")[0] for line in lines] == ["gan 2/4", "gan 4/4"]
+    assert all(" l_g " in line and " l_d " in line and line.endswith(" s/step") for line in lines), lines

@@ -15,8 +15,23 @@ from trainer.errors import UserError
 from trainer.files import atomic_write, check_space, no_space
 from trainer.nets import build_generator
 
-
 FINISHED = "finished"  # the `stage` of a checkpoint shrunk by keep_generator_only
+SNAPSHOT = "snapshot"  # the `stage` of a generator kept every train.keep_every iterations
+
+
+def snapshot_path(run_dir: Path, step: int) -> Path:
+    """Where `train.keep_every` keeps the generator of iteration `step`."""
+    return Path(run_dir) / "ckpt" / f"g_{step:07d}.pt"
+
+
+def snapshot_steps(run_dir: Path) -> list[int]:
+    """The iterations whose generator a run kept (`train.keep_every`), ascending."""
+    return sorted(int(p.stem[2:]) for p in (Path(run_dir) / "ckpt").glob("g_*.pt") if p.stem[2:].isdigit())
+
+
+def save_generator(path: Path, config: dict[str, Any], stage: str, step: int, g: dict[str, torch.Tensor]) -> None:
+    """A generator-only checkpoint (what evaluation, export and promotion read), atomically."""
+    save_atomic({"config": config, "stage": stage, "step": step, "g": g}, path)
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -70,7 +85,7 @@ def keep_generator_only(path: Path) -> None:
     generator weights (the EMA ones when kept). Optimizer, discriminator, data and RNG state only serve a
     resume, and a finished run never resumes; they are most of the file (183 MB -> 6 MB for the smoke preset)."""
     ckpt = load_checkpoint(path)
-    save_atomic({"config": ckpt["config"], "stage": FINISHED, "step": ckpt["step"], "g": ckpt.get("ema") or ckpt["g"]}, path)
+    save_generator(path, ckpt["config"], FINISHED, ckpt["step"], ckpt.get("ema") or ckpt["g"])
 
 
 def load_generator(path: str | Path) -> nn.Module:

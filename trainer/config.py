@@ -3,7 +3,9 @@
 Every default is what the authors' released code ran (their SRGAN-DP and ESRGAN-DP configs, on BasicSR),
 which is the paper's text (section 4.2) or ESRGAN's where the paper defers to it. Where the text and the
 code disagree the default follows the code, and a key gives the text's choice back; `sweeper recipe` prints
-every such choice with the key that changes it (docs/RECIPE.md). Examples:
+every such choice with the key that changes it (docs/RECIPE.md). The exception is the DP loss, `loss.variant`:
+its default is the text's eqs. (8)-(9), since the beta sweep the paper reports needs the text's single-stage
+ResNet loss (the released loss sums stages and fixes beta3_6). Examples:
 - `train.lr` is 1e-4, not the 1e-2 printed in section 4.2 (1e-2 diverges with Adam on these networks).
 - `train.from_scratch` is true: both released configs start the GAN stage without a pre-trained generator.
 - `loss.gan` is the standard GAN for the SRGAN proxy (their `SRGANModel`), RaGAN (eq. 3) for ESRGAN.
@@ -15,8 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +38,7 @@ ARCH_GAN = {"srgan": "vanilla", "esrgan": "ragan"}  # what the authors' configs 
 SKIPS = ("none", "bilinear")  # generator output + bilinear upsampling of the input, or not
 INITS = ("basicsr", "all_convs")  # which convs get the 0.1-scaled Kaiming init (trainer/nets/layers.py)
 METRIC_SPACES = ("y", "rgb")  # PSNR/SSIM on MATLAB's Y (section 4.1's text) or RGB (the authors' test config, the paper's numbers)
+VAL_HR = ("mod12", "mod4")  # validation HR cropped to a multiple of 12 (the published GTmod12 files) or of upscale
 LPIPS_NETS = ("alex", "vgg")  # LPIPS trunk: the lpips package's default, or BasicSR's calculate_lpips script
 LPIPS_VERSIONS = ("0.1", "0.0")  # the lpips package's linear heads
 NOT_COMPUTATION = {"train.device", "data.num_workers", "data.cache", "train.threads"}  # where and how fast, not what: a run may resume under others
@@ -47,6 +52,7 @@ class ModelConfig:
     batchnorm: bool = False  # SRResNet only
     skip: str = "none"  # none | bilinear: add a bilinear upsampling of the input (BasicSR's MSRResNet)
     init: str = "basicsr"  # basicsr (RRDBNet: dense-block convs only) | all_convs; same for SRResNet
+    init_from: str = ""  # a released generator file (.pth, .safetensors; BasicSR/ESRGAN names) to start from, instead of pre-training
 
 
 @dataclass
@@ -60,6 +66,7 @@ class DataConfig:
     batch_size: int = 16  # section 4.2
     val_max_images: int = 0  # 0 = every image of each validation set
     val_crop: int = 0  # 0 = whole images; else centre-crop HR validation images to this size
+    val_hr: str = "mod12"  # mod12: HR cropped to a multiple of 12, as the published GTmod12 test sets; mod4: of upscale
     num_workers: int = 0  # processes making training batches ahead (same batches, same order); 0 = in the trainer
     cache: str = ""  # prepared training sets; "" = <workspace>/cache/data (trainer.prepared)
 
@@ -103,6 +110,7 @@ class TrainConfig:
     ema: float = 0.0  # 0 = off; else the decay of an EMA copy of the generator (e.g. 0.999)
     val_every: int = 5_000
     ckpt_every: int = 5_000
+    keep_every: int = 0  # 0 = off; else keep the generator every N GAN iterations (ckpt/g_<N>.pt, a few MB each)
     log_every: int = 100
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # CPU intra-op threads; 0 = the sweeper's share (cores // concurrent trials), else torch's default
@@ -166,6 +174,11 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
     },
 }
 
+# A data root's sets: what each preset trains on when data.train_sets= is not given (the embedded demo's
+# `train` set exists only in the embedded data), and the benchmark sets validated on when found there.
+ROOT_TRAIN_SETS = {"smoke": ["T91", "BSD200"], "proxy": ["T91", "BSD200"], "paper": ["DIV2K"]}
+BENCHMARK_SETS = ("Set5", "Set14", "BSD100", "Urban100", "Manga109")
+
 # Short keys accepted on the command line for the most used settings.
 ALIASES = {"iters": "train.iters", "root": "data.root"}
 
@@ -182,19 +195,27 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+@functools.cache
+def key_table() -> dict[str, Any]:
+    """Every settable dotted key (e.g. `train.iters`) -> its type hint, in field order. Built once: the
+    hints are strings (`from __future__ import annotations`) that `typing.get_type_hints` evaluates anew on
+    every call, and a trial's config sets dozens of keys."""
+
+    def walk(cls: type, prefix: str) -> Iterator[tuple[str, Any]]:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+                yield from walk(hint, f"{prefix}{f.name}.")
+            else:
+                yield prefix + f.name, hint
+
+    return dict(walk(Config, ""))
+
+
+def all_keys() -> list[str]:
     """Every settable dotted key, e.g. `train.iters`."""
-    keys = []
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else _hint(cls, f.name)):
-            keys += all_keys(_hint(cls, f.name), f"{prefix}{f.name}.")
-        else:
-            keys.append(prefix + f.name)
-    return keys
-
-
-def _hint(cls: type, name: str) -> Any:
-    return typing.get_type_hints(cls)[name]
+    return list(key_table())
 
 
 def parse_value(text: str) -> Any:
@@ -242,8 +263,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 
 def resolve_key(key: str) -> str:
     key = ALIASES.get(key, key)
-    keys = all_keys()
-    if key not in keys:
+    if key not in key_table():
+        keys = all_keys()
         close = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(keys)}"
         raise UserError(f"unknown config key '{key}'{hint}")
@@ -257,7 +278,7 @@ def set_key(cfg: Config, key: str, value: Any) -> None:
     target = cfg
     for part in path:
         target = getattr(target, part)
-    setattr(target, last, _coerce(key, value, _hint(type(target), last)))
+    setattr(target, last, _coerce(key, value, key_table()[key]))
 
 
 def check_choice(key: str, value: Any, valid: tuple[str, ...]) -> None:
@@ -283,6 +304,7 @@ def validate(cfg: Config) -> Config:
     check_choice("loss.gan", cfg.loss.gan, GANS)
     check_choice("model.skip", cfg.model.skip, SKIPS)
     check_choice("model.init", cfg.model.init, INITS)
+    check_choice("data.val_hr", cfg.data.val_hr, VAL_HR)
     check_choice("metrics.space", cfg.metrics.space, METRIC_SPACES)
     check_choice("metrics.lpips_net", cfg.metrics.lpips_net, LPIPS_NETS)
     check_choice("metrics.lpips_version", cfg.metrics.lpips_version, LPIPS_VERSIONS)
@@ -296,6 +318,11 @@ def validate(cfg: Config) -> Config:
             f"data.subimage_step={cfg.data.subimage_step}: must be between 1 and data.subimage_size={cfg.data.subimage_size} "
             "(240 gives the paper's 32,592 DIV2K sub-images; 480 non-overlapping ones)"
         )
+    if cfg.model.init_from and not cfg.train.from_scratch:
+        raise UserError(
+            f"model.init_from={cfg.model.init_from} replaces the PSNR pre-training, and train.from_scratch=false asks "
+            "for it too: drop one (the released file is the pre-trained generator)"
+        )
     if cfg.data.num_workers < 0:
         raise UserError(f"data.num_workers={cfg.data.num_workers}: must be 0 (batches made in the trainer) or more")
     if cfg.loss.c <= 0:
@@ -305,6 +332,8 @@ def validate(cfg: Config) -> Config:
     for name in ("iters", "val_every", "ckpt_every", "log_every"):
         if getattr(cfg.train, name) <= 0:
             raise UserError(f"train.{name}={getattr(cfg.train, name)}: must be positive")
+    if cfg.train.keep_every < 0:
+        raise UserError(f"train.keep_every={cfg.train.keep_every}: must be 0 (keep only the final generator) or a positive number of iterations")
     if not 0 <= cfg.train.ema < 1:
         raise UserError(f"train.ema={cfg.train.ema}: must be in [0, 1) (0 turns EMA off)")
     return cfg

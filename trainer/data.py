@@ -1,9 +1,12 @@
 """Data: the data root, benchmark sets by name, validation pairs, and seeded, resumable training batches.
 
-A data root is a folder of sets, each a folder of PNG/JPEG/BMP images (`Set5/`, `T91/`, `DIV2K/`...).
-LR images are always made with MATLAB's bicubic (`trainer.imresize.degrade`), as in section 4.1: for
-validation sets here, from whole images; for training sets once, per sub-image, in the prepared-data cache
-(`trainer.prepared`), which every trial memory-maps.
+A data root is a folder of sets, each a folder of PNG/JPEG/BMP images (`Set5/`, `T91/`, `DIV2K/`...), or
+in the published layout of the benchmark sets (BasicSR's downloads): `Set5/GTmod12/` holding the HR images
+and `Set5/LRbicx4/` (x2, x3 likewise) their LR images under the same file names. LR images are made with
+MATLAB's bicubic (`trainer.imresize.degrade`), as in section 4.1: for training sets once, per sub-image, in
+the prepared-data cache (`trainer.prepared`), which every trial memory-maps; for validation sets from the
+whole HR image cropped to a multiple of 12 (`data.val_hr=mod12`, as the GTmod12 files) or of the scale
+(`mod4`), unless the set supplies its LR images (`LRbicx<scale>/`), which are then scored as published.
 """
 
 from __future__ import annotations
@@ -13,18 +16,27 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from trainer.config import Config
+from trainer.config import BENCHMARK_SETS, ROOT_TRAIN_SETS, Config, build_config
 from trainer.errors import UserError
 from trainer.images import IMAGE_SUFFIXES, read_image, to_rgb
 from trainer.imresize import degrade, modcrop
 from trainer.prepared import PreparedSet, Settings, current_manifest, image_size, open_or_build, windows
 
 EMBEDDED = Path(__file__).resolve().parent / "embedded"
+
+PUBLISHED_HR = "GTmod12"  # the HR folder of a benchmark set in the published layout
+
+
+def supplied_lr_folder(set_folder: Path, scale: int) -> Path:
+    """Where a set in the published layout keeps its LR images for `scale`: `<set>/LRbicx<scale>/`."""
+    return set_folder / f"LRbicx{scale}"
+
 
 _SET_CACHE: dict[Path, list[tuple[str, torch.Tensor]]] = {}
 
@@ -40,8 +52,49 @@ def resolve_root(root: str | Path | None) -> Path:
 
 
 def set_names(root: Path) -> list[str]:
-    """Sub-folders of `root` that hold at least one image."""
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and _image_files(p))
+    """Sub-folders of `root` that hold at least one image (in `GTmod12/` for the published layout)."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and _image_files(_hr_folder(p)))
+
+
+def _hr_folder(folder: Path) -> Path:
+    """A set's HR images: `GTmod12/` in the published layout, else the set folder itself."""
+    return folder / PUBLISHED_HR if (folder / PUBLISHED_HR).is_dir() else folder
+
+
+def settle_sets(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` (dotted keys) with the sets of a data root settled: on a root other than the embedded demo,
+    `data.train_sets` defaults to the preset's sets found there (`ROOT_TRAIN_SETS`: T91 and BSD200 for smoke and
+    proxy, DIV2K for paper) and `data.val_sets` to every benchmark set found (`BENCHMARK_SETS`); a key the
+    config names is kept as it is. None of the preset's training sets there: a UserError naming what was found."""
+    cfg = build_config(config)
+    root = resolve_root(cfg.data.root or None)
+    if root == EMBEDDED:
+        return config
+    found = set_names(root)
+    settled = dict(config)
+    if "data.train_sets" not in config:
+        wanted = ROOT_TRAIN_SETS[cfg.preset]
+        present = [s for s in wanted if s in found]
+        if not present:
+            raise UserError(f"{root} has none of the training sets preset={cfg.preset} trains on ({', '.join(wanted)}); "
+                            f"sets found there: {', '.join(found) or 'none'}; name yours with data.train_sets=[...]")
+        settled["data.train_sets"] = present
+    if "data.val_sets" not in config:
+        benchmarks = [s for s in BENCHMARK_SETS if s in found]
+        if not benchmarks:
+            raise UserError(f"{root} has none of the benchmark sets ({', '.join(BENCHMARK_SETS)}) to validate on; "
+                            f"sets found there: {', '.join(found) or 'none'}; name yours with data.val_sets=[...]")
+        settled["data.val_sets"] = benchmarks
+    return settled
+
+
+def describe_sets(cfg: Config) -> str:
+    """What a run trains and validates on, and with which crops, in one line: `train: T91, BSD200 (...); validate: ...`."""
+    d = cfg.data
+    train = f"train: {', '.join(d.train_sets)} ({d.subimage_size}-px sub-images every {d.subimage_step} px, {d.hr_patch}-px HR patches)"
+    which = f"first {d.val_max_images} images of each" if d.val_max_images else "every image"
+    crops = f"{d.val_crop}-px centre crops" if d.val_crop else "whole images"
+    return f"{train}; validate: {', '.join(d.val_sets)} ({which}, {crops}) from {resolve_root(d.root or None)}"
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -53,9 +106,9 @@ def _set_files(root: Path, name: str) -> list[Path]:
     if not folder.is_dir():
         found = ", ".join(set_names(root)) or "none"
         raise UserError(f"unknown image set {name!r} under {root}; sets found there: {found}")
-    files = _image_files(folder)
+    files = _image_files(_hr_folder(folder))
     if not files:
-        raise UserError(f"image set {name!r} ({folder}) holds no PNG, JPEG or BMP images")
+        raise UserError(f"image set {name!r} ({_hr_folder(folder)}) holds no PNG, JPEG or BMP images")
     return files
 
 
@@ -64,43 +117,82 @@ def load_set(root: str | Path | None, name: str) -> list[tuple[str, torch.Tensor
 
     The tensors are shared by every caller: do not modify them in place.
     """
-    root = resolve_root(root)
-    folder = (root / name).resolve()
+    folder = (resolve_root(root) / name).resolve()
     if folder not in _SET_CACHE:
-        _SET_CACHE[folder] = [(f.name, read_image(f)) for f in _set_files(root, name)]
+        _SET_CACHE[folder] = [(f.name, read_image(f)) for f in _set_files(folder.parent, name)]
     return _SET_CACHE[folder]
+
+
+def load_supplied_lr(root: str | Path | None, name: str, scale: int) -> dict[str, torch.Tensor] | None:
+    """The LR images a set supplies for `scale` (`<set>/LRbicx<scale>/`), by file name; None where it has
+    none. Each HR image must have one under its own file name (one-line error naming the missing ones)."""
+    folder = (resolve_root(root) / name).resolve()
+    lr_folder = supplied_lr_folder(folder, scale)
+    if not lr_folder.is_dir():
+        return None
+    files = {f.name: f for f in _image_files(lr_folder)}
+    hr_names = [f.name for f in _set_files(folder.parent, name)]
+    if missing := [n for n in hr_names if n not in files]:
+        raise UserError(f"{lr_folder}: no LR image for {len(missing)} HR image(s) of {name} ({', '.join(missing[:3])}); "
+                        f"supply one per HR file name or remove {lr_folder.name}/ to degrade the HR images instead")
+    return {n: read_image(files[n]) for n in hr_names}
 
 
 @dataclass
 class ValImage:
     """A validation pair: `hr` as read (1 channel for a grayscale file, so Y metrics use it directly),
-    modcropped (and centre-cropped if asked); `lr` = MATLAB bicubic of `hr`, always 3 channels."""
+    cropped to `data.val_hr`'s multiple (and centre-cropped if asked); `lr` = the set's supplied LR image
+    (`supplied`) or MATLAB bicubic of `hr`, always 3 channels."""
 
     name: str
     hr: torch.Tensor
     lr: torch.Tensor
+    supplied: bool = False
 
 
-def center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
-    """The central size x size window (or the whole extent where the image is smaller)."""
-    h, w = img.shape[-2:]
-    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
-    return img[..., top : top + size, left : left + size]
+def _center_box(h: int, w: int, size: int, align: int) -> tuple[slice, slice]:
+    """The central window of at most size x size whose corner lies on a multiple of `align` (so the LR
+    window is the HR one divided by the scale)."""
+    hh, ww = min(size, h), min(size, w)
+    top, left = (h - hh) // 2 // align * align, (w - ww) // 2 // align * align
+    return slice(top, top + hh), slice(left, left + ww)
+
+
+def val_pairs(root: str | Path | None, name: str, scale: int, val_hr: str, crop: int = 0, max_images: int = 0) -> list[ValImage]:
+    """The (HR, LR) pairs of set `name`: HR cropped to a multiple of 12 (`val_hr="mod12"`) or of `scale`
+    ("mod4"), centre-cropped to `crop` if given; LR the set's supplied images if it has them (checked to be
+    the HR size / scale), else MATLAB's bicubic of the HR."""
+    multiple = 12 if val_hr == "mod12" else scale
+    supplied = load_supplied_lr(root, name, scale)
+    pairs = []
+    for file_name, img in load_set(root, name)[: max_images or None]:
+        hr, lr = modcrop(img, multiple), supplied[file_name] if supplied is not None else None
+        if lr is not None and tuple(lr.shape[-2:]) != (hr.shape[-2] // scale, hr.shape[-1] // scale):
+            raise UserError(
+                f"{name}/{supplied_lr_folder(Path(), scale)}/{file_name}: LR image is {tuple(lr.shape[-2:])}, but its HR "
+                f"cropped to a multiple of {multiple} (data.val_hr={val_hr}) is {tuple(hr.shape[-2:])}: expected "
+                f"{(hr.shape[-2] // scale, hr.shape[-1] // scale)}; the LR files belong to other HR images or another scale"
+            )
+        if crop:
+            rows, cols = _center_box(hr.shape[-2], hr.shape[-1], crop, scale)
+            hr = modcrop(hr[..., rows, cols], multiple)
+            if lr is not None:
+                top, left = rows.start // scale, cols.start // scale
+                lr = lr[..., top : top + hr.shape[-2] // scale, left : left + hr.shape[-1] // scale]
+        lr = to_rgb(lr if lr is not None else degrade(hr, scale))
+        pairs.append(ValImage(file_name, hr.contiguous(), lr.contiguous(), supplied is not None))
+    return pairs
+
+
+def lr_source(pairs: list[ValImage]) -> str:
+    """How a set's LR images were obtained, for recording beside its scores: supplied | matlab_bicubic."""
+    return "supplied" if pairs and pairs[0].supplied else "matlab_bicubic"
 
 
 def load_val_sets(cfg: Config) -> dict[str, list[ValImage]]:
-    """The validation sets of `cfg.data.val_sets`, honouring val_max_images, val_crop and upscale."""
-    s, d = cfg.upscale, cfg.data
-    sets = {}
-    for name in d.val_sets:
-        images = load_set(d.root or None, name)[: d.val_max_images or None]
-        pairs = []
-        for file_name, img in images:
-            hr = center_crop(img, d.val_crop) if d.val_crop else img
-            hr = modcrop(hr, s).contiguous()
-            pairs.append(ValImage(file_name, hr, to_rgb(degrade(hr, s)).contiguous()))
-        sets[name] = pairs
-    return sets
+    """The validation sets of `cfg.data.val_sets` (`val_pairs`), honouring val_max_images, val_crop, val_hr and upscale."""
+    d = cfg.data
+    return {name: val_pairs(d.root or None, name, cfg.upscale, d.val_hr, d.val_crop, d.val_max_images) for name in d.val_sets}
 
 
 def data_cache(cfg: Config, cache_dir: Path) -> Path:
@@ -251,9 +343,9 @@ class TrainBatches:
             left = int(torch.randint(lr.shape[1] - p + 1, (), generator=g))
             crops = (lr[top : top + p, left : left + p], hr[top * s : (top + p) * s, left * s : (left + p) * s])
             hflip, vflip, transpose = (bool(f) for f in torch.rand(3, generator=g) < 0.5)
-            lr, hr = (_augment(torch.from_numpy(np.array(c)).permute(2, 0, 1), hflip, vflip, transpose) for c in crops)
-            lrs.append(lr)
-            hrs.append(hr)
+            lr_patch, hr_patch = (_augment(torch.from_numpy(np.array(c)).permute(2, 0, 1), hflip, vflip, transpose) for c in crops)
+            lrs.append(lr_patch)
+            hrs.append(hr_patch)
         return torch.stack(lrs), torch.stack(hrs)
 
     def __iter__(self) -> TrainBatches:
@@ -267,7 +359,8 @@ class TrainBatches:
                 self._loader = iter(self._worker_loader())
             lr, hr = next(self._loader)
         self.batch += 1
-        return tuple(t.to(self.device, non_blocking=True).float().div_(255) for t in (lr, hr))
+        lr, hr = (t.to(self.device, non_blocking=True).float().div_(255) for t in (lr, hr))
+        return lr, hr
 
     def _worker_loader(self) -> DataLoader:
         """Batches self.batch, self.batch + 1, ... made by `num_workers` processes, delivered in order."""

@@ -2,7 +2,8 @@
 
 1. PSNR-oriented pre-training of the generator with the pixel L1 loss alone, cached in `cache_dir` under a
    hash of everything it depends on and shared by every run that needs the same one (skipped when
-   `train.from_scratch`, as in the authors' released config).
+   `train.from_scratch`, as in the authors' released config). `model.init_from=FILE` starts the GAN stage
+   from a released generator instead (`trainer.generator_files`).
 2. The GAN stage, eq. (2): L_G = lambda * l1 + eta * l_adv + gamma * l_DP (eqs. 8, 9; l_adv: `loss.gan`), alternating
    one generator and one discriminator step per iteration, Adam(0.9, 0.99), MultiStepLR, optional EMA.
 
@@ -24,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -34,16 +35,31 @@ from torch import nn
 from tqdm import tqdm
 
 from trainer import weights as weights_mod
-from trainer.checkpoint import FINISHED, keep_generator_only, load_checkpoint, rng_state, save_atomic, set_rng_state
+from trainer.checkpoint import (
+    FINISHED,
+    SNAPSHOT,
+    keep_generator_only,
+    load_checkpoint,
+    rng_state,
+    save_atomic,
+    save_generator,
+    set_rng_state,
+    snapshot_path,
+    snapshot_steps,
+)
 from trainer.config import NOT_COMPUTATION, Config, flatten
-from trainer.data import TrainBatches, ValImage, load_val_sets
+from trainer.data import TrainBatches, ValImage, load_val_sets, lr_source
 from trainer.errors import UserError
 from trainer.files import file_lock, write_json_atomic, write_text_atomic
-from trainer.images import to_rgb, to_uint8, write_image
+from trainer.generator_files import init_state
+from trainer.images import to_rgb, write_image
 from trainer.ledger import Segment
 from trainer.losses import DualPerceptualLoss, discriminator_loss, generator_adversarial_loss
 from trainer.metrics import LPIPSMetric, per_image_csv, score, set_means
 from trainer.nets import build_discriminator, build_generator
+from trainer.terminal import bar
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 PROGRESS_EVERY_S = 5.0
 SAMPLES = 2  # SR crops saved per validation (first images of the first validation set)
@@ -131,8 +147,9 @@ class Progress:
 
     def __init__(self, path: Path, stage: str, start: int, total: int, show: bool):
         self.path, self.stage, self.start, self.total = path, stage, start, total
-        self.t0 = self.last_write = time.monotonic()
-        self.bar = tqdm(total=total, initial=start, desc=stage, disable=not show, dynamic_ncols=True)
+        self.t0 = self.last_write = self.last_log = time.monotonic()
+        self.logged = start
+        self.bar = bar(total=total, initial=start, desc=stage, disable=not show)
         self.write(start)
 
     def update(self, step: int, losses: dict[str, float] | None = None) -> None:
@@ -141,6 +158,15 @@ class Progress:
             self.bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
         if time.monotonic() - self.last_write >= PROGRESS_EVERY_S or step == self.total:
             self.write(step)
+
+    def log(self, step: int, losses: dict[str, float]) -> None:
+        """One line on stdout (the trial's stdout.log, shown by `sweeper logs`): step, losses, seconds per step
+        since the last line."""
+        now = time.monotonic()
+        step_s = (now - self.last_log) / max(step - self.logged, 1)
+        self.last_log, self.logged = now, step
+        text = " ".join(f"{k} {v:.4g}" for k, v in losses.items())
+        tqdm.write(f"{self.stage} {step}/{self.total}: {text}, {step_s:.3g} s/step", file=sys.stdout)
 
     def write(self, step: int) -> None:
         self.last_write = now = time.monotonic()
@@ -159,7 +185,7 @@ def autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextMan
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def prepare(net: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
+def prepare(net: ModuleT, cfg: Config, device: torch.device) -> ModuleT:
     net = net.to(device)
     return net.to(memory_format=torch.channels_last) if cfg.train.channels_last else net
 
@@ -171,7 +197,7 @@ def batch_to(x: torch.Tensor, cfg: Config) -> torch.Tensor:
 def make_optimizer(
     net: nn.Module, lr: float, milestones: list[int], cfg: Config
 ) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.MultiStepLR]:
-    opt = torch.optim.Adam(net.parameters(), lr=lr, betas=tuple(cfg.train.adam_betas))
+    opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(cfg.train.adam_betas[0], cfg.train.adam_betas[1]))
     return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=cfg.train.lr_gamma)
 
 
@@ -254,6 +280,7 @@ def run_pretrain(
             bar.update(step, values)
             if step % cfg.train.log_every == 0:
                 append_jsonl(log, {"step": step, "kind": "train", **values})
+                bar.log(step, values)
             if step % cfg.train.ckpt_every == 0 and step < total:
                 save_atomic(state(step), folder / "last.pt")
             if _sigterm["received"]:
@@ -379,6 +406,11 @@ class Gan:
                     e.lerp_(v, 1 - cfg.train.ema) if e.is_floating_point() else e.copy_(v)
         return values
 
+    @property
+    def evaluated(self) -> nn.Module:
+        """The generator that validation scores and snapshots keep: the EMA copy when there is one."""
+        return self.ema if self.ema is not None else self.g
+
     def state_dict(self) -> dict[str, Any]:
         ema = self.ema.state_dict() if self.ema is not None else None
         return {"g": self.g.state_dict(), "d": self.d.state_dict(), "ema": ema,
@@ -446,6 +478,9 @@ def train(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     gan = Gan.build(cfg, device)  # before pre-training, so missing extractor weights fail fast
+    init_weights, generator_used = None, "random init" if cfg.train.from_scratch else f"pre-trained: L1, {cfg.train.pretrain_iters} iterations"
+    if cfg.model.init_from:  # a bad file fails here, before any data is prepared
+        init_weights, generator_used = init_state(cfg, gan.g)
     if cfg.data.hr_patch != 128:
         note(f"discriminator input is {cfg.data.hr_patch}x{cfg.data.hr_patch}, not the paper's 128x128: "
              f"its first linear layer takes 512*{cfg.data.hr_patch // 32}^2 features instead of 512*4^2")
@@ -455,15 +490,18 @@ def train(
     weights_used = {
         "extractors": weights_mod.describe(cfg.weights),  # what was loaded: a random run is never recorded otherwise
         "lpips": "imagenet" if lpips.available else "unavailable",
+        "generator": generator_used,  # where the GAN stage's generator started: random init, pre-training or a file
     }
-    metrics_used = {"space": mc.space, "lpips_net": mc.lpips_net, "lpips_version": mc.lpips_version}
+    metrics_used = {"space": mc.space, "lpips_net": mc.lpips_net, "lpips_version": mc.lpips_version, "val_hr": cfg.data.val_hr,
+                    "val_lr": {name: lr_source(pairs) for name, pairs in val_sets.items()}}
     environment = where_trained(device)
     tally = Tally()
 
     def result(status: str, reason: str | None) -> dict[str, Any]:
         checkpoint = str(ckpt_path) if ckpt_path.exists() else None
         return {"status": status, "reason": reason, "final": tally.final, "per_image": tally.per_image,
-                "metrics": metrics_used, "weights": weights_used, "environment": environment,
+                "metrics": metrics_used, "weights": weights_used, "environment": environment, "snapshots": snapshot_steps(run_dir),
+                "data_id": batches.data_id,
                 "iters": tally.step, "duration_s": tally.duration_s(), "checkpoint": checkpoint}
 
     try:
@@ -474,7 +512,9 @@ def train(
             tally.step, tally.final, tally.earlier_s = ckpt["step"], ckpt["final"], ckpt["elapsed_s"]
             tally.per_image = ckpt.get("per_image", {})  # absent from checkpoints older than per-image metrics
         else:
-            if not cfg.train.from_scratch:
+            if init_weights is not None:
+                gan.load_generator(init_weights)
+            elif not cfg.train.from_scratch:
                 weights_g, segment.pretrain_iters, segment.pretrain_s = pretrained_generator(cfg, cache_dir, device, run_dir, progress)
                 segment.pretrain = "trained" if segment.pretrain_iters else "reused"
                 gan.load_generator(weights_g)
@@ -513,8 +553,7 @@ def run_gan(cfg: Config, run_dir: Path, gan: Gan, batches: TrainBatches, val_set
         segment.record(tally.step)
 
     def validate_now(step: int) -> None:
-        g_eval = gan.ema if gan.ema is not None else gan.g
-        tally.final, tally.per_image = validate(g_eval, val_sets, lpips, cfg, device, run_dir / "samples", step)
+        tally.final, tally.per_image = validate(gan.evaluated, val_sets, lpips, cfg, device, run_dir / "samples", step)
         for set_name, m in tally.final.items():
             append_jsonl(metrics_log, {"step": step, "kind": "val", "set": set_name, **m})
 
@@ -529,8 +568,11 @@ def run_gan(cfg: Config, run_dir: Path, gan: Gan, batches: TrainBatches, val_set
             if step % t.log_every == 0:
                 lr = gan.sched_g.get_last_lr()[0]
                 append_jsonl(metrics_log, {"step": step, "kind": "train", **values, "lr": lr})
+                bar.log(step, values)
             if step % t.val_every == 0 or step == t.iters or step == stop_after:
                 validate_now(step)
+            if t.keep_every and step % t.keep_every == 0:
+                save_generator(snapshot_path(run_dir, step), cfg.to_dict(), SNAPSHOT, step, gan.evaluated.state_dict())
             if step % t.ckpt_every == 0 or step == t.iters or step == stop_after or _sigterm["received"]:
                 save()
             if step == stop_after and step < t.iters:

@@ -10,13 +10,13 @@ import math
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-from sweeper.analysis.runs import HIGHER_IS_BETTER, LABELS, METRICS, RunRecord  # noqa: E402
+from sweeper.analysis.runs import HIGHER_IS_BETTER, LABELS, METRICS, RunRecord
 
 UNITS = {"psnr": " (dB)", "ssim": "", "lpips": ""}
 
@@ -169,6 +169,25 @@ def comparison_grid(images: list[str], columns: list[str], tiles: list[list[np.n
             if j == 0:
                 ax.set_ylabel(name, fontsize=8)
     fig.suptitle(title)
+    return png(fig)
+
+
+def feature_maps(image: np.ndarray, rows: list[tuple[str, list[np.ndarray]]], channels: list[str], title: str) -> bytes:
+    """Fig. 4: the input image, then one row per extractor of its feature maps (each channel scaled to its own
+    range, viridis: yellow = high)."""
+    fig, axes = plt.subplots(len(rows), len(channels) + 1, figsize=(2.3 * (len(channels) + 1), 2.4 * len(rows)), squeeze=False)
+    for i, (label, maps) in enumerate(rows):
+        axes[i][0].imshow(image)
+        axes[i][0].set_ylabel(label, fontsize=9)
+        for j, fmap in enumerate(maps, start=1):
+            axes[i][j].imshow(fmap, cmap="viridis")
+            if i == 0:
+                axes[i][j].set_title(channels[j - 1], fontsize=9)
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0][0].set_title("input", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     return png(fig)
 
 

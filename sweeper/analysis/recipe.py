@@ -4,7 +4,9 @@ what the paper's text, the authors' released code (their ESRGAN-DP fork of Basic
 
 `sweeper recipe arch=srgan preset=paper [--format json]` prints it; docs/RECIPE.md is `document()`, and
 tests/test_recipe.py fails when the two disagree. Where the paper's text and the authors' code disagree the
-default follows the code that produced the tables, and the `note` column says so.
+default follows the code that produced the tables, and the `note` column says so; the one exception is the DP
+loss itself (`loss.variant=paper`, eqs. 8-9): the beta sweep the paper reports is defined by the text's
+single-stage ResNet loss, which the released code (summed stages, beta3_6 and mu=0.5 fixed) cannot express.
 """
 
 from __future__ import annotations
@@ -59,6 +61,13 @@ CHOICES = (
            "all_convs scales every conv (same for srgan)"),
     Choice("from scratch (no PSNR pre-training)", ("train.from_scratch",), "follows ESRGAN [22] (PSNR pre-training)",
            "from scratch (pretrain_network_g: ~)", "from a PSNR-oriented model (1M iterations)", TEXT_VS_CODE),
+    Choice("pre-training schedule (when train.from_scratch=false)", ("train.pretrain_iters", "train.pretrain_lr", "train.pretrain_milestones"),
+           "ESRGAN [22]: L1, 2e-4 halved every 200k", "none (from scratch)",
+           "RRDBNet_PSNR: 1M, 2e-4, CosineAnnealingRestartLR (4 periods of 250k)",
+           "follows ESRGAN's text (MultiStepLR x0.5); BasicSR's config restarts a cosine schedule instead"),
+    Choice("generator start file", ("model.init_from",), "a PSNR-oriented model (one reading of 4.2)", "none (pretrain_network_g: ~)",
+           "pretrain_network_g: a released PSNR model (e.g. ESRGAN_PSNR_x4)",
+           "a released .pth/.safetensors (BasicSR or ESRGAN names) in place of pre-training; recorded as weights.generator"),
     Choice("learning rate (G and D)", ("train.lr",), "1e-2", "1e-4", "1e-4", TEXT_VS_CODE + " (1e-2 diverges)"),
     Choice("schedule", ("train.iters", "train.milestones", "train.lr_gamma"),
            "400k; halved at 50k, 100k, 200k, 300k", "400k; MultiStepLR x0.5 at 50k, 100k, 200k, 300k", "same"),
@@ -84,7 +93,13 @@ CHOICES = (
            "ImageNet (torchvision)", "weights=random changes both extractors and is never the authors' setting"),
     Choice("metric space and border", ("metrics.space",), "Y channel, 4-pixel border",
            "RGB (test_y_channel: false), crop_border 4", "RGB in the ESRGAN/MSRGAN configs, crop_border 4",
-           "the border is upscale pixels either way; Y follows the text, rgb the code"),
+           "both are always recorded; the published numbers are RGB (Table 5 bicubic Set5 26.69 / 0.7736), so the default follows the code"),
+    Choice("test HR crop and LR", ("data.val_hr",), "not stated", "GTmod12 HR with the supplied LRbicx4 images",
+           "GTmod12 / LRbicx4 (its benchmark downloads)",
+           "a set's LRbicx<s>/ beside GTmod12/ is scored as supplied; mod4 is ESRGAN's MATLAB modcrop"),
+    Choice("LPIPS network and version", ("metrics.lpips_net", "metrics.lpips_version"), "LPIPS [Zhang et al.]; network not stated",
+           "not stated", "VGG, v0.1 (scripts/metrics/calculate_lpips.py)",
+           "alex is the lpips package's default; the two give different values, so every table names the one used"),
     Choice("validation sets and interval", ("data.val_sets", "train.val_every"), "Set5, Set14, BSD100, Urban100",
            "Set14 every 5k iterations; test configs: Set5, Set14, BSDS100, Urban100", "Set14 every 5k iterations"),
     Choice("seed", ("seed",), "not stated", "manual_seed 0", "0"),

@@ -12,6 +12,9 @@ figures as PNG under `<out>/figures/`, everything gathered in `<out>/README.md` 
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import html
 import math
 import re
 import tempfile
@@ -24,7 +27,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from sweeper.analysis import correlate, figures, ledger, rankcheck
+from sweeper.analysis import correlate, figures, ledger, paper_figures, rankcheck
 from sweeper.analysis.runs import (
     METRICS,
     RunRecord,
@@ -44,13 +47,15 @@ from sweeper.analysis.tables import (
     to_latex,
     to_markdown,
 )
-from sweeper.core.mlflow_names import baselines_experiment
+from sweeper.core.mlflow_names import baselines_experiment, metric_tags
 from sweeper.core.overrides import Options, parse, require_study
 from sweeper.core.trials import stage_ids
-from trainer.config import config_from_dict
+from sweeper.core.workspace import Workspace
+from trainer.config import config_from_dict, flatten
 from trainer.errors import UserError
 from trainer.files import write_bytes_atomic, write_text_atomic
 from trainer.images import read_image
+from trainer.metrics import set_means
 
 SET_ORDER = ("Set5", "Set14", "BSD100", "Urban100")
 PAPER_METRICS = ("ssim", "psnr", "lpips")  # Tables 1, 2 and 6 print SSIM / PSNR / LPIPS
@@ -93,10 +98,11 @@ class Study:
         return None
 
 
-def read_config(client: MlflowClient, run_id: str) -> dict:
+def read_config(client: MlflowClient, run_id: str, artifact: str = "config.yaml") -> dict:
+    """A run's YAML (or JSON) artifact as a dict ({} when it has none)."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = client.download_artifacts(run_id, "config.yaml", tmp)
+            path = client.download_artifacts(run_id, artifact, tmp)
         except (MlflowException, OSError):
             return {}
         loaded = yaml.safe_load(Path(path).read_text())
@@ -126,8 +132,16 @@ def metric_space(config: dict) -> str:
     return str((config.get("metrics") or {}).get("space", "y")).upper()
 
 
+def generator_start(config: dict) -> str:
+    """Where a run's GAN stage started: `model.init_from`'s file, PSNR pre-training, or scratch."""
+    if (config.get("model") or {}).get("init_from"):
+        return Path(config["model"]["init_from"]).name
+    return "scratch" if (config.get("train") or {}).get("from_scratch", True) else "pre-training"
+
+
 def provenance(study: Study, runs: list[RunRecord]) -> str:
-    """The table's heading line: preset, data, metric space (`metrics.space`), weights kind, commit."""
+    """The table's heading line: preset, data, metric space (`metrics.space`) and HR crop (`data.val_hr`), extractor
+    weights, LPIPS (weights, network and version), where the generator started, commit."""
     configs = [study.config(r) for r in runs]
     data = [
         f"{'+'.join(c['data'].get('train_sets', []))} -> {'+'.join(c['data'].get('val_sets', []))}"
@@ -137,9 +151,11 @@ def provenance(study: Study, runs: list[RunRecord]) -> str:
     commits = [r.tags.get("sweeper.git_commit") or (study.stage_of(r) or r).tags.get("sweeper.git_commit") for r in runs]
     return (
         f"preset={_distinct(r.params.get('preset') for r in runs)} · data={_distinct(data)} · "
-        f"PSNR/SSIM on {_distinct(metric_space(c) for c in configs)} · "
+        f"PSNR/SSIM on {_distinct(metric_space(c) for c in configs)} "
+        f"(HR {_distinct((c.get('data') or {}).get('val_hr', 'mod4') for c in configs)}) · "
         f"weights={_distinct(r.tags.get('sweeper.weights') for r in runs)} "
-        f"(LPIPS {_distinct(r.tags.get('sweeper.lpips') for r in runs)}) · "
+        f"(LPIPS {_distinct(r.tags.get('sweeper.lpips') for r in runs)}, {_distinct(r.tags.get('sweeper.lpips_net', 'alex v0.1') for r in runs)}) · "
+        f"generator from {_distinct(generator_start(c) for c in configs)} · "
         f"commit={_distinct(commits)}"
     )
 
@@ -261,69 +277,103 @@ def promoted_runs(study: Study) -> list[RunRecord]:
     return finished(find_runs(study.client, "trial", None, promoted_from_study=study.name))
 
 
+def in_space(run: RunRecord, space: str) -> RunRecord:
+    """`run` with its `<set>/psnr` and `<set>/ssim` taken from the `space` ("y" | "rgb") values it logged beside
+    them (a baseline is scored in both), so that every row of a table is in the same space."""
+    spaced = {f"{k.rsplit('_', 1)[0]}": v for k, v in run.metrics.items() if k.endswith(f"_{space}") and "/" in k}
+    return dataclasses.replace(run, metrics={**run.metrics, **spaced})
+
+
 def table5(study: Study, bicubic: RunRecord | None) -> tuple[Table, list[RunRecord]] | None:
-    """Table 5: the study's winner and runs promoted from it against bicubic and the tagged baselines."""
+    """Table 5: the study's winner and runs promoted from it against bicubic and the baselines (`sweeper evaluate
+    folder=DIR method=NAME`), one row per method (a column of the paper's Table 5), all in the study's metric space.
+    Our rows are our checkpoints evaluated on whole images as the baselines are (`whole_image_run`); rows scored
+    another way than the rest (other HR crop, a run whose checkpoint is gone) are shown but never marked."""
     ours = [r for r in [study.winner(), *promoted_runs(study)] if r]
     if not ours:
         return None
+    config = study.config(ours[0])
+    space = metric_space(config).lower()
     baselines = [b for b in finished(find_runs(study.client, None, None, baseline="true")) if b.tags.get("sweeper.method") != "bicubic"]
-    labelled = [("Bicubic", bicubic)] if bicubic else []
-    labelled += [(b.tags.get("sweeper.label", b.name), b) for b in baselines]
-    labelled += [(f"{ARCH_NAMES.get(r.arch, r.arch)} ({r.setting}, ours)", r) for r in ours]
+    labelled = [("Bicubic", in_space(bicubic, space))] if bicubic else []
+    labelled += [(b.tags.get("sweeper.label", b.name), in_space(b, space)) for b in baselines]
+    scored = {r.run_id: whole_image_run(study, r) for r in ours}  # whole images, as the baselines are
+    labelled += [(f"{ARCH_NAMES.get(r.arch, r.arch)} ({r.setting}, ours)", in_space(s, space) if (s := scored[r.run_id]) else r)
+                 for r in ours]  # fmt: skip
     title = "Table 5: comparison with bicubic and baselines on the benchmark sets"
     table = metric_table("table5", "baselines", title, provenance(study, ours), labelled, METRICS, "best")
-    data = study.config(ours[0]).get("data", {})
+    data = config.get("data", {})
+    hr = data.get("val_hr", "mod4")
+    other_hr = {i for i, (_, r) in enumerate(labelled) if r.tags.get("sweeper.kind") == "baseline" and r.tags.get("sweeper.val_hr", "mod4") != hr}
+    if other_hr:
+        table.notes.append(f"Rows {', '.join(table.rows[i] for i in sorted(other_hr))} were scored on HR cropped otherwise than "
+                           f"data.val_hr={hr}: shown, never marked.")
+    table.unranked |= other_hr
     if not bicubic:
         table.notes.append("Bicubic is missing: its validation sets could not be read (see `sweeper evaluate bicubic`).")
-    elif data.get("val_max_images") or data.get("val_crop"):
+    table.notes.append("Our rows: each run's final generator evaluated by `sweeper evaluate` on every whole image of each set, "
+                       "as the baselines are (when the report was first built; reused after).")
+    unscored = [r for r in ours if scored[r.run_id] is None]
+    if unscored and (data.get("val_max_images") or data.get("val_crop")):
+        table.unranked |= {i for i, (_, r) in enumerate(labelled) if r in unscored}
         table.notes.append(
-            f"Bicubic is scored on every whole image of each set; the runs were validated on at most {data.get('val_max_images') or 'all'} "
-            f"images per set, centre-cropped to {data.get('val_crop') or 'full'} px: the rows are not directly comparable."
+            f"No checkpoint for {', '.join(r.setting for r in unscored)}: shown as validated during training, on at most "
+            f"{data.get('val_max_images') or 'all'} images per set, centre-cropped to {data.get('val_crop') or 'full'} px: not comparable, never marked."
         )
-    if bicubic and metric_space(study.config(ours[0])) != "Y":
-        table.notes.append("Bicubic is scored on Y (`sweeper evaluate`); the runs' PSNR/SSIM are on RGB (metrics.space=rgb).")
     return table, ours
 
 
-def eval_key(cfg: dict) -> str:
-    """What bicubic scores depend on: data root, validation sets and upscale factor."""
-    return f"x{cfg['upscale']} root={cfg['data']['root'] or 'default'} sets={'+'.join(cfg['data']['val_sets'])}"
-
-
-def bicubic_run(study: Study) -> RunRecord | None:
-    """The bicubic baseline on the winner's validation sets (`sweeper evaluate bicubic`), logged once in the
-    experiment `baselines` (out of the studies' experiments, whose runs are all trials and stages) as a run tagged
-    `sweeper.kind=baseline`, `sweeper.method=bicubic`, and reused; None when the sets cannot be read."""
+def evaluation_run(study: Study, method: str, config: dict, tags: dict[str, str]) -> RunRecord | None:
+    """`sweeper evaluate METHOD` (bicubic or a generator checkpoint) on the validation sets of `config`, whole
+    images, under its scoring protocol, logged once in the experiment `baselines` (out of the studies'
+    experiments, whose runs are all trials and stages) as a run tagged `sweeper.kind=baseline` and `tags`, and
+    reused while they match; None when it cannot be scored (sets unreadable, checkpoint gone)."""
     from sweeper.analysis import evaluate
     from trainer.data import resolve_root
 
+    cfg = config_from_dict(config)
+    key = evaluate.eval_key(cfg, cfg.data.val_sets) + f" lpips={cfg.metrics.lpips_net}{cfg.metrics.lpips_version}"
+    wanted = {k.removeprefix("sweeper."): v for k, v in tags.items()}
+    logged = [r for r in finished(find_runs(study.client, "baseline", None, **wanted)) if r.tags.get("sweeper.eval") == key]
+    if logged:
+        return logged[-1]
+    protocol = {k: v for k, v in flatten(config).items() if k in evaluate.PROTOCOL_KEYS}
+    try:
+        rows = evaluate.evaluate(method, resolve_root(cfg.data.root or None), cfg.data.val_sets, cfg.upscale, use_lpips=True, config=protocol)
+    except UserError as e:
+        print(f"note: no {tags.get('sweeper.label', method)} row in Table 5: {e}")
+        return None
+    m = cfg.metrics
+    tags = {"sweeper.kind": "baseline", **tags, "sweeper.eval": key,
+            **metric_tags({"space": m.space, "lpips_net": m.lpips_net, "lpips_version": m.lpips_version, "val_hr": cfg.data.val_hr})}
+    run_id = study.client.create_run(baselines_experiment(study.client, study.name), run_name=tags.get("sweeper.label", method), tags=tags).info.run_id
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"{s}/{k}", float(v), now, 0) for s, images in evaluate.by_set(rows).items()
+               for k, v in set_means(images.values(), m.space).items() if v is not None]
+    study.client.log_batch(run_id, metrics=metrics)
+    study.client.set_terminated(run_id)
+    return next(r for r in find_runs(study.client, "baseline", None, **wanted) if r.run_id == run_id)
+
+
+def bicubic_run(study: Study) -> RunRecord | None:
+    """The bicubic baseline on the winner's validation sets (`evaluation_run`, tagged `sweeper.method=bicubic`)."""
     winner = study.winner()
     config = study.config(winner) if winner else {}
     if not config:
         return None
-    key = eval_key(config)
-    logged = [r for r in finished(find_runs(study.client, "baseline", None, method="bicubic")) if r.tags.get("sweeper.eval") == key]
-    if logged:
-        return logged[-1]
-    cfg = config_from_dict(config)
-    try:
-        rows = evaluate.evaluate("bicubic", resolve_root(cfg.data.root or None), cfg.data.val_sets, cfg.upscale, use_lpips=True)
-    except UserError as e:
-        print(f"note: no bicubic row in Table 5: {e}")
+    return evaluation_run(study, "bicubic", config, {"sweeper.baseline": "true", "sweeper.method": "bicubic", "sweeper.label": "Bicubic"})
+
+
+def whole_image_run(study: Study, run: RunRecord) -> RunRecord | None:
+    """`run`'s final generator (its result.json's checkpoint) evaluated on whole images of its validation sets, as
+    bicubic is (`evaluation_run`, tagged `sweeper.method=checkpoint`, `sweeper.source_run`; computed once and
+    reused, also once the checkpoint is gone); None when it was never evaluated and its checkpoint is gone."""
+    checkpoint = read_config(study.client, run.run_id, "result.json").get("checkpoint")
+    config = study.config(run)
+    if not checkpoint or not config:
         return None
-    tags = {"sweeper.kind": "baseline", "sweeper.baseline": "true", "sweeper.method": "bicubic", "sweeper.label": "Bicubic", "sweeper.eval": key}
-    run_id = study.client.create_run(baselines_experiment(study.client, study.name), run_name="bicubic", tags=tags).info.run_id
-    now = int(time.time() * 1000)
-    metrics = []
-    for s in cfg.data.val_sets:
-        per = [r for r in rows if r["set"] == s]
-        for m, col in (("psnr", "psnr_y"), ("ssim", "ssim_y"), ("lpips", "lpips")):
-            values = [r[col] for r in per if r[col] is not None]
-            if values:
-                metrics.append(Metric(f"{s}/{m}", sum(values) / len(values), now, 0))
-    study.client.log_batch(run_id, metrics=metrics)
-    study.client.set_terminated(run_id)
-    return next(r for r in find_runs(study.client, "baseline", None, method="bicubic") if r.run_id == run_id)
+    tags = {"sweeper.method": "checkpoint", "sweeper.source_run": run.run_id, "sweeper.label": f"{run.name} (whole images)"}
+    return evaluation_run(study, checkpoint, config, tags)
 
 
 SAMPLE_NAME = re.compile(r"^(\d+)_(.+)\.png$")  # trainer.train.validate: <step>_<set>_<image>.png
@@ -428,7 +478,17 @@ def lpips_chart(table: Table) -> bytes | None:
     return figures.lpips_bars(table.rows, [table.columns[j][0] for j in cols], values, table.title)
 
 
-def write_section(client: MlflowClient, writer: Writer, table: Table, runs: list[RunRecord]) -> None:
+@dataclass
+class Crops:
+    """Where the report finds trial checkpoints for fixed-box crops, and which images and boxes to show."""
+
+    workspace: Workspace
+    config: dict
+    images: list[str]
+    boxes: dict
+
+
+def write_section(client: MlflowClient, writer: Writer, table: Table, runs: list[RunRecord], crops: Crops | None = None) -> None:
     """A table and the figures that go with its kind."""
     writer.table(table)
     sets = ordered_sets(runs)
@@ -440,8 +500,18 @@ def write_section(client: MlflowClient, writer: Writer, table: Table, runs: list
     if table.kind in ("archs", "baselines"):
         writer.figure(f"{table.key}_lpips", lpips_chart(table), f"{table.title}: LPIPS per method and set (as Fig. 2)")
     if table.kind in ("mu", "beta", "ablation"):
-        grid = comparison_grid(client, list(zip(table.rows, runs)), table.title)
-        writer.figure(f"{table.key}_crops", grid, f"{table.title}: the same crops across settings (as Figs. 6-7)")
+        fixed = None
+        if crops is not None:
+            labelled = [(label, crops.workspace.trial_dir(r.tags.get("sweeper.study", ""), r.stage, int(r.tags.get("sweeper.trial_number", -1))) / "ckpt" / "last.pt")
+                        for label, r in zip(table.rows, runs)]
+            fixed = paper_figures.report_crops(crops.images, labelled, crops.config, crops.boxes, table.title)
+        if fixed is not None and crops is not None:
+            boxes = "; ".join(f"{k} {v}" for k, v in crops.boxes.items()) or "each image's default box"
+            writer.figure(f"{table.key}_crops", fixed, f"{table.title}: GT, bicubic and each setting's generator on whole images, "
+                          f"zoomed at fixed boxes ({boxes}; change with crop=SET/NAME:x,y,w,h) (as Figs. 6-10)")
+        else:
+            grid = comparison_grid(client, list(zip(table.rows, runs)), table.title)
+            writer.figure(f"{table.key}_crops", grid, f"{table.title}: the same validation crops across settings (as Figs. 6-7)")
 
 
 def cost_section(writer: Writer, storage, stages: dict[str, int]) -> None:
@@ -468,7 +538,7 @@ def rank_check_section(writer: Writer, storage, stages: dict[str, int]) -> None:
         writer.figure("rank_check", figures.rank_check(points), "Rank agreement of each rung with the final ranking (Kendall tau, Spearman rho)")
 
 
-def build(client: MlflowClient, name: str, out: Path, optuna_stages: tuple | None = None) -> list[str]:
+def build(client: MlflowClient, name: str, out: Path, optuna_stages: tuple | None = None, crops: Crops | None = None) -> list[str]:
     """Write the study's tables and figures under `out` and README.md gathering them; returns the table keys.
     `optuna_stages` = (storage, stage name -> Optuna study id) adds the cost table and the rank check."""
     study = load_study(client, name)
@@ -477,7 +547,7 @@ def build(client: MlflowClient, name: str, out: Path, optuna_stages: tuple | Non
     sections += [s for s in (table3(study), table5(study, bicubic_run(study))) if s]
     sections.sort(key=lambda s: s[0].key)
     for i, (table, runs) in enumerate(sections):
-        write_section(client, writer, table, runs)
+        write_section(client, writer, table, runs, crops)
         if table.kind == "correlation" and (i + 1 == len(sections) or sections[i + 1][0].kind != "correlation"):
             correlation_section(study, writer)
     if optuna_stages:
@@ -493,18 +563,62 @@ def build(client: MlflowClient, name: str, out: Path, optuna_stages: tuple | Non
     return [t.key for t, _ in sections]
 
 
-def log_report(client: MlflowClient, study: Study, out: Path) -> str | None:
-    """Attach the report to the study's latest stage run (artifact folder `report/`); returns that run's id."""
+FIGURE_SRC = re.compile(r'src="(figures/[^"]+\.png)"')
+HTML_STYLE = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}table{border-collapse:collapse}"
+              "td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}td:first-child,th:first-child{text-align:left}"
+              "img{max-width:100%}")
+
+
+def to_html(out: Path, title: str) -> str:
+    """The report's README.md as one self-contained HTML page: tables as HTML tables, figures embedded as
+    data URIs (MLflow's artifact preview shows it whole; a Markdown preview there cannot load relative images).
+    markdown-it-py (already installed with typer's rich) renders; only the figure links are rewritten here."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render((out / "README.md").read_text())
+
+    def embed(m: re.Match[str]) -> str:
+        return f'src="data:image/png;base64,{base64.b64encode((out / m.group(1)).read_bytes()).decode()}"'
+
+    body = FIGURE_SRC.sub(embed, body)
+    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{HTML_STYLE}</style></head><body>\n{body}</body></html>\n")
+
+
+def log_report(client: MlflowClient, study: Study, out: Path, page: str) -> str | None:
+    """Attach the report to the study's latest stage run (artifact folder `report/`, with `report.html`, the
+    self-contained page MLflow previews); returns that run's id."""
     if not study.stages:
         return None
     run_id = study.stages[-1].run_id
     client.log_artifacts(run_id, str(out), "report")
+    client.log_text(run_id, page, "report/report.html")
     return run_id
 
 
-def main(tokens: list[str], out: Path | None = None) -> None:
-    """`sweeper report study=NAME [--out results/NAME] [workspace=... | tracking_uri=...]`."""
-    opts = parse(tokens, allow_config=False)
+@dataclass(frozen=True)
+class Written:
+    """Where a report went: its folder, its tables' keys, and the MLflow run it is attached to (if any)."""
+
+    out: Path
+    tables: list[str]
+    run_id: str | None
+
+
+def main(tokens: list[str], out: Path | None = None, write_html: bool = False) -> None:
+    """`sweeper report study=NAME [--out results/NAME] [--html] [workspace=... | tracking_uri=...] [crop=SET/NAME[:x,y,w,h] ...]`."""
+    images, boxes, tokens = paper_figures.parse_crop_tokens(tokens)
+    written = write(parse(tokens, allow_config=False), out, images, boxes, write_html)
+    print(f"wrote {len(written.tables)} tables ({', '.join(written.tables) or 'none'}) and figures to {written.out}/README.md"
+          + (f"; the same as one page, figures embedded: {written.out}/report.html" if write_html else ""))
+    if written.run_id:
+        print(f"logged under artifacts report/ of MLflow run {written.run_id}")
+
+
+def write(opts: Options, out: Path | None = None, images: list[str] | None = None, boxes: dict | None = None,
+          write_html: bool = False) -> Written:  # fmt: skip
+    """The report of `opts.study` written to `out` (default `results/<study>`) and attached to its last stage run;
+    `images` and `boxes` choose the fixed-box crops (`crop=` tokens); `write_html` adds report.html."""
     name = require_study(opts)
     client = open_client(opts)
     out = out or Path("results") / name
@@ -512,8 +626,11 @@ def main(tokens: list[str], out: Path | None = None) -> None:
         _, _, storage, stages = stage_ids(opts)
     except UserError:  # the Optuna record is not reachable from here (tracking_uri= only): no cost or rank check
         storage, stages = None, {}
-    keys = build(client, name, out, (storage, stages) if stages else None)
-    run_id = log_report(client, load_study(client, name), out)
-    print(f"wrote {len(keys)} tables ({', '.join(keys) or 'none'}) and figures to {out}/README.md")
-    if run_id:
-        print(f"logged under artifacts report/ of MLflow run {run_id}")
+    study = load_study(client, name)
+    winner = study.winner()
+    crops = Crops(Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri), study.config(winner) if winner else {}, images or [], boxes or {})
+    keys = build(client, name, out, (storage, stages) if stages else None, crops)
+    page = to_html(out, f"Study {name}")
+    if write_html:
+        write_text_atomic(out / "report.html", page)
+    return Written(out, keys, log_report(client, load_study(client, name), out, page))

@@ -46,7 +46,6 @@ both axes: seed luck and hard images cancel out of it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -219,13 +218,13 @@ def pairs(n_points: int) -> int:
 def holm(p: Sequence[float], family: int | None = None) -> list[float]:
     """Holm's step-down adjustment of p-values (controls the family-wise error rate) within a family of
     `family` >= len(p) hypotheses (the untested ones counted as the largest p-values)."""
-    p = np.asarray(p, dtype=float)
-    family = p.size if family is None else family
-    order = np.argsort(p)
-    adjusted = np.empty_like(p)
+    values = np.asarray(p, dtype=float)
+    family = values.size if family is None else family
+    order = np.argsort(values)
+    adjusted = np.empty_like(values)
     running = 0.0
     for k, i in enumerate(order):
-        running = max(running, min(1.0, (family - k) * p[i]))
+        running = max(running, min(1.0, (family - k) * values[i]))
         adjusted[i] = running
     return adjusted.tolist()
 
@@ -260,21 +259,21 @@ def compare(m: np.ndarray, higher_is_better: bool, labels: Sequence[str], groups
         raise ValueError(f"expected m[point, repeat, image] with {len(labels)} points, got shape {m.shape}")
     if np.isnan(m).any():
         raise ValueError("m has NaN values: every point needs the metric on every image and repeat")
-    groups = np.zeros(m.shape[2], dtype=int) if groups is None else np.asarray(groups)
+    sets = np.zeros(m.shape[2], dtype=int) if groups is None else np.asarray(groups)
     n_points, n_repeats, _ = m.shape
-    weight = _image_weights(groups)
+    weight = _image_weights(sets)
     s = oriented(m, higher_is_better)
-    means = weighted_means(s, groups)
+    means = weighted_means(s, sets)
     best = int(np.argmin(means))  # first of equal means: the caller's order decides exact ties
     d = s - s[best]
     diff = means - means[best]
 
     k = max(pairs(n_points), 1) if settings.simultaneous else 1
     tail = settings.alpha / (2 * k)
-    untested = n_repeats == 1 and all(np.sum(groups == g) == 1 for g in np.unique(groups))
+    untested = n_repeats == 1 and all(np.sum(sets == g) == 1 for g in np.unique(sets))
     rng = np.random.default_rng(settings.seed)
-    w, v = _draws(rng, n_repeats, groups, settings.draws)
-    parts = _variance_parts(d, groups, v)
+    w, v = _draws(rng, n_repeats, sets, settings.draws)
+    parts = _variance_parts(d, sets, v)
     if settings.interval == "bootstrap":
         low, high = np.quantile(_means(d, w, v, weight), [tail, 1 - tail], axis=0)
     else:
@@ -299,14 +298,11 @@ def compare(m: np.ndarray, higher_is_better: bool, labels: Sequence[str], groups
         rows.append(Row(label=str(labels[q]), mean=float(sign * means[q]), diff=float(diff[q]), low=float(low[q]),
                         high=float(high[q]), p=float(adjusted.get(q, 1.0)), separated=bool(separated),
                         repeats_needed=needed, best=q == best))  # fmt: skip
-    if untested:
-        kind = "untested"
-    else:
-        kind = "winner" if all(r.separated for r in rows if not r.best) else "tie"
-    half = [r.half_width for r in rows if not r.best]
-    resolvable = None if untested or not half else settings.min_effect + float(np.median(half))
+    kind = "untested" if untested else "winner" if all(r.separated for r in rows if not r.best) else "tie"
+    halves = [r.half_width for r in rows if not r.best]
+    resolvable = None if untested or not halves else settings.min_effect + float(np.median(halves))
     return Comparison(metric=metric, higher_is_better=higher_is_better, rows=rows, kind=kind, repeats=n_repeats,
-                      images=m.shape[2], sets=int(np.unique(groups).size), settings=settings, test=test,
+                      images=m.shape[2], sets=int(np.unique(sets).size), settings=settings, test=test,
                       resolvable=resolvable)  # fmt: skip
 
 

@@ -2,7 +2,12 @@
 renderings: Markdown, CSV and LaTeX, with the best and second best value of each column marked.
 
 Markers: Markdown `**best**`, `_second_`; LaTeX `\\textbf{best}`, `\\underline{second}` (the paper uses
-red and blue). Table 4 marks the best and the worst instead, as the paper does. CSV holds plain numbers.
+red and blue). Table 4 marks the best and the worst instead, as the paper does; each table's legend (under
+the Markdown table, in the LaTeX caption) says which. Columns follow each paper table's order: SSIM / PSNR /
+LPIPS in Tables 1, 2 and 6, PSNR / SSIM / LPIPS in Tables 4 and 5. CSV holds plain numbers.
+Every rendering carries the provenance line (preset, data, metric space, weights, LPIPS network, commit): in
+Markdown under the title, in CSV as the last column, in LaTeX inside the caption, so that no copy of a
+table reads as a paper result without saying what it is.
 """
 
 from __future__ import annotations
@@ -22,6 +27,11 @@ LEGEND = {
     "best2": "**bold** = best, _underline_ = second best in each column.",
     "best": "**bold** = best in each column.",
     "best_worst": "**bold** = best, _underline_ = worst in each column.",
+}
+LEGEND_LATEX = {  # the same, in the LaTeX caption
+    "best2": r"\textbf{Bold}: best, \underline{underline}: second best in each column.",
+    "best": r"\textbf{Bold}: best in each column.",
+    "best_worst": r"\textbf{Bold}: best, \underline{underline}: worst in each column.",
 }
 
 
@@ -111,9 +121,9 @@ def to_columns(table: Table) -> dict[str, list]:
 def to_csv(table: Table) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["row"] + [f"{g}/{m}" for g, m in table.columns])
+    w.writerow(["row"] + [f"{g}/{m}" for g, m in table.columns] + ["provenance"])
     for label, values in zip(table.rows, table.values):
-        w.writerow([label] + ["" if math.isnan(v) else repr(round(v, 6)) for v in values])
+        w.writerow([label] + ["" if math.isnan(v) else repr(round(v, 6)) for v in values] + [table.header])
     return buf.getvalue()
 
 
@@ -131,10 +141,9 @@ def to_latex(table: Table) -> str:
     groups = _groups(table)
     wrap = {"best": r"\textbf{{{}}}", "second": r"\underline{{{}}}", "worst": r"\underline{{{}}}"}
     lines = [
-        "% " + table.header,
         r"\begin{table}[t]",
         r"\centering",
-        rf"\caption{{{latex_escape(table.title)}}}",
+        rf"\caption{{{latex_escape(table.title)}. {LEGEND_LATEX[table.marks]} {{\footnotesize {latex_escape(table.header)}}}}}",
         r"\begin{tabular}{l" + "c" * len(groups) + "}",
         r"\hline",
         " & " + " & ".join(latex_escape(g) for g, _ in groups) + r" \\",

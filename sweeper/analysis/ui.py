@@ -108,7 +108,7 @@ def serve(tokens: list[str], host: str, port: int, workers: int, auth: bool = Fa
               file=sys.stderr, flush=True)
     cmd = server_command(ws, host, port, workers, auth)
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}  # its job runner (7 queue consumers) serves GenAI features only
-    server = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGTERM))  # noqa: PLW1509
+    server = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGTERM))
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)

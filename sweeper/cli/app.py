@@ -8,10 +8,9 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -26,8 +25,10 @@ weights_app = typer.Typer(no_args_is_help=True, help="ImageNet weights for VGG19
 app.add_typer(weights_app, name="weights")
 data_app = typer.Typer(no_args_is_help=True, help="Training data: the prepared cache of sub-images and their LR.")
 app.add_typer(data_app, name="data")
+figure_app = typer.Typer(no_args_is_help=True, help="The paper's figures that need images: Fig. 4's feature maps, Figs. 6-10's zoomed crops.")
+app.add_typer(figure_app, name="figure")
 
-Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value settings, e.g. study=mu_search preset=smoke train.iters=2000")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="key=value settings (study=, preset=, any config key); see the example below")]
 
 
 class HangUp(KeyboardInterrupt):
@@ -63,20 +64,21 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@app.command()
+@app.command(epilog="Example: sweeper run study=mu_search preset=smoke data.root=DATA")
 @user_errors
 def run(
     overrides: Overrides = None,
     detach: Annotated[bool, typer.Option("--detach", help="return after submitting (executor=slurm)")] = False,
 ) -> None:
     """Run (or resume) a study: `sweeper run study=mu_search preset=smoke`."""
-    from sweeper.search.run import main
+    from sweeper.api import run_study
+    from sweeper.core.overrides import split
 
     signal.signal(signal.SIGHUP, hang_up)
-    main(overrides or [], detach=detach)
+    run_study(overrides=split(overrides or []), detach=detach)
 
 
-@app.command()
+@app.command(epilog="Example: sweeper status study=paper --format json")
 @user_errors
 def status(
     overrides: Overrides = None,
@@ -88,7 +90,7 @@ def status(
     status_mod.status(overrides or [], fmt=format)
 
 
-@app.command()
+@app.command(epilog="Example: sweeper train arch=srgan mu=0.5 beta=beta3_6 preset=smoke")
 @user_errors
 def train(
     overrides: Overrides = None,
@@ -105,7 +107,7 @@ def train(
     train_one(overrides or [])
 
 
-@app.command()
+@app.command(epilog="Example: sweeper recipe arch=esrgan preset=paper --format json")
 @user_errors
 def recipe(
     overrides: Overrides = None,
@@ -118,7 +120,7 @@ def recipe(
     recipe_mod.main(overrides or [], fmt=format, document_all=document)
 
 
-@app.command()
+@app.command(epilog="Example: sweeper studies")
 @user_errors
 def studies() -> None:
     """List the available studies with a one-line description."""
@@ -127,23 +129,54 @@ def studies() -> None:
     studies_mod.list_studies()
 
 
-@app.command()
+@app.command(epilog="Example: sweeper evaluate sweeps/trials/mu_search/mu/6/ckpt/last.pt --data-root DATA --sets Set5,Set14")
 @user_errors
 def evaluate(
-    method: Annotated[str, typer.Argument(help="bicubic, or a generator checkpoint (.pt) to evaluate")],
-    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="folder holding the benchmark sets")] = None,
+    tokens: Annotated[list[str], typer.Argument(help="bicubic | CHECKPOINT.pt | checkpoint=RUN_OR_PT [iter=N] | folder=DIR method=NAME [workspace=...], "
+                                                     "then scoring keys: metrics.space=rgb|y data.val_hr=mod12|mod4 metrics.lpips_net=alex|vgg metrics.lpips_version=0.1|0.0")],
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="folder holding the benchmark sets")] = None,
     sets: Annotated[str, typer.Option("--sets", help="comma-separated set names")] = "Set5,Set14,BSD100",
-    out: Annotated[Optional[Path], typer.Option("--out", help="CSV with one row per image")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="CSV with one row per image")] = None,
     upscale: Annotated[int, typer.Option("--upscale")] = 4,
     lpips: Annotated[bool, typer.Option("--lpips/--no-lpips", help="compute LPIPS when its weights are present")] = True,
 ) -> None:
-    """Evaluate bicubic upscaling or a checkpoint: PSNR/SSIM (Y, MATLAB conventions) and LPIPS per image."""
+    """Score bicubic, a checkpoint (or a kept snapshot: iter=N) or a folder of SR images: PSNR/SSIM in RGB and Y, LPIPS, per image.
+
+    `sweeper evaluate bicubic --data-root DATA --sets Set5 metrics.space=rgb data.val_hr=mod12`;
+    `sweeper evaluate folder=ESRGAN_results method=ESRGAN --sets Set5,Set14` also logs the method for Table 5."""
     from sweeper.analysis import evaluate as evaluate_mod
 
-    evaluate_mod.main(method, data_root=data_root, sets=sets, out=out, upscale=upscale, use_lpips=lpips)
+    evaluate_mod.main(tokens, data_root=data_root, sets=sets, out=out, upscale=upscale, use_lpips=lpips)
 
 
-@weights_app.command("status")
+@figure_app.command("features")
+@user_errors
+def figure_features(
+    overrides: Overrides = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="folder holding the benchmark sets")] = None,
+    out: Annotated[Path, typer.Option("--out", help="the PNG to write")] = Path("fig4_features.png"),
+) -> None:
+    """Fig. 4: `sweeper figure features image=Set14/lenna block=beta1_2 vgg=phi3_3 channels=1,64,256 [weights=random]`."""
+    from sweeper.analysis import paper_figures
+
+    paper_figures.features_main(overrides or [], data_root, out)
+
+
+@figure_app.command("crops")
+@user_errors
+def figure_crops(
+    overrides: Overrides = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="folder holding the benchmark sets")] = None,
+    out: Annotated[Path, typer.Option("--out", help="the PNG to write")] = Path("crops.png"),
+    upscale: Annotated[int, typer.Option("--upscale")] = 4,
+) -> None:
+    """Figs. 6-10: `sweeper figure crops image=Set14/lenna [box=x,y,w,h] [checkpoint=LABEL:FILE ...]`: GT, bicubic, each checkpoint."""
+    from sweeper.analysis import paper_figures
+
+    paper_figures.crops_main(overrides or [], data_root, out, upscale)
+
+
+@weights_app.command("status", epilog="Example: sweeper weights status")
 @user_errors
 def weights_status() -> None:
     """Show each weights file: needed by what, where it is looked for, present or missing, hash ok."""
@@ -152,7 +185,7 @@ def weights_status() -> None:
     weights.print_status()
 
 
-@weights_app.command("import")
+@weights_app.command("import", epilog="Example: sweeper weights import ~/Downloads/vgg19-dcbb9e9d.pth")
 @user_errors
 def weights_import(files: Annotated[list[Path], typer.Argument(help="downloaded checkpoint files")]) -> None:
     """Copy downloaded checkpoint files into the torch hub cache after checking their hash."""
@@ -161,13 +194,13 @@ def weights_import(files: Annotated[list[Path], typer.Argument(help="downloaded 
     weights.import_files(files)
 
 
-@data_app.command("prepare")
+@data_app.command("prepare", epilog="Example: sweeper data prepare --data-root DATA --sets DIV2K")
 @user_errors
 def data_prepare(
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value settings: preset=, upscale=, data.subimage_step=, data.cache=, workspace=")] = None,
-    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="folder holding the sets (default: data.root, $SWEEPER_DATA)")] = None,
-    sets: Annotated[Optional[str], typer.Option("--sets", help="comma-separated training sets (default: data.train_sets)")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="processes (default: every core)")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value settings: preset=, upscale=, data.subimage_step=, data.cache=, workspace=")] = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="folder holding the sets (default: data.root, $SWEEPER_DATA)")] = None,
+    sets: Annotated[str | None, typer.Option("--sets", help="comma-separated training sets (default: data.train_sets)")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="processes (default: every core)")] = None,
 ) -> None:
     """Cut training sets into sub-images and make their LR once, for every trial: `sweeper data prepare --data-root DATA --sets DIV2K`."""
     from sweeper.search import prepare
@@ -175,7 +208,7 @@ def data_prepare(
     prepare.main(overrides or [], data_root=data_root, sets=sets, workers=workers)
 
 
-@app.command()
+@app.command(epilog="Example: sweeper ui workspace=sweeps --host 0.0.0.0 --port 5000")
 @user_errors
 def ui(
     overrides: Overrides = None,
@@ -190,7 +223,7 @@ def ui(
     raise typer.Exit(ui_mod.serve(overrides or [], host=host, port=port, workers=workers, auth=auth))
 
 
-@app.command()
+@app.command(epilog="Example: sweeper logs study=paper stage=mu trial=3")
 @user_errors
 def logs(overrides: Overrides = None) -> None:
     """Print a trial's stdout/stderr: `sweeper logs study=mu_search trial=3`."""
@@ -199,7 +232,7 @@ def logs(overrides: Overrides = None) -> None:
     status_mod.logs(overrides or [])
 
 
-@app.command()
+@app.command(epilog="Example: sweeper cancel study=mu_search")
 @user_errors
 def cancel(overrides: Overrides = None) -> None:
     """Cancel a study's queued or running trials (SLURM jobs or local processes)."""
@@ -208,7 +241,7 @@ def cancel(overrides: Overrides = None) -> None:
     status_mod.cancel(overrides or [])
 
 
-@app.command()
+@app.command(epilog="Example: sweeper correlate workspace=sweeps")
 @user_errors
 def correlate(overrides: Overrides = None) -> None:
     """Proxy-vs-target agreement (Table 4): Spearman, Kendall, exact permutation p, best/worst agreement."""
@@ -217,22 +250,37 @@ def correlate(overrides: Overrides = None) -> None:
     correlate_mod.main(overrides or [])
 
 
+@app.command(epilog="Example: sweeper promote --to esrgan --from paper --dry-run")
+@user_errors
+def export(
+    source: Annotated[str, typer.Option("--from", help="study whose winner (or --trial) to export")],
+    out: Annotated[Path, typer.Option("--out", help="the .safetensors file to write")],
+    trial: Annotated[int | None, typer.Option("--trial", help="a finished trial's number instead of the winner")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Write a study's winning generator (or --trial N's) as safetensors with a JSON card: `sweeper export --from paper --out g.safetensors`."""
+    from sweeper.search import export as export_mod
+
+    export_mod.main(source, trial, out, overrides or [])
+
+
 @app.command()
 @user_errors
 def promote(
     to: Annotated[str, typer.Option("--to", help="target architecture")] = "esrgan",
-    source: Annotated[Optional[str], typer.Option("--from", help="study to take the winner from")] = None,
+    source: Annotated[str | None, typer.Option("--from", help="study to take the winner from")] = None,
     force: Annotated[bool, typer.Option("--force", help="promote without a (consistent) correlation check")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the resolved config and command only")] = False,
+    allow_demo: Annotated[bool, typer.Option("--allow-demo", help="promote a winner picked at preset=smoke or with random weights into preset=paper")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="preview: whether the gate passes and why, the resolved config and command")] = False,
     overrides: Overrides = None,
 ) -> None:
     """Launch the full ESRGAN-DP run with the search's winning (mu, beta)."""
     from sweeper.search import promote as promote_mod
 
-    promote_mod.main(to=to, source=source, force=force, dry_run=dry_run, overrides=overrides or [])
+    promote_mod.main(to=to, source=source, force=force, dry_run=dry_run, overrides=overrides or [], allow_demo=allow_demo)
 
 
-@app.command()
+@app.command(epilog="Example: sweeper plan study=paper preset=paper scheduler.eta=3")
 @user_errors
 def plan(
     overrides: Overrides = None,
@@ -244,7 +292,7 @@ def plan(
     plan_mod.main(overrides or [], fmt=format)
 
 
-@app.command("rank-check")
+@app.command("rank-check", epilog="Example: sweeper rank-check study=paper")
 @user_errors
 def rank_check(overrides: Overrides = None) -> None:
     """Replay successive halving on a scheduler=none study: per rung, rank agreement with the final ranking."""
@@ -253,14 +301,15 @@ def rank_check(overrides: Overrides = None) -> None:
     rankcheck.main(overrides or [])
 
 
-@app.command()
+@app.command(epilog="Example: sweeper report study=paper --out results/paper --html")
 @user_errors
 def report(
     overrides: Overrides = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="output folder (default results/<study>)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="output folder (default results/<study>)")] = None,
+    html: Annotated[bool, typer.Option("--html", help="also write report.html: the whole report as one page, figures embedded (as logged to MLflow)")] = False,
 ) -> None:
     """Regenerate the paper's tables and figures for a study from MLflow: Markdown, CSV, LaTeX, PNG."""
     from sweeper.analysis import report as report_mod
 
-    report_mod.main(overrides or [], out=out)
+    report_mod.main(overrides or [], out=out, write_html=html)
 

@@ -9,6 +9,7 @@ against `trainer.config` so a typo fails before anything runs. Values parse like
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,17 +81,30 @@ def _unknown_key(key: str) -> UserError:
 
 def parse(tokens: list[str], allow_config: bool = True) -> Options:
     """Parse `key=value` tokens; UserError on a token without '=', a repeated or unknown key, or a bad value."""
-    opts = Options()
-    seen: set[str] = set()
+    return options(split(tokens), allow_config)
+
+
+def split(tokens: list[str]) -> dict[str, str]:
+    """`key=value` tokens -> {key: value text}; UserError on a token without '=' or a key given twice."""
+    settings: dict[str, str] = {}
     for token in tokens:
         key, sep, text = token.partition("=")
         key = key.strip()
         if not sep or not key:
             raise UserError(f"'{token}' is not a key=value setting (e.g. study=mu_search or train.iters=2000)")
-        if key in seen:
+        if key in settings:
             raise UserError(f"{key}= is given twice; keep one")
-        seen.add(key)
-        value = parse_value(text)
+        settings[key] = text
+    return settings
+
+
+def options(settings: Mapping[str, Any], allow_config: bool = True) -> Options:
+    """Options from `{key: value}`: a str value reads as on the command line (YAML, `inf`), any other value
+    (from the Python API) is taken as it is; UserError on an unknown key or a bad value."""
+    opts = Options()
+    for key, raw in settings.items():
+        text = raw if isinstance(raw, str) else str(raw)
+        value = parse_value(raw) if isinstance(raw, str) else raw
         if key.startswith("executor."):
             opts.executor_options[key.removeprefix("executor.")] = value
         elif key in ("trial", "rounds", "max_retries", "max_machine_faults"):

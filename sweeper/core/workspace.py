@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,7 +106,9 @@ class Workspace:
         if journal is None:
             return optuna.storages.get_storage(self.storage)
         journal.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
 
     def create_stores(self) -> None:
         """Create the missing SQLite stores (Optuna, MLflow) whole: their tables are made in a temporary file
@@ -114,7 +116,7 @@ class Workspace:
         a lock that other sweepers of the workspace take too."""
         from mlflow import MlflowClient
 
-        makers = {self.storage: optuna.storages.RDBStorage, self.tracking_uri: lambda url: MlflowClient(url).search_experiments()}
+        makers: dict[str, Callable[[str], object]] = {self.storage: optuna.storages.RDBStorage, self.tracking_uri: lambda url: MlflowClient(url).search_experiments()}
         for url, make in makers.items():
             db = sqlite_path(url)
             if db is not None and not db.exists():

@@ -20,6 +20,7 @@ Opening a stage and concluding it (the winner) is `sweeper.search.stage`; what a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -213,7 +214,7 @@ class StageWork:
         """Read what the ended job left: a final result, a rung, an interruption, a failure, or nothing."""
         budget, result = t.user_attrs["budget"], read_result(trial_dir)
         status = (result or {}).get("status")
-        if status == "complete":
+        if status == "complete" and result is not None:
             self.complete(t, trial_dir, result)
         elif status == "interrupted":  # SIGTERM: checkpointed; resume without spending a retry
             (trial_dir / "result.json").unlink(missing_ok=True)
@@ -251,14 +252,17 @@ class StageWork:
         if source is not None:
             copy_outcome(self.run.ws.recorded_trial_dir(source[1]), trial_dir)
             self.set_attrs(t.number, reused_from=source[0])
-            self.complete(self.fetch(t.number), trial_dir, read_result(trial_dir))
+            result = read_result(trial_dir)
+            assert result is not None, f"{source[1]} was reused without a result"
+            self.complete(self.fetch(t.number), trial_dir, result)
             return None
         return t.user_attrs.get("budget", self.budgets[0])
 
     def launch(self, launches: list[tuple[FrozenTrial, int]]) -> None:
         """Submit trials in one call (one SLURM job array). Each gets a fresh launch token, written to its
         budget.json and recorded on the trial before the job exists; the job id is recorded after."""
-        batch, jobs = uuid.uuid4().hex[:12], []
+        batch = uuid.uuid4().hex[:12]
+        jobs: list[TrialJob] = []
         for t, budget in launches:
             token, trial_dir = f"{batch}.{len(jobs)}", self.run.ws.recorded_trial_dir(t.user_attrs["trial_dir"])
             result = read_result(trial_dir)
@@ -428,7 +432,8 @@ class StageWork:
             if t.number in self.mine:
                 continue
             if owner is None:  # claimed, killed before the owner was recorded
-                orphan = now - t.datetime_start.timestamp() > LEASE_S
+                started = t.datetime_start.timestamp() if t.datetime_start else now  # (RUNNING: always set)
+                orphan = now - started > LEASE_S
             else:
                 orphan = owner_alive(owner) is False or (lease is not None and lease < now)
             if orphan:
@@ -441,10 +446,8 @@ class StageWork:
     def release(self) -> None:
         """Let another sweeper adopt this process's trials at once (their jobs, if any, keep running)."""
         for number in list(self.mine):
-            try:
+            with contextlib.suppress(Settled):
                 self.set_attrs(number, lease_until=0.0)
-            except Settled:
-                pass
 
     def interrupt(self) -> None:
         """Ctrl-C: SIGTERM this process's local jobs (they checkpoint and leave "interrupted"), wait for them,

@@ -29,12 +29,12 @@ import yaml
 
 from sweeper.analysis import ledger
 from sweeper.core import halving
+from sweeper.core.identity import config_hash
 from sweeper.core.overrides import Options, parse, require_study, stage_repeats
 from sweeper.core.repeats import unit_config, units
 from sweeper.core.studies import AUTO, load
 from sweeper.core.workspace import Workspace
 from sweeper.search.executors import make_executor
-from sweeper.core.identity import config_hash
 from trainer.config import Config, build_config
 from trainer.data import prepared_data_id, subimage_count
 from trainer.errors import UserError
@@ -70,6 +70,7 @@ class StagePlan:
     none_hours: float
     sha_hours: float
     rate_source: str
+    unit: str  # what the hours count: "GPU-hours" | "CPU core-hours" (mixed: "device-hours")
     data: str  # the training sets' sub-images and where that count comes from
 
 
@@ -191,6 +192,7 @@ def plan_stage(name: str, cfgs: list[Config], repeats: int, seen: set[str], cach
         none_hours=(gan_s(new.values()) + pretrain_s(pre_needed.values())) / 3600,
         sha_hours=(sha_s + pretrain_s(pre_needed.values())) / 3600,
         rate_source="; ".join(sorted(sources)), data=data_line(cfgs[0], cache_dir),
+        unit=hours_unit({rates[id(c)].unit for c in cfgs}),
     )  # fmt: skip
 
 
@@ -216,6 +218,11 @@ def plan(tokens: list[str]) -> tuple[list[StagePlan], Options]:
     return plans, opts
 
 
+def hours_unit(units: set[str]) -> str:
+    """"GPU-hours" or "CPU core-hours" from the rates' units ("GPU-s", "CPU core-s"); "device-hours" when mixed."""
+    return units.pop().replace("-s", "-hours") if len(units) == 1 else "device-hours"
+
+
 def hours(value: float) -> str:
     """12,345 or 0.00778: whole hours once there are many, three significant digits below."""
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
@@ -233,11 +240,12 @@ def main(tokens: list[str], fmt: str = "table") -> None:
         return
     rows = [{"stage": p.stage, "points": p.points, "repeats": p.repeats, "trainings": p.trainings, "GAN iters naive / none / sha": f"{p.naive_iters} / {p.none_iters} / {p.sha_iters}",
              "pre-training iters naive / cached": f"{p.naive_pretrain_iters} / {p.pretrain_iters}",
-             "device-hours naive / none / sha": " / ".join(map(hours, (p.naive_hours, p.none_hours, p.sha_hours)))} for p in plans]  # fmt: skip
+             f"{p.unit} naive / none / sha": " / ".join(map(hours, (p.naive_hours, p.none_hours, p.sha_hours)))} for p in plans]  # fmt: skip
     total = {k: sum(getattr(p, k) for p in plans) for k in ("naive_hours", "none_hours", "sha_hours")}
     print(rows_to_markdown(rows))
     for p in plans:
         print(f"stage {p.stage}: scheduler=sha rungs at {p.sha_budgets} (eta={opts.eta}); rates {p.rate_source}")
         print(f"stage {p.stage} data: {p.data}")
-    print(f"study: {hours(total['naive_hours'])} device-hours naive, {hours(total['none_hours'])} with scheduler=none, "
+    unit = hours_unit({p.unit for p in plans})
+    print(f"study: {hours(total['naive_hours'])} {unit} naive, {hours(total['none_hours'])} with scheduler=none, "
           f"{hours(total['sha_hours'])} with scheduler=sha ({total['sha_hours'] / total['naive_hours']:.0%} of naive)")  # fmt: skip

@@ -8,7 +8,7 @@ from pathlib import Path
 from sweeper.core.overrides import parse
 from sweeper.core.workspace import Workspace
 from trainer.config import build_config
-from trainer.data import prepare_set
+from trainer.data import prepare_set, settle_sets
 from trainer.errors import UserError
 
 
@@ -21,7 +21,7 @@ def main(tokens: list[str], data_root: Path | None, sets: str | None, workers: i
     if workers is not None and workers < 1:
         raise UserError(f"--workers={workers}: give a number of processes >= 1 (default: every core)")
     config = {**opts.config, **({"data.root": str(data_root)} if data_root else {})}
-    cfg = build_config(config)
+    cfg = build_config(settle_sets(config) if sets is None else config)
     names = [s.strip() for s in sets.split(",") if s.strip()] if sets is not None else cfg.data.train_sets
     if not names:
         raise UserError(f"--sets={sets!r}: give comma-separated set names, e.g. DIV2K or DIV2K,Flickr2K")

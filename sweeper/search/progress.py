@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from sweeper.core.workspace import resolved, workspace_of
 from trainer.files import read_json
+from trainer.terminal import bar
 
 EVERY_S = 30.0  # seconds between two progress lines when stdout is not a terminal
 
@@ -27,18 +28,22 @@ def read_progress(trial_dir: Path) -> dict[str, Any]:
     return read_json(trial_dir / "progress.json") or {}
 
 
-def show(bar: tqdm, progress: dict[str, Any]) -> None:
-    """Move a trial's bar to what its progress.json says (stage, step of total)."""
+def show(trial_bar: tqdm, progress: dict[str, Any]) -> None:
+    """Move a trial's bar to what its progress.json says (stage, step of total; tqdm adds rate and ETA)."""
     if progress:
-        bar.total = progress.get("total")
-        bar.set_postfix_str(str(progress.get("stage", "")), refresh=False)
-        bar.update(int(progress.get("step", 0)) - bar.n)
+        trial_bar.total = progress.get("total")
+        trial_bar.set_postfix_str(str(progress.get("stage", "")), refresh=False)
+        trial_bar.update(int(progress.get("step", 0)) - trial_bar.n)
 
 
 def duration(seconds: float) -> str:
     """12s, 4m05s, 2h10m."""
     s = int(seconds)
     return f"{s}s" if s < 60 else f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def params_of(t: FrozenTrial) -> str:
+    return " ".join(f"{k}={v}" for k, v in t.params.items())
 
 
 def event(t: FrozenTrial) -> str:
@@ -64,7 +69,8 @@ class StageProgress:
         self.start = time.monotonic()
         self.first_done: int | None = None  # points already resolved when this command began
         self.last_line = self.start
-        self.done, self.running = 0, {}
+        self.done = 0
+        self.running: dict[int, FrozenTrial] = {}
 
     def update(self, groups: dict[Any, list[FrozenTrial]], max_retries: int) -> None:
         done = sum(resolved(trials, max_retries) for trials in groups.values())
@@ -74,15 +80,18 @@ class StageProgress:
             self.print_lines(groups, running, done)
             return
         if self.bar is None:  # its rate and ETA count only what this command resolves
-            self.bar = tqdm(total=self.total, initial=done, desc=self.name, unit="trial", dynamic_ncols=True)
+            self.bar = bar(total=self.total, initial=done, desc=self.name, unit="trial")
+        for t in sorted((t for trials in groups.values() for t in trials), key=lambda t: t.number):
+            if t.state not in (TrialState.WAITING, TrialState.RUNNING) and self.seen.get(t.number) != t.state:
+                self.seen[t.number] = t.state  # a finished trial's line, printed above the bars
+                tqdm.write(f"[{self.name}] trial {t.number} {params_of(t)}: {event(t)}")
         self.bar.update(done - self.bar.n)
         for number in set(self.trial_bars) - set(running):
             self.trial_bars.pop(number).close()
         for number, t in running.items():
             p = read_progress(Path(t.user_attrs.get("trial_dir", ".")))
             if number not in self.trial_bars:
-                params = " ".join(f"{k}={v}" for k, v in t.params.items())
-                self.trial_bars[number] = tqdm(desc=f"  #{number} {params}", unit="it", leave=False)
+                self.trial_bars[number] = bar(desc=f"  #{number} {params_of(t)}", unit="it", leave=False)
             show(self.trial_bars[number], p)
 
     def print_lines(self, groups: dict[Any, list[FrozenTrial]], running: dict[int, FrozenTrial], done: int) -> None:
@@ -90,8 +99,7 @@ class StageProgress:
         for t in sorted((t for trials in groups.values() for t in trials), key=lambda t: t.number):
             if t.state != TrialState.WAITING and self.seen.get(t.number) != t.state:
                 self.seen[t.number] = t.state
-                params = " ".join(f"{k}={v}" for k, v in t.params.items())
-                print(f"[{self.name}] trial {t.number} {params}: {event(t)}", flush=True)
+                print(f"[{self.name}] trial {t.number} {params_of(t)}: {event(t)}", flush=True)
         self.done, self.running = done, running
         if time.monotonic() - self.last_line >= EVERY_S:
             self.last_line = time.monotonic()
@@ -116,8 +124,8 @@ class StageProgress:
     def close(self) -> None:
         if self.lines:
             print(f"[{self.name}] {self.summary()}", flush=True)
-        for bar in [*self.trial_bars.values(), *([self.bar] if self.bar else [])]:
-            bar.close()
+        for b in [*self.trial_bars.values(), *([self.bar] if self.bar else [])]:
+            b.close()
 
 
 def trial_states(storage: BaseStorage, study: str) -> list[tuple[str, int, str]]:

@@ -4,7 +4,8 @@ The winner comes from the latest finished stage of a completed search study (`--
 latest of `paper` and `beta_search`), read from MLflow. Promotion is refused, with the reason, while the
 search is incomplete, when no correlation check (`sweeper correlate`) exists for the proxy and the target,
 or when that check says the two disagree on the best setting; `--force` promotes anyway and says so on the
-run. The run goes through the sweeper's single-run path (`sweeper train`), tagged with its source.
+run. A winner picked in a plumbing check (preset=smoke or random-init extractors) goes into preset=paper only
+with `--allow-demo`. `--dry-run` always previews: the gate's verdict and why, the config and the command. The run goes through the sweeper's single-run path (`sweeper train`), tagged with its source.
 """
 
 from __future__ import annotations
@@ -79,34 +80,34 @@ def correlation_check(client: MlflowClient, proxy: str, target: str) -> RunRecor
     checks = [r for r in find_runs(client, "correlation", None, proxy=proxy, target=target) if r.status == "FINISHED"]
     if not checks:
         raise UserError(
-            f"no correlation check of {proxy} against {target}: run `sweeper run study=correlation` and `sweeper correlate`, "
-            "or pass --force to promote without one"
+            f"no correlation check of {proxy} against {target}: run `sweeper run study=correlation` and `sweeper correlate`"
         )
     return max(checks, key=lambda r: r.start_time)
 
 
-def gate(client: MlflowClient, source: Source, target: str, force: bool) -> dict[str, str]:
-    """Refuse a promotion the correlation check does not support (unless `force`); returns the link tags."""
+def gate(client: MlflowClient, source: Source, target: str) -> tuple[dict[str, str], str | None]:
+    """What the correlation check says of this promotion: the link tags, and why it is refused (None: it passes)."""
     tags = {
         "sweeper.promoted_from_study": source.study,
         "sweeper.promoted_from_stage": source.stage.stage,
         "sweeper.promoted_from_run_id": source.winner_run_id,
-        "sweeper.promoted_forced": str(force).lower(),
     }
     try:
         check = correlation_check(client, source.arch, target)
-    except UserError:
-        if not force:
-            raise
-        print(f"warning: --force: promoting without a correlation check of {source.arch} against {target}")
-        return tags
+    except UserError as e:
+        return tags, str(e)
     tags["sweeper.correlation_run_id"] = check.run_id
     if check.tags.get("sweeper.best_agrees") != "true":  # "false", or "undefined" (constant or tied-at-the-top scores)
-        reason = f"the correlation check (MLflow run {check.run_id}) does not support the proxy: {check.tags.get('sweeper.verdict', 'best settings differ')}"
-        if not force:
-            raise UserError(f"{reason}; pass --force to promote anyway")
-        print(f"warning: --force: {reason}")
-    return tags
+        return tags, f"the correlation check (MLflow run {check.run_id}) does not support the proxy: {check.tags.get('sweeper.verdict', 'best settings differ')}"
+    return tags, None
+
+
+def demo_winner(source: Source) -> str | None:
+    """How the winner was picked when that was a plumbing check (preset=smoke or random-init extractors), else None."""
+    preset, weights = source.stage.tags.get("sweeper.preset", ""), source.stage.tags.get("sweeper.weights", "")
+    if preset != "smoke" and weights != "random":
+        return None
+    return f"preset={preset or '?'}, weights={weights or '?'}, by mean {source.stage.tags.get('sweeper.select_by', '?')}"
 
 
 def promotion_tokens(source: Source, to: str, tokens: list[str]) -> list[str]:
@@ -119,8 +120,8 @@ def promotion_tokens(source: Source, to: str, tokens: list[str]) -> list[str]:
     return [f"arch={to}", f"mu={source.mu}", f"beta={source.beta}", *preset, *tokens]
 
 
-def main(to: str, source: str | None, force: bool, dry_run: bool, overrides: list[str]) -> None:
-    """`sweeper promote --to esrgan [--from STUDY] [--force] [--dry-run] [key=value ...]`."""
+def main(to: str, source: str | None, force: bool, dry_run: bool, overrides: list[str], allow_demo: bool = False) -> None:
+    """`sweeper promote --to esrgan [--from STUDY] [--force] [--allow-demo] [--dry-run] [key=value ...]`."""
     if to not in ARCHS:
         raise UserError(f"--to {to!r} is not valid; choose one of {', '.join(ARCHS)}")
     opts = parse(overrides)
@@ -128,15 +129,34 @@ def main(to: str, source: str | None, force: bool, dry_run: bool, overrides: lis
     src = find_source(client, source)
     if src.arch == to:
         raise UserError(f"the search {src.study} already ran on arch={to}; promote to the other arch ({', '.join(a for a in ARCHS if a != to)})")
-    tags = gate(client, src, to, force)
+    tags, refused = gate(client, src, to)
     tokens = promotion_tokens(src, to, overrides)
     cfg = build_config({**opts.config, "arch": to, "mu": src.mu, "beta": src.beta, "preset": opts.config.get("preset", "paper")})
-    print(f"promoting the winner of {src.study} (stage {src.stage.stage}, run {src.winner_run_id}): mu={format_mu(cfg.mu)}, beta={cfg.beta} -> arch={to}")
+    demo = demo_winner(src) if cfg.preset == "paper" else None
+    print(f"promoting the winner of {src.study} (stage {src.stage.stage}, run {src.winner_run_id}, "
+          f"{demo or 'picked at preset=' + src.stage.tags.get('sweeper.preset', '?')}): "
+          f"mu={format_mu(cfg.mu)}, beta={cfg.beta} -> arch={to}, preset={cfg.preset}")  # fmt: skip
+    demo_refusal = (f"that winner was picked in a plumbing check ({demo}), not a paper result; "
+                    "pass --allow-demo to promote it into preset=paper anyway") if demo else None  # fmt: skip
+    gate_text = f"would be refused: {refused}; or pass --force" if refused else "passes: " + (
+        f"the correlation check (MLflow run {tags['sweeper.correlation_run_id']}) agrees on the best setting")
     command = "sweeper train " + " ".join(tokens)
     if dry_run:
+        print(f"gate: {gate_text}")
+        if demo_refusal:
+            print(f"gate: would be refused: {demo_refusal}")
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         print(f"command: {command}")
         print("tags: " + ", ".join(f"{k}={v}" for k, v in tags.items()))
         return
+    if refused and not force:
+        raise UserError(f"{refused}; or pass --force to promote anyway (--dry-run previews)")
+    if demo_refusal and not allow_demo:
+        raise UserError(demo_refusal)
+    if refused:
+        print(f"warning: --force: {refused}")
+    tags["sweeper.promoted_forced"] = str(bool(refused)).lower()
+    if demo:
+        tags["sweeper.promoted_demo"] = demo
     print(command)
     train_one(tokens, extra_tags=tags)

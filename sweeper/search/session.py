@@ -59,25 +59,30 @@ def check_weights(config: dict[str, Any], preset: str, select_by: str) -> dict[s
         raise weights.MissingWeightsError(lacking[0], weights.cache_dir() / lacking[0].name, also=lacking[1:])
     elif kind != "imagenet":
         weights.describe(kind)
-    if weights.missing(["alexnet"]):
+    trunk = weights.FILES[weights.LPIPS_TRUNKS.get(str(config.get("metrics.lpips_net", "alex")), "alexnet")]  # metrics.lpips_net's
+    if not (weights.cache_dir() / trunk.name).is_file():
         if select_by == "lpips":
-            alexnet = weights.FILES["alexnet"]
             raise UserError(
-                f"select_by=lpips needs LPIPS, but the AlexNet weights {alexnet.name} are missing from {weights.cache_dir()}; "
+                f"select_by=lpips needs LPIPS, but the {trunk.network} weights {trunk.name} are missing from {weights.cache_dir()}; "
                 f"`sweeper weights import FILE` them or pass select_by=psnr"
             )
-        print(f"note: LPIPS unavailable (no AlexNet weights): trials record lpips as null; selecting by {select_by}")
+        print(f"note: LPIPS unavailable (no {trunk.network} weights): trials record lpips as null; selecting by {select_by}")
     return config
 
 
-def check_data(config: dict[str, Any]) -> None:
-    """Open the validation data and the training images' headers once, so a missing root or an unreadable
-    image fails now (the training sets are prepared by the first trial that needs them, or `sweeper data prepare`)."""
-    from trainer.data import check_train_sets, load_val_sets
+def check_data(config: dict[str, Any]) -> dict[str, Any]:
+    """Settle the data root's sets (`trainer.data.settle_sets`), say what the run trains and validates on, and
+    open the validation data and the training images' headers once, so a missing root or set or an unreadable
+    image fails now (the training sets are prepared by the first trial that needs them, or `sweeper data prepare`).
+    Returns the config with the sets settled."""
+    from trainer.data import check_train_sets, describe_sets, load_val_sets, settle_sets
 
+    config = settle_sets(config)
     cfg = build_config(config)
+    print(describe_sets(cfg))
     load_val_sets(cfg)
     check_train_sets(cfg)
+    return config
 
 
 @dataclass

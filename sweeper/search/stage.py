@@ -4,6 +4,7 @@ its trials worked by the state machine (`sweeper.search.machine.StageWork`), and
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -13,18 +14,27 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.analysis import racing
 from sweeper.core.crashpoints import crash_point
-from sweeper.core.identity import config_hash
+from sweeper.core.identity import BOOKKEEPING, config_hash
 from sweeper.core.overrides import stage_repeats
-from sweeper.core.repeats import units
+from sweeper.core.repeats import grid_key, mean_metrics, repeat_of, units
 from sweeper.core.selection import HIGHER_IS_BETTER, rank
 from sweeper.core.studies import AUTO, Stage
 from sweeper.core.workspace import point_key
 from sweeper.search import tracking
 from sweeper.search.machine import StageWork, read_result
 from sweeper.search.session import Run, stage_budgets
-from trainer.config import build_config
+from trainer.config import build_config, flatten
 from trainer.errors import UserError
 from trainer.files import file_lock
+
+
+def differences(was: dict[str, Any] | None, now: dict[str, Any]) -> str:
+    """`: train.iters 12 then, 2 now; ...` over the keys that differ (none known for a stage recorded before
+    its settings were: ""). Bookkeeping keys, which may change between runs, are left out."""
+    if not was:
+        return ""
+    keys = sorted(k for k in was.keys() | now.keys() if k not in BOOKKEEPING and was.get(k) != now.get(k))
+    return ": " + "; ".join(f"{k} {json.dumps(was.get(k))} then, {json.dumps(now.get(k))} now" for k in keys)
 
 
 def open_stage(run: Run, stage: Stage, name: str, config: dict[str, Any]) -> StageWork:
@@ -33,12 +43,15 @@ def open_stage(run: Run, stage: Stage, name: str, config: dict[str, Any]) -> Sta
     full = f"{run.study.name}.{name}"
     iters = build_config(config).train.iters
     budgets = stage_budgets(run.opts, iters, len(stage.points()))
-    recorded = {"config_hash": config_hash(build_config(config).to_dict()), "select_by": run.select_by,
+    resolved = build_config(config).to_dict()
+    recorded = {"config_hash": config_hash(resolved), "select_by": run.select_by,
                 "scheduler": {"name": run.opts.scheduler, "budgets": budgets}}  # fmt: skip
+    way_out = f"repeat them, or pass another workspace= (or copy studies/{run.study.name}.yaml under a new name) to start afresh"
     direction = optuna.study.StudyDirection.MAXIMIZE if HIGHER_IS_BETTER[run.select_by] else optuna.study.StudyDirection.MINIMIZE
     mismatch = {
         "select_by": lambda was: f"stage {full} was started with select_by={was}; pass that, or use another workspace=",
-        "config_hash": lambda was: f"stage {full} in {run.ws.root} was started with other settings; repeat them, or use another workspace=",
+        "config_hash": lambda was: f"stage {full} in {run.ws.root} was started with other settings"
+                                   f"{differences(attrs.get('settings'), flatten(resolved))}; {way_out}",
         "scheduler": lambda was: f"stage {full} was started with scheduler={was['name']} (rung budgets {was['budgets']}); "
                                  "pass those settings, or use another workspace=",
     }  # fmt: skip
@@ -47,11 +60,11 @@ def open_stage(run: Run, stage: Stage, name: str, config: dict[str, Any]) -> Sta
             study_id = run.storage.create_new_study([direction], full)
         except optuna.exceptions.DuplicatedStudyError:
             study_id = run.storage.get_study_id_from_name(full)
-        attrs = run.storage.get_study_user_attrs(study_id)
-        for key, value in recorded.items():  # a kill right after creating the study leaves them unset
+        attrs: dict[str, Any] = run.storage.get_study_user_attrs(study_id)
+        for key, value in {**recorded, "settings": flatten(resolved)}.items():  # a kill right after creating the study leaves them unset
             if key not in attrs:
                 run.storage.set_study_user_attr(study_id, key, value)
-            elif attrs[key] != value:
+            elif key in mismatch and attrs[key] != value:
                 raise UserError(mismatch[key](attrs[key]))
         run.storage.set_study_user_attr(study_id, "cancelled", False)
         parent = tracking.stage_run(run.client, run.experiment_id, run.study.name, name, {**run.tags, "sweeper.stage": name})
@@ -95,7 +108,7 @@ def race_round(work: StageWork, groups: dict[Any, list[FrozenTrial]], record: di
     results: dict[int, list[dict[str, Any]]] = {}
     for i in alive:
         done = [next((t for t in groups.get(point_key(u.params), []) if t.state == TrialState.COMPLETE), None) for u in units(work.stage, {i: range(seeds)})]
-        found = [read_result(Path(t.user_attrs["trial_dir"])) for t in done if t is not None]
+        found = [r for t in done if t is not None and (r := read_result(Path(t.user_attrs["trial_dir"]))) is not None]
         if len(found) == seeds:
             results[i] = found
     labels = [" ".join(f"{k}={v}" for k, v in points[i].items()) for i in results]
@@ -117,7 +130,7 @@ def race_round(work: StageWork, groups: dict[Any, list[FrozenTrial]], record: di
 
 
 def conclude(work: StageWork, groups: dict[Any, list[FrozenTrial]]) -> dict[str, str]:
-    """Pick the winner among the COMPLETE trials and record it in Optuna and MLflow (idempotent: a re-run
+    """Pick the winner among the COMPLETE trials (the best mean over a point's repeats) and record it in Optuna and MLflow (idempotent: a re-run
     recomputes it, and may change it); log the stage's table and plot."""
     done = [t for trials in groups.values() for t in trials if t.state == TrialState.COMPLETE]
     failed = [trials[-1] for trials in groups.values() if not any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)]
@@ -126,7 +139,18 @@ def conclude(work: StageWork, groups: dict[Any, list[FrozenTrial]]) -> dict[str,
     if not done:
         tracking.end_stage_run(work.run.client, work.parent, "FAILED")
         raise UserError(f"stage {work.run.study.name}.{work.name}: every trial failed; see `sweeper status study={work.run.study.name}{work.run.opts.where}`")
-    best = min(done, key=lambda t: (*rank(work.run.select_by, t.user_attrs["metrics"]), t.number))
+    reused = [t for t in done if "reused_from" in t.user_attrs]
+    if reused:
+        nothing = "nothing to halve" if work.run.opts.scheduler != "none" else "nothing to train"
+        sources = ", ".join(sorted({t.user_attrs["reused_from"] for t in reused}))
+        print(f"stage {work.name}: all {len(reused)} points reused from earlier trials ({sources}); {nothing}" if len(reused) == len(groups)
+              else f"stage {work.name}: {len(reused)} of {len(groups)} points reused from earlier trials ({sources})")  # fmt: skip
+    by_point: dict[Any, list[FrozenTrial]] = {}
+    for t in sorted(done, key=lambda t: (repeat_of(t.params), t.number)):  # a point's trial standing for it: its lowest repeat
+        by_point.setdefault(grid_key(t.params), []).append(t)
+    means = {p: mean_metrics(t.user_attrs["metrics"] for t in trials) for p, trials in by_point.items()}  # over the repeats
+    chosen = min(by_point, key=lambda p: (*rank(work.run.select_by, means[p]), by_point[p][0].number))
+    best = by_point[chosen][0]
     winner = best.user_attrs["settings"]
     with file_lock(work.run.ws.root / "setup.lock"):  # two sweepers concluding at once: MLflow's tag inserts race
         crash_point("before_winner")
@@ -135,6 +159,7 @@ def conclude(work: StageWork, groups: dict[Any, list[FrozenTrial]]) -> dict[str,
         work.run.storage.set_study_user_attr(work.study_id, "finished_at", time.time())
         crash_point("after_winner")
         tracking.finish_stage(work.run.client, work.run.study.name, work.name, work.parent, best.user_attrs["mlflow_run_id"], winner)
-    score = best.user_attrs["metrics"][f"mean/{work.run.select_by}"]
-    print(f"stage {work.name}: winner trial {best.number} ({', '.join(f'{k}={v}' for k, v in winner.items())}), mean {work.run.select_by} {score:.4f}")
+    score, n = means[chosen][f"mean/{work.run.select_by}"], len(by_point[chosen])
+    over = f" over {n} repeats" if n > 1 else ""
+    print(f"stage {work.name}: winner trial {best.number} ({', '.join(f'{k}={v}' for k, v in winner.items())}), mean {work.run.select_by}{over} {score:.4f}")
     return winner

@@ -18,19 +18,24 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from sweeper.analysis.tables import DECIMALS
 from sweeper.core.crashpoints import crash_point
-from sweeper.core.mlflow_names import VIEW_NAME, VIEW_TAG
+from sweeper.core.mlflow_names import VIEW_NAME, VIEW_TAG, metric_tags
 from sweeper.core.selection import METRICS
 from sweeper.core.studies import label
 from trainer.config import flatten
+from trainer.metrics import SCORES
 
 # MLflow announces creating and migrating its SQLite tables at INFO level on every new store; keep the
 # console to what the user asked for.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
+ROUNDED = "rounded/"  # `rounded/mean/psnr`: the mean at the tables' decimals, for the UI's columns (full values stay in `mean/*`)
 PARAM_KEYS = ("beta", "arch", "preset", "seed", "upscale")
-RECIPE_PARAMS = ("loss.gan", "loss.ragan_detach", "model.skip", "model.init", "metrics.space", "train.from_scratch")  # docs/RECIPE.md
+RECIPE_PARAMS = ("loss.gan", "loss.ragan_detach", "model.skip", "model.init", "model.init_from", "metrics.space", "metrics.lpips_net",
+                 "metrics.lpips_version", "data.val_hr", "train.from_scratch")  # docs/RECIPE.md
+FINAL_METRICS = (*METRICS, *SCORES)  # psnr/ssim (metrics.space's), lpips, and PSNR/SSIM in both spaces
 
 
 def _find(client: MlflowClient, experiment_id: str, tags: dict[str, str], max_results: int = 10) -> list[Any]:
@@ -56,7 +61,7 @@ def ui_view(select_by: str) -> str:
     """The experiment view of the trials as the MLflow UI stores a saved view: an envelope (name, times) around
     the JSON of its search facets and UI state. Saved so, it is also listed in the UI's "Views" menu."""
     metrics = [select_by] + [m for m in METRICS if m != select_by]
-    columns = [f"params.`{p}`" for p in ("mu", "beta", "perceptual")] + [f"metrics.`mean/{m}`" for m in metrics]
+    columns = [f"params.`{p}`" for p in ("mu", "beta", "perceptual")] + [f"metrics.`{ROUNDED}mean/{m}`" for m in metrics]
     columns += [f"tags.`{t}`" for t in ("sweeper.stage", "sweeper.winner")]
     state = {
         "searchFilter": "tags.`sweeper.kind` = 'trial'", "orderByKey": f"metrics.`mean/{select_by}`",
@@ -108,7 +113,7 @@ def read_metrics(trial_dir: Path) -> dict[tuple[str, int], float]:
         if kind == "train":
             out.update({(f"train/{k}", step): float(v) for k, v in row.items() if k not in ("step", "kind") and isinstance(v, (int, float))})
         elif kind == "val":
-            out.update({(f"{row['set']}/{m}", step): float(row[m]) for m in METRICS if isinstance(row.get(m), (int, float))})
+            out.update({(f"{row['set']}/{m}", step): float(row[m]) for m in FINAL_METRICS if isinstance(row.get(m), (int, float))})
     return out
 
 
@@ -141,26 +146,31 @@ def log_trial(
     all_tags = {
         **tags, **key, "sweeper.winner": "false", **({MLFLOW_PARENT_RUN_ID: parent_id} if parent_id else {}),
         "sweeper.weights": str(weights.get("extractors", "unknown")), "sweeper.lpips": str(weights.get("lpips", "unknown")),
+        **metric_tags(result.get("metrics")),
         **({"sweeper.stopped_at": str(stopped_at)} if stopped_at is not None else {}),
     }  # fmt: skip
     start, end = run_times(result_path, result)
-    name = trial_run_name(config) + ("" if stopped_at is None else f" (stopped at {stopped_at} it)")
+    name = f"{trial_run_name(config)} · {tags['sweeper.stage']}" + ("" if stopped_at is None else f" (stopped at {stopped_at} it)")
     run_id = client.create_run(experiment_id, start_time=start, run_name=name, tags=all_tags).info.run_id
     crash_point("mlflow_run_created")
     params = {"mu": label(config["mu"])} | {k: config[k] for k in PARAM_KEYS}
     params |= {"perceptual": config["loss"]["perceptual"], "variant": config["loss"]["variant"]}
-    params |= {k: flatten(config)[k] for k in RECIPE_PARAMS}
+    params |= {k: v for k, v in flatten(config).items() if k in RECIPE_PARAMS}  # a config older than a key lacks it
     params |= {f"env.{k}": v for k, v in result.get("environment", {}).items()}  # threads, device, versions: where it trained
     metrics = [Metric(k, v, end, step) for (k, step), v in read_metrics(trial_dir).items()]
     steps = int(result.get("iters", 0))
     for set_name, values in result.get("final", {}).items():  # the final values are the latest, whatever was logged
-        metrics += [Metric(f"{set_name}/{m}", float(values[m]), end, steps) for m in METRICS if isinstance(values.get(m), (int, float))]
-    metrics += [Metric(k, v, end, steps) for k, v in final_means(result).items()]
+        metrics += [Metric(f"{set_name}/{m}", float(values[m]), end, steps) for m in FINAL_METRICS if isinstance(values.get(m), (int, float))]
+    means = final_means(result)
+    metrics += [Metric(k, v, end, steps) for k, v in means.items()]
+    metrics += [Metric(f"{ROUNDED}{k}", round(v, DECIMALS[k.split("/")[1]]), end, steps) for k, v in means.items()]
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
     for i in range(0, len(metrics), BATCH):
         client.log_batch(run_id, metrics=metrics[i : i + BATCH])
     client.log_artifact(run_id, str(trial_dir / "config.yaml"))
     client.log_artifact(run_id, str(result_path))
+    if (trial_dir / "per_image.csv").is_file():  # the last validation image by image: statistics without retraining
+        client.log_artifact(run_id, str(trial_dir / "per_image.csv"))
     if (trial_dir / "samples").is_dir():
         client.log_artifacts(run_id, str(trial_dir / "samples"), "samples")
     client.set_terminated(run_id, "FINISHED", end_time=end)

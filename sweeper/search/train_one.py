@@ -21,6 +21,7 @@ from sweeper.search.session import check_data, check_weights
 from trainer.config import build_config
 from trainer.errors import UserError
 from trainer.files import write_json_atomic, write_text_atomic
+from trainer.terminal import bar
 
 
 def train_one(tokens: list[str], extra_tags: dict[str, str] | None = None) -> None:
@@ -32,8 +33,7 @@ def train_one(tokens: list[str], extra_tags: dict[str, str] | None = None) -> No
     if opts.study or opts.trial is not None:
         raise UserError("sweeper train takes training settings (and workspace=, tracking_uri=); use `sweeper run` for studies")
     ws = Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri)
-    config = check_weights(opts.config, opts.preset, opts.select_by or "psnr")
-    check_data(config)
+    config = check_data(check_weights(opts.config, opts.preset, opts.select_by or "psnr"))
     cfg = build_config(config)
     runs = ws.root / "trials" / "train" / "run"
     number = 1 + max((int(p.name) for p in runs.glob("*") if p.name.isdigit()), default=-1)
@@ -59,18 +59,15 @@ def train_one(tokens: list[str], extra_tags: dict[str, str] | None = None) -> No
 def train_on_executor(opts: Options, ws: Workspace, config: dict[str, Any], job: TrialJob) -> dict[str, Any]:
     """Run one training as a job of `opts.executor` (a SLURM job for `executor=slurm`), wait for it with a
     progress bar, and return its result.json; a requeued job (time limit, preemption) resumes on its own."""
-    from tqdm import tqdm
-
     executor = make_executor(opts.executor, opts.executor_options, ws.root, opts.preset)
-    if executor.name == "slurm":
-        executor.check(ws.sqlite_file())
+    executor.check(ws.sqlite_file())
     write_text_atomic(job.trial_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     write_json_atomic(job.trial_dir / "budget.json", {"stop_after": None, "token": job.token})
     (job_id,) = executor.submit([job])
     out, err = executor.log_paths(job_id)
     print(f"submitted as {executor.name} job {job_id}; stdout {out}, stderr {err}")
-    with tqdm(desc=f"{executor.name} job {job_id}", unit="it", disable=None) as bar:
+    with bar(desc=f"{executor.name} job {job_id}", unit="it", disable=None) as job_bar:
         while not (job.trial_dir / "result.json").exists() and executor.state(job_id) != "ENDED":
-            show(bar, read_progress(job.trial_dir))
+            show(job_bar, read_progress(job.trial_dir))
             time.sleep(1.0)
     return read_result(job.trial_dir) or {"status": "failed", "reason": f"job {job_id} ended without result.json (see {err})"}

@@ -8,15 +8,22 @@
   returns every stage's output (the published-code variant sums them; the paper uses the last).
 
 Both take ImageNet-normalised input (see `imagenet_normalize`) and are frozen: no parameter requires grad.
+`resnet_block` and `vgg_layer` cut the same networks at any bottleneck beta_{m,n} or conv Phi_{i,j} (the
+feature maps of the paper's Fig. 4).
 """
 
 from __future__ import annotations
 
+import re
+from typing import TypeVar
+
 import torch
 from torch import nn
+from torchvision.models.vgg import cfgs as vgg_cfgs
 
 from trainer import weights as weights_mod
 from trainer.config import BETAS, check_choice
+from trainer.errors import UserError
 
 VGG_CONV5_4 = 35  # features[:35] ends with conv5_4, before relu5_4
 BETA_STAGE = {beta: int(beta[4]) for beta in BETAS}  # "beta3_6" -> stage 3 (its 6th, last bottleneck)
@@ -31,8 +38,11 @@ def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
     std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (x - mean) / std
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
-def freeze(net: nn.Module) -> nn.Module:
+
+
+def freeze(net: ModuleT) -> ModuleT:
     net.requires_grad_(False)
     return net.eval()
 
@@ -60,3 +70,34 @@ class ResNetStages(nn.Module):
             x = stage(x)
             outs.append(x)
         return outs
+
+
+RESNET50_BLOCKS = (3, 4, 6, 3)  # bottlenecks per stage
+
+
+def resnet_block(weights: str, beta: str) -> nn.Module:
+    """ResNet-50 up to bottleneck beta_{m,n} (stage m, its n-th block, 1-based), output after its ReLU."""
+    match = re.fullmatch(r"beta(\d)_(\d+)", beta)
+    if not match or not 1 <= int(match[1]) <= 4 or not 1 <= int(match[2]) <= RESNET50_BLOCKS[int(match[1]) - 1]:
+        raise UserError(f"block={beta!r}: name a ResNet-50 bottleneck beta<m>_<n>, stage m 1-4 with "
+                        f"{', '.join(map(str, RESNET50_BLOCKS))} blocks (e.g. beta1_2, beta3_6)")
+    m, n = int(match[1]), int(match[2])
+    r = weights_mod.resnet50(weights)
+    stages = [r.layer1, r.layer2, r.layer3, r.layer4]
+    return freeze(nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, *stages[: m - 1], stages[m - 1][:n]))
+
+
+def vgg_layer(weights: str, phi: str) -> nn.Sequential:
+    """VGG19 up to conv Phi_{i,j} (block i, its j-th conv), before its ReLU as eq. (4)'s Phi_{5,4}."""
+    names, index, block, j = {}, 0, 1, 0  # features' layers: a conv and its ReLU per number in cfg "E", a pool per "M"
+    for layer in vgg_cfgs["E"]:
+        if layer == "M":
+            block, j, index = block + 1, 0, index + 1
+        else:
+            j += 1
+            names[f"phi{block}_{j}"] = index
+            index += 2
+    if phi not in names:
+        raise UserError(f"vgg={phi!r}: name a VGG19 conv phi<i>_<j>, e.g. phi3_3 or phi5_4 (eq. 4)")
+    return freeze(weights_mod.vgg19_features(weights, upto=names[phi] + 1))
+

@@ -127,7 +127,7 @@ def _checked(key: str, value: Any) -> Any:
         value = kind(value)  # mem_gb=4 -> 4.0, account=1234 -> "1234"
     if not isinstance(value, kind) or isinstance(value, bool):
         raise UserError(f"executor.{key}={value!r}: expected {kind.__name__} ({meaning})")
-    if kind in (int, float) and (value < 0 or (value == 0 and key not in ("gpus_per_node", "max_requeues"))):
+    if isinstance(value, (int, float)) and (value < 0 or (value == 0 and key not in ("gpus_per_node", "max_requeues"))):
         raise UserError(f"executor.{key}={value!r}: must be positive ({meaning})")
     return value
 
