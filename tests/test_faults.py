@@ -22,15 +22,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from cluster_helpers import TINY, env_for, sweeper, tiny
 from optuna.trial import TrialState
 
-from cluster_helpers import TINY, env_for, sweeper, tiny
+from sweeper.core.repeats import units
+from sweeper.core.studies import available, load
+from sweeper.core.workspace import (
+    MACHINE,
+    Workspace,
+    claim,
+    enqueue,
+    failures,
+    finish,
+    point_key,
+    resolved,
+    stage_trials,
+)
 from tests.test_crash import assert_sound, crash_env, start, study_args, wait_for_a_job
 from tests.test_prepared import cfg_for, make_set
 from tests.test_search import GRID, make_stage
-from sweeper.core.repeats import units
-from sweeper.core.studies import available, load
-from sweeper.core.workspace import MACHINE, Workspace, claim, enqueue, failures, finish, point_key, resolved, stage_trials
 from trainer.checkpoint import save_atomic
 from trainer.data import prepare_set
 from trainer.errors import NoSpace, UserError, environment_fault

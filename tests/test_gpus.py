@@ -111,7 +111,9 @@ def test_planted_links_fifos_and_foreign_folders_are_refused_in_one_line(locks: 
     with pytest.raises(UserError, match=r"is not a regular file \(a FIFO, device or folder"):
         gpus.try_book(1, 1)  # refused at once: a FIFO never blocks the open
     (locks / "gpu0.slot0.lock").unlink()
-    gpu, slot, fd = gpus.try_book(1, 1)
+    booked = gpus.try_book(1, 1)
+    assert booked is not None
+    gpu, slot, fd = booked
     assert (gpu, slot) == (0, 0) and (locks / "gpu0.slot0.lock").stat().st_mode & 0o777 == 0o644
     os.close(fd)
 

@@ -18,6 +18,7 @@ regular files, and only our own are made readable by others (fchmod of the descr
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -36,10 +37,8 @@ def locks_dir() -> Path:
     """The folder of slot locks (see the module docstring), created if missing; UserError when it is unsafe."""
     shared = os.environ.get("SWEEPER_GPU_LOCKS")
     folder = Path(shared or f"/tmp/sweeper-gpus-{os.geteuid()}")
-    try:
+    with contextlib.suppress(FileExistsError):
         folder.mkdir(mode=0o700, parents=True)
-    except FileExistsError:
-        pass
     st = os.lstat(folder)
     fix = "remove it, or set SWEEPER_GPU_LOCKS to a folder of your own"
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
