@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -94,3 +95,57 @@ def test_slurm_shards_per_gpu_from_sinfo() -> None:
     assert shards_per_gpu("gpu:a100:4,shard:16(S:0-1)") == 4
     assert shards_per_gpu("gpu:2,shard:a100:8") == 4
     assert shards_per_gpu("gpu:4") is None and shards_per_gpu("(null)") is None
+
+
+def test_planted_links_fifos_and_foreign_folders_are_refused_in_one_line(locks: Path, tmp_path: Path) -> None:
+    locks.mkdir(mode=0o700)
+    victim = tmp_path / "bashrc"
+    victim.write_text("secret\n")
+    victim.chmod(0o600)
+    (locks / "gpu0.slot0.lock").symlink_to(victim)
+    with pytest.raises(UserError, match=r"^GPU slot lock .*gpu0.slot0.lock is a symbolic link \(planted by someone\?\); refusing it"):
+        gpus.try_book(1, 1)
+    assert victim.stat().st_mode & 0o777 == 0o600 and victim.read_text() == "secret\n"  # the target never changed
+    (locks / "gpu0.slot0.lock").unlink()
+    os.mkfifo(locks / "gpu0.slot0.lock")
+    with pytest.raises(UserError, match=r"is not a regular file \(a FIFO, device or folder"):
+        gpus.try_book(1, 1)  # refused at once: a FIFO never blocks the open
+    (locks / "gpu0.slot0.lock").unlink()
+    booked = gpus.try_book(1, 1)
+    assert booked is not None
+    gpu, slot, fd = booked
+    assert (gpu, slot) == (0, 0) and (locks / "gpu0.slot0.lock").stat().st_mode & 0o777 == 0o644
+    os.close(fd)
+
+    linked = tmp_path / "linked"
+    linked.symlink_to(locks)
+    os.environ["SWEEPER_GPU_LOCKS"] = str(linked)
+    with pytest.raises(UserError, match=r"^GPU lock folder .*linked is a symbolic link, not a folder"):
+        gpus.try_book(1, 1)
+    if os.geteuid() == 0:  # a folder of another user (only root can make one here)
+        foreign = tmp_path / "foreign"
+        foreign.mkdir(mode=0o777)
+        os.chown(foreign, 65534, 65534)
+        os.environ["SWEEPER_GPU_LOCKS"] = str(foreign)
+        with pytest.raises(UserError, match=r"^GPU lock folder .*foreign belongs to uid 65534, not to you, and is not a root-owned folder of mode 1777"):
+            gpus.try_book(1, 1)
+    open_to_all = tmp_path / "open"
+    open_to_all.mkdir()
+    open_to_all.chmod(0o777)
+    os.environ["SWEEPER_GPU_LOCKS"] = str(open_to_all)
+    with pytest.raises(UserError, match=r"writable by others without the sticky bit \(mode 777\)"):
+        gpus.try_book(1, 1)
+
+
+def test_book_says_who_holds_the_slots_and_gives_up(locks: Path, capsys: pytest.CaptureFixture) -> None:
+    proc = holder(1, 1)
+    try:
+        assert int(proc.stdout.readline()) == 0
+        with pytest.raises(OSError, match=rf"^every GPU slot stayed booked for 2 s \(gpu0.slot0: pid {proc.pid} \(\w+\)\): "
+                                          r"wait for them to end, or set SWEEPER_GPU_LOCKS") as e:
+            gpus.book(1, 1, wait_s=2)
+        assert e.value.errno == errno.EBUSY
+        assert f"all 1 GPU slots of this machine are booked (gpu0.slot0: pid {proc.pid} (" in capsys.readouterr().out
+    finally:
+        proc.kill()
+        proc.wait()

@@ -1,16 +1,20 @@
 """The `sweeper` command line. Each command is a thin wrapper: it imports the module that owns the work
-lazily (so `sweeper --help` does not import torch or MLflow) and turns a UserError into one line."""
+lazily (so `sweeper --help` does not import torch or MLflow) and turns a UserError or a fault of the machine
+found by a check (`trainer.errors.MachineFault`: a full disk) into one line. A hang-up (SIGHUP: the terminal
+or SSH session went away) stops `sweeper run` as Ctrl-C does."""
 
 from __future__ import annotations
 
 import functools
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from trainer.errors import UserError
+from trainer.errors import MachineFault, UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -27,18 +31,34 @@ app.add_typer(figure_app, name="figure")
 Overrides = Annotated[list[str] | None, typer.Argument(help="key=value settings (study=, preset=, any config key); see the example below")]
 
 
+class HangUp(KeyboardInterrupt):
+    """SIGHUP arrived: handled as Ctrl-C (local trials checkpoint and are released; SLURM jobs keep running)."""
+
+
+def hang_up(signum: int, frame: Any) -> None:
+    """The SIGHUP handler of `sweeper run`: a terminal that is gone swallows what is printed from now on (a
+    write to it would fail), then the run stops as on Ctrl-C."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        if os.isatty(fd):
+            os.dup2(null, fd)
+    os.close(null)
+    raise HangUp
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print a UserError as `error: ...` on stderr and exit 2, without a traceback."""
+    """Print a UserError or MachineFault as `error: ...` on stderr and exit 2, without a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except UserError as e:
+        except (UserError, MachineFault) as e:
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.secho("interrupted: re-run the same command to resume", err=True)
+        except KeyboardInterrupt as e:
+            cause = " by a hang-up (SIGHUP)" if isinstance(e, HangUp) else ""
+            typer.secho(f"interrupted{cause}: re-run the same command to resume", err=True)
             raise typer.Exit(130) from None
 
     return wrapper
@@ -54,6 +74,7 @@ def run(
     from sweeper.api import run_study
     from sweeper.core.overrides import split
 
+    signal.signal(signal.SIGHUP, hang_up)
     run_study(overrides=split(overrides or []), detach=detach)
 
 
@@ -194,11 +215,12 @@ def ui(
     host: Annotated[str, typer.Option("--host", help="interface to serve on (0.0.0.0: every interface)")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 5000,
     workers: Annotated[int, typer.Option("--workers", help="MLflow server worker processes")] = 2,
+    auth: Annotated[bool, typer.Option("--auth", help="MLflow's basic-auth (users and passwords; needs mlflow[auth])")] = False,
 ) -> None:
     """Start the MLflow UI on the workspace's tracking store; it stops when this command does."""
     from sweeper.analysis import ui as ui_mod
 
-    raise typer.Exit(ui_mod.serve(overrides or [], host=host, port=port, workers=workers))
+    raise typer.Exit(ui_mod.serve(overrides or [], host=host, port=port, workers=workers, auth=auth))
 
 
 @app.command(epilog="Example: sweeper logs study=paper stage=mu trial=3")

@@ -27,7 +27,7 @@ from trainer.errors import UserError
 
 OPTION_KEYS = ("study", "stage", "trial", "executor", "select_by", "storage", "tracking_uri", "workspace", "rounds", "max_retries",
                "scheduler", "scheduler.eta", "scheduler.min_iters", "repeats", "max_repeats", "select.min_effect", "select.tie_break",
-               "select.alpha")  # fmt: skip
+               "select.alpha", "max_machine_faults", "retry_failed")  # fmt: skip
 SCHEDULERS = ("none", "sha")
 
 
@@ -48,6 +48,8 @@ class Options:
     workspace: str | None = None
     rounds: int | None = None  # None: the study's own
     max_retries: int = 2
+    max_machine_faults: int = 3  # attempts ended in a row by the machine's faults before no new one is launched
+    retry_failed: bool = False  # re-open grid points that used up their retries
     scheduler: str = "none"  # "sha": successive halving over each stage's grid (sweeper.halving)
     eta: int = 3  # scheduler.eta
     min_iters: int | None = None  # scheduler.min_iters; None: from sweeper.halving.rung_budgets
@@ -113,8 +115,12 @@ def options(settings: Mapping[str, Any], allow_config: bool = True) -> Options:
         value = parse_value(raw) if isinstance(raw, str) else raw
         if key.startswith("executor."):
             opts.executor_options[key.removeprefix("executor.")] = value
-        elif key in ("trial", "rounds", "max_retries"):
-            setattr(opts, key, _count(key, value, 1 if key == "rounds" else 0))
+        elif key in ("trial", "rounds", "max_retries", "max_machine_faults"):
+            setattr(opts, key, _count(key, value, 1 if key in ("rounds", "max_machine_faults") else 0))
+        elif key == "retry_failed":
+            if not isinstance(value, bool):
+                raise UserError(f"retry_failed={text!r}: expected true or false")
+            opts.retry_failed = value
         elif key == "scheduler":
             if value not in SCHEDULERS:
                 raise UserError(f"scheduler={text!r} is not valid; choose one of {', '.join(SCHEDULERS)}")

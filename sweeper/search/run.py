@@ -68,7 +68,7 @@ def run(opts: Options, detach: bool = False) -> Outcome:
         for point in stage.points():
             stage_budgets(opts, build_config({**config, **stage.overrides(point)}).train.iters, len(stage.points()))
 
-    ws.root.mkdir(parents=True, exist_ok=True)
+    ws.create()
     tags = {"sweeper.study": study.name, "sweeper.preset": opts.preset, "sweeper.select_by": select_by,
             "sweeper.weights": str(config.get("weights", "imagenet")), "sweeper.git_commit": git_commit()}  # fmt: skip
     with file_lock(ws.root / "setup.lock"):  # sweepers started together: one creates the stores and the experiment

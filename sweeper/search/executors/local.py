@@ -170,7 +170,7 @@ def zygote() -> None:
                     os.dup2(log, fd)
                     os.close(log)
                 if request["gpus"]:
-                    gpu, booking = gpus.book(request["gpus"], request["per_gpu"])
+                    gpu, _booking = gpus.book(request["gpus"], request["per_gpu"])  # the descriptor stays open until exit
                     os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
                     os.environ["GPU_SHARE"] = str(1 / request["per_gpu"])  # the cost ledger's GPU-seconds: a booked share
                 torch.set_num_threads(request["threads"])  # the trial's config may set train.threads instead

@@ -27,6 +27,7 @@ from typing import Any
 
 import submitit
 
+from sweeper.core.workspace import private_dir
 from sweeper.search.executors.base import TrialJob
 from trainer.errors import UserError
 
@@ -198,6 +199,7 @@ class SlurmExecutor:
             return []
         batch = jobs[0].token.rsplit(".", 1)[0]
         assert [job.token for job in jobs] == [f"{batch}.{i}" for i in range(len(jobs))], "one batch, in order"
+        private_dir(self.folder.parent, "SLURM job folder")  # its pickles are unpickled on the node as you
         ex = self._submitit(f"sweeper-{batch}")
         try:
             with ex.batch():
