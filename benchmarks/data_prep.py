@@ -104,12 +104,12 @@ def measure(args: argparse.Namespace, work: Path) -> None:
 
     per_image = len(window_starts(HEIGHT, 480, 240)) * len(window_starts(WIDTH, 480, 240))
     times: dict[int, list[tuple[float, float]]] = {1: [], args.workers: []}
-    for r in range(args.rounds):  # alternating, best of each: other load on a shared machine hits both alike
+    for _r in range(args.rounds):  # alternating, best of each: other load on a shared machine hits both alike
         for workers in times:
             cache = work / f"cache-{workers}"
             shutil.rmtree(cache, ignore_errors=True)
-            *seconds, manifest = prepare_seconds(root, cache, workers)
-            times[workers].append(tuple(seconds))
+            wall, cpu, manifest = prepare_seconds(root, cache, workers)
+            times[workers].append((wall, cpu))
     (one_s, one_cpu), (all_s, all_cpu) = min(times[1]), min(times[args.workers])
     print(f"count: {manifest['subimages']} sub-images, formula {args.images} x {per_image} = {args.images * per_image}"
           f"  (paper: 40 for a 2040x1356 image, 32,592 for DIV2K's 800)")

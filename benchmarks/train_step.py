@@ -39,7 +39,9 @@ def build_seconds(weights: str) -> float:
     return min(times)
 
 
-def make_gan(preset: str, mu: float, batch: int, args: argparse.Namespace, device: torch.device):
+def make_gan(
+    preset: str, mu: float, batch: int, args: argparse.Namespace, device: torch.device
+) -> tuple[Gan, torch.Tensor, torch.Tensor]:
     """A GAN-stage state for SRGAN with the DP loss (beta3_6) or, for mu=inf, the VGG loss alone."""
     cfg = build_config({"preset": preset, "arch": "srgan", "mu": mu, "beta": "beta3_6", "weights": args.weights,
                         "data.batch_size": batch, "train.device": device.type,

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 from mlflow import MlflowClient
@@ -17,6 +19,8 @@ from sweeper.core.mlflow_names import experiment
 from sweeper.search import tracking
 from trainer.config import build_config, format_mu
 
+# The four settings that the proxy and the target share in the correlation study (Table 4's rows)
+SETTINGS: list[dict[str, Any]] = [{"mu": math.inf}, {"mu": 1, "beta": "beta1_3"}, {"mu": 10, "beta": "beta1_3"}, {"mu": 0.5, "beta": "beta3_6"}]
 _TEMPLATE: list[Path] = []  # an empty, migrated store, made once per test process: migrations take seconds
 
 
@@ -39,7 +43,8 @@ def log_stage(client: MlflowClient, root: Path, study: str, stage: str, trials: 
     them, logged under the stage's parent run; `winner` = index of the winning trial (None: stage unfinished).
 
     `trial`: arch, mu, beta, perceptual (default dp), final {set: {metric: value}}, optional
-    history {set: {metric: [(step, value)]}} and sample (an HxWx3 uint8 array, saved at steps 6 and 12).
+    history {set: {metric: [(step, value)]}}, sample (an HxWx3 uint8 array, saved at steps 6 and 12) and
+    per_image {set: {image: {psnr_rgb, ssim_rgb, lpips, ...}}}, seed (a repeat: seed + r).
     """
     exp = experiment(client, study, root / "artifacts")
     tags = {"sweeper.study": study, "sweeper.preset": "smoke", "sweeper.select_by": select_by,
@@ -59,7 +64,8 @@ def log_stage(client: MlflowClient, root: Path, study: str, stage: str, trials: 
 def write_trial(folder: Path, trial: dict) -> dict:
     """A finished trial folder (docs/ARCHITECTURE.md, "Trial folder"); returns its config dict."""
     cfg = build_config({"preset": "smoke", "arch": trial["arch"], "mu": trial.get("mu", 0.5), "beta": trial.get("beta", "beta1_3"),
-                        "loss.perceptual": trial.get("perceptual", "dp"), "weights": "random"})
+                        "loss.perceptual": trial.get("perceptual", "dp"), "weights": "random",
+                        "seed": trial.get("seed", 0)})
     config = cfg.to_dict()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -68,6 +74,8 @@ def write_trial(folder: Path, trial: dict) -> dict:
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = {"status": "complete", "reason": None, "final": trial["final"], "weights": {"extractors": "random", "lpips": "imagenet"},
               "iters": 12, "duration_s": 1.0, "checkpoint": None}
+    if "per_image" in trial:  # {set: {image: {metric: value}}} as the trainer keeps them
+        result["per_image"] = trial["per_image"]
     (folder / "result.json").write_text(json.dumps(result))
     if "sample" in trial:  # an older, darker crop too: the report must pick the latest step
         (folder / "samples").mkdir(exist_ok=True)

@@ -90,11 +90,11 @@ def test_mu_search_survives_kill_9_and_agrees_with_mlflow(tmp_path: Path, env: d
     complete = [t for t in trials if t["state"] == "COMPLETE"]
     assert len(complete) == 7 and {t["params"]["mu"] for t in complete} == MU_GRID  # the grid, each point once
     (failed,) = [t for t in trials if t["state"] == "FAIL"]
-    assert "without a result" in failed["reason"]
+    assert failed["reason"].startswith("machine fault: the job ended without a result (killed")  # kill -9: no retry spent
     suggested = failed["reason"].split("`")[1].split()  # the command the reason suggests works as printed
     assert suggested[:2] == ["sweeper", "logs"] and sweeper(suggested[1:], tmp_path, env).returncode == 0
     (retry,) = [t for t in complete if t["params"]["mu"] == failed["params"]["mu"]]
-    assert retry["trial_dir"] == failed["trial_dir"] == str(victim[0]) and retry["attempt"] == 2
+    assert retry["trial_dir"] == failed["trial_dir"] == str(victim[0]) and retry["attempt"] == 1
     assert sum(t["winner"] for t in trials) == 1
 
     client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
@@ -111,7 +111,11 @@ def test_mu_search_survives_kill_9_and_agrees_with_mlflow(tmp_path: Path, env: d
         assert [m.step for m in client.get_metric_history(run.info.run_id, "Set5/psnr")] == [3]
     winner = [r for r in nested if r.data.tags["sweeper.winner"] == "true"]
     assert [r.info.run_id for r in winner] == [parent.data.tags["sweeper.winner_run_id"]]
-    assert {a.path for a in client.list_artifacts(parent.info.run_id, "results")} >= {"results/table1_mu_srgan.md", "results/table1_mu_srgan.csv"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "results")} >= {"results/table1_mu_srgan.md", "results/table1_mu_srgan.csv",
+                                                                                  "results/comparison.json", "results/comparison.csv"}  # fmt: skip
+    verdict = parent.data.tags["sweeper.verdict"]  # issue 18: the paired comparison decided, and says how
+    assert verdict in ("winner", "tie") and f"stage mu: {'!!! TIE' if verdict == 'tie' else 'winner'}" in done.stdout
+    assert "resolution (estimate)" in done.stdout and "over images, one seed" in parent.data.tags["sweeper.verdict_summary"]
 
     again = sweeper(args, tmp_path, env)  # finished: nothing is trained or logged again
     assert again.returncode == 0, again.stderr
@@ -141,7 +145,7 @@ def test_mu_search_survives_kill_9_and_agrees_with_mlflow(tmp_path: Path, env: d
     logs = sweeper(["logs", "study=mu_search", f"trial={retry['number']}", f"workspace={ws}"], tmp_path, env)
     assert logs.returncode == 0 and "stderr.log <==" in logs.stdout
     table = sweeper(["status", "study=mu_search", f"workspace={ws}"], tmp_path, env)
-    assert table.returncode == 0 and table.stdout.count("COMPLETE") == 7
+    assert table.returncode == 0 and table.stdout.count("COMPLETE") == 7 and "verdict mu: " in table.stdout
 
 
 @pytest.mark.slow

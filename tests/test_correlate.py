@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from fractions import Fraction
+from pathlib import Path
 
 import mlflow_layout
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 from scipy.stats import kendalltau, spearmanr
 
 from sweeper.analysis import correlate
+from sweeper.analysis.runs import RunRecord
 from trainer.errors import UserError
 
 
@@ -89,7 +92,9 @@ def test_gate_and_verdict():
     ]
     g = correlate.gate(rows, "mean/lpips")
     assert not g.best_agrees
-    assert correlate.verdict(g).startswith("contradicts: by mean/lpips the proxy's best is d but the target's best is a")
+    assert correlate.verdict(g) == ("inconclusive: by mean/lpips the proxy's best is d but the target's best is a, and without "
+                                    "per-image values the difference cannot be tested")  # fmt: skip
+    assert correlate.gate_tag(g) == "inconclusive"
     assert correlate.gate(rows, "psnr").best_agrees
     with pytest.raises(UserError, match="select_by='BSD100/lpips'.*mean/lpips, mean/psnr"):
         correlate.gate(rows, "BSD100/lpips")
@@ -111,7 +116,7 @@ def test_constant_or_tied_at_the_top_scores_are_undefined():
     assert fine.undefined is None and fine.best_agrees  # ties below the top do not matter for the gate
 
 
-SETTINGS = [{"mu": math.inf}, {"mu": 1, "beta": "beta1_3"}, {"mu": 10, "beta": "beta1_3"}, {"mu": 0.5, "beta": "beta3_6"}]
+SETTINGS = mlflow_layout.SETTINGS
 # Table 4 of the paper (BSD100): SRGAN-DP and ESRGAN-DP (PSNR, SSIM, LPIPS) per setting
 TABLE4 = {
     "srgan": [(25.37, 0.6919, 0.1483), (25.95, 0.7259, 0.1447), (25.71, 0.7111, 0.1473), (25.82, 0.7202, 0.1370)],
@@ -143,7 +148,7 @@ def test_correlate_command_prints_and_logs_the_check(correlation_store, capsys):
     assert run.data.metrics["BSD100/lpips/p_spearman"] == pytest.approx(1 / 24)
     assert run.data.metrics["BSD100/psnr/discordant"] == 0
     rows = client.download_artifacts(run.info.run_id, "correlation.csv")
-    lines = open(rows).read().splitlines()
+    lines = Path(rows).read_text().splitlines()
     assert len(lines) == 1 + 2 * 3  # header + (BSD100, mean) x 3 metrics
     assert lines[0].startswith("set,metric,n,spearman,kendall,discordant")
 
@@ -167,3 +172,37 @@ def test_too_few_shared_settings_is_a_user_error(tmp_path):
     mlflow_layout.log_stage(client, tmp_path, "correlation", "proxy_vs_target", trials)
     with pytest.raises(UserError, match="at least 3 settings.*shared finished settings: mu=inf"):
         correlate.main([f"tracking_uri={uri}"])
+
+
+def results_of(results: dict) -> Callable[[RunRecord], dict]:
+    return lambda r: results[r.run_id]
+
+
+def test_a_disagreement_is_a_contradiction_only_when_both_archs_separate_it():
+    """Per-image values: the proxy prefers d, the target a, each by 0.02 LPIPS on every image (far beyond the
+    noise): significant, "contradicts". The same bests by 0.0005 amid 0.01 noise: "inconclusive". rho and tau
+    get bootstrap intervals over images."""
+    labels = ["a", "b", "c", "d"]
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.1, 0.2, 12)
+
+    def runs(arch: str, offsets: list[float], noise: float) -> list:
+        out = []
+        for label, off in zip(labels, offsets):
+            images = {f"i{k}": {"lpips": float(b + off + rng.normal(0, noise))} for k, b in enumerate(base)}
+            mean = float(np.mean([v["lpips"] for v in images.values()]))
+            out.append((RunRecord(f"{arch}-{label}", label, "x", "FINISHED", 0, 0, {}, {"arch": arch, "metrics.space": "rgb"},
+                                  {"Set5/lpips": mean, "mean/lpips": mean}), {"per_image": {"Set5": images}, "final": {"Set5": {"lpips": mean}}}))  # fmt: skip
+        return out
+
+    for gap, noise, expected in ((0.02, 0.001, "significant"), (0.0005, 0.01, "not significant")):
+        proxy = runs("srgan", [0.03, 0.02, 0.01, 0.01 - gap], noise)
+        target = runs("esrgan", [0.0, 0.01, 0.02, gap], noise)
+        results = {r.run_id: res for r, res in proxy + target}
+        pairs = [(label, p, t) for label, (p, _), (t, _) in zip(labels, proxy, target)]
+        a = correlate.agreement("Set5", "lpips", labels, np.array([p.value("Set5", "lpips") for _, p, _ in pairs]),
+                                np.array([t.value("Set5", "lpips") for _, _, t in pairs]))  # fmt: skip
+        got = correlate.tested(a, pairs, results_of(results))
+        assert (got.best_proxy, got.best_target, got.disagreement) == ("d", "a", expected)
+        assert correlate.verdict(got).startswith("contradicts" if expected == "significant" else "inconclusive")
+        assert got.rho_ci[0] <= got.spearman <= got.rho_ci[1] and got.tau_ci[0] <= got.kendall <= got.tau_ci[1]

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from cluster_helpers import env_for, write_study
 from mlflow import MlflowClient
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 from sweeper.analysis import correlate, ledger, rankcheck
@@ -46,7 +46,7 @@ def test_ledger_sums_and_naive_protocol(tmp_path: Path) -> None:
     """A real Optuna storage: 3 grid points, one trained in two segments, one reused (no ledger), one failed once."""
     storage = optuna.storages.InMemoryStorage()
     sid = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "s.mu")
-    dist = {"mu": CategoricalDistribution(["1", "2", "3"])}
+    dist: dict[str, BaseDistribution] = {"mu": CategoricalDistribution(["1", "2", "3"])}
     ledgers = {"1": [line(0, 60, 10, 20, "trained", 8, 2.0), line(60, 100, 5, 10)], "2": [], "3": [line(0, 100, 12, 24, "reused")]}
     for k, (mu, lines) in enumerate(ledgers.items()):
         folder = tmp_path / str(k)

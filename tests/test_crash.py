@@ -6,7 +6,8 @@ and MLflow agree, no stage run left RUNNING.
 
 The crashes are chained to keep CI short: run k crashes at point k, and run k + 1 (crashing at point k + 1)
 is the re-run that must repair what run k left; when a run finishes without reaching its point, the study is
-checked and a fresh one started, which must reach it (so no crash point is dead code). Trials are as cheap as real ones get: a two-point grid, two
+checked and a fresh one started, which must reach it (so no crash point is dead code). The first job of every
+trial folder meets a full disk (`SWEEPER_INJECT=nospace`), which must spend no retry. Trials are as cheap as real ones get: a two-point grid, two
 GAN iterations of a tiny generator from scratch, rungs at 1 and 2 iterations (`scheduler=sha`, so the rung
 and promotion points are reached too), `max_retries=0` so that any attempt counted as failed loses its point.
 The racing points (`RACE_POINTS`, issue 18) end each chain on a fresh study that races two points over two
@@ -37,7 +38,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from sweeper.core.crashpoints import CRASH_POINTS
-from sweeper.core.workspace import Workspace
+from sweeper.core.workspace import MACHINE, Workspace
 
 MUS = ["0.5", "inf"]
 CHEAP = ["preset=smoke", "weights=random", "train.iters=2", "train.from_scratch=true", "train.milestones=[1]",
@@ -61,12 +62,13 @@ def crash_env(tmp_path: Path) -> dict[str, str]:
 
 
 def assert_sound(ws: Path, storage: str, study: str = "crash", mus: list[str] = MUS) -> list[optuna.trial.FrozenTrial]:
-    """The invariants of issue 9 on a finished study (attempts stopped by `sweeper cancel` aside); returns its trials."""
+    """The invariants of issue 9 on a finished study (attempts stopped by `sweeper cancel` or by a fault of the
+    machine aside); returns its trials."""
     opened = Workspace.resolve(str(ws), STORAGES[storage].format(ws=ws), None).open_storage()
     trials = optuna.load_study(study_name=f"{study}.mu", storage=opened).get_trials(deepcopy=False)
     settled = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     states = [(t.number, t.state.name, t.params, t.user_attrs.get("reason")) for t in trials]
-    trials = [t for t in trials if not str(t.user_attrs.get("reason")).startswith("cancelled")]
+    trials = [t for t in trials if not str(t.user_attrs.get("reason")).startswith(("cancelled", MACHINE))]
     assert Counter(t.params["mu"] for t in settled) == Counter(mus), states  # every point settled exactly once
     assert not [t for t in trials if t.state != TrialState.COMPLETE and t not in settled], states  # nothing failed, nothing left
     complete = [t for t in settled if t.state == TrialState.COMPLETE]
@@ -108,12 +110,13 @@ def assert_race_sound(ws: Path, storage: str) -> None:
 def crash_chain(tmp_path: Path, storage: str, executor: str, signal: str | None = None) -> int:
     """Crash at every point in turn (see the module docstring); returns the number of `sweeper run`s."""
     env, runs, fresh = crash_env(tmp_path), 0, 0
+    faulty = env | {"SWEEPER_INJECT": "nospace"}  # the first job of each trial folder meets a full disk
     ws = tmp_path / f"ws{fresh}"
     expected = 130 if signal == "INT" else -9
     for point in [p for p in CRASH_POINTS if p not in RACE_POINTS]:
         for attempt in range(2):
             extra = {"SWEEPER_CRASH_AT": point} | ({"SWEEPER_CRASH_SIGNAL": signal} if signal else {})
-            done = sweeper(study_args(ws, storage, f"executor={executor}"), env | extra)
+            done = sweeper(study_args(ws, storage, f"executor={executor}"), faulty | extra)
             runs += 1
             assert "Traceback" not in done.stderr, (point, done.stderr)
             if done.returncode == expected:
@@ -122,9 +125,13 @@ def crash_chain(tmp_path: Path, storage: str, executor: str, signal: str | None 
             assert_sound(ws, storage)  # finished before reaching the point: check it, then a fresh study
             fresh += 1
             ws = tmp_path / f"ws{fresh}"
-    done = sweeper(study_args(ws, storage, f"executor={executor}"), env)
+    done = sweeper(study_args(ws, storage, f"executor={executor}"), faulty)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert_sound(ws, storage)
+    trials = assert_sound(ws, storage)
+    opened = Workspace.resolve(str(ws), STORAGES[storage].format(ws=ws), None).open_storage()
+    faults = [t for t in optuna.load_study(study_name="crash.mu", storage=opened).get_trials() if t.state == TrialState.FAIL]
+    assert {t.params["mu"] for t in faults} == set(MUS) and all(t.user_attrs["reason"].startswith(MACHINE) for t in faults)
+    assert {t.user_attrs["attempt"] for t in trials} == {1}  # the machine's faults spent no retry (max_retries=0)
     ws = tmp_path / "race"
     for point in RACE_POINTS:
         extra = {"SWEEPER_CRASH_AT": point} | ({"SWEEPER_CRASH_SIGNAL": signal} if signal else {})
@@ -207,6 +214,7 @@ def test_trials_of_a_dead_sweeper_on_another_host_are_adopted_when_its_lease_exp
 def test_random_kills_lose_and_duplicate_nothing() -> None:
     """A short, seeded run of benchmarks/crash_soak.py (one study, three kills at random moments)."""
     spec = importlib.util.spec_from_file_location("crash_soak", REPO / "benchmarks" / "crash_soak.py")
+    assert spec is not None and spec.loader is not None
     soak = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(soak)
     counts = soak.soak(seed=1, studies=1, kills=3, max_wait_s=15.0, storage="journal")

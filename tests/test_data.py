@@ -13,15 +13,15 @@ from PIL import Image
 
 from trainer.config import build_config
 from trainer.data import (
-    describe_sets,
-    settle_sets,
     EMBEDDED,
     TrainBatches,
     check_train_sets,
+    describe_sets,
     load_set,
     load_val_sets,
     resolve_root,
     set_names,
+    settle_sets,
     val_pairs,
 )
 from trainer.errors import UserError
@@ -153,7 +153,7 @@ def test_sub_images_are_the_windows_of_the_sources_with_their_lr(cache: Path) ->
     batches = TrainBatches(smoke(), cache)
     files = sorted((EMBEDDED / "train").glob("*.png"))
     settings = Settings(96, 48, 4)
-    expected = [(img, w) for f in files for img in [read_image(f)] for w in windows(*img.shape[-2:], settings)]
+    expected = [(img, w) for f in files for img in [read_image(f)] for w in windows(img.shape[-2], img.shape[-1], settings)]
     assert len(batches) == len(expected) == 76 and batches.skipped == 0
     for i in (0, 1, 30, len(batches) - 1):
         img, (top, left, h, w) = expected[i]
@@ -203,7 +203,7 @@ def test_a_resumed_stream_sees_exactly_the_batches_of_a_straight_one(cache: Path
     straight = TrainBatches(smoke(), cache)
     n = len(straight)  # with batch_size 2, n // 2 + 3 batches cross an epoch boundary
     k = n // 4 + 1
-    stream, saved = [], None
+    stream, saved = [], {}
     for i in range(n // 2 + 3):
         if i == k:
             saved = straight.state_dict()

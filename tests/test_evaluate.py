@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -58,7 +59,7 @@ def test_supplied_lr_images_are_scored(shared_data: Path, tmp_path: Path, torch_
     from test_data import published_layout
 
     published_layout(tmp_path / "root", shared_data)  # bird's supplied LR is not bicubic: its score must move
-    scored = {}
+    scored: dict[str, Any] = {}
     for root in (shared_data, tmp_path / "root"):
         out = tmp_path / f"{root.name}.csv"
         result = runner.invoke(app, ["evaluate", "bicubic", "--data-root", str(root), "--sets", "Set5", "--out", str(out)])
@@ -119,7 +120,7 @@ def test_a_kept_snapshot_is_evaluated_by_iteration(tmp_path: Path, torch_home: P
         save_generator(snapshot_path(run, step), cfg.to_dict(), SNAPSHOT, step, build_generator(cfg).state_dict())
     torch.manual_seed(2)
     save_atomic({"g": build_generator(cfg).state_dict(), "config": cfg.to_dict()}, run / "ckpt" / "last.pt")
-    scored = {}
+    scored: dict[str, Any] = {}
     for args in (["checkpoint=" + str(run), "iter=5"], ["checkpoint=" + str(run), "iter=10"], [str(run / "ckpt" / "last.pt")]):
         out = tmp_path / f"{len(scored)}.csv"
         result = runner.invoke(app, ["evaluate", *args, *ROOT, "--sets", "Set5", "--out", str(out), "--no-lpips"])

@@ -5,22 +5,45 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
+import re
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from cluster_helpers import TINY, env_for, sweeper, tiny
+from optuna.trial import TrialState
 
+from sweeper.core.repeats import units
+from sweeper.core.studies import available, load
+from sweeper.core.workspace import (
+    MACHINE,
+    Workspace,
+    claim,
+    enqueue,
+    failures,
+    finish,
+    point_key,
+    resolved,
+    stage_trials,
+)
+from tests.test_crash import assert_sound, crash_env, start, study_args, wait_for_a_job
 from tests.test_prepared import cfg_for, make_set
+from tests.test_search import GRID, make_stage
 from trainer.checkpoint import save_atomic
 from trainer.data import prepare_set
-from trainer.errors import NoSpace, environment_fault
+from trainer.errors import NoSpace, UserError, environment_fault
 from trainer.files import file_lock
 
 ROOT = Path(__file__).parents[1]
@@ -97,7 +120,7 @@ def test_prepare_killed_at_ten_points_never_blocks_the_next_and_ends_byte_identi
             wait_for(point(pid))
             workers = descendants(pid)
             os.kill(pid, signal.SIGKILL)
-            wait_for(lambda: not alive(pid) and not any(alive(w) for w in workers), timeout=5)  # the pool died with it
+            wait_for(lambda pid=pid, workers=workers: not alive(pid) and not any(alive(w) for w in workers), timeout=5)  # the pool died with it
             if n >= 2:  # every run after the first kill got past the lock within seconds
                 assert time.monotonic() - started < 30
             assert not any(cache.glob("Train-*/manifest.json")), f"point {n}: finished before the kill"
@@ -185,7 +208,7 @@ def test_a_lock_held_by_a_live_process_is_waited_for(tmp_path: Path, capfd: pyte
 
 
 @pytest.fixture
-def small_fs(tmp_path: Path) -> Path:
+def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 4 MB tmpfs (root only; the test is skipped elsewhere), unmounted afterwards."""
     mnt = tmp_path / "small"
     mnt.mkdir()
@@ -235,3 +258,180 @@ def test_the_machines_faults_are_told_from_a_runs_own(tmp_path: Path) -> None:
     for own in (ValueError("mu must be > 0"), FileNotFoundError(errno.ENOENT, "No such file", "x"), KeyError("g"),
                 RuntimeError("mat1 and mat2 shapes cannot be multiplied")):
         assert environment_fault(own) is None, own
+
+
+def mount_tmpfs(folder: Path, size: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here (root needed): {mounted.stderr.strip()}")
+
+
+def run_json(ws: Path, env: dict[str, str]) -> list[dict]:
+    done = subprocess.run([sys.executable, "-m", "sweeper.cli", "status", "study=mu_search", f"workspace={ws}", "--format", "json"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["trials"]
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_study_in_one_line_spends_no_retry_and_the_rerun_finishes(tmp_path: Path) -> None:
+    env = env_for(tmp_path)
+    small = [*tiny("train.ckpt_every=2"), "model.num_feat=8", "model.num_blocks=1", "max_retries=0"]  # one checkpoint a trial
+    args = lambda ws: [sys.executable, "-m", "sweeper.cli", "run", "study=mu_search", f"workspace={ws}", *small]  # noqa: E731
+    reference = subprocess.run(args(tmp_path / "reference"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    ws = tmp_path / "ws"
+    mount_tmpfs(ws / "trials", "1m")  # the trial folders on a 1 MB file system: no checkpoint fits
+    try:
+        full = subprocess.run(args(ws), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-3000:]
+        last = full.stderr.strip().splitlines()[-1]
+        assert re.fullmatch(rf"error: stopped: 3 trials in a row could not run for a fault of the machine, not of their "
+                            rf"settings \(no retry spent\); the last: no space left on the file system of {ws}/trials/"
+                            rf"mu_search/mu/\d/ckpt: 0\.\d MB free, a checkpoint needs ~[\d.]+ MB; free some space \(or "
+                            rf"use a larger disk\) and run again\. Re-run the same command to resume once it is fixed", last), last
+        trials = run_json(ws, env)
+        assert [t["state"] for t in trials].count("FAIL") == 3 and all(
+            t["reason"].startswith("machine fault: no space left") for t in trials if t["state"] == "FAIL")
+        assert not [t for t in trials if t["state"] == "COMPLETE"]
+        subprocess.run(["mount", "-o", "remount,size=1g", str(ws / "trials")], check=True)  # the disk enlarged
+        done = subprocess.run(args(ws), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        complete = [t for t in run_json(ws, env) if t["state"] == "COMPLETE"]
+        expected = {t["params"]["mu"]: t["metrics"] for t in run_json(tmp_path / "reference", env) if t["state"] == "COMPLETE"}
+        assert len(complete) == 7 and {t["params"]["mu"]: t["metrics"] for t in complete} == expected
+        assert {t["attempt"] for t in complete} == {1}  # no retry spent (max_retries=0 would have lost the points)
+    finally:
+        subprocess.run(["umount", "-l", str(ws / "trials")])
+
+
+@pytest.mark.slow
+def test_a_hang_up_stops_the_run_like_ctrl_c_and_the_rerun_spends_no_retry(tmp_path: Path) -> None:
+    env, ws = crash_env(tmp_path), tmp_path / "ws"
+    args = study_args(ws, "sqlite", "train.iters=12", "train.val_every=12")
+    runner = start(args, env)
+    wait_for_a_job(ws, runner)
+    runner.send_signal(signal.SIGHUP)  # the SSH session dropped
+    _, err = runner.communicate(timeout=180)
+    assert runner.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "interrupted by a hang-up (SIGHUP): re-run the same command to resume"
+    interrupted = [json.loads(p.read_text()) for p in ws.glob("trials/crash/mu/*/result.json")]
+    assert interrupted and {r["status"] for r in interrupted} == {"interrupted"}  # the local trial checkpointed
+    done = sweeper(args, env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = assert_sound(ws, "sqlite")
+    assert {t.user_attrs["attempt"] for t in trials} == {1}  # nothing failed, no retry spent
+
+
+def test_machine_faults_spend_no_retry_and_retry_failed_reopens_a_point(tmp_path: Path) -> None:
+    ws, storage, sid = make_stage(tmp_path)
+    points = units(GRID, 1)[:1]
+    enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=0)
+    first = claim(storage, sid)
+    finish(storage, sid, first.number, TrialState.FAIL, None, {"reason": f"{MACHINE}: no space left on ..."})
+    enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=0)  # not counted: a new attempt
+    second = claim(storage, sid)
+    assert second.user_attrs == {"attempt": 1, "trial_dir": first.user_attrs["trial_dir"]}
+    finish(storage, sid, second.number, TrialState.FAIL, None, {"reason": "GAN training diverged at iteration 3"})
+    enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=0)
+    assert claim(storage, sid) is None  # the trial's own failure used up max_retries=0
+    enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=0, reopen=True)  # retry_failed=true
+    third = claim(storage, sid)
+    assert third.user_attrs == {"attempt": 1, "trial_dir": first.user_attrs["trial_dir"], "counted_from": second.number + 1}
+    enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=0, reopen=True)  # live: not again
+    assert claim(storage, sid) is None
+    finish(storage, sid, third.number, TrialState.FAIL, None, {"reason": "boom"})
+    trials = stage_trials(storage, sid)[point_key(points[0].params)]
+    assert failures(trials) == 1 and resolved(trials, 0)  # only the failure since the re-opening counts
+
+
+def test_an_open_workspace_and_a_trial_dir_outside_it_are_refused(tmp_path: Path) -> None:
+    open_ws = tmp_path / "shared-ws"
+    open_ws.mkdir()
+    open_ws.chmod(0o775)
+    env = env_for(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "sweeper.cli", "run", "study=mu_search", f"workspace={open_ws}", *TINY],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr == (f"error: workspace {open_ws} is writable by group (mode 775): they could plant files that run "
+                           f"as you; make it yours alone with `chmod go-w {open_ws}`, or use another folder\n")
+    assert os.listdir(open_ws) == []  # nothing created in it
+    ws = Workspace.resolve(str(tmp_path / "ws"))
+    ws.create()
+    assert stat.S_IMODE((tmp_path / "ws").stat().st_mode) == 0o700
+    inside = ws.trial_dir("s", "g", 0)
+    assert ws.recorded_trial_dir(str(inside)) == inside
+    (tmp_path / "ws" / "trials").mkdir()
+    (tmp_path / "ws" / "trials" / "escape").symlink_to(tmp_path)
+    for outside in (str(tmp_path / "home"), str(tmp_path / "ws" / "trials" / ".." / ".." / "x"), str(tmp_path / "ws" / "trials" / "escape" / "y")):
+        with pytest.raises(UserError, match=r"^the Optuna record names trial folder .*, outside .*/ws/trials; refusing to use it"):
+            ws.recorded_trial_dir(outside)
+
+
+def test_a_code_carrying_checkpoint_is_refused_in_one_line(tmp_path: Path) -> None:
+    evil = tmp_path / "evil.pt"
+    marker = tmp_path / "pwned"
+    evil.write_bytes(subprocess.run([sys.executable, "-c", EVIL, str(marker)], capture_output=True, check=True).stdout)
+    done = subprocess.run([sys.executable, "-m", "sweeper.cli", "evaluate", str(evil), "--sets", "Set5"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and not marker.exists()
+    assert done.stderr == (f"error: {evil}: refused: it holds Python objects other than tensors and plain values, which "
+                           "could run code when loaded; only checkpoints written by this trainer are loaded\n")
+
+
+EVIL = """
+import io, os, sys, torch
+class Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {sys.argv[1]}",))
+buf = io.BytesIO()
+torch.save({"g": Evil(), "config": {}}, buf)
+sys.stdout.buffer.write(buf.getvalue())
+"""
+
+
+@pytest.mark.slow
+def test_ui_on_every_interface_warns_checks_host_headers_and_keeps_uploads_in_the_workspace(tmp_path: Path) -> None:
+    ws = Workspace.resolve(str(tmp_path / "ws"))
+    ws.create()
+    ws.create_stores()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ui = subprocess.Popen([sys.executable, "-m", "sweeper.cli", "ui", f"workspace={ws.root}", "--host", "0.0.0.0", "--port",
+                           str(port)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert ui.stdout and "MLflow UI at" in next(line for line in ui.stdout if "MLflow UI" in line)
+
+        def request(host: str, method: str = "GET", path: str = "/api/2.0/mlflow/experiments/search?max_results=1") -> int:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, headers={"Host": host},
+                                         data=b"hello" if method == "PUT" else None)
+            try:
+                with urllib.request.urlopen(req, timeout=30) as reply:
+                    return reply.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        assert request("evil.example") == 403 and request(f"localhost:{port}") == 200  # DNS rebinding still refused
+        assert request(f"{socket.gethostname()}:{port}") == 200
+        assert request(f"localhost:{port}", "PUT", "/api/2.0/mlflow-artifacts/artifacts/x/up.txt") == 200
+        assert (ws.artifacts_dir / "x" / "up.txt").read_text() == "hello" and not (tmp_path / "mlartifacts").exists()
+    finally:
+        ui.terminate()
+        _, err = ui.communicate(timeout=60)
+    assert err.startswith("warning: --host 0.0.0.0 serves this workspace's MLflow store (every run, metric and artifact) "
+                          "to anyone who can reach this machine, with no password (--auth adds MLflow basic-auth)\n")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a folder of another user needs root")
+def test_studies_of_a_folder_someone_else_owns_are_ignored_and_names_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SWEEPER_STUDIES", raising=False)
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "mu_search.yaml").write_text("description: planted\nconfig: {}\nstages: []\n")
+    assert available()["mu_search"].resolve() == tmp_path / "studies" / "mu_search.yaml"  # ours: it may replace a built-in one
+    os.chown(tmp_path / "studies", 65534, 65534)
+    assert available()["mu_search"].parent.parent == ROOT  # another user's ./studies (say in /tmp) is not read
+    with pytest.raises(UserError, match=r"^study='\.\./x': a study name is letters, digits and _"):
+        load("../x")

@@ -59,8 +59,10 @@ def test_ragan_generator_loss_is_the_swapped_discriminator_loss():
 def test_resnet_is_truncated_after_the_betas_stage(beta, stages, channels):
     net = ResNetStages("random", beta)
     assert len(net.stages) == stages
-    last = net.stages[-1][-1]  # the beta's bottleneck is the last of its stage: layer1.2, layer2.3, ...
-    assert len(net.stages[-1]) == {"beta1_3": 3, "beta2_4": 4, "beta3_6": 6, "beta4_3": 3}[beta]
+    stage = net.stages[-1]
+    assert isinstance(stage, torch.nn.Sequential)
+    last = stage[-1]  # the beta's bottleneck is the last of its stage: layer1.2, layer2.3, ...
+    assert len(stage) == {"beta1_3": 3, "beta2_4": 4, "beta3_6": 6, "beta4_3": 3}[beta]
     out = net(torch.rand(1, 3, 64, 64))[-1]
     assert out.shape[1] == channels == last.conv3.out_channels
     assert out.min() >= 0  # taken after the bottleneck's ReLU (eq. 5)
@@ -149,14 +151,15 @@ def test_published_code_variant(images):
     """The released code: sums stages 1..m on unnormalised input, ResNet in train mode, no c."""
     sr, hr = images
     loss = make_loss(seed=5, beta="beta3_6", variant="published_code").train()
-    assert loss.resnet.training and not loss.vgg.training
+    resnet = loss.resnet
+    assert resnet is not None and resnet.training and not loss.vgg.training
     out = loss(sr, hr)
-    per_stage = [F.l1_loss(a, b) for a, b in zip(loss.resnet(sr), loss.resnet(hr))]  # raw [0, 1] input
+    per_stage = [F.l1_loss(a, b) for a, b in zip(resnet(sr), resnet(hr))]  # raw [0, 1] input
     assert len(per_stage) == 3
     torch.testing.assert_close(out["res"], sum(per_stage))
     torch.testing.assert_close(out["weight"], out["vgg"] / out["res"] / 0.5)
-    loss.resnet.eval()  # what the paper variant computes: last stage only, normalised input, eval mode
-    paper = F.l1_loss(loss.resnet(imagenet_normalize(sr))[-1], loss.resnet(imagenet_normalize(hr))[-1])
+    resnet.eval()  # what the paper variant computes: last stage only, normalised input, eval mode
+    paper = F.l1_loss(resnet(imagenet_normalize(sr))[-1], resnet(imagenet_normalize(hr))[-1])
     assert not torch.allclose(out["res"], paper)
 
 

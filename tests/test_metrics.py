@@ -165,7 +165,7 @@ def test_score_gives_both_spaces_as_the_single_space_functions() -> None:
 
 
 def test_set_means_and_per_image_csv() -> None:
-    rows = {"a.png": {"psnr_y": 30.0, "ssim_y": 0.9, "psnr_rgb": 28.0, "ssim_rgb": 0.8, "lpips": 0.2},
+    rows: dict[str, dict[str, float | None]] = {"a.png": {"psnr_y": 30.0, "ssim_y": 0.9, "psnr_rgb": 28.0, "ssim_rgb": 0.8, "lpips": 0.2},
             "b.png": {"psnr_y": 32.0, "ssim_y": 0.7, "psnr_rgb": 29.0, "ssim_rgb": 0.6, "lpips": None}}
     means = set_means(rows.values(), "y")
     assert means == {"psnr": 31.0, "ssim": pytest.approx(0.8), "lpips": None, "psnr_y": 31.0, "ssim_y": pytest.approx(0.8),

@@ -143,5 +143,5 @@ def test_srresnet_scales_every_conv_as_msrresnet_does():
 def test_build_generator_passes_skip_and_init():
     cfg = build_config({"arch": "esrgan", "model.num_blocks": 1, "model.skip": "bilinear", "model.init": "all_convs"})
     net = build_generator(cfg)
-    assert net.skip == "bilinear" and not net.conv_first.bias.any()
+    assert net.skip == "bilinear" and not net.state_dict()["conv_first.bias"].any()
     assert build_generator(build_config({"model.num_blocks": 1})).skip == "none"

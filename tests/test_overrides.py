@@ -7,6 +7,7 @@ import math
 import pytest
 
 from sweeper.core.overrides import parse, require_study
+from sweeper.core.selection import Rule
 from trainer.errors import UserError
 
 
@@ -63,3 +64,14 @@ def test_scheduler_options() -> None:
                             (["scheduler.min_iters=0"], r"scheduler.min_iters=0: expected a whole number >= 1")):  # fmt: skip
         with pytest.raises(UserError, match=message):
             parse(tokens)
+
+
+def test_selection_rule_options() -> None:
+    """select_by= may list metrics in order; select.* set the margin, the tie-break and the level (issue 18)."""
+    opts = parse(["select_by=lpips,psnr", "select.min_effect=0.001", "select.tie_break=simplest", "select.alpha=0.1"])
+    assert opts.select_by == "lpips" and opts.rule("lpips") == Rule(("lpips", "psnr"), 0.001, "simplest", 0.1)
+    assert parse([]).rule("psnr") == Rule(("psnr",), 0.0, "best_mean", 0.05)
+    for token, message in [("select_by=lpips,fid", "select_by='lpips,fid' is not valid"), ("select.tie_break=coin", "best_mean, simplest"),
+                           ("select.alpha=0.7", "between 0 and 0.5"), ("select.min_effect=-0.1", "a number >= 0")]:  # fmt: skip
+        with pytest.raises(UserError, match=message):
+            parse([token])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -27,7 +28,7 @@ while (trial := claim(storage, study_id)) is not None:
 
 
 @pytest.fixture(scope="module")
-def pg_url() -> str:
+def pg_url() -> Iterator[str]:
     with postgres() as url:
         yield url
 

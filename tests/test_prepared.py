@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.config import build_config
+from trainer.config import Config, build_config
 from trainer.data import prepare_set
 from trainer.errors import UserError
 from trainer.images import write_image
@@ -45,7 +45,7 @@ def test_count_rule_is_basicsr_extract_subimages() -> None:
 def test_short_sides_are_kept_whole_and_windows_cut_to_the_scale() -> None:
     assert windows(300, 1000, PAPER) == [(0, left, 300, 480) for left in (0, 240, 480, 520)]
     assert windows(301, 200, PAPER) == [(0, 0, 300, 200)]  # 301 -> 300, a multiple of 4
-    assert windows(250, 130, Settings(96, 48, 3)) == [(t, l, 96, 96) for t in (0, 48, 96, 144, 154) for l in (0, 34)]
+    assert windows(250, 130, Settings(96, 48, 3)) == [(t, left, 96, 96) for t in (0, 48, 96, 144, 154) for left in (0, 34)]
     assert windows(3, 50, PAPER) == []  # thinner than the scale: no sub-image
 
 
@@ -58,7 +58,7 @@ def make_set(root: Path, n: int, size: tuple[int, int], seed: int = 0) -> Path:
     return folder
 
 
-def cfg_for(root: Path, cache: Path, **overrides) -> object:
+def cfg_for(root: Path, cache: Path, **overrides) -> Config:
     return build_config({"data.root": str(root), "data.train_sets": ["Train"], "data.cache": str(cache),
                          "data.subimage_size": 48, "data.subimage_step": 24, "data.hr_patch": 32, **overrides})
 

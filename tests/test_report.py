@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import mlflow_layout
@@ -14,7 +15,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from sweeper.analysis import report, tables
+from sweeper import api as sweeper_api
+from sweeper.analysis import report
 from sweeper.core.mlflow_names import VIEW_TAG
 from trainer.errors import UserError
 
@@ -65,7 +67,7 @@ def markdown_rows(path) -> dict[str, list[str]]:
     out = {}
     for line in path.read_text().splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if line.startswith("| mu=") or line.startswith("| beta") or line.startswith("| VGG"):
+        if line.startswith(("| mu=", "| beta", "| VGG")):
             out[cells[0]] = [p.strip() for c in cells[1:] for p in c.split(" / ")]
     return out
 
@@ -87,20 +89,79 @@ def test_table1_matches_the_runs_in_mlflow(paper_store, paper_report):
     assert len(logged) == len(mu_trials)
 
 
-def test_best_and_second_best_are_marked_per_column(paper_report):
-    rows = read_csv(paper_report / "tables" / "table1_mu_srgan.csv")
-    cells = markdown_rows(paper_report / "tables" / "table1_mu_srgan.md")
+def test_without_per_image_values_no_cell_is_marked(paper_report):
+    """The fixture's runs have set means only and one seed: no difference can be tested, so nothing is bold
+    (the paper's best / second best by value alone are not reproduced), and the note says why."""
+    md = (paper_report / "tables" / "table1_mu_srgan.md").read_text()
     latex = (paper_report / "tables" / "table1_mu_srgan.tex").read_text()
-    for j, key in enumerate(list(rows[0])[1:-1]):
-        values = {r["row"]: float(r[key]) for r in rows}
-        ranked = sorted(values, key=values.get, reverse=not key.endswith("lpips"))
-        for label in values:
-            cell = cells[label][j]
-            assert cell.startswith("**") == (label == ranked[0]), (key, label, cell)
-            assert (cell.startswith("_") and cell.endswith("_")) == (label == ranked[1]), (key, label, cell)
-        best = tables.fmt(values[ranked[0]], key.split("/")[1])
-        assert "second best in each column" in latex.split("caption")[1]  # the legend
-        assert rf"\textbf{{{best}}}" in latex and rf"\underline{{{tables.fmt(values[ranked[1]], key.split('/')[1])}}}" in latex
+    body = [line for line in md.splitlines() if line.startswith("| mu=")]
+    assert len(body) == 7 and not any("**" in line or "≈" in line for line in body) and not re.search(r"\\textbf\{[0-9]", latex)
+    assert "No marks: the runs carry no per-image values" in md
+
+
+def per_image(rng: np.random.Generator, base: np.ndarray, psnr: float, ssim: float, lpips: float) -> dict:
+    """Per-image values of Set5 around shared image difficulties `base`."""
+    return {"Set5": {f"img{i}.png": {"psnr_rgb": float(psnr + b + rng.normal(0, 0.01)), "ssim_rgb": float(ssim + rng.normal(0, 0.02)),
+                                     "lpips": float(lpips + rng.normal(0, 0.01))} for i, b in enumerate(base)}}  # fmt: skip
+
+
+def test_only_a_separated_best_is_bold_and_ties_are_marked(tmp_path):
+    """beta3_6 is 0.5 dB better on every image (bold); SSIM and LPIPS differ by noise only (every row a tie,
+    nothing bold); the note names the intervals."""
+    uri, client = mlflow_layout.store(tmp_path / "ws")
+    rng = np.random.default_rng(4)
+    base = rng.normal(0, 2, 8)
+    trials = []
+    for b in BETAS:
+        images = per_image(rng, base, 25.5 if b == "beta3_6" else 25.0, 0.7, 0.15)
+        means = {k: float(np.mean([v[k] for v in images["Set5"].values()])) for k in ("psnr_rgb", "ssim_rgb", "lpips")}
+        final = {"Set5": {"psnr": means["psnr_rgb"], "ssim": means["ssim_rgb"], "lpips": means["lpips"]}}
+        trials.append({"arch": "srgan", "mu": 0.5, "beta": b, "final": final, "per_image": images})
+    mlflow_layout.log_stage(client, tmp_path / "ws", "paper", "beta", trials, winner=2)
+    report.main(["study=paper", f"tracking_uri={uri}"], out=tmp_path / "out")
+    cells = markdown_rows(tmp_path / "out" / "tables" / "table2_beta_srgan.md")
+    assert cells["beta3_6"][1].startswith("**") and not any(cells[b][1].startswith("**") for b in BETAS if b != "beta3_6")
+    assert all(cells[b][0].endswith("≈") and cells[b][2].endswith("≈") for b in BETAS)
+    md = (tmp_path / "out" / "tables" / "table2_beta_srgan.md").read_text()
+    assert "simultaneous over all 6 pairs (Bonferroni), paired t (seed spread) + image bootstrap over images, one seed" in md
+    assert r"\textbf{25." in (tmp_path / "out" / "tables" / "table2_beta_srgan.tex").read_text()
+    # the paper beside ours (same setting and set, RGB as the paper), and the rule applied to the paper's tables
+    beside = {(r["paper table"], r["setting"], r["metric"]): r for r in read_csv(tmp_path / "out" / "tables" / "paper_vs_ours.csv")}
+    row = beside[("table2", "mu=0.5 + beta2_4", "lpips")]
+    assert float(row["paper"]) == 0.1039 and float(row["delta"]) == pytest.approx(float(row["ours"]) - 0.1039)
+    assert float(beside[("table2", "mu=0.5 + beta3_6", "psnr (RGB)")]["paper"]) == 27.45
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "rule picks beta2_4; differs from the paper's beta3_6" in readme and "Ours beside the paper's published numbers" in readme
+
+
+def test_repeats_show_mean_and_spread_and_are_paired(tmp_path):
+    """Three repeats (seeds 0-2) per beta: cells are the mean ± the std over repeats (CSV: an sd column), and
+    the marks pair the repeats by seed: beta2_4 is 0.3 dB better in each, under a seed effect of 1 dB."""
+    uri, client = mlflow_layout.store(tmp_path / "ws")
+    rng = np.random.default_rng(9)
+    base = rng.normal(0, 2, 8)
+    trials = []
+    for seed in (0, 1, 2):
+        shift = float(rng.normal(0, 1))
+        for b in BETAS[:3]:
+            images = per_image(rng, base + shift, 25.3 if b == "beta2_4" else 25.0, 0.7, 0.15)
+            psnr = float(np.mean([v["psnr_rgb"] for v in images["Set5"].values()]))
+            trials.append({"arch": "srgan", "mu": 0.5, "beta": b, "seed": seed, "per_image": images,
+                           "final": {"Set5": {"psnr": psnr, "ssim": 0.7, "lpips": 0.15}}})  # fmt: skip
+    mlflow_layout.log_stage(client, tmp_path / "ws", "paper", "beta", trials, winner=1)
+    report.main(["study=paper", f"tracking_uri={uri}"], out=tmp_path / "out")
+    md = (tmp_path / "out" / "tables" / "table2_beta_srgan.md").read_text()
+    cells = markdown_rows(tmp_path / "out" / "tables" / "table2_beta_srgan.md")
+    assert list(cells) == BETAS[:3] and " ± " in cells["beta1_3"][1]
+    assert cells["beta2_4"][1].startswith("**") and "R = 3" in md and "over 3 repeats and images" in md
+    rows = read_csv(tmp_path / "out" / "tables" / "table2_beta_srgan.csv")
+    mean = np.mean([t["final"]["Set5"]["psnr"] for t in trials if t["beta"] == "beta2_4"])
+    sd = np.std([t["final"]["Set5"]["psnr"] for t in trials if t["beta"] == "beta2_4"], ddof=1)
+    (row,) = [r for r in rows if r["row"] == "beta2_4"]
+    assert float(row["Set5/psnr"]) == pytest.approx(mean, abs=1e-6) and float(row["Set5/psnr sd"]) == pytest.approx(sd, abs=1e-6)
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "Points are the mean over each setting's repeats; error bars their std." in readme
+    assert Image.open(tmp_path / "out" / "figures" / "table2_beta_srgan_per_beta.png").size[0] > 100
 
 
 def test_report_lists_the_tables_figures_and_warning(paper_store, paper_report):
@@ -136,7 +197,7 @@ def test_crop_grid_uses_the_latest_sample_of_each_run(paper_store):
 
 def test_ablation_table_rows_in_paper_order(paper_store, tmp_path):
     uri, _, _ = paper_store
-    report.main(["study=ablation", f"tracking_uri={uri}"], out=tmp_path)
+    sweeper_api.report("ablation", out=tmp_path, tracking_uri=uri)
     rows = read_csv(tmp_path / "tables" / "table6_perceptual_esrgan.csv")
     assert [r["row"] for r in rows] == ["VGG loss", "VGG loss + ResNet loss", "VGG loss + ResNet loss + dynamic weighting"]
     assert float(rows[0]["Set5/psnr"]) == pytest.approx(27.0)  # vgg was logged third: 25 + 2
@@ -145,26 +206,25 @@ def test_ablation_table_rows_in_paper_order(paper_store, tmp_path):
 def test_report_needs_a_known_study(paper_store, tmp_path):
     uri, _, _ = paper_store
     with pytest.raises(UserError, match="which study"):
-        report.main([f"tracking_uri={uri}"], out=tmp_path)
+        sweeper_api.report(out=tmp_path, tracking_uri=uri)
     with pytest.raises(UserError, match="study='papr' has no runs.*ablation, paper"):
-        report.main(["study=papr", f"tracking_uri={uri}"], out=tmp_path)
+        sweeper_api.report("papr", out=tmp_path, tracking_uri=uri)
 
 
 def test_correlation_study_gives_tables_3_and_4(tmp_path):
     uri, client = mlflow_layout.store(tmp_path / "ws")
-    settings = [{"mu": math.inf}, {"mu": 1, "beta": "beta1_3"}, {"mu": 10, "beta": "beta1_3"}, {"mu": 0.5, "beta": "beta3_6"}]
     lpips = {"srgan": [0.30, 0.20, 0.25, 0.10], "esrgan": [0.28, 0.12, 0.26, 0.11]}  # the archs agree on best and worst
-    trials = [{"arch": a, **s, "final": mlflow_layout.scores(25 + i, 0.7, lpips[a][i])} for a in lpips for i, s in enumerate(settings)]
+    trials = [{"arch": a, **s, "final": mlflow_layout.scores(25 + i, 0.7, lpips[a][i])} for a in lpips for i, s in enumerate(mlflow_layout.SETTINGS)]
     mlflow_layout.log_stage(client, tmp_path / "ws", "correlation", "proxy_vs_target", trials, winner=3)
     out = tmp_path / "out"
-    report.main(["study=correlation", f"tracking_uri={uri}"], out=out)
+    sweeper_api.report("correlation", out=out, tracking_uri=uri)
     rows = read_csv(out / "tables" / "table4_Set5.csv")
     assert [r["row"] for r in rows] == ["mu=inf", "mu=0.5 + beta3_6", "mu=1 + beta1_3", "mu=10 + beta1_3"]
     assert [float(r["ESRGAN-DP/lpips"]) for r in rows] == pytest.approx([0.28, 0.11, 0.12, 0.26])
     md = (out / "tables" / "table4_Set5.md").read_text()
-    # best bold, worst underlined, per column: LPIPS lower is better
-    assert "| mu=0.5 + beta3_6 | **28.00** / 0.7000 / **0.1000** | **28.00** / 0.7000 / **0.1100** |" in md  # equal SSIM: unmarked
-    assert "| mu=inf | _25.00_ / 0.7000 / _0.3000_ | _25.00_ / 0.7000 / _0.2800_ |" in md
+    # unmarked: the paper's best / worst by value alone is not a tested difference
+    assert "| mu=0.5 + beta3_6 | 28.00 / 0.7000 / 0.1000 | 28.00 / 0.7000 / 0.1100 |" in md
+    assert "| mu=inf | 25.00 / 0.7000 / 0.3000 | 25.00 / 0.7000 / 0.2800 |" in md
     assert "| mu=1 + beta1_3 | 26.00 / 0.7000 / 0.2000 | 26.00 / 0.7000 / 0.1200 |" in md
     t3 = read_csv(out / "tables" / "table3.csv")
     assert [r["row"] for r in t3] == ["SRGAN-DP (mu=0.5 + beta3_6)", "ESRGAN-DP (mu=0.5 + beta3_6)"]
@@ -213,7 +273,9 @@ def test_a_scored_folder_is_a_table5_method_in_the_studys_space(tmp_path):
     markdown = (out / "tables" / "table5.md").read_text()
     ours = next(line for line in markdown.splitlines() if "ours" in line)
     assert "**" not in ours and "never marked" in markdown  # 31 dB on 64-px crops is not bolded over whole images
-    assert "**" in next(line for line in markdown.splitlines() if line.startswith("| Bicubic"))
+    # issue 18: a row is bold only when a paired comparison separates it; the baselines' runs carry no result.json
+    # with per-image values, so Bicubic's lead over Nearest is shown, not marked
+    assert "**" not in next(line for line in markdown.splitlines() if line.startswith("| Bicubic"))
     assert "(HR mod12)" in markdown and "alex v0.1" in markdown
 
 
@@ -240,7 +302,9 @@ def test_table5_scores_the_winners_checkpoint_on_whole_images_as_bicubic_is(tmp_
     result = json.loads((folder / "result.json").read_text()) | {"checkpoint": str(ckpt)}
     client.log_text(run_id, json.dumps(result), "result.json")
     study = report.load_study(client, "mu_search")
-    table, _ = report.table5(study, report.bicubic_run(study))
+    found = report.table5(study, report.bicubic_run(study))
+    assert found is not None
+    table, _ = found
     rows = evaluate.evaluate(str(ckpt), EMBEDDED, ["Set5"], 4, use_lpips=False)  # the study's space: rgb at smoke
     whole = {"psnr": np.mean([r["psnr_rgb"] for r in rows]), "ssim": np.mean([r["ssim_rgb"] for r in rows])}
     def cell(t, metric: str) -> float:
@@ -251,5 +315,7 @@ def test_table5_scores_the_winners_checkpoint_on_whole_images_as_bicubic_is(tmp_
     assert cell(table, "ssim") == pytest.approx(whole["ssim"], abs=1e-9)
     assert any("whole image" in note for note in table.notes)
     ckpt.unlink()  # cached: the next report reads the logged evaluation, not the checkpoint
-    again, _ = report.table5(report.load_study(client, "mu_search"), report.bicubic_run(study))
+    found = report.table5(report.load_study(client, "mu_search"), report.bicubic_run(study))
+    assert found is not None
+    again, _ = found
     assert cell(again, "psnr") == cell(table, "psnr")

@@ -10,11 +10,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from sweeper.core.identity import config_hash
 from sweeper.core.repeats import point_of, units
+from sweeper.core.selection import rank
 from sweeper.core.studies import load
 from sweeper.core.workspace import Workspace, claim, enqueue, finish, stage_trials
-from sweeper.core.identity import config_hash
-from sweeper.core.selection import rank
 from sweeper.search.session import owner_alive, owner_id
 from trainer.config import build_config
 
@@ -107,7 +107,7 @@ def test_config_hash_ignores_bookkeeping_only() -> None:
 
 
 def test_rank_prefers_low_lpips_then_high_psnr() -> None:
-    trials = [dict(lpips=0.2, psnr=30), dict(lpips=0.1, psnr=20), dict(lpips=0.1, psnr=25), dict(psnr=40)]
+    trials: list[dict[str, float]] = [{"lpips": 0.2, "psnr": 30}, {"lpips": 0.1, "psnr": 20}, {"lpips": 0.1, "psnr": 25}, {"psnr": 40}]
     means = [{f"mean/{k}": v for k, v in m.items()} for m in trials]
     assert sorted(range(4), key=lambda i: rank("lpips", means[i])) == [2, 1, 0, 3]
     assert sorted(range(4), key=lambda i: rank("psnr", means[i])) == [3, 0, 2, 1]

@@ -43,6 +43,7 @@ def read_until(proc: subprocess.Popen[str], marker: str, timeout_s: float) -> li
     """Lines of `proc`'s stdout up to the one containing `marker`."""
     lines: list[str] = []
     deadline = time.monotonic() + timeout_s
+    assert proc.stdout is not None
     while time.monotonic() < deadline and proc.poll() is None:
         if select.select([proc.stdout], [], [], 1.0)[0]:
             lines.append(proc.stdout.readline().rstrip())

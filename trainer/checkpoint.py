@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,6 @@ from trainer.config import config_from_dict
 from trainer.errors import UserError
 from trainer.files import atomic_write, check_space, no_space
 from trainer.nets import build_generator
-
 
 FINISHED = "finished"  # the `stage` of a checkpoint shrunk by keep_generator_only
 SNAPSHOT = "snapshot"  # the `stage` of a generator kept every train.keep_every iterations
@@ -69,8 +69,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path}: no such checkpoint") from None
+    except pickle.UnpicklingError:  # torch's message advises weights_only=False, which would run the file's code
+        raise UserError(f"{path}: refused: it holds Python objects other than tensors and plain values, which could "
+                        "run code when loaded; only checkpoints written by this trainer are loaded") from None
     except Exception as e:  # truncated, corrupt or not a torch file: torch raises many types here
-        raise UserError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e}); delete it to start over") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"{path}: unreadable checkpoint ({type(e).__name__}: {first}); delete it to start over") from None
     if not isinstance(ckpt, dict) or "g" not in ckpt or "config" not in ckpt:
         raise UserError(f"{path}: not a trainer checkpoint (expected a dict with 'g' and 'config')")
     return ckpt

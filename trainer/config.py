@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,19 +196,27 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+@functools.cache
+def key_table() -> dict[str, Any]:
+    """Every settable dotted key (e.g. `train.iters`) -> its type hint, in field order. Built once: the
+    hints are strings (`from __future__ import annotations`) that `typing.get_type_hints` evaluates anew on
+    every call, and a trial's config sets dozens of keys."""
+
+    def walk(cls: type, prefix: str) -> Iterator[tuple[str, Any]]:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+                yield from walk(hint, f"{prefix}{f.name}.")
+            else:
+                yield prefix + f.name, hint
+
+    return dict(walk(Config, ""))
+
+
+def all_keys() -> list[str]:
     """Every settable dotted key, e.g. `train.iters`."""
-    keys = []
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else _hint(cls, f.name)):
-            keys += all_keys(_hint(cls, f.name), f"{prefix}{f.name}.")
-        else:
-            keys.append(prefix + f.name)
-    return keys
-
-
-def _hint(cls: type, name: str) -> Any:
-    return typing.get_type_hints(cls)[name]
+    return list(key_table())
 
 
 def parse_value(text: str) -> Any:
@@ -254,8 +264,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 
 def resolve_key(key: str) -> str:
     key = ALIASES.get(key, key)
-    keys = all_keys()
-    if key not in keys:
+    if key not in key_table():
+        keys = all_keys()
         close = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(keys)}"
         raise UserError(f"unknown config key '{key}'{hint}")
@@ -269,7 +279,7 @@ def set_key(cfg: Config, key: str, value: Any) -> None:
     target = cfg
     for part in path:
         target = getattr(target, part)
-    setattr(target, last, _coerce(key, value, _hint(type(target), last)))
+    setattr(target, last, _coerce(key, value, key_table()[key]))
 
 
 def check_choice(key: str, value: Any, valid: tuple[str, ...]) -> None:

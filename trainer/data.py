@@ -174,7 +174,7 @@ def val_pairs(root: str | Path | None, name: str, scale: int, val_hr: str, crop:
                 f"{(hr.shape[-2] // scale, hr.shape[-1] // scale)}; the LR files belong to other HR images or another scale"
             )
         if crop:
-            rows, cols = _center_box(*hr.shape[-2:], crop, scale)
+            rows, cols = _center_box(hr.shape[-2], hr.shape[-1], crop, scale)
             hr = modcrop(hr[..., rows, cols], multiple)
             if lr is not None:
                 top, left = rows.start // scale, cols.start // scale
@@ -350,9 +350,9 @@ class TrainBatches:
             hflip, vflip, transpose = (bool(f) for f in torch.rand(3, generator=g) < 0.5)
             if not self.shard[0] <= k < self.shard[1]:
                 continue
-            lr, hr = (_augment(torch.from_numpy(np.array(c)).permute(2, 0, 1), hflip, vflip, transpose) for c in crops)
-            lrs.append(lr)
-            hrs.append(hr)
+            lr_patch, hr_patch = (_augment(torch.from_numpy(np.array(c)).permute(2, 0, 1), hflip, vflip, transpose) for c in crops)
+            lrs.append(lr_patch)
+            hrs.append(hr_patch)
         return torch.stack(lrs), torch.stack(hrs)
 
     def __iter__(self) -> TrainBatches:
@@ -366,7 +366,8 @@ class TrainBatches:
                 self._loader = iter(self._worker_loader())
             lr, hr = next(self._loader)
         self.batch += 1
-        return tuple(t.to(self.device, non_blocking=True).float().div_(255) for t in (lr, hr))
+        lr, hr = (t.to(self.device, non_blocking=True).float().div_(255) for t in (lr, hr))
+        return lr, hr
 
     def _worker_loader(self) -> DataLoader:
         """Batches self.batch, self.batch + 1, ... made by `num_workers` processes, delivered in order."""

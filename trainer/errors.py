@@ -42,7 +42,7 @@ MACHINE_ERRNOS = {
 }
 
 
-def environment_fault(e: BaseException) -> str | None:
+def environment_fault(e: BaseException | None) -> str | None:
     """A one-line reason naming the cause and its fix when an exception (or one it was raised from) is the
     machine's fault rather than the run's: a full, read-only, failing or disconnected file system, host or
     CUDA memory exhausted. None for the run's own failure (a bug, a bad setting, a divergence), which a retry

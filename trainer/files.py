@@ -31,7 +31,7 @@ SPACE_MARGIN = 1 << 20  # free bytes kept beyond a write's estimate (file system
 _held: set[int] = set()  # descriptors of the locks this process holds now
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Call `write(f)` on a temporary file beside `path`, fsync it, then rename it over `path`. A full file
     system raises NoSpace (the temporary file removed)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ at a time is as fast, as the batch no longer fits in the caches).
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import functools
 import io
@@ -92,8 +93,8 @@ def ssim_batch(sr: torch.Tensor, hr: torch.Tensor, crop_border: int, space: str 
     """SSIM (Wang et al. 2004, eq. 13 there) of each image pair, as MATLAB's `ssim_index`: on Y, or the
     mean over the RGB channels."""
     x, y = _planes(sr, hr, crop_border, space)
-    g = torch.exp(-(torch.arange(11, dtype=torch.float64) - 5) ** 2 / (2 * 1.5**2))
-    g = (g / g.sum()).tolist()
+    bell = torch.exp(-(torch.arange(11, dtype=torch.float64) - 5) ** 2 / (2 * 1.5**2))
+    g = (bell / bell.sum()).tolist()
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     # The five local statistics in one stack, filtered together.
     mu_x, mu_y, xx, yy, xy = _gaussian_filter_valid(torch.stack([x, y, x * x, y * y, x * y]), g)
@@ -143,13 +144,18 @@ def score(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> dict[str, flo
     }
 
 
+def mean_if_all(values: list[float | None]) -> float | None:
+    """The mean of `values`; None when there are none or one is missing."""
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present and len(present) == len(values) else None
+
+
 def set_means(rows: Iterable[dict[str, float | None]], space: str) -> dict[str, float | None]:
     """The mean of each per-image value of a set, `psnr`/`ssim` (those of `space`) first; LPIPS is None
     unless every image has one."""
     rows = list(rows)
-    means: dict[str, float | None] = {k: sum(r[k] for r in rows) / len(rows) for k in SCORES}
-    lp = [r.get("lpips") for r in rows]
-    lpips = sum(lp) / len(lp) if lp and None not in lp else None
+    means = {k: mean_if_all([r[k] for r in rows]) for k in SCORES}
+    lpips = mean_if_all([r.get("lpips") for r in rows])
     return {"psnr": means[f"psnr_{space}"], "ssim": means[f"ssim_{space}"], "lpips": lpips, **means}
 
 
@@ -164,7 +170,7 @@ def per_image_csv(per_image: dict[str, dict[str, dict[str, float | None]]]) -> s
     writer.writerow(PER_IMAGE_COLUMNS)
     for set_name, images in per_image.items():
         for image, values in images.items():
-            writer.writerow([set_name, image, *("" if values.get(k) is None else repr(float(values[k])) for k in PER_IMAGE_COLUMNS[2:])])
+            writer.writerow([set_name, image, *("" if (v := values.get(k)) is None else repr(float(v)) for k in PER_IMAGE_COLUMNS[2:])])
     return buf.getvalue()
 
 
@@ -190,12 +196,12 @@ class LPIPSMetric:
         self.model: torch.nn.Module | None = None
         self.reason = ""
         try:
-            trunk = weights.lpips_trunk(net, "imagenet")
+            model = lpips_model(net, version)
         except weights.MissingWeightsError as e:
             self.reason = f"LPIPS unavailable: {e}"
             warn_once(self.reason)
             return
-        self.model = _build_lpips(trunk, net, version).to(self.device)
+        self.model = model if self.device.type == "cpu" else copy.deepcopy(model).to(self.device)
 
     @property
     def available(self) -> bool:
@@ -211,6 +217,14 @@ class LPIPSMetric:
             raise RuntimeError(self.reason)
         sr, hr = (t.to(self.device, torch.float32) * 2 - 1 for t in (sr, hr))
         return self.model(sr, hr).flatten()
+
+
+@functools.cache
+def lpips_model(net: str, version: str) -> torch.nn.Module:
+    """The LPIPS network on the CPU (frozen, eval mode), built once per process and shared by its metrics; a
+    local trial inherits the one its launcher built before forking it (`sweeper.search.executors.local`).
+    MissingWeightsError (not cached) when the trunk's ImageNet file is absent."""
+    return _build_lpips(weights.lpips_trunk(net, "imagenet"), net, version)
 
 
 def _build_lpips(trunk: torch.nn.Sequential, net: str, version: str) -> torch.nn.Module:

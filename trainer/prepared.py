@@ -29,6 +29,7 @@ so a killed build never blocks the next one.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -48,9 +49,9 @@ from PIL import Image
 
 from trainer.errors import UserError
 from trainer.files import atomic_write, check_space, file_lock, read_json, sha256_file, write_json_atomic
-from trainer.procs import die_with_parent
 from trainer.images import read_image, to_rgb
 from trainer.imresize import degrade
+from trainer.procs import die_with_parent
 from trainer.terminal import bar
 
 VERSION = 1
@@ -84,7 +85,7 @@ def windows(height: int, width: int, s: Settings) -> list[tuple[int, int, int, i
     h, w = min(height, s.size) // s.scale * s.scale, min(width, s.size) // s.scale * s.scale
     if not h or not w:
         return []
-    return [(t, l, h, w) for t in window_starts(height, s.size, s.step) for l in window_starts(width, s.size, s.step)]
+    return [(t, left, h, w) for t in window_starts(height, s.size, s.step) for left in window_starts(width, s.size, s.step)]
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -183,7 +184,7 @@ def open_or_build(files: list[Path], source: Path, settings: Settings, cache: Pa
     with file_lock(folder.with_name(folder.name + ".lock")):
         manifest = read_json(folder / "manifest.json")
         stale = stale_sources(manifest, settings, files)
-        if stale is None:
+        if stale is None and manifest is not None:  # (a missing manifest is never current)
             return PreparedSet(folder, manifest)
         if manifest is not None:
             changed = f" ({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''})" if stale else ""
@@ -220,7 +221,7 @@ def _build(folder: Path, files: list[Path], source: Path, settings: Settings, wo
     source images processed by this call."""
     t0 = time.monotonic()
     sizes = [image_size(f) for f in files]
-    plan = {"version": VERSION, "settings": asdict(settings), "sources": _stats(files), "sizes": sizes}
+    plan: dict[str, Any] = {"version": VERSION, "settings": asdict(settings), "sources": _stats(files), "sizes": sizes}
     images, table, hr_bytes, lr_bytes = _layout(sizes, settings)
     if read_json(folder / "plan.json") != json.loads(json.dumps(plan)):
         _fresh(folder)
@@ -256,7 +257,7 @@ def _build(folder: Path, files: list[Path], source: Path, settings: Settings, wo
     for name in ("hr.npy", "lr.npy"):
         _fsync(folder / name)
     for name, array in (("images.npy", images), ("windows.npy", table)):
-        atomic_write(folder / name, lambda f, a=array: np.save(f, a))
+        atomic_write(folder / name, functools.partial(np.save, arr=array))
     sources = [{**s, "sha256": json.loads((done_dir / f"{i}.json").read_text())["sha256"], "height": h, "width": w}
                for i, (s, (h, w)) in enumerate(zip(plan["sources"], sizes))]
     manifest = {
@@ -314,11 +315,11 @@ def _prepare_image(task: tuple[Path, int, Path, int, tuple[int, int], list[list[
     hr = img.permute(1, 2, 0).contiguous().numpy().reshape(-1)
     lr = np.concatenate([degrade(img[:, top : top + h, left : left + w], scale).permute(1, 2, 0).reshape(-1).numpy()
                          for _, top, left, h, w, _ in rows] or [np.empty(0, np.uint8)])
-    marker = {"sha256": digest}
+    marker: dict[str, str | int] = {"sha256": digest}
     for name, data, (offset, _) in zip(("hr.npy", "lr.npy"), (hr, lr), spans):
         header = np.load(folder / name, mmap_mode="r").offset
         with open(folder / name, "r+b") as f:
             f.seek(header + offset)
-            f.write(data)
-        marker[f"{name[:2]}_crc32"] = zlib.crc32(data)
+            f.write(data.data)  # the array's bytes (contiguous)
+        marker[f"{name[:2]}_crc32"] = zlib.crc32(data.data)
     write_json_atomic(folder / "done" / f"{i}.json", marker)

@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -42,19 +42,31 @@ from tqdm import tqdm
 
 from trainer import distributed
 from trainer import weights as weights_mod
-from trainer.checkpoint import (FINISHED, SNAPSHOT, keep_generator_only, load_checkpoint, rng_state, save_atomic, save_generator,
-                                set_rng_state, snapshot_path, snapshot_steps)
+from trainer.checkpoint import (
+    FINISHED,
+    SNAPSHOT,
+    keep_generator_only,
+    load_checkpoint,
+    rng_state,
+    save_atomic,
+    save_generator,
+    set_rng_state,
+    snapshot_path,
+    snapshot_steps,
+)
 from trainer.config import NOT_COMPUTATION, Config, config_from_dict, flatten
 from trainer.data import TrainBatches, ValImage, load_val_sets, lr_source
 from trainer.errors import UserError
 from trainer.files import file_lock, write_json_atomic, write_text_atomic
 from trainer.generator_files import init_state
-from trainer.images import to_rgb, to_uint8, write_image
+from trainer.images import to_rgb, write_image
 from trainer.ledger import Segment
 from trainer.losses import DualPerceptualLoss, discriminator_loss, generator_adversarial_loss
 from trainer.metrics import LPIPSMetric, per_image_csv, score, set_means
 from trainer.nets import build_discriminator, build_generator
 from trainer.terminal import bar
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 PROGRESS_EVERY_S = 5.0
 SAMPLES = 2  # SR crops saved per validation (first images of the first validation set)
@@ -228,7 +240,7 @@ def autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextMan
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def prepare(net: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
+def prepare(net: ModuleT, cfg: Config, device: torch.device) -> ModuleT:
     net = net.to(device)
     return net.to(memory_format=torch.channels_last) if cfg.train.channels_last else net
 
@@ -240,7 +252,7 @@ def batch_to(x: torch.Tensor, cfg: Config) -> torch.Tensor:
 def make_optimizer(
     net: nn.Module, lr: float, milestones: list[int], cfg: Config
 ) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.MultiStepLR]:
-    opt = torch.optim.Adam(net.parameters(), lr=lr, betas=tuple(cfg.train.adam_betas))
+    opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(cfg.train.adam_betas[0], cfg.train.adam_betas[1]))
     return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=cfg.train.lr_gamma)
 
 

@@ -16,10 +16,12 @@ second from a memory map); a file that cannot be read, or whose tensors do not f
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torchvision
@@ -28,6 +30,8 @@ from torchvision.models import vgg as tv_vgg
 
 from trainer.errors import UserError
 from trainer.files import atomic_write, sha256_file
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,9 @@ class WeightsFile:
 
     @property
     def hash_prefix(self) -> str:
-        return re.search(r"-([a-f0-9]+)\.", self.name).group(1)  # torch.hub's convention
+        match = re.search(r"-([a-f0-9]+)\.", self.name)  # torch.hub's convention
+        assert match is not None, self.name
+        return match.group(1)
 
 
 # ResNet-50 uses torchvision's IMAGENET1K_V1 (the original release, what `pretrained=True` gave when the
@@ -110,7 +116,7 @@ def _checkpoint_path(key: str, weights: str) -> Path:
     return path
 
 
-def _load_into(module: nn.Module, key: str, weights: str, prefix: str = "") -> nn.Module:
+def _load_into(module: ModuleT, key: str, weights: str, prefix: str = "") -> ModuleT:
     """Fill a (meta-device) `module` with the tensors under `prefix` of the checkpoint for `weights`."""
     path = _checkpoint_path(key, weights)
     try:
@@ -141,7 +147,7 @@ def vgg19_features(weights: str, upto: int) -> nn.Sequential:
         for m in features.modules():  # torchvision's VGG initialisation
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                nn.init.zeros_(m.bias)  # type: ignore[arg-type]  # make_layers builds its convs with bias
         return features.eval().requires_grad_(False)
     with torch.device("meta"):
         features = tv_vgg.make_layers(tv_vgg.cfgs["E"])[:upto]
@@ -216,5 +222,5 @@ def import_files(paths: list[Path]) -> None:
     target_dir.mkdir(parents=True, exist_ok=True)
     for path, file in plan:
         with open(path, "rb") as src:
-            atomic_write(target_dir / file.name, lambda f, src=src: shutil.copyfileobj(src, f))
+            atomic_write(target_dir / file.name, functools.partial(shutil.copyfileobj, src))
         print(f"imported {path} -> {target_dir / file.name} ({file.network}, for the {file.needed_by})")

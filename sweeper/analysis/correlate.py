@@ -16,13 +16,15 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 from scipy.stats import rankdata
 
+from sweeper.analysis import evidence, stats
 from sweeper.analysis.runs import (
     HIGHER_IS_BETTER,
     LABELS,
@@ -33,6 +35,7 @@ from sweeper.analysis.runs import (
     finished,
     open_client,
     paper_order,
+    read_artifact,
 )
 from sweeper.analysis.tables import rows_to_csv, rows_to_markdown
 from sweeper.core.overrides import parse
@@ -156,6 +159,9 @@ class Agreement:
     worst_proxy: str
     worst_target: str
     undefined: str | None = None  # why no ranking or no best exists (constant or tied-at-the-top scores)
+    rho_ci: tuple[float, float] | None = None  # 95 % bootstrap interval over images and repeats (None: no per-image values)
+    tau_ci: tuple[float, float] | None = None
+    disagreement: str = "untested"  # where the bests differ: significant | not significant | untested
 
     @property
     def best_agrees(self) -> bool:
@@ -207,8 +213,12 @@ def paired_runs(runs: list[RunRecord], proxy: str, target: str) -> list[tuple[st
     return [(s, by_arch[proxy][s], by_arch[target][s]) for s in shared]
 
 
-def correlate_runs(runs: list[RunRecord], proxy: str, target: str) -> list[Agreement]:
-    """Agreement for every set both archs were validated on (plus "mean") and every metric with values."""
+Results = Callable[[RunRecord], dict]  # a run's result.json (per-image values), e.g. read from its MLflow artifact
+
+
+def correlate_runs(runs: list[RunRecord], proxy: str, target: str, results: Results | None = None) -> list[Agreement]:
+    """Agreement for every set both archs were validated on (plus "mean") and every metric with values; with
+    `results`, the intervals and the test of a disagreement from the runs' per-image values (`tested`)."""
     pairs = paired_runs(runs, proxy, target)
     if len(pairs) < 3:
         have = ", ".join(s for s, _, _ in pairs) or "none"
@@ -224,8 +234,44 @@ def correlate_runs(runs: list[RunRecord], proxy: str, target: str) -> list[Agree
             x = np.array([p.value(set_name, metric) for _, p, _ in pairs])
             y = np.array([t.value(set_name, metric) for _, _, t in pairs])
             if not (np.isnan(x).any() or np.isnan(y).any()):
-                out.append(agreement(set_name, metric, labels, x, y))
+                a = agreement(set_name, metric, labels, x, y)
+                out.append(tested(a, pairs, results) if results else a)
     return out
+
+
+def side_evidence(runs: list[RunRecord], results: Results, set_name: str, metric: str) -> evidence.Evidence | None:
+    """One arch's per-image values of `metric` on `set_name` ("mean": every set) as m[setting, 1, image]."""
+    got = [results(r) for r in runs]
+    if set_name != "mean":
+        got = [evidence.only_set(g, set_name) for g in got]
+    return evidence.arrange([[g] for g in got], metric, runs[0].params.get("metrics.space", "y"))
+
+
+def tested(a: Agreement, pairs: list[tuple[str, RunRecord, RunRecord]], results: Results, n: int = 1000) -> Agreement:
+    """`a` with bootstrap intervals for rho and tau (images resampled within their sets, the same images on
+    both sides; seeded) and, where the bests differ, whether both archs separate the two settings
+    (`stats.compare`): only then is the disagreement significant."""
+    labels = [s for s, _, _ in pairs]
+    ev = [side_evidence([pair[k] for pair in pairs], results, a.set, a.metric) for k in (1, 2)]
+    if ev[0] is None or ev[1] is None or ev[0].images != ev[1].images or not ev[0].per_image:
+        return a
+    groups = np.asarray(ev[0].groups)
+    weight = stats.image_weights(groups)
+    _, v = stats.draws(np.random.default_rng(0), 1, groups, n)
+    means = [(v * weight) @ e.m.mean(axis=1).T for e in ev]  # (draws, settings) per side
+    rho = [spearman(means[0][b], means[1][b]) for b in range(n)]
+    tau = [kendall(means[0][b], means[1][b]) for b in range(n)]
+    def ci(xs: list[float]) -> tuple[float, float]:
+        low, high = np.nanquantile(xs, [0.025, 0.975])
+        return float(low), float(high)
+
+    disagreement = a.disagreement
+    if not a.undefined and a.best_proxy != a.best_target:
+        pick = [labels.index(a.best_proxy), labels.index(a.best_target)]
+        separated = [stats.compare(e.m[pick], HIGHER_IS_BETTER[a.metric], [labels[i] for i in pick], e.groups, a.metric).kind == "winner"
+                     for e in ev]  # fmt: skip
+        disagreement = "significant" if all(separated) else "not significant"
+    return replace(a, rho_ci=ci(rho), tau_ci=ci(tau), disagreement=disagreement)
 
 
 def gate(results: list[Agreement], select_by: str) -> Agreement:
@@ -245,7 +291,19 @@ def verdict(g: Agreement) -> str:
         return f"undefined: by {g.set}/{g.metric} {g.undefined}, so agreement on the best setting cannot be judged"
     if g.best_agrees:
         return f"consistent: both archs rank {g.best_proxy} best by {g.set}/{g.metric}"
-    return f"contradicts: by {g.set}/{g.metric} the proxy's best is {g.best_proxy} but the target's best is {g.best_target}"
+    bests = f"by {g.set}/{g.metric} the proxy's best is {g.best_proxy} but the target's best is {g.best_target}"
+    if g.disagreement == "significant":
+        return f"contradicts: {bests} (each arch separates the two by paired 95 % intervals)"
+    why = ("the paired intervals do not separate the two on both archs" if g.disagreement == "not significant"
+           else "without per-image values the difference cannot be tested")  # fmt: skip
+    return f"inconclusive: {bests}, and {why}"
+
+
+def gate_tag(g: Agreement) -> str:
+    """`sweeper.best_agrees`: true, false (a significant contradiction), inconclusive or undefined."""
+    if g.undefined:
+        return "undefined"
+    return "true" if g.best_agrees else "false" if g.disagreement == "significant" else "inconclusive"
 
 
 def to_rows(results: list[Agreement]) -> list[dict]:
@@ -256,7 +314,9 @@ def to_rows(results: list[Agreement]) -> list[dict]:
         d["metric"] = LABELS[a.metric]
         d["discordant"] = f"{a.discordant}/{a.pairs}"
         del d["pairs"]
-        d["best_agrees"] = "undefined" if a.undefined else "yes" if a.best_agrees else "no"
+        d["best_agrees"] = "undefined" if a.undefined else "yes" if a.best_agrees else "no" if a.disagreement == "significant" else "inconclusive"
+        d["rho_ci"] = "" if a.rho_ci is None else f"[{a.rho_ci[0]:.2f}, {a.rho_ci[1]:.2f}]"
+        d["tau_ci"] = "" if a.tau_ci is None else f"[{a.tau_ci[0]:.2f}, {a.tau_ci[1]:.2f}]"
         d["worst_agrees"] = "undefined" if a.undefined else "yes" if a.worst_agrees else "no"
         d["undefined"] = a.undefined or ""
         rows.append(d)
@@ -285,7 +345,7 @@ def log_check(client: MlflowClient, study: str, proxy: str, target: str, results
         "sweeper.proxy": proxy,
         "sweeper.target": target,
         "sweeper.select_by": select_by,
-        "sweeper.best_agrees": "undefined" if g.undefined else str(g.best_agrees).lower(),
+        "sweeper.best_agrees": gate_tag(g),
         "sweeper.best_setting": g.best_proxy,
         "sweeper.verdict": verdict(g),
     }
@@ -322,7 +382,7 @@ def main(tokens: list[str]) -> None:
     except UserError:  # no experiment of that name: nothing of the study has run in this store
         raise UserError(f"no runs of study {study} in this tracking store: `sweeper run study={study}` trains arch={proxy} and "
                         f"arch={target} on the same settings, then `sweeper correlate` compares them") from None
-    results = correlate_runs(runs, proxy, target)
+    results = correlate_runs(runs, proxy, target, lambda r: read_artifact(client, r.run_id, "result.json"))
     select_by = selection_metric(opts.select_by, find_runs(client, "stage", study))
     print(summary(results, select_by))
     run_id = log_check(client, study, proxy, target, results, select_by)

@@ -82,7 +82,7 @@ def source(method: str | None, checkpoint: str | None, iteration: int | None, fo
         return Source(method, folder=Path(folder).expanduser())
     if method == "bicubic":
         return Source("bicubic")
-    path = checkpoint or method
+    path = checkpoint or method or ""
     if not checkpoint and not Path(path).is_file():
         raise UserError(f"method={method!r}: choose bicubic, a generator checkpoint file (e.g. run/ckpt/last.pt), or folder=DIR method=NAME")
     file = checkpoint_file(path, iteration)

@@ -10,13 +10,13 @@ import math
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-from sweeper.analysis.runs import HIGHER_IS_BETTER, LABELS, METRICS, RunRecord  # noqa: E402
+from sweeper.analysis.runs import HIGHER_IS_BETTER, LABELS, METRICS, RunRecord
 
 UNITS = {"psnr": " (dB)", "ssim": "", "lpips": ""}
 
@@ -73,9 +73,18 @@ def png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def metrics_vs_mu(runs: list[RunRecord], sets: list[str], title: str) -> bytes:
+Spread = dict[str, dict[str, float]]  # run id -> "<set>/<metric>" -> the std over that point's repeats
+
+
+def error(spread: Spread | None, run: RunRecord, set_name: str, metric: str) -> float:
+    """The error bar of a point (the std over its repeats; NaN: none)."""
+    return (spread or {}).get(run.run_id, {}).get(f"{set_name}/{metric}", math.nan)
+
+
+def metrics_vs_mu(runs: list[RunRecord], sets: list[str], title: str, spread: Spread | None = None) -> bytes:
     """One panel per measured metric: each set's value against mu on a log axis, mu=inf (the VGG loss alone)
-    as its own labelled point right of the largest finite mu, past a break in the axis."""
+    as its own labelled point right of the largest finite mu, past a break in the axis; error bars = the std
+    over a point's repeats (`spread`)."""
     finite = sorted((r for r in runs if not math.isinf(r.mu)), key=lambda r: r.mu)
     vgg_only = [r for r in runs if math.isinf(r.mu)][-1:]
     mus = [r.mu for r in finite]
@@ -88,6 +97,8 @@ def metrics_vs_mu(runs: list[RunRecord], sets: list[str], title: str) -> bytes:
             for x, r, marker in [(r.mu, r, "o") for r in finite] + [(at_inf, r, "D") for r in vgg_only]:
                 face = "none" if r.stopped_at is not None else f"C{k}"
                 ax.plot([x], [r.value(s, metric)], marker, color=f"C{k}", markerfacecolor=face, markersize=7 if marker == "D" else 6)
+                if not math.isnan(error(spread, r, s, metric)):
+                    ax.errorbar([x], [r.value(s, metric)], yerr=[error(spread, r, s, metric)], color=f"C{k}", capsize=3)
         ax.set_xscale("log")
         ticks = mus + ([at_inf] if vgg_only else [])
         ax.set_xticks(ticks, [f"{m:g}" for m in mus] + (["∞"] if vgg_only else []))
@@ -102,8 +113,9 @@ def metrics_vs_mu(runs: list[RunRecord], sets: list[str], title: str) -> bytes:
     return png(fig)
 
 
-def metrics_per_beta(runs: list[RunRecord], sets: list[str], title: str) -> bytes:
-    """One panel per measured metric: grouped bars, beta layers on the x axis, one bar per set."""
+def metrics_per_beta(runs: list[RunRecord], sets: list[str], title: str, spread: Spread | None = None) -> bytes:
+    """One panel per measured metric: grouped bars, beta layers on the x axis, one bar per set; error bars =
+    the std over a point's repeats (`spread`)."""
     metrics = measured({m: [r.value(s, m) for r in runs for s in sets] for m in METRICS})
     fig, axes = panels(metrics, title)
     x = np.arange(len(runs))
@@ -111,7 +123,9 @@ def metrics_per_beta(runs: list[RunRecord], sets: list[str], title: str) -> byte
     for ax, metric in zip(axes, metrics):
         for k, s in enumerate(sets):
             hatch = ["//" if r.stopped_at is not None else None for r in runs]
-            ax.bar(x + k * width, [r.value(s, metric) for r in runs], width, label=s, hatch=hatch, edgecolor="white")
+            yerr = [0.0 if math.isnan(error(spread, r, s, metric)) else error(spread, r, s, metric) for r in runs]
+            ax.bar(x + k * width, [r.value(s, metric) for r in runs], width, label=s, hatch=hatch, edgecolor="white",
+                   yerr=yerr if any(yerr) else None, capsize=3)  # fmt: skip
         ax.set_xticks(x + width * (len(sets) - 1) / 2, [r.beta for r in runs])
         ax.set_xlabel("β (ResNet feature layers)")
         values = [r.value(s, metric) for r in runs for s in sets if not math.isnan(r.value(s, metric))]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -84,7 +85,7 @@ def generator_fn(checkpoint: Path) -> SrFn:
 def crops_png(images: list[str], columns: list[tuple[str, SrFn]], root: Path, upscale: int, val_hr: str,
               boxes: dict[str, Box], title: str) -> bytes:
     """Rows = images, columns = GT, then each (label, SR function): the same box of each, zoomed."""
-    tiles = []
+    tiles: list[list[Any]] = []  # numpy HWC uint8 tiles
     for image in images:
         pair = find_pair(root, image, upscale, val_hr)
         x, y, w, h = box_for(image, pair, boxes.get(image))

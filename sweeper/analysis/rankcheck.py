@@ -23,9 +23,10 @@ from sweeper.analysis import correlate
 from sweeper.core import halving
 from sweeper.core.overrides import Options, parse
 from sweeper.core.selection import TIE_BREAK, signed
-from sweeper.core.workspace import point_key
 from sweeper.core.trials import stage_ids
+from sweeper.core.workspace import point_key
 from trainer.errors import UserError
+from trainer.metrics import mean_if_all
 
 Curve = dict[int, tuple[float, float]]  # step -> (signed select_by, signed tie-break); smaller is better
 
@@ -68,10 +69,10 @@ def curve(trial_dir: Path, select_by: str) -> Curve:
         record = json.loads(line)
         if record.get("kind") == "val":
             by_step.setdefault(record["step"], []).append(record)
-    out = {}
+    out: Curve = {}
     for step, records in by_step.items():
-        values = {m: [r.get(m) for r in records] for m in (select_by, tie)}
-        out[step] = tuple(signed(m, sum(v) / len(v) if None not in v else None) for m, v in values.items())
+        first, second = (signed(m, mean_if_all([r.get(m) for r in records])) for m in (select_by, tie))
+        out[step] = (first, second)
     return out
 
 

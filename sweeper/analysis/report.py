@@ -13,6 +13,7 @@ figures as PNG under `<out>/figures/`, everything gathered in `<out>/README.md` 
 from __future__ import annotations
 
 import base64
+import csv
 import dataclasses
 import html
 import math
@@ -22,12 +23,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from sweeper.analysis import correlate, figures, ledger, paper_figures, rankcheck
+from sweeper.analysis import (
+    correlate,
+    evidence,
+    figures,
+    ledger,
+    paper,
+    paper_figures,
+    rankcheck,
+    stats,
+)
 from sweeper.analysis.runs import (
     METRICS,
     RunRecord,
@@ -36,6 +47,7 @@ from sweeper.analysis.runs import (
     mu_label,
     open_client,
     paper_order,
+    read_artifact,
     stopped_early,
 )
 from sweeper.analysis.tables import (
@@ -49,6 +61,7 @@ from sweeper.analysis.tables import (
 )
 from sweeper.core.mlflow_names import baselines_experiment, metric_tags
 from sweeper.core.overrides import Options, parse, require_study
+from sweeper.core.selection import HIGHER_IS_BETTER
 from sweeper.core.trials import stage_ids
 from sweeper.core.workspace import Workspace
 from trainer.config import config_from_dict, flatten
@@ -77,12 +90,19 @@ class Study:
     trials: list[RunRecord]  # trial runs that trained to the end, oldest first
     stopped: list[RunRecord] = field(default_factory=list)  # trials stopped by successive halving, oldest first
     configs: dict[str, dict] = field(default_factory=dict)  # run id -> config.yaml, read on demand
+    results: dict[str, dict] = field(default_factory=dict)  # run id -> result.json, read on demand
 
     def config(self, run: RunRecord) -> dict:
         """The run's config.yaml artifact ({} when it has none)."""
         if run.run_id not in self.configs:
-            self.configs[run.run_id] = read_config(self.client, run.run_id)
+            self.configs[run.run_id] = read_artifact(self.client, run.run_id, "config.yaml")
         return self.configs[run.run_id]
+
+    def result(self, run: RunRecord) -> dict:
+        """The run's result.json artifact, per-image values included ({} when it has none)."""
+        if run.run_id not in self.results:
+            self.results[run.run_id] = read_artifact(self.client, run.run_id, "result.json")
+        return self.results[run.run_id]
 
     def stage_of(self, run: RunRecord) -> RunRecord | None:
         parent = run.tags.get("mlflow.parentRunId")
@@ -160,21 +180,76 @@ def provenance(study: Study, runs: list[RunRecord]) -> str:
     )
 
 
-def metric_table(key: str, kind: str, title: str, header: str, labelled: list[tuple[str, RunRecord]],
-                 metrics: tuple[str, ...] = PAPER_METRICS, marks: str = "best2") -> Table:
-    """Rows = labelled runs, columns = their sets x metrics, values = final metrics. A trial stopped by
-    successive halving keeps its row, labelled with the budget it reached and left out of the marks."""
-    sets = ordered_sets([r for _, r in labelled])
+def repeats_of(study: Study, run: RunRecord) -> list[RunRecord]:
+    """The finished repeats of `run`'s grid point in its stage (same settings, one run per seed, the latest of
+    each, ordered by seed): `[run]` without repeats or for a trial stopped by halving."""
+    if run.stopped_at is not None:
+        return [run]
+    same = [t for t in study.trials if t.stage == run.stage and (t.arch, t.setting, t.params.get("perceptual")) ==
+            (run.arch, run.setting, run.params.get("perceptual"))]  # fmt: skip
+    by_seed = {t.params.get("seed", ""): t for t in same}
+    return [by_seed[k] for k in sorted(by_seed, key=lambda k: float(k) if k.replace(".", "").isdigit() else math.inf)] or [run]
+
+
+def metric_table(study: Study, key: str, kind: str, title: str, labelled: list[tuple[str, RunRecord]],
+                 metrics: tuple[str, ...] = PAPER_METRICS, header: str | None = None) -> Table:  # fmt: skip
+    """Rows = labelled runs, columns = their sets x metrics, values = final metrics (the mean over the point's
+    repeats, +- their standard deviation, when it has several), marks from the paired comparison of each column
+    (`significance`). A trial stopped by successive halving keeps its row, labelled with the budget it reached
+    and left out of the marks."""
+    runs = [r for _, r in labelled]
+    groups = [repeats_of(study, r) for r in runs]
+    sets = ordered_sets(runs)
     columns = [(s, m) for s in sets for m in metrics]
-    values = [[r.value(s, m) for s, m in columns] for _, r in labelled]
+    per_repeat = [np.array([[r.value(s, m) for s, m in columns] for r in g]) for g in groups]
+    values = [g.mean(axis=0).tolist() for g in per_repeat]
     rows = [label if r.stopped_at is None else f"{label} (stopped at {r.stopped_at} it)" for label, r in labelled]
-    table = Table(key, kind, title, header, rows, columns, values, marks)
-    table.unranked = {i for i, (_, r) in enumerate(labelled) if r.stopped_at is not None}
+    table = Table(key, kind, title, header or provenance(study, runs), rows, columns, values)
+    if any(len(g) > 1 for g in groups):
+        table.spread = [(g.std(axis=0, ddof=1) if len(g) > 1 else np.full(len(columns), np.nan)).tolist() for g in per_repeat]
+        counts = sorted({len(g) for g in groups})
+        table.spread_kind = f"std over {'/'.join(map(str, counts))} repeats"
+        table.notes.append(f"Cells: mean over each point's repeats (R = {'/'.join(map(str, counts))}) ± the standard deviation "
+                           "of the repeats' values (the seed-to-seed spread, not an interval; the marks use the paired intervals).")  # fmt: skip
+    table.unranked = {i for i, r in enumerate(runs) if r.stopped_at is not None}
+    significance(study, table, groups)
     if table.unranked:
         table.notes.append("Rows \"stopped at N it\" were stopped by successive halving (scheduler=sha): their values are "
                            "at N iterations, not compared with the rows that trained to the end; the winner is chosen "
                            "among those.")
     return table
+
+
+def significance(study: Study, table: Table, groups: list[list[RunRecord]]) -> None:
+    """Mark, per column, the row separated from all others as best and the rows not separable from the best
+    as tied (`stats.compare` on the per-image values of that set, paired by image and by the seeds every row
+    has); a column whose rows lack per-image values stays unmarked. Adds a note saying which intervals were used."""
+    marks = [["" for _ in table.columns] for _ in table.rows]
+    used: list[stats.Comparison] = []
+    for j, (set_name, metric) in enumerate(table.columns):
+        ranked = [i for i, v in enumerate(table.column(j)) if i not in table.unranked and not math.isnan(v)]
+        if len(ranked) < 2:
+            continue
+        seeds = set.intersection(*({r.params.get("seed", "") for r in groups[i]} for i in ranked))
+        results = [[evidence.only_set(study.result(r), set_name) for r in groups[i] if r.params.get("seed", "") in seeds] for i in ranked]
+        if not seeds or len({len(r) for r in results}) != 1:
+            continue
+        ev = evidence.arrange(results, metric, metric_space(study.config(groups[ranked[0]][0])).lower())
+        if ev is None:
+            continue
+        c = stats.compare(ev.m, HIGHER_IS_BETTER[metric], [str(i) for i in ranked], ev.groups, metric)
+        if c.kind == "untested":
+            continue
+        used.append(c)
+        for i, row in zip(ranked, c.rows):
+            marks[i][j] = "best" if row.best and c.kind == "winner" else "tie" if c.kind == "tie" and not row.separated else ""
+    table.significance = marks
+    if used:
+        tests = sorted({f"{c.interval}; p-values: {c.test}" for c in used})
+        table.notes.append("Marks from paired comparisons per column: " + " | ".join(tests) + ".")
+    else:
+        table.notes.append("No marks: the runs carry no per-image values (or one value per set and one seed), so no "
+                           "difference between rows can be tested; the best mean is not marked.")  # fmt: skip
 
 
 def latest_per(runs: list[RunRecord], key) -> list[RunRecord]:
@@ -216,13 +291,13 @@ def sweep_tables(study: Study) -> list[tuple[Table, list[RunRecord]]]:
                 fixed = _distinct(r.beta for r in rows if not math.isinf(r.mu))
                 title = f"Table 1: {name} under different mu ({fixed}; stage {stage})"
                 labelled = [(mu_label(r.mu), r) for r in rows]
-                table = metric_table(f"table1_{stage}_{arch}", "mu", title, provenance(study, rows), labelled)
+                table = metric_table(study, f"table1_{stage}_{arch}", "mu", title, labelled)
                 if any(math.isinf(r.mu) for r in rows):
                     table.notes.append("mu=inf means the VGG loss only, the original perceptual loss.")
             elif vary == {"beta"}:
                 rows = sorted(latest_per(group, lambda r: r.beta), key=lambda r: r.beta)
                 title = f"Table 2: {name} under different beta ({_distinct(mu_label(r.mu) for r in rows)}; stage {stage})"
-                table = metric_table(f"table2_{stage}_{arch}", "beta", title, provenance(study, rows), [(r.beta, r) for r in rows])
+                table = metric_table(study, f"table2_{stage}_{arch}", "beta", title, [(r.beta, r) for r in rows])
                 if all(math.isinf(r.mu) for r in rows):
                     table.notes.append("mu=inf won the mu stage: the loss is VGG only, so beta has no effect on these rows.")
             elif "perceptual" in vary and "arch" not in vary:
@@ -230,7 +305,7 @@ def sweep_tables(study: Study) -> list[tuple[Table, list[RunRecord]]]:
                 rows = [by_loss[k] for k in ABLATION_ROWS if k in by_loss]
                 title = f"Table 6: {name} under different conditions (stage {stage})"
                 labelled = [(ABLATION_ROWS[r.params['perceptual']], r) for r in rows]
-                table = metric_table(f"table6_{stage}_{arch}", "ablation", title, provenance(study, rows), labelled)
+                table = metric_table(study, f"table6_{stage}_{arch}", "ablation", title, labelled)
             else:
                 continue
             out.append((table, rows))
@@ -249,7 +324,10 @@ def correlation_tables(study: Study, proxy: str = "srgan", target: str = "esrgan
         columns = [(ARCH_NAMES[a], m) for a in (proxy, target) for m in METRICS]
         values = [[r.value(s, m) for r in (p, t) for m in METRICS] for _, p, t in pairs]
         title = f"Table 4: hyperparameter combinations, {ARCH_NAMES[proxy]} vs {ARCH_NAMES[target]} on {s}"
-        out.append((Table(f"table4_{s}", "correlation", title, header, [lbl for lbl, _, _ in pairs], columns, values, "best_worst"), runs))
+        table = Table(f"table4_{s}", "correlation", title, header, [lbl for lbl, _, _ in pairs], columns, values)
+        table.notes.append("Unmarked: the paper marks the best and the worst of each column without intervals; the "
+                           "rank agreement below is the comparison this table supports.")  # fmt: skip
+        out.append((table, runs))
     return out
 
 
@@ -269,7 +347,7 @@ def table3(study: Study) -> tuple[Table, list[RunRecord]] | None:
         pair = next([p, t] for lbl, p, t in correlate.paired_runs(study.trials, "srgan", "esrgan") if lbl == best)
     labelled = [(f"{ARCH_NAMES.get(r.arch, r.arch)} ({r.setting})", r) for r in pair]
     title = "Table 3: SRGAN-DP vs ESRGAN-DP in LPIPS at the selected hyperparameters"
-    return metric_table("table3", "archs", title, provenance(study, pair), labelled, ("lpips",), "best"), pair
+    return metric_table(study, "table3", "archs", title, labelled, ("lpips",)), pair
 
 
 def promoted_runs(study: Study) -> list[RunRecord]:
@@ -298,10 +376,10 @@ def table5(study: Study, bicubic: RunRecord | None) -> tuple[Table, list[RunReco
     labelled = [("Bicubic", in_space(bicubic, space))] if bicubic else []
     labelled += [(b.tags.get("sweeper.label", b.name), in_space(b, space)) for b in baselines]
     scored = {r.run_id: whole_image_run(study, r) for r in ours}  # whole images, as the baselines are
-    labelled += [(f"{ARCH_NAMES.get(r.arch, r.arch)} ({r.setting}, ours)", in_space(scored[r.run_id], space) if scored[r.run_id] else r)
+    labelled += [(f"{ARCH_NAMES.get(r.arch, r.arch)} ({r.setting}, ours)", in_space(s, space) if (s := scored[r.run_id]) else r)
                  for r in ours]  # fmt: skip
     title = "Table 5: comparison with bicubic and baselines on the benchmark sets"
-    table = metric_table("table5", "baselines", title, provenance(study, ours), labelled, METRICS, "best")
+    table = metric_table(study, "table5", "baselines", title, labelled, METRICS, provenance(study, ours))
     data = config.get("data", {})
     hr = data.get("val_hr", "mod4")
     other_hr = {i for i, (_, r) in enumerate(labelled) if r.tags.get("sweeper.kind") == "baseline" and r.tags.get("sweeper.val_hr", "mod4") != hr}
@@ -460,7 +538,7 @@ def banner(study: Study) -> str:
 def correlation_section(study: Study, writer: Writer) -> None:
     """Table 4's statistics: agreement per set and metric, the small-n warning and the promotion verdict."""
     try:
-        results = correlate.correlate_runs(study.trials, "srgan", "esrgan")
+        results = correlate.correlate_runs(study.trials, "srgan", "esrgan", study.result)
     except UserError:  # fewer than 3 shared settings: Table 4 stands without statistics
         return
     key = correlate.selection_metric(None, study.stages)
@@ -478,6 +556,22 @@ def lpips_chart(table: Table) -> bytes | None:
     return figures.lpips_bars(table.rows, [table.columns[j][0] for j in cols], values, table.title)
 
 
+def pooled(study: Study, runs: list[RunRecord]) -> tuple[list[RunRecord], figures.Spread]:
+    """Each run as its point's mean over repeats (metrics averaged), and the std over repeats per metric key
+    (empty without repeats)."""
+    out, spread = [], {}
+    for run in runs:
+        group = repeats_of(study, run)
+        if len(group) < 2:
+            out.append(run)
+            continue
+        keys = set.intersection(*(set(r.metrics) for r in group))
+        values = {k: np.array([r.metrics[k] for r in group]) for k in keys}
+        out.append(dataclasses.replace(run, metrics={k: float(v.mean()) for k, v in values.items()}))
+        spread[run.run_id] = {k: float(v.std(ddof=1)) for k, v in values.items()}
+    return out, spread
+
+
 @dataclass
 class Crops:
     """Where the report finds trial checkpoints for fixed-box crops, and which images and boxes to show."""
@@ -488,15 +582,19 @@ class Crops:
     boxes: dict
 
 
-def write_section(client: MlflowClient, writer: Writer, table: Table, runs: list[RunRecord], crops: Crops | None = None) -> None:
+def write_section(client: MlflowClient, study: Study, writer: Writer, table: Table, runs: list[RunRecord],
+                  crops: Crops | None = None) -> None:  # fmt: skip
     """A table and the figures that go with its kind."""
     writer.table(table)
     sets = ordered_sets(runs)
     note = figures.unmeasured_note(runs, sets) + figures.stopped_note(runs)
+    means, spread = pooled(study, runs)
+    if spread:
+        note += " Points are the mean over each setting's repeats; error bars their std."
     if table.kind == "mu":
-        writer.figure(f"{table.key}_vs_mu", figures.metrics_vs_mu(runs, sets, table.title), f"{table.title}: metrics against mu.{note}")
+        writer.figure(f"{table.key}_vs_mu", figures.metrics_vs_mu(means, sets, table.title, spread), f"{table.title}: metrics against mu.{note}")
     if table.kind == "beta":
-        writer.figure(f"{table.key}_per_beta", figures.metrics_per_beta(runs, sets, table.title), f"{table.title}: metrics per beta.{note}")
+        writer.figure(f"{table.key}_per_beta", figures.metrics_per_beta(means, sets, table.title, spread), f"{table.title}: metrics per beta.{note}")
     if table.kind in ("archs", "baselines"):
         writer.figure(f"{table.key}_lpips", lpips_chart(table), f"{table.title}: LPIPS per method and set (as Fig. 2)")
     if table.kind in ("mu", "beta", "ablation"):
@@ -505,13 +603,82 @@ def write_section(client: MlflowClient, writer: Writer, table: Table, runs: list
             labelled = [(label, crops.workspace.trial_dir(r.tags.get("sweeper.study", ""), r.stage, int(r.tags.get("sweeper.trial_number", -1))) / "ckpt" / "last.pt")
                         for label, r in zip(table.rows, runs)]
             fixed = paper_figures.report_crops(crops.images, labelled, crops.config, crops.boxes, table.title)
-        if fixed is not None:
+        if fixed is not None and crops is not None:
             boxes = "; ".join(f"{k} {v}" for k, v in crops.boxes.items()) or "each image's default box"
             writer.figure(f"{table.key}_crops", fixed, f"{table.title}: GT, bicubic and each setting's generator on whole images, "
                           f"zoomed at fixed boxes ({boxes}; change with crop=SET/NAME:x,y,w,h) (as Figs. 6-10)")
         else:
             grid = comparison_grid(client, list(zip(table.rows, runs)), table.title)
             writer.figure(f"{table.key}_crops", grid, f"{table.title}: the same validation crops across settings (as Figs. 6-7)")
+
+
+def verdict_section(study: Study, writer: Writer) -> None:
+    """Each stage's verdict (winner, tie or untested, `sweeper.verdict_summary`) and its comparison table."""
+    for stage in study.stages:
+        summary = stage.tags.get("sweeper.verdict_summary")
+        if not summary:
+            continue
+        loud = "" if stage.tags.get("sweeper.verdict") == "winner" else "**" + stage.tags.get("sweeper.verdict", "").upper() + ":** "
+        rows = read_rows(study.client, stage.run_id, "results/comparison.csv")
+        title = f"Verdict of stage {stage.stage}"
+        if rows:
+            notes = (f"{loud}{summary}\n\nbehind_best: how much worse than the best point on average (metric units); low/high: "
+                     "its interval; separated: the interval excludes 0 beyond select.min_effect; repeats_needed: an estimate.")  # fmt: skip
+            writer.rows(f"verdict_{stage.stage}", title, rows, notes)
+        else:
+            writer.text(f"### {title}\n\n{loud}{summary}\n")
+
+
+def read_rows(client: MlflowClient, run_id: str, name: str) -> list[dict]:
+    """A CSV artifact of a run as dict rows ([] when it is missing)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, name, tmp)
+        except (MlflowException, OSError):
+            return []
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+
+
+def paper_rows(study: Study, published: paper.Paper) -> tuple[list[dict], list[str]]:
+    """Our finished runs beside the paper's published value for the same setting and set (each table that
+    prints it), with the difference; PSNR/SSIM only where ours were measured in the paper's space."""
+    rows, notes = [], set()
+    for run in latest_per(study.trials, lambda r: (r.arch, r.mu, r.beta, r.params.get("perceptual"))):
+        ours = {"arch": run.arch, "mu": run.params.get("mu", ""), "beta": run.beta, "perceptual": run.params.get("perceptual", "dp")}
+        space = metric_space(study.config(run)).lower()
+        for table in published.tables.values():
+            match = table.match(ours)
+            if match is None:
+                continue
+            for set_name, values in match.values.items():
+                for metric, theirs in values.items():
+                    if metric != "lpips" and space != published.space:
+                        notes.add(f"PSNR/SSIM left out: ours on {space.upper()}, the paper's on {published.space.upper()} "
+                                  "(metrics.space=rgb measures them as the paper did)")  # fmt: skip
+                        continue
+                    value = run.value(set_name, metric)
+                    if math.isnan(value):
+                        continue
+                    rows.append({"paper table": table.key, "setting": run.setting, "arch": run.arch, "set": set_name,
+                                 "metric": f"{metric} ({published.space.upper()})" if metric != "lpips" else "lpips",
+                                 "ours": value, "paper": theirs, "delta": value - theirs})  # fmt: skip
+    return rows, sorted(notes)
+
+
+def paper_section(study: Study, writer: Writer) -> None:
+    """The selection rule applied to the paper's own tables (`sweeper paper-check`), and our numbers beside the
+    paper's where setting and set match."""
+    published = paper.load()
+    metrics = [m for m in (study.stages[0].tags.get("sweeper.select_by", "lpips") if study.stages else "lpips").split(",") if m]
+    checks = paper.check(metrics, paper=published)
+    writer.text(f"### The selection rule on the paper's own tables (`sweeper paper-check select_by={','.join(metrics)}`)\n\n"
+                f"```\n{paper.render(checks, published)}```\n")  # fmt: skip
+    rows, notes = paper_rows(study, published)
+    if rows:
+        notes.append(f"Paper: {published.source}, as printed (one training per setting); delta = ours - paper. "
+                     f"LPIPS network: the paper does not say; ours as recorded in each run.")  # fmt: skip
+        writer.rows("paper_vs_ours", "Ours beside the paper's published numbers", rows, "\n\n".join(notes))
 
 
 def cost_section(writer: Writer, storage, stages: dict[str, int]) -> None:
@@ -547,9 +714,11 @@ def build(client: MlflowClient, name: str, out: Path, optuna_stages: tuple | Non
     sections += [s for s in (table3(study), table5(study, bicubic_run(study))) if s]
     sections.sort(key=lambda s: s[0].key)
     for i, (table, runs) in enumerate(sections):
-        write_section(client, writer, table, runs, crops)
+        write_section(client, study, writer, table, runs, crops)
         if table.kind == "correlation" and (i + 1 == len(sections) or sections[i + 1][0].kind != "correlation"):
             correlation_section(study, writer)
+    verdict_section(study, writer)
+    paper_section(study, writer)
     if optuna_stages:
         cost_section(writer, *optuna_stages)
         rank_check_section(writer, *optuna_stages)
@@ -596,10 +765,29 @@ def log_report(client: MlflowClient, study: Study, out: Path, page: str) -> str 
     return run_id
 
 
+@dataclass(frozen=True)
+class Written:
+    """Where a report went: its folder, its tables' keys, and the MLflow run it is attached to (if any)."""
+
+    out: Path
+    tables: list[str]
+    run_id: str | None
+
+
 def main(tokens: list[str], out: Path | None = None, write_html: bool = False) -> None:
     """`sweeper report study=NAME [--out results/NAME] [--html] [workspace=... | tracking_uri=...] [crop=SET/NAME[:x,y,w,h] ...]`."""
     images, boxes, tokens = paper_figures.parse_crop_tokens(tokens)
-    opts = parse(tokens, allow_config=False)
+    written = write(parse(tokens, allow_config=False), out, images, boxes, write_html)
+    print(f"wrote {len(written.tables)} tables ({', '.join(written.tables) or 'none'}) and figures to {written.out}/README.md"
+          + (f"; the same as one page, figures embedded: {written.out}/report.html" if write_html else ""))
+    if written.run_id:
+        print(f"logged under artifacts report/ of MLflow run {written.run_id}")
+
+
+def write(opts: Options, out: Path | None = None, images: list[str] | None = None, boxes: dict | None = None,
+          write_html: bool = False) -> Written:  # fmt: skip
+    """The report of `opts.study` written to `out` (default `results/<study>`) and attached to its last stage run;
+    `images` and `boxes` choose the fixed-box crops (`crop=` tokens); `write_html` adds report.html."""
     name = require_study(opts)
     client = open_client(opts)
     out = out or Path("results") / name
@@ -609,13 +797,9 @@ def main(tokens: list[str], out: Path | None = None, write_html: bool = False) -
         storage, stages = None, {}
     study = load_study(client, name)
     winner = study.winner()
-    crops = Crops(Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri), study.config(winner) if winner else {}, images, boxes)
+    crops = Crops(Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri), study.config(winner) if winner else {}, images or [], boxes or {})
     keys = build(client, name, out, (storage, stages) if stages else None, crops)
     page = to_html(out, f"Study {name}")
     if write_html:
         write_text_atomic(out / "report.html", page)
-    run_id = log_report(client, load_study(client, name), out, page)
-    print(f"wrote {len(keys)} tables ({', '.join(keys) or 'none'}) and figures to {out}/README.md"
-          + (f"; the same as one page, figures embedded: {out}/report.html" if write_html else ""))
-    if run_id:
-        print(f"logged under artifacts report/ of MLflow run {run_id}")
+    return Written(out, keys, log_report(client, load_study(client, name), out, page))

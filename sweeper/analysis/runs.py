@@ -7,11 +7,16 @@ interpreted in one place: tags `sweeper.*`, params `mu`/`beta`/`arch`, metrics `
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
+import yaml
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from sweeper.core.mlflow_names import BASELINES
 from sweeper.core.overrides import Options
@@ -155,3 +160,15 @@ def finished(runs: list[RunRecord]) -> list[RunRecord]:
 def stopped_early(runs: list[RunRecord]) -> list[RunRecord]:
     """The trials successive halving stopped at a rung (`sweeper.stopped_at`): shown in the tables, never ranked."""
     return [r for r in runs if r.status == "FINISHED" and r.stopped_at is not None]
+
+
+def read_artifact(client: MlflowClient, run_id: str, name: str) -> dict:
+    """A JSON or YAML mapping logged as an artifact of the run; {} when it is missing or not a mapping."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, name, tmp)
+        except (MlflowException, OSError):
+            return {}
+        text = Path(path).read_text()
+        loaded = json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
+    return loaded if isinstance(loaded, dict) else {}

@@ -46,14 +46,14 @@ both axes: seed luck and hard images cancel out of it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats as sps
 
-TIE_BREAKS = ("best_mean", "simplest")
+from sweeper.core.selection import TIE_BREAKS
+
 DRAWS = 4000  # bootstrap draws (the image part; the pure bootstrap's Bonferroni tails need many)
 EXACT_SIGN_FLIPS = 10  # sign-flip tests are exact (every pattern) up to 2^10 patterns
 
@@ -123,7 +123,9 @@ class Comparison:
         over = "over images, one seed" if self.repeats == 1 else f"over {self.repeats} repeats and images"
         if self.kind == "untested":
             return "no interval: one seed and one value per set"
-        return f"{level} {which}, paired bootstrap {over} ({self.settings.draws} draws, seed {self.settings.seed})"
+        how = ("paired pigeonhole bootstrap" if self.settings.interval == "bootstrap"
+               else "paired t (seed spread) + image bootstrap")  # fmt: skip
+        return f"{level} {which}, {how} {over} ({self.settings.draws} draws, seed {self.settings.seed})"
 
 
 def oriented(m: np.ndarray, higher_is_better: bool) -> np.ndarray:
@@ -131,7 +133,7 @@ def oriented(m: np.ndarray, higher_is_better: bool) -> np.ndarray:
     return -m if higher_is_better else m
 
 
-def _image_weights(groups: np.ndarray) -> np.ndarray:
+def image_weights(groups: np.ndarray) -> np.ndarray:
     """Each image's weight in the overall mean: 1 / (number of sets x images in its set)."""
     _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
     return 1.0 / (len(counts) * counts[inverse])
@@ -139,10 +141,10 @@ def _image_weights(groups: np.ndarray) -> np.ndarray:
 
 def weighted_means(m: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """Per point: the mean over repeats of the mean over sets of each set's image mean."""
-    return np.einsum("pri,i->p", m, _image_weights(groups)) / m.shape[1]
+    return np.einsum("pri,i->p", m, image_weights(groups)) / m.shape[1]
 
 
-def _draws(rng: np.random.Generator, repeats: int, groups: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def draws(rng: np.random.Generator, repeats: int, groups: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Bootstrap multiplicities: (n, repeats) counts of each repeat drawn, (n, images) counts of each image
     drawn within its set."""
     w = rng.multinomial(repeats, np.full(repeats, 1 / repeats), size=n).astype(float)
@@ -153,7 +155,7 @@ def _draws(rng: np.random.Generator, repeats: int, groups: np.ndarray, n: int) -
     return w, v
 
 
-def _means(d: np.ndarray, w: np.ndarray, v: np.ndarray, image_weight: np.ndarray) -> np.ndarray:
+def resampled_means(d: np.ndarray, w: np.ndarray, v: np.ndarray, image_weight: np.ndarray) -> np.ndarray:
     """Weighted means of d[p, r, i] under repeat multiplicities w[b, r] and image multiplicities v[b, i]:
     (b, p)."""
     return np.einsum("br,pri,bi->bp", w / d.shape[1], d, v * image_weight, optimize=True)
@@ -198,7 +200,7 @@ def _variance_parts(d: np.ndarray, groups: np.ndarray, v: np.ndarray) -> Varianc
     of the per-image repeat means estimates image variance plus residual/repeats. The residual (repeat x image
     interaction, from the two-way decomposition) would be counted twice, so it is taken out of the seed part."""
     n_points, n_repeats, n_images = d.shape
-    weight = _image_weights(groups)
+    weight = image_weights(groups)
     x = np.einsum("pri,i->pr", d, weight)
     per_image = d.mean(axis=1)
     image = ((v * weight) @ per_image.T).var(axis=0)
@@ -219,13 +221,13 @@ def pairs(n_points: int) -> int:
 def holm(p: Sequence[float], family: int | None = None) -> list[float]:
     """Holm's step-down adjustment of p-values (controls the family-wise error rate) within a family of
     `family` >= len(p) hypotheses (the untested ones counted as the largest p-values)."""
-    p = np.asarray(p, dtype=float)
-    family = p.size if family is None else family
-    order = np.argsort(p)
-    adjusted = np.empty_like(p)
+    values = np.asarray(p, dtype=float)
+    family = values.size if family is None else family
+    order = np.argsort(values)
+    adjusted = np.empty_like(values)
     running = 0.0
     for k, i in enumerate(order):
-        running = max(running, min(1.0, (family - k) * p[i]))
+        running = max(running, min(1.0, (family - k) * values[i]))
         adjusted[i] = running
     return adjusted.tolist()
 
@@ -260,23 +262,23 @@ def compare(m: np.ndarray, higher_is_better: bool, labels: Sequence[str], groups
         raise ValueError(f"expected m[point, repeat, image] with {len(labels)} points, got shape {m.shape}")
     if np.isnan(m).any():
         raise ValueError("m has NaN values: every point needs the metric on every image and repeat")
-    groups = np.zeros(m.shape[2], dtype=int) if groups is None else np.asarray(groups)
+    sets = np.zeros(m.shape[2], dtype=int) if groups is None else np.asarray(groups)
     n_points, n_repeats, _ = m.shape
-    weight = _image_weights(groups)
+    weight = image_weights(sets)
     s = oriented(m, higher_is_better)
-    means = weighted_means(s, groups)
+    means = weighted_means(s, sets)
     best = int(np.argmin(means))  # first of equal means: the caller's order decides exact ties
     d = s - s[best]
     diff = means - means[best]
 
     k = max(pairs(n_points), 1) if settings.simultaneous else 1
     tail = settings.alpha / (2 * k)
-    untested = n_repeats == 1 and all(np.sum(groups == g) == 1 for g in np.unique(groups))
+    untested = n_repeats == 1 and all(np.sum(sets == g) == 1 for g in np.unique(sets))
     rng = np.random.default_rng(settings.seed)
-    w, v = _draws(rng, n_repeats, groups, settings.draws)
-    parts = _variance_parts(d, groups, v)
+    w, v = draws(rng, n_repeats, sets, settings.draws)
+    parts = _variance_parts(d, sets, v)
     if settings.interval == "bootstrap":
-        low, high = np.quantile(_means(d, w, v, weight), [tail, 1 - tail], axis=0)
+        low, high = np.quantile(resampled_means(d, w, v, weight), [tail, 1 - tail], axis=0)
     else:
         half = parts.half_width(tail, n_repeats)
         low, high = diff - half, diff + half
@@ -299,14 +301,11 @@ def compare(m: np.ndarray, higher_is_better: bool, labels: Sequence[str], groups
         rows.append(Row(label=str(labels[q]), mean=float(sign * means[q]), diff=float(diff[q]), low=float(low[q]),
                         high=float(high[q]), p=float(adjusted.get(q, 1.0)), separated=bool(separated),
                         repeats_needed=needed, best=q == best))  # fmt: skip
-    if untested:
-        kind = "untested"
-    else:
-        kind = "winner" if all(r.separated for r in rows if not r.best) else "tie"
-    half = [r.half_width for r in rows if not r.best]
-    resolvable = None if untested or not half else settings.min_effect + float(np.median(half))
+    kind = "untested" if untested else "winner" if all(r.separated for r in rows if not r.best) else "tie"
+    halves = [r.half_width for r in rows if not r.best]
+    resolvable = None if untested or not halves else settings.min_effect + float(np.median(halves))
     return Comparison(metric=metric, higher_is_better=higher_is_better, rows=rows, kind=kind, repeats=n_repeats,
-                      images=m.shape[2], sets=int(np.unique(groups).size), settings=settings, test=test,
+                      images=m.shape[2], sets=int(np.unique(sets).size), settings=settings, test=test,
                       resolvable=resolvable)  # fmt: skip
 
 
@@ -364,3 +363,15 @@ def decide(metrics: Sequence[tuple[str, np.ndarray, bool]], labels: Sequence[str
         means = np.array([weighted_means(oriented(np.asarray(m, dtype=float), h), grouped) for _, m, h in metrics])
         chosen = min(pool, key=lambda p: (*means[:, p], p))
     return Verdict("tie", labels[chosen], [labels[p] for p in pool], tie_break, done)
+
+
+def comparison_rows(verdict: Verdict) -> list[dict[str, object]]:
+    """The verdict's comparisons as flat rows (one per metric and point) for an MLflow table, CSV or Markdown."""
+    rows: list[dict[str, object]] = []
+    for c in verdict.comparisons:
+        for r in c.rows:
+            rows.append({"metric": c.metric, "point": r.label, "mean": r.mean, "behind_best": r.diff, "low": r.low,
+                         "high": r.high, "p_holm": r.p, "separated": r.separated, "best": r.best,
+                         "repeats_needed": r.repeats_needed, "repeats": c.repeats, "images": c.images,
+                         "interval": c.interval, "test": c.test, "verdict": verdict.kind})  # fmt: skip
+    return rows

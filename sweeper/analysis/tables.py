@@ -1,10 +1,13 @@
 """A results table as in the paper (rows = settings or methods, columns = sets x metrics) and its three
-renderings: Markdown, CSV and LaTeX, with the best and second best value of each column marked.
+renderings: Markdown, CSV and LaTeX.
 
-Markers: Markdown `**best**`, `_second_`; LaTeX `\\textbf{best}`, `\\underline{second}` (the paper uses
-red and blue). Table 4 marks the best and the worst instead, as the paper does; each table's legend (under
-the Markdown table, in the LaTeX caption) says which. Columns follow each paper table's order: SSIM / PSNR /
-LPIPS in Tables 1, 2 and 6, PSNR / SSIM / LPIPS in Tables 4 and 5. CSV holds plain numbers.
+Marks: only a difference the data can support is marked (issue 18). `Table.significance` holds, per cell,
+`best` (the best row of its column, separated from every other row by the paired comparison of
+`sweeper.analysis.stats`) or `tie` (not separable from the best): Markdown `**best**` and `value ≈`, LaTeX
+`\\textbf{best}` and `value$\\approx$`. A column without per-image values to compare carries no mark; the note
+under the table says which intervals were used. The paper's own markers (best / second best in red and blue,
+Table 4's best and worst) rank values without any interval and are not reproduced. Columns follow each paper
+table's order: SSIM / PSNR / LPIPS in Tables 1, 2 and 6, PSNR / SSIM / LPIPS in Tables 4 and 5. CSV holds plain numbers.
 Every rendering carries the provenance line (preset, data, metric space, weights, LPIPS network, commit): in
 Markdown under the title, in CSV as the last column, in LaTeX inside the caption, so that no copy of a
 table reads as a paper result without saying what it is.
@@ -19,20 +22,13 @@ import re
 from dataclasses import dataclass, field
 from itertools import groupby
 
-from sweeper.analysis.runs import HIGHER_IS_BETTER, LABELS
+from sweeper.analysis.runs import LABELS
 
 DECIMALS = {"psnr": 2, "ssim": 4, "lpips": 4}
-MARKS = {"best2": ("best", "second"), "best": ("best",), "best_worst": ("best", "worst")}
-LEGEND = {
-    "best2": "**bold** = best, _underline_ = second best in each column.",
-    "best": "**bold** = best in each column.",
-    "best_worst": "**bold** = best, _underline_ = worst in each column.",
-}
-LEGEND_LATEX = {  # the same, in the LaTeX caption
-    "best2": r"\textbf{Bold}: best, \underline{underline}: second best in each column.",
-    "best": r"\textbf{Bold}: best in each column.",
-    "best_worst": r"\textbf{Bold}: best, \underline{underline}: worst in each column.",
-}
+LEGEND = ("**bold** = best in its column and separated from every other row; ≈ = not separable from the best "
+          "(a tie); unmarked columns: nothing to compare beyond the means.")  # fmt: skip
+LEGEND_LATEX = (r"\textbf{Bold}: best in its column and separated from every other row; $\approx$: not separable "
+                r"from the best.")  # the same, in the LaTeX caption
 
 
 @dataclass
@@ -46,31 +42,28 @@ class Table:
     rows: list[str]
     columns: list[tuple[str, str]]
     values: list[list[float]]
-    marks: str = "best2"  # a key of MARKS
     notes: list[str] = field(default_factory=list)
     unranked: set[int] = field(default_factory=set)  # rows shown but never marked (trials stopped by halving)
+    significance: list[list[str]] | None = None  # per cell: "best" | "tie" | "" (sweeper.analysis.stats)
+    spread: list[list[float]] | None = None  # per cell: the +- shown after the value (NaN: none)
+    spread_kind: str = ""  # what the +- is, e.g. "std over 3 repeats"
 
     def column(self, j: int) -> list[float]:
         return [row[j] for row in self.values]
 
     def markers(self) -> list[list[str]]:
-        """'best' / 'second' / 'worst' / '' for each cell, per column (lower is better for LPIPS), among the
-        ranked rows; ties share a marker."""
-        out = [["" for _ in self.columns] for _ in self.rows]
-        for j, (_, metric) in enumerate(self.columns):
-            present = [i for i, v in enumerate(self.column(j)) if not math.isnan(v) and i not in self.unranked]
-            sign = -1 if HIGHER_IS_BETTER[metric] else 1
-            ranked = sorted({self.values[i][j] for i in present}, key=lambda v: sign * v)
-            if len(ranked) < 2:  # one row, or every row equal: nothing stands out
-                continue
-            target = {"best": ranked[0], "second": ranked[1], "worst": ranked[-1]}
-            for i in present:
-                out[i][j] = next((m for m in MARKS[self.marks] if target[m] == self.values[i][j]), "")
-        return out
+        """'best' / 'tie' / '' for each cell: what the comparison supports (nothing without one)."""
+        if self.significance is None:
+            return [["" for _ in self.columns] for _ in self.rows]
+        return [["" if i in self.unranked else m for m in row] for i, row in enumerate(self.significance)]
 
 
-def fmt(value: float, metric: str) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.{DECIMALS[metric]}f}"
+def fmt(value: float, metric: str, spread: float = math.nan) -> str:
+    """The value at the metric's precision, `+- spread` after it when there is one."""
+    if math.isnan(value):
+        return "n/a"
+    text = f"{value:.{DECIMALS[metric]}f}"
+    return text if math.isnan(spread) else f"{text} ± {spread:.{DECIMALS[metric]}f}"
 
 
 def _groups(table: Table) -> list[tuple[str, list[int]]]:
@@ -87,7 +80,7 @@ def _cells(table: Table, wrap: dict[str, str], sep: str) -> list[list[str]]:
         for _, cols in _groups(table):
             parts = []
             for j in cols:
-                text = fmt(table.values[i][j], table.columns[j][1])
+                text = fmt(table.values[i][j], table.columns[j][1], table.spread[i][j] if table.spread else math.nan)
                 parts.append(wrap.get(marks[i][j], "{}").format(text))
             cells.append(sep.join(parts))
         rows.append(cells)
@@ -104,9 +97,9 @@ def to_markdown(table: Table) -> str:
     lines.append("| | " + " | ".join(groups) + " |")
     lines.append("|---" * (len(groups) + 1) + "|")
     lines.append("| | " + " | ".join(_subheads(table, " / ")) + " |")
-    for cells in _cells(table, {"best": "**{}**", "second": "_{}_", "worst": "_{}_"}, " / "):
+    for cells in _cells(table, {"best": "**{}**", "tie": "{} ≈"}, " / "):
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", LEGEND[table.marks]] + [f"{n}" for n in table.notes]
+    lines += ["", LEGEND] + [f"{n}" for n in table.notes]
     return "\n".join(lines) + "\n"
 
 
@@ -119,11 +112,21 @@ def to_columns(table: Table) -> dict[str, list]:
 
 
 def to_csv(table: Table) -> str:
+    """Plain numbers; with repeats, a `<set>/<metric> sd` column (the std over repeats, `spread_kind`) after
+    each value column. Marks are in the Markdown and LaTeX."""
+    def number(v: float) -> str:
+        return "" if math.isnan(v) else repr(round(v, 6))
+
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["row"] + [f"{g}/{m}" for g, m in table.columns] + ["provenance"])
-    for label, values in zip(table.rows, table.values):
-        w.writerow([label] + ["" if math.isnan(v) else repr(round(v, 6)) for v in values] + [table.header])
+    spread = table.spread
+    header = [f"{g}/{m}" for g, m in table.columns]
+    w.writerow(["row"] + ([c for h in header for c in (h, f"{h} sd")] if spread else header) + ["provenance"])
+    for i, (label, values) in enumerate(zip(table.rows, table.values)):
+        cells = [number(v) for v in values]
+        if spread:
+            cells = [c for v, sd in zip(values, spread[i]) for c in (number(v), number(sd))]
+        w.writerow([label] + cells + [table.header])
     return buf.getvalue()
 
 
@@ -139,11 +142,11 @@ def latex_escape(text: str) -> str:
 
 def to_latex(table: Table) -> str:
     groups = _groups(table)
-    wrap = {"best": r"\textbf{{{}}}", "second": r"\underline{{{}}}", "worst": r"\underline{{{}}}"}
+    wrap = {"best": r"\textbf{{{}}}", "tie": r"{}$\approx$"}
     lines = [
         r"\begin{table}[t]",
         r"\centering",
-        rf"\caption{{{latex_escape(table.title)}. {LEGEND_LATEX[table.marks]} {{\footnotesize {latex_escape(table.header)}}}}}",
+        rf"\caption{{{latex_escape(table.title)}. {LEGEND_LATEX} {{\footnotesize {latex_escape(table.header)}}}}}",
         r"\begin{tabular}{l" + "c" * len(groups) + "}",
         r"\hline",
         " & " + " & ".join(latex_escape(g) for g, _ in groups) + r" \\",

@@ -28,6 +28,7 @@ from trainer.errors import UserError
 from trainer.procs import die_with_parent
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 GRACE_S = 5.0  # how long the server may take to stop before it is killed (it keeps no state of its own)
 
 
@@ -79,7 +80,20 @@ def study_links(client: MlflowClient, url: str) -> list[str]:
     return lines
 
 
-def serve(tokens: list[str], host: str, port: int, workers: int) -> int:
+def server_command(ws: Workspace, host: str, port: int, workers: int, auth: bool = False) -> list[str]:
+    """The `mlflow server` command line: artifacts uploaded through it go to the workspace's own folder (never
+    `./mlartifacts` of wherever it was started), and the Host headers it accepts are the host given (for
+    0.0.0.0, this machine's names) rather than any (`--allowed-hosts *` would undo MLflow's DNS-rebinding check)."""
+    names = [socket.gethostname(), socket.getfqdn()] if host == "0.0.0.0" else [host]
+    allowed = sorted({n for name in [*names, "localhost", "127.0.0.1"] for n in (name, f"{name}:{port}")})
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", ws.tracking_uri,
+            "--artifacts-destination", str(ws.artifacts_dir), "--host", host, "--port", str(port),
+            "--workers", str(workers), "--allowed-hosts", ",".join(allowed),
+            "--uvicorn-opts", "--log-level warning",  # no line per HTTP request
+            *(["--app-name", "basic-auth"] if auth else [])]  # fmt: skip
+
+
+def serve(tokens: list[str], host: str, port: int, workers: int, auth: bool = False) -> int:
     """Run the MLflow server until it exits or this process is told to stop; returns the exit code."""
     opts = parse(tokens, allow_config=False)
     ws = Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri)
@@ -88,13 +102,13 @@ def serve(tokens: list[str], host: str, port: int, workers: int) -> int:
     with socket.socket() as probe:
         if probe.connect_ex((host if host != "0.0.0.0" else "127.0.0.1", port)) == 0:
             raise UserError(f"--port {port}: something already listens on {host}:{port}; pass another --port")
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", ws.tracking_uri,
-           "--host", host, "--port", str(port), "--workers", str(workers),
-           "--uvicorn-opts", "--log-level warning"]  # no line per HTTP request  # fmt: skip
-    if host not in ("127.0.0.1", "localhost"):
-        cmd += ["--allowed-hosts", "*"]  # reachable by other machines' names, as asked by --host
+    if host not in LOOPBACK:
+        print(f"warning: --host {host} serves this workspace's MLflow store (every run, metric and artifact) to anyone "
+              f"who can reach this machine{'' if auth else ', with no password (--auth adds MLflow basic-auth)'}",
+              file=sys.stderr, flush=True)
+    cmd = server_command(ws, host, port, workers, auth)
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}  # its job runner (7 queue consumers) serves GenAI features only
-    server = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGTERM))  # noqa: PLW1509
+    server = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGTERM))
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)

@@ -1,17 +1,20 @@
 """The `sweeper` command line. Each command is a thin wrapper: it imports the module that owns the work
-lazily (so `sweeper --help` does not import torch or MLflow) and turns a UserError into one line."""
+lazily (so `sweeper --help` does not import torch or MLflow) and turns a UserError or a fault of the machine
+found by a check (`trainer.errors.MachineFault`: a full disk) into one line. A hang-up (SIGHUP: the terminal
+or SSH session went away) stops `sweeper run` as Ctrl-C does."""
 
 from __future__ import annotations
 
 import functools
-import sys
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
-from trainer.errors import UserError
+from trainer.errors import MachineFault, UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -25,21 +28,37 @@ app.add_typer(data_app, name="data")
 figure_app = typer.Typer(no_args_is_help=True, help="The paper's figures that need images: Fig. 4's feature maps, Figs. 6-10's zoomed crops.")
 app.add_typer(figure_app, name="figure")
 
-Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value settings (study=, preset=, any config key); see the example below")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="key=value settings (study=, preset=, any config key); see the example below")]
+
+
+class HangUp(KeyboardInterrupt):
+    """SIGHUP arrived: handled as Ctrl-C (local trials checkpoint and are released; SLURM jobs keep running)."""
+
+
+def hang_up(signum: int, frame: Any) -> None:
+    """The SIGHUP handler of `sweeper run`: a terminal that is gone swallows what is printed from now on (a
+    write to it would fail), then the run stops as on Ctrl-C."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        if os.isatty(fd):
+            os.dup2(null, fd)
+    os.close(null)
+    raise HangUp
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print a UserError as `error: ...` on stderr and exit 2, without a traceback."""
+    """Print a UserError or MachineFault as `error: ...` on stderr and exit 2, without a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except UserError as e:
+        except (UserError, MachineFault) as e:
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.secho("interrupted: re-run the same command to resume", err=True)
+        except KeyboardInterrupt as e:
+            cause = " by a hang-up (SIGHUP)" if isinstance(e, HangUp) else ""
+            typer.secho(f"interrupted{cause}: re-run the same command to resume", err=True)
             raise typer.Exit(130) from None
 
     return wrapper
@@ -52,9 +71,11 @@ def run(
     detach: Annotated[bool, typer.Option("--detach", help="return after submitting (executor=slurm)")] = False,
 ) -> None:
     """Run (or resume) a study: `sweeper run study=mu_search preset=smoke`."""
-    from sweeper.search.run import main
+    from sweeper.api import run_study
+    from sweeper.core.overrides import split
 
-    main(overrides or [], detach=detach)
+    signal.signal(signal.SIGHUP, hang_up)
+    run_study(overrides=split(overrides or []), detach=detach)
 
 
 @app.command(epilog="Example: sweeper status study=paper --format json")
@@ -113,9 +134,9 @@ def studies() -> None:
 def evaluate(
     tokens: Annotated[list[str], typer.Argument(help="bicubic | CHECKPOINT.pt | checkpoint=RUN_OR_PT [iter=N] | folder=DIR method=NAME [workspace=...], "
                                                      "then scoring keys: metrics.space=rgb|y data.val_hr=mod12|mod4 metrics.lpips_net=alex|vgg metrics.lpips_version=0.1|0.0")],
-    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="folder holding the benchmark sets")] = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="folder holding the benchmark sets")] = None,
     sets: Annotated[str, typer.Option("--sets", help="comma-separated set names")] = "Set5,Set14,BSD100",
-    out: Annotated[Optional[Path], typer.Option("--out", help="CSV with one row per image")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="CSV with one row per image")] = None,
     upscale: Annotated[int, typer.Option("--upscale")] = 4,
     lpips: Annotated[bool, typer.Option("--lpips/--no-lpips", help="compute LPIPS when its weights are present")] = True,
 ) -> None:
@@ -132,7 +153,7 @@ def evaluate(
 @user_errors
 def figure_features(
     overrides: Overrides = None,
-    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="folder holding the benchmark sets")] = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="folder holding the benchmark sets")] = None,
     out: Annotated[Path, typer.Option("--out", help="the PNG to write")] = Path("fig4_features.png"),
 ) -> None:
     """Fig. 4: `sweeper figure features image=Set14/lenna block=beta1_2 vgg=phi3_3 channels=1,64,256 [weights=random]`."""
@@ -145,7 +166,7 @@ def figure_features(
 @user_errors
 def figure_crops(
     overrides: Overrides = None,
-    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="folder holding the benchmark sets")] = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="folder holding the benchmark sets")] = None,
     out: Annotated[Path, typer.Option("--out", help="the PNG to write")] = Path("crops.png"),
     upscale: Annotated[int, typer.Option("--upscale")] = 4,
 ) -> None:
@@ -176,10 +197,10 @@ def weights_import(files: Annotated[list[Path], typer.Argument(help="downloaded 
 @data_app.command("prepare", epilog="Example: sweeper data prepare --data-root DATA --sets DIV2K")
 @user_errors
 def data_prepare(
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value settings: preset=, upscale=, data.subimage_step=, data.cache=, workspace=")] = None,
-    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="folder holding the sets (default: data.root, $SWEEPER_DATA)")] = None,
-    sets: Annotated[Optional[str], typer.Option("--sets", help="comma-separated training sets (default: data.train_sets)")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="processes (default: every core)")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value settings: preset=, upscale=, data.subimage_step=, data.cache=, workspace=")] = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="folder holding the sets (default: data.root, $SWEEPER_DATA)")] = None,
+    sets: Annotated[str | None, typer.Option("--sets", help="comma-separated training sets (default: data.train_sets)")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="processes (default: every core)")] = None,
 ) -> None:
     """Cut training sets into sub-images and make their LR once, for every trial: `sweeper data prepare --data-root DATA --sets DIV2K`."""
     from sweeper.search import prepare
@@ -194,11 +215,12 @@ def ui(
     host: Annotated[str, typer.Option("--host", help="interface to serve on (0.0.0.0: every interface)")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 5000,
     workers: Annotated[int, typer.Option("--workers", help="MLflow server worker processes")] = 2,
+    auth: Annotated[bool, typer.Option("--auth", help="MLflow's basic-auth (users and passwords; needs mlflow[auth])")] = False,
 ) -> None:
     """Start the MLflow UI on the workspace's tracking store; it stops when this command does."""
     from sweeper.analysis import ui as ui_mod
 
-    raise typer.Exit(ui_mod.serve(overrides or [], host=host, port=port, workers=workers))
+    raise typer.Exit(ui_mod.serve(overrides or [], host=host, port=port, workers=workers, auth=auth))
 
 
 @app.command(epilog="Example: sweeper logs study=paper stage=mu trial=3")
@@ -233,7 +255,7 @@ def correlate(overrides: Overrides = None) -> None:
 def export(
     source: Annotated[str, typer.Option("--from", help="study whose winner (or --trial) to export")],
     out: Annotated[Path, typer.Option("--out", help="the .safetensors file to write")],
-    trial: Annotated[Optional[int], typer.Option("--trial", help="a finished trial's number instead of the winner")] = None,
+    trial: Annotated[int | None, typer.Option("--trial", help="a finished trial's number instead of the winner")] = None,
     overrides: Overrides = None,
 ) -> None:
     """Write a study's winning generator (or --trial N's) as safetensors with a JSON card: `sweeper export --from paper --out g.safetensors`."""
@@ -246,7 +268,7 @@ def export(
 @user_errors
 def promote(
     to: Annotated[str, typer.Option("--to", help="target architecture")] = "esrgan",
-    source: Annotated[Optional[str], typer.Option("--from", help="study to take the winner from")] = None,
+    source: Annotated[str | None, typer.Option("--from", help="study to take the winner from")] = None,
     force: Annotated[bool, typer.Option("--force", help="promote without a (consistent) correlation check")] = False,
     allow_demo: Annotated[bool, typer.Option("--allow-demo", help="promote a winner picked at preset=smoke or with random weights into preset=paper")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="preview: whether the gate passes and why, the resolved config and command")] = False,
@@ -270,6 +292,16 @@ def plan(
     plan_mod.main(overrides or [], fmt=format)
 
 
+@app.command("paper-check", epilog="Example: sweeper paper-check select_by=lpips")
+@user_errors
+def paper_check(overrides: Overrides = None) -> None:
+    """Apply the selection rule (select_by=, select.tie_break=) to the paper's own Tables 1 and 2 and print
+    what it would choose and how close the margins are."""
+    from sweeper.analysis import paper
+
+    paper.main(overrides or [])
+
+
 @app.command("rank-check", epilog="Example: sweeper rank-check study=paper")
 @user_errors
 def rank_check(overrides: Overrides = None) -> None:
@@ -283,7 +315,7 @@ def rank_check(overrides: Overrides = None) -> None:
 @user_errors
 def report(
     overrides: Overrides = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="output folder (default results/<study>)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="output folder (default results/<study>)")] = None,
     html: Annotated[bool, typer.Option("--html", help="also write report.html: the whole report as one page, figures embedded (as logged to MLflow)")] = False,
 ) -> None:
     """Regenerate the paper's tables and figures for a study from MLflow: Markdown, CSV, LaTeX, PNG."""

@@ -5,13 +5,22 @@
 (SIGKILL: no cleanup, no `finally`), or with SIGINT (Ctrl-C: the sweeper's own interrupt handling runs)
 when `SWEEPER_CRASH_SIGNAL=INT`. tests/test_crash.py crashes at each name of `CRASH_POINTS` in turn, which
 also proves that each is reached (none is dead code).
+
+`inject_fault(trial_dir)` (called by the worker before training) makes the first job of each trial folder meet
+a fault of the machine when `SWEEPER_INJECT` says so: `nospace` (a full disk: NoSpace raised) or `stall:S`
+(the job stops moving for S seconds, for the stall watchdog). A marker file in the folder keeps later jobs
+of the folder clean.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import Counter
+from pathlib import Path
+
+from trainer.errors import NoSpace
 
 CRASH_POINTS = (
     "enqueued",  # a grid point's WAITING trial exists
@@ -26,6 +35,7 @@ CRASH_POINTS = (
     "before_prune",  # a trial stopped by halving is logged to MLflow, the Optuna trial still RUNNING (paused)
     "after_finish",  # the Optuna trial is COMPLETE
     "race_recorded",  # a racing stage's round decided and recorded in Optuna, its trials not enqueued yet
+    "machine_fault",  # an attempt ended by a fault of the machine is FAIL (not counted), no new attempt yet
     "before_winner",  # the stage's trials are all settled, no winner recorded
     "after_winner",  # the winner is in Optuna, not yet in MLflow
 )
@@ -45,3 +55,17 @@ def crash_point(name: str) -> None:
     _hits[name] += 1
     if _hits[name] == int(count or 1):
         os.kill(os.getpid(), signal.SIGINT if os.environ.get("SWEEPER_CRASH_SIGNAL") == "INT" else signal.SIGKILL)
+
+
+def inject_fault(trial_dir: Path) -> None:
+    """The first job of `trial_dir` meets the fault `SWEEPER_INJECT` names (see the module docstring)."""
+    fault = os.environ.get("SWEEPER_INJECT")
+    marker = Path(trial_dir) / ".fault-injected"
+    if not fault or marker.exists():
+        return
+    marker.touch()
+    kind, _, arg = fault.partition(":")
+    if kind == "nospace":
+        raise NoSpace(f"no space left on the file system of {trial_dir} (injected: SWEEPER_INJECT={fault})")
+    if kind == "stall":
+        time.sleep(float(arg))

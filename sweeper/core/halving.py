@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping
+from typing import TypeVar
 
 Score = tuple  # a sort key, smaller is better
+K = TypeVar("K", bound=Hashable)  # what names a trial: a grid index, a trial number
 
 
 def default_rungs(n_points: int, eta: int) -> int:
@@ -58,12 +60,12 @@ def keep(n: int, eta: int, draining: bool) -> int:
 
 
 def promotions(
-    finished: Mapping[int, Mapping[Hashable, Score]],
-    promoted: Mapping[int, set[Hashable]],
+    finished: Mapping[int, Mapping[K, Score]],
+    promoted: Mapping[int, set[K]],
     open_rungs: set[int],
     eta: int,
     last: int,
-) -> list[tuple[Hashable, int]]:
+) -> list[tuple[K, int]]:
     """ASHA: (trial, rung it goes on to) for every trial that may go on now, highest rung first.
 
     `finished[k]` holds the score of each trial that finished rung k; `promoted[k]` the trials already sent
@@ -71,7 +73,7 @@ def promotions(
     it, or points of the grid are not started yet). A rung that is not open is draining: its best goes on
     even when fewer than eta trials finished it. `last` is the index of the last rung (no promotion from it).
     """
-    out: list[tuple[Hashable, int]] = []
+    out: list[tuple[K, int]] = []
     for k in sorted(finished, reverse=True):
         if k >= last:
             continue
@@ -82,7 +84,7 @@ def promotions(
     return out
 
 
-def replay(curves: Mapping[Hashable, Mapping[int, Score]], budgets: list[int], eta: int) -> list[list[Hashable]]:
+def replay(curves: Mapping[K, Mapping[int, Score]], budgets: list[int], eta: int) -> list[list[K]]:
     """Synchronous halving replayed on full curves: the trials alive at each rung, best first.
 
     `curves[t][b]` is trial t's score at budget b (every trial must have every budget). Rung 0 holds every

@@ -12,6 +12,8 @@ from urllib.parse import urlparse
 
 from mlflow import MlflowClient
 
+from trainer.errors import UserError
+
 KIND_TAG, TRAINING = "mlflow.experimentKind", "custom_model_development"  # the MLflow UI's experiment kinds
 NOTE_TAG = "mlflow.note.content"  # the experiment description the MLflow UI shows and edits
 BASELINES = "baselines"  # the experiment of reference methods (bicubic), kept out of the studies' experiments
@@ -51,7 +53,10 @@ def experiment(client: MlflowClient, name: str, artifacts_dir: Path, description
 
 def baselines_experiment(client: MlflowClient, beside: str) -> str:
     """The experiment `baselines` (bicubic and other reference methods), its artifacts beside those of experiment `beside`."""
-    artifacts = Path(urlparse(client.get_experiment_by_name(beside).artifact_location).path).parent
+    beside_experiment = client.get_experiment_by_name(beside)
+    if beside_experiment is None:
+        raise UserError(f"no MLflow experiment {beside!r}: run study={beside} first")
+    artifacts = Path(urlparse(beside_experiment.artifact_location).path).parent
     return experiment(client, BASELINES, artifacts)
 
 

@@ -9,10 +9,11 @@ against `trainer.config` so a typo fails before anything runs. Values parse like
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sweeper.core.selection import METRICS
+from sweeper.core.selection import TIE_BREAKS, Rule, parse_select_by
 from sweeper.core.studies import AUTO, MAX_REPEATS, Stage, check_repeats
 from trainer.config import (
     ALIASES,
@@ -25,7 +26,8 @@ from trainer.config import (
 from trainer.errors import UserError
 
 OPTION_KEYS = ("study", "stage", "trial", "executor", "select_by", "storage", "tracking_uri", "workspace", "rounds", "max_retries",
-               "scheduler", "scheduler.eta", "scheduler.min_iters", "repeats", "max_repeats")  # fmt: skip
+               "scheduler", "scheduler.eta", "scheduler.min_iters", "repeats", "max_repeats", "select.min_effect", "select.tie_break",
+               "select.alpha", "max_machine_faults", "retry_failed")  # fmt: skip
 SCHEDULERS = ("none", "sha")
 
 
@@ -36,19 +38,29 @@ class Options:
     trial: int | None = None
     executor: str = "local"
     executor_options: dict[str, Any] = field(default_factory=dict)
-    select_by: str | None = None  # None: the preset's default (lpips; psnr for preset=smoke)
+    select_by: str | None = None  # the first selection metric; None: the preset's default (lpips; psnr for preset=smoke)
+    select_then: tuple[str, ...] = ()  # later metrics, consulted among ties (select_by=lpips,psnr)
+    min_effect: float = 0.0  # select.min_effect, in units of the first metric
+    tie_break: str = "best_mean"  # select.tie_break
+    alpha: float = 0.05  # select.alpha: the intervals are 1 - alpha
     storage: str | None = None
     tracking_uri: str | None = None
     workspace: str | None = None
     rounds: int | None = None  # None: the study's own
     max_retries: int = 2
+    max_machine_faults: int = 3  # attempts ended in a row by the machine's faults before no new one is launched
+    retry_failed: bool = False  # re-open grid points that used up their retries
     scheduler: str = "none"  # "sha": successive halving over each stage's grid (sweeper.halving)
     eta: int = 3  # scheduler.eta
     min_iters: int | None = None  # scheduler.min_iters; None: from sweeper.halving.rung_budgets
     repeats: int | str | None = None  # trainings per grid point, or "auto" (racing); None: the study's (default 1)
     max_repeats: int | None = None  # racing's cap; None: the study's (default studies.MAX_REPEATS)
-    min_effect: float = 0.0  # select.min_effect: a difference smaller than this (first metric's units) is a tie
     config: dict[str, Any] = field(default_factory=dict)  # dotted training-config key -> parsed value
+
+    def rule(self, select_by: str) -> Rule:
+        """The selection rule with `select_by` (the resolved first metric) first."""
+        then = tuple(m for m in self.select_then if m != select_by)
+        return Rule((select_by, *then), self.min_effect, self.tie_break, self.alpha)
 
     @property
     def preset(self) -> str:
@@ -77,21 +89,38 @@ def _unknown_key(key: str) -> UserError:
 
 def parse(tokens: list[str], allow_config: bool = True) -> Options:
     """Parse `key=value` tokens; UserError on a token without '=', a repeated or unknown key, or a bad value."""
-    opts = Options()
-    seen: set[str] = set()
+    return options(split(tokens), allow_config)
+
+
+def split(tokens: list[str]) -> dict[str, str]:
+    """`key=value` tokens -> {key: value text}; UserError on a token without '=' or a key given twice."""
+    settings: dict[str, str] = {}
     for token in tokens:
         key, sep, text = token.partition("=")
         key = key.strip()
         if not sep or not key:
             raise UserError(f"'{token}' is not a key=value setting (e.g. study=mu_search or train.iters=2000)")
-        if key in seen:
+        if key in settings:
             raise UserError(f"{key}= is given twice; keep one")
-        seen.add(key)
-        value = parse_value(text)
+        settings[key] = text
+    return settings
+
+
+def options(settings: Mapping[str, Any], allow_config: bool = True) -> Options:
+    """Options from `{key: value}`: a str value reads as on the command line (YAML, `inf`), any other value
+    (from the Python API) is taken as it is; UserError on an unknown key or a bad value."""
+    opts = Options()
+    for key, raw in settings.items():
+        text = raw if isinstance(raw, str) else str(raw)
+        value = parse_value(raw) if isinstance(raw, str) else raw
         if key.startswith("executor."):
             opts.executor_options[key.removeprefix("executor.")] = value
-        elif key in ("trial", "rounds", "max_retries"):
-            setattr(opts, key, _count(key, value, 1 if key == "rounds" else 0))
+        elif key in ("trial", "rounds", "max_retries", "max_machine_faults"):
+            setattr(opts, key, _count(key, value, 1 if key in ("rounds", "max_machine_faults") else 0))
+        elif key == "retry_failed":
+            if not isinstance(value, bool):
+                raise UserError(f"retry_failed={text!r}: expected true or false")
+            opts.retry_failed = value
         elif key == "scheduler":
             if value not in SCHEDULERS:
                 raise UserError(f"scheduler={text!r} is not valid; choose one of {', '.join(SCHEDULERS)}")
@@ -103,9 +132,19 @@ def parse(tokens: list[str], allow_config: bool = True) -> Options:
             check_repeats("", value if key == "repeats" else AUTO, value if key == "max_repeats" else MAX_REPEATS)
             setattr(opts, key, value)
         elif key == "select_by":
-            if value not in METRICS:
-                raise UserError(f"select_by={text!r} is not valid; choose one of {', '.join(sorted(METRICS))}")
-            opts.select_by = value
+            opts.select_by, *then = parse_select_by(text)
+            opts.select_then = tuple(then)
+        elif key == "select.tie_break":
+            if value not in TIE_BREAKS:
+                raise UserError(f"select.tie_break={text!r} is not valid; choose one of {', '.join(TIE_BREAKS)}")
+            opts.tie_break = value
+        elif key in ("select.min_effect", "select.alpha"):
+            alpha = key == "select.alpha"
+            number = not isinstance(value, bool) and isinstance(value, (int, float)) and value == value
+            if not number or (not 0 < value < 0.5 if alpha else not 0 <= value < float("inf")):
+                expected = "a number between 0 and 0.5 (0.05: 95 % intervals)" if alpha else "a number >= 0, in the first metric's units"
+                raise UserError(f"{key}={text!r}: expected {expected}")
+            setattr(opts, "min_effect" if key == "select.min_effect" else "alpha", float(value))
         elif key in OPTION_KEYS:
             if not text.strip():
                 raise UserError(f"{key}= needs a value")

@@ -5,8 +5,8 @@ A study file holds a one-line `description`, `config` (training-config overrides
 labelled settings crossed with the grid, and optional `repeats`/`max_repeats`), optional `inputs` (config key
 -> the study whose winner supplies it), `alternate: true` (each stage starts from the previous stage's winner;
 `rounds=N` repeats the stages until the winner holds) and `repeats`/`max_repeats` for every stage (default 1:
-each point trained once; `auto`: racing, up to `max_repeats`; see `sweeper.core.repeats`). Files are looked up in ./studies, then $SWEEPER_STUDIES
-(os.pathsep-separated folders), then the studies/ folder shipped with the package.
+each point trained once; `auto`: racing, up to `max_repeats`; see `sweeper.core.repeats`). Files are looked up in ./studies (only when this user owns it),
+then $SWEEPER_STUDIES (os.pathsep-separated folders), then the studies/ folder shipped with the package.
 """
 
 from __future__ import annotations
@@ -77,8 +77,15 @@ class Study:
 
 
 def search_dirs() -> list[Path]:
+    """./studies when this user owns it (a shared folder such as /tmp must not let others define our studies:
+    a study sets what is trained and where), then $SWEEPER_STUDIES, then the built-in studies."""
     extra = [Path(p) for p in os.environ.get("SWEEPER_STUDIES", "").split(os.pathsep) if p]
-    return [Path("studies"), *extra, BUILTIN]
+    here = Path("studies")
+    try:
+        own = os.stat(here).st_uid == os.geteuid()
+    except OSError:
+        own = False
+    return [*([here] if own else []), *extra, BUILTIN]
 
 
 def available() -> dict[str, Path]:
@@ -91,6 +98,8 @@ def available() -> dict[str, Path]:
 
 
 def load(name: str) -> Study:
+    if not NAME.match(name):
+        raise UserError(f"study={name!r}: a study name is letters, digits and _ (see `sweeper studies`)")
     files = available()
     if name not in files:
         raise UserError(f"unknown study '{name}'; available: {', '.join(sorted(files)) or 'none'} (see `sweeper studies`)")

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,20 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from sweeper.core.crashpoints import crash_point
 from sweeper.core.repeats import REPEAT, Unit, grid_key, repeat_of
+from trainer.errors import UserError
 from trainer.files import file_lock
+
+
+def private_dir(path: Path, what: str) -> Path:
+    """`path` created with mode 0700, or checked when it exists: a folder that group or others may write is
+    refused (whoever can write it can plant files that run as you: SLURM job pickles, trial folders)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o022:
+        who = "group and others" if mode & 0o022 == 0o022 else "group" if mode & 0o020 else "others"
+        raise UserError(f"{what} {path} is writable by {who} (mode {mode:o}): they could plant files that run as "
+                        f"you; make it yours alone with `chmod go-w {path}`, or use another folder")
+    return path
 
 
 def default_root() -> Path:
@@ -63,6 +77,19 @@ class Workspace:
     def trial_dir(self, study: str, stage: str, name: int | str) -> Path:
         return self.root / "trials" / study / stage / str(name)
 
+    def create(self) -> None:
+        """Create the workspace folder (mode 0700), or refuse one that group or others may write."""
+        private_dir(self.root, "workspace")
+
+    def recorded_trial_dir(self, value: str) -> Path:
+        """A trial folder as the Optuna record gives it, checked to lie (links resolved) in this workspace's
+        `trials/`: a record someone else wrote must not make us write elsewhere."""
+        path, trials = Path(value), (self.root / "trials").resolve()
+        if not path.resolve().is_relative_to(trials):
+            raise UserError(f"the Optuna record names trial folder {value}, outside {trials}; refusing to use it "
+                            "(a store shared with or changed by someone else?)")
+        return path
+
     def sqlite_file(self) -> Path | None:
         """The Optuna SQLite file, or None for a server or journal storage."""
         return sqlite_path(self.storage)
@@ -79,7 +106,9 @@ class Workspace:
         if journal is None:
             return optuna.storages.get_storage(self.storage)
         journal.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
 
     def create_stores(self) -> None:
         """Create the missing SQLite stores (Optuna, MLflow) whole: their tables are made in a temporary file
@@ -87,7 +116,7 @@ class Workspace:
         a lock that other sweepers of the workspace take too."""
         from mlflow import MlflowClient
 
-        makers = {self.storage: optuna.storages.RDBStorage, self.tracking_uri: lambda url: MlflowClient(url).search_experiments()}
+        makers: dict[str, Callable[[str], object]] = {self.storage: optuna.storages.RDBStorage, self.tracking_uri: lambda url: MlflowClient(url).search_experiments()}
         for url, make in makers.items():
             db = sqlite_path(url)
             if db is not None and not db.exists():
@@ -126,10 +155,14 @@ def workspace_of(trial_dir: Path) -> Path:
 # number (one `create_new_trial`, so a kill cannot leave a trial without a folder); a sweeper claims one by
 # the atomic WAITING -> RUNNING transition (under `claim_lock` for SQLite and journal files). A failed attempt
 # is finished as FAIL and the point is enqueued again (same trial folder, so it resumes from its checkpoint)
-# until it has failed `max_retries + 1` times. Neither `study.ask` nor `study.tell` is used.
+# until it has failed `max_retries + 1` times. An attempt ended by a fault of the machine (a full disk, a killed
+# job) is FAIL too, its reason starting "machine fault", and not counted. `retry_failed=true` re-opens a point
+# that used up its retries: its new attempt carries `counted_from` (failures of earlier trials stop counting).
+# Neither `study.ask` nor `study.tell` is used.
 
 CANCELLED = "cancelled"  # reason prefix of attempts stopped by `sweeper cancel` (not counted as failures)
 DUPLICATE = "duplicate"  # reason prefix of a grid point enqueued twice by racing sweepers (not counted)
+MACHINE = "machine fault"  # reason prefix of attempts ended by a fault of the machine, not the trial's (not counted)
 CARRIED = ("budget", "rungs")  # attrs a new attempt takes over from the last one (successive halving)
 
 
@@ -147,8 +180,11 @@ def stage_trials(storage: BaseStorage, study_id: int) -> dict[tuple[tuple[str, s
 
 
 def failures(trials: list[FrozenTrial]) -> int:
-    """Failed attempts that count against `max_retries` (cancels and duplicates do not)."""
-    return sum(t.state == TrialState.FAIL and not str(t.user_attrs.get("reason", "")).startswith((CANCELLED, DUPLICATE)) for t in trials)
+    """Failed attempts that count against `max_retries`: not cancels, duplicates or the machine's faults, nor
+    those before the point was re-opened (`counted_from`)."""
+    since = max((t.user_attrs.get("counted_from", 0) for t in trials), default=0)
+    return sum(t.state == TrialState.FAIL and t.number >= since
+               and not str(t.user_attrs.get("reason", "")).startswith((CANCELLED, DUPLICATE, MACHINE)) for t in trials)
 
 
 def needs_attempt(trials: list[FrozenTrial], max_retries: int) -> bool:
@@ -166,18 +202,21 @@ def resolved(trials: list[FrozenTrial], max_retries: int) -> bool:
 
 
 def enqueue(storage: BaseStorage, study_id: int, ws: Workspace, study: str, stage: str,
-            grid: dict[str, tuple[str, ...]], units: list[Unit], max_retries: int) -> None:  # fmt: skip
-    """Enqueue every unit (grid point and repeat) that needs an attempt (call under `ws.claim_lock()`). Its
-    folder is named by the point's index in the grid and the repeat (`Unit.folder`), so every attempt of it
-    (and any re-run) finds the same folder."""
+            grid: dict[str, tuple[str, ...]], units: list[Unit], max_retries: int, reopen: bool = False) -> None:  # fmt: skip
+    """Enqueue every unit (grid point and repeat) that needs an attempt (call under `ws.claim_lock()`), and with
+    `reopen` (retry_failed=true) every unit that failed more than `max_retries` times. Its folder is named by the
+    point's index in the grid and the repeat (`Unit.folder`), so every attempt of it (and any re-run) finds the
+    same folder."""
     groups = stage_trials(storage, study_id)
     distributions: dict[str, Any] = {k: CategoricalDistribution(list(v)) for k, v in grid.items()}
     distributions[REPEAT] = IntDistribution(0, max((u.repeat for u in units), default=0))  # a range may grow between runs
     for unit in units:
         trials = groups.get(point_key(unit.params), [])
-        if not needs_attempt(trials, max_retries):
+        reopened = reopen and resolved(trials, max_retries) and all(t.state == TrialState.FAIL for t in trials)
+        if not reopened and not needs_attempt(trials, max_retries):
             continue
-        attrs = {"attempt": failures(trials) + 1, "trial_dir": str(ws.trial_dir(study, stage, unit.folder))}
+        attrs = {"attempt": 1 if reopened else failures(trials) + 1, "trial_dir": str(ws.trial_dir(study, stage, unit.folder))}
+        attrs |= {"counted_from": trials[-1].number + 1} if reopened else {}
         attrs |= {k: trials[-1].user_attrs[k] for k in CARRIED if trials and k in trials[-1].user_attrs}
         template = create_trial(state=TrialState.WAITING, params=unit.params, distributions=distributions, user_attrs=attrs)
         storage.create_new_trial(study_id, template_trial=template)

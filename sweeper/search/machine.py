@@ -6,6 +6,8 @@ what a crash at each arrow leaves and how a re-run repairs it):
 
     (none) -enqueue-> WAITING -claim-> RUNNING/claimed -token, budget.json-> launching -submit, job id->
     launched -> COMPLETE (final result, logged to MLflow) | FAIL (counted; a new WAITING attempt, same folder)
+             -> FAIL "machine fault: ..." (not counted; a new WAITING attempt; after max_machine_faults in a row
+                no new job is launched and the run stops, saying why)
              -> launching again ("interrupted": SIGTERM, checkpointed; no retry spent)
              -> paused at rung k (scheduler=sha) -> launching (promoted: resumes) | PRUNED (not promoted)
 
@@ -18,6 +20,7 @@ Opening a stage and concluding it (the winner) is `sweeper.search.stage`; what a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -38,6 +41,7 @@ from sweeper.core.selection import rank
 from sweeper.core.studies import Stage
 from sweeper.core.workspace import (
     CANCELLED,
+    MACHINE,
     claim,
     enqueue,
     finish,
@@ -71,6 +75,10 @@ class StageCancelled(UserError):
     """`sweeper cancel` was run on the stage this process works on."""
 
 
+class MachineHalt(UserError):
+    """`max_machine_faults` attempts in a row ended by faults of the machine: the stage stops launching and ends."""
+
+
 class Settled(Exception):
     """The trial was finished by another process (`sweeper cancel`, or a sweeper that adopted it) meanwhile."""
 
@@ -89,6 +97,7 @@ class StageWork:
     units: list[Unit] = field(default_factory=list)  # what `run_to_end` works on now (a racing stage adds rounds)
     mine: set[int] = field(default_factory=set)  # numbers of the RUNNING trials this process owns
     renewed_at: float = 0.0
+    machine_faults: list[str] = field(default_factory=list)  # reasons of the attempts ended in a row by the machine
 
     # --- the loop ---
 
@@ -98,16 +107,19 @@ class StageWork:
         self.units = units
         wanted = {point_key(u.params) for u in units}
         bars = StageProgress(f"{self.run.study.name}.{self.name}", len(units))
+        reopen = self.run.opts.retry_failed
         try:
             while True:
                 if self.run.storage.get_study_user_attrs(self.study_id).get("cancelled"):
                     raise StageCancelled(f"stage {self.run.study.name}.{self.name} was cancelled (`sweeper cancel`); re-run to resume it")
                 with self.run.ws.claim_lock():
                     enqueue(self.run.storage, self.study_id, self.run.ws, self.run.study.name, self.name,
-                            self.stage.grid, units, self.run.opts.max_retries)  # fmt: skip
+                            self.stage.grid, units, self.run.opts.max_retries, reopen)  # fmt: skip
+                reopen = False  # retry_failed=true re-opens the units that had failed when the run started, once
                 self.renew_leases()
                 self.adopt()
                 self.advance()
+                self.check_halt()
                 groups = {k: v for k, v in stage_trials(self.run.storage, self.study_id).items() if k in wanted}
                 bars.update(groups, self.run.opts.max_retries)
                 if all(resolved(trials, self.run.opts.max_retries) for trials in groups.values()) and len(groups) >= len(wanted):
@@ -121,7 +133,7 @@ class StageWork:
             raise
         except BaseException as e:
             self.release()
-            tracking.end_stage_run(self.run.client, self.parent, "KILLED" if isinstance(e, StageCancelled) else "FAILED")
+            tracking.end_stage_run(self.run.client, self.parent, "KILLED" if isinstance(e, (StageCancelled, MachineHalt)) else "FAILED")
             raise
         finally:
             bars.close()
@@ -158,7 +170,7 @@ class StageWork:
             except Settled:
                 self.settled(t.number)
         busy = sum(self.phase(t) in LIVE_PHASES for t in self.trials(TrialState.RUNNING) if t.number in self.mine)  # relaunches too
-        free = self.run.executor.slots() - busy
+        free = 0 if self.halted() else self.run.executor.slots() - busy
         promoted = self.promotions()[: max(free, 0)]
         launch += promoted
         free -= len(promoted)
@@ -193,7 +205,7 @@ class StageWork:
         if phase != "launched":
             return None  # paused: `promotions` moves it
         executor = self.run.executor_of(t)
-        trial_dir = Path(attrs["trial_dir"])
+        trial_dir = self.run.ws.recorded_trial_dir(attrs["trial_dir"])
         if executor.state(attrs["job_id"]) != "ENDED" or folder_busy(trial_dir):
             return None  # running (or a superseded duplicate ended while the live job still holds the folder)
         return self.job_ended(t, trial_dir)
@@ -202,7 +214,7 @@ class StageWork:
         """Read what the ended job left: a final result, a rung, an interruption, a failure, or nothing."""
         budget, result = t.user_attrs["budget"], read_result(trial_dir)
         status = (result or {}).get("status")
-        if status == "complete":
+        if status == "complete" and result is not None:
             self.complete(t, trial_dir, result)
         elif status == "interrupted":  # SIGTERM: checkpointed; resume without spending a retry
             (trial_dir / "result.json").unlink(missing_ok=True)
@@ -211,10 +223,15 @@ class StageWork:
             self.pause(t, budget, rung)
         else:
             logs_cmd = f"sweeper logs study={self.run.study.name} stage={self.name} trial={t.number}{self.run.opts.where}"
-            reason = (result or {}).get("reason") or f"the job ended without a result (killed or crashed: `{logs_cmd}`)"
+            reason = (result or {}).get("reason") or (f"the job ended without a result (killed: out of memory, kill -9 "
+                                                      f"or a lost node; `{logs_cmd}`)")
             if result:  # keep the attempt's result; the retry resumes from the checkpoint
                 os.replace(trial_dir / "result.json", trial_dir / f"result.attempt-{t.user_attrs.get('attempt', 1)}.json")
-            self.end(t.number, TrialState.FAIL, None, {"reason": reason})
+            if result is None or result.get("fault") == "machine":
+                self.machine_fault(t, reason)
+            else:
+                self.end(t.number, TrialState.FAIL, None, {"reason": reason})
+                self.machine_faults.clear()
         return None
 
     # --- transitions ---
@@ -229,22 +246,25 @@ class StageWork:
         if any(e.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING) for e in earlier):
             self.end(t.number, TrialState.FAIL, None, {"reason": "duplicate grid point (enqueued twice by racing sweepers)"})
             return None
-        trial_dir = Path(t.user_attrs["trial_dir"])
+        trial_dir = self.run.ws.recorded_trial_dir(t.user_attrs["trial_dir"])
         write_text_atomic(trial_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
         source = reusable(self.run, identity)
         if source is not None:
-            copy_outcome(Path(source[1]), trial_dir)
+            copy_outcome(self.run.ws.recorded_trial_dir(source[1]), trial_dir)
             self.set_attrs(t.number, reused_from=source[0])
-            self.complete(self.fetch(t.number), trial_dir, read_result(trial_dir))
+            result = read_result(trial_dir)
+            assert result is not None, f"{source[1]} was reused without a result"
+            self.complete(self.fetch(t.number), trial_dir, result)
             return None
         return t.user_attrs.get("budget", self.budgets[0])
 
     def launch(self, launches: list[tuple[FrozenTrial, int]]) -> None:
         """Submit trials in one call (one SLURM job array). Each gets a fresh launch token, written to its
         budget.json and recorded on the trial before the job exists; the job id is recorded after."""
-        batch, jobs = uuid.uuid4().hex[:12], []
+        batch = uuid.uuid4().hex[:12]
+        jobs: list[TrialJob] = []
         for t, budget in launches:
-            token, trial_dir = f"{batch}.{len(jobs)}", Path(t.user_attrs["trial_dir"])
+            token, trial_dir = f"{batch}.{len(jobs)}", self.run.ws.recorded_trial_dir(t.user_attrs["trial_dir"])
             result = read_result(trial_dir)
             if result and result.get("status") != "complete":
                 (trial_dir / "result.json").unlink()  # an interruption's: the job resumes from the checkpoint
@@ -279,6 +299,7 @@ class StageWork:
         crash_point("rung_reported")
         rungs = {**t.user_attrs.get("rungs", {}), str(budget): metrics}
         self.set_attrs(t.number, rungs=rungs, metrics=metrics, reached_iters=budget, phase="paused")
+        self.machine_faults.clear()
 
     def promotions(self) -> list[tuple[FrozenTrial, int]]:
         """ASHA over the grid (`sweeper.core.halving.promotions`): (paused trial of mine, next budget) to launch
@@ -319,7 +340,7 @@ class StageWork:
             for t in paused:
                 if t.number in self.mine:
                     reached = t.user_attrs["reached_iters"]
-                    run_id = self.log(t, Path(t.user_attrs["trial_dir"]), stopped_at=reached)
+                    run_id = self.log(t, self.run.ws.recorded_trial_dir(t.user_attrs["trial_dir"]), stopped_at=reached)
                     crash_point("before_prune")
                     reason = f"stopped by successive halving at {reached} iterations"
                     try:
@@ -343,6 +364,29 @@ class StageWork:
         self.end(t.number, TrialState.COMPLETE, metrics[f"mean/{self.run.select_by}"],
                  {"mlflow_run_id": run_id, "metrics": metrics, "duration_s": result.get("duration_s"), "reached_iters": result.get("iters")})  # fmt: skip
         crash_point("after_finish")
+        self.machine_faults.clear()
+
+    # --- faults of the machine (issue 19): not the trial's, no retry spent ---
+
+    def machine_fault(self, t: FrozenTrial, reason: str) -> None:
+        """An attempt ended by a fault of the machine (a full or failing disk, memory, a killed job): FAIL with
+        a reason starting "machine fault", not counted against max_retries; the point is enqueued again (the
+        next attempt resumes from the checkpoint)."""
+        self.end(t.number, TrialState.FAIL, None, {"reason": f"{MACHINE}: {reason}"})
+        crash_point("machine_fault")
+        self.machine_faults.append(reason)
+        print(f"[{self.run.study.name}.{self.name}] trial {t.number}: {MACHINE}, waiting again (no retry spent): {reason}", flush=True)
+
+    def halted(self) -> bool:
+        """Whether `max_machine_faults` attempts in a row ended by the machine's faults: no new job is launched."""
+        return len(self.machine_faults) >= self.run.opts.max_machine_faults
+
+    def check_halt(self) -> None:
+        """Once halted and none of this process's jobs is running any more: stop, saying why and what to do."""
+        if self.halted() and not any(self.phase(t) in LIVE_PHASES for t in self.trials(TrialState.RUNNING) if t.number in self.mine):
+            raise MachineHalt(f"stopped: {len(self.machine_faults)} trials in a row could not run for a fault of the "
+                              f"machine, not of their settings (no retry spent); the last: {self.machine_faults[-1]}. "
+                              "Re-run the same command to resume once it is fixed")
 
     def log(self, t: FrozenTrial, trial_dir: Path, stopped_at: int | None = None) -> str:
         """Log the trial to MLflow as a nested run of the stage (found by its trial key if already logged)."""
@@ -388,7 +432,8 @@ class StageWork:
             if t.number in self.mine:
                 continue
             if owner is None:  # claimed, killed before the owner was recorded
-                orphan = now - t.datetime_start.timestamp() > LEASE_S
+                started = t.datetime_start.timestamp() if t.datetime_start else now  # (RUNNING: always set)
+                orphan = now - started > LEASE_S
             else:
                 orphan = owner_alive(owner) is False or (lease is not None and lease < now)
             if orphan:
@@ -401,10 +446,8 @@ class StageWork:
     def release(self) -> None:
         """Let another sweeper adopt this process's trials at once (their jobs, if any, keep running)."""
         for number in list(self.mine):
-            try:
+            with contextlib.suppress(Settled):
                 self.set_attrs(number, lease_until=0.0)
-            except Settled:
-                pass
 
     def interrupt(self) -> None:
         """Ctrl-C: SIGTERM this process's local jobs (they checkpoint and leave "interrupted"), wait for them,

@@ -33,12 +33,12 @@ import yaml
 
 from sweeper.analysis import ledger
 from sweeper.core import halving
+from sweeper.core.identity import config_hash
 from sweeper.core.overrides import Options, parse, require_study, stage_repeats
 from sweeper.core.repeats import unit_config, units
 from sweeper.core.studies import AUTO, load
 from sweeper.core.workspace import Workspace
 from sweeper.search.executors import make_executor
-from sweeper.core.identity import config_hash
 from trainer.config import Config, build_config
 from trainer.data import prepared_data_id, subimage_count
 from trainer.errors import UserError

@@ -69,7 +69,8 @@ class StageProgress:
         self.start = time.monotonic()
         self.first_done: int | None = None  # points already resolved when this command began
         self.last_line = self.start
-        self.done, self.running = 0, {}
+        self.done = 0
+        self.running: dict[int, FrozenTrial] = {}
 
     def update(self, groups: dict[Any, list[FrozenTrial]], max_retries: int) -> None:
         done = sum(resolved(trials, max_retries) for trials in groups.values())

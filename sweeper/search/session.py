@@ -167,9 +167,11 @@ def reusable(run: Run, identity: str) -> tuple[str, str] | None:
 
 def copy_outcome(source: Path, trial_dir: Path) -> None:
     """Give a reused trial its own folder: the source's metrics and samples, then (atomically, last) its
-    result.json, beside the trial's own config.yaml (which records this grid point's settings)."""
-    if (source / "samples").is_dir():
-        shutil.copytree(source / "samples", trial_dir / "samples", dirs_exist_ok=True)
-    if (source / "metrics.jsonl").exists():
+    result.json, beside the trial's own config.yaml (which records this grid point's settings). Symbolic links
+    in the source are skipped, never followed."""
+    if (source / "samples").is_dir() and not (source / "samples").is_symlink():  # links are never followed
+        shutil.copytree(source / "samples", trial_dir / "samples", dirs_exist_ok=True,
+                        ignore=lambda folder, names: [n for n in names if os.path.islink(os.path.join(folder, n))])
+    if (source / "metrics.jsonl").is_file() and not (source / "metrics.jsonl").is_symlink():
         shutil.copyfile(source / "metrics.jsonl", trial_dir / "metrics.jsonl")
     write_bytes_atomic(trial_dir / "result.json", (source / "result.json").read_bytes())

@@ -12,12 +12,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper.analysis import racing
+from sweeper.analysis import evidence, racing, stats
 from sweeper.core.crashpoints import crash_point
-from sweeper.core.identity import BOOKKEEPING, config_hash
+from sweeper.core.identity import BOOKKEEPING, SETTINGS_KEYS, config_hash
 from sweeper.core.overrides import stage_repeats
 from sweeper.core.repeats import grid_key, mean_metrics, repeat_of, units
-from sweeper.core.selection import HIGHER_IS_BETTER, rank
+from sweeper.core.selection import HIGHER_IS_BETTER, rank, simplicity
 from sweeper.core.studies import AUTO, Stage
 from sweeper.core.workspace import point_key
 from sweeper.search import tracking
@@ -60,7 +60,7 @@ def open_stage(run: Run, stage: Stage, name: str, config: dict[str, Any]) -> Sta
             study_id = run.storage.create_new_study([direction], full)
         except optuna.exceptions.DuplicatedStudyError:
             study_id = run.storage.get_study_id_from_name(full)
-        attrs = run.storage.get_study_user_attrs(study_id)
+        attrs: dict[str, Any] = run.storage.get_study_user_attrs(study_id)
         for key, value in {**recorded, "settings": flatten(resolved)}.items():  # a kill right after creating the study leaves them unset
             if key not in attrs:
                 run.storage.set_study_user_attr(study_id, key, value)
@@ -108,7 +108,7 @@ def race_round(work: StageWork, groups: dict[Any, list[FrozenTrial]], record: di
     results: dict[int, list[dict[str, Any]]] = {}
     for i in alive:
         done = [next((t for t in groups.get(point_key(u.params), []) if t.state == TrialState.COMPLETE), None) for u in units(work.stage, {i: range(seeds)})]
-        found = [read_result(Path(t.user_attrs["trial_dir"])) for t in done if t is not None]
+        found = [r for t in done if t is not None and (r := read_result(Path(t.user_attrs["trial_dir"]))) is not None]
         if len(found) == seeds:
             results[i] = found
     labels = [" ".join(f"{k}={v}" for k, v in points[i].items()) for i in results]
@@ -129,9 +129,27 @@ def race_round(work: StageWork, groups: dict[Any, list[FrozenTrial]], record: di
     return {"rounds": [*record["rounds"], kept], "said": said}
 
 
+def trainings(work: StageWork, done: list[FrozenTrial]) -> tuple[list[evidence.Trained], dict[str, FrozenTrial], dict[str, Any]]:
+    """The stage's finished trainings for `evidence.stage_verdict` (a point labelled by the settings that vary in
+    the stage), the trial standing for each point (its lowest repeat) and each point's simplicity key."""
+    varying = [k for k in SETTINGS_KEYS if len({t.user_attrs["settings"].get(k) for t in done}) > 1] or list(SETTINGS_KEYS)
+    space = build_config(work.config).metrics.space
+    out, first, simple = [], {}, {}
+    for t in sorted(done, key=lambda t: (repeat_of(t.params), t.number)):
+        settings = t.user_attrs["settings"]
+        point = " ".join(f"{k.removeprefix('loss.')}={settings[k]}" for k in varying)
+        result = read_result(Path(t.user_attrs["trial_dir"])) or {}
+        out.append(evidence.Trained(point, repeat_of(t.params), result, space))
+        first.setdefault(point, t)
+        simple[point] = simplicity(settings)
+    return out, first, simple
+
+
 def conclude(work: StageWork, groups: dict[Any, list[FrozenTrial]]) -> dict[str, str]:
-    """Pick the winner among the COMPLETE trials (the best mean over a point's repeats) and record it in Optuna and MLflow (idempotent: a re-run
-    recomputes it, and may change it); log the stage's table and plot."""
+    """Pick the winner among the COMPLETE trials by the stage's verdict (`evidence.stage_verdict`: paired
+    intervals over repeats and images; without per-image values, the best mean over a point's repeats) and
+    record it in Optuna and MLflow (idempotent: a re-run recomputes it, and may change it); log the
+    comparison, the stage's table and plot. A tie is said loudly."""
     done = [t for trials in groups.values() for t in trials if t.state == TrialState.COMPLETE]
     failed = [trials[-1] for trials in groups.values() if not any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)]
     for t in failed:
@@ -149,17 +167,45 @@ def conclude(work: StageWork, groups: dict[Any, list[FrozenTrial]]) -> dict[str,
     for t in sorted(done, key=lambda t: (repeat_of(t.params), t.number)):  # a point's trial standing for it: its lowest repeat
         by_point.setdefault(grid_key(t.params), []).append(t)
     means = {p: mean_metrics(t.user_attrs["metrics"] for t in trials) for p, trials in by_point.items()}  # over the repeats
-    chosen = min(by_point, key=lambda p: (*rank(work.run.select_by, means[p]), by_point[p][0].number))
-    best = by_point[chosen][0]
+    trained, standing, simple = trainings(work, done)
+    verdict = evidence.stage_verdict(trained, work.run.opts.rule(work.run.select_by), simple)
+    if verdict is None:  # the metric is not there per image and repeat: the best mean, untested
+        chosen = min(by_point, key=lambda p: (*rank(work.run.select_by, means[p]), by_point[p][0].number))
+        best = by_point[chosen][0]
+        record = {"kind": "untested", "tied": [], "summary": f"UNTESTED: by mean {work.run.select_by} only (no paired values to compare)"}
+    else:
+        best = standing[verdict.chosen]
+        chosen = grid_key(best.params)
+        record = {"kind": verdict.kind, "tied": verdict.tied, "summary": verdict.summary()}
     winner = best.user_attrs["settings"]
     with file_lock(work.run.ws.root / "setup.lock"):  # two sweepers concluding at once: MLflow's tag inserts race
         crash_point("before_winner")
         work.run.storage.set_study_user_attr(work.study_id, "winner", winner)
         work.run.storage.set_study_user_attr(work.study_id, "winner_trial", best.number)
+        work.run.storage.set_study_user_attr(work.study_id, "verdict", record)
         work.run.storage.set_study_user_attr(work.study_id, "finished_at", time.time())
         crash_point("after_winner")
+        tracking.log_verdict(work.run.client, work.parent, record, stats.comparison_rows(verdict) if verdict else [])
         tracking.finish_stage(work.run.client, work.run.study.name, work.name, work.parent, best.user_attrs["mlflow_run_id"], winner)
     score, n = means[chosen][f"mean/{work.run.select_by}"], len(by_point[chosen])
     over = f" over {n} repeats" if n > 1 else ""
     print(f"stage {work.name}: winner trial {best.number} ({', '.join(f'{k}={v}' for k, v in winner.items())}), mean {work.run.select_by}{over} {score:.4f}")
+    print(f"stage {work.name}: {'!!! ' if record['kind'] != 'winner' else ''}{record['summary']}")
+    if verdict is not None:
+        print(resolution(verdict))
     return winner
+
+
+def resolution(verdict: stats.Verdict) -> str:
+    """What this design can resolve, and what more repeats would buy (estimates), for the CLI."""
+    c = verdict.comparisons[0]
+    if c.resolvable is None:
+        return "  resolution: unknown (no interval)"
+    text = f"  resolution (estimate): differences below about {c.resolvable:.4g} {c.metric} are not resolved with {c.repeats} repeat(s)"
+    close = [r for r in c.rows if not r.best and not r.separated]
+    if c.repeats == 1:
+        return text + "; with one seed the intervals cover image sampling only: pass repeats=3 or more to measure seed noise"
+    for r in close:
+        needed = f"about {r.repeats_needed} repeats" if r.repeats_needed else "more images, not more repeats"
+        text += f"\n  {r.label}: {r.diff:.4g} behind {c.best.label}; resolving it would take {needed} (estimate)"
+    return text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.analysis import ledger
-from sweeper.core.overrides import Options, parse, require_study
+from sweeper.core.overrides import Options, parse
 from sweeper.core.repeats import mean_metrics, point_of, repeat_of
 from sweeper.core.trials import stage_ids
 from sweeper.core.workspace import CANCELLED, Workspace, finish
@@ -45,25 +46,45 @@ def trial_record(storage: BaseStorage, stage: str, t: FrozenTrial) -> dict[str, 
     return record
 
 
+@dataclass(frozen=True)
+class StudyTrials:
+    """A study's trials (`trial_record`s plus `winner`: the stage's winner or not), each stage's verdict and what they cost."""
+
+    study: str
+    stages: list[str]
+    trials: list[dict[str, Any]]
+    costs: list[ledger.StageCost]
+    verdicts: dict[str, dict[str, Any]]  # stage -> its recorded verdict (issue 18)
+
+
+def study_trials(opts: Options) -> StudyTrials:
+    """Every trial of every stage of `opts.study` (UserError when it never ran); creates nothing."""
+    name, _, storage, stages = stage_ids(opts)
+    trials = [trial_record(storage, stage, t) for stage, sid in stages.items() for t in storage.get_all_trials(sid, deepcopy=False)]
+    attrs = {stage: storage.get_study_user_attrs(sid) for stage, sid in stages.items()}
+    for t in trials:
+        t["winner"] = attrs[t["stage"]].get("winner_trial") == t["number"]
+    verdicts = {stage: a["verdict"] for stage, a in attrs.items() if "verdict" in a}  # issue 18: winner, tie or untested
+    return StudyTrials(name, list(stages), trials, ledger.study_costs(storage, stages), verdicts)  # costs: issue 12's ledger
+
+
 def status(tokens: list[str], fmt: str = "table") -> None:
-    """`sweeper status study=NAME [--format json]`: every trial of every stage."""
+    """`sweeper status study=NAME [--format json]`: every trial of every stage, each stage's verdict, the cost."""
     if fmt not in ("table", "json"):
         raise UserError(f"--format {fmt}: choose table or json")
-    name, _, storage, stages = stage_ids(parse(tokens, allow_config=False))
-    trials = [trial_record(storage, stage, t) for stage, sid in stages.items() for t in storage.get_all_trials(sid, deepcopy=False)]
-    winners = {stage: storage.get_study_user_attrs(sid).get("winner_trial") for stage, sid in stages.items()}
-    for t in trials:
-        t["winner"] = winners[t["stage"]] == t["number"]
-    costs = ledger.study_costs(storage, stages)  # issue 12: the cost ledger's totals per stage
+    found = study_trials(parse(tokens, allow_config=False))
     if fmt == "json":
-        print(json.dumps({"study": name, "stages": list(stages), "trials": trials, "cost": ledger.cost_rows(costs)}, indent=1))
+        out = {"study": found.study, "stages": found.stages, "trials": found.trials, "verdicts": found.verdicts,
+               "cost": ledger.cost_rows(found.costs)}  # fmt: skip
+        print(json.dumps(out, indent=1))
         return
-    print("\n".join([format_table(trials), *ledger.status_lines(costs)]))
+    lines = [f"verdict {stage}: {'!!! ' if v['kind'] != 'winner' else ''}{v['summary']}" for stage, v in found.verdicts.items()]
+    print("\n".join([format_table(found.trials), *lines, *ledger.status_lines(found.costs)]))
 
 
 def format_table(trials: list[dict[str, Any]]) -> str:
     """One row per trial; with repeats, a point's trials together (by repeat) under a row of their means."""
-    rows = [("stage", "#", "state", "params", "rep", "psnr", "ssim", "lpips", "time", "progress / note")]
+    rows: list[tuple[str, ...]] = [("stage", "#", "state", "params", "rep", "psnr", "ssim", "lpips", "time", "progress / note")]
     by_point: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for t in trials:
         by_point.setdefault((t["stage"], " ".join(f"{k}={v}" for k, v in t["params"].items())), []).append(t)

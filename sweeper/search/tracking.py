@@ -210,3 +210,21 @@ def finish_stage(client: MlflowClient, study: str, stage: str, parent_id: str, w
                 png.write_bytes(plot(rows, sets, table.title))
                 client.log_artifact(parent_id, str(png), "results")
     client.set_terminated(parent_id, "FINISHED")
+
+
+def log_verdict(client: MlflowClient, parent_id: str, record: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """The stage's verdict as tags (`sweeper.verdict` winner | tie | untested, `sweeper.tied`, `sweeper.verdict_summary`)
+    and its comparison (differences to the best, intervals, p-values) as the MLflow table `results/comparison.json`
+    with a CSV beside it."""
+    from sweeper.analysis import tables
+
+    client.set_tag(parent_id, "sweeper.verdict", record["kind"])
+    client.set_tag(parent_id, "sweeper.tied", ", ".join(record["tied"]))
+    client.set_tag(parent_id, "sweeper.verdict_summary", record["summary"][:5000])
+    if rows:
+        path = "results/comparison.json"
+        if any(a.path == path for a in client.list_artifacts(parent_id, "results")):  # concluded again: replace, not append
+            client.log_dict(parent_id, {"columns": list(rows[0]), "data": [list(r.values()) for r in rows]}, path)
+        else:  # log_table also registers it as a table for the MLflow UI
+            client.log_table(parent_id, {k: [r[k] for r in rows] for k in rows[0]}, path)
+        client.log_text(parent_id, tables.rows_to_csv(rows), "results/comparison.csv")

@@ -60,8 +60,7 @@ def train_on_executor(opts: Options, ws: Workspace, config: dict[str, Any], job:
     """Run one training as a job of `opts.executor` (a SLURM job for `executor=slurm`), wait for it with a
     progress bar, and return its result.json; a requeued job (time limit, preemption) resumes on its own."""
     executor = make_executor(opts.executor, opts.executor_options, ws.root, opts.preset)
-    if executor.name == "slurm":
-        executor.check(ws.sqlite_file())
+    executor.check(ws.sqlite_file())
     write_text_atomic(job.trial_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     write_json_atomic(job.trial_dir / "budget.json", {"stop_after": None, "token": job.token})
     (job_id,) = executor.submit([job])

@@ -3,7 +3,8 @@
 Takes the trial folder's lock (`TRIAL_DIR/.lock`, an exclusive flock held for the whole life of the
 process), loads `config.yaml`, trains to the budget in `budget.json` (resuming from `ckpt/last.pt` when
 present) and leaves `rungs/<budget>.json` (a rung of successive halving) or `result.json`. Any failure still
-leaves a `result.json` with status "failed" and the reason, so the orchestrator can tell a failed trial from
+leaves a `result.json` with status "failed" and the reason (`"fault": "machine"` when it was the machine's:
+a full or failing disk, memory; `trainer.errors.environment_fault`), so the orchestrator can tell a failed trial from
 a killed one (no result at all); SIGTERM leaves one with status "interrupted" after a checkpoint.
 
 No two live jobs ever write one trial folder: a worker that finds the lock held (a job that was started
@@ -22,8 +23,10 @@ from typing import IO, Any
 
 import yaml
 
+from sweeper.core.crashpoints import inject_fault
 from sweeper.core.workspace import workspace_of
 from trainer.config import config_from_dict
+from trainer.errors import environment_fault
 from trainer.files import read_json, write_json_atomic
 
 LOCK = ".lock"
@@ -102,10 +105,13 @@ def main(argv: list[str]) -> int:
         print(f"superseded: another job owns {trial_dir}; exiting without writing", file=sys.stderr)
         return 0
     try:
+        inject_fault(trial_dir)
         result = run_trial(trial_dir, budget.get("stop_after"))
     except Exception as e:  # recorded for the orchestrator, which retries or reports it
         traceback.print_exc()
-        result = {"status": "failed", "reason": f"{type(e).__name__}: {e}".splitlines()[0]}
+        machine = environment_fault(e)  # the machine's fault: no retry is spent on it
+        result = {"status": "failed", "reason": machine or f"{type(e).__name__}: {e}".splitlines()[0]}
+        result |= {"fault": "machine"} if machine else {}
         if not (trial_dir / "result.json").exists():
             write_json_atomic(trial_dir / "result.json", result)
     return 0 if result.get("status") in ("complete", "stopped") else 1

@@ -84,7 +84,7 @@ class DualPerceptualLoss(nn.Module):
         with torch.no_grad():
             hr_res = self.resnet(y)
         losses = [F.l1_loss(a, b) for a, b in zip(self.resnet(x), hr_res)]  # eq. (5), per stage
-        l_res = sum(losses) if published else losses[-1]
+        l_res = sum(losses[1:], losses[0]) if published else losses[-1]
 
         if self.mode == "static":
             weight = l_vgg.new_tensor(self.static_weight)

@@ -15,6 +15,7 @@ feature maps of the paper's Fig. 4).
 from __future__ import annotations
 
 import re
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -37,8 +38,11 @@ def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
     std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (x - mean) / std
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
-def freeze(net: nn.Module) -> nn.Module:
+
+
+def freeze(net: ModuleT) -> ModuleT:
     net.requires_grad_(False)
     return net.eval()
 
@@ -83,7 +87,7 @@ def resnet_block(weights: str, beta: str) -> nn.Module:
     return freeze(nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, *stages[: m - 1], stages[m - 1][:n]))
 
 
-def vgg_layer(weights: str, phi: str) -> nn.Module:
+def vgg_layer(weights: str, phi: str) -> nn.Sequential:
     """VGG19 up to conv Phi_{i,j} (block i, its j-th conv), before its ReLU as eq. (4)'s Phi_{5,4}."""
     names, index, block, j = {}, 0, 1, 0  # features' layers: a conv and its ReLU per number in cfg "E", a pool per "M"
     for layer in vgg_cfgs["E"]:

@@ -31,6 +31,10 @@ class Executor(Protocol):
         """How many trials may run at once."""
         ...
 
+    def check(self, sqlite_file: Path | None) -> None:
+        """Before a run creates anything: fail (UserError) on settings this executor cannot run with."""
+        ...
+
     def submit(self, jobs: list[TrialJob]) -> list[str]:
         """Start the jobs (each told its token); return one job id per job, in order."""
         ...

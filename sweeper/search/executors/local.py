@@ -20,6 +20,7 @@ a job it did not start, and a recycled pid is never mistaken for the job.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -71,6 +72,9 @@ class LocalExecutor:
 
     def slots(self) -> int:
         return self.n_jobs
+
+    def check(self, sqlite_file: Path | None) -> None:
+        """Nothing to ask ahead: the options were checked when the executor was made."""
 
     def submit(self, jobs: list[TrialJob]) -> list[str]:
         return [self._start(job) for job in jobs]
@@ -146,10 +150,20 @@ def zygote() -> None:
 
     Ends when the sweeper closes the pipe (or dies); the workers it forked keep running in their own sessions.
     """
+    import lpips  # noqa: F401  (imported once here rather than by every trial's first validation)
     import torch
 
     import trainer.train  # noqa: F401  (the point of the zygote: imported once, shared by every fork)
     from sweeper.search import gpus, worker
+    from trainer import metrics
+    from trainer.config import MetricsConfig
+
+    # LPIPS of the default metrics.lpips_net/version built once, on the CPU, for every fork (a trial asking for
+    # another builds its own). One thread: no OpenMP pool exists before a fork (it would not survive one);
+    # each worker sets its own thread count. Missing or unreadable weights: each trial says so itself.
+    torch.set_num_threads(1)
+    with contextlib.suppress(UserError):
+        metrics.lpips_model(MetricsConfig.lpips_net, MetricsConfig.lpips_version)
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweeper's to handle
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # finished workers are reaped by the kernel
@@ -169,10 +183,10 @@ def zygote() -> None:
                     os.dup2(log, fd)
                     os.close(log)
                 if request["gpus"] and request.get("devices", 1) > 1:  # one training on several GPUs: one slot on each
-                    ids, booking = gpus.book_devices(request["gpus"], request["per_gpu"], request["devices"])  # noqa: F841
+                    ids, _bookings = gpus.book_devices(request["gpus"], request["per_gpu"], request["devices"])
                     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))
                 elif request["gpus"]:
-                    gpu, booking = gpus.book(request["gpus"], request["per_gpu"])  # noqa: F841 (held open until exit)
+                    gpu, _booking = gpus.book(request["gpus"], request["per_gpu"])  # the descriptor stays open until exit
                     os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
                     os.environ["GPU_SHARE"] = str(1 / request["per_gpu"])  # the cost ledger's GPU-seconds: a booked share
                 torch.set_num_threads(request["threads"])  # the trial's config may set train.threads instead

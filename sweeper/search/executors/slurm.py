@@ -34,6 +34,7 @@ from typing import Any
 
 import submitit
 
+from sweeper.core.workspace import private_dir
 from sweeper.search.executors.base import TrialJob
 from trainer.errors import UserError
 
@@ -149,7 +150,7 @@ def _checked(key: str, value: Any) -> Any:
         value = kind(value)  # mem_gb=4 -> 4.0, account=1234 -> "1234"
     if not isinstance(value, kind) or isinstance(value, bool):
         raise UserError(f"executor.{key}={value!r}: expected {kind.__name__} ({meaning})")
-    if kind in (int, float) and (value < 0 or (value == 0 and key not in ("gpus_per_node", "max_requeues"))):
+    if isinstance(value, (int, float)) and (value < 0 or (value == 0 and key not in ("gpus_per_node", "max_requeues"))):
         raise UserError(f"executor.{key}={value!r}: must be positive ({meaning})")
     return value
 
@@ -228,6 +229,7 @@ class SlurmExecutor:
             return []
         batch = jobs[0].token.rsplit(".", 1)[0]
         assert [job.token for job in jobs] == [f"{batch}.{i}" for i in range(len(jobs))], "one batch, in order"
+        private_dir(self.folder.parent, "SLURM job folder")  # its pickles are unpickled on the node as you
         ex = self._submitit(f"sweeper-{batch}", job_devices(jobs))
         try:
             with ex.batch():
