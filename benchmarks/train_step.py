@@ -55,7 +55,7 @@ def make_gan(
 def step_seconds(gan: Gan, lr: torch.Tensor, hr: torch.Tensor, steps: int) -> float:
     sync(lr.device)
     t = time.perf_counter()
-    for i in range(steps):
+    for _ in range(steps):
         gan.step(lr, hr)
     sync(lr.device)
     return (time.perf_counter() - t) / steps
@@ -68,7 +68,7 @@ def python_overhead(gan: Gan, lr: torch.Tensor, hr: torch.Tensor, steps: int) ->
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t = time.perf_counter()
-        for i in range(steps):
+        for _ in range(steps):
             gan.step(lr, hr)
         wall = time.perf_counter() - t
     in_ops = sum(e.cpu_time_total for e in prof.events() if is_outermost_aten(e)) / 1e6

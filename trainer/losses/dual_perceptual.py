@@ -90,8 +90,6 @@ class DualPerceptualLoss(nn.Module):
             weight = l_vgg.new_tensor(self.static_weight)
         else:
             g_vgg, g_res = mean_over_ranks(torch.stack([l_vgg, l_res]).detach())  # the global batch's losses
-            if published:
-                weight = g_vgg / g_res / self.mu
-            else:
-                weight = (g_vgg + self.c) / (g_res + self.c) / self.mu  # eq. (9), then eq. (8)'s 1/mu
+            c = 0.0 if published else self.c  # the released code has no c; eq. (9), then eq. (8)'s 1/mu
+            weight = (g_vgg + c) / (g_res + c) / self.mu
         return {"total": l_vgg + weight * l_res, "vgg": l_vgg, "res": l_res, "weight": weight}
