@@ -32,11 +32,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
+from torch import nn
 
 from trainer import distributed
 from trainer.config import build_config
+from trainer.losses import DualPerceptualLoss
 from trainer.train import Gan
 
 BATCH, HR = 16, 128
@@ -88,8 +91,9 @@ class Bench:
         cfg = config(net, variant, device, batch, hr, devices)
         self.gan = Gan.build(cfg, device)
         if variant.compile:
-            self.gan.g_run, self.gan.d_run = torch.compile(self.gan.g_run), torch.compile(self.gan.d_run)
-            self.gan.percep = torch.compile(self.gan.percep)
+            self.gan.g_run = cast(nn.Module, torch.compile(self.gan.g_run))
+            self.gan.d_run = cast(nn.Module, torch.compile(self.gan.d_run))
+            self.gan.percep = cast(DualPerceptualLoss, torch.compile(self.gan.percep))
         per_rank = batch // devices
         self.hr = torch.rand(per_rank, 3, hr, hr, device=device)
         self.lr = torch.nn.functional.avg_pool2d(self.hr, cfg.upscale)

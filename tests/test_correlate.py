@@ -205,4 +205,5 @@ def test_a_disagreement_is_a_contradiction_only_when_both_archs_separate_it():
         got = correlate.tested(a, pairs, results_of(results))
         assert (got.best_proxy, got.best_target, got.disagreement) == ("d", "a", expected)
         assert correlate.verdict(got).startswith("contradicts" if expected == "significant" else "inconclusive")
+        assert got.rho_ci is not None and got.tau_ci is not None
         assert got.rho_ci[0] <= got.spearman <= got.rho_ci[1] and got.tau_ci[0] <= got.kendall <= got.tau_ci[1]

@@ -8,6 +8,7 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import mlflow_layout
 import numpy as np
@@ -57,7 +58,7 @@ def paper_report(paper_store, tmp_path_factory):
     return out
 
 
-def read_csv(path) -> list[dict]:
+def read_csv(path) -> list[dict[str, str]]:
     with open(path) as f:
         return list(csv.DictReader(f))
 
@@ -111,7 +112,7 @@ def test_only_a_separated_best_is_bold_and_ties_are_marked(tmp_path):
     uri, client = mlflow_layout.store(tmp_path / "ws")
     rng = np.random.default_rng(4)
     base = rng.normal(0, 2, 8)
-    trials = []
+    trials: list[dict[str, Any]] = []
     for b in BETAS:
         images = per_image(rng, base, 25.5 if b == "beta3_6" else 25.0, 0.7, 0.15)
         means = {k: float(np.mean([v[k] for v in images["Set5"].values()])) for k in ("psnr_rgb", "ssim_rgb", "lpips")}
@@ -140,7 +141,7 @@ def test_repeats_show_mean_and_spread_and_are_paired(tmp_path):
     uri, client = mlflow_layout.store(tmp_path / "ws")
     rng = np.random.default_rng(9)
     base = rng.normal(0, 2, 8)
-    trials = []
+    trials: list[dict[str, Any]] = []
     for seed in (0, 1, 2):
         shift = float(rng.normal(0, 1))
         for b in BETAS[:3]:

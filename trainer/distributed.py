@@ -178,11 +178,12 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         n = total[-1]
         mean = total[:c] / n
         var = (total[c : 2 * c] / n - mean * mean).clamp_min(0)
-        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+        tracked, momentum = self.num_batches_tracked, self.momentum
+        if self.track_running_stats and tracked is not None and momentum is not None and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                self.running_mean.lerp_(mean.detach(), self.momentum)
-                self.running_var.lerp_(var.detach() * n / (n - 1), self.momentum)
+                tracked.add_(1)
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(var.detach() * n / (n - 1), momentum)
         shape = (1, c, 1, 1)
         y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:

@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -148,7 +148,8 @@ class LossMeter:
     one was NaN or infinite: adding costs no host sync (the authors' DP code syncs twice per step)."""
 
     def __init__(self, stage: str):
-        self.stage, self.names, self.count = stage, [], 0
+        self.stage, self.count = stage, 0
+        self.names: list[str] = []
         self.sum: torch.Tensor | None = None
         self.first_bad: torch.Tensor | None = None
 
@@ -156,6 +157,7 @@ class LossMeter:
         v = torch.stack([t.detach().float() for t in losses.values()])
         if self.sum is None:
             self.names, self.sum, self.first_bad = list(losses), torch.zeros_like(v), v.new_full((), math.inf)
+        assert self.sum is not None and self.first_bad is not None
         self.sum += v
         self.first_bad = torch.where(torch.isfinite(v).all(), self.first_bad, self.first_bad.clamp(max=step))
         self.count += 1
@@ -163,7 +165,7 @@ class LossMeter:
     def read(self, step: int) -> dict[str, float]:
         """The mean of each loss over the iterations since the last read and over the ranks (what one process
         on the whole batch logs), as floats: one sync. Raises Diverged naming the first bad iteration."""
-        if self.sum is None or not self.count:
+        if self.sum is None or self.first_bad is None or not self.count:
             return {}
         mean = distributed.mean_over_ranks(self.sum) / self.count
         bad = float(distributed.min_over_ranks(self.first_bad))
@@ -444,7 +446,7 @@ class Gan:
         ema = copy.deepcopy(g).requires_grad_(False) if t.ema > 0 else None
         opt_g, sched_g = make_optimizer(g, t.lr, t.milestones, cfg)
         opt_d, sched_d = make_optimizer(d, t.lr, t.milestones, cfg)
-        percep = distributed.sync_batchnorm(prepare(percep, cfg, device))  # the published-code ResNet's BN
+        percep = cast(DualPerceptualLoss, distributed.sync_batchnorm(prepare(percep, cfg, device)))  # the published-code ResNet's BN
         return cls(cfg, g, d, percep, ema, opt_g, opt_d, sched_g, sched_d,
                    distributed.data_parallel(g, device), distributed.data_parallel(d, device))
 

@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from typing import cast
 
 import numpy as np
 from mlflow import MlflowClient
@@ -252,8 +253,9 @@ def tested(a: Agreement, pairs: list[tuple[str, RunRecord, RunRecord]], results:
     both sides; seeded) and, where the bests differ, whether both archs separate the two settings
     (`stats.compare`): only then is the disagreement significant."""
     labels = [s for s, _, _ in pairs]
-    ev = [side_evidence([pair[k] for pair in pairs], results, a.set, a.metric) for k in (1, 2)]
-    if ev[0] is None or ev[1] is None or ev[0].images != ev[1].images or not ev[0].per_image:
+    found = [side_evidence([cast(RunRecord, pair[k]) for pair in pairs], results, a.set, a.metric) for k in (1, 2)]
+    ev = [e for e in found if e is not None]
+    if len(ev) < 2 or ev[0].images != ev[1].images or not ev[0].per_image:
         return a
     groups = np.asarray(ev[0].groups)
     weight = stats.image_weights(groups)

@@ -140,8 +140,9 @@ def render(checks: list[Check], paper: Paper) -> str:
         chosen, runner = c.verdict.chosen, ranking[1]
         margin = abs(c.means[runner] - c.means[chosen])
         relation = "agrees with" if c.agrees else "differs from"
-        lines.append(f"  rule picks {chosen}; {relation} the paper's {c.table.chosen}"
-                     + ("" if c.agrees else f" ({c.means[c.table.chosen]:.5f}, {abs(c.means[c.table.chosen] - c.means[chosen]):.5f}{unit} behind)"))  # fmt: skip
+        theirs = c.table.chosen
+        behind = "" if c.agrees or theirs is None else f" ({c.means[theirs]:.5f}, {abs(c.means[theirs] - c.means[chosen]):.5f}{unit} behind)"
+        lines.append(f"  rule picks {chosen}; {relation} the paper's {theirs}{behind}")
         lines.append(f"  margin to the runner-up {runner}: {margin:.5f}{unit} ({margin / abs(c.means[chosen]):.1%} of the mean)")
         winners = len(set(c.per_set.values()))
         lines.append("  best per set: " + ", ".join(f"{s} {label}" for s, label in c.per_set.items())

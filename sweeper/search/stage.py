@@ -134,7 +134,9 @@ def trainings(work: StageWork, done: list[FrozenTrial]) -> tuple[list[evidence.T
     the stage), the trial standing for each point (its lowest repeat) and each point's simplicity key."""
     varying = [k for k in SETTINGS_KEYS if len({t.user_attrs["settings"].get(k) for t in done}) > 1] or list(SETTINGS_KEYS)
     space = build_config(work.config).metrics.space
-    out, first, simple = [], {}, {}
+    out: list[evidence.Trained] = []
+    first: dict[str, FrozenTrial] = {}
+    simple: dict[str, Any] = {}
     for t in sorted(done, key=lambda t: (repeat_of(t.params), t.number)):
         settings = t.user_attrs["settings"]
         point = " ".join(f"{k.removeprefix('loss.')}={settings[k]}" for k in varying)
