@@ -42,12 +42,19 @@ def soak_study(folder: Path, rng: random.Random, kills: int, max_wait_s: float, 
     ws = folder / "ws"
     url = {"sqlite": f"sqlite:///{ws}/optuna.db", "journal": f"journal://{ws}/optuna.journal"}[storage]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWEEPER_")}
-    env |= {"SWEEPER_STUDIES": str(folder), "TORCH_HOME": str(folder / "torch_home"), "SWEEPER_LEASE_S": "2", "OMP_NUM_THREADS": "1"}
+    env |= {
+        "SWEEPER_STUDIES": str(folder),
+        "TORCH_HOME": str(folder / "torch_home"),
+        "SWEEPER_LEASE_S": "2",
+        "OMP_NUM_THREADS": "1",
+    }
     (folder / "soak.yaml").write_text(STUDY)
     command = [sys.executable, "-m", "sweeper.cli", "run", "study=soak", f"workspace={ws}", f"storage={url}", *SETTINGS]
     counts = Counter(runs=0, kills=0)
     while True:
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         counts["runs"] += 1
         if counts["kills"] < kills:
             try:
@@ -63,10 +70,16 @@ def soak_study(folder: Path, rng: random.Random, kills: int, max_wait_s: float, 
     storage_obj = Workspace.resolve(str(ws), url, None).open_storage()
     trials = optuna.load_study(study_name="soak.mu", storage=storage_obj).get_trials(deepcopy=False)
     settled = Counter(t.params["mu"] for t in trials if t.state.name in ("COMPLETE", "PRUNED"))
-    counted_failures = [t for t in trials if t.state.name == "FAIL" and not str(t.user_attrs.get("reason")).startswith("cancelled")]
+    counted_failures = [
+        t for t in trials if t.state.name == "FAIL" and not str(t.user_attrs.get("reason")).startswith("cancelled")
+    ]
     repeated = 0
     for folder_ in {t.user_attrs["trial_dir"] for t in trials}:
-        lines = (Path(folder_) / "metrics.jsonl").read_text().splitlines() if (Path(folder_) / "metrics.jsonl").exists() else []
+        lines = (
+            (Path(folder_) / "metrics.jsonl").read_text().splitlines()
+            if (Path(folder_) / "metrics.jsonl").exists()
+            else []
+        )
         steps = [r["step"] for r in map(json.loads, lines) if r["kind"] == "train"]
         repeated += len(steps) != len(set(steps))
     counts["trials lost"] = sum(1 for mu in ("0.5", "5", "inf") if settled[mu] == 0) + len(counted_failures)
@@ -90,10 +103,16 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--studies", type=int, default=3)
     parser.add_argument("--kills", type=int, default=6, help="kills per study before it is let finish")
-    parser.add_argument("--max-wait-s", type=float, default=25.0, help="a run is killed after uniform(0.5, this) seconds")
+    parser.add_argument(
+        "--max-wait-s", type=float, default=25.0, help="a run is killed after uniform(0.5, this) seconds"
+    )
     parser.add_argument("--storage", choices=("sqlite", "journal"), default="journal")
     a = parser.parse_args()
     t0 = time.monotonic()
     counts = soak(a.seed, a.studies, a.kills, a.max_wait_s, a.storage)
-    print(f"seed {a.seed}, {a.storage}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f" ({time.monotonic() - t0:.0f}s)")
+    print(
+        f"seed {a.seed}, {a.storage}: "
+        + ", ".join(f"{k} {v}" for k, v in counts.items())
+        + f" ({time.monotonic() - t0:.0f}s)"
+    )
     sys.exit(0 if counts["trials lost"] == counts["trials duplicated"] == 0 else 1)

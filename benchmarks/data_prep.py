@@ -70,8 +70,11 @@ def make_images(folder: Path, n: int) -> None:
 
 def cpu_seconds() -> float:
     """User + system CPU time of this process and its finished children (the pool's workers)."""
-    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-               for f in ("ru_utime", "ru_stime"))
+    return sum(
+        getattr(resource.getrusage(who), f)
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        for f in ("ru_utime", "ru_stime")
+    )
 
 
 def prepare_seconds(root: Path, cache: Path, workers: int) -> tuple[float, float, dict]:
@@ -111,26 +114,40 @@ def measure(args: argparse.Namespace, work: Path) -> None:
             wall, cpu, manifest = prepare_seconds(root, cache, workers)
             times[workers].append((wall, cpu))
     (one_s, one_cpu), (all_s, all_cpu) = min(times[1]), min(times[args.workers])
-    print(f"count: {manifest['subimages']} sub-images, formula {args.images} x {per_image} = {args.images * per_image}"
-          f"  (paper: 40 for a 2040x1356 image, 32,592 for DIV2K's 800)")
-    print(f"prepare: 1 process {one_s:.1f} s ({one_s / manifest['subimages'] * 1e3:.0f} ms per sub-image), "
-          f"{args.workers} processes {all_s:.1f} s: speed-up {one_s / all_s:.2f}x  (target >= 1.7x on 2 cores); "
-          f"cores they got (CPU s / wall s): {one_cpu / one_s:.2f} and {all_cpu / all_s:.2f}; "
-          f"below 1 and {args.workers} = other load on the machine")
+    print(
+        f"count: {manifest['subimages']} sub-images, formula {args.images} x {per_image} = {args.images * per_image}"
+        f"  (paper: 40 for a 2040x1356 image, 32,592 for DIV2K's 800)"
+    )
+    print(
+        f"prepare: 1 process {one_s:.1f} s ({one_s / manifest['subimages'] * 1e3:.0f} ms per sub-image), "
+        f"{args.workers} processes {all_s:.1f} s: speed-up {one_s / all_s:.2f}x  (target >= 1.7x on 2 cores); "
+        f"cores they got (CPU s / wall s): {one_cpu / one_s:.2f} and {all_cpu / all_s:.2f}; "
+        f"below 1 and {args.workers} = other load on the machine"
+    )
 
-    out = subprocess.run([sys.executable, "-c", TRIAL, str(root), str(work / f"cache-{args.workers}"), str(args.batches)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", TRIAL, str(root), str(work / f"cache-{args.workers}"), str(args.batches)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     trial = json.loads(out.stdout)
     size = manifest["bytes"]
     grow = {k: trial["after"][k] - trial["before"][k] for k in trial["before"]}
-    print(f"second trial: imports {trial['import_s']:.2f} s, then first batch after {trial['first_batch_s']:.2f} s "
-          f"(target <= 5 s)")
-    print(f"batches: {trial['batches_per_s']:.1f} batches/s of 16 x 128^2 on one thread = "
-          f"{16 * trial['batches_per_s']:.0f} patches/s  (target >= 200)")
-    print(f"memory after {args.batches + 1} batches: private (RssAnon) +{grow['RssAnon'] / 2**20:.1f} MiB = "
-          f"{grow['RssAnon'] / size:.2%} of the prepared set ({size / 2**20:.0f} MiB on disk; target <= 10 %); "
-          f"mapped file pages (RssFile, the shared page cache) +{grow['RssFile'] / 2**20:.0f} MiB; "
-          f"peak RSS (VmHWM) {trial['after']['VmHWM'] / 2**20:.0f} MiB")
+    print(
+        f"second trial: imports {trial['import_s']:.2f} s, then first batch after {trial['first_batch_s']:.2f} s "
+        f"(target <= 5 s)"
+    )
+    print(
+        f"batches: {trial['batches_per_s']:.1f} batches/s of 16 x 128^2 on one thread = "
+        f"{16 * trial['batches_per_s']:.0f} patches/s  (target >= 200)"
+    )
+    print(
+        f"memory after {args.batches + 1} batches: private (RssAnon) +{grow['RssAnon'] / 2**20:.1f} MiB = "
+        f"{grow['RssAnon'] / size:.2%} of the prepared set ({size / 2**20:.0f} MiB on disk; target <= 10 %); "
+        f"mapped file pages (RssFile, the shared page cache) +{grow['RssFile'] / 2**20:.0f} MiB; "
+        f"peak RSS (VmHWM) {trial['after']['VmHWM'] / 2**20:.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

@@ -68,9 +68,21 @@ VARIANTS = [
 
 def config(net: str, variant: Variant, device: torch.device, batch: int = BATCH, hr: int = HR, devices: int = 1):
     small = {"model.num_blocks": 1} if device.type == "cpu" else {}  # --cpu: a check of the code, not figures
-    return build_config({**NETS[net], **small, "mu": 0.5, "beta": "beta3_6", "weights": "random", "data.batch_size": batch,
-                         "data.hr_patch": hr, "train.device": device.type, "train.amp": variant.amp,
-                         "train.channels_last": variant.channels_last, "train.devices": devices})
+    return build_config(
+        {
+            **NETS[net],
+            **small,
+            "mu": 0.5,
+            "beta": "beta3_6",
+            "weights": "random",
+            "data.batch_size": batch,
+            "data.hr_patch": hr,
+            "train.device": device.type,
+            "train.amp": variant.amp,
+            "train.channels_last": variant.channels_last,
+            "train.devices": devices,
+        }
+    )
 
 
 def sync(device: torch.device) -> None:
@@ -114,7 +126,11 @@ class Bench:
 
 
 def variants_section(args: argparse.Namespace, device: torch.device, batch: int, hr: int) -> None:
-    variants = [v for v in VARIANTS if (device.type == "cuda" or not (v.tf32 or v.compile)) and not (v.compile and args.no_compile)]
+    variants = [
+        v
+        for v in VARIANTS
+        if (device.type == "cuda" or not (v.tf32 or v.compile)) and not (v.compile and args.no_compile)
+    ]
     for net in NETS:
         print(f"\n{net}: batch {batch}, {hr}x{hr} HR patches, {args.steps} steps x {args.rounds} rounds (best round)")
         benches = {}
@@ -153,13 +169,27 @@ def pack_worker(args: argparse.Namespace) -> None:
 
 
 def packing_section(args: argparse.Namespace, device: torch.device) -> None:
-    print(f"\npacking: srgan-dp proxy trials as processes sharing one {'GPU' if device.type == 'cuda' else 'CPU'}, "
-          f"{args.steps} steps each after a common start")
+    print(
+        f"\npacking: srgan-dp proxy trials as processes sharing one {'GPU' if device.type == 'cuda' else 'CPU'}, "
+        f"{args.steps} steps each after a common start"
+    )
     walls = {}
     for n in range(1, args.pack + 1):
         with tempfile.TemporaryDirectory() as folder:
-            cmd = [sys.executable, __file__, "--worker", folder, "--steps", str(args.steps), "--warmup", str(args.warmup)]
-            procs = [subprocess.Popen(cmd + (["--cpu"] if args.cpu else []), stdout=subprocess.PIPE, text=True) for _ in range(n)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                folder,
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+            ]
+            procs = [
+                subprocess.Popen(cmd + (["--cpu"] if args.cpu else []), stdout=subprocess.PIPE, text=True)
+                for _ in range(n)
+            ]
             while len(list(Path(folder).glob("ready.*"))) < n and all(p.poll() is None for p in procs):
                 time.sleep(0.01)
             Path(folder, "go").touch()
@@ -169,8 +199,10 @@ def packing_section(args: argparse.Namespace, device: torch.device) -> None:
             walls[n] = max(json.loads(o.strip().splitlines()[-1])["wall_s"] for o in outs)
         ratio = walls[n] / (n * walls[1])
         goal = " (goal <= 0.5)" if n == 4 else ""
-        print(f"  {n} packed: {walls[n]:.2f} s for {n} x {args.steps} steps; one after another {n * walls[1]:.2f} s; "
-              f"packed / one after another = {ratio:.2f}{goal}")
+        print(
+            f"  {n} packed: {walls[n]:.2f} s for {n} x {args.steps} steps; one after another {n * walls[1]:.2f} s; "
+            f"packed / one after another = {ratio:.2f}{goal}"
+        )
 
 
 def _ddp_rank(steps: int, warmup: int, devices: int) -> float:
@@ -218,7 +250,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pack", type=int, default=4)
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--cpu", action="store_true", help="run the code at smoke shapes on the CPU (a check, not a measurement)")
+    parser.add_argument(
+        "--cpu", action="store_true", help="run the code at smoke shapes on the CPU (a check, not a measurement)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -229,7 +263,11 @@ def main(argv: list[str]) -> None:
         print("no GPU: skipped")
         return
     device = torch.device("cpu" if args.cpu else "cuda")
-    print(torch.cuda.get_device_name() if device.type == "cuda" else "CPU (--cpu: smoke shapes, a check of the code, not figures)")
+    print(
+        torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else "CPU (--cpu: smoke shapes, a check of the code, not figures)"
+    )
     batch, hr = shapes(args, device)
     variants_section(args, device, batch, hr)
     packing_section(args, device)

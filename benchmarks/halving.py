@@ -30,12 +30,27 @@ def main(argv: list[str]) -> None:
     if argv[:1] == ["--schedulers"]:
         schedulers, argv = argv[1].split(","), argv[2:]
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_HOME": os.environ.get("TORCH_HOME", str(Path(tmp) / "torch_home"))}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "TORCH_HOME": os.environ.get("TORCH_HOME", str(Path(tmp) / "torch_home")),
+        }
         common = ["study=paper", "preset=smoke", "executor.n_jobs=1", "train.threads=1", *argv]
         runs, t0 = {}, time.perf_counter()
         for name in schedulers:  # side by side: both start now, each on its own core
-            args = ["run", *common, f"workspace={Path(tmp) / name}", *([f"scheduler={name}"] if name != "none" else [])]  # none: the default
-            runs[name] = subprocess.Popen([sys.executable, "-m", "sweeper.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            args = [
+                "run",
+                *common,
+                f"workspace={Path(tmp) / name}",
+                *([f"scheduler={name}"] if name != "none" else []),
+            ]  # none: the default
+            runs[name] = subprocess.Popen(
+                [sys.executable, "-m", "sweeper.cli", *args],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
         cost = {}
         for name, proc in runs.items():
             out, err = proc.communicate()
@@ -43,7 +58,9 @@ def main(argv: list[str]) -> None:
                 print(f"scheduler={name}: skipped ({(err.strip().splitlines() or ['failed'])[-1]})")
                 continue
             winner = next((line for line in out.splitlines() if line.startswith("paper: winner")), "?")
-            status = json.loads(sweeper("status", "study=paper", f"workspace={Path(tmp) / name}", "--format", "json", env=env).stdout)
+            status = json.loads(
+                sweeper("status", "study=paper", f"workspace={Path(tmp) / name}", "--format", "json", env=env).stdout
+            )
             cost[name] = status["cost"][-1] | {"winner": winner}
         print(f"study=paper preset=smoke, schedulers {', '.join(schedulers)} side by side: {time.perf_counter() - t0:.0f} s wall, "
               f"{os.cpu_count()} CPUs (a shared machine: device-seconds vary with its load)")  # fmt: skip

@@ -88,16 +88,19 @@ def best_of(repeats: int, fns: dict[str, Callable[[], object]]) -> dict[str, flo
 def report(title: str, n: int, times: dict[str, float]) -> None:
     t_torch, t_np = times["torch"], times["numpy"]
     print(f"{title}: {n} images")
-    print(f"  trainer (torch): {n / t_torch:8.1f} images/s   numpy per image: {n / t_np:8.1f} images/s   "
-          f"speed-up {t_np / t_torch:.1f}x")
+    print(
+        f"  trainer (torch): {n / t_torch:8.1f} images/s   numpy per image: {n / t_np:8.1f} images/s   "
+        f"speed-up {t_np / t_torch:.1f}x"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1, like NumPy here; 0 = torch's default)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1, like NumPy here; 0 = torch's default)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -108,20 +111,26 @@ def main() -> None:
     np_pairs = [(sr.permute(1, 2, 0).numpy(), hr.permute(1, 2, 0).numpy()) for sr, hr in pairs]
     expected = [v for sr, hr in np_pairs for v in np_psnr_ssim(sr, hr, 4)]
     assert np.allclose(torch_metrics(pairs), expected, rtol=0, atol=1e-9), "metrics disagree"
-    times = best_of(args.repeats, {
-        "torch": lambda: torch_metrics(pairs),
-        "numpy": lambda: [np_psnr_ssim(sr, hr, 4) for sr, hr in np_pairs],
-    })
+    times = best_of(
+        args.repeats,
+        {
+            "torch": lambda: torch_metrics(pairs),
+            "numpy": lambda: [np_psnr_ssim(sr, hr, 4) for sr, hr in np_pairs],
+        },
+    )
     report("PSNR + SSIM (Y, x4 bicubic) on BSD100", len(pairs), times)
 
     train = [img for name in ("T91", "BSD200") for _, img in load_set(args.data_root, name)]
     np_train = [modcrop(img, 4).permute(1, 2, 0).numpy() for img in train]
     for img, arr in zip(train[:5], np_train[:5]):
         assert np.array_equal(degrade(img, 4).permute(1, 2, 0).numpy(), np_resize(arr, 0.25)), "imresize disagrees"
-    times = best_of(args.repeats, {
-        "torch": lambda: [degrade(img, 4) for img in train],
-        "numpy": lambda: [np_resize(a, 0.25) for a in np_train],
-    })
+    times = best_of(
+        args.repeats,
+        {
+            "torch": lambda: [degrade(img, 4) for img in train],
+            "numpy": lambda: [np_resize(a, 0.25) for a in np_train],
+        },
+    )
     report("MATLAB bicubic x1/4 degradation of T91 + BSD200", len(train), times)
 
 

@@ -28,7 +28,10 @@ stages:
 SHAPES = ["preset=proxy", "weights=random", "train.from_scratch=true", "train.iters=300", "train.val_every=300", "train.ckpt_every=300",
           "train.milestones=[100000]", "data.train_sets=[train]", "data.val_sets=[Set5]", "data.subimage_size=128",
           "data.val_max_images=1", "data.val_crop=128", "select_by=psnr"]  # fmt: skip
-RUNS = {"one after another": ["executor.n_jobs=1", "executor.trials_per_gpu=1"], "packed 4 per GPU": ["executor.trials_per_gpu=4"]}
+RUNS = {
+    "one after another": ["executor.n_jobs=1", "executor.trials_per_gpu=1"],
+    "packed 4 per GPU": ["executor.trials_per_gpu=4"],
+}
 
 
 def main(argv: list[str]) -> None:
@@ -51,7 +54,9 @@ def main(argv: list[str]) -> None:
             status = subprocess.run([sys.executable, "-m", "sweeper.cli", "status", "study=pack", f"workspace={ws}", "--format", "json"],
                                     env=env, check=True, capture_output=True, text=True)  # fmt: skip
             cost = json.loads(status.stdout)["cost"][-1]
-            print(f"{name}: {walls[name]:.1f} s wall, {cost['gan_iters']} GAN iterations, {cost['device_s']:.0f} {cost['unit']} in the ledgers")
+            print(
+                f"{name}: {walls[name]:.1f} s wall, {cost['gan_iters']} GAN iterations, {cost['device_s']:.0f} {cost['unit']} in the ledgers"
+            )
     seq, packed = walls.values()
     print(f"{torch.cuda.get_device_name()}: packed / one after another = {packed / seq:.2f} (goal <= 0.5)")
 

@@ -53,7 +53,9 @@ class Measured:
         return statistics.median(launch + train + finish for _, launch, train, finish in self.later())
 
     def share(self) -> float:
-        return statistics.median((launch + finish) / (launch + train + finish) for _, launch, train, finish in self.later())
+        return statistics.median(
+            (launch + finish) / (launch + train + finish) for _, launch, train, finish in self.later()
+        )
 
 
 def plant_random_alexnet(torch_home: Path) -> None:
@@ -97,7 +99,9 @@ def print_one(m: Measured) -> None:
     print(f"whole command wall time: {m.total_s:.1f} s")
     print(f"{'trial':>5} {'launch s':>9} {'train s':>9} {'finish s':>9} {'overhead':>9}")
     for number, launch, train, finish in m.rows:
-        print(f"{number:>5} {launch:>9.2f} {train:>9.2f} {finish:>9.2f} {(launch + finish) / (launch + train + finish):>9.1%}")
+        print(
+            f"{number:>5} {launch:>9.2f} {train:>9.2f} {finish:>9.2f} {(launch + finish) / (launch + train + finish):>9.1%}"
+        )
     print(f"median over trials 1..: overhead {m.overhead_s():.2f} s per trial (goal < 2 s), "
           f"{m.share():.1%} of the trial (goal < 5%)")  # fmt: skip
 

@@ -43,9 +43,18 @@ def make_gan(
     preset: str, mu: float, batch: int, args: argparse.Namespace, device: torch.device
 ) -> tuple[Gan, torch.Tensor, torch.Tensor]:
     """A GAN-stage state for SRGAN with the DP loss (beta3_6) or, for mu=inf, the VGG loss alone."""
-    cfg = build_config({"preset": preset, "arch": "srgan", "mu": mu, "beta": "beta3_6", "weights": args.weights,
-                        "data.batch_size": batch, "train.device": device.type,
-                        "train.channels_last": args.channels_last})
+    cfg = build_config(
+        {
+            "preset": preset,
+            "arch": "srgan",
+            "mu": mu,
+            "beta": "beta3_6",
+            "weights": args.weights,
+            "data.batch_size": batch,
+            "train.device": device.type,
+            "train.channels_last": args.channels_last,
+        }
+    )
     gan = Gan.build(cfg, device)
     hr = torch.rand(batch, 3, cfg.data.hr_patch, cfg.data.hr_patch, device=device)
     lr = torch.nn.functional.avg_pool2d(hr, cfg.upscale)
@@ -98,8 +107,10 @@ def main() -> None:
     device = pick_device(build_config())
     args.weights = args.weights or ("random" if weights_mod.missing(["vgg19", "resnet50"]) else "imagenet")
     proxy_batch = args.proxy_batch or (16 if device.type == "cuda" else 4)
-    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} weights={args.weights} "
-          f"channels_last={args.channels_last}")
+    print(
+        f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} weights={args.weights} "
+        f"channels_last={args.channels_last}"
+    )
 
     build = build_seconds(args.weights)
     print(f"build VGG19[:35] + ResNet-50 (to layer4): {build:.3f} s  (target < 1 s)")
@@ -114,8 +125,10 @@ def main() -> None:
                 times[name].append(step_seconds(gan, lr, hr, args.steps))
         vgg, dp = min(times["vgg"]), min(times["dp"])
         hr_size = setups["dp"][2].shape[-1]
-        print(f"{preset:5s} batch {batch:2d} HR {hr_size}: VGG-only {vgg * 1e3:8.1f} ms/step   "
-              f"DP {dp * 1e3:8.1f} ms/step   DP/VGG = {dp / vgg:.2f}  (target <= 1.3)")
+        print(
+            f"{preset:5s} batch {batch:2d} HR {hr_size}: VGG-only {vgg * 1e3:8.1f} ms/step   "
+            f"DP {dp * 1e3:8.1f} ms/step   DP/VGG = {dp / vgg:.2f}  (target <= 1.3)"
+        )
         if device.type == "cpu":
             overhead = python_overhead(*setups["dp"], args.steps)
             print(f"{preset:5s} DP step: {overhead:.1%} of wall time outside ATen ops  (target < 5%)")

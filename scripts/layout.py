@@ -18,7 +18,9 @@ WIDTH = 118
 def summary(path: Path) -> str:
     """The docstring's first sentence, on one line, cut to fit."""
     doc = " ".join((ast.get_docstring(ast.parse(path.read_text())) or "").split("\n\n")[0].split())
-    return re.split(r"(?<!\beq)(?<!\beqs)(?<!\bal)(?<!e\.g)(?<!i\.e)(?<=[a-z0-9)`'])\. ", doc, maxsplit=1)[0].rstrip(".")
+    return re.split(r"(?<!\beq)(?<!\beqs)(?<!\bal)(?<!e\.g)(?<!i\.e)(?<=[a-z0-9)`'])\. ", doc, maxsplit=1)[0].rstrip(
+        "."
+    )
 
 
 def lines(package: Path, depth: int = 0) -> list[str]:

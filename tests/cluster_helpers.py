@@ -59,8 +59,9 @@ def ctrl_c_works() -> None:
 
 
 def sweeper(args: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(sweeper_args(args), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
-                          preexec_fn=ctrl_c_works)
+    return subprocess.run(
+        sweeper_args(args), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, preexec_fn=ctrl_c_works
+    )
 
 
 def status(study: str, extra: list[str], env: dict[str, str]) -> dict:
@@ -79,8 +80,12 @@ def assert_grid_once(storage: str, tracking_uri: str, study: str, mus: list[str]
     point, each the run recorded on its Optuna trial. Returns the complete trials."""
     all_trials = trials(storage, study)
     complete = [t for t in all_trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert Counter(t.params["mu"] for t in complete) == Counter(mus), [(t.number, t.state.name, t.params) for t in all_trials]
-    assert not [t for t in all_trials if t.state == optuna.trial.TrialState.FAIL], [t.user_attrs.get("reason") for t in all_trials]
+    assert Counter(t.params["mu"] for t in complete) == Counter(mus), [
+        (t.number, t.state.name, t.params) for t in all_trials
+    ]
+    assert not [t for t in all_trials if t.state == optuna.trial.TrialState.FAIL], [
+        t.user_attrs.get("reason") for t in all_trials
+    ]
     client = MlflowClient(tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name(study).experiment_id], "tags.`sweeper.kind` = 'trial'")
     assert sorted(r.info.run_id for r in runs) == sorted(t.user_attrs["mlflow_run_id"] for t in complete)

@@ -20,7 +20,12 @@ from sweeper.search import tracking
 from trainer.config import build_config, format_mu
 
 # The four settings that the proxy and the target share in the correlation study (Table 4's rows)
-SETTINGS: list[dict[str, Any]] = [{"mu": math.inf}, {"mu": 1, "beta": "beta1_3"}, {"mu": 10, "beta": "beta1_3"}, {"mu": 0.5, "beta": "beta3_6"}]
+SETTINGS: list[dict[str, Any]] = [
+    {"mu": math.inf},
+    {"mu": 1, "beta": "beta1_3"},
+    {"mu": 10, "beta": "beta1_3"},
+    {"mu": 0.5, "beta": "beta3_6"},
+]
 _TEMPLATE: list[Path] = []  # an empty, migrated store, made once per test process: migrations take seconds
 
 
@@ -37,8 +42,15 @@ def store(root: Path) -> tuple[str, MlflowClient]:
     return uri, MlflowClient(tracking_uri=uri)
 
 
-def log_stage(client: MlflowClient, root: Path, study: str, stage: str, trials: list[dict], winner: int | None = None,
-              select_by: str = "lpips") -> tuple[str, list[str]]:
+def log_stage(
+    client: MlflowClient,
+    root: Path,
+    study: str,
+    stage: str,
+    trials: list[dict],
+    winner: int | None = None,
+    select_by: str = "lpips",
+) -> tuple[str, list[str]]:
     """A stage as `sweeper run` logs it, through sweeper.tracking: trial folders written as the trainer writes
     them, logged under the stage's parent run; `winner` = index of the winning trial (None: stage unfinished).
 
@@ -47,8 +59,14 @@ def log_stage(client: MlflowClient, root: Path, study: str, stage: str, trials: 
     per_image {set: {image: {psnr_rgb, ssim_rgb, lpips, ...}}}, seed (a repeat: seed + r).
     """
     exp = experiment(client, study, root / "artifacts")
-    tags = {"sweeper.study": study, "sweeper.preset": "smoke", "sweeper.select_by": select_by,
-            "sweeper.weights": "random", "sweeper.git_commit": "abc1234", "sweeper.stage": stage}
+    tags = {
+        "sweeper.study": study,
+        "sweeper.preset": "smoke",
+        "sweeper.select_by": select_by,
+        "sweeper.weights": "random",
+        "sweeper.git_commit": "abc1234",
+        "sweeper.stage": stage,
+    }
     parent = tracking.stage_run(client, exp, study, stage, tags)
     ids = []
     for n, trial in enumerate(trials):
@@ -56,24 +74,46 @@ def log_stage(client: MlflowClient, root: Path, study: str, stage: str, trials: 
         config = write_trial(folder, trial)
         ids.append(tracking.log_trial(client, exp, parent, folder, config, {**tags, "sweeper.trial_number": str(n)}))
     if winner is not None:
-        summary = {"mu": str(format_mu(float(trials[winner].get("mu", 0.5)))), "beta": trials[winner].get("beta", "beta1_3")}
+        summary = {
+            "mu": str(format_mu(float(trials[winner].get("mu", 0.5)))),
+            "beta": trials[winner].get("beta", "beta1_3"),
+        }
         tracking.finish_stage(client, study, stage, parent, ids[winner], summary)
     return parent, ids
 
 
 def write_trial(folder: Path, trial: dict) -> dict:
     """A finished trial folder (docs/ARCHITECTURE.md, "Trial folder"); returns its config dict."""
-    cfg = build_config({"preset": "smoke", "arch": trial["arch"], "mu": trial.get("mu", 0.5), "beta": trial.get("beta", "beta1_3"),
-                        "loss.perceptual": trial.get("perceptual", "dp"), "weights": "random",
-                        "seed": trial.get("seed", 0)})
+    cfg = build_config(
+        {
+            "preset": "smoke",
+            "arch": trial["arch"],
+            "mu": trial.get("mu", 0.5),
+            "beta": trial.get("beta", "beta1_3"),
+            "loss.perceptual": trial.get("perceptual", "dp"),
+            "weights": "random",
+            "seed": trial.get("seed", 0),
+        }
+    )
     config = cfg.to_dict()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    rows = [{"step": step, "kind": "val", "set": s, metric: v} for s, per in trial.get("history", {}).items()
-            for metric, points in per.items() for step, v in points]
+    rows = [
+        {"step": step, "kind": "val", "set": s, metric: v}
+        for s, per in trial.get("history", {}).items()
+        for metric, points in per.items()
+        for step, v in points
+    ]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = {"status": "complete", "reason": None, "final": trial["final"], "weights": {"extractors": "random", "lpips": "imagenet"},
-              "iters": 12, "duration_s": 1.0, "checkpoint": None}
+    result = {
+        "status": "complete",
+        "reason": None,
+        "final": trial["final"],
+        "weights": {"extractors": "random", "lpips": "imagenet"},
+        "iters": 12,
+        "duration_s": 1.0,
+        "checkpoint": None,
+    }
     if "per_image" in trial:  # {set: {image: {metric: value}}} as the trainer keeps them
         result["per_image"] = trial["per_image"]
     (folder / "result.json").write_text(json.dumps(result))

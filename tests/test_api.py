@@ -17,15 +17,25 @@ from trainer.errors import UserError
 
 PAIR = "description: two mu points\nconfig:\n  arch: srgan\n  beta: beta1_3\nstages:\n  - name: mu\n    grid:\n      mu: [0.5, inf]\n"
 # The smoke preset cut to seconds per trial (as tests/test_cli_run.py's TINY), given both ways the API takes them.
-TINY = {"train.pretrain_iters": 1, "train.milestones": [2], "train.pretrain_milestones": [1], "train.val_every": 3,
-        "data.val_max_images": 1}
+TINY = {
+    "train.pretrain_iters": 1,
+    "train.milestones": [2],
+    "train.pretrain_milestones": [1],
+    "train.val_every": 3,
+    "data.val_max_images": 1,
+}
 
 
 def test_keyword_settings_are_the_command_lines() -> None:
     opts = api.settings("mu_search", {"train.milestones": [2]}, {"train__iters": 3, "executor__n_jobs": 2, "mu": math.inf,
                                                                  "select_by": None, "data__val_sets": "[Set5,Set14]"})  # fmt: skip
     assert opts.study == "mu_search" and opts.executor_options == {"n_jobs": 2} and opts.select_by is None
-    assert opts.config == {"train.milestones": [2], "train.iters": 3, "mu": math.inf, "data.val_sets": ["Set5", "Set14"]}
+    assert opts.config == {
+        "train.milestones": [2],
+        "train.iters": 3,
+        "mu": math.inf,
+        "data.val_sets": ["Set5", "Set14"],
+    }
 
 
 @pytest.mark.parametrize(
@@ -34,7 +44,10 @@ def test_keyword_settings_are_the_command_lines() -> None:
         (lambda: api.settings("a", {"train.iters": 3}, {"train__iters": 4}), "train.iters= is given twice"),
         (lambda: api.settings("a", {"study": "b"}, {}), "study= is given twice"),
         (lambda: api.settings("a", None, {"train__iter": 4}), "unknown key 'train.iter'; did you mean train.iters"),
-        (lambda: api.settings("a", None, {"train__iters": 4}, allow_config=False), "train.iters= is a training setting"),
+        (
+            lambda: api.settings("a", None, {"train__iters": 4}, allow_config=False),
+            "train.iters= is a training setting",
+        ),
         (lambda: api.run_study(preset="smoke"), "which study"),
         (lambda: api.status("mu_search", workspace="/nonexistent/ws"), "study mu_search has not been run"),
     ],
@@ -54,7 +67,9 @@ def test_import_sweeper_stays_cheap_and_exposes_the_api() -> None:
 
 
 @pytest.mark.slow
-def test_run_study_returns_the_winner_and_the_trials_and_report_its_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_study_returns_the_winner_and_the_trials_and_report_its_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "pair.yaml").write_text(PAIR)
     monkeypatch.setenv("SWEEPER_STUDIES", str(tmp_path))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # no ImageNet weights: smoke trains random ones
@@ -67,7 +82,9 @@ def test_run_study_returns_the_winner_and_the_trials_and_report_its_files(tmp_pa
     assert set(trials["mu"]) == {"0.5", "inf"} and trials["mean/psnr"].notna().all()
     (best,) = trials.loc[trials["winner"], "mu"]
     assert best == result.winner["mu"]
-    assert trials.loc[trials["winner"], "mean/psnr"].item() == trials["mean/psnr"].max()  # by mean PSNR, higher is better
+    assert (
+        trials.loc[trials["winner"], "mean/psnr"].item() == trials["mean/psnr"].max()
+    )  # by mean PSNR, higher is better
     pd.testing.assert_frame_equal(sweeper.status("pair", workspace=str(ws)), trials)
 
     again = sweeper.run_study("pair", TINY, preset="smoke", workspace=str(ws), train__iters=3, train__ckpt_every=3)

@@ -30,7 +30,15 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def sweeper(args: list[str], cwd: Path, env: dict[str, str], **kw) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sweeper.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "sweeper.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        **kw,
+    )
 
 
 def start(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
@@ -69,7 +77,11 @@ def test_mu_search_survives_kill_9_and_agrees_with_mlflow(tmp_path: Path, env: d
 
     def second_trial_mid_training() -> bool:  # trial 0 finished, a later one checkpointed but not done
         assert first.poll() is None, first.communicate()
-        victim[:] = [d for d in folders.glob("*") if d.name != "0" and (d / "ckpt" / "last.pt").exists() and not (d / "result.json").exists()]
+        victim[:] = [
+            d
+            for d in folders.glob("*")
+            if d.name != "0" and (d / "ckpt" / "last.pt").exists() and not (d / "result.json").exists()
+        ]
         return (folders / "0" / "result.json").exists() and bool(victim)
 
     wait_for(second_trial_mid_training)
@@ -77,20 +89,29 @@ def test_mu_search_survives_kill_9_and_agrees_with_mlflow(tmp_path: Path, env: d
     os.killpg(job_pid(victim[0], ws), signal.SIGKILL)  # the trial's process too: it must resume from its checkpoint
     first.communicate()
     assert not (victim[0] / "result.json").exists()
-    (stale,) = [t for t in status(ws, tmp_path, env)["trials"] if t["state"] == "RUNNING"]  # no process behind it any more
+    (stale,) = [
+        t for t in status(ws, tmp_path, env)["trials"] if t["state"] == "RUNNING"
+    ]  # no process behind it any more
     assert stale["trial_dir"] == str(victim[0]) and stale["job_gone"] and stale["duration_s"] is None
-    assert "RUNNING (job gone; re-run to resume)" in sweeper(["status", "study=mu_search", f"workspace={ws}"], tmp_path, env).stdout
+    assert (
+        "RUNNING (job gone; re-run to resume)"
+        in sweeper(["status", "study=mu_search", f"workspace={ws}"], tmp_path, env).stdout
+    )
 
     done = sweeper(args, tmp_path, env)
     assert done.returncode == 0, done.stderr
     assert "mu_search: winner mu=" in done.stdout and "sweeper report study=mu_search" in done.stdout
-    assert "[mu_search.mu] trial " in done.stdout and "[mu_search.mu] 7/7 trials done" in done.stdout  # stdout is no terminal
+    assert (
+        "[mu_search.mu] trial " in done.stdout and "[mu_search.mu] 7/7 trials done" in done.stdout
+    )  # stdout is no terminal
 
     trials = status(ws, tmp_path, env)["trials"]
     complete = [t for t in trials if t["state"] == "COMPLETE"]
     assert len(complete) == 7 and {t["params"]["mu"] for t in complete} == MU_GRID  # the grid, each point once
     (failed,) = [t for t in trials if t["state"] == "FAIL"]
-    assert failed["reason"].startswith("machine fault: the job ended without a result (killed")  # kill -9: no retry spent
+    assert failed["reason"].startswith(
+        "machine fault: the job ended without a result (killed"
+    )  # kill -9: no retry spent
     suggested = failed["reason"].split("`")[1].split()  # the command the reason suggests works as printed
     assert suggested[:2] == ["sweeper", "logs"] and sweeper(suggested[1:], tmp_path, env).returncode == 0
     (retry,) = [t for t in complete if t["params"]["mu"] == failed["params"]["mu"]]
@@ -115,7 +136,10 @@ def test_mu_search_survives_kill_9_and_agrees_with_mlflow(tmp_path: Path, env: d
                                                                                   "results/comparison.json", "results/comparison.csv"}  # fmt: skip
     verdict = parent.data.tags["sweeper.verdict"]  # issue 18: the paired comparison decided, and says how
     assert verdict in ("winner", "tie") and f"stage mu: {'!!! TIE' if verdict == 'tie' else 'winner'}" in done.stdout
-    assert "resolution (estimate)" in done.stdout and "over images, one seed" in parent.data.tags["sweeper.verdict_summary"]
+    assert (
+        "resolution (estimate)" in done.stdout
+        and "over images, one seed" in parent.data.tags["sweeper.verdict_summary"]
+    )
 
     again = sweeper(args, tmp_path, env)  # finished: nothing is trained or logged again
     assert again.returncode == 0, again.stderr
@@ -133,15 +157,27 @@ def test_mu_search_survives_kill_9_and_agrees_with_mlflow(tmp_path: Path, env: d
     (source,) = [t for t in complete if t["params"]["mu"] == "inf"]
     (copy,) = status(ws, tmp_path, env, "again")["trials"]
     assert copy["state"] == "COMPLETE" and copy["reused_from"] == f"mu_search.mu#{source['number']}"
-    assert f"stage x: all 1 points reused from earlier trials (mu_search.mu#{source['number']}); nothing to train" in reused.stdout
+    assert (
+        f"stage x: all 1 points reused from earlier trials (mu_search.mu#{source['number']}); nothing to train"
+        in reused.stdout
+    )
     assert copy["trial_dir"] != source["trial_dir"]  # its own folder: its own config.yaml, the source's outcome
-    assert (Path(copy["trial_dir"]) / "result.json").read_bytes() == (Path(source["trial_dir"]) / "result.json").read_bytes()
+    assert (Path(copy["trial_dir"]) / "result.json").read_bytes() == (
+        Path(source["trial_dir"]) / "result.json"
+    ).read_bytes()
     assert not (Path(copy["trial_dir"]) / "ckpt").exists()  # nothing was trained for it
     again_exp = client.get_experiment_by_name("again").experiment_id
     (run,) = client.search_runs([again_exp], "tags.`sweeper.kind` = 'trial'")
-    assert run.data.tags["sweeper.reused_from"] == copy["reused_from"] and run.data.metrics["mean/psnr"] == pytest.approx(source["metrics"]["mean/psnr"])
+    assert run.data.tags["sweeper.reused_from"] == copy["reused_from"] and run.data.metrics[
+        "mean/psnr"
+    ] == pytest.approx(source["metrics"]["mean/psnr"])
 
-    assert load_checkpoint(Path(retry["trial_dir"]) / "ckpt" / "last.pt").keys() == {"config", "stage", "step", "g"}  # lean once finished
+    assert load_checkpoint(Path(retry["trial_dir"]) / "ckpt" / "last.pt").keys() == {
+        "config",
+        "stage",
+        "step",
+        "g",
+    }  # lean once finished
     logs = sweeper(["logs", "study=mu_search", f"trial={retry['number']}", f"workspace={ws}"], tmp_path, env)
     assert logs.returncode == 0 and "stderr.log <==" in logs.stdout
     table = sweeper(["status", "study=mu_search", f"workspace={ws}"], tmp_path, env)
@@ -152,7 +188,13 @@ def test_mu_search_survives_kill_9_and_agrees_with_mlflow(tmp_path: Path, env: d
 def test_cancel_stops_the_running_trial(tmp_path: Path, env: dict[str, str]) -> None:
     ws = tmp_path / "ws"
     run = start(["run", "study=ablation", f"workspace={ws}", *TINY], tmp_path, env)
-    wait_for(lambda: any(t["state"] == "RUNNING" and t["job_id"] for t in status(ws, tmp_path, env, "ablation")["trials"]) if (ws / "optuna.db").exists() else False)
+    wait_for(
+        lambda: (
+            any(t["state"] == "RUNNING" and t["job_id"] for t in status(ws, tmp_path, env, "ablation")["trials"])
+            if (ws / "optuna.db").exists()
+            else False
+        )
+    )
     done = sweeper(["cancel", "study=ablation", f"workspace={ws}"], tmp_path, env)
     assert done.returncode == 0 and "cancelled 3 trial(s)" in done.stdout, done.stdout + done.stderr
     _, err = run.communicate(timeout=120)
@@ -160,7 +202,12 @@ def test_cancel_stops_the_running_trial(tmp_path: Path, env: dict[str, str]) -> 
     trials = status(ws, tmp_path, env, "ablation")["trials"]
     assert {t["state"] for t in trials} == {"FAIL"} and all(t["reason"].startswith("cancelled") for t in trials)
     pid = job_pid(Path(trials[0]["trial_dir"]), ws)
-    wait_for(lambda: not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z", 30)
+    wait_for(
+        lambda: (
+            not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+        ),
+        30,
+    )
 
 
 @pytest.mark.slow
@@ -196,15 +243,23 @@ def broken_data(tmp_path: Path) -> Path:
         (["study=mu_search", "seed=inf"], "seed=inf: a finite integer"),
         (["study=mu_search", "data.root=/nonexistent/data"], "/nonexistent/data"),
         (["study=mu_search", "data.root=BROKEN", "data.train_sets=[train]"], "bad.png"),
-        (["study=mu_search", "data.root=BROKEN"], "none of the training sets preset=smoke trains on (T91, BSD200); sets found there: Set5, train"),
+        (
+            ["study=mu_search", "data.root=BROKEN"],
+            "none of the training sets preset=smoke trains on (T91, BSD200); sets found there: Set5, train",
+        ),
         (["study=beta_search"], "run study=mu_search first or pass mu=VALUE"),
         (["study=mu_search", "select_by=lpips"], "select_by=lpips needs LPIPS"),
         (["study=mu_search", "preset=proxy"], "ImageNet weights"),
         (["study=mu_search", "executor.n_jobs=0"], "executor.n_jobs=0"),
-        (["study=mu_search", "preset=proxy", "executor.trials_per_gpu=0"], "executor.trials_per_gpu=0"),  # before the weights
+        (
+            ["study=mu_search", "preset=proxy", "executor.trials_per_gpu=0"],
+            "executor.trials_per_gpu=0",
+        ),  # before the weights
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_no_state(tmp_path: Path, env: dict[str, str], args: list[str], message: str) -> None:
+def test_bad_input_is_one_line_exit_2_and_no_state(
+    tmp_path: Path, env: dict[str, str], args: list[str], message: str
+) -> None:
     if "data.root=BROKEN" in args:
         root = broken_data(tmp_path)
         args = [a.replace("BROKEN", str(root)) for a in args]
@@ -223,7 +278,9 @@ def test_bad_input_is_one_line_exit_2_and_no_state(tmp_path: Path, env: dict[str
     (["plan", "study=mu_search", "preset=galaxy"], "preset='galaxy' is not valid"),
     (["rank-check", "study=mu_search", "preset=galaxy"], "preset= is a training setting"),
 ])  # fmt: skip
-def test_other_commands_refuse_bad_input_before_creating_anything(tmp_path: Path, env: dict[str, str], command: list[str], message: str) -> None:
+def test_other_commands_refuse_bad_input_before_creating_anything(
+    tmp_path: Path, env: dict[str, str], command: list[str], message: str
+) -> None:
     done = sweeper([*command, f"workspace={tmp_path / 'ws'}"], tmp_path, env)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert not (tmp_path / "ws").exists() and not (tmp_path / "torch_home").exists()

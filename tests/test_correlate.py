@@ -75,12 +75,20 @@ def test_weakness_note_for_four_points():
 def test_best_and_worst_use_lower_is_better_for_lpips():
     labels = ["mu=inf", "mu=1 + beta1_3", "mu=10 + beta1_3", "mu=0.5 + beta3_6"]
     # Table 4 of the paper, BSD100 LPIPS: SRGAN-DP then ESRGAN-DP
-    a = correlate.agreement("BSD100", "lpips", labels, np.array([0.1483, 0.1447, 0.1473, 0.1370]), np.array([0.1428, 0.1329, 0.1403, 0.1280]))
+    a = correlate.agreement(
+        "BSD100",
+        "lpips",
+        labels,
+        np.array([0.1483, 0.1447, 0.1473, 0.1370]),
+        np.array([0.1428, 0.1329, 0.1403, 0.1280]),
+    )
     assert (a.best_proxy, a.worst_proxy) == ("mu=0.5 + beta3_6", "mu=inf")
     assert a.best_agrees and a.worst_agrees
     assert a.discordant == 0 and a.pairs == 6 and a.kendall == pytest.approx(1.0)
     assert a.p_kendall == pytest.approx(1 / 24)
-    psnr = correlate.agreement("BSD100", "psnr", labels, np.array([25.37, 25.95, 25.71, 25.82]), np.array([24.95, 25.43, 25.35, 25.40]))
+    psnr = correlate.agreement(
+        "BSD100", "psnr", labels, np.array([25.37, 25.95, 25.71, 25.82]), np.array([24.95, 25.43, 25.35, 25.40])
+    )
     assert psnr.best_proxy == "mu=1 + beta1_3" and psnr.worst_proxy == "mu=inf" and psnr.best_agrees
 
 
@@ -129,8 +137,11 @@ def correlation_store(tmp_path_factory):
     """A real MLflow store holding the correlation study as the sweeper logs it."""
     root = tmp_path_factory.mktemp("ws")
     uri, client = mlflow_layout.store(root)
-    trials = [{"arch": arch, **s, "final": mlflow_layout.scores(*TABLE4[arch][i], sets=("BSD100",))}
-              for arch in ("srgan", "esrgan") for i, s in enumerate(SETTINGS)]
+    trials = [
+        {"arch": arch, **s, "final": mlflow_layout.scores(*TABLE4[arch][i], sets=("BSD100",))}
+        for arch in ("srgan", "esrgan")
+        for i, s in enumerate(SETTINGS)
+    ]
     mlflow_layout.log_stage(client, root, "correlation", "proxy_vs_target", trials, winner=3, select_by="lpips")
     return uri, client
 

@@ -31,7 +31,9 @@ SMALL = ["preset=smoke", "weights=random", "model.num_feat=16", "model.num_block
 MUS = ["0.5", "1", "10", "inf"]
 
 
-def line(a: int, b: int, wall: float, device_s: float, pretrain: str = "none", pre_iters: int = 0, pre_s: float = 0.0) -> dict:
+def line(
+    a: int, b: int, wall: float, device_s: float, pretrain: str = "none", pre_iters: int = 0, pre_s: float = 0.0
+) -> dict:
     return {"from_step": a, "to_step": b, "iters": b - a, "wall_s": wall, "device": "cpu", "device_s": device_s,
             "pretrain": pretrain, "pretrain_iters": pre_iters, "pretrain_s": pre_s}  # fmt: skip
 
@@ -47,15 +49,32 @@ def test_ledger_sums_and_naive_protocol(tmp_path: Path) -> None:
     storage = optuna.storages.InMemoryStorage()
     sid = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "s.mu")
     dist: dict[str, BaseDistribution] = {"mu": CategoricalDistribution(["1", "2", "3"])}
-    ledgers = {"1": [line(0, 60, 10, 20, "trained", 8, 2.0), line(60, 100, 5, 10)], "2": [], "3": [line(0, 100, 12, 24, "reused")]}
+    ledgers = {
+        "1": [line(0, 60, 10, 20, "trained", 8, 2.0), line(60, 100, 5, 10)],
+        "2": [],
+        "3": [line(0, 100, 12, 24, "reused")],
+    }
     for k, (mu, lines) in enumerate(ledgers.items()):
         folder = tmp_path / str(k)
         folder.mkdir()
-        (folder / "config.yaml").write_text(yaml.safe_dump({"train": {"iters": 100, "pretrain_iters": 8, "from_scratch": False}}))
+        (folder / "config.yaml").write_text(
+            yaml.safe_dump({"train": {"iters": 100, "pretrain_iters": 8, "from_scratch": False}})
+        )
         (folder / "ledger.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-        for state in ((TrialState.FAIL, TrialState.COMPLETE) if mu == "3" else (TrialState.COMPLETE,)):  # two attempts, one folder
+        for state in (
+            (TrialState.FAIL, TrialState.COMPLETE) if mu == "3" else (TrialState.COMPLETE,)
+        ):  # two attempts, one folder
             value = 1.0 if state == TrialState.COMPLETE else None
-            storage.create_new_trial(sid, create_trial(state=state, params={"mu": mu}, distributions=dist, value=value, user_attrs={"trial_dir": str(folder)}))
+            storage.create_new_trial(
+                sid,
+                create_trial(
+                    state=state,
+                    params={"mu": mu},
+                    distributions=dist,
+                    value=value,
+                    user_attrs={"trial_dir": str(folder)},
+                ),
+            )
     (cost,) = ledger.study_costs(storage, {"mu": sid})
     assert (cost.points, cost.naive_iters, cost.naive_pretrain_iters) == (3, 300, 24)
     t = cost.spent
@@ -64,22 +83,34 @@ def test_ledger_sums_and_naive_protocol(tmp_path: Path) -> None:
     assert t.gan_rate == pytest.approx(50 / 200) and t.pretrain_rate == pytest.approx(0.5) and t.unit == "CPU core-s"
     mu_row, study_row = ledger.cost_rows([cost])
     assert mu_row["naive_device_s"] == pytest.approx(300 * 0.25 + 24 * 0.5)  # 87
-    assert mu_row["device_ratio"] == pytest.approx(54 / 87, abs=1e-3) and mu_row["iters_ratio"] == pytest.approx(208 / 324, abs=1e-3)
+    assert mu_row["device_ratio"] == pytest.approx(54 / 87, abs=1e-3) and mu_row["iters_ratio"] == pytest.approx(
+        208 / 324, abs=1e-3
+    )
     assert study_row == {**mu_row, "stage": "study"}
-    assert ledger.status_lines([cost])[0] == "cost mu: 200/300 GAN iters (naive), 8/24 pre-training iters, 0 repeated; 54 CPU core-s = 62% of naive"
+    assert (
+        ledger.status_lines([cost])[0]
+        == "cost mu: 200/300 GAN iters (naive), 8/24 pre-training iters, 0 repeated; 54 CPU core-s = 62% of naive"
+    )
 
 
 def test_snap_and_replay_on_known_curves() -> None:
     assert rankcheck.snap([1, 4, 12], [2, 4, 6, 8, 10, 12]) == [2, 4, 12]
     assert rankcheck.snap([1, 2, 12], [6, 12]) == [6, 12]
     # trial 3 leads at budget 2 and is the only one kept (4 // 3 = 1), but trial 0 wins at the end: halving drops the winner
-    curves = {0: {2: (2.0, 0.0), 6: (0.0, 0.0)}, 1: {2: (3.0, 0.0), 6: (1.0, 0.0)}, 2: {2: (4.0, 0.0), 6: (2.0, 0.0)}, 3: {2: (1.0, 0.0), 6: (3.0, 0.0)}}
+    curves = {
+        0: {2: (2.0, 0.0), 6: (0.0, 0.0)},
+        1: {2: (3.0, 0.0), 6: (1.0, 0.0)},
+        2: {2: (4.0, 0.0), 6: (2.0, 0.0)},
+        3: {2: (1.0, 0.0), 6: (3.0, 0.0)},
+    }
     check = rankcheck.check_stage("mu", curves, 6, "psnr", Options(eta=3, min_iters=2))
     assert check.budgets == [2, 6] and check.winner == 0 and check.pick == 3
     first, last = check.rungs
     assert (first.alive, first.winner_alive, last.alive, last.winner_alive) == (4, True, 1, False)
     x, y = np.array([2.0, 3, 4, 1]), np.array([0.0, 1, 2, 3])
-    assert first.kendall == pytest.approx(correlate.kendall(x, y)) and first.p_kendall == pytest.approx(correlate.permutation_p(x, y)[1])
+    assert first.kendall == pytest.approx(correlate.kendall(x, y)) and first.p_kendall == pytest.approx(
+        correlate.permutation_p(x, y)[1]
+    )
     assert check.halving_iters == halving.iterations_spent([4, 1], [2, 6]) == 12 and check.full_iters == 24
     flat = rankcheck.check_stage("mu", {t: {2: (1.0, 0.0), 6: (float(t), 0.0)} for t in range(3)}, 6, "psnr", Options())
     assert flat.rungs[0].undefined and math.isnan(flat.rungs[0].p_kendall)
@@ -115,7 +146,9 @@ def test_plan_names_what_its_hours_count() -> None:
 
 
 def sweeper(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([sys.executable, "-m", "sweeper.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeper.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stderr
     return done
 
@@ -134,14 +167,22 @@ def study(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
 @pytest.mark.slow
 def test_status_totals_match_the_trials_ledgers(study) -> None:
     tmp, ws, env = study
-    cost = json.loads(sweeper(["status", "study=small", f"workspace={ws}", "--format", "json"], tmp, env).stdout)["cost"]
+    cost = json.loads(sweeper(["status", "study=small", f"workspace={ws}", "--format", "json"], tmp, env).stdout)[
+        "cost"
+    ]
     lines = [x for d in sorted((ws / "trials" / "small").glob("*/*")) for x in ledger.read(d)]
     assert len(lines) == 4 and all((x["from_step"], x["to_step"]) == (0, 6) for x in lines)
     assert sorted(x["pretrain"] for x in lines) == ["reused"] * 3 + ["trained"]  # one pre-training, shared by the cache
     share = thread_share(len(os.sched_getaffinity(0)), 2)  # executor.n_jobs=2: each trial got its share of the cores
     assert all(x["device_s"] == pytest.approx(x["wall_s"] * share, rel=1e-3) for x in lines)
     row = cost[-1]
-    assert (row["stage"], row["gan_iters"], row["naive_gan_iters"], row["pretrain_iters"], row["naive_pretrain_iters"]) == ("study", 24, 24, 2, 8)
+    assert (
+        row["stage"],
+        row["gan_iters"],
+        row["naive_gan_iters"],
+        row["pretrain_iters"],
+        row["naive_pretrain_iters"],
+    ) == ("study", 24, 24, 2, 8)
     assert row["repeated_iters"] == 0 and row["device_s"] == pytest.approx(sum(x["device_s"] for x in lines), abs=0.1)
     text = sweeper(["status", "study=small", f"workspace={ws}"], tmp, env).stdout
     assert "cost mu: 24/24 GAN iters (naive), 2/8 pre-training iters, 0 repeated;" in text
@@ -161,12 +202,19 @@ def test_plan_agrees_with_the_finished_studys_ledger(study) -> None:
     totals = ledger.Totals()
     for d in (ws / "trials" / "small").glob("*/*"):
         totals.add(ledger.read(d))
-    assert stage["none_hours"] * 3600 == pytest.approx(totals.device_s - totals.pretrain_device_s, rel=1e-6)  # the GAN part, as spent
+    assert stage["none_hours"] * 3600 == pytest.approx(
+        totals.device_s - totals.pretrain_device_s, rel=1e-6
+    )  # the GAN part, as spent
     naive = ledger.cost_rows(ledger.study_costs(*_stages(ws)))[-1]["naive_device_s"]
     assert stage["naive_hours"] * 3600 == pytest.approx(naive, abs=0.1)
     # an empty workspace: the step time is measured now
-    fresh = json.loads(sweeper(["plan", "study=small", f"workspace={tmp / 'fresh'}", *SMALL, "--format", "json"], tmp, env).stdout)
-    assert fresh["stages"][0]["rate_source"].startswith("srgan: measured now on cpu") and fresh["stages"][0]["pretrain_iters"] == 2
+    fresh = json.loads(
+        sweeper(["plan", "study=small", f"workspace={tmp / 'fresh'}", *SMALL, "--format", "json"], tmp, env).stdout
+    )
+    assert (
+        fresh["stages"][0]["rate_source"].startswith("srgan: measured now on cpu")
+        and fresh["stages"][0]["pretrain_iters"] == 2
+    )
     assert not (tmp / "fresh").exists()
 
 
@@ -209,12 +257,19 @@ def test_a_halving_study_logs_and_reports_its_stopped_trials(tmp_path: Path) -> 
     complete = {t.user_attrs["mlflow_run_id"]: t for t in trials if t.state == TrialState.COMPLETE}
     assert len(pruned) >= 2 and len(pruned) + len(complete) == len(MUS)
     client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
-    runs = {r.info.run_id: r for r in client.search_runs([client.get_experiment_by_name("small").experiment_id],
-                                                        "tags.`sweeper.kind` = 'trial'")}
+    runs = {
+        r.info.run_id: r
+        for r in client.search_runs(
+            [client.get_experiment_by_name("small").experiment_id], "tags.`sweeper.kind` = 'trial'"
+        )
+    }
     assert set(runs) == set(pruned) | set(complete)  # one run per settled trial, stopped ones included
     for run_id, t in pruned.items():
         run = runs[run_id]
-        assert run.data.tags["sweeper.stopped_at"] == str(t.user_attrs["reached_iters"]) and t.user_attrs["reached_iters"] < 6
+        assert (
+            run.data.tags["sweeper.stopped_at"] == str(t.user_attrs["reached_iters"])
+            and t.user_attrs["reached_iters"] < 6
+        )
         assert run.info.run_name.endswith(f"(stopped at {t.user_attrs['reached_iters']} it)")
         assert run.data.metrics["mean/psnr"] == pytest.approx(t.user_attrs["metrics"]["mean/psnr"])
         assert run.data.tags["sweeper.winner"] == "false"

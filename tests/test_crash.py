@@ -70,19 +70,28 @@ def assert_sound(ws: Path, storage: str, study: str = "crash", mus: list[str] = 
     states = [(t.number, t.state.name, t.params, t.user_attrs.get("reason")) for t in trials]
     trials = [t for t in trials if not str(t.user_attrs.get("reason")).startswith(("cancelled", MACHINE))]
     assert Counter(t.params["mu"] for t in settled) == Counter(mus), states  # every point settled exactly once
-    assert not [t for t in trials if t.state != TrialState.COMPLETE and t not in settled], states  # nothing failed, nothing left
+    assert not [t for t in trials if t.state != TrialState.COMPLETE and t not in settled], (
+        states
+    )  # nothing failed, nothing left
     complete = [t for t in settled if t.state == TrialState.COMPLETE]
     assert len(complete) == 1, states  # halving with eta=3 on two points: one goes on to the last rung
     for t in settled:  # no iteration trained twice (resumed, never two jobs in one folder)
         folder = Path(t.user_attrs["trial_dir"])
-        steps = [r["step"] for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+        steps = [
+            r["step"]
+            for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] == "train"
+        ]
         assert steps == list(range(1, t.user_attrs["reached_iters"] + 1)), (t.number, steps)
     client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(study).experiment_id
     runs = client.search_runs([experiment], "tags.`sweeper.kind` = 'trial'")
     assert sorted(r.info.run_id for r in runs) == sorted(t.user_attrs["mlflow_run_id"] for t in settled)  # one run each
     stopped = {r.info.run_id: r.data.tags.get("sweeper.stopped_at") for r in runs}
-    assert all(stopped[t.user_attrs["mlflow_run_id"]] == (None if t in complete else str(t.user_attrs["reached_iters"])) for t in settled)
+    assert all(
+        stopped[t.user_attrs["mlflow_run_id"]] == (None if t in complete else str(t.user_attrs["reached_iters"]))
+        for t in settled
+    )
     winner_trial = optuna.load_study(study_name=f"{study}.mu", storage=opened).user_attrs["winner_trial"]
     winners = [r.info.run_id for r in runs if r.data.tags["sweeper.winner"] == "true"]
     assert winners == [next(t.user_attrs["mlflow_run_id"] for t in complete if t.number == winner_trial)]
@@ -129,14 +138,22 @@ def crash_chain(tmp_path: Path, storage: str, executor: str, signal: str | None 
     assert done.returncode == 0, done.stderr[-3000:]
     trials = assert_sound(ws, storage)
     opened = Workspace.resolve(str(ws), STORAGES[storage].format(ws=ws), None).open_storage()
-    faults = [t for t in optuna.load_study(study_name="crash.mu", storage=opened).get_trials() if t.state == TrialState.FAIL]
-    assert {t.params["mu"] for t in faults} == set(MUS) and all(t.user_attrs["reason"].startswith(MACHINE) for t in faults)
+    faults = [
+        t for t in optuna.load_study(study_name="crash.mu", storage=opened).get_trials() if t.state == TrialState.FAIL
+    ]
+    assert {t.params["mu"] for t in faults} == set(MUS) and all(
+        t.user_attrs["reason"].startswith(MACHINE) for t in faults
+    )
     assert {t.user_attrs["attempt"] for t in trials} == {1}  # the machine's faults spent no retry (max_retries=0)
     ws = tmp_path / "race"
     for point in RACE_POINTS:
         extra = {"SWEEPER_CRASH_AT": point} | ({"SWEEPER_CRASH_SIGNAL": signal} if signal else {})
         crashed = sweeper(study_args(ws, storage, f"executor={executor}", *RACING), env | extra)
-        assert crashed.returncode == expected and "Traceback" not in crashed.stderr, (point, crashed.returncode, crashed.stderr[-3000:])
+        assert crashed.returncode == expected and "Traceback" not in crashed.stderr, (
+            point,
+            crashed.returncode,
+            crashed.stderr[-3000:],
+        )
     done = sweeper(study_args(ws, storage, f"executor={executor}", *RACING), env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_race_sound(ws, storage)
@@ -157,8 +174,15 @@ def test_ctrl_c_at_every_crash_point_spends_no_retry(tmp_path: Path) -> None:
 
 
 def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(sweeper_args(args), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=ctrl_c_works)
+    return subprocess.Popen(
+        sweeper_args(args),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=ctrl_c_works,
+    )
 
 
 def wait_for_a_job(ws: Path, runner: subprocess.Popen[str], timeout: float = 120) -> None:
@@ -183,14 +207,18 @@ def test_run_racing_cancel_says_cancelled_then_resumes(tmp_path: Path) -> None:
     _, err = runner.communicate(timeout=120)
     assert runner.returncode == 2 and "Traceback" not in err and "was cancelled" in err, err
     client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
-    (stage,) = client.search_runs([client.get_experiment_by_name("crash").experiment_id], "tags.`sweeper.kind` = 'stage'")
+    (stage,) = client.search_runs(
+        [client.get_experiment_by_name("crash").experiment_id], "tags.`sweeper.kind` = 'stage'"
+    )
     assert stage.info.status == "KILLED"
     done = sweeper(args, env)
     assert done.returncode == 0, done.stderr[-3000:]
     trials = assert_sound(ws, "sqlite")
     assert {t.user_attrs["attempt"] for t in trials} == {1}  # a cancel spends no retry
     other = sweeper(study_args(ws, "sqlite", "train.iters=12", "train.val_every=12", "scheduler=none"), env)
-    assert other.returncode == 2 and other.stderr.count("error:") == 1 and "was started with scheduler=sha" in other.stderr, other.stderr
+    assert (
+        other.returncode == 2 and other.stderr.count("error:") == 1 and "was started with scheduler=sha" in other.stderr
+    ), other.stderr
 
 
 @pytest.mark.slow

@@ -51,7 +51,13 @@ def test_resolve_root_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_embedded_dataset_is_small_and_complete() -> None:
-    assert [name for name, _ in load_set(EMBEDDED, "Set5")] == ["baby.png", "bird.png", "butterfly.png", "head.png", "woman.png"]
+    assert [name for name, _ in load_set(EMBEDDED, "Set5")] == [
+        "baby.png",
+        "bird.png",
+        "butterfly.png",
+        "head.png",
+        "woman.png",
+    ]
     assert len(load_set(EMBEDDED, "train")) >= 5
     assert sum(f.stat().st_size for f in EMBEDDED.rglob("*")) < 5e6
 
@@ -127,7 +133,9 @@ def test_published_layout_scores_the_supplied_lr_images(shared_data: Path, tmp_p
     assert all(p.supplied for p in pairs.values()) and not any(p.supplied for p in flat.values())
     for name, pair in pairs.items():
         assert torch.equal(pair.hr, flat[name].hr) and torch.equal(pair.lr, lrs[name])
-    assert torch.equal(pairs["baby.png"].lr, flat["baby.png"].lr)  # the published LR files are MATLAB's bicubic of GTmod12
+    assert torch.equal(
+        pairs["baby.png"].lr, flat["baby.png"].lr
+    )  # the published LR files are MATLAB's bicubic of GTmod12
     assert not torch.equal(pairs["bird.png"].lr, flat["bird.png"].lr)  # the supplied file, not a re-degradation
     (crop,) = val_pairs(tmp_path, "Set5", 4, "mod12", crop=64, max_images=1)
     top, left = (pairs["baby.png"].hr.shape[1] - 64) // 2 // 4, (pairs["baby.png"].hr.shape[2] - 64) // 2 // 4
@@ -137,7 +145,9 @@ def test_published_layout_scores_the_supplied_lr_images(shared_data: Path, tmp_p
 def test_published_layout_errors_are_one_line(shared_data: Path, tmp_path: Path) -> None:
     published_layout(tmp_path, shared_data)
     write_image(tmp_path / "Set5" / "LRbicx4" / "head.png", torch.zeros(3, 10, 10, dtype=torch.uint8))
-    with pytest.raises(UserError, match=r"Set5/LRbicx4/head.png: LR image is \(10, 10\), but its HR .* is \(276, 276\)") as err:
+    with pytest.raises(
+        UserError, match=r"Set5/LRbicx4/head.png: LR image is \(10, 10\), but its HR .* is \(276, 276\)"
+    ) as err:
         val_pairs(tmp_path, "Set5", 4, "mod12")
     assert "\n" not in str(err.value)
     (tmp_path / "Set5" / "LRbicx4" / "head.png").unlink()
@@ -153,7 +163,9 @@ def test_sub_images_are_the_windows_of_the_sources_with_their_lr(cache: Path) ->
     batches = TrainBatches(smoke(), cache)
     files = sorted((EMBEDDED / "train").glob("*.png"))
     settings = Settings(96, 48, 4)
-    expected = [(img, w) for f in files for img in [read_image(f)] for w in windows(img.shape[-2], img.shape[-1], settings)]
+    expected = [
+        (img, w) for f in files for img in [read_image(f)] for w in windows(img.shape[-2], img.shape[-1], settings)
+    ]
     assert len(batches) == len(expected) == 76 and batches.skipped == 0
     for i in (0, 1, 30, len(batches) - 1):
         img, (top, left, h, w) = expected[i]
@@ -192,8 +204,10 @@ def test_batches_are_aligned_augmented_crops(cache: Path) -> None:
         hits = find_crop(lr_patch, [p[0] for p in pairs])
         assert hits, "the LR patch is not a crop of any (flipped/rotated) LR sub-image"
         # The HR patch sits at 4x the LR position in the same sub-image, under the same transform.
-        assert any(torch.equal(dihedral(pairs[i][1])[t][:, 4 * a : 4 * a + 32, 4 * b : 4 * b + 32], hr_patch)
-                   for i, t, a, b in hits)
+        assert any(
+            torch.equal(dihedral(pairs[i][1])[t][:, 4 * a : 4 * a + 32, 4 * b : 4 * b + 32], hr_patch)
+            for i, t, a, b in hits
+        )
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -235,20 +249,26 @@ def test_too_small_training_images_are_refused(cache: Path) -> None:
     check_train_sets(smoke())
 
 
-def test_a_data_root_gives_the_presets_training_sets_and_every_benchmark_found(shared_data: Path, tmp_path: Path,
-                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_data_root_gives_the_presets_training_sets_and_every_benchmark_found(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("SWEEPER_DATA", raising=False)
     root = {"data.root": str(shared_data)}
     settled = settle_sets({"preset": "smoke", **root})  # smoke trains on the embedded `train` set: not in a root
     assert settled["data.train_sets"] == ["T91", "BSD200"] and settled["data.val_sets"] == ["Set5", "Set14", "BSD100"]
     line = describe_sets(build_config(settled))
-    assert line.startswith("train: T91, BSD200 (96-px sub-images every 48 px, 32-px HR patches); validate: Set5, Set14, BSD100 (")
+    assert line.startswith(
+        "train: T91, BSD200 (96-px sub-images every 48 px, 32-px HR patches); validate: Set5, Set14, BSD100 ("
+    )
     assert "first 2 images of each, 64-px centre crops" in line
     named = settle_sets({"preset": "proxy", "data.val_sets": ["Set14"], "data.train_sets": ["T91"], **root})
     assert named["data.val_sets"] == ["Set14"] and named["data.train_sets"] == ["T91"]  # what the config names stays
     assert settle_sets({"preset": "smoke"}) == {"preset": "smoke"}  # the embedded demo: the preset's own sets
-    with pytest.raises(UserError, match=r"none of the training sets preset=paper trains on \(DIV2K\); sets found there: "
-                                        r"BSD100, BSD200, Set14, Set5, T91; name yours with data.train_sets=\[\.\.\.\]"):
+    with pytest.raises(
+        UserError,
+        match=r"none of the training sets preset=paper trains on \(DIV2K\); sets found there: "
+        r"BSD100, BSD200, Set14, Set5, T91; name yours with data.train_sets=\[\.\.\.\]",
+    ):
         settle_sets({"preset": "paper", **root})
     (tmp_path / "T91").mkdir()
     write_image(tmp_path / "T91" / "a.png", torch.zeros(3, 8, 8, dtype=torch.uint8))

@@ -27,8 +27,16 @@ from trainer.data import TrainBatches
 from trainer.errors import UserError
 from trainer.train import train
 
-TINY = {"preset": "smoke", "weights": "random", "model.num_blocks": 1, "model.num_feat": 16, "model.growth": 8,
-        "data.batch_size": 4, "train.log_every": 1, "train.val_every": 100}
+TINY = {
+    "preset": "smoke",
+    "weights": "random",
+    "model.num_blocks": 1,
+    "model.num_feat": 16,
+    "model.growth": 8,
+    "data.batch_size": 4,
+    "train.log_every": 1,
+    "train.val_every": 100,
+}
 G_SIDE = ("l_pix", "l_vgg", "l_res", "l_percep", "dp_weight")  # functions of the generator's weights only
 RTOL_FIRST, RTOL_G, RTOL_D, WEIGHT_ATOL = 1e-5, 1e-4, 2e-2, 1e-4
 
@@ -66,7 +74,9 @@ def test_shards_cut_the_global_batch(tmp_path):
 
 
 def test_devices_must_split_the_batch_and_are_not_part_of_the_computation():
-    with pytest.raises(UserError, match=r"train.devices=3: the global batch data.batch_size=4 .* choose one of 1, 2, 4"):
+    with pytest.raises(
+        UserError, match=r"train.devices=3: the global batch data.batch_size=4 .* choose one of 1, 2, 4"
+    ):
         tiny(**{"train.devices": 3})
     with pytest.raises(UserError, match="train.devices=0"):
         tiny(**{"train.devices": 0})
@@ -109,8 +119,13 @@ def test_a_killed_two_rank_run_resumes_to_the_single_process_result(tmp_path):
 
     script = tmp_path / "ranks.py"
     script.write_text(RANKS)
-    args = [sys.executable, str(script), str(tmp_path / "two"), str(tmp_path / "cache"),
-            *(f"{k}={v}" for k, v in {**TINY, **cfg, "train.devices": 2}.items())]
+    args = [
+        sys.executable,
+        str(script),
+        str(tmp_path / "two"),
+        str(tmp_path / "cache"),
+        *(f"{k}={v}" for k, v in {**TINY, **cfg, "train.devices": 2}.items()),
+    ]
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     ckpt, deadline = tmp_path / "two" / "ckpt" / "last.pt", time.monotonic() + 120
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -134,8 +149,18 @@ def test_sweeper_train_on_two_ranks_records_the_world_size(tmp_path):
     from mlflow import MlflowClient
 
     ws = tmp_path / "ws"
-    done = sweeper(["train", "arch=srgan", "mu=0.5", "beta=beta3_6", *tiny("model.num_blocks=1"), "train.devices=2",
-                    f"workspace={ws}"], env_for(tmp_path))
+    done = sweeper(
+        [
+            "train",
+            "arch=srgan",
+            "mu=0.5",
+            "beta=beta3_6",
+            *tiny("model.num_blocks=1"),
+            "train.devices=2",
+            f"workspace={ws}",
+        ],
+        env_for(tmp_path),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((ws / "trials" / "train" / "run" / "0" / "result.json").read_text())
     assert result["status"] == "complete" and result["world_size"] == 2

@@ -26,8 +26,20 @@ def read_rows(path: Path) -> dict[tuple[str, str], dict[str, str]]:
 
 def test_bicubic_matches_the_matlab_reference(shared_data: Path, tmp_path: Path, torch_home: Path) -> None:
     out = tmp_path / "bicubic.csv"
-    result = runner.invoke(app, ["evaluate", "bicubic", "--data-root", str(shared_data),
-                                 "--sets", "Set5,Set14,BSD100", "--out", str(out), "data.val_hr=mod4"])  # the CSV's modcrop
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "bicubic",
+            "--data-root",
+            str(shared_data),
+            "--sets",
+            "Set5,Set14,BSD100",
+            "--out",
+            str(out),
+            "data.val_hr=mod4",
+        ],
+    )  # the CSV's modcrop
     assert result.exit_code == 0, result.output
     assert "Set14" in result.output and "BSD100" in result.output  # the per-set mean table
     ours, reference = read_rows(out), read_rows(shared_data / "bicubic_x4_matlab_reference.csv")
@@ -42,11 +54,26 @@ def test_bicubic_matches_the_matlab_reference(shared_data: Path, tmp_path: Path,
     assert max(d_psnr) <= 2e-4 and max(d_ssim) <= 1e-5
 
 
-def test_bicubic_reads_the_papers_table5_row_in_rgb_on_gtmod12(shared_data: Path, tmp_path: Path, torch_home: Path) -> None:
+def test_bicubic_reads_the_papers_table5_row_in_rgb_on_gtmod12(
+    shared_data: Path, tmp_path: Path, torch_home: Path
+) -> None:
     """Table 5's bicubic Set5 (26.69 / 0.7736) is the RGB protocol on GTmod12 HR; Y reads 1.7 dB higher."""
     out = tmp_path / "b.csv"
-    result = runner.invoke(app, ["evaluate", "bicubic", "--data-root", str(shared_data), "--sets", "Set5", "--out", str(out),
-                                 "metrics.space=rgb", "data.val_hr=mod12"])
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "bicubic",
+            "--data-root",
+            str(shared_data),
+            "--sets",
+            "Set5",
+            "--out",
+            str(out),
+            "metrics.space=rgb",
+            "data.val_hr=mod12",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = read_rows(out).values()
     psnr, ssim = (sum(float(r[k]) for r in rows) / 5 for k in ("psnr_rgb", "ssim_rgb"))
@@ -62,7 +89,9 @@ def test_supplied_lr_images_are_scored(shared_data: Path, tmp_path: Path, torch_
     scored: dict[str, Any] = {}
     for root in (shared_data, tmp_path / "root"):
         out = tmp_path / f"{root.name}.csv"
-        result = runner.invoke(app, ["evaluate", "bicubic", "--data-root", str(root), "--sets", "Set5", "--out", str(out)])
+        result = runner.invoke(
+            app, ["evaluate", "bicubic", "--data-root", str(root), "--sets", "Set5", "--out", str(out)]
+        )
         assert result.exit_code == 0, result.output
         scored[root.name] = (read_rows(out), result.output)
     flat, published = scored[shared_data.name], scored["root"]
@@ -77,12 +106,15 @@ def test_checkpoint_is_evaluated_with_the_trainers_generator(tmp_path: Path, tor
     ckpt = tmp_path / "last.pt"
     save_atomic({"g": build_generator(cfg).state_dict(), "config": cfg.to_dict()}, ckpt)
     out = tmp_path / "g.csv"
-    result = runner.invoke(app, ["evaluate", str(ckpt), "--data-root", str(EMBEDDED), "--sets", "Set5",
-                                 "--out", str(out), "--no-lpips"])
+    result = runner.invoke(
+        app, ["evaluate", str(ckpt), "--data-root", str(EMBEDDED), "--sets", "Set5", "--out", str(out), "--no-lpips"]
+    )
     assert result.exit_code == 0, result.output
     rows = read_rows(out)
     assert len(rows) == 5 and all(0 < float(r["psnr_y"]) < 40 and -1 < float(r["ssim_y"]) < 1 for r in rows.values())
-    wrong = runner.invoke(app, ["evaluate", str(ckpt), "--data-root", str(EMBEDDED), "--sets", "Set5", "--upscale", "2"])
+    wrong = runner.invoke(
+        app, ["evaluate", str(ckpt), "--data-root", str(EMBEDDED), "--sets", "Set5", "--upscale", "2"]
+    )
     assert wrong.exit_code == 2 and "--upscale" in wrong.output
 
 
@@ -121,7 +153,11 @@ def test_a_kept_snapshot_is_evaluated_by_iteration(tmp_path: Path, torch_home: P
     torch.manual_seed(2)
     save_atomic({"g": build_generator(cfg).state_dict(), "config": cfg.to_dict()}, run / "ckpt" / "last.pt")
     scored: dict[str, Any] = {}
-    for args in (["checkpoint=" + str(run), "iter=5"], ["checkpoint=" + str(run), "iter=10"], [str(run / "ckpt" / "last.pt")]):
+    for args in (
+        ["checkpoint=" + str(run), "iter=5"],
+        ["checkpoint=" + str(run), "iter=10"],
+        [str(run / "ckpt" / "last.pt")],
+    ):
         out = tmp_path / f"{len(scored)}.csv"
         result = runner.invoke(app, ["evaluate", *args, *ROOT, "--sets", "Set5", "--out", str(out), "--no-lpips"])
         assert result.exit_code == 0, result.output
@@ -129,7 +165,11 @@ def test_a_kept_snapshot_is_evaluated_by_iteration(tmp_path: Path, torch_home: P
     first, tenth, final = scored.values()
     assert tenth == final != first  # iteration 10 kept the final generator here; 5 another one
     wrong = runner.invoke(app, ["evaluate", f"checkpoint={run}", "iter=7", *ROOT, "--sets", "Set5"])
-    assert wrong.exit_code == 2 and "iter=7: no generator kept at that iteration" in wrong.output and "kept: 5, 10" in wrong.output
+    assert (
+        wrong.exit_code == 2
+        and "iter=7: no generator kept at that iteration" in wrong.output
+        and "kept: 5, 10" in wrong.output
+    )
 
 
 def test_a_folder_of_sr_images_is_scored_logged_and_refused_when_wrong(tmp_path: Path, torch_home: Path) -> None:
@@ -144,11 +184,22 @@ def test_a_folder_of_sr_images_is_scored_logged_and_refused_when_wrong(tmp_path:
     for pair in val_pairs(EMBEDDED, "Set5", 4, "mod12"):  # bicubic's own output, saved losslessly: the same scores
         write_image(folder / pair.name, imresize(pair.lr, 4))
     ws = tmp_path / "ws"
-    args = ["evaluate", f"folder={folder.parent}", "method=Copy", f"workspace={ws}", *ROOT, "--sets", "Set5", "--no-lpips"]
+    args = [
+        "evaluate",
+        f"folder={folder.parent}",
+        "method=Copy",
+        f"workspace={ws}",
+        *ROOT,
+        "--sets",
+        "Set5",
+        "--no-lpips",
+    ]
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "copy.csv")])
     assert result.exit_code == 0, result.output
     assert "baselines" in result.output
-    bicubic = runner.invoke(app, ["evaluate", "bicubic", *ROOT, "--sets", "Set5", "--no-lpips", "--out", str(tmp_path / "bic.csv")])
+    bicubic = runner.invoke(
+        app, ["evaluate", "bicubic", *ROOT, "--sets", "Set5", "--no-lpips", "--out", str(tmp_path / "bic.csv")]
+    )
     assert bicubic.exit_code == 0 and read_rows(tmp_path / "copy.csv") == read_rows(tmp_path / "bic.csv")
     again = runner.invoke(app, args)  # a re-run replaces the method's run, never duplicates it
     assert again.exit_code == 0, again.output
@@ -160,8 +211,11 @@ def test_a_folder_of_sr_images_is_scored_logged_and_refused_when_wrong(tmp_path:
     (folder / "extra.png").write_bytes(bird)
     (folder / "bird.png").unlink()
     write_image(folder / "head.png", torch.zeros(3, 8, 8))
-    for broken, message in (("bird.png", "1 image(s) of Set5 missing (bird)"), ("extra.png", "match no HR image of Set5 (extra)"),
-                            (None, "head.png: (8, 8), but its HR is")):
+    for broken, message in (
+        ("bird.png", "1 image(s) of Set5 missing (bird)"),
+        ("extra.png", "match no HR image of Set5 (extra)"),
+        (None, "head.png: (8, 8), but its HR is"),
+    ):
         bad = runner.invoke(app, args)
         assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output, bad.output
         if broken == "bird.png":

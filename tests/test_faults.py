@@ -102,15 +102,25 @@ def test_prepare_killed_at_ten_points_never_blocks_the_next_and_ends_byte_identi
     data = tmp_path / "data"
     make_set(data, 16, (160, 160))
     cache = tmp_path / "cache"
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(data)], cwd=ROOT, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(data)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert driver.stdin and driver.stdout
     done = lambda: len(list(cache.glob("Train-*/done/*.json")))  # noqa: E731
     plan = lambda: any(cache.glob("Train-*/plan.json"))  # noqa: E731
     holder = lambda pid: lambda: any(f"{pid} " in p.read_text() for p in cache.glob("Train-*.lock"))  # noqa: E731
     # where each run is killed: while starting, holding the lock, after the plan, then after 1 .. 15 images
-    points = [lambda pid: lambda: True, holder, lambda pid: plan,
-              *[lambda pid, k=k: lambda: done() >= k for k in (1, 3, 5, 7, 9, 12, 15)]]
+    points = [
+        lambda pid: lambda: True,
+        holder,
+        lambda pid: plan,
+        *[lambda pid, k=k: lambda: done() >= k for k in (1, 3, 5, 7, 9, 12, 15)],
+    ]
     try:
         for n, point in enumerate(points):
             driver.stdin.write(f"{cache}\n")
@@ -120,7 +130,9 @@ def test_prepare_killed_at_ten_points_never_blocks_the_next_and_ends_byte_identi
             wait_for(point(pid))
             workers = descendants(pid)
             os.kill(pid, signal.SIGKILL)
-            wait_for(lambda pid=pid, workers=workers: not alive(pid) and not any(alive(w) for w in workers), timeout=5)  # the pool died with it
+            wait_for(
+                lambda pid=pid, workers=workers: not alive(pid) and not any(alive(w) for w in workers), timeout=5
+            )  # the pool died with it
             if n >= 2:  # every run after the first kill got past the lock within seconds
                 assert time.monotonic() - started < 30
             assert not any(cache.glob("Train-*/manifest.json")), f"point {n}: finished before the kill"
@@ -176,7 +188,9 @@ def test_a_lock_whose_holder_is_gone_is_taken_over(tmp_path: Path, capfd: pytest
             assert time.monotonic() - started < 5
             assert f"{os.getpid()} " in lock.read_text()
         err = capfd.readouterr().err
-        assert f"note: {lock} was held by process {leaker.pid}, which has ended" in err and "taking the lock over" in err
+        assert (
+            f"note: {lock} was held by process {leaker.pid}, which has ended" in err and "taking the lock over" in err
+        )
     finally:
         os.kill(sleeper, signal.SIGKILL)
 
@@ -212,7 +226,9 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 4 MB tmpfs (root only; the test is skipped elsewhere), unmounted afterwards."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if mounted.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     yield mnt
@@ -221,8 +237,11 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
 
 def test_a_checkpoint_that_does_not_fit_is_refused_with_the_numbers(small_fs: Path) -> None:
     (small_fs / "other").write_bytes(b"x" * (3 << 20))  # someone else's 3 MB
-    with pytest.raises(NoSpace, match=rf"^no space left on the file system of {small_fs}/ckpt: 1.0 MB free, a "
-                       r"checkpoint needs ~1.9 MB; free some space \(or use a larger disk\) and run again$") as e:
+    with pytest.raises(
+        NoSpace,
+        match=rf"^no space left on the file system of {small_fs}/ckpt: 1.0 MB free, a "
+        r"checkpoint needs ~1.9 MB; free some space \(or use a larger disk\) and run again$",
+    ) as e:
         save_atomic({"g": torch.zeros(500_000)}, small_fs / "ckpt" / "last.pt")
     assert e.value.errno == 28 and [p.name for p in small_fs.iterdir()] == ["other"]  # refused before writing
 
@@ -240,36 +259,59 @@ def test_prepare_checks_the_space_its_images_need(tmp_path: Path, small_fs: Path
     with pytest.raises(NoSpace, match=r": 1.0 MB free, preparing Train needs ~2.0 MB; free some space"):
         prepare_set(cfg_for(tmp_path / "data", small_fs, **{"data.subimage_step": 48}), "Train", small_fs, workers=1)
     (small_fs / "other").unlink()
-    assert prepare_set(cfg_for(tmp_path / "data", small_fs, **{"data.subimage_step": 48}), "Train", small_fs,
-                       workers=1).built == 4  # space freed: the same call goes through
+    assert (
+        prepare_set(
+            cfg_for(tmp_path / "data", small_fs, **{"data.subimage_step": 48}), "Train", small_fs, workers=1
+        ).built
+        == 4
+    )  # space freed: the same call goes through
 
 
 def test_the_machines_faults_are_told_from_a_runs_own(tmp_path: Path) -> None:
     eio = OSError(errno.EIO, "Input/output error", str(tmp_path / "ckpt.pt"))
-    assert environment_fault(eio) == (f"I/O error on {tmp_path}/ckpt.pt (a failing disk or network file system): "
-                                      "check that file system, then run again")
+    assert environment_fault(eio) == (
+        f"I/O error on {tmp_path}/ckpt.pt (a failing disk or network file system): "
+        "check that file system, then run again"
+    )
     wrapped = RuntimeError("DataLoader worker failed")
     wrapped.__cause__ = OSError(errno.EROFS, "Read-only file system", "/data/x.png")
-    assert environment_fault(wrapped) == ("the file system of /data/x.png is read-only: remount it read-write or pass "
-                                          "another workspace=, then run again")
+    assert environment_fault(wrapped) == (
+        "the file system of /data/x.png is read-only: remount it read-write or pass another workspace=, then run again"
+    )
     assert environment_fault(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")).startswith(
-        "CUDA out of memory (another process on the GPU")
-    assert environment_fault(NoSpace("no space left on the file system of /w: 1 MB free")) == "no space left on the file system of /w: 1 MB free"
-    for own in (ValueError("mu must be > 0"), FileNotFoundError(errno.ENOENT, "No such file", "x"), KeyError("g"),
-                RuntimeError("mat1 and mat2 shapes cannot be multiplied")):
+        "CUDA out of memory (another process on the GPU"
+    )
+    assert (
+        environment_fault(NoSpace("no space left on the file system of /w: 1 MB free"))
+        == "no space left on the file system of /w: 1 MB free"
+    )
+    for own in (
+        ValueError("mu must be > 0"),
+        FileNotFoundError(errno.ENOENT, "No such file", "x"),
+        KeyError("g"),
+        RuntimeError("mat1 and mat2 shapes cannot be multiplied"),
+    ):
         assert environment_fault(own) is None, own
 
 
 def mount_tmpfs(folder: Path, size: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
+    )
     if mounted.returncode:
         pytest.skip(f"cannot mount a tmpfs here (root needed): {mounted.stderr.strip()}")
 
 
 def run_json(ws: Path, env: dict[str, str]) -> list[dict]:
-    done = subprocess.run([sys.executable, "-m", "sweeper.cli", "status", "study=mu_search", f"workspace={ws}", "--format", "json"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeper.cli", "status", "study=mu_search", f"workspace={ws}", "--format", "json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["trials"]
 
@@ -277,9 +319,16 @@ def run_json(ws: Path, env: dict[str, str]) -> list[dict]:
 @pytest.mark.slow
 def test_a_full_disk_stops_the_study_in_one_line_spends_no_retry_and_the_rerun_finishes(tmp_path: Path) -> None:
     env = env_for(tmp_path)
-    small = [*tiny("train.ckpt_every=2"), "model.num_feat=8", "model.num_blocks=1", "max_retries=0"]  # one checkpoint a trial
+    small = [
+        *tiny("train.ckpt_every=2"),
+        "model.num_feat=8",
+        "model.num_blocks=1",
+        "max_retries=0",
+    ]  # one checkpoint a trial
     args = lambda ws: [sys.executable, "-m", "sweeper.cli", "run", "study=mu_search", f"workspace={ws}", *small]  # noqa: E731
-    reference = subprocess.run(args(tmp_path / "reference"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    reference = subprocess.run(
+        args(tmp_path / "reference"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
     assert reference.returncode == 0, reference.stderr[-3000:]
     ws = tmp_path / "ws"
     mount_tmpfs(ws / "trials", "1m")  # the trial folders on a 1 MB file system: no checkpoint fits
@@ -287,19 +336,25 @@ def test_a_full_disk_stops_the_study_in_one_line_spends_no_retry_and_the_rerun_f
         full = subprocess.run(args(ws), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-3000:]
         last = full.stderr.strip().splitlines()[-1]
-        assert re.fullmatch(rf"error: stopped: 3 trials in a row could not run for a fault of the machine, not of their "
-                            rf"settings \(no retry spent\); the last: no space left on the file system of {ws}/trials/"
-                            rf"mu_search/mu/\d/ckpt: 0\.\d MB free, a checkpoint needs ~[\d.]+ MB; free some space \(or "
-                            rf"use a larger disk\) and run again\. Re-run the same command to resume once it is fixed", last), last
+        assert re.fullmatch(
+            rf"error: stopped: 3 trials in a row could not run for a fault of the machine, not of their "
+            rf"settings \(no retry spent\); the last: no space left on the file system of {ws}/trials/"
+            rf"mu_search/mu/\d/ckpt: 0\.\d MB free, a checkpoint needs ~[\d.]+ MB; free some space \(or "
+            rf"use a larger disk\) and run again\. Re-run the same command to resume once it is fixed",
+            last,
+        ), last
         trials = run_json(ws, env)
         assert [t["state"] for t in trials].count("FAIL") == 3 and all(
-            t["reason"].startswith("machine fault: no space left") for t in trials if t["state"] == "FAIL")
+            t["reason"].startswith("machine fault: no space left") for t in trials if t["state"] == "FAIL"
+        )
         assert not [t for t in trials if t["state"] == "COMPLETE"]
         subprocess.run(["mount", "-o", "remount,size=1g", str(ws / "trials")], check=True)  # the disk enlarged
         done = subprocess.run(args(ws), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
         complete = [t for t in run_json(ws, env) if t["state"] == "COMPLETE"]
-        expected = {t["params"]["mu"]: t["metrics"] for t in run_json(tmp_path / "reference", env) if t["state"] == "COMPLETE"}
+        expected = {
+            t["params"]["mu"]: t["metrics"] for t in run_json(tmp_path / "reference", env) if t["state"] == "COMPLETE"
+        }
         assert len(complete) == 7 and {t["params"]["mu"]: t["metrics"] for t in complete} == expected
         assert {t["attempt"] for t in complete} == {1}  # no retry spent (max_retries=0 would have lost the points)
     finally:
@@ -338,7 +393,11 @@ def test_machine_faults_spend_no_retry_and_retry_failed_reopens_a_point(tmp_path
     assert claim(storage, sid) is None  # the trial's own failure used up max_retries=0
     enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=0, reopen=True)  # retry_failed=true
     third = claim(storage, sid)
-    assert third.user_attrs == {"attempt": 1, "trial_dir": first.user_attrs["trial_dir"], "counted_from": second.number + 1}
+    assert third.user_attrs == {
+        "attempt": 1,
+        "trial_dir": first.user_attrs["trial_dir"],
+        "counted_from": second.number + 1,
+    }
     enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, points, max_retries=0, reopen=True)  # live: not again
     assert claim(storage, sid) is None
     finish(storage, sid, third.number, TrialState.FAIL, None, {"reason": "boom"})
@@ -351,11 +410,19 @@ def test_an_open_workspace_and_a_trial_dir_outside_it_are_refused(tmp_path: Path
     open_ws.mkdir()
     open_ws.chmod(0o775)
     env = env_for(tmp_path)
-    done = subprocess.run([sys.executable, "-m", "sweeper.cli", "run", "study=mu_search", f"workspace={open_ws}", *TINY],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeper.cli", "run", "study=mu_search", f"workspace={open_ws}", *TINY],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
-    assert done.stderr == (f"error: workspace {open_ws} is writable by group (mode 775): they could plant files that run "
-                           f"as you; make it yours alone with `chmod go-w {open_ws}`, or use another folder\n")
+    assert done.stderr == (
+        f"error: workspace {open_ws} is writable by group (mode 775): they could plant files that run "
+        f"as you; make it yours alone with `chmod go-w {open_ws}`, or use another folder\n"
+    )
     assert os.listdir(open_ws) == []  # nothing created in it
     ws = Workspace.resolve(str(tmp_path / "ws"))
     ws.create()
@@ -364,8 +431,14 @@ def test_an_open_workspace_and_a_trial_dir_outside_it_are_refused(tmp_path: Path
     assert ws.recorded_trial_dir(str(inside)) == inside
     (tmp_path / "ws" / "trials").mkdir()
     (tmp_path / "ws" / "trials" / "escape").symlink_to(tmp_path)
-    for outside in (str(tmp_path / "home"), str(tmp_path / "ws" / "trials" / ".." / ".." / "x"), str(tmp_path / "ws" / "trials" / "escape" / "y")):
-        with pytest.raises(UserError, match=r"^the Optuna record names trial folder .*, outside .*/ws/trials; refusing to use it"):
+    for outside in (
+        str(tmp_path / "home"),
+        str(tmp_path / "ws" / "trials" / ".." / ".." / "x"),
+        str(tmp_path / "ws" / "trials" / "escape" / "y"),
+    ):
+        with pytest.raises(
+            UserError, match=r"^the Optuna record names trial folder .*, outside .*/ws/trials; refusing to use it"
+        ):
             ws.recorded_trial_dir(outside)
 
 
@@ -373,11 +446,18 @@ def test_a_code_carrying_checkpoint_is_refused_in_one_line(tmp_path: Path) -> No
     evil = tmp_path / "evil.pt"
     marker = tmp_path / "pwned"
     evil.write_bytes(subprocess.run([sys.executable, "-c", EVIL, str(marker)], capture_output=True, check=True).stdout)
-    done = subprocess.run([sys.executable, "-m", "sweeper.cli", "evaluate", str(evil), "--sets", "Set5"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeper.cli", "evaluate", str(evil), "--sets", "Set5"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2 and not marker.exists()
-    assert done.stderr == (f"error: {evil}: refused: it holds Python objects other than tensors and plain values, which "
-                           "could run code when loaded; only checkpoints written by this trainer are loaded\n")
+    assert done.stderr == (
+        f"error: {evil}: refused: it holds Python objects other than tensors and plain values, which "
+        "could run code when loaded; only checkpoints written by this trainer are loaded\n"
+    )
 
 
 EVIL = """
@@ -399,14 +479,25 @@ def test_ui_on_every_interface_warns_checks_host_headers_and_keeps_uploads_in_th
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ui = subprocess.Popen([sys.executable, "-m", "sweeper.cli", "ui", f"workspace={ws.root}", "--host", "0.0.0.0", "--port",
-                           str(port)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "sweeper.cli", "ui", f"workspace={ws.root}", "--host", "0.0.0.0", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert ui.stdout and "MLflow UI at" in next(line for line in ui.stdout if "MLflow UI" in line)
 
-        def request(host: str, method: str = "GET", path: str = "/api/2.0/mlflow/experiments/search?max_results=1") -> int:
-            req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, headers={"Host": host},
-                                         data=b"hello" if method == "PUT" else None)
+        def request(
+            host: str, method: str = "GET", path: str = "/api/2.0/mlflow/experiments/search?max_results=1"
+        ) -> int:
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}{path}",
+                method=method,
+                headers={"Host": host},
+                data=b"hello" if method == "PUT" else None,
+            )
             try:
                 with urllib.request.urlopen(req, timeout=30) as reply:
                     return reply.status
@@ -420,17 +511,23 @@ def test_ui_on_every_interface_warns_checks_host_headers_and_keeps_uploads_in_th
     finally:
         ui.terminate()
         _, err = ui.communicate(timeout=60)
-    assert err.startswith("warning: --host 0.0.0.0 serves this workspace's MLflow store (every run, metric and artifact) "
-                          "to anyone who can reach this machine, with no password (--auth adds MLflow basic-auth)\n")
+    assert err.startswith(
+        "warning: --host 0.0.0.0 serves this workspace's MLflow store (every run, metric and artifact) "
+        "to anyone who can reach this machine, with no password (--auth adds MLflow basic-auth)\n"
+    )
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="making a folder of another user needs root")
-def test_studies_of_a_folder_someone_else_owns_are_ignored_and_names_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_studies_of_a_folder_someone_else_owns_are_ignored_and_names_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SWEEPER_STUDIES", raising=False)
     (tmp_path / "studies").mkdir()
     (tmp_path / "studies" / "mu_search.yaml").write_text("description: planted\nconfig: {}\nstages: []\n")
-    assert available()["mu_search"].resolve() == tmp_path / "studies" / "mu_search.yaml"  # ours: it may replace a built-in one
+    assert (
+        available()["mu_search"].resolve() == tmp_path / "studies" / "mu_search.yaml"
+    )  # ours: it may replace a built-in one
     os.chown(tmp_path / "studies", 65534, 65534)
     assert available()["mu_search"].parent.parent == ROOT  # another user's ./studies (say in /tmp) is not read
     with pytest.raises(UserError, match=r"^study='\.\./x': a study name is letters, digits and _"):

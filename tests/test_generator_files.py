@@ -26,14 +26,23 @@ def basicsr_names(key: str, arch: str) -> str:
         key = re.sub(r"^body\.(\d+)\.body\.0\.", r"body.\1.conv1.", key)
         key = re.sub(r"^body\.(\d+)\.body\.3\.", r"body.\1.conv2.", key)
         return key.replace("upsample.0.", "upconv1.").replace("upsample.3.", "upconv2.")
-    key = re.sub(r"^body\.(\d+)\.blocks\.(\d)\.convs\.(\d)\.", lambda m: f"body.{m[1]}.rdb{int(m[2]) + 1}.conv{int(m[3]) + 1}.", key)
+    key = re.sub(
+        r"^body\.(\d+)\.blocks\.(\d)\.convs\.(\d)\.",
+        lambda m: f"body.{m[1]}.rdb{int(m[2]) + 1}.conv{int(m[3]) + 1}.",
+        key,
+    )
     return key.replace("conv_up.0.", "conv_up1.").replace("conv_up.1.", "conv_up2.")
 
 
 def esrgan_repo_names(key: str) -> str:
     """BasicSR's RRDBNet key -> the ESRGAN repository's (RRDB_PSNR_x4.pth)."""
     key = re.sub(r"^body\.(\d+)\.rdb(\d)\.", r"RRDB_trunk.\1.RDB\2.", key)
-    return key.replace("conv_body.", "trunk_conv.").replace("conv_up1.", "upconv1.").replace("conv_up2.", "upconv2.").replace("conv_hr.", "HRconv.")
+    return (
+        key.replace("conv_body.", "trunk_conv.")
+        .replace("conv_up1.", "upconv1.")
+        .replace("conv_up2.", "upconv2.")
+        .replace("conv_hr.", "HRconv.")
+    )
 
 
 @pytest.mark.parametrize("arch", ["srgan", "esrgan"])
@@ -59,7 +68,9 @@ def test_released_files_load_under_their_own_key_names(arch: str, tmp_path: Path
 def test_a_mismatched_or_unreadable_file_is_a_one_line_error(tmp_path: Path) -> None:
     torch.save(build_generator(build_config(SMALL)).state_dict(), tmp_path / "g.pth")
     bigger = build_config({**SMALL, "model.num_blocks": 3, "model.init_from": str(tmp_path / "g.pth")})
-    with pytest.raises(UserError, match=r"do not fit arch=srgan .*model.num_blocks=3\): 4 missing \(e.g. body.2.body.0.weight") as err:
+    with pytest.raises(
+        UserError, match=r"do not fit arch=srgan .*model.num_blocks=3\): 4 missing \(e.g. body.2.body.0.weight"
+    ) as err:
         init_state(bigger, build_generator(bigger))
     assert "\n" not in str(err.value)
     esrgan = build_config({**SMALL, "arch": "esrgan", "model.init_from": str(tmp_path / "g.pth")})
@@ -78,9 +89,19 @@ def test_training_starts_from_the_file(tmp_path: Path) -> None:
     torch.manual_seed(2)
     start = build_generator(build_config(SMALL)).state_dict()
     torch.save(start, tmp_path / "start.pth")
-    cfg = build_config({**SMALL, "weights": "random", "train.iters": 2, "train.lr": 0.0, "model.init_from": str(tmp_path / "start.pth")})
+    cfg = build_config(
+        {
+            **SMALL,
+            "weights": "random",
+            "train.iters": 2,
+            "train.lr": 0.0,
+            "model.init_from": str(tmp_path / "start.pth"),
+        }
+    )
     result = train(cfg, tmp_path / "run", tmp_path / "cache", progress=False)
-    assert result["status"] == "complete" and result["weights"]["generator"].startswith(f"file:{tmp_path / 'start.pth'}")
+    assert result["status"] == "complete" and result["weights"]["generator"].startswith(
+        f"file:{tmp_path / 'start.pth'}"
+    )
     kept = load_checkpoint(tmp_path / "run" / "ckpt" / "last.pt")["g"]
     assert all(torch.equal(kept[k], v) for k, v in start.items())  # lr=0: the GAN stage kept the file's weights
 
@@ -111,7 +132,10 @@ def test_sweeper_export_writes_the_winner_with_its_card(tmp_path: Path) -> None:
     from trainer.checkpoint import FINISHED, save_generator
 
     uri, client = mlflow_layout.store(tmp_path)
-    trials = [{"arch": "srgan", "mu": mu, "beta": "beta1_3", "final": mlflow_layout.scores(30 + k, 0.9, 0.1)} for k, mu in enumerate([0.5, 1])]
+    trials = [
+        {"arch": "srgan", "mu": mu, "beta": "beta1_3", "final": mlflow_layout.scores(30 + k, 0.9, 0.1)}
+        for k, mu in enumerate([0.5, 1])
+    ]
     mlflow_layout.log_stage(client, tmp_path, "small", "mu", trials, winner=1)
     generators = {}
     for n in (0, 1):
@@ -121,17 +145,35 @@ def test_sweeper_export_writes_the_winner_with_its_card(tmp_path: Path) -> None:
         generators[n] = build_generator(config_from_dict(config)).eval()
         save_generator(folder / "ckpt" / "last.pt", config, FINISHED, 12, generators[n].state_dict())
     runner = CliRunner()
-    done = runner.invoke(app, ["export", "--from", "small", "--out", str(tmp_path / "w.safetensors"), f"workspace={tmp_path}"])
+    done = runner.invoke(
+        app, ["export", "--from", "small", "--out", str(tmp_path / "w.safetensors"), f"workspace={tmp_path}"]
+    )
     assert done.exit_code == 0, done.output
     card = read_card(tmp_path / "w.safetensors")
-    assert card["source"]["trial"] == "1" and card["architecture"]["network"].startswith("SRResNet") and card["commit"] == "abc1234"
+    assert (
+        card["source"]["trial"] == "1"
+        and card["architecture"]["network"].startswith("SRResNet")
+        and card["commit"] == "abc1234"
+    )
     assert card["metrics"]["Set5"]["psnr"] == trials[1]["final"]["Set5"]["psnr"] and card["config"]["mu"] == 1
     back = build_generator(config_from_dict(card["config"])).eval()
     back.load_state_dict(read_state(tmp_path / "w.safetensors"))
     x = torch.rand(1, 3, 16, 12, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         assert torch.equal(back(x), generators[1](x))  # the winner, bit for bit
-    other = runner.invoke(app, ["export", "--from", "small", "--trial", "0", "--out", str(tmp_path / "t0.safetensors"), f"workspace={tmp_path}"])
+    other = runner.invoke(
+        app,
+        [
+            "export",
+            "--from",
+            "small",
+            "--trial",
+            "0",
+            "--out",
+            str(tmp_path / "t0.safetensors"),
+            f"workspace={tmp_path}",
+        ],
+    )
     assert other.exit_code == 0 and read_card(tmp_path / "t0.safetensors")["source"]["trial"] == "0"
     for args, message in ((["--trial", "7"], "--trial 7: no finished trial"), ([], "must end in .safetensors")):
         out = str(tmp_path / ("x.safetensors" if args else "x.pt"))

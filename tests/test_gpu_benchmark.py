@@ -19,9 +19,19 @@ def test_without_a_gpu_it_skips():
 
 @pytest.mark.slow
 def test_its_measuring_code_runs_on_the_cpu():
-    out = subprocess.run([sys.executable, str(SCRIPT), "--cpu", "--steps", "1", "--warmup", "1", "--rounds", "1", "--pack", "1"],
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--cpu", "--steps", "1", "--warmup", "1", "--rounds", "1", "--pack", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
-    for line in ("esrgan-dp: batch 2", "srgan-dp proxy: batch 2", "fp32 + channels_last", "bf16 + channels_last / fp32 = ",
-                 "1 packed: ", "packed / one after another = "):
+    for line in (
+        "esrgan-dp: batch 2",
+        "srgan-dp proxy: batch 2",
+        "fp32 + channels_last",
+        "bf16 + channels_last / fp32 = ",
+        "1 packed: ",
+        "packed / one after another = ",
+    ):
         assert line in out.stdout, out.stdout

@@ -36,7 +36,9 @@ def locks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def holder(n_gpus: int, per_gpu: int) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", HOLDER, str(n_gpus), str(per_gpu)], stdout=subprocess.PIPE, text=True, env=os.environ)
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(n_gpus), str(per_gpu)], stdout=subprocess.PIPE, text=True, env=os.environ
+    )
 
 
 def test_processes_spread_evenly_and_never_double_book(locks: Path) -> None:
@@ -87,7 +89,10 @@ def test_thread_shares_and_local_options(tmp_path: Path) -> None:
     assert LocalExecutor.from_options({}, tmp_path).threads == cores  # one trial at a time on a CPU
     with pytest.raises(UserError, match="executor.trials_per_gpu=0: expected a positive integer"):
         LocalExecutor.from_options({"trials_per_gpu": 0}, tmp_path)
-    with pytest.raises(UserError, match="executor.gpus is not an option of executor=local; valid: executor.n_jobs, executor.trials_per_gpu"):
+    with pytest.raises(
+        UserError,
+        match="executor.gpus is not an option of executor=local; valid: executor.n_jobs, executor.trials_per_gpu",
+    ):
         LocalExecutor.from_options({"gpus": 2}, tmp_path)
 
 
@@ -107,13 +112,17 @@ def test_a_training_on_several_gpus_books_one_slot_on_each(locks: Path) -> None:
     for fd in [*fds, other[2]]:
         os.close(fd)
     assert gpus.held() == {}
+
+
 def test_planted_links_fifos_and_foreign_folders_are_refused_in_one_line(locks: Path, tmp_path: Path) -> None:
     locks.mkdir(mode=0o700)
     victim = tmp_path / "bashrc"
     victim.write_text("secret\n")
     victim.chmod(0o600)
     (locks / "gpu0.slot0.lock").symlink_to(victim)
-    with pytest.raises(UserError, match=r"^GPU slot lock .*gpu0.slot0.lock is a symbolic link \(planted by someone\?\); refusing it"):
+    with pytest.raises(
+        UserError, match=r"^GPU slot lock .*gpu0.slot0.lock is a symbolic link \(planted by someone\?\); refusing it"
+    ):
         gpus.try_book(1, 1)
     assert victim.stat().st_mode & 0o777 == 0o600 and victim.read_text() == "secret\n"  # the target never changed
     (locks / "gpu0.slot0.lock").unlink()
@@ -137,7 +146,10 @@ def test_planted_links_fifos_and_foreign_folders_are_refused_in_one_line(locks: 
         foreign.mkdir(mode=0o777)
         os.chown(foreign, 65534, 65534)
         os.environ["SWEEPER_GPU_LOCKS"] = str(foreign)
-        with pytest.raises(UserError, match=r"^GPU lock folder .*foreign belongs to uid 65534, not to you, and is not a root-owned folder of mode 1777"):
+        with pytest.raises(
+            UserError,
+            match=r"^GPU lock folder .*foreign belongs to uid 65534, not to you, and is not a root-owned folder of mode 1777",
+        ):
             gpus.try_book(1, 1)
     open_to_all = tmp_path / "open"
     open_to_all.mkdir()
@@ -151,8 +163,11 @@ def test_book_says_who_holds_the_slots_and_gives_up(locks: Path, capsys: pytest.
     proc = holder(1, 1)
     try:
         assert int(proc.stdout.readline()) == 0
-        with pytest.raises(OSError, match=rf"^every GPU slot stayed booked for 2 s \(gpu0.slot0: pid {proc.pid} \(\w+\)\): "
-                                          r"wait for them to end, or set SWEEPER_GPU_LOCKS") as e:
+        with pytest.raises(
+            OSError,
+            match=rf"^every GPU slot stayed booked for 2 s \(gpu0.slot0: pid {proc.pid} \(\w+\)\): "
+            r"wait for them to end, or set SWEEPER_GPU_LOCKS",
+        ) as e:
             gpus.book(1, 1, wait_s=2)
         assert e.value.errno == errno.EBUSY
         assert f"all 1 GPU slots of this machine are booked (gpu0.slot0: pid {proc.pid} (" in capsys.readouterr().out

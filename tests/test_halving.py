@@ -16,14 +16,17 @@ def test_default_rungs_leave_about_one_point_at_the_last_rung():
     assert [default_rungs(n, 3) for n in (1, 2, 3, 4, 7, 9, 10)] == [0, 1, 1, 2, 2, 2, 3]
 
 
-@pytest.mark.parametrize(("iters", "n", "eta", "min_iters", "expected"), [
-    (400_000, 7, 3, None, [44_444, 133_333, 400_000]),
-    (12, 7, 3, None, [1, 4, 12]),
-    (12, 4, 2, None, [3, 6, 12]),
-    (100, 7, 3, 10, [10, 30, 90, 100]),
-    (5, 7, 3, None, [1, 2, 5]),  # 5/9 rounds up to 1; budgets strictly increase
-    (40, 1, 3, None, [40]),
-])
+@pytest.mark.parametrize(
+    ("iters", "n", "eta", "min_iters", "expected"),
+    [
+        (400_000, 7, 3, None, [44_444, 133_333, 400_000]),
+        (12, 7, 3, None, [1, 4, 12]),
+        (12, 4, 2, None, [3, 6, 12]),
+        (100, 7, 3, 10, [10, 30, 90, 100]),
+        (5, 7, 3, None, [1, 2, 5]),  # 5/9 rounds up to 1; budgets strictly increase
+        (40, 1, 3, None, [40]),
+    ],
+)
 def test_rung_budgets(iters, n, eta, min_iters, expected):
     assert rung_budgets(iters, n, eta, min_iters) == expected
 

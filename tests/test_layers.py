@@ -70,7 +70,7 @@ def test_no_import_cycle() -> None:
         state[m] = 1
         for t in sorted(GRAPH.get(m, ())):
             if state.get(t) == 1:
-                return path[path.index(t):] + [t] if t in path else path + [t]
+                return path[path.index(t) :] + [t] if t in path else path + [t]
             if t not in state and (cycle := visit(t, path + [t])):
                 return cycle
         state[m] = 2
@@ -82,7 +82,9 @@ def test_no_import_cycle() -> None:
 
 
 def test_trainer_never_imports_sweeper() -> None:
-    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "trainer").rglob("*.py") if imports(p, set(SWEEPER) | {"sweeper"})]
+    offenders = [
+        str(p.relative_to(ROOT)) for p in (ROOT / "trainer").rglob("*.py") if imports(p, set(SWEEPER) | {"sweeper"})
+    ]
     assert offenders == []
 
 

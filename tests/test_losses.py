@@ -133,8 +133,14 @@ def test_extractors_stay_in_eval_mode(dp):
 
 @pytest.mark.parametrize(
     "kw,match",
-    [({"mu": 0.0}, "mu=0.0"), ({"mu": math.nan}, "mu=nan"), ({"beta": "beta5_1"}, "beta='beta5_1'.*beta1_3"),
-     ({"mode": "both"}, "mode='both'"), ({"variant": "theirs"}, "variant='theirs'"), ({"c": 0.0}, "c=0.0")],
+    [
+        ({"mu": 0.0}, "mu=0.0"),
+        ({"mu": math.nan}, "mu=nan"),
+        ({"beta": "beta5_1"}, "beta='beta5_1'.*beta1_3"),
+        ({"mode": "both"}, "mode='both'"),
+        ({"variant": "theirs"}, "variant='theirs'"),
+        ({"c": 0.0}, "c=0.0"),
+    ],
 )
 def test_bad_settings_are_user_errors(kw, match):
     with pytest.raises(UserError, match=match):

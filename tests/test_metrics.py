@@ -100,8 +100,10 @@ def test_lpips_unavailable_without_alexnet_weights(torch_home: Path, caplog: pyt
 def cache_trunk(torch_home: Path, key: str, features: torch.nn.Sequential) -> None:
     """Write `features` into the hub cache under the torchvision file name of FILES[key]."""
     (torch_home / "hub" / "checkpoints").mkdir(parents=True, exist_ok=True)
-    torch.save({f"features.{k}": v for k, v in features.state_dict().items()},
-               torch_home / "hub" / "checkpoints" / weights.FILES[key].name)
+    torch.save(
+        {f"features.{k}": v for k, v in features.state_dict().items()},
+        torch_home / "hub" / "checkpoints" / weights.FILES[key].name,
+    )
 
 
 def test_lpips_uses_the_cached_alexnet_weights(torch_home: Path) -> None:
@@ -149,7 +151,9 @@ def test_rgb_psnr_is_one_mse_over_all_channels() -> None:
 def test_rgb_ssim_is_the_mean_of_the_channels_ssim() -> None:
     hr = rand_u8(3, 40, 32, seed=3)
     sr = (hr.int() + rand_u8(3, 40, 32, seed=4).int() // 8 - 16).clamp(0, 255).to(torch.uint8)
-    per_channel = [ssim_reference(sr[c, 4:-4, 4:-4].double().numpy(), hr[c, 4:-4, 4:-4].double().numpy()) for c in range(3)]
+    per_channel = [
+        ssim_reference(sr[c, 4:-4, 4:-4].double().numpy(), hr[c, 4:-4, 4:-4].double().numpy()) for c in range(3)
+    ]
     assert float(ssim_batch(sr, hr, 4, "rgb")) == pytest.approx(sum(per_channel) / 3, abs=1e-12)
     with pytest.raises(ValueError, match="'ycbcr'"):
         ssim_batch(sr, hr, 4, "ycbcr")
@@ -159,21 +163,37 @@ def test_score_gives_both_spaces_as_the_single_space_functions() -> None:
     hr = rand_u8(3, 40, 32, seed=6)
     sr_u8 = (hr.int() + rand_u8(3, 40, 32, seed=7).int() // 8 - 16).clamp(0, 255).to(torch.uint8)
     both = score(sr_u8.float() / 255, hr, 4)
-    assert both == {"psnr_y": psnr_y(sr_u8, hr, 4), "ssim_y": ssim_y(sr_u8, hr, 4),
-                    "psnr_rgb": float(psnr_batch(sr_u8, hr, 4, "rgb")), "ssim_rgb": float(ssim_batch(sr_u8, hr, 4, "rgb"))}
+    assert both == {
+        "psnr_y": psnr_y(sr_u8, hr, 4),
+        "ssim_y": ssim_y(sr_u8, hr, 4),
+        "psnr_rgb": float(psnr_batch(sr_u8, hr, 4, "rgb")),
+        "ssim_rgb": float(ssim_batch(sr_u8, hr, 4, "rgb")),
+    }
     assert both["psnr_y"] != both["psnr_rgb"]
 
 
 def test_set_means_and_per_image_csv() -> None:
-    rows: dict[str, dict[str, float | None]] = {"a.png": {"psnr_y": 30.0, "ssim_y": 0.9, "psnr_rgb": 28.0, "ssim_rgb": 0.8, "lpips": 0.2},
-            "b.png": {"psnr_y": 32.0, "ssim_y": 0.7, "psnr_rgb": 29.0, "ssim_rgb": 0.6, "lpips": None}}
+    rows: dict[str, dict[str, float | None]] = {
+        "a.png": {"psnr_y": 30.0, "ssim_y": 0.9, "psnr_rgb": 28.0, "ssim_rgb": 0.8, "lpips": 0.2},
+        "b.png": {"psnr_y": 32.0, "ssim_y": 0.7, "psnr_rgb": 29.0, "ssim_rgb": 0.6, "lpips": None},
+    }
     means = set_means(rows.values(), "y")
-    assert means == {"psnr": 31.0, "ssim": pytest.approx(0.8), "lpips": None, "psnr_y": 31.0, "ssim_y": pytest.approx(0.8),
-                     "psnr_rgb": 28.5, "ssim_rgb": pytest.approx(0.7)}  # LPIPS only where every image has one
+    assert means == {
+        "psnr": 31.0,
+        "ssim": pytest.approx(0.8),
+        "lpips": None,
+        "psnr_y": 31.0,
+        "ssim_y": pytest.approx(0.8),
+        "psnr_rgb": 28.5,
+        "ssim_rgb": pytest.approx(0.7),
+    }  # LPIPS only where every image has one
     assert set_means([rows["a.png"]], "rgb")["psnr"] == 28.0 and set_means([rows["a.png"]], "rgb")["lpips"] == 0.2
     text = per_image_csv({"Set5": rows})
-    assert text.splitlines() == ["set,image,psnr_y,ssim_y,psnr_rgb,ssim_rgb,lpips",
-                                 "Set5,a.png,30.0,0.9,28.0,0.8,0.2", "Set5,b.png,32.0,0.7,29.0,0.6,"]
+    assert text.splitlines() == [
+        "set,image,psnr_y,ssim_y,psnr_rgb,ssim_rgb,lpips",
+        "Set5,a.png,30.0,0.9,28.0,0.8,0.2",
+        "Set5,b.png,32.0,0.7,29.0,0.6,",
+    ]
 
 
 def test_validation_scores_a_grayscale_image_in_either_space() -> None:

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-TINY = ["preset=smoke", "train.iters=2", "train.milestones=[1]", "train.val_every=2", "train.ckpt_every=2", "train.log_every=1"]
+TINY = [
+    "preset=smoke",
+    "train.iters=2",
+    "train.milestones=[1]",
+    "train.val_every=2",
+    "train.ckpt_every=2",
+    "train.log_every=1",
+]
 
 
 def in_pty(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str]:
@@ -36,7 +43,10 @@ def test_a_smoke_run_on_a_data_root_in_a_terminal(shared_data: Path, tmp_path: P
     args = ["run", "study=mu_search", *TINY, f"data.root={shared_data}", f"workspace={ws}"]
     rc, text = in_pty(args, tmp_path, env)
     assert rc == 0, text[-3000:]
-    assert "train: T91, BSD200 (" in text and "; validate: Set5, Set14, BSD100 (first 2 images of each, 64-px centre crops)" in text
+    assert (
+        "train: T91, BSD200 (" in text
+        and "; validate: Set5, Set14, BSD100 (first 2 images of each, 64-px centre crops)" in text
+    )
     assert "mu_search.mu:" in text and "/7 [" in text  # the stage bar: grid points done of 7, with its clock
     assert "  #0 mu=0.2" in text  # a running trial's bar
 
@@ -47,7 +57,9 @@ def test_a_smoke_run_on_a_data_root_in_a_terminal(shared_data: Path, tmp_path: P
     other = subprocess.run([sys.executable, "-m", "sweeper.cli", *args, "data.train_sets=[T91]"], env=env, capture_output=True,
                            text=True, timeout=300)  # fmt: skip
     assert other.returncode == 2
-    assert 'data.train_sets ["T91", "BSD200"] then, ["T91"] now' in other.stderr and "workspace=" in other.stderr, other.stderr
+    assert 'data.train_sets ["T91", "BSD200"] then, ["T91"] now' in other.stderr and "workspace=" in other.stderr, (
+        other.stderr
+    )
 
     (table,) = (ws / "artifacts").glob("mu_search/*/artifacts/results/table1_mu_srgan.csv")  # the stage's Table 1
     with open(table) as f:

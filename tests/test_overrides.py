@@ -18,7 +18,12 @@ def test_options_and_config_keys_are_split() -> None:
     assert opts.executor_options == {"n_jobs": 2} and opts.select_by == "psnr"
     assert (opts.rounds, opts.max_retries) == (3, 0)
     # "iters" is an alias of train.iters: given twice under two names, the later wins like in build_config
-    assert opts.config == {"preset": "smoke", "train.iters": 30, "data.val_sets": ["Set5", "Set14"], "weights": "random"}
+    assert opts.config == {
+        "preset": "smoke",
+        "train.iters": 30,
+        "data.val_sets": ["Set5", "Set14"],
+        "weights": "random",
+    }
 
 
 def test_inf_parses_for_mu() -> None:

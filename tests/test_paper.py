@@ -53,6 +53,7 @@ def test_shipped_numbers_agree_where_the_paper_repeats_them(published):
         (("table5", "ESRGAN"), ("table4", "ESRGAN-DP mu=inf"), "BSD100"),
         (("table5", "ESRGAN-DP (Ours)"), ("table4", "ESRGAN-DP mu=0.5 + beta3_6"), "BSD100"),
     ]
+
     def row(key, label):
         return next(r for r in t[key].rows if r.label == label)
 

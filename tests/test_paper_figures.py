@@ -35,27 +35,41 @@ def test_any_block_and_conv_can_be_cut() -> None:
 
 def test_fig4_is_drawn_and_labelled_random(tmp_path: Path, torch_home: Path) -> None:
     out = tmp_path / "fig4.png"
-    done = runner.invoke(app, ["figure", "features", "image=Set5/baby", "weights=random", "--data-root", str(EMBEDDED), "--out", str(out)])
+    done = runner.invoke(
+        app,
+        ["figure", "features", "image=Set5/baby", "weights=random", "--data-root", str(EMBEDDED), "--out", str(out)],
+    )
     assert done.exit_code == 0 and "random-init" in done.output, done.output
     assert Image.open(out).size[0] > 600
-    missing = runner.invoke(app, ["figure", "features", "image=Set5/baby", "--data-root", str(EMBEDDED), "--out", str(out)])
+    missing = runner.invoke(
+        app, ["figure", "features", "image=Set5/baby", "--data-root", str(EMBEDDED), "--out", str(out)]
+    )
     assert missing.exit_code == 2 and "sweeper weights import" in missing.output  # ImageNet asked, not there: one line
-    for args, message in ((["image=Set5/nobody"], "no nobody in Set5"), (["image=Set5/baby", "channels=1,999"], "has 256 channels"),
-                          (["image=Set5/baby", "vgg=phi9_1"], "vgg='phi9_1'")):
-        bad = runner.invoke(app, ["figure", "features", *args, "weights=random", "--data-root", str(EMBEDDED), "--out", str(out)])
+    for args, message in (
+        (["image=Set5/nobody"], "no nobody in Set5"),
+        (["image=Set5/baby", "channels=1,999"], "has 256 channels"),
+        (["image=Set5/baby", "vgg=phi9_1"], "vgg='phi9_1'"),
+    ):
+        bad = runner.invoke(
+            app, ["figure", "features", *args, "weights=random", "--data-root", str(EMBEDDED), "--out", str(out)]
+        )
         assert bad.exit_code == 2 and message in bad.output, bad.output
 
 
 def test_report_crops_run_each_generator_at_a_fixed_box(tmp_path: Path) -> None:
     uri, client = mlflow_layout.store(tmp_path)
-    trials = [{"arch": "srgan", "mu": mu, "beta": "beta1_3", "final": mlflow_layout.scores(30 + k, 0.9, 0.1, sets=("Set5",))}
-              for k, mu in enumerate([0.5, 1])]
+    trials = [
+        {"arch": "srgan", "mu": mu, "beta": "beta1_3", "final": mlflow_layout.scores(30 + k, 0.9, 0.1, sets=("Set5",))}
+        for k, mu in enumerate([0.5, 1])
+    ]
     mlflow_layout.log_stage(client, tmp_path, "small", "mu", trials, winner=1)
     for n in (0, 1):
         folder = tmp_path / "trials" / "small" / "mu" / str(n)
         config = yaml.safe_load((folder / "config.yaml").read_text())
         torch.manual_seed(n)
-        save_generator(folder / "ckpt" / "last.pt", config, FINISHED, 12, build_generator(config_from_dict(config)).state_dict())
+        save_generator(
+            folder / "ckpt" / "last.pt", config, FINISHED, 12, build_generator(config_from_dict(config)).state_dict()
+        )
     out = tmp_path / "report"
     report.main(["study=small", f"workspace={tmp_path}", "crop=Set5/baby:100,120,48,48"], out=out)
     readme = (out / "README.md").read_text()

@@ -45,7 +45,9 @@ def test_count_rule_is_basicsr_extract_subimages() -> None:
 def test_short_sides_are_kept_whole_and_windows_cut_to_the_scale() -> None:
     assert windows(300, 1000, PAPER) == [(0, left, 300, 480) for left in (0, 240, 480, 520)]
     assert windows(301, 200, PAPER) == [(0, 0, 300, 200)]  # 301 -> 300, a multiple of 4
-    assert windows(250, 130, Settings(96, 48, 3)) == [(t, left, 96, 96) for t in (0, 48, 96, 144, 154) for left in (0, 34)]
+    assert windows(250, 130, Settings(96, 48, 3)) == [
+        (t, left, 96, 96) for t in (0, 48, 96, 144, 154) for left in (0, 34)
+    ]
     assert windows(3, 50, PAPER) == []  # thinner than the scale: no sub-image
 
 
@@ -59,8 +61,17 @@ def make_set(root: Path, n: int, size: tuple[int, int], seed: int = 0) -> Path:
 
 
 def cfg_for(root: Path, cache: Path, **overrides) -> Config:
-    return build_config({"data.root": str(root), "data.train_sets": ["Train"], "data.cache": str(cache),
-                         "data.subimage_size": 48, "data.subimage_step": 24, "data.hr_patch": 32, **overrides})
+    return build_config(
+        {
+            "data.root": str(root),
+            "data.train_sets": ["Train"],
+            "data.cache": str(cache),
+            "data.subimage_size": 48,
+            "data.subimage_step": 24,
+            "data.hr_patch": 32,
+            **overrides,
+        }
+    )
 
 
 def test_changed_image_or_setting_invalidates_the_cache(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -82,7 +93,9 @@ def test_changed_image_or_setting_invalidates_the_cache(tmp_path: Path, capsys: 
     window = next(i for i, row in enumerate(again.windows) if row[0] == 1)
     assert not again.pair(window)[1].any()  # the new pixels, not the stale ones
 
-    coarser = prepare_set(cfg_for(tmp_path / "data", tmp_path / "cache", **{"data.subimage_step": 48}), "Train", tmp_path)
+    coarser = prepare_set(
+        cfg_for(tmp_path / "data", tmp_path / "cache", **{"data.subimage_step": 48}), "Train", tmp_path
+    )
     assert coarser.built == 3 and coarser.folder != again.folder and len(coarser) == 3 * 2 * 2
     assert coarser.content_hash not in (first.content_hash, again.content_hash)
 
@@ -90,8 +103,10 @@ def test_changed_image_or_setting_invalidates_the_cache(tmp_path: Path, capsys: 
 def test_two_processes_preparing_one_set_build_it_once(tmp_path: Path) -> None:
     make_set(tmp_path / "data", 6, (160, 160))
     args = [sys.executable, "-c", PREPARE, str(tmp_path / "data"), str(tmp_path / "cache"), "0"]
-    procs = [subprocess.Popen(args, cwd=Path(__file__).parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]  # two separate processes, as two trials starting at once (a fork of pytest can deadlock)
+    procs = [
+        subprocess.Popen(args, cwd=Path(__file__).parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # two separate processes, as two trials starting at once (a fork of pytest can deadlock)
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
     results = sorted(tuple(out.split()) for out, _ in outs)
@@ -140,13 +155,31 @@ def test_a_killed_prepare_resumes_where_it_stopped(tmp_path: Path) -> None:
     (reference,) = [p for p in clean.iterdir() if p.is_dir()]
     for name in ("hr.npy", "lr.npy", "windows.npy", "images.npy"):
         assert np.array_equal(np.load(folder / name), np.load(reference / name)), name
-    assert sorted(p.name for p in folder.iterdir()) == ["hr.npy", "images.npy", "lr.npy", "manifest.json", "windows.npy"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "hr.npy",
+        "images.npy",
+        "lr.npy",
+        "manifest.json",
+        "windows.npy",
+    ]
 
 
 def test_sweeper_data_prepare_prints_one_line_per_set(tmp_path: Path) -> None:
     make_set(tmp_path / "data", 2, (100, 60))
-    cmd = [sys.executable, "-m", "sweeper.cli", "data", "prepare", "--data-root", str(tmp_path / "data"), "--sets",
-           "Train", f"workspace={tmp_path / 'ws'}", "data.subimage_size=48", "data.subimage_step=24"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sweeper.cli",
+        "data",
+        "prepare",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--sets",
+        "Train",
+        f"workspace={tmp_path / 'ws'}",
+        "data.subimage_size=48",
+        "data.subimage_step=24",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "Train: 16 sub-images of 48x48 (step 24) from 2 images\n"

@@ -40,7 +40,10 @@ def test_without_a_terminal_each_trial_event_is_a_line_and_the_count_ends_at_n_o
     bars.close()
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "[s.mu] trial 0 mu=0.5: started (attempt 1)"
-    assert "[s.mu] trial 1 mu=1: reused m.mu#1 (psnr 30.5000)" in lines and "[s.mu] trial 2 mu=inf: fail: diverged" in lines
+    assert (
+        "[s.mu] trial 1 mu=1: reused m.mu#1 (psnr 30.5000)" in lines
+        and "[s.mu] trial 2 mu=inf: fail: diverged" in lines
+    )
     assert lines[-1].startswith("[s.mu] 3/3 trials done, 0 running")  # reused and failed points count as resolved
 
 
@@ -49,7 +52,13 @@ def test_a_local_job_is_gone_when_its_process_is(tmp_path: Path) -> None:
     trial_dir.mkdir(parents=True)
     child = subprocess.Popen(["sleep", "30"])
     host = socket.gethostname()
-    record = {"host": host, "pid": child.pid, "start": process_start(child.pid), "gpu": None, "trial_dir": str(trial_dir)}
+    record = {
+        "host": host,
+        "pid": child.pid,
+        "start": process_start(child.pid),
+        "gpu": None,
+        "trial_dir": str(trial_dir),
+    }
     (tmp_path / "jobs").mkdir()
     (tmp_path / "jobs" / "job.json").write_text(json.dumps(record))
     attrs = {"job_id": "job", "executor": "local", "trial_dir": str(trial_dir)}

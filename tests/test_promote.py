@@ -18,18 +18,30 @@ SETTINGS = mlflow_layout.SETTINGS
 
 def paper_study(client, root, finished: bool = True) -> None:
     """The paper study: mu stage won by mu=0.5, beta stage won by beta3_6 (or still running)."""
-    mu = [{"arch": "srgan", "mu": m, "final": mlflow_layout.scores(25, 0.7, 0.15 + 0.01 * abs(m - 0.5) if m != float("inf") else 0.3)}
-          for m in (0.5, 1, float("inf"))]
+    mu = [
+        {
+            "arch": "srgan",
+            "mu": m,
+            "final": mlflow_layout.scores(25, 0.7, 0.15 + 0.01 * abs(m - 0.5) if m != float("inf") else 0.3),
+        }
+        for m in (0.5, 1, float("inf"))
+    ]
     mlflow_layout.log_stage(client, root, "paper", "mu", mu, winner=0)
-    beta = [{"arch": "srgan", "mu": 0.5, "beta": b, "final": mlflow_layout.scores(25, 0.7, 0.2 - 0.01 * k)} for k, b in enumerate(BETAS[:3])]
+    beta = [
+        {"arch": "srgan", "mu": 0.5, "beta": b, "final": mlflow_layout.scores(25, 0.7, 0.2 - 0.01 * k)}
+        for k, b in enumerate(BETAS[:3])
+    ]
     mlflow_layout.log_stage(client, root, "paper", "beta", beta, winner=2 if finished else None)
 
 
 def correlation_study(client, root, uri, target_lpips: list[float]) -> None:
     """The correlation study and its `sweeper correlate` run; the proxy ranks mu=0.5 + beta3_6 best by LPIPS."""
     proxy_lpips = [0.30, 0.20, 0.25, 0.10]
-    trials = [{"arch": arch, **s, "final": mlflow_layout.scores(25, 0.7, lp[i])}
-              for arch, lp in (("srgan", proxy_lpips), ("esrgan", target_lpips)) for i, s in enumerate(SETTINGS)]
+    trials = [
+        {"arch": arch, **s, "final": mlflow_layout.scores(25, 0.7, lp[i])}
+        for arch, lp in (("srgan", proxy_lpips), ("esrgan", target_lpips))
+        for i, s in enumerate(SETTINGS)
+    ]
     mlflow_layout.log_stage(client, root, "correlation", "proxy_vs_target", trials, winner=3)
     correlate.main([f"tracking_uri={uri}"])
 
@@ -55,19 +67,31 @@ def ws(finished_paper, tmp_path):
 def test_refuses_an_incomplete_search(tmp_path):
     uri, client = mlflow_layout.store(tmp_path)
     paper_study(client, tmp_path, finished=False)
-    with pytest.raises(UserError, match="no completed search.*the search paper is incomplete: stage beta has no winner yet.*study beta_search has no runs"):
+    with pytest.raises(
+        UserError,
+        match="no completed search.*the search paper is incomplete: stage beta has no winner yet.*study beta_search has no runs",
+    ):
         promote.main("esrgan", None, force=True, dry_run=True, overrides=[f"tracking_uri={uri}"])
-    with pytest.raises(UserError, match="^the search paper is incomplete: stage beta has no winner yet; finish it with `sweeper run study=paper`$"):
+    with pytest.raises(
+        UserError,
+        match="^the search paper is incomplete: stage beta has no winner yet; finish it with `sweeper run study=paper`$",
+    ):
         promote.main("esrgan", "paper", force=True, dry_run=True, overrides=[f"tracking_uri={uri}"])
 
 
 def test_refuses_without_a_correlation_check_unless_forced(ws, capsys):
     uri, client, root = ws
-    with pytest.raises(UserError, match="no correlation check of srgan against esrgan: run `sweeper run study=correlation` and `sweeper correlate`; or pass --force"):
+    with pytest.raises(
+        UserError,
+        match="no correlation check of srgan against esrgan: run `sweeper run study=correlation` and `sweeper correlate`; or pass --force",
+    ):
         promote.main("esrgan", None, force=False, dry_run=False, overrides=[f"tracking_uri={uri}"])
     promote.main("esrgan", None, force=False, dry_run=True, overrides=[f"tracking_uri={uri}"])  # previews all the same
     out = capsys.readouterr().out
-    assert "gate: would be refused: no correlation check of srgan against esrgan: run `sweeper run study=correlation`" in out
+    assert (
+        "gate: would be refused: no correlation check of srgan against esrgan: run `sweeper run study=correlation`"
+        in out
+    )
     assert "command: sweeper train arch=esrgan mu=0.5 beta=beta3_6 preset=paper" in out
 
 
@@ -78,9 +102,15 @@ def test_a_demo_winner_goes_into_preset_paper_only_when_asked(ws, capsys):
     capsys.readouterr()
     promote.main("esrgan", None, force=False, dry_run=True, overrides=[f"tracking_uri={uri}"])
     out = capsys.readouterr().out
-    assert "(stage beta, run " in out and "preset=smoke, weights=random, by mean lpips): mu=0.5, beta=beta3_6 -> arch=esrgan, preset=paper" in out
+    assert (
+        "(stage beta, run " in out
+        and "preset=smoke, weights=random, by mean lpips): mu=0.5, beta=beta3_6 -> arch=esrgan, preset=paper" in out
+    )
     assert "gate: passes: the correlation check (MLflow run " in out
-    assert "gate: would be refused: that winner was picked in a plumbing check (preset=smoke, weights=random, by mean lpips)" in out
+    assert (
+        "gate: would be refused: that winner was picked in a plumbing check (preset=smoke, weights=random, by mean lpips)"
+        in out
+    )
     with pytest.raises(UserError, match=r"plumbing check .*; pass --allow-demo to promote it into preset=paper anyway"):
         promote.main("esrgan", None, force=True, dry_run=False, overrides=[f"tracking_uri={uri}"])
 
@@ -88,7 +118,10 @@ def test_a_demo_winner_goes_into_preset_paper_only_when_asked(ws, capsys):
 def test_refuses_when_the_check_contradicts_the_proxy(ws, capsys):
     uri, client, root = ws
     correlation_study(client, root, uri, target_lpips=[0.30, 0.05, 0.25, 0.10])  # target prefers mu=1 + beta1_3
-    with pytest.raises(UserError, match="does not support the proxy: inconclusive: by mean/lpips the proxy's best is mu=0.5 \\+ beta3_6 but the target's best is mu=1 \\+ beta1_3, and without per-image values the difference cannot be tested.*or pass --force"):
+    with pytest.raises(
+        UserError,
+        match="does not support the proxy: inconclusive: by mean/lpips the proxy's best is mu=0.5 \\+ beta3_6 but the target's best is mu=1 \\+ beta1_3, and without per-image values the difference cannot be tested.*or pass --force",
+    ):
         promote.main("esrgan", None, force=False, dry_run=False, overrides=[f"tracking_uri={uri}"])
 
 
@@ -97,7 +130,9 @@ def test_refuses_a_degenerate_check_unless_forced(ws, capsys):
     uri, client, root = ws
     correlation_study(client, root, uri, target_lpips=[0.30, 0.10, 0.25, 0.10])
     assert "undefined: by mean/lpips 2 settings tie for the target's best" in capsys.readouterr().out
-    with pytest.raises(UserError, match="does not support the proxy: undefined: .*tie for the target's best.*; or pass --force"):
+    with pytest.raises(
+        UserError, match="does not support the proxy: undefined: .*tie for the target's best.*; or pass --force"
+    ):
         promote.main("esrgan", None, force=False, dry_run=False, overrides=[f"tracking_uri={uri}"])
     promote.main("esrgan", None, force=True, dry_run=True, overrides=[f"tracking_uri={uri}"])
     assert "gate: would be refused: the correlation check" in capsys.readouterr().out
@@ -111,9 +146,17 @@ def test_dry_run_prints_the_resolved_config_and_command(ws, capsys):
     out = capsys.readouterr().out
     assert "arch: esrgan\n" in out and "mu: 0.5\n" in out and "beta: beta3_6\n" in out and "preset: paper\n" in out
     assert "  iters: 1000\n" in out
-    assert f"command: sweeper train arch=esrgan mu=0.5 beta=beta3_6 preset=paper tracking_uri={uri} train.iters=1000\n" in out
-    winner = [r for r in client.search_runs([client.get_experiment_by_name("paper").experiment_id], "tags.`sweeper.winner` = 'true'")
-              if r.data.tags["sweeper.stage"] == "beta"][0]
+    assert (
+        f"command: sweeper train arch=esrgan mu=0.5 beta=beta3_6 preset=paper tracking_uri={uri} train.iters=1000\n"
+        in out
+    )
+    winner = [
+        r
+        for r in client.search_runs(
+            [client.get_experiment_by_name("paper").experiment_id], "tags.`sweeper.winner` = 'true'"
+        )
+        if r.data.tags["sweeper.stage"] == "beta"
+    ][0]
     assert f"sweeper.promoted_from_run_id={winner.info.run_id}" in out
     assert "sweeper.promoted_from_study=paper" in out and "sweeper.promoted_from_stage=beta" in out
 
@@ -134,10 +177,22 @@ def test_rejects_bad_input(ws):
 def test_promotion_trains_the_target_and_links_it_to_its_source(ws):
     uri, client, root = ws
     correlation_study(client, root, uri, target_lpips=[0.30, 0.20, 0.25, 0.10])
-    tiny = ["preset=smoke", "weights=random", "model.num_feat=8", "model.num_blocks=1", "model.growth=8", "train.iters=2",
-            "train.pretrain_iters=2", "train.val_every=2", "train.milestones=[1]", "train.pretrain_milestones=[1]"]
+    tiny = [
+        "preset=smoke",
+        "weights=random",
+        "model.num_feat=8",
+        "model.num_blocks=1",
+        "model.growth=8",
+        "train.iters=2",
+        "train.pretrain_iters=2",
+        "train.val_every=2",
+        "train.milestones=[1]",
+        "train.pretrain_milestones=[1]",
+    ]
     promote.main("esrgan", None, force=False, dry_run=False, overrides=[f"workspace={root}", *tiny])
-    (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id], "tags.`sweeper.promoted_from_study` = 'paper'")
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("train").experiment_id], "tags.`sweeper.promoted_from_study` = 'paper'"
+    )
     source = client.get_run(run.data.tags["sweeper.promoted_from_run_id"])
     assert source.data.tags["sweeper.winner"] == "true" and source.data.tags["sweeper.stage"] == "beta"
     assert (run.data.params["arch"], run.data.params["mu"], run.data.params["beta"]) == ("esrgan", "0.5", "beta3_6")
@@ -147,5 +202,8 @@ def test_promotion_trains_the_target_and_links_it_to_its_source(ws):
     # the paper study's report now pairs the winner with its promoted run (Tables 3 and 5)
     report.build(client, "paper", root / "report")
     table3 = (root / "report" / "tables" / "table3.csv").read_text().splitlines()
-    assert [line.split(",")[0] for line in table3[1:]] == ["SRGAN-DP (mu=0.5 + beta3_6)", "ESRGAN-DP (mu=0.5 + beta3_6)"]
+    assert [line.split(",")[0] for line in table3[1:]] == [
+        "SRGAN-DP (mu=0.5 + beta3_6)",
+        "ESRGAN-DP (mu=0.5 + beta3_6)",
+    ]
     assert "ESRGAN-DP (mu=0.5 + beta3_6, ours)" in (root / "report" / "tables" / "table5.md").read_text()

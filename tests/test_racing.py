@@ -67,7 +67,9 @@ def test_a_racing_stage_records_its_rounds_and_a_rerun_adds_no_trial(tmp_path: P
     args = ["run", "study=race", f"workspace={ws}", *tiny(), "repeats=auto", "max_repeats=2"]
     done = sweeper(args, env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "max_repeats=2 reached" in done.stdout and "4 trainings; repeats=2 would have taken 4: 0 saved" in done.stdout, done.stdout
+    assert (
+        "max_repeats=2 reached" in done.stdout and "4 trainings; repeats=2 would have taken 4: 0 saved" in done.stdout
+    ), done.stdout
     storage = f"sqlite:///{ws / 'optuna.db'}"
     first = trials(storage, "race")
     assert sorted((t.params["mu"], t.params["repeat"], t.state.name) for t in first) == [

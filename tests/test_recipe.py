@@ -18,7 +18,9 @@ runner = CliRunner()
 
 
 def test_docs_recipe_is_the_generated_table():
-    assert DOC.read_text() == recipe.document(), "docs/RECIPE.md is stale: run `sweeper recipe --document > docs/RECIPE.md`"
+    assert DOC.read_text() == recipe.document(), (
+        "docs/RECIPE.md is stale: run `sweeper recipe --document > docs/RECIPE.md`"
+    )
 
 
 @pytest.mark.parametrize("arch,gan", [("srgan", "vanilla"), ("esrgan", "ragan")])
@@ -27,7 +29,12 @@ def test_defaults_follow_the_authors_configs(arch, gan):
     assert cfg.loss.gan == gan  # SRGANModel / ESRGANModel
     assert cfg.loss.ragan_detach and cfg.model.skip == "none" and cfg.model.init == "basicsr"
     assert cfg.train.from_scratch  # pretrain_network_g: ~
-    assert (cfg.train.lr, cfg.train.milestones, cfg.train.lr_gamma, cfg.train.iters) == (1e-4, [50_000, 100_000, 200_000, 300_000], 0.5, 400_000)
+    assert (cfg.train.lr, cfg.train.milestones, cfg.train.lr_gamma, cfg.train.iters) == (
+        1e-4,
+        [50_000, 100_000, 200_000, 300_000],
+        0.5,
+        400_000,
+    )
     assert (cfg.data.batch_size, cfg.data.hr_patch, cfg.train.ema, cfg.seed) == (16, 128, 0.0, 0)
     assert (cfg.loss.pixel_weight, cfg.loss.adv_weight, cfg.loss.perceptual_weight) == (1e-2, 5e-3, 1.0)
     assert cfg.metrics.space == "rgb"  # the space of the paper's published numbers; the text's Y is one key away
@@ -37,7 +44,12 @@ def test_defaults_follow_the_authors_configs(arch, gan):
 def test_each_choice_is_one_key_away():
     cfg = build_config({"arch": "srgan", "loss.gan": "ragan", "loss.ragan_detach": False, "model.skip": "bilinear",
                         "model.init": "all_convs", "metrics.space": "y", "train.from_scratch": False})  # fmt: skip
-    assert (cfg.loss.gan, cfg.loss.ragan_detach, cfg.model.skip, cfg.model.init) == ("ragan", False, "bilinear", "all_convs")
+    assert (cfg.loss.gan, cfg.loss.ragan_detach, cfg.model.skip, cfg.model.init) == (
+        "ragan",
+        False,
+        "bilinear",
+        "all_convs",
+    )
     assert (cfg.metrics.space, cfg.train.from_scratch) == ("y", False)
     assert build_config({"arch": "esrgan", "loss.gan": "vanilla"}).loss.gan == "vanilla"
 
@@ -53,7 +65,9 @@ def test_bad_values_name_the_value_and_the_choices(key, bad, valid):
 def test_every_row_names_real_keys_and_shows_the_value_in_effect():
     keys = set(all_keys())
     assert all(set(c.keys) <= keys for c in recipe.CHOICES)
-    rows = {r["choice"]: r for r in recipe.rows(build_config({"arch": "srgan", "metrics.space": "rgb", "train.lr": 2e-4}))}
+    rows = {
+        r["choice"]: r for r in recipe.rows(build_config({"arch": "srgan", "metrics.space": "rgb", "train.lr": 2e-4}))
+    }
     assert rows["GAN loss"]["in effect"] == "vanilla" and rows["GAN loss"]["key"] == "loss.gan"
     assert rows["metric space and border"]["in effect"] == "rgb"
     assert rows["learning rate (G and D)"]["in effect"] == "0.0002"
@@ -83,7 +97,10 @@ def test_sweeper_recipe_refuses_bad_input_in_one_line(args, message):
 
 def test_train_dry_run_prints_config_and_recipe_and_trains_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    out = runner.invoke(app, ["train", "arch=esrgan", "preset=smoke", "model.skip=bilinear", f"workspace={tmp_path / 'ws'}", "--dry-run"])
+    out = runner.invoke(
+        app,
+        ["train", "arch=esrgan", "preset=smoke", "model.skip=bilinear", f"workspace={tmp_path / 'ws'}", "--dry-run"],
+    )
     assert out.exit_code == 0, out.output
     config_text, table = out.stdout.split("\n\n", 1)
     config = yaml.safe_load(config_text)
@@ -110,4 +127,6 @@ def test_the_gan_stage_trains_the_chosen_game(arch):
             real, fake = trainer.d(hr), trainer.d(trainer.g(lr))
         values = {k: float(v) for k, v in trainer.step(lr, hr).items()}
         assert values["l_adv"] == pytest.approx(float(generator_adversarial_loss(gan, real, fake)), rel=1e-5)
-        assert values["l_d"] == pytest.approx(float(discriminator_loss(gan, real, fake, cfg.loss.ragan_detach)), rel=1e-5)
+        assert values["l_d"] == pytest.approx(
+            float(discriminator_loss(gan, real, fake, cfg.loss.ragan_detach)), rel=1e-5
+        )

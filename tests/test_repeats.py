@@ -37,6 +37,7 @@ def test_repeat_r_of_every_point_trains_with_seed_plus_r_and_its_own_identity() 
 
 def test_repeat_r_of_two_points_starts_from_the_same_networks_and_sees_the_same_batches(tmp_path: Path) -> None:
     """Common random numbers: within a repeat, two grid points differ only by their settings."""
+
     def start(mu: str, repeat: int) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
         cfg = trial_config(mu, repeat)
         gan = Gan.build(cfg, torch.device("cpu"))
@@ -94,7 +95,14 @@ def test_plan_prices_repeats_and_racing_before_the_training_data_is_there(tmp_pa
     assert prepared_data_id(paper, tmp_path) is None
     smoke = build_config({"preset": "smoke"})
     assert subimage_count(smoke, "train", tmp_path)[1] == "the headers of its 6 images"
-    common = ["study=mu_search", "preset=smoke", "weights=random", f"data.root={root}", f"workspace={tmp_path / 'ws'}", "model.num_feat=8"]
+    common = [
+        "study=mu_search",
+        "preset=smoke",
+        "weights=random",
+        f"data.root={root}",
+        f"workspace={tmp_path / 'ws'}",
+        "model.num_feat=8",
+    ]
     (fixed,), _ = plan([*common, "repeats=3"])
     assert (fixed.points, fixed.repeats, fixed.trainings, fixed.none_iters) == (7, "3", 21, 21 * fixed.iters)
     assert "train: ? sub-images (not in the data root yet)" in fixed.data
@@ -114,10 +122,15 @@ def test_halving_promotes_a_point_with_all_its_repeats_on_their_mean(tmp_path: P
     done = sweeper(["run", "study=halves", f"workspace={ws}", *tiny("train.val_every=1", "train.from_scratch=true"),
                     "repeats=2", "scheduler=sha", "max_retries=0"], env)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    trials = optuna.load_study(study_name="halves.mu", storage=f"sqlite:///{ws / 'optuna.db'}").get_trials(deepcopy=False)
+    trials = optuna.load_study(study_name="halves.mu", storage=f"sqlite:///{ws / 'optuna.db'}").get_trials(
+        deepcopy=False
+    )
     states = {(t.params["mu"], t.params["repeat"]): t.state.name for t in trials}
     assert len(trials) == 4 and sorted(states.values()) == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"], states
     winner = next(mu for (mu, _), state in states.items() if state == "COMPLETE")
     assert states[winner, 0] == states[winner, 1] == "COMPLETE"
-    rung = {mu: sum(t.user_attrs["rungs"]["1"]["mean/psnr"] for t in trials if t.params["mu"] == mu) / 2 for mu in ("0.5", "inf")}
+    rung = {
+        mu: sum(t.user_attrs["rungs"]["1"]["mean/psnr"] for t in trials if t.params["mu"] == mu) / 2
+        for mu in ("0.5", "inf")
+    }
     assert rung[winner] == max(rung.values()), rung  # the better mean over the two seeds at the first rung

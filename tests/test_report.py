@@ -27,8 +27,14 @@ BETAS = ["beta1_3", "beta2_4", "beta3_6", "beta4_3"]
 
 def mu_trial(k: int, mu: float) -> dict:
     rng = np.random.default_rng(k)
-    final = {s: {"psnr": float(rng.uniform(20, 27)), "ssim": float(rng.uniform(0.3, 0.8)), "lpips": float(rng.uniform(0.1, 0.2))}
-             for s in ("Set5", "Set14")}
+    final = {
+        s: {
+            "psnr": float(rng.uniform(20, 27)),
+            "ssim": float(rng.uniform(0.3, 0.8)),
+            "lpips": float(rng.uniform(0.1, 0.2)),
+        }
+        for s in ("Set5", "Set14")
+    }
     history = {"Set5": {"psnr": [(6, final["Set5"]["psnr"] - 1)]}}
     sample = np.full((16, 16, 3), 20 * k, dtype=np.uint8)
     return {"arch": "srgan", "mu": mu, "beta": "beta1_3", "final": final, "history": history, "sample": sample}
@@ -41,11 +47,21 @@ def paper_store(tmp_path_factory):
     uri, client = mlflow_layout.store(root)
     mu_trials = [mu_trial(k, mu) for k, mu in enumerate(MUS)]
     mlflow_layout.log_stage(client, root, "paper", "mu", mu_trials, winner=1)
-    beta_trials = [{"arch": "srgan", "mu": 0.5, "beta": b, "final": mlflow_layout.scores(25 + k, 0.7 + 0.01 * k, 0.15 - 0.01 * k)}
-                   for k, b in enumerate(BETAS)]
+    beta_trials = [
+        {"arch": "srgan", "mu": 0.5, "beta": b, "final": mlflow_layout.scores(25 + k, 0.7 + 0.01 * k, 0.15 - 0.01 * k)}
+        for k, b in enumerate(BETAS)
+    ]
     mlflow_layout.log_stage(client, root, "paper", "beta", beta_trials, winner=2)
-    ablation = [{"arch": "esrgan", "mu": 0.5, "beta": "beta3_6", "perceptual": p, "final": mlflow_layout.scores(25 + k, 0.7, 0.2 - 0.01 * k)}
-                for k, p in enumerate(["dp", "static", "vgg"])]
+    ablation = [
+        {
+            "arch": "esrgan",
+            "mu": 0.5,
+            "beta": "beta3_6",
+            "perceptual": p,
+            "final": mlflow_layout.scores(25 + k, 0.7, 0.2 - 0.01 * k),
+        }
+        for k, p in enumerate(["dp", "static", "vgg"])
+    ]
     mlflow_layout.log_stage(client, root, "ablation", "perceptual", ablation, winner=0)
     return uri, client, mu_trials
 
@@ -77,12 +93,19 @@ def test_table1_matches_the_runs_in_mlflow(paper_store, paper_report):
     _, client, mu_trials = paper_store
     rows = read_csv(paper_report / "tables" / "table1_mu_srgan.csv")
     assert [r["row"] for r in rows] == ["mu=inf", "mu=0.2", "mu=0.5", "mu=1", "mu=5", "mu=10", "mu=20"]
-    assert list(rows[0])[1:] == [f"{s}/{m}" for s in ("Set5", "Set14") for m in ("ssim", "psnr", "lpips")] + ["provenance"]
+    assert list(rows[0])[1:] == [f"{s}/{m}" for s in ("Set5", "Set14") for m in ("ssim", "psnr", "lpips")] + [
+        "provenance"
+    ]
     assert all("weights=random" in r["provenance"] and "PSNR/SSIM on RGB (HR mod12)" in r["provenance"] for r in rows)
     latex = (paper_report / "tables" / "table1_mu_srgan.tex").read_text()
-    assert r"\caption{Table 1" in latex and "weights=random" in latex.split(r"\caption", 1)[1].split(r"\begin{tabular}")[0]
+    assert (
+        r"\caption{Table 1" in latex and "weights=random" in latex.split(r"\caption", 1)[1].split(r"\begin{tabular}")[0]
+    )
     exp = client.get_experiment_by_name("paper").experiment_id
-    logged = {float(r.data.params["mu"]): r.data.metrics for r in client.search_runs([exp], "tags.`sweeper.stage` = 'mu' and tags.`sweeper.kind` = 'trial'")}
+    logged = {
+        float(r.data.params["mu"]): r.data.metrics
+        for r in client.search_runs([exp], "tags.`sweeper.stage` = 'mu' and tags.`sweeper.kind` = 'trial'")
+    }
     for row in rows:
         for key, text in row.items():
             if key not in ("row", "provenance"):
@@ -96,7 +119,11 @@ def test_without_per_image_values_no_cell_is_marked(paper_report):
     md = (paper_report / "tables" / "table1_mu_srgan.md").read_text()
     latex = (paper_report / "tables" / "table1_mu_srgan.tex").read_text()
     body = [line for line in md.splitlines() if line.startswith("| mu=")]
-    assert len(body) == 7 and not any("**" in line or "≈" in line for line in body) and not re.search(r"\\textbf\{[0-9]", latex)
+    assert (
+        len(body) == 7
+        and not any("**" in line or "≈" in line for line in body)
+        and not re.search(r"\\textbf\{[0-9]", latex)
+    )
     assert "No marks: the runs carry no per-image values" in md
 
 
@@ -121,18 +148,29 @@ def test_only_a_separated_best_is_bold_and_ties_are_marked(tmp_path):
     mlflow_layout.log_stage(client, tmp_path / "ws", "paper", "beta", trials, winner=2)
     report.main(["study=paper", f"tracking_uri={uri}"], out=tmp_path / "out")
     cells = markdown_rows(tmp_path / "out" / "tables" / "table2_beta_srgan.md")
-    assert cells["beta3_6"][1].startswith("**") and not any(cells[b][1].startswith("**") for b in BETAS if b != "beta3_6")
+    assert cells["beta3_6"][1].startswith("**") and not any(
+        cells[b][1].startswith("**") for b in BETAS if b != "beta3_6"
+    )
     assert all(cells[b][0].endswith("≈") and cells[b][2].endswith("≈") for b in BETAS)
     md = (tmp_path / "out" / "tables" / "table2_beta_srgan.md").read_text()
-    assert "simultaneous over all 6 pairs (Bonferroni), paired t (seed spread) + image bootstrap over images, one seed" in md
+    assert (
+        "simultaneous over all 6 pairs (Bonferroni), paired t (seed spread) + image bootstrap over images, one seed"
+        in md
+    )
     assert r"\textbf{25." in (tmp_path / "out" / "tables" / "table2_beta_srgan.tex").read_text()
     # the paper beside ours (same setting and set, RGB as the paper), and the rule applied to the paper's tables
-    beside = {(r["paper table"], r["setting"], r["metric"]): r for r in read_csv(tmp_path / "out" / "tables" / "paper_vs_ours.csv")}
+    beside = {
+        (r["paper table"], r["setting"], r["metric"]): r
+        for r in read_csv(tmp_path / "out" / "tables" / "paper_vs_ours.csv")
+    }
     row = beside[("table2", "mu=0.5 + beta2_4", "lpips")]
     assert float(row["paper"]) == 0.1039 and float(row["delta"]) == pytest.approx(float(row["ours"]) - 0.1039)
     assert float(beside[("table2", "mu=0.5 + beta3_6", "psnr (RGB)")]["paper"]) == 27.45
     readme = (tmp_path / "out" / "README.md").read_text()
-    assert "rule picks beta2_4; differs from the paper's beta3_6" in readme and "Ours beside the paper's published numbers" in readme
+    assert (
+        "rule picks beta2_4; differs from the paper's beta3_6" in readme
+        and "Ours beside the paper's published numbers" in readme
+    )
 
 
 def test_repeats_show_mean_and_spread_and_are_paired(tmp_path):
@@ -159,7 +197,9 @@ def test_repeats_show_mean_and_spread_and_are_paired(tmp_path):
     mean = np.mean([t["final"]["Set5"]["psnr"] for t in trials if t["beta"] == "beta2_4"])
     sd = np.std([t["final"]["Set5"]["psnr"] for t in trials if t["beta"] == "beta2_4"], ddof=1)
     (row,) = [r for r in rows if r["row"] == "beta2_4"]
-    assert float(row["Set5/psnr"]) == pytest.approx(mean, abs=1e-6) and float(row["Set5/psnr sd"]) == pytest.approx(sd, abs=1e-6)
+    assert float(row["Set5/psnr"]) == pytest.approx(mean, abs=1e-6) and float(row["Set5/psnr sd"]) == pytest.approx(
+        sd, abs=1e-6
+    )
     readme = (tmp_path / "out" / "README.md").read_text()
     assert "Points are the mean over each setting's repeats; error bars their std." in readme
     assert Image.open(tmp_path / "out" / "figures" / "table2_beta_srgan_per_beta.png").size[0] > 100
@@ -179,7 +219,10 @@ def test_report_lists_the_tables_figures_and_warning(paper_store, paper_report):
         assert Image.open(path).size[0] > 100
         assert f"figures/{name}.png" in readme
     _, client, _ = paper_store
-    stage = client.search_runs([client.get_experiment_by_name("paper").experiment_id], "tags.`sweeper.stage` = 'beta' and tags.`sweeper.kind` = 'stage'")[0]
+    stage = client.search_runs(
+        [client.get_experiment_by_name("paper").experiment_id],
+        "tags.`sweeper.stage` = 'beta' and tags.`sweeper.kind` = 'stage'",
+    )[0]
     logged = {f.path for f in client.list_artifacts(stage.info.run_id, "report/figures")}
     assert "report/figures/curves_Set5.png" in logged
     page = (paper_report / "report.html").read_text()  # `--html`: one page, every figure inside it
@@ -200,7 +243,11 @@ def test_ablation_table_rows_in_paper_order(paper_store, tmp_path):
     uri, _, _ = paper_store
     sweeper_api.report("ablation", out=tmp_path, tracking_uri=uri)
     rows = read_csv(tmp_path / "tables" / "table6_perceptual_esrgan.csv")
-    assert [r["row"] for r in rows] == ["VGG loss", "VGG loss + ResNet loss", "VGG loss + ResNet loss + dynamic weighting"]
+    assert [r["row"] for r in rows] == [
+        "VGG loss",
+        "VGG loss + ResNet loss",
+        "VGG loss + ResNet loss + dynamic weighting",
+    ]
     assert float(rows[0]["Set5/psnr"]) == pytest.approx(27.0)  # vgg was logged third: 25 + 2
 
 
@@ -215,7 +262,11 @@ def test_report_needs_a_known_study(paper_store, tmp_path):
 def test_correlation_study_gives_tables_3_and_4(tmp_path):
     uri, client = mlflow_layout.store(tmp_path / "ws")
     lpips = {"srgan": [0.30, 0.20, 0.25, 0.10], "esrgan": [0.28, 0.12, 0.26, 0.11]}  # the archs agree on best and worst
-    trials = [{"arch": a, **s, "final": mlflow_layout.scores(25 + i, 0.7, lpips[a][i])} for a in lpips for i, s in enumerate(mlflow_layout.SETTINGS)]
+    trials = [
+        {"arch": a, **s, "final": mlflow_layout.scores(25 + i, 0.7, lpips[a][i])}
+        for a in lpips
+        for i, s in enumerate(mlflow_layout.SETTINGS)
+    ]
     mlflow_layout.log_stage(client, tmp_path / "ws", "correlation", "proxy_vs_target", trials, winner=3)
     out = tmp_path / "out"
     sweeper_api.report("correlation", out=out, tracking_uri=uri)
@@ -239,7 +290,9 @@ def test_stage_runs_hold_their_table_and_the_experiment_a_view_of_its_trials(pap
     exp = client.get_experiment_by_name("paper")
     stage = client.search_runs([exp.experiment_id], "tags.`sweeper.stage` = 'mu' and tags.`sweeper.kind` = 'stage'")[0]
     assert stage.info.run_name == "paper · mu"
-    table = json.loads(Path(client.download_artifacts(stage.info.run_id, "results/table1_mu_srgan.json", str(tmp_path))).read_text())
+    table = json.loads(
+        Path(client.download_artifacts(stage.info.run_id, "results/table1_mu_srgan.json", str(tmp_path))).read_text()
+    )
     assert table["columns"][0] == "setting" and [row[0] for row in table["data"]][:2] == ["mu=inf", "mu=0.2"]
     view = json.loads(json.loads(exp.tags[VIEW_TAG])["state"])
     assert view["searchFilter"] == "tags.`sweeper.kind` = 'trial'" and "params.`mu`" in view["selectedColumns"]
@@ -257,19 +310,35 @@ def test_a_scored_folder_is_a_table5_method_in_the_studys_space(tmp_path):
     from trainer.images import write_image
 
     uri, client = mlflow_layout.store(tmp_path)
-    trials = [{"arch": "srgan", "mu": mu, "beta": "beta1_3", "final": mlflow_layout.scores(30 + k, 0.9, 0.1, sets=("Set5",))}
-              for k, mu in enumerate([0.5, 1])]
+    trials = [
+        {"arch": "srgan", "mu": mu, "beta": "beta1_3", "final": mlflow_layout.scores(30 + k, 0.9, 0.1, sets=("Set5",))}
+        for k, mu in enumerate([0.5, 1])
+    ]
     mlflow_layout.log_stage(client, tmp_path, "small", "mu", trials, winner=1)
     for pair in val_pairs(EMBEDDED, "Set5", 4, "mod12"):  # a "method" that returns the LR image's nearest upscaling
         write_image(tmp_path / "sr" / pair.name, pair.lr.repeat_interleave(4, -1).repeat_interleave(4, -2))
-    done = CliRunner().invoke(app, ["evaluate", f"folder={tmp_path / 'sr'}", "method=Nearest", f"workspace={tmp_path}",
-                                    "--data-root", str(EMBEDDED), "--sets", "Set5", "--no-lpips"])
+    done = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            f"folder={tmp_path / 'sr'}",
+            "method=Nearest",
+            f"workspace={tmp_path}",
+            "--data-root",
+            str(EMBEDDED),
+            "--sets",
+            "Set5",
+            "--no-lpips",
+        ],
+    )
     assert done.exit_code == 0, done.output
     out = tmp_path / "report"
     report.main(["study=small", f"tracking_uri={uri}"], out=out)
     rows = {r["row"]: r for r in read_csv(out / "tables" / "table5.csv")}
     (nearest,) = report.find_runs(client, "baseline", None, method="Nearest")
-    assert float(rows["Nearest"]["Set5/psnr"]) == pytest.approx(nearest.value("Set5", "psnr_rgb"), abs=1e-6)  # smoke configs: rgb
+    assert float(rows["Nearest"]["Set5/psnr"]) == pytest.approx(
+        nearest.value("Set5", "psnr_rgb"), abs=1e-6
+    )  # smoke configs: rgb
     assert float(rows["Bicubic"]["Set5/psnr"]) > float(rows["Nearest"]["Set5/psnr"])
     markdown = (out / "tables" / "table5.md").read_text()
     ours = next(line for line in markdown.splitlines() if "ours" in line)
@@ -293,13 +362,28 @@ def test_table5_scores_the_winners_checkpoint_on_whole_images_as_bicubic_is(tmp_
     from trainer.nets import build_generator
 
     uri, client = mlflow_layout.store(tmp_path / "ws")
-    trial = {"arch": "srgan", "mu": 0.5, "beta": "beta1_3", "final": mlflow_layout.scores(40.0, 0.99, 0.01, sets=("Set5",))}
-    _, (run_id,) = mlflow_layout.log_stage(client, tmp_path / "ws", "mu_search", "mu", [trial], winner=0, select_by="psnr")
+    trial = {
+        "arch": "srgan",
+        "mu": 0.5,
+        "beta": "beta1_3",
+        "final": mlflow_layout.scores(40.0, 0.99, 0.01, sets=("Set5",)),
+    }
+    _, (run_id,) = mlflow_layout.log_stage(
+        client, tmp_path / "ws", "mu_search", "mu", [trial], winner=0, select_by="psnr"
+    )
     folder = tmp_path / "ws" / "trials" / "mu_search" / "mu" / "0"
     config = yaml.safe_load((folder / "config.yaml").read_text())
     torch.manual_seed(0)
     ckpt = folder / "ckpt" / "last.pt"
-    save_atomic({"config": config, "step": 12, "stage": "finished", "g": build_generator(config_from_dict(config)).state_dict()}, ckpt)
+    save_atomic(
+        {
+            "config": config,
+            "step": 12,
+            "stage": "finished",
+            "g": build_generator(config_from_dict(config)).state_dict(),
+        },
+        ckpt,
+    )
     result = json.loads((folder / "result.json").read_text()) | {"checkpoint": str(ckpt)}
     client.log_text(run_id, json.dumps(result), "result.json")
     study = report.load_study(client, "mu_search")
@@ -308,6 +392,7 @@ def test_table5_scores_the_winners_checkpoint_on_whole_images_as_bicubic_is(tmp_
     table, _ = found
     rows = evaluate.evaluate(str(ckpt), EMBEDDED, ["Set5"], 4, use_lpips=False)  # the study's space: rgb at smoke
     whole = {"psnr": np.mean([r["psnr_rgb"] for r in rows]), "ssim": np.mean([r["ssim_rgb"] for r in rows])}
+
     def cell(t, metric: str) -> float:
         i = next(i for i, label in enumerate(t.rows) if "ours" in label)
         return t.values[i][t.columns.index(("Set5", metric))]

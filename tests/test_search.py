@@ -41,8 +41,13 @@ def test_enqueue_is_idempotent_and_creates_each_trial_with_its_folder(tmp_path: 
     assert sorted(t.params["mu"] for t in trials) == sorted(p["mu"] for p in points)
     for t in trials:
         assert t.params["repeat"] == 0
-        assert t.user_attrs == {"attempt": 1, "trial_dir": str(ws.trial_dir("mu_search", "mu", points.index(point_of(t.params))))}
-    enqueue(storage, sid, ws, "mu_search", "mu", GRID.grid, units(GRID, 3), max_retries=2)  # more repeats later: only the new ones
+        assert t.user_attrs == {
+            "attempt": 1,
+            "trial_dir": str(ws.trial_dir("mu_search", "mu", points.index(point_of(t.params)))),
+        }
+    enqueue(
+        storage, sid, ws, "mu_search", "mu", GRID.grid, units(GRID, 3), max_retries=2
+    )  # more repeats later: only the new ones
     trials = storage.get_all_trials(sid)
     assert len(trials) == 21 and sorted(t.params["repeat"] for t in trials) == [0] * 7 + [1] * 7 + [2] * 7
     folders = {(point_of(t.params)["mu"], t.params["repeat"]): Path(t.user_attrs["trial_dir"]).name for t in trials}
@@ -93,7 +98,10 @@ def test_two_processes_never_claim_the_same_trial(tmp_path: Path) -> None:
     study = optuna.create_study(storage=storage, study_name="race")
     for i in range(60):
         study.enqueue_trial({"x": i})
-    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, str(ws.root)], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CLAIMER, str(ws.root)], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     claimed = [p.communicate(timeout=120)[0].split() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert sorted(map(int, claimed[0] + claimed[1])) == list(range(60))  # each trial exactly once, none left
@@ -101,13 +109,20 @@ def test_two_processes_never_claim_the_same_trial(tmp_path: Path) -> None:
 
 def test_config_hash_ignores_bookkeeping_only() -> None:
     base = build_config({"preset": "smoke"}).to_dict()
-    same = build_config({"preset": "smoke", "train.device": "cpu", "train.log_every": 1, "data.num_workers": 2}).to_dict()
+    same = build_config(
+        {"preset": "smoke", "train.device": "cpu", "train.log_every": 1, "data.num_workers": 2}
+    ).to_dict()
     other = build_config({"preset": "smoke", "mu": math.inf}).to_dict()
     assert config_hash(base) == config_hash(same) != config_hash(other)
 
 
 def test_rank_prefers_low_lpips_then_high_psnr() -> None:
-    trials: list[dict[str, float]] = [{"lpips": 0.2, "psnr": 30}, {"lpips": 0.1, "psnr": 20}, {"lpips": 0.1, "psnr": 25}, {"psnr": 40}]
+    trials: list[dict[str, float]] = [
+        {"lpips": 0.2, "psnr": 30},
+        {"lpips": 0.1, "psnr": 20},
+        {"lpips": 0.1, "psnr": 25},
+        {"psnr": 40},
+    ]
     means = [{f"mean/{k}": v for k, v in m.items()} for m in trials]
     assert sorted(range(4), key=lambda i: rank("lpips", means[i])) == [2, 1, 0, 3]
     assert sorted(range(4), key=lambda i: rank("psnr", means[i])) == [3, 0, 2, 1]

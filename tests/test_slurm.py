@@ -141,8 +141,12 @@ def test_time_limit_mid_trial_requeues_and_resumes_from_checkpoint(tmp_path: Pat
 
     (trial,) = trials(storage, "cl_one")  # one attempt: the requeue is invisible to Optuna
     assert_grid_once(storage, tracking_uri, "cl_one", ["0.5"])
-    starts = [(int(r), int(s)) for r, s in re.findall(r"restart (\d+), pid \d+, starting at step (\d+)", log.read_text())]
-    assert starts[0] == (0, 0) and any(restart >= 1 and step >= 1 for restart, step in starts), starts  # requeued, resumed
+    starts = [
+        (int(r), int(s)) for r, s in re.findall(r"restart (\d+), pid \d+, starting at step (\d+)", log.read_text())
+    ]
+    assert starts[0] == (0, 0) and any(restart >= 1 and step >= 1 for restart, step in starts), (
+        starts
+    )  # requeued, resumed
     result = json.loads((trial_dir / "result.json").read_text())
     assert result["status"] == "complete" and result["iters"] == iters
     records = [json.loads(line) for line in (trial_dir / "metrics.jsonl").read_text().splitlines()]
@@ -176,7 +180,9 @@ def test_bad_options_fail_before_anything_is_created(tmp_path: Path) -> None:
                             ("executor.trials_per_gpu=2", "executor.trials_per_gpu=2: the nodes offer no GPU shards")]:  # fmt: skip
         done = sweeper(["run", "study=cl_bad", *where, *TINY, "executor=slurm", option], env)
         errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
-        assert done.returncode == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in done.stderr, done.stderr
+        assert done.returncode == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in done.stderr, (
+            done.stderr
+        )
         assert not (tmp_path / "ws").exists()
     with pytest.raises(UserError, match=r"executor.timeout_min='soon': expected int"):
         SlurmExecutor.from_options({"timeout_min": "soon"}, tmp_path, "smoke")
@@ -204,11 +210,15 @@ def test_a_two_rank_trial_is_one_job_of_two_tasks_and_complete_once(tmp_path: Pa
     """`train.devices=2` on SLURM: one job, two tasks (gloo ranks here), the trial COMPLETE once, world_size 2."""
     cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, timeout=60).stdout.split()
     if max(map(int, cpus or ["0"])) < 2:
-        pytest.skip(f"the SLURM node declares {cpus} CPU(s): two 1-CPU tasks do not fit (slurm.conf written where nproc honoured OMP_NUM_THREADS=1)")
+        pytest.skip(
+            f"the SLURM node declares {cpus} CPU(s): two 1-CPU tasks do not fit (slurm.conf written where nproc honoured OMP_NUM_THREADS=1)"
+        )
     env, mus = env_for(tmp_path), ["0.5"]
     write_study(tmp_path, "cl_ddp", mus)
     where, storage, tracking_uri = workspace_args(tmp_path)
-    done = sweeper(["run", "study=cl_ddp", *where, *tiny("model.num_blocks=1"), "train.devices=2", "executor=slurm"], env)
+    done = sweeper(
+        ["run", "study=cl_ddp", *where, *tiny("model.num_blocks=1"), "train.devices=2", "executor=slurm"], env
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (trial,) = assert_grid_once(storage, tracking_uri, "cl_ddp", mus)
     job_id = trial.user_attrs["slurm_job_id"]
@@ -239,8 +249,12 @@ def test_trials_started_locally_are_watched_locally_after_a_switch_to_slurm(tmp_
     done = sweeper(study_args(ws, "journal", "executor=slurm"), env)
     assert done.returncode == 0, done.stderr[-3000:]
     by_state = {t.state.name: t for t in assert_sound(ws, "journal")}
-    assert by_state["PRUNED"].user_attrs["executor"] == "local" and by_state["COMPLETE"].user_attrs["executor"] == "slurm"
-    assert len({p.name.split("_")[0] for p in (ws / "slurm").iterdir() if p.is_dir()}) == 1  # one submission: the promotion
+    assert (
+        by_state["PRUNED"].user_attrs["executor"] == "local" and by_state["COMPLETE"].user_attrs["executor"] == "slurm"
+    )
+    assert (
+        len({p.name.split("_")[0] for p in (ws / "slurm").iterdir() if p.is_dir()}) == 1
+    )  # one submission: the promotion
 
 
 def test_a_point_trains_to_the_same_numbers_locally_and_on_slurm(tmp_path: Path) -> None:

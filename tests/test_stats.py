@@ -176,9 +176,18 @@ def test_resolution_and_repeats_needed_are_estimates_that_shrink_with_repeats():
     rng = np.random.default_rng(11)
     c = stats.compare(synthetic(rng, 2, 2, 20, effect=0.04), True, ["a", "b"])
     needed = c.rows[1].repeats_needed
-    assert c.kind == "tie" and needed is not None and needed > 2 and c.resolvable is not None and c.resolvable > c.rows[1].diff
+    assert (
+        c.kind == "tie"
+        and needed is not None
+        and needed > 2
+        and c.resolvable is not None
+        and c.resolvable > c.rows[1].diff
+    )
     resolved = sum(
-        stats.compare(synthetic(rng, 2, needed, 20, effect=0.04), True, ["a", "b"], settings=stats.Settings(draws=400)).kind == "winner"
+        stats.compare(
+            synthetic(rng, 2, needed, 20, effect=0.04), True, ["a", "b"], settings=stats.Settings(draws=400)
+        ).kind
+        == "winner"
         for _ in range(40)
     )
     assert resolved >= 16  # about half or more (the estimate aims the half-width at the observed difference)
@@ -222,7 +231,9 @@ def test_stage_verdict_from_trial_results_pairs_repeats_and_reads_the_space():
     v = evidence.stage_verdict(trainings, Rule(("psnr",)))
     assert v.kind == "winner" and v.chosen == "mu=1" and v.comparisons[0].repeats == 2 and v.comparisons[0].images == 6
     assert evidence.stage_verdict(trainings, Rule(("lpips",))) is None
-    tie = evidence.stage_verdict(trainings, Rule(("psnr",), min_effect=1.0), {"mu=inf": (0,), "mu=1": (2,), "mu=10": (1,)})
+    tie = evidence.stage_verdict(
+        trainings, Rule(("psnr",), min_effect=1.0), {"mu=inf": (0,), "mu=1": (2,), "mu=10": (1,)}
+    )
     assert tie.kind == "tie" and tie.chosen == "mu=1"  # best_mean
     simplest = evidence.stage_verdict(trainings, Rule(("psnr",), min_effect=1.0, tie_break="simplest"),
                                       {"mu=inf": (0,), "mu=1": (2,), "mu=10": (1,)})  # fmt: skip

@@ -15,11 +15,15 @@ def test_builtin_studies_hold_the_papers_grids() -> None:
     assert mu.config == {"arch": "srgan", "beta": "beta1_3"}
     assert [p["mu"] for p in mu.stages[0].points()] == ["0.2", "0.5", "1", "5", "10", "20", "inf"]
     beta = studies.load("beta_search")
-    assert beta.inputs == {"mu": "mu_search"} and beta.stages[0].grid == {"beta": ("beta1_3", "beta2_4", "beta3_6", "beta4_3")}
+    assert beta.inputs == {"mu": "mu_search"} and beta.stages[0].grid == {
+        "beta": ("beta1_3", "beta2_4", "beta3_6", "beta4_3")
+    }
     paper = studies.load("paper")
     assert paper.alternate and [s.name for s in paper.stages] == ["mu", "beta"]
     ablation = studies.load("ablation").stages[0]
-    assert [ablation.overrides(p) for p in ablation.points()] == [{"loss.perceptual": v} for v in ("vgg", "static", "dp")]
+    assert [ablation.overrides(p) for p in ablation.points()] == [
+        {"loss.perceptual": v} for v in ("vgg", "static", "dp")
+    ]
 
 
 def test_combos_cross_the_grid() -> None:
@@ -42,7 +46,9 @@ def write(folder: Path, name: str, text: str) -> Path:
 GOOD = "description: my study\nstages:\n  - name: s\n    grid:\n      mu: [1, 2]\n"
 
 
-def test_user_folders_shadow_builtin_and_are_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_user_folders_shadow_builtin_and_are_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     write(tmp_path / "studies", "mu_search", GOOD)
     write(tmp_path / "extra", "mine", GOOD.replace("my study", "from the env"))

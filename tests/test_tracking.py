@@ -24,7 +24,9 @@ def trial_folder(path: Path) -> dict:
         {"step": 4, "kind": "val", "set": "Set5", "psnr": 20.0, "ssim": 0.5, "lpips": None},
         {"step": 4, "kind": "val", "set": "Set14", "psnr": 22.0, "ssim": 0.7, "lpips": None},
     ]
-    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 5, "kin')  # cut by a kill
+    (path / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 5, "kin'
+    )  # cut by a kill
     (path / "samples").mkdir()
     (path / "samples" / "Set5_0.png").write_bytes(b"png")
     result = {"status": "complete", "reason": None, "final": {"Set5": {"psnr": 20.0, "ssim": 0.5, "lpips": None},
@@ -55,15 +57,26 @@ def test_a_trial_is_logged_once_in_the_documented_layout(tmp_path: Path) -> None
     assert abs(run.info.end_time - ended) < 2 and abs(run.info.start_time - (ended - 3000)) < 2
     assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["sweeper.kind"] == "trial"
     assert run.data.tags["sweeper.weights"] == "random" and run.data.tags["sweeper.lpips"] == "unavailable"
-    assert run.data.params["mu"] == "inf" and run.data.params["perceptual"] == "dp" and run.data.params["preset"] == "smoke"
+    assert (
+        run.data.params["mu"] == "inf"
+        and run.data.params["perceptual"] == "dp"
+        and run.data.params["preset"] == "smoke"
+    )
     recipe = {k: run.data.params[k] for k in ("loss.gan", "model.skip", "metrics.space", "train.from_scratch")}
-    assert recipe == {"loss.gan": "vanilla", "model.skip": "bilinear", "metrics.space": "rgb", "train.from_scratch": "True"}  # smoke
+    assert recipe == {
+        "loss.gan": "vanilla",
+        "model.skip": "bilinear",
+        "metrics.space": "rgb",
+        "train.from_scratch": "True",
+    }  # smoke
     assert run.data.metrics["mean/psnr"] == 21.0 and "mean/lpips" not in run.data.metrics
     assert run.data.metrics["rounded/mean/ssim"] == round(run.data.metrics["mean/ssim"], 4)  # for the UI's columns
     history = [(m.step, m.value) for m in client.get_metric_history(run_id, "train/l_g")]
     assert sorted(history) == [(2, 0.5), (4, 0.4)]
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "Set14/ssim")] == [(4, 0.7)]
-    artifacts = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "samples")}
+    artifacts = {a.path for a in client.list_artifacts(run_id)} | {
+        a.path for a in client.list_artifacts(run_id, "samples")
+    }
     assert {"config.yaml", "result.json", "samples/Set5_0.png"} <= artifacts
     assert len(client.search_runs([exp], "tags.`sweeper.kind` = 'trial'")) == 1
 
@@ -72,7 +85,9 @@ def test_a_half_logged_run_is_replaced(tmp_path: Path) -> None:
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = experiment(client, "mu_search", tmp_path / "artifacts")
     config = trial_folder(tmp_path / "trial")
-    crashed = client.create_run(exp, tags={"sweeper.kind": "trial", **TAGS}).info.run_id  # a crash before set_terminated
+    crashed = client.create_run(
+        exp, tags={"sweeper.kind": "trial", **TAGS}
+    ).info.run_id  # a crash before set_terminated
     run_id = tracking.log_trial(client, exp, None, tmp_path / "trial", config, TAGS)
     assert run_id != crashed and client.get_run(crashed).info.lifecycle_stage == "deleted"
     assert [r.info.run_id for r in client.search_runs([exp])] == [run_id]

@@ -55,14 +55,25 @@ def test_smoke_trial_fills_the_trial_folder(smoke_run):
     cfg = smoke()
     assert result["status"] == "complete" and result["reason"] is None
     assert result["iters"] == cfg.train.iters == 12
-    assert result["weights"] == {"extractors": "random", "lpips": "unavailable", "generator": "pre-trained: L1, 8 iterations"}  # no ImageNet files here
+    assert result["weights"] == {
+        "extractors": "random",
+        "lpips": "unavailable",
+        "generator": "pre-trained: L1, 8 iterations",
+    }  # no ImageNet files here
     assert set(result["final"]) == {"Set5"}
     final = result["final"]["Set5"]
     assert 15 < final["psnr"] < 60 and 0 < final["ssim"] <= 1 and final["lpips"] is None
     # Both spaces are kept; psnr/ssim are those of metrics.space (rgb by default), per image and as means.
-    assert result["metrics"] == {"space": "rgb", "lpips_net": "alex", "lpips_version": "0.1", "val_hr": "mod12",
-                                 "val_lr": {"Set5": "matlab_bicubic"}}
-    assert (final["psnr"], final["ssim"]) == (final["psnr_rgb"], final["ssim_rgb"]) != (final["psnr_y"], final["ssim_y"])
+    assert result["metrics"] == {
+        "space": "rgb",
+        "lpips_net": "alex",
+        "lpips_version": "0.1",
+        "val_hr": "mod12",
+        "val_lr": {"Set5": "matlab_bicubic"},
+    }
+    assert (
+        (final["psnr"], final["ssim"]) == (final["psnr_rgb"], final["ssim_rgb"]) != (final["psnr_y"], final["ssim_y"])
+    )
     images = result["per_image"]["Set5"]
     assert list(images) == ["baby.png", "bird.png"]  # val_max_images=2, by file name
     for key in ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"):
@@ -176,8 +187,16 @@ def test_concurrent_trials_pretrain_once(tmp_path):
 
 
 def test_resume_is_exact(tmp_path, cache):
-    cfg = smoke(**{"train.iters": 20, "train.milestones": [5, 15], "train.ema": 0.9,
-                   "train.val_every": 7, "train.ckpt_every": 10, "train.keep_every": 5})
+    cfg = smoke(
+        **{
+            "train.iters": 20,
+            "train.milestones": [5, 15],
+            "train.ema": 0.9,
+            "train.val_every": 7,
+            "train.ckpt_every": 10,
+            "train.keep_every": 5,
+        }
+    )
     straight = train(cfg, tmp_path / "straight", cache, progress=False)
     first = train(cfg, tmp_path / "resumed", cache, progress=False, stop_after=10)
     assert first["status"] == "stopped" and first["iters"] == 10 and not (tmp_path / "resumed" / "result.json").exists()
@@ -187,16 +206,23 @@ def test_resume_is_exact(tmp_path, cache):
     for name, tensor in a["g"].items():  # the kept (EMA) generator; the losses of D and G are compared below
         assert torch.equal(tensor, b["g"][name]), name
     assert resumed["final"] == straight["final"]
-    assert straight["snapshots"] == resumed["snapshots"] == [5, 10, 15, 20] and first["snapshots"] == [5, 10]  # train.keep_every=5
+    assert straight["snapshots"] == resumed["snapshots"] == [5, 10, 15, 20] and first["snapshots"] == [
+        5,
+        10,
+    ]  # train.keep_every=5
     for step in (5, 15, 20):  # generator-only, the EMA weights, the same on both paths; the last is the final generator
         kept = [load_checkpoint(tmp_path / name / "ckpt" / f"g_{step:07d}.pt") for name in ("straight", "resumed")]
         assert kept[0]["step"] == step and kept[0].keys() == {"config", "stage", "step", "g"}
         assert all(torch.equal(v, kept[1]["g"][k]) for k, v in kept[0]["g"].items())
         assert all(torch.equal(v, a["g"][k]) for k, v in kept[0]["g"].items()) == (step == 20)
     rung = [r for r in jsonl(tmp_path / "resumed" / "metrics.jsonl") if r["kind"] == "val" and r["step"] == 10]
-    rung_file = json.loads((tmp_path / "resumed" / "rungs" / "10.json").read_text())  # stop_after = a rung: validated there
+    rung_file = json.loads(
+        (tmp_path / "resumed" / "rungs" / "10.json").read_text()
+    )  # stop_after = a rung: validated there
     assert rung_file == first and rung  # shaped like result.json, status "stopped"
-    assert rung_file["final"] == {r["set"]: {m: v for m, v in r.items() if m not in ("step", "kind", "set")} for r in rung}
+    assert rung_file["final"] == {
+        r["set"]: {m: v for m, v in r.items() if m not in ("step", "kind", "set")} for r in rung
+    }
     assert rung_file["per_image"].keys() == {"Set5"} and len(rung_file["per_image"]["Set5"]) == 2
     assert resumed["per_image"] == straight["per_image"] != rung_file["per_image"]
     others = [r for r in jsonl(tmp_path / "resumed" / "metrics.jsonl") if r not in rung]
@@ -250,8 +276,16 @@ def test_missing_extractor_weights_refuse_to_start(tmp_path, cache):
 
 
 def test_esrgan_published_code_variant_trains(tmp_path, cache):
-    cfg = smoke(arch="esrgan", **{"model.num_blocks": 1, "loss.variant": "published_code", "train.from_scratch": True,
-                                  "train.iters": 2, "train.val_every": 2})
+    cfg = smoke(
+        arch="esrgan",
+        **{
+            "model.num_blocks": 1,
+            "loss.variant": "published_code",
+            "train.from_scratch": True,
+            "train.iters": 2,
+            "train.val_every": 2,
+        },
+    )
     result = train(cfg, tmp_path / "run", cache, progress=False)
     assert result["status"] == "complete" and math.isfinite(result["final"]["Set5"]["psnr"])
     assert not list(cache.glob("pretrain-esrgan*"))  # from_scratch skips pre-training

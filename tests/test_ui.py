@@ -29,7 +29,9 @@ def chromium() -> str:
         subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], capture_output=True, timeout=900)
         found = shutil.which("chromium")
     if found is None:
-        pytest.skip("Chromium is not installed and could not be (`apt-get install -y chromium` needs root and Debian's archive)")
+        pytest.skip(
+            "Chromium is not installed and could not be (`apt-get install -y chromium` needs root and Debian's archive)"
+        )
     return found
 
 

@@ -60,8 +60,12 @@ def test_missing_file_names_file_url_and_import_command(torch_home: Path) -> Non
     message = str(err.value)
     assert "resnet50-0676ba61.pth" in message and "https://download.pytorch.org/models/resnet50-0676ba61.pth" in message
     assert "sweeper weights import" in message and "\n" not in message
-    assert [f.name for f in weights.missing()] == ["vgg19-dcbb9e9d.pth", "resnet50-0676ba61.pth", "alexnet-owt-7be5be79.pth",
-                                                  "vgg16-397923af.pth"]
+    assert [f.name for f in weights.missing()] == [
+        "vgg19-dcbb9e9d.pth",
+        "resnet50-0676ba61.pth",
+        "alexnet-owt-7be5be79.pth",
+        "vgg16-397923af.pth",
+    ]
 
 
 def test_every_missing_file_is_named_at_once_with_one_import_command(torch_home: Path) -> None:
@@ -70,7 +74,10 @@ def test_every_missing_file_is_named_at_once_with_one_import_command(torch_home:
     with pytest.raises(weights.MissingWeightsError) as err:
         check_weights({}, "proxy", "psnr")
     message = str(err.value)
-    assert "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth" in message and "resnet50-0676ba61.pth (ResNet-50" in message
+    assert (
+        "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth" in message
+        and "resnet50-0676ba61.pth (ResNet-50" in message
+    )
     assert "`sweeper weights import vgg19-dcbb9e9d.pth resnet50-0676ba61.pth`" in message and "\n" not in message
 
 

@@ -39,4 +39,3 @@ def test_two_workers_finish_the_grid_exactly_once(tmp_path: Path, backend: str) 
         owners = {t.user_attrs["owner"].rsplit(":", 2)[1] for t in complete}
         assert owners == {str(w.pid) for w in workers}  # both workers ran trials
         assert len({t.user_attrs["trial_dir"] for t in complete}) == len(MUS)
-

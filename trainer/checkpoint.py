@@ -70,11 +70,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise UserError(f"{path}: no such checkpoint") from None
     except pickle.UnpicklingError:  # torch's message advises weights_only=False, which would run the file's code
-        raise UserError(f"{path}: refused: it holds Python objects other than tensors and plain values, which could "
-                        "run code when loaded; only checkpoints written by this trainer are loaded") from None
+        raise UserError(
+            f"{path}: refused: it holds Python objects other than tensors and plain values, which could "
+            "run code when loaded; only checkpoints written by this trainer are loaded"
+        ) from None
     except Exception as e:  # truncated, corrupt or not a torch file: torch raises many types here
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UserError(f"{path}: unreadable checkpoint ({type(e).__name__}: {first}); delete it to start over") from None
+        raise UserError(
+            f"{path}: unreadable checkpoint ({type(e).__name__}: {first}); delete it to start over"
+        ) from None
     if not isinstance(ckpt, dict) or "g" not in ckpt or "config" not in ckpt:
         raise UserError(f"{path}: not a trainer checkpoint (expected a dict with 'g' and 'config')")
     return ckpt

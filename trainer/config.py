@@ -37,11 +37,20 @@ GANS = ("vanilla", "ragan")  # the standard GAN (BasicSR's SRGANModel) or RaGAN,
 ARCH_GAN = {"srgan": "vanilla", "esrgan": "ragan"}  # what the authors' configs use for each arch
 SKIPS = ("none", "bilinear")  # generator output + bilinear upsampling of the input, or not
 INITS = ("basicsr", "all_convs")  # which convs get the 0.1-scaled Kaiming init (trainer/nets/layers.py)
-METRIC_SPACES = ("y", "rgb")  # PSNR/SSIM on MATLAB's Y (section 4.1's text) or RGB (the authors' test config, the paper's numbers)
+METRIC_SPACES = (
+    "y",
+    "rgb",
+)  # PSNR/SSIM on MATLAB's Y (section 4.1's text) or RGB (the authors' test config, the paper's numbers)
 VAL_HR = ("mod12", "mod4")  # validation HR cropped to a multiple of 12 (the published GTmod12 files) or of upscale
 LPIPS_NETS = ("alex", "vgg")  # LPIPS trunk: the lpips package's default, or BasicSR's calculate_lpips script
 LPIPS_VERSIONS = ("0.1", "0.0")  # the lpips package's linear heads
-NOT_COMPUTATION = {"train.device", "train.devices", "data.num_workers", "data.cache", "train.threads"}  # where and how fast, not what: a run may resume under others
+NOT_COMPUTATION = {
+    "train.device",
+    "train.devices",
+    "data.num_workers",
+    "data.cache",
+    "train.threads",
+}  # where and how fast, not what: a run may resume under others
 
 
 @dataclass
@@ -291,7 +300,9 @@ def check_choice(key: str, value: Any, valid: tuple[str, ...]) -> None:
 def check_mu(mu: float) -> None:
     """Eq. (8) weighs the ResNet loss by 1/mu: mu must be positive (the paper's grid) or inf (VGG loss only)."""
     if not mu > 0:
-        raise UserError(f"mu={mu}: mu must be a positive number (eq. 8 weighs the ResNet loss by 1/mu) or inf for VGG loss only")
+        raise UserError(
+            f"mu={mu}: mu must be a positive number (eq. 8 weighs the ResNet loss by 1/mu) or inf for VGG loss only"
+        )
 
 
 def validate(cfg: Config) -> Config:
@@ -335,10 +346,14 @@ def validate(cfg: Config) -> Config:
             raise UserError(f"train.{name}={getattr(cfg.train, name)}: must be positive")
     if cfg.train.devices < 1 or cfg.data.batch_size % cfg.train.devices:
         fits = [n for n in range(1, cfg.data.batch_size + 1) if cfg.data.batch_size % n == 0]
-        raise UserError(f"train.devices={cfg.train.devices}: the global batch data.batch_size={cfg.data.batch_size} is split "
-                        f"evenly over the devices; choose one of {', '.join(map(str, fits))}")
+        raise UserError(
+            f"train.devices={cfg.train.devices}: the global batch data.batch_size={cfg.data.batch_size} is split "
+            f"evenly over the devices; choose one of {', '.join(map(str, fits))}"
+        )
     if cfg.train.keep_every < 0:
-        raise UserError(f"train.keep_every={cfg.train.keep_every}: must be 0 (keep only the final generator) or a positive number of iterations")
+        raise UserError(
+            f"train.keep_every={cfg.train.keep_every}: must be 0 (keep only the final generator) or a positive number of iterations"
+        )
     if not 0 <= cfg.train.ema < 1:
         raise UserError(f"train.ema={cfg.train.ema}: must be in [0, 1) (0 turns EMA off)")
     return cfg

@@ -76,14 +76,18 @@ def settle_sets(config: dict[str, Any]) -> dict[str, Any]:
         wanted = ROOT_TRAIN_SETS[cfg.preset]
         present = [s for s in wanted if s in found]
         if not present:
-            raise UserError(f"{root} has none of the training sets preset={cfg.preset} trains on ({', '.join(wanted)}); "
-                            f"sets found there: {', '.join(found) or 'none'}; name yours with data.train_sets=[...]")
+            raise UserError(
+                f"{root} has none of the training sets preset={cfg.preset} trains on ({', '.join(wanted)}); "
+                f"sets found there: {', '.join(found) or 'none'}; name yours with data.train_sets=[...]"
+            )
         settled["data.train_sets"] = present
     if "data.val_sets" not in config:
         benchmarks = [s for s in BENCHMARK_SETS if s in found]
         if not benchmarks:
-            raise UserError(f"{root} has none of the benchmark sets ({', '.join(BENCHMARK_SETS)}) to validate on; "
-                            f"sets found there: {', '.join(found) or 'none'}; name yours with data.val_sets=[...]")
+            raise UserError(
+                f"{root} has none of the benchmark sets ({', '.join(BENCHMARK_SETS)}) to validate on; "
+                f"sets found there: {', '.join(found) or 'none'}; name yours with data.val_sets=[...]"
+            )
         settled["data.val_sets"] = benchmarks
     return settled
 
@@ -133,8 +137,10 @@ def load_supplied_lr(root: str | Path | None, name: str, scale: int) -> dict[str
     files = {f.name: f for f in _image_files(lr_folder)}
     hr_names = [f.name for f in _set_files(folder.parent, name)]
     if missing := [n for n in hr_names if n not in files]:
-        raise UserError(f"{lr_folder}: no LR image for {len(missing)} HR image(s) of {name} ({', '.join(missing[:3])}); "
-                        f"supply one per HR file name or remove {lr_folder.name}/ to degrade the HR images instead")
+        raise UserError(
+            f"{lr_folder}: no LR image for {len(missing)} HR image(s) of {name} ({', '.join(missing[:3])}); "
+            f"supply one per HR file name or remove {lr_folder.name}/ to degrade the HR images instead"
+        )
     return {n: read_image(files[n]) for n in hr_names}
 
 
@@ -158,7 +164,9 @@ def _center_box(h: int, w: int, size: int, align: int) -> tuple[slice, slice]:
     return slice(top, top + hh), slice(left, left + ww)
 
 
-def val_pairs(root: str | Path | None, name: str, scale: int, val_hr: str, crop: int = 0, max_images: int = 0) -> list[ValImage]:
+def val_pairs(
+    root: str | Path | None, name: str, scale: int, val_hr: str, crop: int = 0, max_images: int = 0
+) -> list[ValImage]:
     """The (HR, LR) pairs of set `name`: HR cropped to a multiple of 12 (`val_hr="mod12"`) or of `scale`
     ("mod4"), centre-cropped to `crop` if given; LR the set's supplied images if it has them (checked to be
     the HR size / scale), else MATLAB's bicubic of the HR."""
@@ -192,7 +200,10 @@ def lr_source(pairs: list[ValImage]) -> str:
 def load_val_sets(cfg: Config) -> dict[str, list[ValImage]]:
     """The validation sets of `cfg.data.val_sets` (`val_pairs`), honouring val_max_images, val_crop, val_hr and upscale."""
     d = cfg.data
-    return {name: val_pairs(d.root or None, name, cfg.upscale, d.val_hr, d.val_crop, d.val_max_images) for name in d.val_sets}
+    return {
+        name: val_pairs(d.root or None, name, cfg.upscale, d.val_hr, d.val_crop, d.val_max_images)
+        for name in d.val_sets
+    }
 
 
 def data_cache(cfg: Config, cache_dir: Path) -> Path:
@@ -267,8 +278,12 @@ def check_train_sets(cfg: Config) -> None:
     """Fail now (UserError) if a training set is missing, empty, unreadable or has no sub-image that holds
     an `hr_patch` crop; reads image headers only, prepares nothing."""
     root, d = resolve_root(cfg.data.root or None), cfg.data
-    sides = [min(h, w) for name in d.train_sets for f in _set_files(root, name)
-             for *_, h, w in windows(*image_size(f), _settings(cfg))]
+    sides = [
+        min(h, w)
+        for name in d.train_sets
+        for f in _set_files(root, name)
+        for *_, h, w in windows(*image_size(f), _settings(cfg))
+    ]
     if not any(side >= d.hr_patch for side in sides):
         raise _too_small(cfg, len(sides))
 
@@ -292,8 +307,14 @@ class TrainBatches:
     patches in the same order, each rank cutting only its own.
     """
 
-    def __init__(self, cfg: Config, cache_dir: Path, device: str | torch.device = "cpu", show: bool = False,
-                 shard: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        cache_dir: Path,
+        device: str | torch.device = "cpu",
+        show: bool = False,
+        shard: tuple[int, int] | None = None,
+    ) -> None:
         d, s = cfg.data, cfg.upscale
         self.scale, self.lr_patch, self.batch_size = s, d.hr_patch // s, d.batch_size
         self.shard = shard or (0, d.batch_size)  # samples [start, stop) of each batch this process trains on
@@ -350,7 +371,9 @@ class TrainBatches:
             hflip, vflip, transpose = (bool(f) for f in torch.rand(3, generator=g) < 0.5)
             if not self.shard[0] <= k < self.shard[1]:
                 continue
-            lr_patch, hr_patch = (_augment(torch.from_numpy(np.array(c)).permute(2, 0, 1), hflip, vflip, transpose) for c in crops)
+            lr_patch, hr_patch = (
+                _augment(torch.from_numpy(np.array(c)).permute(2, 0, 1), hflip, vflip, transpose) for c in crops
+            )
             lrs.append(lr_patch)
             hrs.append(hr_patch)
         return torch.stack(lrs), torch.stack(hrs)
@@ -371,8 +394,14 @@ class TrainBatches:
 
     def _worker_loader(self) -> DataLoader:
         """Batches self.batch, self.batch + 1, ... made by `num_workers` processes, delivered in order."""
-        return DataLoader(_ByIndex(self.batch_at), batch_size=None, sampler=itertools.count(self.batch),
-                          num_workers=self.num_workers, pin_memory=self.device.type == "cuda", prefetch_factor=4)
+        return DataLoader(
+            _ByIndex(self.batch_at),
+            batch_size=None,
+            sampler=itertools.count(self.batch),
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=4,
+        )
 
 
 class _ByIndex(Dataset):

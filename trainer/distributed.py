@@ -81,7 +81,9 @@ def init(devices: int, device_type: str) -> World:
         return _world
     size = int(os.environ["WORLD_SIZE"])
     if size != devices:
-        raise UserError(f"train.devices={devices}, but the launcher started {size} ranks; launch {devices} or set train.devices={size}")
+        raise UserError(
+            f"train.devices={devices}, but the launcher started {size} ranks; launch {devices} or set train.devices={size}"
+        )
     if not dist.is_initialized():
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if device_type == "cuda":
@@ -179,7 +181,13 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         mean = total[:c] / n
         var = (total[c : 2 * c] / n - mean * mean).clamp_min(0)
         tracked, momentum = self.num_batches_tracked, self.momentum
-        if self.track_running_stats and tracked is not None and momentum is not None and self.running_mean is not None and self.running_var is not None:
+        if (
+            self.track_running_stats
+            and tracked is not None
+            and momentum is not None
+            and self.running_mean is not None
+            and self.running_var is not None
+        ):
             with torch.no_grad():
                 tracked.add_(1)
                 self.running_mean.lerp_(mean.detach(), momentum)
@@ -198,7 +206,9 @@ def sync_batchnorm(net: nn.Module) -> nn.Module:
         return net
     for name, child in net.named_children():
         if type(child) is nn.BatchNorm2d:
-            bn = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            bn = GlobalBatchNorm2d(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
             bn.load_state_dict(child.state_dict())
             bn.train(child.training).requires_grad_(any(p.requires_grad for p in child.parameters()))
             setattr(net, name, bn.to(next(iter(child.state_dict().values())).device))
@@ -223,7 +233,15 @@ def launch(entry: Callable[..., Any], args: list[Any], nprocs: int) -> Any:
     SignalException when this process is signalled (the agent has then passed the signal to the ranks)."""
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nprocs, run_id=uuid.uuid4().hex,
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2,
-                          start_method="spawn")
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nprocs,
+        run_id=uuid.uuid4().hex,
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        monitor_interval=0.2,
+        start_method="spawn",
+    )
     return elastic_launch(config, entry)(*args)[0]

@@ -36,7 +36,10 @@ MACHINE_ERRNOS = {
     errno.EDQUOT: ("disk quota exceeded writing {file}", "free some of your files or ask for a larger quota"),
     errno.EIO: ("I/O error on {file} (a failing disk or network file system)", "check that file system"),
     errno.EROFS: ("the file system of {file} is read-only", "remount it read-write or pass another workspace="),
-    errno.ESTALE: ("stale network file handle for {file} (the file server restarted or the file was replaced)", "check the mount"),
+    errno.ESTALE: (
+        "stale network file handle for {file} (the file server restarted or the file was replaced)",
+        "check the mount",
+    ),
     errno.ENOTCONN: ("{file}'s file system is disconnected", "mount it again"),
     errno.ENOMEM: ("out of memory", "stop other processes or lower executor.n_jobs"),
 }
@@ -56,8 +59,10 @@ def environment_fault(e: BaseException | None) -> str | None:
             cause, fix = MACHINE_ERRNOS[e.errno]
             return f"{cause.format(file=e.filename or 'a file')}: {fix}, then run again"
         if type(e).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(e):  # torch.cuda.OutOfMemoryError
-            return ("CUDA out of memory (another process on the GPU, or too much packed on it): free the GPU or lower "
-                    "executor.trials_per_gpu / data.batch_size, then run again")
+            return (
+                "CUDA out of memory (another process on the GPU, or too much packed on it): free the GPU or lower "
+                "executor.trials_per_gpu / data.batch_size, then run again"
+            )
         if isinstance(e, MemoryError):
             return "out of host memory: stop other processes or lower executor.n_jobs, then run again"
         e = e.__cause__ or e.__context__

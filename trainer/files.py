@@ -66,8 +66,10 @@ def no_space(path: Path, need: int | None, what: str) -> NoSpace:
     """The one-line error for `what`, a write of ~`need` bytes (None: unknown) under `path`, that does not
     (or did not) fit."""
     needs = f", {what} needs ~{_mb(need)}" if need is not None else f" ({what})"
-    return NoSpace(f"no space left on the file system of {path}: {_mb(free_bytes(path))} free{needs}; "
-                   f"free some space (or use a larger disk) and run again")
+    return NoSpace(
+        f"no space left on the file system of {path}: {_mb(free_bytes(path))} free{needs}; "
+        f"free some space (or use a larger disk) and run again"
+    )
 
 
 def _mb(n: int) -> str:
@@ -144,14 +146,19 @@ def _take_over_if_stale(path: Path, fd: int) -> None:
     holder = os.pread(fd, 256, 0).decode(errors="replace").strip()
     if not holder or not gone(holder):
         return
-    guard = os.open(path.with_name(path.name + ".takeover"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    guard = os.open(
+        path.with_name(path.name + ".takeover"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644
+    )
     try:
         fcntl.flock(guard, fcntl.LOCK_EX)
         with contextlib.suppress(FileNotFoundError):
             if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
                 os.unlink(path)
-                print(f"note: {path} was held by process {holder.split()[1]}, which has ended (a process it left "
-                      f"behind still has the lock open); taking the lock over", file=sys.stderr)
+                print(
+                    f"note: {path} was held by process {holder.split()[1]}, which has ended (a process it left "
+                    f"behind still has the lock open); taking the lock over",
+                    file=sys.stderr,
+                )
     finally:
         os.close(guard)
 

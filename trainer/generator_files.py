@@ -41,7 +41,10 @@ RULES: dict[str, list[Rule]] = {
     ],
     "esrgan": [  # BasicSR RRDBNet: body.N.rdbK.convM, conv_body, conv_up1/2; ESRGAN repo: RRDB_trunk, RDBk, trunk_conv, upconv, HRconv
         (r"^RRDB_trunk\.", "body."),
-        (r"^body\.(\d+)\.(?:rdb|RDB)(\d)\.conv(\d)\.", lambda m: f"body.{m[1]}.blocks.{int(m[2]) - 1}.convs.{int(m[3]) - 1}."),
+        (
+            r"^body\.(\d+)\.(?:rdb|RDB)(\d)\.conv(\d)\.",
+            lambda m: f"body.{m[1]}.blocks.{int(m[2]) - 1}.convs.{int(m[3]) - 1}.",
+        ),
         (r"^trunk_conv\.", "conv_body."),
         (r"^(?:conv_up|upconv)(\d)\.", lambda m: f"conv_up.{int(m[1]) - 1}."),
         (r"^HRconv\.", "conv_hr."),
@@ -66,7 +69,9 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
     while isinstance(state, dict) and (key := next((k for k in WRAPPERS if isinstance(state.get(k), dict)), None)):
         state = state[key]
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path}: expected a state dict of generator weights (or BasicSR's params/params_ema), found {type(state).__name__}")
+        raise UserError(
+            f"{path}: expected a state dict of generator weights (or BasicSR's params/params_ema), found {type(state).__name__}"
+        )
     return state
 
 
@@ -86,12 +91,18 @@ def load_into(g: nn.Module, state: dict[str, torch.Tensor], what: str, cfg: Conf
     mine = g.state_dict()
     missing = [k for k in mine if k not in state]
     unexpected = [k for k in state if k not in mine]
-    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in mine.items() if k in state and state[k].shape != v.shape]
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in mine.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or shapes:
         m = cfg.model
-        parts = [f"{len(missing)} missing (e.g. {', '.join(missing[:2])})" if missing else "",
-                 f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:2])})" if unexpected else "",
-                 f"{len(shapes)} of another shape (e.g. {shapes[0]})" if shapes else ""]
+        parts = [
+            f"{len(missing)} missing (e.g. {', '.join(missing[:2])})" if missing else "",
+            f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:2])})" if unexpected else "",
+            f"{len(shapes)} of another shape (e.g. {shapes[0]})" if shapes else "",
+        ]
         raise UserError(
             f"{what}: these weights do not fit arch={cfg.arch} (x{cfg.upscale}, model.num_feat={m.num_feat}, "
             f"model.num_blocks={m.num_blocks or 'default'}): {'; '.join(p for p in parts if p)}; "

@@ -19,7 +19,18 @@ from trainer.files import atomic_write
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 # Pillow modes holding 8-bit samples, and what each becomes.
-_MODES = {"1": "L", "L": "L", "LA": "L", "P": "RGB", "PA": "RGB", "RGB": "RGB", "RGBA": "RGB", "RGBX": "RGB", "CMYK": "RGB", "YCbCr": "RGB"}
+_MODES = {
+    "1": "L",
+    "L": "L",
+    "LA": "L",
+    "P": "RGB",
+    "PA": "RGB",
+    "RGB": "RGB",
+    "RGBA": "RGB",
+    "RGBX": "RGB",
+    "CMYK": "RGB",
+    "YCbCr": "RGB",
+}
 
 
 def read_image(path: str | Path) -> torch.Tensor:

@@ -93,7 +93,7 @@ def ssim_batch(sr: torch.Tensor, hr: torch.Tensor, crop_border: int, space: str 
     """SSIM (Wang et al. 2004, eq. 13 there) of each image pair, as MATLAB's `ssim_index`: on Y, or the
     mean over the RGB channels."""
     x, y = _planes(sr, hr, crop_border, space)
-    bell = torch.exp(-(torch.arange(11, dtype=torch.float64) - 5) ** 2 / (2 * 1.5**2))
+    bell = torch.exp(-((torch.arange(11, dtype=torch.float64) - 5) ** 2) / (2 * 1.5**2))
     g = (bell / bell.sum()).tolist()
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     # The five local statistics in one stack, filtered together.
@@ -170,7 +170,13 @@ def per_image_csv(per_image: dict[str, dict[str, dict[str, float | None]]]) -> s
     writer.writerow(PER_IMAGE_COLUMNS)
     for set_name, images in per_image.items():
         for image, values in images.items():
-            writer.writerow([set_name, image, *("" if (v := values.get(k)) is None else repr(float(v)) for k in PER_IMAGE_COLUMNS[2:])])
+            writer.writerow(
+                [
+                    set_name,
+                    image,
+                    *("" if (v := values.get(k)) is None else repr(float(v)) for k in PER_IMAGE_COLUMNS[2:]),
+                ]
+            )
     return buf.getvalue()
 
 

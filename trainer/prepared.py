@@ -85,7 +85,9 @@ def windows(height: int, width: int, s: Settings) -> list[tuple[int, int, int, i
     h, w = min(height, s.size) // s.scale * s.scale, min(width, s.size) // s.scale * s.scale
     if not h or not w:
         return []
-    return [(t, left, h, w) for t in window_starts(height, s.size, s.step) for left in window_starts(width, s.size, s.step)]
+    return [
+        (t, left, h, w) for t in window_starts(height, s.size, s.step) for left in window_starts(width, s.size, s.step)
+    ]
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -135,7 +137,10 @@ class PreparedSet:
     def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Window `i` as (LR, HR) uint8 HWC views into the memory-mapped files (no copy)."""
         if self._maps is None:
-            self._maps = (np.load(self.folder / "lr.npy", mmap_mode="r"), np.load(self.folder / "hr.npy", mmap_mode="r"))
+            self._maps = (
+                np.load(self.folder / "lr.npy", mmap_mode="r"),
+                np.load(self.folder / "hr.npy", mmap_mode="r"),
+            )
         lr_flat, hr_flat = self._maps
         image, top, left, h, w, lr_offset = (int(v) for v in self.windows[i])
         hr_offset, height, width = (int(v) for v in self.images[image])
@@ -172,8 +177,9 @@ def current_manifest(files: list[Path], source: Path, settings: Settings, cache:
     return manifest if stale_sources(manifest, settings, files) is None else None
 
 
-def open_or_build(files: list[Path], source: Path, settings: Settings, cache: Path,
-                  workers: int | None = None, show: bool = False) -> PreparedSet:
+def open_or_build(
+    files: list[Path], source: Path, settings: Settings, cache: Path, workers: int | None = None, show: bool = False
+) -> PreparedSet:
     """The prepared set of `files` (the images of set folder `source`), built first if missing or stale.
 
     One process builds a given set at a time (a file lock beside its folder); the others wait, then reuse
@@ -215,8 +221,9 @@ def _fresh(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
 
 
-def _build(folder: Path, files: list[Path], source: Path, settings: Settings, workers: int | None,
-           show: bool) -> tuple[dict[str, Any], int]:
+def _build(
+    folder: Path, files: list[Path], source: Path, settings: Settings, workers: int | None, show: bool
+) -> tuple[dict[str, Any], int]:
     """Build (or resume building) the prepared set in `folder`; returns its manifest and the number of
     source images processed by this call."""
     t0 = time.monotonic()
@@ -235,18 +242,23 @@ def _build(folder: Path, files: list[Path], source: Path, settings: Settings, wo
     workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(todo) or 1))
     if multiprocessing.current_process().daemon:  # e.g. a multiprocessing.Pool worker: it may not start a pool
         workers = 1
-    print(f"preparing {source.name}: {len(todo)} of {len(files)} images to do, {workers} process(es) -> {folder}",
-          file=sys.stderr)
+    print(
+        f"preparing {source.name}: {len(todo)} of {len(files)} images to do, {workers} process(es) -> {folder}",
+        file=sys.stderr,
+    )
     tasks = [(files[i], i, folder, settings.scale, sizes[i], table[table[:, 0] == i].tolist(), spans[i]) for i in todo]
-    with bar(total=len(files), initial=len(files) - len(todo), desc=source.name, unit="img", disable=not show) as images_bar:
+    with bar(
+        total=len(files), initial=len(files) - len(todo), desc=source.name, unit="img", disable=not show
+    ) as images_bar:
         if workers == 1:
             for task in tasks:
                 _prepare_image(task)
                 images_bar.update()
         else:
             ctx = multiprocessing.get_context("fork")  # workers only use CPU torch, one thread each
-            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                                        initargs=(os.getpid(),)) as pool:
+            with concurrent.futures.ProcessPoolExecutor(
+                workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),)
+            ) as pool:
                 try:
                     for future in concurrent.futures.as_completed([pool.submit(_prepare_image, t) for t in tasks]):
                         future.result()
@@ -258,13 +270,22 @@ def _build(folder: Path, files: list[Path], source: Path, settings: Settings, wo
         _fsync(folder / name)
     for name, array in (("images.npy", images), ("windows.npy", table)):
         atomic_write(folder / name, functools.partial(np.save, arr=array))
-    sources = [{**s, "sha256": json.loads((done_dir / f"{i}.json").read_text())["sha256"], "height": h, "width": w}
-               for i, (s, (h, w)) in enumerate(zip(plan["sources"], sizes))]
+    sources = [
+        {**s, "sha256": json.loads((done_dir / f"{i}.json").read_text())["sha256"], "height": h, "width": w}
+        for i, (s, (h, w)) in enumerate(zip(plan["sources"], sizes))
+    ]
     manifest = {
-        "version": VERSION, "set": source.name, "source": str(source.resolve()), "settings": asdict(settings),
-        "images": len(files), "subimages": len(table), "content_hash": content_hash(settings, sources),
-        "bytes": sum((folder / n).stat().st_size for n in ARRAYS), "prepare_s": round(time.monotonic() - t0, 3),
-        "workers": workers, "sources": sources,
+        "version": VERSION,
+        "set": source.name,
+        "source": str(source.resolve()),
+        "settings": asdict(settings),
+        "images": len(files),
+        "subimages": len(table),
+        "content_hash": content_hash(settings, sources),
+        "bytes": sum((folder / n).stat().st_size for n in ARRAYS),
+        "prepare_s": round(time.monotonic() - t0, 3),
+        "workers": workers,
+        "sources": sources,
     }
     write_json_atomic(folder / "manifest.json", manifest)
     shutil.rmtree(done_dir, ignore_errors=True)
@@ -313,8 +334,13 @@ def _prepare_image(task: tuple[Path, int, Path, int, tuple[int, int], list[list[
     if tuple(img.shape[-2:]) != size:
         raise UserError(f"{path} changed while it was being prepared; run again")
     hr = img.permute(1, 2, 0).contiguous().numpy().reshape(-1)
-    lr = np.concatenate([degrade(img[:, top : top + h, left : left + w], scale).permute(1, 2, 0).reshape(-1).numpy()
-                         for _, top, left, h, w, _ in rows] or [np.empty(0, np.uint8)])
+    lr = np.concatenate(
+        [
+            degrade(img[:, top : top + h, left : left + w], scale).permute(1, 2, 0).reshape(-1).numpy()
+            for _, top, left, h, w, _ in rows
+        ]
+        or [np.empty(0, np.uint8)]
+    )
     marker: dict[str, str | int] = {"sha256": digest}
     for name, data, (offset, _) in zip(("hr.npy", "lr.npy"), (hr, lr), spans):
         header = np.load(folder / name, mmap_mode="r").offset

@@ -322,9 +322,16 @@ def run_pretrain(
         drop_records_after(log, start)
 
     def state(step: int) -> dict[str, Any]:
-        return {"config": cfg.to_dict(), "stage": "pretrain", "step": step, "g": g.state_dict(),
-                "opt_g": opt.state_dict(), "sched_g": sched.state_dict(), "data": batches.state_dict(),
-                "rng": rng_state()}
+        return {
+            "config": cfg.to_dict(),
+            "stage": "pretrain",
+            "step": step,
+            "g": g.state_dict(),
+            "opt_g": opt.state_dict(),
+            "sched_g": sched.state_dict(),
+            "data": batches.state_dict(),
+            "rng": rng_state(),
+        }
 
     def save(step: int) -> None:
         if distributed.world().main:
@@ -382,8 +389,15 @@ Means = dict[str, dict[str, float | None]]  # set -> metric -> mean over its ima
 PerImage = dict[str, dict[str, dict[str, float | None]]]  # set -> image file name -> metric -> value
 
 
-def validate(g: nn.Module, val_sets: dict[str, list[ValImage]], lpips: LPIPSMetric, cfg: Config,
-             device: torch.device, samples_dir: Path, step: int) -> tuple[Means, PerImage]:
+def validate(
+    g: nn.Module,
+    val_sets: dict[str, list[ValImage]],
+    lpips: LPIPSMetric,
+    cfg: Config,
+    device: torch.device,
+    samples_dir: Path,
+    step: int,
+) -> tuple[Means, PerImage]:
     """Per image and as means per validation set: PSNR/SSIM in both spaces (`metrics.SCORES`) and LPIPS
     (None when unavailable); the means also carry `psnr`/`ssim` of `metrics.space`. Saves a few SR crops."""
     was_training = g.training
@@ -394,7 +408,11 @@ def validate(g: nn.Module, val_sets: dict[str, list[ValImage]], lpips: LPIPSMetr
         rows = per_image[set_name] = {}
         for j, img in enumerate(images):
             sr = super_resolve(g, img.lr, device)
-            lp = float(lpips(sr, to_rgb(img.hr).unsqueeze(0).float().div(255).to(device))[0]) if lpips.available else None
+            lp = (
+                float(lpips(sr, to_rgb(img.hr).unsqueeze(0).float().div(255).to(device))[0])
+                if lpips.available
+                else None
+            )
             rows[img.name] = {**score(sr[0], img.hr, cfg.upscale), "lpips": lp}
             if i == 0 and j < SAMPLES:
                 h, w = sr.shape[-2:]
@@ -446,9 +464,22 @@ class Gan:
         ema = copy.deepcopy(g).requires_grad_(False) if t.ema > 0 else None
         opt_g, sched_g = make_optimizer(g, t.lr, t.milestones, cfg)
         opt_d, sched_d = make_optimizer(d, t.lr, t.milestones, cfg)
-        percep = cast(DualPerceptualLoss, distributed.sync_batchnorm(prepare(percep, cfg, device)))  # the published-code ResNet's BN
-        return cls(cfg, g, d, percep, ema, opt_g, opt_d, sched_g, sched_d,
-                   distributed.data_parallel(g, device), distributed.data_parallel(d, device))
+        percep = cast(
+            DualPerceptualLoss, distributed.sync_batchnorm(prepare(percep, cfg, device))
+        )  # the published-code ResNet's BN
+        return cls(
+            cfg,
+            g,
+            d,
+            percep,
+            ema,
+            opt_g,
+            opt_d,
+            sched_g,
+            sched_d,
+            distributed.data_parallel(g, device),
+            distributed.data_parallel(d, device),
+        )
 
     def step(self, lr: torch.Tensor, hr: torch.Tensor) -> dict[str, torch.Tensor]:
         """One generator step, eq. (2), then one discriminator step, eq. (3); returns the losses as tensors
@@ -466,8 +497,16 @@ class Gan:
             l_adv = generator_adversarial_loss(lw.gan, real, fake_for_g)  # loss.gan: vanilla | ragan (eq. 3)
             l_g = lw.pixel_weight * l_pix + lw.adv_weight * l_adv + lw.perceptual_weight * p["total"]  # eq. (2)
             l_d = discriminator_loss(lw.gan, real, fake, lw.ragan_detach)
-        losses = {"l_g": l_g, "l_pix": l_pix, "l_adv": l_adv, "l_percep": p["total"], "l_vgg": p["vgg"],
-                  "l_res": p["res"], "dp_weight": p["weight"], "l_d": l_d}
+        losses = {
+            "l_g": l_g,
+            "l_pix": l_pix,
+            "l_adv": l_adv,
+            "l_percep": p["total"],
+            "l_vgg": p["vgg"],
+            "l_res": p["res"],
+            "dp_weight": p["weight"],
+            "l_d": l_d,
+        }
         for opt, loss, sched in ((self.opt_g, l_g, self.sched_g), (self.opt_d, l_d, self.sched_d)):
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -486,9 +525,15 @@ class Gan:
 
     def state_dict(self) -> dict[str, Any]:
         ema = self.ema.state_dict() if self.ema is not None else None
-        return {"g": self.g.state_dict(), "d": self.d.state_dict(), "ema": ema,
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict()}
+        return {
+            "g": self.g.state_dict(),
+            "d": self.d.state_dict(),
+            "ema": ema,
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "sched_g": self.sched_g.state_dict(),
+            "sched_d": self.sched_d.state_dict(),
+        }
 
     def load_generator(self, weights: dict[str, torch.Tensor]) -> None:
         """Start from pre-trained generator weights (the EMA copy too)."""
@@ -545,43 +590,70 @@ def train(
     if ckpt is not None:
         check_resumable(cfg, ckpt["config"], ckpt_path)
         if ckpt["stage"] == FINISHED:
-            raise UserError(f"{ckpt_path}: this run finished and kept only its generator weights; delete {run_dir} to train it again")
+            raise UserError(
+                f"{ckpt_path}: this run finished and kept only its generator weights; delete {run_dir} to train it again"
+            )
     if world.main:
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    segment = Segment(run_dir, ckpt["step"] if ckpt is not None else 0, device.type, world.size)  # this call's cost ledger line
+    segment = Segment(
+        run_dir, ckpt["step"] if ckpt is not None else 0, device.type, world.size
+    )  # this call's cost ledger line
     if cfg.train.amp and device.type != "cuda":
         note("train.amp applies to CUDA only; training in float32 on the CPU")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     gan = Gan.build(cfg, device)  # before pre-training, so missing extractor weights fail fast
-    init_weights, generator_used = None, "random init" if cfg.train.from_scratch else f"pre-trained: L1, {cfg.train.pretrain_iters} iterations"
+    init_weights, generator_used = (
+        None,
+        "random init" if cfg.train.from_scratch else f"pre-trained: L1, {cfg.train.pretrain_iters} iterations",
+    )
     if cfg.model.init_from:  # a bad file fails here, before any data is prepared
         init_weights, generator_used = init_state(cfg, gan.g)
     if cfg.data.hr_patch != 128 and world.main:
-        note(f"discriminator input is {cfg.data.hr_patch}x{cfg.data.hr_patch}, not the paper's 128x128: "
-             f"its first linear layer takes 512*{cfg.data.hr_patch // 32}^2 features instead of 512*4^2")
+        note(
+            f"discriminator input is {cfg.data.hr_patch}x{cfg.data.hr_patch}, not the paper's 128x128: "
+            f"its first linear layer takes 512*{cfg.data.hr_patch // 32}^2 features instead of 512*4^2"
+        )
     mc = cfg.metrics
     batches = TrainBatches(cfg, cache_dir, device, progress, distributed.shard(cfg.data.batch_size))
-    val_sets, lpips = (load_val_sets(cfg), LPIPSMetric(device, mc.lpips_net, mc.lpips_version)) if world.main else ({}, None)  # rank 0 validates
+    val_sets, lpips = (
+        (load_val_sets(cfg), LPIPSMetric(device, mc.lpips_net, mc.lpips_version)) if world.main else ({}, None)
+    )  # rank 0 validates
     weights_used = {
         "extractors": weights_mod.describe(cfg.weights),  # what was loaded: a random run is never recorded otherwise
         "lpips": "imagenet" if lpips and lpips.available else "unavailable",
         "generator": generator_used,  # where the GAN stage's generator started: random init, pre-training or a file
     }
-    metrics_used = {"space": mc.space, "lpips_net": mc.lpips_net, "lpips_version": mc.lpips_version, "val_hr": cfg.data.val_hr,
-                    "val_lr": {name: lr_source(pairs) for name, pairs in val_sets.items()}}
+    metrics_used = {
+        "space": mc.space,
+        "lpips_net": mc.lpips_net,
+        "lpips_version": mc.lpips_version,
+        "val_hr": cfg.data.val_hr,
+        "val_lr": {name: lr_source(pairs) for name, pairs in val_sets.items()},
+    }
     environment = where_trained(device)
     tally = Tally()
 
     def result(status: str, reason: str | None) -> dict[str, Any]:
         checkpoint = str(ckpt_path) if ckpt_path.exists() else None
-        return {"status": status, "reason": reason, "final": tally.final, "per_image": tally.per_image,
-                "metrics": metrics_used, "weights": weights_used, "environment": environment, "snapshots": snapshot_steps(run_dir),
-                "data_id": batches.data_id,
-                "iters": tally.step, "duration_s": tally.duration_s(), "checkpoint": checkpoint, "world_size": world.size}
+        return {
+            "status": status,
+            "reason": reason,
+            "final": tally.final,
+            "per_image": tally.per_image,
+            "metrics": metrics_used,
+            "weights": weights_used,
+            "environment": environment,
+            "snapshots": snapshot_steps(run_dir),
+            "data_id": batches.data_id,
+            "iters": tally.step,
+            "duration_s": tally.duration_s(),
+            "checkpoint": checkpoint,
+            "world_size": world.size,
+        }
 
     def finish(out: dict[str, Any], path: Path) -> dict[str, Any]:
         if world.main:
@@ -599,7 +671,9 @@ def train(
             if init_weights is not None:
                 gan.load_generator(init_weights)
             elif not cfg.train.from_scratch:
-                weights_g, segment.pretrain_iters, segment.pretrain_s = pretrained_generator(cfg, cache_dir, device, run_dir, progress)
+                weights_g, segment.pretrain_iters, segment.pretrain_s = pretrained_generator(
+                    cfg, cache_dir, device, run_dir, progress
+                )
                 segment.pretrain = "trained" if segment.pretrain_iters else "reused"
                 gan.load_generator(weights_g)
             seed_everything(cfg.seed)  # the same state whether pre-training ran here or came from the cache
@@ -612,16 +686,28 @@ def train(
     if world.main:
         write_text_atomic(run_dir / "per_image.csv", per_image_csv(tally.per_image))
     if stopped:  # a rung of successive halving: its result, beside the checkpoint
-        return finish(result("stopped", f"stopped after iteration {tally.step} as asked (stop_after)"),
-                      run_dir / "rungs" / f"{tally.step}.json")
+        return finish(
+            result("stopped", f"stopped after iteration {tally.step} as asked (stop_after)"),
+            run_dir / "rungs" / f"{tally.step}.json",
+        )
     out = finish(result("complete", None), result_path)
     if world.main:
         keep_generator_only(ckpt_path)  # after result.json: a crash in between only leaves the full state
     return out
 
 
-def run_gan(cfg: Config, run_dir: Path, gan: Gan, batches: TrainBatches, val_sets: dict[str, list[ValImage]],
-            lpips: LPIPSMetric | None, tally: Tally, show: bool, stop_after: int | None, segment: Segment) -> bool:
+def run_gan(
+    cfg: Config,
+    run_dir: Path,
+    gan: Gan,
+    batches: TrainBatches,
+    val_sets: dict[str, list[ValImage]],
+    lpips: LPIPSMetric | None,
+    tally: Tally,
+    show: bool,
+    stop_after: int | None,
+    segment: Segment,
+) -> bool:
     """The GAN stage from iteration tally.step + 1: train, log, validate, checkpoint (and bring the cost
     ledger's line up to date). Returns True when it stopped early because of `stop_after`. On several ranks
     every rank runs this loop; rank 0 alone validates (the others wait) and writes."""
@@ -632,14 +718,27 @@ def run_gan(cfg: Config, run_dir: Path, gan: Gan, batches: TrainBatches, val_set
 
     def save() -> None:
         if main:
-            save_atomic({"config": cfg.to_dict(), "stage": "gan", "step": tally.step, **gan.state_dict(),
-                         "data": batches.state_dict(), "rng": rng_state(), "final": tally.final, "per_image": tally.per_image,
-                         "elapsed_s": tally.duration_s()}, run_dir / "ckpt" / "last.pt")
+            save_atomic(
+                {
+                    "config": cfg.to_dict(),
+                    "stage": "gan",
+                    "step": tally.step,
+                    **gan.state_dict(),
+                    "data": batches.state_dict(),
+                    "rng": rng_state(),
+                    "final": tally.final,
+                    "per_image": tally.per_image,
+                    "elapsed_s": tally.duration_s(),
+                },
+                run_dir / "ckpt" / "last.pt",
+            )
         segment.record(tally.step)
 
     def validate_now(step: int) -> None:
         if lpips is not None:  # rank 0
-            tally.final, tally.per_image = validate(gan.evaluated, val_sets, lpips, cfg, device, run_dir / "samples", step)
+            tally.final, tally.per_image = validate(
+                gan.evaluated, val_sets, lpips, cfg, device, run_dir / "samples", step
+            )
             for set_name, m in tally.final.items():
                 append_jsonl(metrics_log, {"step": step, "kind": "val", "set": set_name, **m})
         distributed.barrier()
@@ -699,7 +798,9 @@ def launch_ranks(cfg: Config, run_dir: Path, cache_dir: Path, show: bool, stop_a
     except ChildFailedError as e:  # one line for result.json's reason; the ranks' own errors are in the job's log
         rank, failure = e.get_first_failure()
         how = f"signal {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
-        raise RuntimeError(f"rank {rank} of {cfg.train.devices} failed ({how}); the launcher stopped the others") from None
+        raise RuntimeError(
+            f"rank {rank} of {cfg.train.devices} failed ({how}); the launcher stopped the others"
+        ) from None
     except SignalException:
         done = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").exists() else {}
         if done.get("status") != "interrupted":
@@ -710,8 +811,15 @@ def launch_ranks(cfg: Config, run_dir: Path, cache_dir: Path, show: bool, stop_a
     return out
 
 
-def _rank_main(cfg_dict: dict[str, Any], run_dir: str, cache_dir: str, show: bool, stop_after: int | None,
-               threads: int, stop_on_term: bool) -> dict[str, Any]:
+def _rank_main(
+    cfg_dict: dict[str, Any],
+    run_dir: str,
+    cache_dir: str,
+    show: bool,
+    stop_after: int | None,
+    threads: int,
+    stop_on_term: bool,
+) -> dict[str, Any]:
     """One rank of `launch_ranks` (module level: the agent starts it in a fresh interpreter)."""
     if stop_on_term:
         stop_on_sigterm()

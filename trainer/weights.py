@@ -57,14 +57,30 @@ class WeightsFile:
 # ResNet-50 uses torchvision's IMAGENET1K_V1 (the original release, what `pretrained=True` gave when the
 # paper was written); torchvision's DEFAULT is the later V2 recipe.
 FILES: dict[str, WeightsFile] = {
-    "vgg19": WeightsFile("VGG19", torchvision.models.VGG19_Weights.IMAGENET1K_V1.url, "VGG perceptual loss (eq. 4)",
-                         "or set weights=random for an ablation"),
-    "resnet50": WeightsFile("ResNet-50", torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url, "ResNet loss (eq. 5)",
-                            "or set weights=random for an ablation"),
-    "alexnet": WeightsFile("AlexNet", torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url, "LPIPS metric",
-                           "until then LPIPS is reported as unavailable"),
-    "vgg16": WeightsFile("VGG16", torchvision.models.VGG16_Weights.IMAGENET1K_V1.url, "LPIPS metric with metrics.lpips_net=vgg",
-                         "until then LPIPS is reported as unavailable"),
+    "vgg19": WeightsFile(
+        "VGG19",
+        torchvision.models.VGG19_Weights.IMAGENET1K_V1.url,
+        "VGG perceptual loss (eq. 4)",
+        "or set weights=random for an ablation",
+    ),
+    "resnet50": WeightsFile(
+        "ResNet-50",
+        torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url,
+        "ResNet loss (eq. 5)",
+        "or set weights=random for an ablation",
+    ),
+    "alexnet": WeightsFile(
+        "AlexNet",
+        torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url,
+        "LPIPS metric",
+        "until then LPIPS is reported as unavailable",
+    ),
+    "vgg16": WeightsFile(
+        "VGG16",
+        torchvision.models.VGG16_Weights.IMAGENET1K_V1.url,
+        "LPIPS metric with metrics.lpips_net=vgg",
+        "until then LPIPS is reported as unavailable",
+    ),
 }
 LPIPS_TRUNKS = {"alex": "alexnet", "vgg": "vgg16"}  # metrics.lpips_net -> the FILES entry of its trunk
 
@@ -78,10 +94,14 @@ class MissingWeightsError(UserError):
         if len(files) == 1:
             what = f"{file.network} ImageNet weights for the {file.needed_by} not found at {path}; download {file.url}"
         else:
-            what = f"{len(files)} ImageNet weights files not found in {path.parent}: " + "; ".join(
-                f"{f.name} ({f.network}, {f.needed_by}) from {f.url}" for f in files
-            ) + "; download them"
-        super().__init__(f"{what} and run `sweeper weights import {' '.join(f.name for f in files)}` ({file.without_it})")
+            what = (
+                f"{len(files)} ImageNet weights files not found in {path.parent}: "
+                + "; ".join(f"{f.name} ({f.network}, {f.needed_by}) from {f.url}" for f in files)
+                + "; download them"
+            )
+        super().__init__(
+            f"{what} and run `sweeper weights import {' '.join(f.name for f in files)}` ({file.without_it})"
+        )
         self.file, self.path = file, path
 
 

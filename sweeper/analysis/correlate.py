@@ -160,7 +160,9 @@ class Agreement:
     worst_proxy: str
     worst_target: str
     undefined: str | None = None  # why no ranking or no best exists (constant or tied-at-the-top scores)
-    rho_ci: tuple[float, float] | None = None  # 95 % bootstrap interval over images and repeats (None: no per-image values)
+    rho_ci: tuple[float, float] | None = (
+        None  # 95 % bootstrap interval over images and repeats (None: no per-image values)
+    )
     tau_ci: tuple[float, float] | None = None
     disagreement: str = "untested"  # where the bests differ: significant | not significant | untested
 
@@ -263,6 +265,7 @@ def tested(a: Agreement, pairs: list[tuple[str, RunRecord, RunRecord]], results:
     means = [(v * weight) @ e.m.mean(axis=1).T for e in ev]  # (draws, settings) per side
     rho = [spearman(means[0][b], means[1][b]) for b in range(n)]
     tau = [kendall(means[0][b], means[1][b]) for b in range(n)]
+
     def ci(xs: list[float]) -> tuple[float, float]:
         low, high = np.nanquantile(xs, [0.025, 0.975])
         return float(low), float(high)
@@ -316,7 +319,15 @@ def to_rows(results: list[Agreement]) -> list[dict]:
         d["metric"] = LABELS[a.metric]
         d["discordant"] = f"{a.discordant}/{a.pairs}"
         del d["pairs"]
-        d["best_agrees"] = "undefined" if a.undefined else "yes" if a.best_agrees else "no" if a.disagreement == "significant" else "inconclusive"
+        d["best_agrees"] = (
+            "undefined"
+            if a.undefined
+            else "yes"
+            if a.best_agrees
+            else "no"
+            if a.disagreement == "significant"
+            else "inconclusive"
+        )
         d["rho_ci"] = "" if a.rho_ci is None else f"[{a.rho_ci[0]:.2f}, {a.rho_ci[1]:.2f}]"
         d["tau_ci"] = "" if a.tau_ci is None else f"[{a.tau_ci[0]:.2f}, {a.tau_ci[1]:.2f}]"
         d["worst_agrees"] = "undefined" if a.undefined else "yes" if a.worst_agrees else "no"
@@ -338,7 +349,9 @@ def summary(results: list[Agreement], select_by: str) -> str:
     return f"{rows_to_markdown(to_rows(results))}\n{weakness_note(g.n)}\n\nVerdict (promotion gate, {select_by}): {verdict(g)}\n"
 
 
-def log_check(client: MlflowClient, study: str, proxy: str, target: str, results: list[Agreement], select_by: str) -> str:
+def log_check(
+    client: MlflowClient, study: str, proxy: str, target: str, results: list[Agreement], select_by: str
+) -> str:
     """Record the check as a run (tag sweeper.kind=correlation) in the study's experiment; returns its id."""
     g = gate(results, select_by)
     tags = {
@@ -351,7 +364,9 @@ def log_check(client: MlflowClient, study: str, proxy: str, target: str, results
         "sweeper.best_setting": g.best_proxy,
         "sweeper.verdict": verdict(g),
     }
-    run_id = client.create_run(experiment_ids(client, study)[0], run_name=f"correlate {proxy} vs {target}", tags=tags).info.run_id
+    run_id = client.create_run(
+        experiment_ids(client, study)[0], run_name=f"correlate {proxy} vs {target}", tags=tags
+    ).info.run_id
     stats = ("spearman", "kendall", "discordant", "p_spearman", "p_kendall")
     values = [(f"{a.set}/{a.metric}/{name}", float(getattr(a, name))) for a in results for name in stats]
     now = int(time.time() * 1000)
@@ -382,8 +397,10 @@ def main(tokens: list[str]) -> None:
     try:
         runs = find_runs(client, "trial", study)
     except UserError:  # no experiment of that name: nothing of the study has run in this store
-        raise UserError(f"no runs of study {study} in this tracking store: `sweeper run study={study}` trains arch={proxy} and "
-                        f"arch={target} on the same settings, then `sweeper correlate` compares them") from None
+        raise UserError(
+            f"no runs of study {study} in this tracking store: `sweeper run study={study}` trains arch={proxy} and "
+            f"arch={target} on the same settings, then `sweeper correlate` compares them"
+        ) from None
     results = correlate_runs(runs, proxy, target, lambda r: read_artifact(client, r.run_id, "result.json"))
     select_by = selection_metric(opts.select_by, find_runs(client, "stage", study))
     print(summary(results, select_by))

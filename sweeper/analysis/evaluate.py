@@ -29,7 +29,12 @@ from trainer.metrics import SCORES, LPIPSMetric, per_image_csv, score, set_means
 from trainer.train import super_resolve
 
 COLUMNS = ("set", "image", *SCORES, "lpips")
-SOURCES = ("checkpoint", "iter", "folder", "method")  # evaluate's own keys; the others are sweeper options or config keys
+SOURCES = (
+    "checkpoint",
+    "iter",
+    "folder",
+    "method",
+)  # evaluate's own keys; the others are sweeper options or config keys
 PROTOCOL_KEYS = ("metrics.space", "metrics.lpips_net", "metrics.lpips_version", "data.val_hr")  # how images are scored
 
 
@@ -67,16 +72,22 @@ def checkpoint_file(checkpoint: str, iteration: int | None) -> Path:
     return file
 
 
-def source(method: str | None, checkpoint: str | None, iteration: int | None, folder: str | None, device: torch.device) -> Source:
+def source(
+    method: str | None, checkpoint: str | None, iteration: int | None, folder: str | None, device: torch.device
+) -> Source:
     """The one SR source the arguments name, or a UserError saying how to name one."""
     named = [x for x in (method if not folder else None, checkpoint, folder) if x]
     if len(named) != 1:
-        raise UserError("evaluate one source: bicubic, a checkpoint (PATH or checkpoint=PATH [iter=N]), or folder=DIR method=NAME")
+        raise UserError(
+            "evaluate one source: bicubic, a checkpoint (PATH or checkpoint=PATH [iter=N]), or folder=DIR method=NAME"
+        )
     if iteration is not None and (folder or method == "bicubic"):
         raise UserError("iter= picks a kept generator of a checkpoint: give checkpoint=<trial folder or .pt> with it")
     if folder:
         if not method or method == "bicubic":
-            raise UserError(f"folder={folder}: name the method whose images these are with method=NAME (e.g. method=ESRGAN)")
+            raise UserError(
+                f"folder={folder}: name the method whose images these are with method=NAME (e.g. method=ESRGAN)"
+            )
         if not Path(folder).expanduser().is_dir():
             raise UserError(f"folder={folder}: not a folder of SR images")
         return Source(method, folder=Path(folder).expanduser())
@@ -84,7 +95,9 @@ def source(method: str | None, checkpoint: str | None, iteration: int | None, fo
         return Source("bicubic")
     path = checkpoint or method or ""
     if not checkpoint and not Path(path).is_file():
-        raise UserError(f"method={method!r}: choose bicubic, a generator checkpoint file (e.g. run/ckpt/last.pt), or folder=DIR method=NAME")
+        raise UserError(
+            f"method={method!r}: choose bicubic, a generator checkpoint file (e.g. run/ckpt/last.pt), or folder=DIR method=NAME"
+        )
     file = checkpoint_file(path, iteration)
     return Source(str(file), generator=load_generator(file).to(device))
 
@@ -96,13 +109,19 @@ def folder_images(src: Source, set_name: str, pairs: list[ValImage], single_set:
     assert src.folder is not None
     folder = src.folder / set_name if (src.folder / set_name).is_dir() else src.folder
     if folder == src.folder and not single_set:
-        raise UserError(f"folder={src.folder}: no sub-folder {set_name}/; with several sets give one sub-folder per set")
+        raise UserError(
+            f"folder={src.folder}: no sub-folder {set_name}/; with several sets give one sub-folder per set"
+        )
     files = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")}
     wanted = {Path(p.name).stem: p for p in pairs}
     if missing := sorted(wanted.keys() - files.keys()):
-        raise UserError(f"{folder}: {len(missing)} image(s) of {set_name} missing ({', '.join(missing[:3])}); name each SR image like its HR file")
+        raise UserError(
+            f"{folder}: {len(missing)} image(s) of {set_name} missing ({', '.join(missing[:3])}); name each SR image like its HR file"
+        )
     if extra := sorted(files.keys() - wanted.keys()):
-        raise UserError(f"{folder}: {len(extra)} image(s) match no HR image of {set_name} ({', '.join(extra[:3])}); remove them or score the set they belong to")
+        raise UserError(
+            f"{folder}: {len(extra)} image(s) match no HR image of {set_name} ({', '.join(extra[:3])}); remove them or score the set they belong to"
+        )
     out = {}
     for stem, pair in wanted.items():
         img = read_image(files[stem])
@@ -115,8 +134,18 @@ def folder_images(src: Source, set_name: str, pairs: list[ValImage], single_set:
     return out
 
 
-def evaluate(method: str, root: Path, sets: list[str], upscale: int, use_lpips: bool, *, config: dict[str, Any] | None = None,
-             checkpoint: str | None = None, iteration: int | None = None, folder: str | None = None) -> list[dict]:
+def evaluate(
+    method: str,
+    root: Path,
+    sets: list[str],
+    upscale: int,
+    use_lpips: bool,
+    *,
+    config: dict[str, Any] | None = None,
+    checkpoint: str | None = None,
+    iteration: int | None = None,
+    folder: str | None = None,
+) -> list[dict]:
     """One row dict per image of each set (`COLUMNS`): `method` is bicubic or a checkpoint file, or the label of
     `folder`'s images; `config` holds `PROTOCOL_KEYS` settings."""
     cfg = protocol(config or {}, upscale)
@@ -142,8 +171,15 @@ def evaluate(method: str, root: Path, sets: list[str], upscale: int, use_lpips: 
                     )
             hr = to_rgb(pair.hr).unsqueeze(0).float().div(255).to(device)
             lp = float(lpips(sr.to(device), hr)[0]) if lpips and lpips.available else None
-            rows.append({"set": set_name, "image": pair.name, **score(sr[0], pair.hr, upscale), "lpips": lp,
-                         "lr": lr_source(pairs)})
+            rows.append(
+                {
+                    "set": set_name,
+                    "image": pair.name,
+                    **score(sr[0], pair.hr, upscale),
+                    "lpips": lp,
+                    "lr": lr_source(pairs),
+                }
+            )
     return rows
 
 
@@ -191,16 +227,35 @@ def log_baseline(tokens: list[str], label: str, folder: Path, rows: list[dict], 
     for old in client.search_runs([exp_id], f"tags.`sweeper.method` = '{label}' and tags.`sweeper.eval` = '{key}'"):
         client.delete_run(old.info.run_id)
     m = cfg.metrics
-    tags = {"sweeper.kind": "baseline", "sweeper.baseline": "true", "sweeper.method": label, "sweeper.label": label,
-            "sweeper.eval": key, "sweeper.weights": "n/a", "sweeper.lpips": "imagenet" if any(r["lpips"] is not None for r in rows) else "unavailable",
-            **metric_tags({"space": m.space, "lpips_net": m.lpips_net, "lpips_version": m.lpips_version, "val_hr": cfg.data.val_hr}),
-            "sweeper.git_commit": git_commit()}
+    tags = {
+        "sweeper.kind": "baseline",
+        "sweeper.baseline": "true",
+        "sweeper.method": label,
+        "sweeper.label": label,
+        "sweeper.eval": key,
+        "sweeper.weights": "n/a",
+        "sweeper.lpips": "imagenet" if any(r["lpips"] is not None for r in rows) else "unavailable",
+        **metric_tags(
+            {"space": m.space, "lpips_net": m.lpips_net, "lpips_version": m.lpips_version, "val_hr": cfg.data.val_hr}
+        ),
+        "sweeper.git_commit": git_commit(),
+    }
     run_id = client.create_run(exp_id, run_name=label, tags=tags).info.run_id
-    params = {"folder": str(folder.resolve()), "metrics.space": m.space, "metrics.lpips_net": m.lpips_net,
-              "metrics.lpips_version": m.lpips_version, "data.val_hr": cfg.data.val_hr, "upscale": cfg.upscale}
+    params = {
+        "folder": str(folder.resolve()),
+        "metrics.space": m.space,
+        "metrics.lpips_net": m.lpips_net,
+        "metrics.lpips_version": m.lpips_version,
+        "data.val_hr": cfg.data.val_hr,
+        "upscale": cfg.upscale,
+    }
     now = int(time.time() * 1000)
-    metrics = [Metric(f"{s}/{k}", float(v), now, 0) for s, images in by_set(rows).items()
-               for k, v in set_means(images.values(), m.space).items() if v is not None]
+    metrics = [
+        Metric(f"{s}/{k}", float(v), now, 0)
+        for s, images in by_set(rows).items()
+        for k, v in set_means(images.values(), m.space).items()
+        if v is not None
+    ]
     client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
     client.log_text(run_id, per_image_csv(by_set(rows)), "per_image.csv")
     client.set_terminated(run_id)
@@ -235,13 +290,28 @@ def main(tokens: list[str], data_root: Path | None, sets: str, out: Path | None,
         raise UserError(f"iter={iteration!r}: expected a GAN iteration whose generator was kept (train.keep_every)")
     root = resolve_root(data_root)
     cfg = protocol(opts.config, upscale)
-    rows = evaluate(method or "", root, names, upscale, use_lpips, config=opts.config, checkpoint=own.get("checkpoint"),
-                    iteration=int(iteration) if iteration else None, folder=own.get("folder"))
+    rows = evaluate(
+        method or "",
+        root,
+        names,
+        upscale,
+        use_lpips,
+        config=opts.config,
+        checkpoint=own.get("checkpoint"),
+        iteration=int(iteration) if iteration else None,
+        folder=own.get("folder"),
+    )
     if out is not None:
         write_text_atomic(Path(out), per_image_csv(by_set(rows)))
     m = cfg.metrics
-    label = method if own.get("folder") or not own.get("checkpoint") else own["checkpoint"] + (f" iter={iteration}" if iteration else "")
-    print(f"{label} x{upscale} on {root}: HR {cfg.data.val_hr}, PSNR/SSIM on {m.space.upper()} first (border {upscale})")
+    label = (
+        method
+        if own.get("folder") or not own.get("checkpoint")
+        else own["checkpoint"] + (f" iter={iteration}" if iteration else "")
+    )
+    print(
+        f"{label} x{upscale} on {root}: HR {cfg.data.val_hr}, PSNR/SSIM on {m.space.upper()} first (border {upscale})"
+    )
     print(mean_table(rows, names, m.space, f"LPIPS-{m.lpips_net}{m.lpips_version}"))
     if out is not None:
         print(f"per-image results: {out}")

@@ -28,8 +28,13 @@ def per_image_values(result: dict[str, Any], metric: str, space: str) -> dict[st
     key = metric if metric == "lpips" else f"{metric}_{space}"
     per_image = result.get("per_image") or {}
     if per_image:
-        return {s: {name: (values or {}).get(key) for name, values in images.items()} for s, images in per_image.items()}
-    return {s: {SET_MEAN: (means or {}).get(key, (means or {}).get(metric))} for s, means in (result.get("final") or {}).items()}
+        return {
+            s: {name: (values or {}).get(key) for name, values in images.items()} for s, images in per_image.items()
+        }
+    return {
+        s: {SET_MEAN: (means or {}).get(key, (means or {}).get(metric))}
+        for s, means in (result.get("final") or {}).items()
+    }
 
 
 def only_set(result: dict[str, Any], set_name: str) -> dict[str, Any]:
@@ -82,7 +87,9 @@ def paired(trainings: Sequence[Trained]) -> tuple[list[str], list[int], list[lis
     return points, repeats, [[latest[(p, r)] for r in repeats] for p in points]
 
 
-def stage_verdict(trainings: Sequence[Trained], rule: Rule, simplicity: dict[str, Any] | None = None) -> stats.Verdict | None:
+def stage_verdict(
+    trainings: Sequence[Trained], rule: Rule, simplicity: dict[str, Any] | None = None
+) -> stats.Verdict | None:
     """The stage's verdict by `rule` over the paired repeats of its points; None when the first metric is not
     there to compare (LPIPS unavailable) or no repeat is shared by every point. `simplicity`: point -> sort key
     for `tie_break=simplest`."""

@@ -35,7 +35,11 @@ def unmeasured_note(runs: list[RunRecord], sets: list[str]) -> str:
     """The caption's note on panels left out, e.g. ` LPIPS was not measured (no AlexNet weights): no panel.`"""
     shown = measured({m: [r.value(s, m) for r in runs for s in sets] for m in METRICS})
     missing = [LABELS[m] for m in METRICS if m not in shown]
-    return f" {', '.join(missing)} was not measured (no AlexNet ImageNet weights; see `sweeper weights status`), so its panel is left out." if missing else ""
+    return (
+        f" {', '.join(missing)} was not measured (no AlexNet ImageNet weights; see `sweeper weights status`), so its panel is left out."
+        if missing
+        else ""
+    )
 
 
 def stopped_note(runs: list[RunRecord]) -> str:
@@ -47,7 +51,9 @@ def stopped_note(runs: list[RunRecord]) -> str:
 
 def panels(metrics: list[str], title: str | None) -> tuple[Figure, list[Axes]]:
     """One panel per metric, laid out so that tick labels never run into the next panel."""
-    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4.4 * max(len(metrics), 1), 3.6), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1, max(len(metrics), 1), figsize=(4.4 * max(len(metrics), 1), 3.6), squeeze=False, layout="constrained"
+    )
     for ax, metric in zip(axes[0], metrics):
         ax.set_ylabel(axis_label(metric))
         ax.yaxis.set_major_locator(MaxNLocator(5))
@@ -96,7 +102,14 @@ def metrics_vs_mu(runs: list[RunRecord], sets: list[str], title: str, spread: Sp
             ax.plot(mus, [r.value(s, metric) for r in finite], "-", color=f"C{k}", label=s)
             for x, r, marker in [(r.mu, r, "o") for r in finite] + [(at_inf, r, "D") for r in vgg_only]:
                 face = "none" if r.stopped_at is not None else f"C{k}"
-                ax.plot([x], [r.value(s, metric)], marker, color=f"C{k}", markerfacecolor=face, markersize=7 if marker == "D" else 6)
+                ax.plot(
+                    [x],
+                    [r.value(s, metric)],
+                    marker,
+                    color=f"C{k}",
+                    markerfacecolor=face,
+                    markersize=7 if marker == "D" else 6,
+                )
                 if not math.isnan(error(spread, r, s, metric)):
                     ax.errorbar([x], [r.value(s, metric)], yerr=[error(spread, r, s, metric)], color=f"C{k}", capsize=3)
         ax.set_xscale("log")
@@ -189,7 +202,9 @@ def comparison_grid(images: list[str], columns: list[str], tiles: list[list[np.n
 def feature_maps(image: np.ndarray, rows: list[tuple[str, list[np.ndarray]]], channels: list[str], title: str) -> bytes:
     """Fig. 4: the input image, then one row per extractor of its feature maps (each channel scaled to its own
     range, viridis: yellow = high)."""
-    fig, axes = plt.subplots(len(rows), len(channels) + 1, figsize=(2.3 * (len(channels) + 1), 2.4 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), len(channels) + 1, figsize=(2.3 * (len(channels) + 1), 2.4 * len(rows)), squeeze=False
+    )
     for i, (label, maps) in enumerate(rows):
         axes[i][0].imshow(image)
         axes[i][0].set_ylabel(label, fontsize=9)

@@ -124,7 +124,9 @@ def stage_cost(storage: BaseStorage, stage: str, study_id: int) -> StageCost:
     for folders in points.values():
         for folder in folders:
             spent.add(read(folder))
-        config = next((yaml.safe_load((f / "config.yaml").read_text()) for f in folders if (f / "config.yaml").exists()), None)
+        config = next(
+            (yaml.safe_load((f / "config.yaml").read_text()) for f in folders if (f / "config.yaml").exists()), None
+        )
         if config:
             naive += config["train"]["iters"]
             naive_pre += 0 if config["train"]["from_scratch"] else config["train"]["pretrain_iters"]

@@ -47,6 +47,7 @@ class PaperTable:
 
     def match(self, settings: dict[str, str]) -> PaperRow | None:
         """The row whose every setting equals `settings`' value for it (numbers compared as numbers)."""
+
         def same(a: str, b: str | None) -> bool:
             try:
                 return b is not None and float(a) == float(b)
@@ -124,7 +125,9 @@ def check(metrics: Sequence[str], tie_break: str = "best_mean", paper: Paper | N
 def render(checks: list[Check], paper: Paper) -> str:
     """The check as text: the ranking with margins, the choice against the paper's, the per-set winners."""
     space = paper.space.upper()
-    lines = [f"The selection rule applied to the paper's own tables ({paper.source}; PSNR/SSIM on {space}, as published):"]
+    lines = [
+        f"The selection rule applied to the paper's own tables ({paper.source}; PSNR/SSIM on {space}, as published):"
+    ]
     for c in checks:
         first = c.metrics[0]
         unit = UNITS[first]
@@ -141,9 +144,15 @@ def render(checks: list[Check], paper: Paper) -> str:
         margin = abs(c.means[runner] - c.means[chosen])
         relation = "agrees with" if c.agrees else "differs from"
         theirs = c.table.chosen
-        behind = "" if c.agrees or theirs is None else f" ({c.means[theirs]:.5f}, {abs(c.means[theirs] - c.means[chosen]):.5f}{unit} behind)"
+        behind = (
+            ""
+            if c.agrees or theirs is None
+            else f" ({c.means[theirs]:.5f}, {abs(c.means[theirs] - c.means[chosen]):.5f}{unit} behind)"
+        )
         lines.append(f"  rule picks {chosen}; {relation} the paper's {theirs}{behind}")
-        lines.append(f"  margin to the runner-up {runner}: {margin:.5f}{unit} ({margin / abs(c.means[chosen]):.1%} of the mean)")
+        lines.append(
+            f"  margin to the runner-up {runner}: {margin:.5f}{unit} ({margin / abs(c.means[chosen]):.1%} of the mean)"
+        )
         winners = len(set(c.per_set.values()))
         lines.append("  best per set: " + ", ".join(f"{s} {label}" for s, label in c.per_set.items())
                      + (" (the same on every set)" if winners == 1 else f" ({winners} different settings)"))  # fmt: skip

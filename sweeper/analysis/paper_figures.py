@@ -59,14 +59,18 @@ def find_pair(root: Path, image: str, upscale: int, val_hr: str) -> ValImage:
     pairs = val_pairs(root, set_name, upscale, val_hr)
     match = [p for p in pairs if Path(p.name).stem == stem]
     if not match:
-        raise UserError(f"image={image}: no {stem} in {set_name} (it has {', '.join(Path(p.name).stem for p in pairs[:6])}...)")
+        raise UserError(
+            f"image={image}: no {stem} in {set_name} (it has {', '.join(Path(p.name).stem for p in pairs[:6])}...)"
+        )
     return match[0]
 
 
 def box_for(image: str, pair: ValImage, box: Box | None) -> Box:
     """The box to crop: the one given, else the image's default, else its central quarter; checked to fit."""
     h, w = pair.hr.shape[-2:]
-    x, y, bw, bh = box or DEFAULT_BOXES.get(f"{parse_image(image)[0]}/{parse_image(image)[1]}") or (w // 4, h // 4, w // 2, h // 2)
+    x, y, bw, bh = (
+        box or DEFAULT_BOXES.get(f"{parse_image(image)[0]}/{parse_image(image)[1]}") or (w // 4, h // 4, w // 2, h // 2)
+    )
     if x + bw > w or y + bh > h:
         raise UserError(f"box={x},{y},{bw},{bh} does not fit {image} ({w}x{h} after data.val_hr)")
     return x, y, bw, bh
@@ -82,8 +86,15 @@ def generator_fn(checkpoint: Path) -> SrFn:
     return lambda pair: super_resolve(g, pair.lr, torch.device("cpu"))
 
 
-def crops_png(images: list[str], columns: list[tuple[str, SrFn]], root: Path, upscale: int, val_hr: str,
-              boxes: dict[str, Box], title: str) -> bytes:
+def crops_png(
+    images: list[str],
+    columns: list[tuple[str, SrFn]],
+    root: Path,
+    upscale: int,
+    val_hr: str,
+    boxes: dict[str, Box],
+    title: str,
+) -> bytes:
     """Rows = images, columns = GT, then each (label, SR function): the same box of each, zoomed."""
     tiles: list[list[Any]] = []  # numpy HWC uint8 tiles
     for image in images:
@@ -93,7 +104,10 @@ def crops_png(images: list[str], columns: list[tuple[str, SrFn]], root: Path, up
         for _, fn in columns:
             row.append(to_uint8(fn(pair)[0, :, y : y + h, x : x + w]).permute(1, 2, 0).cpu().numpy())
         tiles.append(row)
-    labels = [f"{image} [{','.join(map(str, box_for(image, find_pair(root, image, upscale, val_hr), boxes.get(image))))}]" for image in images]
+    labels = [
+        f"{image} [{','.join(map(str, box_for(image, find_pair(root, image, upscale, val_hr), boxes.get(image))))}]"
+        for image in images
+    ]
     return figures.comparison_grid(labels, ["GT (HR)", *(label for label, _ in columns)], tiles, title)
 
 
@@ -106,24 +120,44 @@ def feature_png(image: str, root: Path, block: str, vgg: str, channels: list[int
     x = imagenet_normalize(to_rgb(match[0]).float().div(255).unsqueeze(0))
     rows = []
     with torch.no_grad():
-        for label, net in ((f"β{block[4]},{block[6:]} (ResNet-50)", resnet_block(weights, block)), (f"Φ{vgg[3]},{vgg[5:]} (VGG19)", vgg_layer(weights, vgg))):
+        for label, net in (
+            (f"β{block[4]},{block[6:]} (ResNet-50)", resnet_block(weights, block)),
+            (f"Φ{vgg[3]},{vgg[5:]} (VGG19)", vgg_layer(weights, vgg)),
+        ):
             maps = net(x)[0]
             if max(channels) > maps.shape[0]:
-                raise UserError(f"channels={','.join(map(str, channels))}: {label} has {maps.shape[0]} channels (1-based numbers)")
+                raise UserError(
+                    f"channels={','.join(map(str, channels))}: {label} has {maps.shape[0]} channels (1-based numbers)"
+                )
             rows.append((label, [maps[c - 1].numpy() for c in channels]))
-    kind = "ImageNet weights" if weights == "imagenet" else f"weights={weights}: random-init extractors, NOT the paper's features"
+    kind = (
+        "ImageNet weights"
+        if weights == "imagenet"
+        else f"weights={weights}: random-init extractors, NOT the paper's features"
+    )
     title = f"Fig. 4: feature maps on {image} ({kind})"
-    return figures.feature_maps(to_rgb(match[0]).permute(1, 2, 0).numpy(), rows, [f"channel {c}" for c in channels], title)
+    return figures.feature_maps(
+        to_rgb(match[0]).permute(1, 2, 0).numpy(), rows, [f"channel {c}" for c in channels], title
+    )
 
 
-def report_crops(images: list[str], labelled: list[tuple[str, Path]], config: dict, boxes: dict[str, Box], title: str) -> bytes | None:
+def report_crops(
+    images: list[str], labelled: list[tuple[str, Path]], config: dict, boxes: dict[str, Box], title: str
+) -> bytes | None:
     """The report's crops figure for a table: GT, bicubic and each run's generator (`labelled`: label, checkpoint) at
     fixed boxes of `images` (default: the images of DEFAULT_BOXES in the runs' validation sets); None when a
     checkpoint or the data is not reachable from here (the report then shows the validation samples)."""
     data = config.get("data") or {}
     try:
         root = resolve_root(data.get("root") or None)
-        images = images or [k for k in DEFAULT_BOXES if k.split("/")[0] in data.get("val_sets", []) and (root / k.split("/")[0]).is_dir()][:2]
+        images = (
+            images
+            or [
+                k
+                for k in DEFAULT_BOXES
+                if k.split("/")[0] in data.get("val_sets", []) and (root / k.split("/")[0]).is_dir()
+            ][:2]
+        )
         if not images or not all(ckpt.is_file() for _, ckpt in labelled):
             return None
         columns = [("Bicubic", bicubic)] + [(label, generator_fn(ckpt)) for label, ckpt in labelled]
@@ -167,10 +201,18 @@ def features_main(tokens: list[str], data_root: Path | None, out: Path) -> None:
     if not all(c.strip().isdigit() and int(c) > 0 for c in channels.split(",")):
         raise UserError(f"channels={channels!r}: give 1-based channel numbers, e.g. channels=1,64,256")
     weights = keys.get("weights", "imagenet")
-    png = feature_png(keys["image"], resolve_root(data_root), keys.get("block", "beta1_2"), keys.get("vgg", "phi3_3"),
-                      [int(c) for c in channels.split(",")], weights)
+    png = feature_png(
+        keys["image"],
+        resolve_root(data_root),
+        keys.get("block", "beta1_2"),
+        keys.get("vgg", "phi3_3"),
+        [int(c) for c in channels.split(",")],
+        weights,
+    )
     write_bytes_atomic(out, png)
-    print(f"wrote {out}" + ("" if weights == "imagenet" else f" (weights={weights}: random-init extractors, labelled so)"))
+    print(
+        f"wrote {out}" + ("" if weights == "imagenet" else f" (weights={weights}: random-init extractors, labelled so)")
+    )
 
 
 def crops_main(tokens: list[str], data_root: Path | None, out: Path, upscale: int) -> None:
@@ -190,6 +232,7 @@ def crops_main(tokens: list[str], data_root: Path | None, out: Path, upscale: in
         columns.append((label or Path(file).parent.parent.name, generator_fn(Path(file))))
     boxes = {images[0]: parse_box(keys["box"])} if "box" in keys else {}
     val_hr = keys.get("data.val_hr", "mod12")
-    write_bytes_atomic(out, crops_png(images, columns, resolve_root(data_root), upscale, val_hr, boxes, "Zoomed crops (as Figs. 6-10)"))
+    write_bytes_atomic(
+        out, crops_png(images, columns, resolve_root(data_root), upscale, val_hr, boxes, "Zoomed crops (as Figs. 6-10)")
+    )
     print(f"wrote {out}")
-

@@ -52,7 +52,9 @@ def decide(m: np.ndarray, higher_is_better: bool, labels: Sequence[str], groups:
     alive = [p for p, row in enumerate(c.rows) if row.best or not row.separated]
     dropped = [p for p in everyone if p not in alive]
     if len(alive) == 1:
-        return Decision(alive, dropped, True, f"{labels[alive[0]]} is separated from every other point after {repeats} seeds")
+        return Decision(
+            alive, dropped, True, f"{labels[alive[0]]} is separated from every other point after {repeats} seeds"
+        )
     if repeats >= max_repeats:
         tied = ", ".join(labels[p] for p in alive)
         return Decision(alive, dropped, True, f"max_repeats={max_repeats} reached: {tied} are not separated")
@@ -65,7 +67,9 @@ def metric_array(results: Sequence[Sequence[dict]], metric: str, space: str) -> 
     key = metric if metric == "lpips" else f"{metric}_{space}"
     order = [(s, name) for s, images in results[0][0]["per_image"].items() for name in images]
     try:
-        m = np.array([[[r["per_image"][s][name][key] for s, name in order] for r in point] for point in results], dtype=float)
+        m = np.array(
+            [[[r["per_image"][s][name][key] for s, name in order] for r in point] for point in results], dtype=float
+        )
     except (KeyError, TypeError, ValueError):
         return None
     return None if np.isnan(m).any() else m

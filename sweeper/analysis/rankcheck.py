@@ -87,7 +87,9 @@ def check_stage(stage: str, curves: dict[int, Curve], iters: int, select_by: str
         raise UserError(f"stage {stage} has {len(curves)} complete trial(s): a ranking needs at least 2")
     recorded = sorted(set.intersection(*(set(c) for c in curves.values())))
     if iters not in recorded:
-        raise UserError(f"stage {stage}: not every trial recorded a validation at train.iters={iters}; was it run with scheduler=none?")
+        raise UserError(
+            f"stage {stage}: not every trial recorded a validation at train.iters={iters}; was it run with scheduler=none?"
+        )
     planned = halving.rung_budgets(iters, len(curves), opts.eta, opts.min_iters)
     budgets = snap(planned, recorded)
     scores = {t: {b: (*c[b], t) for b in budgets} for t, c in curves.items()}
@@ -103,15 +105,21 @@ def check_stage(stage: str, curves: dict[int, Curve], iters: int, select_by: str
         rungs.append(RungCheck(k, b, len(living), correlate.kendall(at, final), p_tau, correlate.spearman(at, final), p_rho,
                                undefined, winner in living))  # fmt: skip
     spent = halving.iterations_spent([len(r) for r in alive], budgets)
-    return StageCheck(stage, select_by, trials, planned, budgets, rungs, alive[-1][0], winner, spent, len(trials) * iters)
+    return StageCheck(
+        stage, select_by, trials, planned, budgets, rungs, alive[-1][0], winner, spent, len(trials) * iters
+    )
 
 
 def stage_curves(storage, study_id: int, select_by: str) -> tuple[dict[int, Curve], int]:
     """(trial number -> curve, train.iters) for the latest COMPLETE trial of each grid point."""
-    recorded = storage.get_study_user_attrs(study_id).get("scheduler", "none")  # {"name", "budgets"} since scheduler=sha exists
+    recorded = storage.get_study_user_attrs(study_id).get(
+        "scheduler", "none"
+    )  # {"name", "budgets"} since scheduler=sha exists
     scheduler = recorded.get("name", "none") if isinstance(recorded, dict) else recorded
     if scheduler != "none":
-        raise UserError(f"rank-check replays halving on full curves; this stage ran with scheduler={scheduler}: run the study with scheduler=none")
+        raise UserError(
+            f"rank-check replays halving on full curves; this stage ran with scheduler={scheduler}: run the study with scheduler=none"
+        )
     latest = {}
     for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.COMPLETE,)):
         latest[point_key(t.params)] = t
@@ -121,7 +129,9 @@ def stage_curves(storage, study_id: int, select_by: str) -> tuple[dict[int, Curv
         curves[t.number] = curve(folder, select_by)
         iters.add(yaml.safe_load((folder / "config.yaml").read_text())["train"]["iters"])
     if len(iters) > 1:
-        raise UserError(f"the trials of this stage trained for different train.iters ({sorted(iters)}); halving needs one budget")
+        raise UserError(
+            f"the trials of this stage trained for different train.iters ({sorted(iters)}); halving needs one budget"
+        )
     return curves, iters.pop() if iters else 0
 
 

@@ -134,7 +134,9 @@ def load_study(client: MlflowClient, name: str) -> Study:
     trials = finished(runs)
     if not trials:
         raise UserError(f"study={name!r} has no finished trials yet; run `sweeper run study={name}` first")
-    return Study(name=name, client=client, stages=find_runs(client, "stage", name), trials=trials, stopped=stopped_early(runs))
+    return Study(
+        name=name, client=client, stages=find_runs(client, "stage", name), trials=trials, stopped=stopped_early(runs)
+    )
 
 
 def ordered_sets(runs: list[RunRecord]) -> list[str]:
@@ -168,7 +170,9 @@ def provenance(study: Study, runs: list[RunRecord]) -> str:
         for c in configs
         if isinstance(c.get("data"), dict)
     ]
-    commits = [r.tags.get("sweeper.git_commit") or (study.stage_of(r) or r).tags.get("sweeper.git_commit") for r in runs]
+    commits = [
+        r.tags.get("sweeper.git_commit") or (study.stage_of(r) or r).tags.get("sweeper.git_commit") for r in runs
+    ]
     return (
         f"preset={_distinct(r.params.get('preset') for r in runs)} · data={_distinct(data)} · "
         f"PSNR/SSIM on {_distinct(metric_space(c) for c in configs)} "
@@ -188,7 +192,9 @@ def repeats_of(study: Study, run: RunRecord) -> list[RunRecord]:
     same = [t for t in study.trials if t.stage == run.stage and (t.arch, t.setting, t.params.get("perceptual")) ==
             (run.arch, run.setting, run.params.get("perceptual"))]  # fmt: skip
     by_seed = {t.params.get("seed", ""): t for t in same}
-    return [by_seed[k] for k in sorted(by_seed, key=lambda k: float(k) if k.replace(".", "").isdigit() else math.inf)] or [run]
+    return [
+        by_seed[k] for k in sorted(by_seed, key=lambda k: float(k) if k.replace(".", "").isdigit() else math.inf)
+    ] or [run]
 
 
 def metric_table(study: Study, key: str, kind: str, title: str, labelled: list[tuple[str, RunRecord]],
@@ -206,7 +212,9 @@ def metric_table(study: Study, key: str, kind: str, title: str, labelled: list[t
     rows = [label if r.stopped_at is None else f"{label} (stopped at {r.stopped_at} it)" for label, r in labelled]
     table = Table(key, kind, title, header or provenance(study, runs), rows, columns, values)
     if any(len(g) > 1 for g in groups):
-        table.spread = [(g.std(axis=0, ddof=1) if len(g) > 1 else np.full(len(columns), np.nan)).tolist() for g in per_repeat]
+        table.spread = [
+            (g.std(axis=0, ddof=1) if len(g) > 1 else np.full(len(columns), np.nan)).tolist() for g in per_repeat
+        ]
         counts = sorted({len(g) for g in groups})
         table.spread_kind = f"std over {'/'.join(map(str, counts))} repeats"
         table.notes.append(f"Cells: mean over each point's repeats (R = {'/'.join(map(str, counts))}) ± the standard deviation "
@@ -214,9 +222,11 @@ def metric_table(study: Study, key: str, kind: str, title: str, labelled: list[t
     table.unranked = {i for i, r in enumerate(runs) if r.stopped_at is not None}
     significance(study, table, groups)
     if table.unranked:
-        table.notes.append("Rows \"stopped at N it\" were stopped by successive halving (scheduler=sha): their values are "
-                           "at N iterations, not compared with the rows that trained to the end; the winner is chosen "
-                           "among those.")
+        table.notes.append(
+            'Rows "stopped at N it" were stopped by successive halving (scheduler=sha): their values are '
+            "at N iterations, not compared with the rows that trained to the end; the winner is chosen "
+            "among those."
+        )
     return table
 
 
@@ -231,7 +241,10 @@ def significance(study: Study, table: Table, groups: list[list[RunRecord]]) -> N
         if len(ranked) < 2:
             continue
         seeds = set.intersection(*({r.params.get("seed", "") for r in groups[i]} for i in ranked))
-        results = [[evidence.only_set(study.result(r), set_name) for r in groups[i] if r.params.get("seed", "") in seeds] for i in ranked]
+        results = [
+            [evidence.only_set(study.result(r), set_name) for r in groups[i] if r.params.get("seed", "") in seeds]
+            for i in ranked
+        ]
         if not seeds or len({len(r) for r in results}) != 1:
             continue
         ev = evidence.arrange(results, metric, metric_space(study.config(groups[ranked[0]][0])).lower())
@@ -242,7 +255,9 @@ def significance(study: Study, table: Table, groups: list[list[RunRecord]]) -> N
             continue
         used.append(c)
         for i, row in zip(ranked, c.rows):
-            marks[i][j] = "best" if row.best and c.kind == "winner" else "tie" if c.kind == "tie" and not row.separated else ""
+            marks[i][j] = (
+                "best" if row.best and c.kind == "winner" else "tie" if c.kind == "tie" and not row.separated else ""
+            )
     table.significance = marks
     if used:
         tests = sorted({f"{c.interval}; p-values: {c.test}" for c in used})
@@ -296,15 +311,19 @@ def sweep_tables(study: Study) -> list[tuple[Table, list[RunRecord]]]:
                     table.notes.append("mu=inf means the VGG loss only, the original perceptual loss.")
             elif vary == {"beta"}:
                 rows = sorted(latest_per(group, lambda r: r.beta), key=lambda r: r.beta)
-                title = f"Table 2: {name} under different beta ({_distinct(mu_label(r.mu) for r in rows)}; stage {stage})"
+                title = (
+                    f"Table 2: {name} under different beta ({_distinct(mu_label(r.mu) for r in rows)}; stage {stage})"
+                )
                 table = metric_table(study, f"table2_{stage}_{arch}", "beta", title, [(r.beta, r) for r in rows])
                 if all(math.isinf(r.mu) for r in rows):
-                    table.notes.append("mu=inf won the mu stage: the loss is VGG only, so beta has no effect on these rows.")
+                    table.notes.append(
+                        "mu=inf won the mu stage: the loss is VGG only, so beta has no effect on these rows."
+                    )
             elif "perceptual" in vary and "arch" not in vary:
                 by_loss = {r.params.get("perceptual"): r for r in group}
                 rows = [by_loss[k] for k in ABLATION_ROWS if k in by_loss]
                 title = f"Table 6: {name} under different conditions (stage {stage})"
-                labelled = [(ABLATION_ROWS[r.params['perceptual']], r) for r in rows]
+                labelled = [(ABLATION_ROWS[r.params["perceptual"]], r) for r in rows]
                 table = metric_table(study, f"table6_{stage}_{arch}", "ablation", title, labelled)
             else:
                 continue
@@ -312,7 +331,9 @@ def sweep_tables(study: Study) -> list[tuple[Table, list[RunRecord]]]:
     return out
 
 
-def correlation_tables(study: Study, proxy: str = "srgan", target: str = "esrgan") -> list[tuple[Table, list[RunRecord]]]:
+def correlation_tables(
+    study: Study, proxy: str = "srgan", target: str = "esrgan"
+) -> list[tuple[Table, list[RunRecord]]]:
     """Table 4, one per validation set, when settings ran with both archs."""
     pairs = correlate.paired_runs(study.trials, proxy, target)
     if len(pairs) < 2:
@@ -372,7 +393,11 @@ def table5(study: Study, bicubic: RunRecord | None) -> tuple[Table, list[RunReco
         return None
     config = study.config(ours[0])
     space = metric_space(config).lower()
-    baselines = [b for b in finished(find_runs(study.client, None, None, baseline="true")) if b.tags.get("sweeper.method") != "bicubic"]
+    baselines = [
+        b
+        for b in finished(find_runs(study.client, None, None, baseline="true"))
+        if b.tags.get("sweeper.method") != "bicubic"
+    ]
     labelled = [("Bicubic", in_space(bicubic, space))] if bicubic else []
     labelled += [(b.tags.get("sweeper.label", b.name), in_space(b, space)) for b in baselines]
     scored = {r.run_id: whole_image_run(study, r) for r in ours}  # whole images, as the baselines are
@@ -382,15 +407,25 @@ def table5(study: Study, bicubic: RunRecord | None) -> tuple[Table, list[RunReco
     table = metric_table(study, "table5", "baselines", title, labelled, METRICS, provenance(study, ours))
     data = config.get("data", {})
     hr = data.get("val_hr", "mod4")
-    other_hr = {i for i, (_, r) in enumerate(labelled) if r.tags.get("sweeper.kind") == "baseline" and r.tags.get("sweeper.val_hr", "mod4") != hr}
+    other_hr = {
+        i
+        for i, (_, r) in enumerate(labelled)
+        if r.tags.get("sweeper.kind") == "baseline" and r.tags.get("sweeper.val_hr", "mod4") != hr
+    }
     if other_hr:
-        table.notes.append(f"Rows {', '.join(table.rows[i] for i in sorted(other_hr))} were scored on HR cropped otherwise than "
-                           f"data.val_hr={hr}: shown, never marked.")
+        table.notes.append(
+            f"Rows {', '.join(table.rows[i] for i in sorted(other_hr))} were scored on HR cropped otherwise than "
+            f"data.val_hr={hr}: shown, never marked."
+        )
     table.unranked |= other_hr
     if not bicubic:
-        table.notes.append("Bicubic is missing: its validation sets could not be read (see `sweeper evaluate bicubic`).")
-    table.notes.append("Our rows: each run's final generator evaluated by `sweeper evaluate` on every whole image of each set, "
-                       "as the baselines are (when the report was first built; reused after).")
+        table.notes.append(
+            "Bicubic is missing: its validation sets could not be read (see `sweeper evaluate bicubic`)."
+        )
+    table.notes.append(
+        "Our rows: each run's final generator evaluated by `sweeper evaluate` on every whole image of each set, "
+        "as the baselines are (when the report was first built; reused after)."
+    )
     unscored = [r for r in ours if scored[r.run_id] is None]
     if unscored and (data.get("val_max_images") or data.get("val_crop")):
         table.unranked |= {i for i, (_, r) in enumerate(labelled) if r in unscored}
@@ -412,22 +447,38 @@ def evaluation_run(study: Study, method: str, config: dict, tags: dict[str, str]
     cfg = config_from_dict(config)
     key = evaluate.eval_key(cfg, cfg.data.val_sets) + f" lpips={cfg.metrics.lpips_net}{cfg.metrics.lpips_version}"
     wanted = {k.removeprefix("sweeper."): v for k, v in tags.items()}
-    logged = [r for r in finished(find_runs(study.client, "baseline", None, **wanted)) if r.tags.get("sweeper.eval") == key]
+    logged = [
+        r for r in finished(find_runs(study.client, "baseline", None, **wanted)) if r.tags.get("sweeper.eval") == key
+    ]
     if logged:
         return logged[-1]
     protocol = {k: v for k, v in flatten(config).items() if k in evaluate.PROTOCOL_KEYS}
     try:
-        rows = evaluate.evaluate(method, resolve_root(cfg.data.root or None), cfg.data.val_sets, cfg.upscale, use_lpips=True, config=protocol)
+        rows = evaluate.evaluate(
+            method, resolve_root(cfg.data.root or None), cfg.data.val_sets, cfg.upscale, use_lpips=True, config=protocol
+        )
     except UserError as e:
         print(f"note: no {tags.get('sweeper.label', method)} row in Table 5: {e}")
         return None
     m = cfg.metrics
-    tags = {"sweeper.kind": "baseline", **tags, "sweeper.eval": key,
-            **metric_tags({"space": m.space, "lpips_net": m.lpips_net, "lpips_version": m.lpips_version, "val_hr": cfg.data.val_hr})}
-    run_id = study.client.create_run(baselines_experiment(study.client, study.name), run_name=tags.get("sweeper.label", method), tags=tags).info.run_id
+    tags = {
+        "sweeper.kind": "baseline",
+        **tags,
+        "sweeper.eval": key,
+        **metric_tags(
+            {"space": m.space, "lpips_net": m.lpips_net, "lpips_version": m.lpips_version, "val_hr": cfg.data.val_hr}
+        ),
+    }
+    run_id = study.client.create_run(
+        baselines_experiment(study.client, study.name), run_name=tags.get("sweeper.label", method), tags=tags
+    ).info.run_id
     now = int(time.time() * 1000)
-    metrics = [Metric(f"{s}/{k}", float(v), now, 0) for s, images in evaluate.by_set(rows).items()
-               for k, v in set_means(images.values(), m.space).items() if v is not None]
+    metrics = [
+        Metric(f"{s}/{k}", float(v), now, 0)
+        for s, images in evaluate.by_set(rows).items()
+        for k, v in set_means(images.values(), m.space).items()
+        if v is not None
+    ]
     study.client.log_batch(run_id, metrics=metrics)
     study.client.set_terminated(run_id)
     return next(r for r in find_runs(study.client, "baseline", None, **wanted) if r.run_id == run_id)
@@ -439,7 +490,9 @@ def bicubic_run(study: Study) -> RunRecord | None:
     config = study.config(winner) if winner else {}
     if not config:
         return None
-    return evaluation_run(study, "bicubic", config, {"sweeper.baseline": "true", "sweeper.method": "bicubic", "sweeper.label": "Bicubic"})
+    return evaluation_run(
+        study, "bicubic", config, {"sweeper.baseline": "true", "sweeper.method": "bicubic", "sweeper.label": "Bicubic"}
+    )
 
 
 def whole_image_run(study: Study, run: RunRecord) -> RunRecord | None:
@@ -450,7 +503,11 @@ def whole_image_run(study: Study, run: RunRecord) -> RunRecord | None:
     config = study.config(run)
     if not checkpoint or not config:
         return None
-    tags = {"sweeper.method": "checkpoint", "sweeper.source_run": run.run_id, "sweeper.label": f"{run.name} (whole images)"}
+    tags = {
+        "sweeper.method": "checkpoint",
+        "sweeper.source_run": run.run_id,
+        "sweeper.label": f"{run.name} (whole images)",
+    }
     return evaluation_run(study, checkpoint, config, tags)
 
 
@@ -479,18 +536,26 @@ def comparison_grid(client: MlflowClient, labelled: list[tuple[str, RunRecord]],
             row = []
             for (_, run), found in zip(labelled, samples):
                 path = found.get(name)
-                row.append(read_image(client.download_artifacts(run.run_id, path, tmp)).permute(1, 2, 0).numpy() if path else None)
+                row.append(
+                    read_image(client.download_artifacts(run.run_id, path, tmp)).permute(1, 2, 0).numpy()
+                    if path
+                    else None
+                )
             tiles.append(row)
     return figures.comparison_grid(names, [label for label, _ in labelled], tiles, title)
 
 
-def histories(client: MlflowClient, runs: list[RunRecord], set_name: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
+def histories(
+    client: MlflowClient, runs: list[RunRecord], set_name: str
+) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """Validation history per run: label -> metric -> [(step, value)]."""
     out = {}
     for r in runs:
         stopped = "" if r.stopped_at is None else f", stopped at {r.stopped_at}"
         label = f"{ARCH_NAMES.get(r.arch, r.arch)} {r.setting} ({r.stage}{stopped})"
-        out[label] = {m: [(h.step, h.value) for h in client.get_metric_history(r.run_id, f"{set_name}/{m}")] for m in METRICS}
+        out[label] = {
+            m: [(h.step, h.value) for h in client.get_metric_history(r.run_id, f"{set_name}/{m}")] for m in METRICS
+        }
     return out
 
 
@@ -518,9 +583,15 @@ class Writer:
 
     def rows(self, key: str, title: str, rows: list[dict], notes: str = "") -> None:
         """A plain table of dict rows (not the paper's metric layout) as Markdown, CSV and LaTeX."""
-        for suffix, text in ((".md", rows_to_markdown(rows)), (".csv", rows_to_csv(rows)), (".tex", rows_to_latex(rows, title))):
+        for suffix, text in (
+            (".md", rows_to_markdown(rows)),
+            (".csv", rows_to_csv(rows)),
+            (".tex", rows_to_latex(rows, title)),
+        ):
             write_text_atomic(self.out / "tables" / f"{key}{suffix}", text)
-        self.sections.append(f"### {title}\n\n{rows_to_markdown(rows)}\n{notes}\n\n[CSV](tables/{key}.csv) · [LaTeX](tables/{key}.tex)\n")
+        self.sections.append(
+            f"### {title}\n\n{rows_to_markdown(rows)}\n{notes}\n\n[CSV](tables/{key}.csv) · [LaTeX](tables/{key}.tex)\n"
+        )
 
 
 def banner(study: Study) -> str:
@@ -528,8 +599,10 @@ def banner(study: Study) -> str:
     presets = _distinct(r.params.get("preset") for r in study.trials)
     lines = []
     if any(r.tags.get("sweeper.weights") == "random" for r in study.trials):
-        lines.append(f"> **{presets} preset, random-init extractors: NOT paper results.** The VGG19/ResNet-50 feature "
-                     "extractors were randomly initialised, so these numbers only show that the protocol runs end to end.")
+        lines.append(
+            f"> **{presets} preset, random-init extractors: NOT paper results.** The VGG19/ResNet-50 feature "
+            "extractors were randomly initialised, so these numbers only show that the protocol runs end to end."
+        )
     if any(r.tags.get("sweeper.lpips") == "unavailable" for r in study.trials):
         lines.append("> **LPIPS unavailable** (no AlexNet ImageNet weights): LPIPS columns read n/a.")
     return "\n>\n".join(lines)
@@ -543,8 +616,10 @@ def correlation_section(study: Study, writer: Writer) -> None:
         return
     key = correlate.selection_metric(None, study.stages)
     write_text_atomic(writer.out / "tables" / "table4_stats.csv", rows_to_csv(correlate.to_rows(results)))
-    writer.text(f"### Table 4 (statistics): SRGAN-DP vs ESRGAN-DP rank agreement\n\n{correlate.summary(results, key)}\n"
-                "[CSV](tables/table4_stats.csv)\n")
+    writer.text(
+        f"### Table 4 (statistics): SRGAN-DP vs ESRGAN-DP rank agreement\n\n{correlate.summary(results, key)}\n"
+        "[CSV](tables/table4_stats.csv)\n"
+    )
 
 
 def lpips_chart(table: Table) -> bytes | None:
@@ -592,24 +667,47 @@ def write_section(client: MlflowClient, study: Study, writer: Writer, table: Tab
     if spread:
         note += " Points are the mean over each setting's repeats; error bars their std."
     if table.kind == "mu":
-        writer.figure(f"{table.key}_vs_mu", figures.metrics_vs_mu(means, sets, table.title, spread), f"{table.title}: metrics against mu.{note}")
+        writer.figure(
+            f"{table.key}_vs_mu",
+            figures.metrics_vs_mu(means, sets, table.title, spread),
+            f"{table.title}: metrics against mu.{note}",
+        )
     if table.kind == "beta":
-        writer.figure(f"{table.key}_per_beta", figures.metrics_per_beta(means, sets, table.title, spread), f"{table.title}: metrics per beta.{note}")
+        writer.figure(
+            f"{table.key}_per_beta",
+            figures.metrics_per_beta(means, sets, table.title, spread),
+            f"{table.title}: metrics per beta.{note}",
+        )
     if table.kind in ("archs", "baselines"):
         writer.figure(f"{table.key}_lpips", lpips_chart(table), f"{table.title}: LPIPS per method and set (as Fig. 2)")
     if table.kind in ("mu", "beta", "ablation"):
         fixed = None
         if crops is not None:
-            labelled = [(label, crops.workspace.trial_dir(r.tags.get("sweeper.study", ""), r.stage, int(r.tags.get("sweeper.trial_number", -1))) / "ckpt" / "last.pt")
-                        for label, r in zip(table.rows, runs)]
+            labelled = [
+                (
+                    label,
+                    crops.workspace.trial_dir(
+                        r.tags.get("sweeper.study", ""), r.stage, int(r.tags.get("sweeper.trial_number", -1))
+                    )
+                    / "ckpt"
+                    / "last.pt",
+                )
+                for label, r in zip(table.rows, runs)
+            ]
             fixed = paper_figures.report_crops(crops.images, labelled, crops.config, crops.boxes, table.title)
         if fixed is not None and crops is not None:
             boxes = "; ".join(f"{k} {v}" for k, v in crops.boxes.items()) or "each image's default box"
-            writer.figure(f"{table.key}_crops", fixed, f"{table.title}: GT, bicubic and each setting's generator on whole images, "
-                          f"zoomed at fixed boxes ({boxes}; change with crop=SET/NAME:x,y,w,h) (as Figs. 6-10)")
+            writer.figure(
+                f"{table.key}_crops",
+                fixed,
+                f"{table.title}: GT, bicubic and each setting's generator on whole images, "
+                f"zoomed at fixed boxes ({boxes}; change with crop=SET/NAME:x,y,w,h) (as Figs. 6-10)",
+            )
         else:
             grid = comparison_grid(client, list(zip(table.rows, runs)), table.title)
-            writer.figure(f"{table.key}_crops", grid, f"{table.title}: the same validation crops across settings (as Figs. 6-7)")
+            writer.figure(
+                f"{table.key}_crops", grid, f"{table.title}: the same validation crops across settings (as Figs. 6-7)"
+            )
 
 
 def verdict_section(study: Study, writer: Writer) -> None:
@@ -618,7 +716,11 @@ def verdict_section(study: Study, writer: Writer) -> None:
         summary = stage.tags.get("sweeper.verdict_summary")
         if not summary:
             continue
-        loud = "" if stage.tags.get("sweeper.verdict") == "winner" else "**" + stage.tags.get("sweeper.verdict", "").upper() + ":** "
+        loud = (
+            ""
+            if stage.tags.get("sweeper.verdict") == "winner"
+            else "**" + stage.tags.get("sweeper.verdict", "").upper() + ":** "
+        )
         rows = read_rows(study.client, stage.run_id, "results/comparison.csv")
         title = f"Verdict of stage {stage.stage}"
         if rows:
@@ -645,7 +747,12 @@ def paper_rows(study: Study, published: paper.Paper) -> tuple[list[dict], list[s
     prints it), with the difference; PSNR/SSIM only where ours were measured in the paper's space."""
     rows, notes = [], set()
     for run in latest_per(study.trials, lambda r: (r.arch, r.mu, r.beta, r.params.get("perceptual"))):
-        ours = {"arch": run.arch, "mu": run.params.get("mu", ""), "beta": run.beta, "perceptual": run.params.get("perceptual", "dp")}
+        ours = {
+            "arch": run.arch,
+            "mu": run.params.get("mu", ""),
+            "beta": run.beta,
+            "perceptual": run.params.get("perceptual", "dp"),
+        }
         space = metric_space(study.config(run)).lower()
         for table in published.tables.values():
             match = table.match(ours)
@@ -670,7 +777,9 @@ def paper_section(study: Study, writer: Writer) -> None:
     """The selection rule applied to the paper's own tables (`sweeper paper-check`), and our numbers beside the
     paper's where setting and set match."""
     published = paper.load()
-    metrics = [m for m in (study.stages[0].tags.get("sweeper.select_by", "lpips") if study.stages else "lpips").split(",") if m]
+    metrics = [
+        m for m in (study.stages[0].tags.get("sweeper.select_by", "lpips") if study.stages else "lpips").split(",") if m
+    ]
     checks = paper.check(metrics, paper=published)
     writer.text(f"### The selection rule on the paper's own tables (`sweeper paper-check select_by={','.join(metrics)}`)\n\n"
                 f"```\n{paper.render(checks, published)}```\n")  # fmt: skip
@@ -695,17 +804,33 @@ def rank_check_section(writer: Writer, storage, stages: dict[str, int]) -> None:
     for name, sid in stages.items():
         select_by = storage.get_study_user_attrs(sid).get("select_by", "lpips")
         try:
-            checks.append(rankcheck.check_stage(name, *rankcheck.stage_curves(storage, sid, select_by), select_by, Options()))
+            checks.append(
+                rankcheck.check_stage(name, *rankcheck.stage_curves(storage, sid, select_by), select_by, Options())
+            )
         except UserError:  # a halving stage, or fewer than 2 complete trials: nothing to replay
             continue
     if checks:
         notes = "\n\n".join(rankcheck.summary(c) for c in checks)
-        writer.rows("rank_check", "Rank check: successive halving replayed on the full validation curves", rankcheck.to_rows(checks), notes)
-        points = {c.stage: [(r.budget / c.budgets[-1], r.kendall, r.spearman, r.winner_alive) for r in c.rungs] for c in checks}
-        writer.figure("rank_check", figures.rank_check(points), "Rank agreement of each rung with the final ranking (Kendall tau, Spearman rho)")
+        writer.rows(
+            "rank_check",
+            "Rank check: successive halving replayed on the full validation curves",
+            rankcheck.to_rows(checks),
+            notes,
+        )
+        points = {
+            c.stage: [(r.budget / c.budgets[-1], r.kendall, r.spearman, r.winner_alive) for r in c.rungs]
+            for c in checks
+        }
+        writer.figure(
+            "rank_check",
+            figures.rank_check(points),
+            "Rank agreement of each rung with the final ranking (Kendall tau, Spearman rho)",
+        )
 
 
-def build(client: MlflowClient, name: str, out: Path, optuna_stages: tuple | None = None, crops: Crops | None = None) -> list[str]:
+def build(
+    client: MlflowClient, name: str, out: Path, optuna_stages: tuple | None = None, crops: Crops | None = None
+) -> list[str]:
     """Write the study's tables and figures under `out` and README.md gathering them; returns the table keys.
     `optuna_stages` = (storage, stage name -> Optuna study id) adds the cost table and the rank check."""
     study = load_study(client, name)
@@ -725,17 +850,29 @@ def build(client: MlflowClient, name: str, out: Path, optuna_stages: tuple | Non
     every = study.trials + study.stopped
     for s in ordered_sets(every):
         note = figures.unmeasured_note(every, [s])
-        writer.figure(f"curves_{s}", figures.validation_curves(histories(client, every, s), s), f"Validation curves per trial on {s}.{note}")
-    top = [f"# Study `{name}`: the paper's tables and figures, from MLflow", "", banner(study), "",
-           f"Regenerate with `sweeper report study={name} --out {out}`.", ""]
+        writer.figure(
+            f"curves_{s}",
+            figures.validation_curves(histories(client, every, s), s),
+            f"Validation curves per trial on {s}.{note}",
+        )
+    top = [
+        f"# Study `{name}`: the paper's tables and figures, from MLflow",
+        "",
+        banner(study),
+        "",
+        f"Regenerate with `sweeper report study={name} --out {out}`.",
+        "",
+    ]
     write_text_atomic(out / "README.md", "\n".join(top) + "\n" + "\n".join(writer.sections))
     return [t.key for t, _ in sections]
 
 
 FIGURE_SRC = re.compile(r'src="(figures/[^"]+\.png)"')
-HTML_STYLE = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}table{border-collapse:collapse}"
-              "td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}td:first-child,th:first-child{text-align:left}"
-              "img{max-width:100%}")
+HTML_STYLE = (
+    "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}table{border-collapse:collapse}"
+    "td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}td:first-child,th:first-child{text-align:left}"
+    "img{max-width:100%}"
+)
 
 
 def to_html(out: Path, title: str) -> str:
@@ -750,8 +887,10 @@ def to_html(out: Path, title: str) -> str:
         return f'src="data:image/png;base64,{base64.b64encode((out / m.group(1)).read_bytes()).decode()}"'
 
     body = FIGURE_SRC.sub(embed, body)
-    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{HTML_STYLE}</style></head><body>\n{body}</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{HTML_STYLE}</style></head><body>\n{body}</body></html>\n"
+    )
 
 
 def log_report(client: MlflowClient, study: Study, out: Path, page: str) -> str | None:
@@ -778,8 +917,10 @@ def main(tokens: list[str], out: Path | None = None, write_html: bool = False) -
     """`sweeper report study=NAME [--out results/NAME] [--html] [workspace=... | tracking_uri=...] [crop=SET/NAME[:x,y,w,h] ...]`."""
     images, boxes, tokens = paper_figures.parse_crop_tokens(tokens)
     written = write(parse(tokens, allow_config=False), out, images, boxes, write_html)
-    print(f"wrote {len(written.tables)} tables ({', '.join(written.tables) or 'none'}) and figures to {written.out}/README.md"
-          + (f"; the same as one page, figures embedded: {written.out}/report.html" if write_html else ""))
+    print(
+        f"wrote {len(written.tables)} tables ({', '.join(written.tables) or 'none'}) and figures to {written.out}/README.md"
+        + (f"; the same as one page, figures embedded: {written.out}/report.html" if write_html else "")
+    )
     if written.run_id:
         print(f"logged under artifacts report/ of MLflow run {written.run_id}")
 
@@ -797,7 +938,12 @@ def write(opts: Options, out: Path | None = None, images: list[str] | None = Non
         storage, stages = None, {}
     study = load_study(client, name)
     winner = study.winner()
-    crops = Crops(Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri), study.config(winner) if winner else {}, images or [], boxes or {})
+    crops = Crops(
+        Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri),
+        study.config(winner) if winner else {},
+        images or [],
+        boxes or {},
+    )
     keys = build(client, name, out, (storage, stages) if stages else None, crops)
     page = to_html(out, f"Study {name}")
     if write_html:

@@ -74,7 +74,9 @@ class RunRecord:
 
     def sets(self) -> list[str]:
         """Validation sets with a final metric, alphabetically."""
-        return sorted({k.split("/")[0] for k in self.metrics if k.count("/") == 1 and k.split("/")[1] in METRICS} - {"mean"})
+        return sorted(
+            {k.split("/")[0] for k in self.metrics if k.count("/") == 1 and k.split("/")[1] in METRICS} - {"mean"}
+        )
 
     def value(self, set_name: str, metric: str) -> float:
         """Final `<set>/<metric>` (set "mean" = average over sets); NaN when missing (e.g. LPIPS unavailable)."""

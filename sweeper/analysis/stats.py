@@ -119,7 +119,11 @@ class Comparison:
         """What the intervals are, in words, for table notes and logs."""
         level = f"{1 - self.settings.alpha:.0%}"
         k = pairs(len(self.rows))
-        which = f"simultaneous over all {k} pairs (Bonferroni)" if self.settings.simultaneous and k > 1 else "per comparison"
+        which = (
+            f"simultaneous over all {k} pairs (Bonferroni)"
+            if self.settings.simultaneous and k > 1
+            else "per comparison"
+        )
         over = "over images, one seed" if self.repeats == 1 else f"over {self.repeats} repeats and images"
         if self.kind == "untested":
             return "no interval: one seed and one value per set"
@@ -250,7 +254,11 @@ def wilcoxon_p(x: np.ndarray) -> float:
 
 def paired_test(repeats: int, alpha: float) -> str:
     """The paired test `compare` uses for `repeats` seeds."""
-    return "sign-flip permutation over repeats (exact)" if 2 / 2**repeats <= alpha else "Wilcoxon signed-rank over images (repeat means)"
+    return (
+        "sign-flip permutation over repeats (exact)"
+        if 2 / 2**repeats <= alpha
+        else "Wilcoxon signed-rank over images (repeat means)"
+    )
 
 
 def compare(m: np.ndarray, higher_is_better: bool, labels: Sequence[str], groups: Sequence | None = None,
@@ -325,8 +333,11 @@ class Verdict:
         """One line for the CLI, `sweeper status` and tags."""
         first = self.comparisons[0]
         if self.kind == "winner":
-            how = f"by {first.metric}" if len(self.comparisons) == 1 else (
-                f"tied by {first.metric}, separated by {self.comparisons[-1].metric}")
+            how = (
+                f"by {first.metric}"
+                if len(self.comparisons) == 1
+                else (f"tied by {first.metric}, separated by {self.comparisons[-1].metric}")
+            )
             return f"winner {self.chosen} ({how}; {first.interval})"
         if self.kind == "untested":
             return f"UNTESTED: {self.chosen} by mean {first.metric} only ({first.interval})"
@@ -347,7 +358,9 @@ def decide(metrics: Sequence[tuple[str, np.ndarray, bool]], labels: Sequence[str
     pool = list(range(len(labels)))
     done: list[Comparison] = []
     for n, (name, m, higher) in enumerate(metrics):
-        local = settings if n == 0 else Settings(settings.alpha, 0.0, settings.simultaneous, settings.draws, settings.seed)
+        local = (
+            settings if n == 0 else Settings(settings.alpha, 0.0, settings.simultaneous, settings.draws, settings.seed)
+        )
         c = compare(np.asarray(m)[pool], higher, [labels[p] for p in pool], groups, name, local)
         done.append(c)
         if c.kind == "untested":

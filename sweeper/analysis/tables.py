@@ -27,8 +27,10 @@ from sweeper.analysis.runs import LABELS
 DECIMALS = {"psnr": 2, "ssim": 4, "lpips": 4}
 LEGEND = ("**bold** = best in its column and separated from every other row; ≈ = not separable from the best "
           "(a tie); unmarked columns: nothing to compare beyond the means.")  # fmt: skip
-LEGEND_LATEX = (r"\textbf{Bold}: best in its column and separated from every other row; $\approx$: not separable "
-                r"from the best.")  # the same, in the LaTeX caption
+LEGEND_LATEX = (
+    r"\textbf{Bold}: best in its column and separated from every other row; $\approx$: not separable "
+    r"from the best."
+)  # the same, in the LaTeX caption
 
 
 @dataclass
@@ -114,6 +116,7 @@ def to_columns(table: Table) -> dict[str, list]:
 def to_csv(table: Table) -> str:
     """Plain numbers; with repeats, a `<set>/<metric> sd` column (the std over repeats, `spread_kind`) after
     each value column. Marks are in the Markdown and LaTeX."""
+
     def number(v: float) -> str:
         return "" if math.isnan(v) else repr(round(v, 6))
 

@@ -98,16 +98,24 @@ def serve(tokens: list[str], host: str, port: int, workers: int, auth: bool = Fa
     opts = parse(tokens, allow_config=False)
     ws = Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri)
     if opts.tracking_uri is None and not (ws.root / "mlflow.db").exists():
-        raise UserError(f"no MLflow store in workspace {ws.root}: run a study first (`sweeper run study=mu_search preset=smoke{opts.where}`) or pass workspace= / tracking_uri=")
+        raise UserError(
+            f"no MLflow store in workspace {ws.root}: run a study first (`sweeper run study=mu_search preset=smoke{opts.where}`) or pass workspace= / tracking_uri="
+        )
     with socket.socket() as probe:
         if probe.connect_ex((host if host != "0.0.0.0" else "127.0.0.1", port)) == 0:
             raise UserError(f"--port {port}: something already listens on {host}:{port}; pass another --port")
     if host not in LOOPBACK:
-        print(f"warning: --host {host} serves this workspace's MLflow store (every run, metric and artifact) to anyone "
-              f"who can reach this machine{'' if auth else ', with no password (--auth adds MLflow basic-auth)'}",
-              file=sys.stderr, flush=True)
+        print(
+            f"warning: --host {host} serves this workspace's MLflow store (every run, metric and artifact) to anyone "
+            f"who can reach this machine{'' if auth else ', with no password (--auth adds MLflow basic-auth)'}",
+            file=sys.stderr,
+            flush=True,
+        )
     cmd = server_command(ws, host, port, workers, auth)
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}  # its job runner (7 queue consumers) serves GenAI features only
+    env = {
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        **os.environ,
+    }  # its job runner (7 queue consumers) serves GenAI features only
     server = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGTERM))
 
     def stop(signum: int, _frame: FrameType | None) -> None:
@@ -117,7 +125,10 @@ def serve(tokens: list[str], host: str, port: int, workers: int, auth: bool = Fa
     try:
         url = f"http://{socket.gethostname() if host == '0.0.0.0' else host}:{port}"
         if wait_until_up(f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}", server):
-            print(f"MLflow UI at {url} (Ctrl-C stops it). Each study's trials, with settings and metrics as columns:", flush=True)
+            print(
+                f"MLflow UI at {url} (Ctrl-C stops it). Each study's trials, with settings and metrics as columns:",
+                flush=True,
+            )
             print("\n".join(study_links(MlflowClient(ws.tracking_uri), url)), flush=True)
         return server.wait()
     finally:

@@ -25,10 +25,14 @@ weights_app = typer.Typer(no_args_is_help=True, help="ImageNet weights for VGG19
 app.add_typer(weights_app, name="weights")
 data_app = typer.Typer(no_args_is_help=True, help="Training data: the prepared cache of sub-images and their LR.")
 app.add_typer(data_app, name="data")
-figure_app = typer.Typer(no_args_is_help=True, help="The paper's figures that need images: Fig. 4's feature maps, Figs. 6-10's zoomed crops.")
+figure_app = typer.Typer(
+    no_args_is_help=True, help="The paper's figures that need images: Fig. 4's feature maps, Figs. 6-10's zoomed crops."
+)
 app.add_typer(figure_app, name="figure")
 
-Overrides = Annotated[list[str] | None, typer.Argument(help="key=value settings (study=, preset=, any config key); see the example below")]
+Overrides = Annotated[
+    list[str] | None, typer.Argument(help="key=value settings (study=, preset=, any config key); see the example below")
+]
 
 
 class HangUp(KeyboardInterrupt):
@@ -94,7 +98,9 @@ def status(
 @user_errors
 def train(
     overrides: Overrides = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the resolved config and the recipe table only")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the resolved config and the recipe table only")
+    ] = False,
 ) -> None:
     """Train one run and log it to MLflow: `sweeper train arch=srgan mu=0.5 beta=beta3_6 preset=smoke`."""
     if dry_run:
@@ -129,16 +135,25 @@ def studies() -> None:
     studies_mod.list_studies()
 
 
-@app.command(epilog="Example: sweeper evaluate sweeps/trials/mu_search/mu/6/ckpt/last.pt --data-root DATA --sets Set5,Set14")
+@app.command(
+    epilog="Example: sweeper evaluate sweeps/trials/mu_search/mu/6/ckpt/last.pt --data-root DATA --sets Set5,Set14"
+)
 @user_errors
 def evaluate(
-    tokens: Annotated[list[str], typer.Argument(help="bicubic | CHECKPOINT.pt | checkpoint=RUN_OR_PT [iter=N] | folder=DIR method=NAME [workspace=...], "
-                                                     "then scoring keys: metrics.space=rgb|y data.val_hr=mod12|mod4 metrics.lpips_net=alex|vgg metrics.lpips_version=0.1|0.0")],
+    tokens: Annotated[
+        list[str],
+        typer.Argument(
+            help="bicubic | CHECKPOINT.pt | checkpoint=RUN_OR_PT [iter=N] | folder=DIR method=NAME [workspace=...], "
+            "then scoring keys: metrics.space=rgb|y data.val_hr=mod12|mod4 metrics.lpips_net=alex|vgg metrics.lpips_version=0.1|0.0"
+        ),
+    ],
     data_root: Annotated[Path | None, typer.Option("--data-root", help="folder holding the benchmark sets")] = None,
     sets: Annotated[str, typer.Option("--sets", help="comma-separated set names")] = "Set5,Set14,BSD100",
     out: Annotated[Path | None, typer.Option("--out", help="CSV with one row per image")] = None,
     upscale: Annotated[int, typer.Option("--upscale")] = 4,
-    lpips: Annotated[bool, typer.Option("--lpips/--no-lpips", help="compute LPIPS when its weights are present")] = True,
+    lpips: Annotated[
+        bool, typer.Option("--lpips/--no-lpips", help="compute LPIPS when its weights are present")
+    ] = True,
 ) -> None:
     """Score bicubic, a checkpoint (or a kept snapshot: iter=N) or a folder of SR images: PSNR/SSIM in RGB and Y, LPIPS, per image.
 
@@ -197,9 +212,16 @@ def weights_import(files: Annotated[list[Path], typer.Argument(help="downloaded 
 @data_app.command("prepare", epilog="Example: sweeper data prepare --data-root DATA --sets DIV2K")
 @user_errors
 def data_prepare(
-    overrides: Annotated[list[str] | None, typer.Argument(help="key=value settings: preset=, upscale=, data.subimage_step=, data.cache=, workspace=")] = None,
-    data_root: Annotated[Path | None, typer.Option("--data-root", help="folder holding the sets (default: data.root, $SWEEPER_DATA)")] = None,
-    sets: Annotated[str | None, typer.Option("--sets", help="comma-separated training sets (default: data.train_sets)")] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="key=value settings: preset=, upscale=, data.subimage_step=, data.cache=, workspace="),
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option("--data-root", help="folder holding the sets (default: data.root, $SWEEPER_DATA)")
+    ] = None,
+    sets: Annotated[
+        str | None, typer.Option("--sets", help="comma-separated training sets (default: data.train_sets)")
+    ] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="processes (default: every core)")] = None,
 ) -> None:
     """Cut training sets into sub-images and make their LR once, for every trial: `sweeper data prepare --data-root DATA --sets DIV2K`."""
@@ -215,7 +237,9 @@ def ui(
     host: Annotated[str, typer.Option("--host", help="interface to serve on (0.0.0.0: every interface)")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 5000,
     workers: Annotated[int, typer.Option("--workers", help="MLflow server worker processes")] = 2,
-    auth: Annotated[bool, typer.Option("--auth", help="MLflow's basic-auth (users and passwords; needs mlflow[auth])")] = False,
+    auth: Annotated[
+        bool, typer.Option("--auth", help="MLflow's basic-auth (users and passwords; needs mlflow[auth])")
+    ] = False,
 ) -> None:
     """Start the MLflow UI on the workspace's tracking store; it stops when this command does."""
     from sweeper.analysis import ui as ui_mod
@@ -255,7 +279,9 @@ def correlate(overrides: Overrides = None) -> None:
 def export(
     source: Annotated[str, typer.Option("--from", help="study whose winner (or --trial) to export")],
     out: Annotated[Path, typer.Option("--out", help="the .safetensors file to write")],
-    trial: Annotated[int | None, typer.Option("--trial", help="a finished trial's number instead of the winner")] = None,
+    trial: Annotated[
+        int | None, typer.Option("--trial", help="a finished trial's number instead of the winner")
+    ] = None,
     overrides: Overrides = None,
 ) -> None:
     """Write a study's winning generator (or --trial N's) as safetensors with a JSON card: `sweeper export --from paper --out g.safetensors`."""
@@ -270,14 +296,24 @@ def promote(
     to: Annotated[str, typer.Option("--to", help="target architecture")] = "esrgan",
     source: Annotated[str | None, typer.Option("--from", help="study to take the winner from")] = None,
     force: Annotated[bool, typer.Option("--force", help="promote without a (consistent) correlation check")] = False,
-    allow_demo: Annotated[bool, typer.Option("--allow-demo", help="promote a winner picked at preset=smoke or with random weights into preset=paper")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="preview: whether the gate passes and why, the resolved config and command")] = False,
+    allow_demo: Annotated[
+        bool,
+        typer.Option(
+            "--allow-demo", help="promote a winner picked at preset=smoke or with random weights into preset=paper"
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="preview: whether the gate passes and why, the resolved config and command"),
+    ] = False,
     overrides: Overrides = None,
 ) -> None:
     """Launch the full ESRGAN-DP run with the search's winning (mu, beta)."""
     from sweeper.search import promote as promote_mod
 
-    promote_mod.main(to=to, source=source, force=force, dry_run=dry_run, overrides=overrides or [], allow_demo=allow_demo)
+    promote_mod.main(
+        to=to, source=source, force=force, dry_run=dry_run, overrides=overrides or [], allow_demo=allow_demo
+    )
 
 
 @app.command(epilog="Example: sweeper plan study=paper preset=paper scheduler.eta=3")
@@ -316,10 +352,15 @@ def rank_check(overrides: Overrides = None) -> None:
 def report(
     overrides: Overrides = None,
     out: Annotated[Path | None, typer.Option("--out", help="output folder (default results/<study>)")] = None,
-    html: Annotated[bool, typer.Option("--html", help="also write report.html: the whole report as one page, figures embedded (as logged to MLflow)")] = False,
+    html: Annotated[
+        bool,
+        typer.Option(
+            "--html",
+            help="also write report.html: the whole report as one page, figures embedded (as logged to MLflow)",
+        ),
+    ] = False,
 ) -> None:
     """Regenerate the paper's tables and figures for a study from MLflow: Markdown, CSV, LaTeX, PNG."""
     from sweeper.analysis import report as report_mod
 
     report_mod.main(overrides or [], out=out, write_html=html)
-

@@ -30,8 +30,14 @@ def git_commit() -> str:
     """The checkout's commit (with `+dirty` when code has local changes; generated results/ do not count), or "unknown"."""
     repo = Path(__file__).resolve().parents[2]
     try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"], capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("+dirty" if dirty else "")
@@ -42,9 +48,17 @@ def experiment(client: MlflowClient, name: str, artifacts_dir: Path, description
     as model training so that the MLflow UI opens it on its runs rather than on its GenAI overview; `description`
     (the study file's) becomes the experiment's description in the UI."""
     found = client.get_experiment_by_name(name)
-    if found is not None and found.tags.get(KIND_TAG) == TRAINING and (description is None or found.tags.get(NOTE_TAG) == description):
+    if (
+        found is not None
+        and found.tags.get(KIND_TAG) == TRAINING
+        and (description is None or found.tags.get(NOTE_TAG) == description)
+    ):
         return found.experiment_id
-    exp_id = found.experiment_id if found else client.create_experiment(name, artifact_location=(artifacts_dir / name).resolve().as_uri())
+    exp_id = (
+        found.experiment_id
+        if found
+        else client.create_experiment(name, artifact_location=(artifacts_dir / name).resolve().as_uri())
+    )
     client.set_experiment_tag(exp_id, KIND_TAG, TRAINING)
     if description is not None:
         client.set_experiment_tag(exp_id, NOTE_TAG, description)
@@ -65,5 +79,8 @@ def metric_tags(metrics: dict[str, Any] | None) -> dict[str, str]:
     network and version, the HR crop; none for results older than that record."""
     if not metrics:
         return {}
-    return {"sweeper.metrics_space": str(metrics.get("space")), "sweeper.lpips_net": f"{metrics.get('lpips_net')} v{metrics.get('lpips_version')}",
-            "sweeper.val_hr": str(metrics.get("val_hr", "mod4"))}
+    return {
+        "sweeper.metrics_space": str(metrics.get("space")),
+        "sweeper.lpips_net": f"{metrics.get('lpips_net')} v{metrics.get('lpips_version')}",
+        "sweeper.val_hr": str(metrics.get("val_hr", "mod4")),
+    }

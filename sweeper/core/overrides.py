@@ -38,7 +38,9 @@ class Options:
     trial: int | None = None
     executor: str = "local"
     executor_options: dict[str, Any] = field(default_factory=dict)
-    select_by: str | None = None  # the first selection metric; None: the preset's default (lpips; psnr for preset=smoke)
+    select_by: str | None = (
+        None  # the first selection metric; None: the preset's default (lpips; psnr for preset=smoke)
+    )
     select_then: tuple[str, ...] = ()  # later metrics, consulted among ties (select_by=lpips,psnr)
     min_effect: float = 0.0  # select.min_effect, in units of the first metric
     tie_break: str = "best_mean"  # select.tie_break
@@ -83,7 +85,11 @@ def _count(key: str, value: Any, minimum: int) -> int:
 def _unknown_key(key: str) -> UserError:
     valid = [*OPTION_KEYS, *ALIASES, *all_keys()]
     close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(close)}?" if close else f"sweeper options: {', '.join(OPTION_KEYS)}, or a config key like train.iters"
+    hint = (
+        f"did you mean {', '.join(close)}?"
+        if close
+        else f"sweeper options: {', '.join(OPTION_KEYS)}, or a config key like train.iters"
+    )
     return UserError(f"unknown key '{key}'; {hint}")
 
 
@@ -142,7 +148,11 @@ def options(settings: Mapping[str, Any], allow_config: bool = True) -> Options:
             alpha = key == "select.alpha"
             number = not isinstance(value, bool) and isinstance(value, (int, float)) and value == value
             if not number or (not 0 < value < 0.5 if alpha else not 0 <= value < float("inf")):
-                expected = "a number between 0 and 0.5 (0.05: 95 % intervals)" if alpha else "a number >= 0, in the first metric's units"
+                expected = (
+                    "a number between 0 and 0.5 (0.05: 95 % intervals)"
+                    if alpha
+                    else "a number >= 0, in the first metric's units"
+                )
                 raise UserError(f"{key}={text!r}: expected {expected}")
             setattr(opts, "min_effect" if key == "select.min_effect" else "alpha", float(value))
         elif key in OPTION_KEYS:
@@ -166,7 +176,9 @@ def stage_repeats(opts: Options, stage: Stage) -> tuple[int | str, int]:
     """(repeats, max_repeats) of a stage: the command line's, else the study file's."""
     repeats = stage.repeats if opts.repeats is None else opts.repeats
     if repeats == AUTO and opts.scheduler != "none":
-        raise UserError(f"stage {stage.name} races (repeats: auto) and scheduler={opts.scheduler} halves; they do not combine: pass repeats=N or scheduler=none")
+        raise UserError(
+            f"stage {stage.name} races (repeats: auto) and scheduler={opts.scheduler} halves; they do not combine: pass repeats=N or scheduler=none"
+        )
     return repeats, stage.max_repeats if opts.max_repeats is None else opts.max_repeats
 
 

@@ -56,7 +56,9 @@ def parse_select_by(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in str(text).split(",") if n.strip())
     bad = [n for n in names if n not in METRICS] or ([] if names and len(set(names)) == len(names) else [str(text)])
     if bad:
-        raise UserError(f"select_by={text!r} is not valid; choose one of {', '.join(sorted(METRICS))}, or several in order without repeats (lpips,psnr)")
+        raise UserError(
+            f"select_by={text!r} is not valid; choose one of {', '.join(sorted(METRICS))}, or several in order without repeats (lpips,psnr)"
+        )
     return names
 
 
@@ -68,7 +70,9 @@ def simplicity(settings: dict[str, str]) -> tuple[float, ...]:
     beta = settings.get("beta", "")
     return (
         ARCH_ORDER.index(settings["arch"]) if settings.get("arch") in ARCH_ORDER else 0,
-        PERCEPTUAL_ORDER.index(settings["loss.perceptual"]) if settings.get("loss.perceptual") in PERCEPTUAL_ORDER else 0,
+        PERCEPTUAL_ORDER.index(settings["loss.perceptual"])
+        if settings.get("loss.perceptual") in PERCEPTUAL_ORDER
+        else 0,
         0.0 if mu == float("inf") else 1 / mu,
         float(beta[4]) if beta[:4] == "beta" and beta[4:5].isdigit() else 0.0,
     )

@@ -102,7 +102,9 @@ def load(name: str) -> Study:
         raise UserError(f"study={name!r}: a study name is letters, digits and _ (see `sweeper studies`)")
     files = available()
     if name not in files:
-        raise UserError(f"unknown study '{name}'; available: {', '.join(sorted(files)) or 'none'} (see `sweeper studies`)")
+        raise UserError(
+            f"unknown study '{name}'; available: {', '.join(sorted(files)) or 'none'} (see `sweeper studies`)"
+        )
     return parse_study(name, files[name])
 
 
@@ -110,7 +112,9 @@ def _config(where: str, raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise UserError(f"{where}: expected a mapping of config keys to values")
     try:
-        return {resolve_key(str(k)): parse_value(v) if isinstance(v, str) and k != "weights" else v for k, v in raw.items()}
+        return {
+            resolve_key(str(k)): parse_value(v) if isinstance(v, str) and k != "weights" else v for k, v in raw.items()
+        }
     except UserError as e:
         raise UserError(f"{where}: {e}") from None
 
@@ -119,15 +123,21 @@ def check_repeats(where: str, repeats: Any, max_repeats: Any) -> tuple[int | str
     """`repeats` (a whole number >= 1, or auto) and `max_repeats` (>= 2) as given in a study file or on the
     command line; UserError naming `where` otherwise."""
     if repeats != AUTO and (isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1):
-        raise UserError(f"{where}repeats={repeats!r}: expected a whole number >= 1 (trainings per grid point) or auto (racing)")
+        raise UserError(
+            f"{where}repeats={repeats!r}: expected a whole number >= 1 (trainings per grid point) or auto (racing)"
+        )
     if isinstance(max_repeats, bool) or not isinstance(max_repeats, int) or max_repeats < 2:
-        raise UserError(f"{where}max_repeats={max_repeats!r}: expected a whole number >= 2 (racing's most repeats per point)")
+        raise UserError(
+            f"{where}max_repeats={max_repeats!r}: expected a whole number >= 2 (racing's most repeats per point)"
+        )
     return repeats, max_repeats
 
 
 def _stage(where: str, raw: Any, defaults: tuple[int | str, int]) -> Stage:
     if not isinstance(raw, dict) or set(raw) - STAGE_KEYS or "name" not in raw:
-        raise UserError(f"{where}: a stage is a mapping with name, grid and optional combos, repeats, max_repeats (got {raw!r})")
+        raise UserError(
+            f"{where}: a stage is a mapping with name, grid and optional combos, repeats, max_repeats (got {raw!r})"
+        )
     name = str(raw["name"])
     if not NAME.match(name):
         raise UserError(f"{where}: stage name {name!r} must be letters, digits and _")
@@ -138,7 +148,10 @@ def _stage(where: str, raw: Any, defaults: tuple[int | str, int]) -> Stage:
     combos_raw = raw.get("combos") or []
     if not isinstance(combos_raw, list):
         raise UserError(f"{where}: combos must be a list of config mappings")
-    combos = {",".join(f"{k}={label(v)}" for k, v in c.items()): c for c in (_config(f"{where} combos", c) for c in combos_raw)}
+    combos = {
+        ",".join(f"{k}={label(v)}" for k, v in c.items()): c
+        for c in (_config(f"{where} combos", c) for c in combos_raw)
+    }
     if not grid and not combos:
         raise UserError(f"{where}: stage {name!r} has neither a grid nor combos")
     if "repeat" in grid:
@@ -167,7 +180,15 @@ def parse_study(name: str, path: Path) -> Study:
     if len({s.name for s in stages}) != len(stages):
         raise UserError(f"{path}: stage names must be distinct")
     inputs = {resolve_key(str(k)): str(v) for k, v in (raw.get("inputs") or {}).items()}
-    study = Study(name, description.strip(), path, _config(f"{path} config", raw.get("config") or {}), stages, inputs, bool(raw.get("alternate", False)))
+    study = Study(
+        name,
+        description.strip(),
+        path,
+        _config(f"{path} config", raw.get("config") or {}),
+        stages,
+        inputs,
+        bool(raw.get("alternate", False)),
+    )
     for stage in stages:  # every grid point must make a valid config
         for point in stage.points():
             try:

@@ -20,7 +20,9 @@ def stage_ids(opts: Options) -> tuple[str, Workspace, BaseStorage, dict[str, int
         s.study_name[len(prefix):]: storage.get_study_id_from_name(s.study_name) for s in storage.get_all_studies() if s.study_name.startswith(prefix)
     }  # fmt: skip
     if storage is None or not stages:
-        raise UserError(f"study {name} has not been run in workspace {ws.root} (start it with `sweeper run study={name}{opts.where}`)")
+        raise UserError(
+            f"study {name} has not been run in workspace {ws.root} (start it with `sweeper run study={name}{opts.where}`)"
+        )
     if opts.stage is not None and opts.stage not in stages:
         raise UserError(f"stage={opts.stage!r}: study {name} has stages {', '.join(stages)}")
     return name, ws, storage, {k: v for k, v in stages.items() if opts.stage in (None, k)}

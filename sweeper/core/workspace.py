@@ -39,8 +39,10 @@ def private_dir(path: Path, what: str) -> Path:
     mode = stat.S_IMODE(os.stat(path).st_mode)
     if mode & 0o022:
         who = "group and others" if mode & 0o022 == 0o022 else "group" if mode & 0o020 else "others"
-        raise UserError(f"{what} {path} is writable by {who} (mode {mode:o}): they could plant files that run as "
-                        f"you; make it yours alone with `chmod go-w {path}`, or use another folder")
+        raise UserError(
+            f"{what} {path} is writable by {who} (mode {mode:o}): they could plant files that run as "
+            f"you; make it yours alone with `chmod go-w {path}`, or use another folder"
+        )
     return path
 
 
@@ -64,7 +66,9 @@ class Workspace:
     def resolve(cls, root: str | None = None, storage: str | None = None, tracking_uri: str | None = None) -> Workspace:
         path = Path(root).expanduser() if root else default_root()
         path = path.resolve()
-        return cls(path, storage or f"sqlite:///{path / 'optuna.db'}", tracking_uri or f"sqlite:///{path / 'mlflow.db'}")
+        return cls(
+            path, storage or f"sqlite:///{path / 'optuna.db'}", tracking_uri or f"sqlite:///{path / 'mlflow.db'}"
+        )
 
     @property
     def cache_dir(self) -> Path:
@@ -86,8 +90,10 @@ class Workspace:
         `trials/`: a record someone else wrote must not make us write elsewhere."""
         path, trials = Path(value), (self.root / "trials").resolve()
         if not path.resolve().is_relative_to(trials):
-            raise UserError(f"the Optuna record names trial folder {value}, outside {trials}; refusing to use it "
-                            "(a store shared with or changed by someone else?)")
+            raise UserError(
+                f"the Optuna record names trial folder {value}, outside {trials}; refusing to use it "
+                "(a store shared with or changed by someone else?)"
+            )
         return path
 
     def sqlite_file(self) -> Path | None:
@@ -116,7 +122,10 @@ class Workspace:
         a lock that other sweepers of the workspace take too."""
         from mlflow import MlflowClient
 
-        makers: dict[str, Callable[[str], object]] = {self.storage: optuna.storages.RDBStorage, self.tracking_uri: lambda url: MlflowClient(url).search_experiments()}
+        makers: dict[str, Callable[[str], object]] = {
+            self.storage: optuna.storages.RDBStorage,
+            self.tracking_uri: lambda url: MlflowClient(url).search_experiments(),
+        }
         for url, make in makers.items():
             db = sqlite_path(url)
             if db is not None and not db.exists():
@@ -183,8 +192,12 @@ def failures(trials: list[FrozenTrial]) -> int:
     """Failed attempts that count against `max_retries`: not cancels, duplicates or the machine's faults, nor
     those before the point was re-opened (`counted_from`)."""
     since = max((t.user_attrs.get("counted_from", 0) for t in trials), default=0)
-    return sum(t.state == TrialState.FAIL and t.number >= since
-               and not str(t.user_attrs.get("reason", "")).startswith((CANCELLED, DUPLICATE, MACHINE)) for t in trials)
+    return sum(
+        t.state == TrialState.FAIL
+        and t.number >= since
+        and not str(t.user_attrs.get("reason", "")).startswith((CANCELLED, DUPLICATE, MACHINE))
+        for t in trials
+    )
 
 
 def needs_attempt(trials: list[FrozenTrial], max_retries: int) -> bool:
@@ -209,30 +222,41 @@ def enqueue(storage: BaseStorage, study_id: int, ws: Workspace, study: str, stag
     same folder."""
     groups = stage_trials(storage, study_id)
     distributions: dict[str, Any] = {k: CategoricalDistribution(list(v)) for k, v in grid.items()}
-    distributions[REPEAT] = IntDistribution(0, max((u.repeat for u in units), default=0))  # a range may grow between runs
+    distributions[REPEAT] = IntDistribution(
+        0, max((u.repeat for u in units), default=0)
+    )  # a range may grow between runs
     for unit in units:
         trials = groups.get(point_key(unit.params), [])
         reopened = reopen and resolved(trials, max_retries) and all(t.state == TrialState.FAIL for t in trials)
         if not reopened and not needs_attempt(trials, max_retries):
             continue
-        attrs = {"attempt": 1 if reopened else failures(trials) + 1, "trial_dir": str(ws.trial_dir(study, stage, unit.folder))}
+        attrs = {
+            "attempt": 1 if reopened else failures(trials) + 1,
+            "trial_dir": str(ws.trial_dir(study, stage, unit.folder)),
+        }
         attrs |= {"counted_from": trials[-1].number + 1} if reopened else {}
         attrs |= {k: trials[-1].user_attrs[k] for k in CARRIED if trials and k in trials[-1].user_attrs}
-        template = create_trial(state=TrialState.WAITING, params=unit.params, distributions=distributions, user_attrs=attrs)
+        template = create_trial(
+            state=TrialState.WAITING, params=unit.params, distributions=distributions, user_attrs=attrs
+        )
         storage.create_new_trial(study_id, template_trial=template)
         crash_point("enqueued")
 
 
 def claim(storage: BaseStorage, study_id: int) -> FrozenTrial | None:
     """Take the lowest-numbered WAITING trial (WAITING -> RUNNING is atomic in the storage); None if none left."""
-    for t in sorted(storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)), key=lambda t: t.number):
+    for t in sorted(
+        storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)), key=lambda t: t.number
+    ):
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
         if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
             return storage.get_trial(trial_id)
     return None
 
 
-def finish(storage: BaseStorage, study_id: int, number: int, state: TrialState, value: float | None, attrs: dict[str, Any]) -> bool:
+def finish(
+    storage: BaseStorage, study_id: int, number: int, state: TrialState, value: float | None, attrs: dict[str, Any]
+) -> bool:
     """Record the end of a trial; False when another process finished it first (idempotent for the loser)."""
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
     try:

@@ -33,14 +33,21 @@ def pick_trial(client: Any, study: str, trial: int | None, stage: str | None) ->
     if trial is None:
         winner = load_study(client, study).winner()
         if winner is None:
-            raise UserError(f"study {study} has no winner yet: finish it with `sweeper run study={study}`, or pick one with --trial N")
+            raise UserError(
+                f"study {study} has no winner yet: finish it with `sweeper run study={study}`, or pick one with --trial N"
+            )
         return winner
     runs = [r for r in finished(find_runs(client, "trial", study)) if r.tags.get("sweeper.trial_number") == str(trial)]
     runs = [r for r in runs if stage is None or r.stage == stage]
     if len({r.stage for r in runs}) > 1:
-        raise UserError(f"--trial {trial}: stages {', '.join(sorted({r.stage for r in runs}))} of {study} each have one; add stage=NAME")
+        raise UserError(
+            f"--trial {trial}: stages {', '.join(sorted({r.stage for r in runs}))} of {study} each have one; add stage=NAME"
+        )
     if not runs:
-        raise UserError(f"--trial {trial}: no finished trial with that number in study {study}" + (f", stage {stage}" if stage else ""))
+        raise UserError(
+            f"--trial {trial}: no finished trial with that number in study {study}"
+            + (f", stage {stage}" if stage else "")
+        )
     return runs[-1]
 
 
@@ -50,16 +57,28 @@ def card(run: RunRecord, config: dict[str, Any], result: dict[str, Any], step: i
     m = cfg.model
     return {
         "format": "dp-sweeper generator 1",
-        "architecture": {"arch": cfg.arch, "network": NETWORKS[cfg.arch], "upscale": cfg.upscale, "num_feat": m.num_feat,
-                         "num_blocks": m.num_blocks or (16 if cfg.arch == "srgan" else 23), "growth": m.growth,
-                         "batchnorm": m.batchnorm, "skip": m.skip},
+        "architecture": {
+            "arch": cfg.arch,
+            "network": NETWORKS[cfg.arch],
+            "upscale": cfg.upscale,
+            "num_feat": m.num_feat,
+            "num_blocks": m.num_blocks or (16 if cfg.arch == "srgan" else 23),
+            "growth": m.growth,
+            "batchnorm": m.batchnorm,
+            "skip": m.skip,
+        },
         "config": config,
         "data_hash": result.get("data_id", "unknown"),
         "metrics": result.get("final", {}),
         "metrics_protocol": result.get("metrics", {}),
         "weights_used": result.get("weights", {}),
-        "source": {"study": run.tags.get("sweeper.study"), "stage": run.stage, "trial": run.tags.get("sweeper.trial_number"),
-                   "mlflow_run_id": run.run_id, "iteration": step},
+        "source": {
+            "study": run.tags.get("sweeper.study"),
+            "stage": run.stage,
+            "trial": run.tags.get("sweeper.trial_number"),
+            "mlflow_run_id": run.run_id,
+            "iteration": step,
+        },
         "commit": run.tags.get("sweeper.git_commit", "unknown"),
     }
 
@@ -71,7 +90,9 @@ def main(source: str, trial: int | None, out: Path, tokens: list[str]) -> None:
     opts = parse(tokens, allow_config=False)
     client = open_client(opts)
     run = pick_trial(client, source, trial, opts.stage)
-    folder = Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri).trial_dir(source, run.stage, int(run.tags["sweeper.trial_number"]))
+    folder = Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri).trial_dir(
+        source, run.stage, int(run.tags["sweeper.trial_number"])
+    )
     ckpt_path, result_path = folder / "ckpt" / "last.pt", folder / "result.json"
     if not ckpt_path.is_file() or not result_path.is_file():
         raise UserError(f"{folder}: the trial folder has no checkpoint and result (moved, or another workspace=?)")
@@ -81,9 +102,17 @@ def main(source: str, trial: int | None, out: Path, tokens: list[str]) -> None:
     written = card(run, ckpt["config"], json.loads(result_path.read_text()), int(ckpt["step"]))
     save_export(out, state, written)
     back = read_state(out)
-    if back.keys() != state.keys() or not all(torch.equal(back[k], v) for k, v in state.items()) or read_card(out) != json.loads(json.dumps(written, sort_keys=True, default=str)):
+    if (
+        back.keys() != state.keys()
+        or not all(torch.equal(back[k], v) for k, v in state.items())
+        or read_card(out) != json.loads(json.dumps(written, sort_keys=True, default=str))
+    ):
         raise RuntimeError(f"{out}: read back, the file differs from the checkpoint it was written from")
     a = written["architecture"]
-    print(f"exported {source} stage {run.stage} trial {written['source']['trial']} (iteration {ckpt['step']}, {a['network']} x{a['upscale']}) to {out}")
-    print(f"card: commit {written['commit']}, data {written['data_hash']}, weights {written['weights_used'].get('extractors', '?')}; "
-          f"load it with `model.init_from={out}` or trainer.generator_files.read_state")
+    print(
+        f"exported {source} stage {run.stage} trial {written['source']['trial']} (iteration {ckpt['step']}, {a['network']} x{a['upscale']}) to {out}"
+    )
+    print(
+        f"card: commit {written['commit']}, data {written['data_hash']}, weights {written['weights_used'].get('extractors', '?')}; "
+        f"load it with `model.init_from={out}` or trainer.generator_files.read_state"
+    )

@@ -42,14 +42,20 @@ def locks_dir() -> Path:
     st = os.lstat(folder)
     fix = "remove it, or set SWEEPER_GPU_LOCKS to a folder of your own"
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise UserError(f"GPU lock folder {folder} is a {'symbolic link' if stat.S_ISLNK(st.st_mode) else 'file'}, not a folder: {fix}")
+        raise UserError(
+            f"GPU lock folder {folder} is a {'symbolic link' if stat.S_ISLNK(st.st_mode) else 'file'}, not a folder: {fix}"
+        )
     shared_by_root = st.st_uid == 0 and st.st_mode & 0o1777 == 0o1777
     if st.st_uid != os.geteuid() and not shared_by_root:
-        raise UserError(f"GPU lock folder {folder} belongs to uid {st.st_uid}, not to you, and is not a root-owned "
-                        f"folder of mode 1777: {fix}")
+        raise UserError(
+            f"GPU lock folder {folder} belongs to uid {st.st_uid}, not to you, and is not a root-owned "
+            f"folder of mode 1777: {fix}"
+        )
     if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
-        raise UserError(f"GPU lock folder {folder} is writable by others without the sticky bit (mode "
-                        f"{stat.S_IMODE(st.st_mode):o}): chmod 1777 {folder} (shared) or chmod 700 (yours)")
+        raise UserError(
+            f"GPU lock folder {folder} is writable by others without the sticky bit (mode "
+            f"{stat.S_IMODE(st.st_mode):o}): chmod 1777 {folder} (shared) or chmod 700 (yours)"
+        )
     return folder
 
 
@@ -60,14 +66,18 @@ def open_slot(path: Path) -> int:
         fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise UserError(f"GPU slot lock {path} is a symbolic link (planted by someone?); refusing it: remove it, "
-                            f"or set SWEEPER_GPU_LOCKS to a folder of your own") from None
+            raise UserError(
+                f"GPU slot lock {path} is a symbolic link (planted by someone?); refusing it: remove it, "
+                f"or set SWEEPER_GPU_LOCKS to a folder of your own"
+            ) from None
         raise
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise UserError(f"GPU slot lock {path} is not a regular file (a FIFO, device or folder, planted by someone?); "
-                        f"refusing it: remove it, or set SWEEPER_GPU_LOCKS to a folder of your own")
+        raise UserError(
+            f"GPU slot lock {path} is not a regular file (a FIFO, device or folder, planted by someone?); "
+            f"refusing it: remove it, or set SWEEPER_GPU_LOCKS to a folder of your own"
+        )
     if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != 0o644:
         os.fchmod(fd, 0o644)  # readable by the other users of a shared folder (a read-only descriptor can flock)
     return fd
@@ -97,11 +107,17 @@ def book(gpus: int, per_gpu: int, announce: bool = True, wait_s: float = WAIT_S)
     waited = False
     while (booked := try_book(gpus, per_gpu)) is None:
         if time.monotonic() - start > wait_s:
-            raise MachineFault(errno.EBUSY, f"every GPU slot stayed booked for {wait_s:.0f} s ({holders_text()}): "
-                               "wait for them to end, or set SWEEPER_GPU_LOCKS to a folder of your own, then run again")
+            raise MachineFault(
+                errno.EBUSY,
+                f"every GPU slot stayed booked for {wait_s:.0f} s ({holders_text()}): "
+                "wait for them to end, or set SWEEPER_GPU_LOCKS to a folder of your own, then run again",
+            )
         if announce and not waited:
-            print(f"[sweeper] all {gpus * per_gpu} GPU slots of this machine are booked ({holders_text()}); waiting "
-                  f"for one (at most {wait_s:.0f} s, SWEEPER_GPU_WAIT_S)", flush=True)
+            print(
+                f"[sweeper] all {gpus * per_gpu} GPU slots of this machine are booked ({holders_text()}); waiting "
+                f"for one (at most {wait_s:.0f} s, SWEEPER_GPU_WAIT_S)",
+                flush=True,
+            )
             waited = True
         time.sleep(POLL_S)
     gpu, slot, fd = booked
@@ -133,13 +149,19 @@ def holders_text() -> str:
     """`gpu0.slot0: pid 123 (alice), ...`: who holds the slots, as far as this machine tells."""
     parts = []
     for name, pids in sorted(holders().items()):
-        parts.append(f"{name.removesuffix('.lock')}: " + ", ".join(f"pid {p} ({_user_of(p)})" for p in sorted(set(pids))))
+        parts.append(
+            f"{name.removesuffix('.lock')}: " + ", ".join(f"pid {p} ({_user_of(p)})" for p in sorted(set(pids)))
+        )
     return "; ".join(parts) or "holders unknown"
 
 
 def _user_of(pid: int) -> str:
     try:
-        uid = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Uid:"))
+        uid = next(
+            int(line.split()[1])
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+            if line.startswith("Uid:")
+        )
     except (OSError, StopIteration):
         return "?"
     try:

@@ -70,7 +70,6 @@ def read_result(trial_dir: Path) -> dict[str, Any] | None:
     return read_json(trial_dir / "result.json")
 
 
-
 class StageCancelled(UserError):
     """`sweeper cancel` was run on the stage this process works on."""
 
@@ -111,7 +110,9 @@ class StageWork:
         try:
             while True:
                 if self.run.storage.get_study_user_attrs(self.study_id).get("cancelled"):
-                    raise StageCancelled(f"stage {self.run.study.name}.{self.name} was cancelled (`sweeper cancel`); re-run to resume it")
+                    raise StageCancelled(
+                        f"stage {self.run.study.name}.{self.name} was cancelled (`sweeper cancel`); re-run to resume it"
+                    )
                 with self.run.ws.claim_lock():
                     enqueue(self.run.storage, self.study_id, self.run.ws, self.run.study.name, self.name,
                             self.stage.grid, units, self.run.opts.max_retries, reopen)  # fmt: skip
@@ -122,9 +123,13 @@ class StageWork:
                 self.check_halt()
                 groups = {k: v for k, v in stage_trials(self.run.storage, self.study_id).items() if k in wanted}
                 bars.update(groups, self.run.opts.max_retries)
-                if all(resolved(trials, self.run.opts.max_retries) for trials in groups.values()) and len(groups) >= len(wanted):
+                if all(resolved(trials, self.run.opts.max_retries) for trials in groups.values()) and len(
+                    groups
+                ) >= len(wanted):
                     break
-                if detach and any(self.phase(t) == "launched" for t in self.trials(TrialState.RUNNING) if t.number in self.mine):
+                if detach and any(
+                    self.phase(t) == "launched" for t in self.trials(TrialState.RUNNING) if t.number in self.mine
+                ):
                     self.release()
                     return None
                 time.sleep(POLL_S)
@@ -133,7 +138,9 @@ class StageWork:
             raise
         except BaseException as e:
             self.release()
-            tracking.end_stage_run(self.run.client, self.parent, "KILLED" if isinstance(e, (StageCancelled, MachineHalt)) else "FAILED")
+            tracking.end_stage_run(
+                self.run.client, self.parent, "KILLED" if isinstance(e, (StageCancelled, MachineHalt)) else "FAILED"
+            )
             raise
         finally:
             bars.close()
@@ -147,7 +154,9 @@ class StageWork:
         return t.user_attrs.get("phase", "claimed")
 
     def fetch(self, number: int) -> FrozenTrial:
-        return self.run.storage.get_trial(self.run.storage.get_trial_id_from_study_id_trial_number(self.study_id, number))
+        return self.run.storage.get_trial(
+            self.run.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+        )
 
     def set_attrs(self, number: int, **attrs: Any) -> None:
         """Write user attrs of a RUNNING trial; Settled when another process finished it meanwhile."""
@@ -169,7 +178,9 @@ class StageWork:
                     launch.append((t, budget))
             except Settled:
                 self.settled(t.number)
-        busy = sum(self.phase(t) in LIVE_PHASES for t in self.trials(TrialState.RUNNING) if t.number in self.mine)  # relaunches too
+        busy = sum(
+            self.phase(t) in LIVE_PHASES for t in self.trials(TrialState.RUNNING) if t.number in self.mine
+        )  # relaunches too
         free = 0 if self.halted() else self.run.executor.slots() - busy
         promoted = self.promotions()[: max(free, 0)]
         launch += promoted
@@ -222,11 +233,16 @@ class StageWork:
         elif budget < self.budgets[-1] and (rung := read_json(trial_dir / "rungs" / f"{budget}.json")):
             self.pause(t, budget, rung)
         else:
-            logs_cmd = f"sweeper logs study={self.run.study.name} stage={self.name} trial={t.number}{self.run.opts.where}"
-            reason = (result or {}).get("reason") or (f"the job ended without a result (killed: out of memory, kill -9 "
-                                                      f"or a lost node; `{logs_cmd}`)")
+            logs_cmd = (
+                f"sweeper logs study={self.run.study.name} stage={self.name} trial={t.number}{self.run.opts.where}"
+            )
+            reason = (result or {}).get("reason") or (
+                f"the job ended without a result (killed: out of memory, kill -9 or a lost node; `{logs_cmd}`)"
+            )
             if result:  # keep the attempt's result; the retry resumes from the checkpoint
-                os.replace(trial_dir / "result.json", trial_dir / f"result.attempt-{t.user_attrs.get('attempt', 1)}.json")
+                os.replace(
+                    trial_dir / "result.json", trial_dir / f"result.attempt-{t.user_attrs.get('attempt', 1)}.json"
+                )
             if result is None or result.get("fault") == "machine":
                 self.machine_fault(t, reason)
             else:
@@ -242,9 +258,15 @@ class StageWork:
         cfg = build_config(unit_config(self.config, self.stage, t.params)).to_dict()
         identity = config_hash(cfg)
         self.set_attrs(t.number, config_hash=identity, settings=trial_settings(cfg))
-        earlier = [e for e in stage_trials(self.run.storage, self.study_id).get(point_key(t.params), []) if e.number < t.number]
-        if any(e.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING) for e in earlier):
-            self.end(t.number, TrialState.FAIL, None, {"reason": "duplicate grid point (enqueued twice by racing sweepers)"})
+        earlier = [
+            e for e in stage_trials(self.run.storage, self.study_id).get(point_key(t.params), []) if e.number < t.number
+        ]
+        if any(
+            e.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING) for e in earlier
+        ):
+            self.end(
+                t.number, TrialState.FAIL, None, {"reason": "duplicate grid point (enqueued twice by racing sweepers)"}
+            )
             return None
         trial_dir = self.run.ws.recorded_trial_dir(t.user_attrs["trial_dir"])
         write_text_atomic(trial_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
@@ -270,7 +292,9 @@ class StageWork:
                 (trial_dir / "result.json").unlink()  # an interruption's: the job resumes from the checkpoint
             write_json_atomic(trial_dir / "budget.json", {"stop_after": budget, "token": token})
             try:
-                self.set_attrs(t.number, phase="launching", launch_token=token, budget=budget, executor=self.run.executor.name)
+                self.set_attrs(
+                    t.number, phase="launching", launch_token=token, budget=budget, executor=self.run.executor.name
+                )
             except Settled:
                 self.settled(t.number)
                 continue
@@ -292,7 +316,12 @@ class StageWork:
         """A job ended at a rung below train.iters: report the rung's value to Optuna and wait for a promotion."""
         metrics = tracking.final_means(rung)
         if f"mean/{self.run.select_by}" not in metrics:
-            self.end(t.number, TrialState.FAIL, None, {"reason": f"no {self.run.select_by} at rung {budget} (select_by={self.run.select_by})"})
+            self.end(
+                t.number,
+                TrialState.FAIL,
+                None,
+                {"reason": f"no {self.run.select_by} at rung {budget} (select_by={self.run.select_by})"},
+            )
             return
         trial_id = self.run.storage.get_trial_id_from_study_id_trial_number(self.study_id, t.number)
         self.run.storage.set_trial_intermediate_value(trial_id, budget, metrics[f"mean/{self.run.select_by}"])
@@ -328,14 +357,22 @@ class StageWork:
         finished = {k: {p: (*rank(self.run.select_by, mean_metrics(list(by_r.values()))), index[p])
                         for p, by_r in points.items() if len(by_r) == asked[p]} for k, points in rung_metrics.items()}  # fmt: skip
         paused = [t for t in live if t.state == TrialState.RUNNING and self.phase(t) == "paused"]
-        heading = [t for t in live if t.state == TrialState.WAITING or self.phase(t) != "paused"]  # towards their budget
+        heading = [
+            t for t in live if t.state == TrialState.WAITING or self.phase(t) != "paused"
+        ]  # towards their budget
         open_rungs = {self.budgets.index(t.user_attrs.get("budget", self.budgets[0])) for t in heading}
         moves = halving.promotions(finished, promoted, open_rungs, self.run.opts.eta, len(self.budgets) - 1)
-        going = set(moves) | {(p, k + 1) for k, points in promoted.items() for p in points}  # a point's other repeats follow
+        going = set(moves) | {
+            (p, k + 1) for k, points in promoted.items() for p in points
+        }  # a point's other repeats follow
         chosen = [(t, self.budgets[k]) for p, k in going for t in paused
                   if grid_key(t.params) == p and t.user_attrs.get("budget") == self.budgets[k - 1]]  # fmt: skip
         best_first = [p for p, _ in moves]  # then the repeats left behind by an earlier promotion
-        chosen.sort(key=lambda c: best_first.index(grid_key(c[0].params)) if grid_key(c[0].params) in best_first else len(best_first))
+        chosen.sort(
+            key=lambda c: (
+                best_first.index(grid_key(c[0].params)) if grid_key(c[0].params) in best_first else len(best_first)
+            )
+        )
         if not chosen and not open_rungs:  # quiescent: nothing can reach any rung any more
             for t in paused:
                 if t.number in self.mine:
@@ -356,10 +393,20 @@ class StageWork:
         """A final result: log the trial to MLflow (found by its trial key if already logged), then COMPLETE it."""
         metrics = tracking.final_means(result)
         if f"mean/{self.run.select_by}" not in metrics:
-            self.end(t.number, TrialState.FAIL, None, {"reason": f"no {self.run.select_by} in result.json (select_by={self.run.select_by})"})
+            self.end(
+                t.number,
+                TrialState.FAIL,
+                None,
+                {"reason": f"no {self.run.select_by} in result.json (select_by={self.run.select_by})"},
+            )
             return
         run_id = self.log(t, trial_dir)
-        metrics |= {f"{s}/{m}": v for s, values in result["final"].items() for m, v in values.items() if isinstance(v, (int, float))}
+        metrics |= {
+            f"{s}/{m}": v
+            for s, values in result["final"].items()
+            for m, v in values.items()
+            if isinstance(v, (int, float))
+        }
         crash_point("before_finish")
         self.end(t.number, TrialState.COMPLETE, metrics[f"mean/{self.run.select_by}"],
                  {"mlflow_run_id": run_id, "metrics": metrics, "duration_s": result.get("duration_s"), "reached_iters": result.get("iters")})  # fmt: skip
@@ -375,7 +422,10 @@ class StageWork:
         self.end(t.number, TrialState.FAIL, None, {"reason": f"{MACHINE}: {reason}"})
         crash_point("machine_fault")
         self.machine_faults.append(reason)
-        print(f"[{self.run.study.name}.{self.name}] trial {t.number}: {MACHINE}, waiting again (no retry spent): {reason}", flush=True)
+        print(
+            f"[{self.run.study.name}.{self.name}] trial {t.number}: {MACHINE}, waiting again (no retry spent): {reason}",
+            flush=True,
+        )
 
     def halted(self) -> bool:
         """Whether `max_machine_faults` attempts in a row ended by the machine's faults: no new job is launched."""
@@ -383,10 +433,14 @@ class StageWork:
 
     def check_halt(self) -> None:
         """Once halted and none of this process's jobs is running any more: stop, saying why and what to do."""
-        if self.halted() and not any(self.phase(t) in LIVE_PHASES for t in self.trials(TrialState.RUNNING) if t.number in self.mine):
-            raise MachineHalt(f"stopped: {len(self.machine_faults)} trials in a row could not run for a fault of the "
-                              f"machine, not of their settings (no retry spent); the last: {self.machine_faults[-1]}. "
-                              "Re-run the same command to resume once it is fixed")
+        if self.halted() and not any(
+            self.phase(t) in LIVE_PHASES for t in self.trials(TrialState.RUNNING) if t.number in self.mine
+        ):
+            raise MachineHalt(
+                f"stopped: {len(self.machine_faults)} trials in a row could not run for a fault of the "
+                f"machine, not of their settings (no retry spent); the last: {self.machine_faults[-1]}. "
+                "Re-run the same command to resume once it is fixed"
+            )
 
     def log(self, t: FrozenTrial, trial_dir: Path, stopped_at: int | None = None) -> str:
         """Log the trial to MLflow as a nested run of the stage (found by its trial key if already logged)."""
@@ -398,7 +452,9 @@ class StageWork:
         tags = {**self.run.tags, "sweeper.stage": self.name, "sweeper.trial_number": str(t.number),
                 "sweeper.repeat": str(repeat_of(t.params)), **extra}  # fmt: skip
         with file_lock(trial_dir / ".finish.lock"):  # two sweepers that adopted the trial at once log one run
-            return tracking.log_trial(self.run.client, self.run.experiment_id, self.parent, trial_dir, config, tags, stopped_at)
+            return tracking.log_trial(
+                self.run.client, self.run.experiment_id, self.parent, trial_dir, config, tags, stopped_at
+            )
 
     def end(self, number: int, state: TrialState, value: float | None, attrs: dict[str, Any]) -> None:
         if not finish(self.run.storage, self.study_id, number, state, value, attrs):

@@ -85,7 +85,18 @@ def shape(cfg: dict[str, Any], device: str) -> str:
     """What a step's cost depends on (not mu or beta: the same networks run whatever their values)."""
     d = cfg["data"]
     devices = cfg["train"].get("devices", 1)
-    return json.dumps([cfg["arch"], cfg["upscale"], cfg["model"], d["hr_patch"], d["batch_size"], cfg["loss"]["perceptual"], device, devices])
+    return json.dumps(
+        [
+            cfg["arch"],
+            cfg["upscale"],
+            cfg["model"],
+            d["hr_patch"],
+            d["batch_size"],
+            cfg["loss"]["perceptual"],
+            device,
+            devices,
+        ]
+    )
 
 
 def ledger_rates(root: Path) -> dict[str, ledger.Totals]:
@@ -110,7 +121,9 @@ def measure(cfg: Config) -> Rate:
     device = pick_device(cfg)
     gan = Gan.build(cfg, device)
     hr = torch.rand(cfg.data.batch_size, 3, cfg.data.hr_patch, cfg.data.hr_patch, device=device)
-    lr = torch.rand(cfg.data.batch_size, 3, cfg.data.hr_patch // cfg.upscale, cfg.data.hr_patch // cfg.upscale, device=device)
+    lr = torch.rand(
+        cfg.data.batch_size, 3, cfg.data.hr_patch // cfg.upscale, cfg.data.hr_patch // cfg.upscale, device=device
+    )
     opt, _ = make_optimizer(gan.g, cfg.train.pretrain_lr, [], cfg)
 
     def pretrain_step(_: int) -> None:
@@ -140,7 +153,11 @@ def rate_for(cfg: Config, found: dict[str, ledger.Totals], measured: dict[str, R
     """The workspace's ledgers for this shape when they have GAN iterations, else a measurement (made once per shape)."""
     import torch
 
-    device = "cuda" if cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu"
+    device = (
+        "cuda"
+        if cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and torch.cuda.is_available())
+        else "cpu"
+    )
     key = shape(cfg.to_dict(), device)
     totals = found.get(key)
     if totals is not None and totals.gan_rate is not None:
@@ -155,8 +172,12 @@ def rate_for(cfg: Config, found: dict[str, ledger.Totals], measured: dict[str, R
     rate, n = measured[one_key], cfg.train.devices
     if n == 1:
         return rate
-    return Rate(rate.gan_s / DDP_EFFICIENCY, rate.pretrain_s / DDP_EFFICIENCY, rate.unit,
-                f"{rate.source}, on {n} devices at a stated scaling efficiency of {DDP_EFFICIENCY}")
+    return Rate(
+        rate.gan_s / DDP_EFFICIENCY,
+        rate.pretrain_s / DDP_EFFICIENCY,
+        rate.unit,
+        f"{rate.source}, on {n} devices at a stated scaling efficiency of {DDP_EFFICIENCY}",
+    )
 
 
 def data_line(cfg: Config, cache_dir: Path) -> str:
@@ -183,10 +204,14 @@ def plan_stage(name: str, cfgs: list[Config], repeats: int, seen: set[str], cach
     for _ in budgets[1:]:
         survivors.append(halving.keep(survivors[-1], opts.eta, draining=True))
     sha_iters = halving.iterations_spent(survivors, budgets) * repeats if new else 0
-    keys = {id(c): pretrain_key(c, prepared_data_id(c, cache_dir) or "unprepared") for c in new.values()}  # unprepared: not cached
+    keys = {
+        id(c): pretrain_key(c, prepared_data_id(c, cache_dir) or "unprepared") for c in new.values()
+    }  # unprepared: not cached
     pre_needed = {keys[id(c)]: c for c in new.values() if not c.train.from_scratch and keys[id(c)] not in cached}
     cached |= set(pre_needed)
-    rates = {id(c): rate_for(c, found, measured) for c in cfgs}  # one rate per shape (an arch, say), shared by its configs
+    rates = {
+        id(c): rate_for(c, found, measured) for c in cfgs
+    }  # one rate per shape (an arch, say), shared by its configs
 
     def gan_s(configs) -> float:
         return sum(c.train.iters * rates[id(c)].gan_s for c in configs)
@@ -194,7 +219,9 @@ def plan_stage(name: str, cfgs: list[Config], repeats: int, seen: set[str], cach
     def pretrain_s(configs) -> float:
         return sum(c.train.pretrain_iters * rates[id(c)].pretrain_s for c in configs if not c.train.from_scratch)
 
-    sha_s = gan_s(new.values()) * sha_iters / (len(new) * iters) if new else 0.0  # halving's iterations at the stage's mean rate
+    sha_s = (
+        gan_s(new.values()) * sha_iters / (len(new) * iters) if new else 0.0
+    )  # halving's iterations at the stage's mean rate
     sources = {f"{c.arch}: {rates[id(c)].source}: {rates[id(c)].gan_s:.3g} {rates[id(c)].unit}/GAN iter, "
                f"{rates[id(c)].pretrain_s:.3g} {rates[id(c)].unit}/pre-training iter" for c in cfgs}  # fmt: skip
     return StagePlan(
@@ -225,17 +252,21 @@ def plan(tokens: list[str]) -> tuple[list[StagePlan], Options]:
     seen: set[str] = set()
     measured: dict[str, Rate] = {}
     plans = []
-    for stage in study.stages:  # an alternating study's later stage runs at an earlier winner, which one is planned as reused
+    for (
+        stage
+    ) in study.stages:  # an alternating study's later stage runs at an earlier winner, which one is planned as reused
         repeats, max_repeats = stage_repeats(opts, stage)
         most = max_repeats if repeats == AUTO else int(repeats)
         cfgs = [build_config(unit_config(config, stage, u.params)) for u in units(stage, most)]
         p = plan_stage(stage.name, cfgs, most, seen, cached, ws.cache_dir, opts, found, measured)
-        plans.append(dataclasses.replace(p, repeats=f"auto (at most {most}: racing's worst case)") if repeats == AUTO else p)
+        plans.append(
+            dataclasses.replace(p, repeats=f"auto (at most {most}: racing's worst case)") if repeats == AUTO else p
+        )
     return plans, opts
 
 
 def hours_unit(units: set[str]) -> str:
-    """"GPU-hours" or "CPU core-hours" from the rates' units ("GPU-s", "CPU core-s"); "device-hours" when mixed."""
+    """ "GPU-hours" or "CPU core-hours" from the rates' units ("GPU-s", "CPU core-s"); "device-hours" when mixed."""
     return units.pop().replace("-s", "-hours") if len(units) == 1 else "device-hours"
 
 
@@ -252,7 +283,15 @@ def main(tokens: list[str], fmt: str = "table") -> None:
         raise UserError(f"--format {fmt}: choose table or json")
     plans, opts = plan(tokens)
     if fmt == "json":
-        print(json.dumps({"scheduler": {"scheduler": opts.scheduler, "eta": opts.eta, "min_iters": opts.min_iters}, "stages": [asdict(p) for p in plans]}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "scheduler": {"scheduler": opts.scheduler, "eta": opts.eta, "min_iters": opts.min_iters},
+                    "stages": [asdict(p) for p in plans],
+                },
+                indent=1,
+            )
+        )
         return
     rows = [{"stage": p.stage, "points": p.points, "repeats": p.repeats, "trainings": p.trainings, "GAN iters naive / none / sha": f"{p.naive_iters} / {p.none_iters} / {p.sha_iters}",
              "pre-training iters naive / cached": f"{p.naive_pretrain_iters} / {p.pretrain_iters}",

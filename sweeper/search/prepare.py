@@ -17,7 +17,9 @@ def main(tokens: list[str], data_root: Path | None, sets: str | None, workers: i
     `<set>: <N> sub-images of <size> (step <step>) from <M> images`; where it lives goes to stderr."""
     opts = parse(tokens)
     if opts.study or opts.trial is not None:
-        raise UserError("sweeper data prepare takes data settings (preset=, upscale=, data.*) and workspace=; not study= or trial=")
+        raise UserError(
+            "sweeper data prepare takes data settings (preset=, upscale=, data.*) and workspace=; not study= or trial="
+        )
     if workers is not None and workers < 1:
         raise UserError(f"--workers={workers}: give a number of processes >= 1 (default: every core)")
     config = {**opts.config, **({"data.root": str(data_root)} if data_root else {})}
@@ -29,7 +31,12 @@ def main(tokens: list[str], data_root: Path | None, sets: str | None, workers: i
     for name in names:
         prepared = prepare_set(cfg, name, cache_dir, workers, show=True)
         m, d = prepared.manifest, cfg.data
-        print(f"{name}: {m['subimages']} sub-images of {d.subimage_size}x{d.subimage_size} (step {d.subimage_step}) "
-              f"from {m['images']} images", flush=True)
+        print(
+            f"{name}: {m['subimages']} sub-images of {d.subimage_size}x{d.subimage_size} (step {d.subimage_step}) "
+            f"from {m['images']} images",
+            flush=True,
+        )
         how = f"prepared now: {prepared.built} images in this run" if prepared.built else "already prepared"
-        print(f"  {prepared.folder} ({m['bytes'] / 1e9:.2f} GB; {how}; content hash {m['content_hash']})", file=sys.stderr)
+        print(
+            f"  {prepared.folder} ({m['bytes'] / 1e9:.2f} GB; {how}; content hash {m['content_hash']})", file=sys.stderr
+        )

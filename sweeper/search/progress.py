@@ -113,11 +113,17 @@ class StageProgress:
         pace = ""
         if fresh and elapsed > 0:
             rate = fresh / elapsed * 60
-            pace = f", {rate:.1f} trials/min" + (f", ETA {duration((self.total - done) / rate * 60)}" if done < self.total else "")
+            pace = f", {rate:.1f} trials/min" + (
+                f", ETA {duration((self.total - done) / rate * 60)}" if done < self.total else ""
+            )
         steps = []
         for number, t in sorted(running.items()):
             p = read_progress(Path(t.user_attrs.get("trial_dir", ".")))
-            steps.append(f"#{number} {p.get('stage', '')} {p.get('step', 0)}/{p.get('total', '?')}" if p else f"#{number} starting")
+            steps.append(
+                f"#{number} {p.get('stage', '')} {p.get('step', 0)}/{p.get('total', '?')}"
+                if p
+                else f"#{number} starting"
+            )
         text = f"{done}/{self.total} trials done, {len(running)} running{pace}, {duration(elapsed)} elapsed"
         return text + ("; " + ", ".join(steps) if steps else "")
 

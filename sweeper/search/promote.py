@@ -44,15 +44,21 @@ def completed_search(client: MlflowClient, name: str) -> Source:
     for stage in studies.load(name).stages:
         runs = [s for s in stages if s.stage == stage.name]
         if not any(s.tags.get("sweeper.winner_run_id") for s in runs):
-            raise UserError(f"the search {name} is incomplete: stage {stage.name} has no winner yet; finish it with `sweeper run study={name}`")
+            raise UserError(
+                f"the search {name} is incomplete: stage {stage.name} has no winner yet; finish it with `sweeper run study={name}`"
+            )
     running = [s.stage for s in stages if not s.tags.get("sweeper.winner_run_id")]
     if running:
-        raise UserError(f"the search {name} is incomplete: stage {', '.join(running)} has not finished; finish it with `sweeper run study={name}`")
+        raise UserError(
+            f"the search {name} is incomplete: stage {', '.join(running)} has not finished; finish it with `sweeper run study={name}`"
+        )
     last = max(stages, key=lambda s: s.end_time or 0)
     winner_id = last.tags["sweeper.winner_run_id"]
     winner = [r for r in find_runs(client, "trial", name) if r.run_id == winner_id]
     if not winner:
-        raise UserError(f"the winner of study {name} (MLflow run {winner_id}) is missing from the tracking store; re-run `sweeper run study={name}`")
+        raise UserError(
+            f"the winner of study {name} (MLflow run {winner_id}) is missing from the tracking store; re-run `sweeper run study={name}`"
+        )
     return Source(name, last, winner_id, last.tags["winner.mu"], last.tags["winner.beta"], winner[0].arch)
 
 
@@ -98,7 +104,10 @@ def gate(client: MlflowClient, source: Source, target: str) -> tuple[dict[str, s
         return tags, str(e)
     tags["sweeper.correlation_run_id"] = check.run_id
     if check.tags.get("sweeper.best_agrees") != "true":  # "false", or "undefined" (constant or tied-at-the-top scores)
-        return tags, f"the correlation check (MLflow run {check.run_id}) does not support the proxy: {check.tags.get('sweeper.verdict', 'best settings differ')}"
+        return (
+            tags,
+            f"the correlation check (MLflow run {check.run_id}) does not support the proxy: {check.tags.get('sweeper.verdict', 'best settings differ')}",
+        )
     return tags, None
 
 
@@ -107,7 +116,9 @@ def demo_winner(source: Source) -> str | None:
     preset, weights = source.stage.tags.get("sweeper.preset", ""), source.stage.tags.get("sweeper.weights", "")
     if preset != "smoke" and weights != "random":
         return None
-    return f"preset={preset or '?'}, weights={weights or '?'}, by mean {source.stage.tags.get('sweeper.select_by', '?')}"
+    return (
+        f"preset={preset or '?'}, weights={weights or '?'}, by mean {source.stage.tags.get('sweeper.select_by', '?')}"
+    )
 
 
 def promotion_tokens(source: Source, to: str, tokens: list[str]) -> list[str]:
@@ -115,12 +126,16 @@ def promotion_tokens(source: Source, to: str, tokens: list[str]) -> list[str]:
     for token in tokens:
         key = token.partition("=")[0].strip()
         if key in DECIDED_BY_SEARCH:
-            raise UserError(f"{key}= is decided by the search ({source.study}) and --to; remove it, or run `sweeper train` yourself")
+            raise UserError(
+                f"{key}= is decided by the search ({source.study}) and --to; remove it, or run `sweeper train` yourself"
+            )
     preset = [] if any(t.startswith("preset=") for t in tokens) else ["preset=paper"]
     return [f"arch={to}", f"mu={source.mu}", f"beta={source.beta}", *preset, *tokens]
 
 
-def main(to: str, source: str | None, force: bool, dry_run: bool, overrides: list[str], allow_demo: bool = False) -> None:
+def main(
+    to: str, source: str | None, force: bool, dry_run: bool, overrides: list[str], allow_demo: bool = False
+) -> None:
     """`sweeper promote --to esrgan [--from STUDY] [--force] [--allow-demo] [--dry-run] [key=value ...]`."""
     if to not in ARCHS:
         raise UserError(f"--to {to!r} is not valid; choose one of {', '.join(ARCHS)}")
@@ -128,18 +143,26 @@ def main(to: str, source: str | None, force: bool, dry_run: bool, overrides: lis
     client = open_client(opts)
     src = find_source(client, source)
     if src.arch == to:
-        raise UserError(f"the search {src.study} already ran on arch={to}; promote to the other arch ({', '.join(a for a in ARCHS if a != to)})")
+        raise UserError(
+            f"the search {src.study} already ran on arch={to}; promote to the other arch ({', '.join(a for a in ARCHS if a != to)})"
+        )
     tags, refused = gate(client, src, to)
     tokens = promotion_tokens(src, to, overrides)
-    cfg = build_config({**opts.config, "arch": to, "mu": src.mu, "beta": src.beta, "preset": opts.config.get("preset", "paper")})
+    cfg = build_config(
+        {**opts.config, "arch": to, "mu": src.mu, "beta": src.beta, "preset": opts.config.get("preset", "paper")}
+    )
     demo = demo_winner(src) if cfg.preset == "paper" else None
     print(f"promoting the winner of {src.study} (stage {src.stage.stage}, run {src.winner_run_id}, "
           f"{demo or 'picked at preset=' + src.stage.tags.get('sweeper.preset', '?')}): "
           f"mu={format_mu(cfg.mu)}, beta={cfg.beta} -> arch={to}, preset={cfg.preset}")  # fmt: skip
     demo_refusal = (f"that winner was picked in a plumbing check ({demo}), not a paper result; "
                     "pass --allow-demo to promote it into preset=paper anyway") if demo else None  # fmt: skip
-    gate_text = f"would be refused: {refused}; or pass --force" if refused else "passes: " + (
-        f"the correlation check (MLflow run {tags['sweeper.correlation_run_id']}) agrees on the best setting")
+    gate_text = (
+        f"would be refused: {refused}; or pass --force"
+        if refused
+        else "passes: "
+        + (f"the correlation check (MLflow run {tags['sweeper.correlation_run_id']}) agrees on the best setting")
+    )
     command = "sweeper train " + " ".join(tokens)
     if dry_run:
         print(f"gate: {gate_text}")

@@ -55,14 +55,20 @@ def run(opts: Options, detach: bool = False) -> Outcome:
     study = load(require_study(opts))
     rounds = opts.rounds or 1
     if rounds > 1 and not study.alternate:
-        raise UserError(f"rounds={rounds}: study {study.name} does not alternate; rounds= applies to studies like paper")
+        raise UserError(
+            f"rounds={rounds}: study {study.name} does not alternate; rounds= applies to studies like paper"
+        )
     ws = Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri)
-    executor = make_executor(opts.executor, opts.executor_options, ws.root, opts.preset)  # settings first, then weights and data
+    executor = make_executor(
+        opts.executor, opts.executor_options, ws.root, opts.preset
+    )  # settings first, then weights and data
     if detach and executor.name == "local":
         raise UserError("--detach needs executor=slurm: local trials are watched by this process")
     executor.check(ws.sqlite_file())  # SLURM: sbatch --test-only of the options; a warning for SQLite storage
     select_by = default_select_by(opts)
-    config = check_data({"train.threads": STUDY_THREADS} | check_weights(base_config(study, opts, ws), opts.preset, select_by))
+    config = check_data(
+        {"train.threads": STUDY_THREADS} | check_weights(base_config(study, opts, ws), opts.preset, select_by)
+    )
     for stage in study.stages:  # every trial config, repeats setting and rung budget valid before anything is created
         stage_repeats(opts, stage)
         for point in stage.points():
@@ -84,7 +90,9 @@ def run(opts: Options, detach: bool = False) -> Outcome:
         for stage in study.stages:
             found = work_stage(run, stage, stage.name if r == 1 else f"{stage.name}_r{r}", {**config, **fixed}, detach)
             if found is None:
-                print(f"submitted; follow with `sweeper status study={study.name}{opts.where}`, re-run the same command to collect results")
+                print(
+                    f"submitted; follow with `sweeper status study={study.name}{opts.where}`, re-run the same command to collect results"
+                )
                 return Outcome(study.name, ws.root, select_by, None)
             winner = found
             if study.alternate:
@@ -95,7 +103,9 @@ def run(opts: Options, detach: bool = False) -> Outcome:
         previous = winner
     where = opts.where
     if trial_states(run.storage, study.name) == before:
-        print(f"\n{study.name}: nothing to do, every trial had finished in {ws.root} (another workspace= starts afresh)")
+        print(
+            f"\n{study.name}: nothing to do, every trial had finished in {ws.root} (another workspace= starts afresh)"
+        )
     print(f"\n{study.name}: winner {', '.join(f'{k}={v}' for k, v in winner.items())} (by mean {select_by})")
     for stage_study in run.storage.get_all_studies():  # a tie or an untested choice is said again, at the end
         verdict = stage_study.user_attrs.get("verdict") if stage_study.study_name.startswith(f"{study.name}.") else None

@@ -35,7 +35,9 @@ def default_select_by(opts: Options) -> str:
     if opts.select_by:
         return opts.select_by
     if opts.preset == "smoke":
-        print("preset=smoke: winners are picked by mean PSNR (select_by=psnr); pass select_by=lpips for the paper's criterion")
+        print(
+            "preset=smoke: winners are picked by mean PSNR (select_by=psnr); pass select_by=lpips for the paper's criterion"
+        )
         return "psnr"
     return "lpips"
 
@@ -53,20 +55,26 @@ def check_weights(config: dict[str, Any], preset: str, select_by: str) -> dict[s
     kind = str(config.get("weights", "imagenet"))
     lacking = weights.missing(["vgg19", "resnet50"]) if kind == "imagenet" else []
     if lacking and preset == "smoke":
-        print(f"warning: ImageNet weights missing ({', '.join(f.name for f in lacking)}): preset=smoke trains with weights=random (plumbing only)")
+        print(
+            f"warning: ImageNet weights missing ({', '.join(f.name for f in lacking)}): preset=smoke trains with weights=random (plumbing only)"
+        )
         config["weights"] = "random"
     elif lacking:
         raise weights.MissingWeightsError(lacking[0], weights.cache_dir() / lacking[0].name, also=lacking[1:])
     elif kind != "imagenet":
         weights.describe(kind)
-    trunk = weights.FILES[weights.LPIPS_TRUNKS.get(str(config.get("metrics.lpips_net", "alex")), "alexnet")]  # metrics.lpips_net's
+    trunk = weights.FILES[
+        weights.LPIPS_TRUNKS.get(str(config.get("metrics.lpips_net", "alex")), "alexnet")
+    ]  # metrics.lpips_net's
     if not (weights.cache_dir() / trunk.name).is_file():
         if select_by == "lpips":
             raise UserError(
                 f"select_by=lpips needs LPIPS, but the {trunk.network} weights {trunk.name} are missing from {weights.cache_dir()}; "
                 f"`sweeper weights import FILE` them or pass select_by=psnr"
             )
-        print(f"note: LPIPS unavailable (no {trunk.network} weights): trials record lpips as null; selecting by {select_by}")
+        print(
+            f"note: LPIPS unavailable (no {trunk.network} weights): trials record lpips as null; selecting by {select_by}"
+        )
     return config
 
 
@@ -99,12 +107,16 @@ class Run:
     experiment_id: str
     tags: dict[str, str]  # common tags of stage and trial runs
     owner: str  # this process, as recorded on the trials it runs
-    executors: dict[str, Executor] = field(default_factory=dict)  # by name: each trial is watched by the one that started it
+    executors: dict[str, Executor] = field(
+        default_factory=dict
+    )  # by name: each trial is watched by the one that started it
 
     def executor_of(self, trial: FrozenTrial) -> Executor:
         name = trial.user_attrs.get("executor", self.executor.name)
         if name not in self.executors:
-            self.executors[name] = self.executor if name == self.executor.name else make_executor(name, {}, self.ws.root)
+            self.executors[name] = (
+                self.executor if name == self.executor.name else make_executor(name, {}, self.ws.root)
+            )
         return self.executors[name]
 
 
@@ -132,14 +144,18 @@ def base_config(study: Study, opts: Options, ws: Workspace) -> dict[str, Any]:
     searched = {k: s.name for s in study.stages for k in s.searched_keys()}
     for key in opts.config:
         if key in searched:
-            raise UserError(f"{key}= is what stage {searched[key]!r} of study {study.name} searches; remove it (or write your own study file)")
+            raise UserError(
+                f"{key}= is what stage {searched[key]!r} of study {study.name} searches; remove it (or write your own study file)"
+            )
     config = dict(study.config)
     for key, source in study.inputs.items():
         if key in opts.config:
             continue
         winner = study_winner(ws.open_storage(), source) if ws.exists() else None
         if winner is None:
-            raise UserError(f"study {study.name} takes {key} from the winner of study {source}, which has none in {ws.root}; run study={source} first or pass {key}=VALUE")
+            raise UserError(
+                f"study {study.name} takes {key} from the winner of study {source}, which has none in {ws.root}; run study={source} first or pass {key}=VALUE"
+            )
         config[key] = parse_value(winner[key])
         print(f"{key}={winner[key]} (winner of study {source})")
     return {**config, **opts.config}
@@ -170,8 +186,12 @@ def copy_outcome(source: Path, trial_dir: Path) -> None:
     result.json, beside the trial's own config.yaml (which records this grid point's settings). Symbolic links
     in the source are skipped, never followed."""
     if (source / "samples").is_dir() and not (source / "samples").is_symlink():  # links are never followed
-        shutil.copytree(source / "samples", trial_dir / "samples", dirs_exist_ok=True,
-                        ignore=lambda folder, names: [n for n in names if os.path.islink(os.path.join(folder, n))])
+        shutil.copytree(
+            source / "samples",
+            trial_dir / "samples",
+            dirs_exist_ok=True,
+            ignore=lambda folder, names: [n for n in names if os.path.islink(os.path.join(folder, n))],
+        )
     if (source / "metrics.jsonl").is_file() and not (source / "metrics.jsonl").is_symlink():
         shutil.copyfile(source / "metrics.jsonl", trial_dir / "metrics.jsonl")
     write_bytes_atomic(trial_dir / "result.json", (source / "result.json").read_bytes())

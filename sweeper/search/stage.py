@@ -47,7 +47,11 @@ def open_stage(run: Run, stage: Stage, name: str, config: dict[str, Any]) -> Sta
     recorded = {"config_hash": config_hash(resolved), "select_by": run.select_by,
                 "scheduler": {"name": run.opts.scheduler, "budgets": budgets}}  # fmt: skip
     way_out = f"repeat them, or pass another workspace= (or copy studies/{run.study.name}.yaml under a new name) to start afresh"
-    direction = optuna.study.StudyDirection.MAXIMIZE if HIGHER_IS_BETTER[run.select_by] else optuna.study.StudyDirection.MINIMIZE
+    direction = (
+        optuna.study.StudyDirection.MAXIMIZE
+        if HIGHER_IS_BETTER[run.select_by]
+        else optuna.study.StudyDirection.MINIMIZE
+    )
     mismatch = {
         "select_by": lambda was: f"stage {full} was started with select_by={was}; pass that, or use another workspace=",
         "config_hash": lambda was: f"stage {full} in {run.ws.root} was started with other settings"
@@ -61,15 +65,19 @@ def open_stage(run: Run, stage: Stage, name: str, config: dict[str, Any]) -> Sta
         except optuna.exceptions.DuplicatedStudyError:
             study_id = run.storage.get_study_id_from_name(full)
         attrs: dict[str, Any] = run.storage.get_study_user_attrs(study_id)
-        for key, value in {**recorded, "settings": flatten(resolved)}.items():  # a kill right after creating the study leaves them unset
+        for key, value in {
+            **recorded,
+            "settings": flatten(resolved),
+        }.items():  # a kill right after creating the study leaves them unset
             if key not in attrs:
                 run.storage.set_study_user_attr(study_id, key, value)
             elif key in mismatch and attrs[key] != value:
                 raise UserError(mismatch[key](attrs[key]))
         run.storage.set_study_user_attr(study_id, "cancelled", False)
-        parent = tracking.stage_run(run.client, run.experiment_id, run.study.name, name, {**run.tags, "sweeper.stage": name})
+        parent = tracking.stage_run(
+            run.client, run.experiment_id, run.study.name, name, {**run.tags, "sweeper.stage": name}
+        )
     return StageWork(run, name, stage, config, study_id, parent, budgets)
-
 
 
 def work_stage(run: Run, stage: Stage, name: str, config: dict[str, Any], detach: bool) -> dict[str, str] | None:
@@ -92,7 +100,9 @@ def race(work: StageWork, detach: bool, max_repeats: int) -> dict[Any, list[Froz
         wanted = {i: [k for k, alive in enumerate(rounds) if i in alive] for i in rounds[0]}
         groups = work.run_to_end(detach, units(work.stage, wanted))
         if groups is None or record.get("end"):
-            survivors = {point_key(u.params) for u in units(work.stage, {i: wanted[i] for i in record.get("survivors", [])})}
+            survivors = {
+                point_key(u.params) for u in units(work.stage, {i: wanted[i] for i in record.get("survivors", [])})
+            }
             return groups if groups is None else {k: v for k, v in groups.items() if k in survivors}
         record = race_round(work, groups, record, max_repeats)
         with file_lock(work.run.ws.root / "setup.lock"):
@@ -101,13 +111,18 @@ def race(work: StageWork, detach: bool, max_repeats: int) -> dict[Any, list[Froz
         print(f"stage {work.name} race, round {len(record['rounds'])}: {record.get('end') or record['said']}")
 
 
-def race_round(work: StageWork, groups: dict[Any, list[FrozenTrial]], record: dict[str, Any], max_repeats: int) -> dict[str, Any]:
+def race_round(
+    work: StageWork, groups: dict[Any, list[FrozenTrial]], record: dict[str, Any], max_repeats: int
+) -> dict[str, Any]:
     """The race record after deciding its last round (a pure function of the record and the trials)."""
     alive, seeds = record["rounds"][-1], len(record["rounds"])
     points = work.stage.points()
     results: dict[int, list[dict[str, Any]]] = {}
     for i in alive:
-        done = [next((t for t in groups.get(point_key(u.params), []) if t.state == TrialState.COMPLETE), None) for u in units(work.stage, {i: range(seeds)})]
+        done = [
+            next((t for t in groups.get(point_key(u.params), []) if t.state == TrialState.COMPLETE), None)
+            for u in units(work.stage, {i: range(seeds)})
+        ]
         found = [r for t in done if t is not None and (r := read_result(Path(t.user_attrs["trial_dir"]))) is not None]
         if len(found) == seeds:
             results[i] = found
@@ -116,7 +131,11 @@ def race_round(work: StageWork, groups: dict[Any, list[FrozenTrial]], record: di
     failed = [points[i] for i in alive if i not in results]
     m = racing.metric_array([results[i] for i in results], work.run.select_by, space) if results else None
     if m is None:
-        said = f"no {work.run.select_by} per image to race on: the race ends with every point in it" if results else "every racing point failed"
+        said = (
+            f"no {work.run.select_by} per image to race on: the race ends with every point in it"
+            if results
+            else "every racing point failed"
+        )
         return {**record, "end": said, "survivors": list(results)}
     sets = racing.image_sets(next(iter(results.values()))[0])
     d = racing.decide(m, HIGHER_IS_BETTER[work.run.select_by], labels, sets, max_repeats, work.run.opts.min_effect)
@@ -129,10 +148,14 @@ def race_round(work: StageWork, groups: dict[Any, list[FrozenTrial]], record: di
     return {"rounds": [*record["rounds"], kept], "said": said}
 
 
-def trainings(work: StageWork, done: list[FrozenTrial]) -> tuple[list[evidence.Trained], dict[str, FrozenTrial], dict[str, Any]]:
+def trainings(
+    work: StageWork, done: list[FrozenTrial]
+) -> tuple[list[evidence.Trained], dict[str, FrozenTrial], dict[str, Any]]:
     """The stage's finished trainings for `evidence.stage_verdict` (a point labelled by the settings that vary in
     the stage), the trial standing for each point (its lowest repeat) and each point's simplicity key."""
-    varying = [k for k in SETTINGS_KEYS if len({t.user_attrs["settings"].get(k) for t in done}) > 1] or list(SETTINGS_KEYS)
+    varying = [k for k in SETTINGS_KEYS if len({t.user_attrs["settings"].get(k) for t in done}) > 1] or list(
+        SETTINGS_KEYS
+    )
     space = build_config(work.config).metrics.space
     out: list[evidence.Trained] = []
     first: dict[str, FrozenTrial] = {}
@@ -153,12 +176,20 @@ def conclude(work: StageWork, groups: dict[Any, list[FrozenTrial]]) -> dict[str,
     record it in Optuna and MLflow (idempotent: a re-run recomputes it, and may change it); log the
     comparison, the stage's table and plot. A tie is said loudly."""
     done = [t for trials in groups.values() for t in trials if t.state == TrialState.COMPLETE]
-    failed = [trials[-1] for trials in groups.values() if not any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)]
+    failed = [
+        trials[-1]
+        for trials in groups.values()
+        if not any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    ]
     for t in failed:
-        print(f"warning: {work.run.study.name}.{work.name} trial {t.number} {t.params} failed: {t.user_attrs.get('reason')}")
+        print(
+            f"warning: {work.run.study.name}.{work.name} trial {t.number} {t.params} failed: {t.user_attrs.get('reason')}"
+        )
     if not done:
         tracking.end_stage_run(work.run.client, work.parent, "FAILED")
-        raise UserError(f"stage {work.run.study.name}.{work.name}: every trial failed; see `sweeper status study={work.run.study.name}{work.run.opts.where}`")
+        raise UserError(
+            f"stage {work.run.study.name}.{work.name}: every trial failed; see `sweeper status study={work.run.study.name}{work.run.opts.where}`"
+        )
     reused = [t for t in done if "reused_from" in t.user_attrs]
     if reused:
         nothing = "nothing to halve" if work.run.opts.scheduler != "none" else "nothing to train"
@@ -166,15 +197,23 @@ def conclude(work: StageWork, groups: dict[Any, list[FrozenTrial]]) -> dict[str,
         print(f"stage {work.name}: all {len(reused)} points reused from earlier trials ({sources}); {nothing}" if len(reused) == len(groups)
               else f"stage {work.name}: {len(reused)} of {len(groups)} points reused from earlier trials ({sources})")  # fmt: skip
     by_point: dict[Any, list[FrozenTrial]] = {}
-    for t in sorted(done, key=lambda t: (repeat_of(t.params), t.number)):  # a point's trial standing for it: its lowest repeat
+    for t in sorted(
+        done, key=lambda t: (repeat_of(t.params), t.number)
+    ):  # a point's trial standing for it: its lowest repeat
         by_point.setdefault(grid_key(t.params), []).append(t)
-    means = {p: mean_metrics(t.user_attrs["metrics"] for t in trials) for p, trials in by_point.items()}  # over the repeats
+    means = {
+        p: mean_metrics(t.user_attrs["metrics"] for t in trials) for p, trials in by_point.items()
+    }  # over the repeats
     trained, standing, simple = trainings(work, done)
     verdict = evidence.stage_verdict(trained, work.run.opts.rule(work.run.select_by), simple)
     if verdict is None:  # the metric is not there per image and repeat: the best mean, untested
         chosen = min(by_point, key=lambda p: (*rank(work.run.select_by, means[p]), by_point[p][0].number))
         best = by_point[chosen][0]
-        record = {"kind": "untested", "tied": [], "summary": f"UNTESTED: by mean {work.run.select_by} only (no paired values to compare)"}
+        record = {
+            "kind": "untested",
+            "tied": [],
+            "summary": f"UNTESTED: by mean {work.run.select_by} only (no paired values to compare)",
+        }
     else:
         best = standing[verdict.chosen]
         chosen = grid_key(best.params)
@@ -188,10 +227,14 @@ def conclude(work: StageWork, groups: dict[Any, list[FrozenTrial]]) -> dict[str,
         work.run.storage.set_study_user_attr(work.study_id, "finished_at", time.time())
         crash_point("after_winner")
         tracking.log_verdict(work.run.client, work.parent, record, stats.comparison_rows(verdict) if verdict else [])
-        tracking.finish_stage(work.run.client, work.run.study.name, work.name, work.parent, best.user_attrs["mlflow_run_id"], winner)
+        tracking.finish_stage(
+            work.run.client, work.run.study.name, work.name, work.parent, best.user_attrs["mlflow_run_id"], winner
+        )
     score, n = means[chosen][f"mean/{work.run.select_by}"], len(by_point[chosen])
     over = f" over {n} repeats" if n > 1 else ""
-    print(f"stage {work.name}: winner trial {best.number} ({', '.join(f'{k}={v}' for k, v in winner.items())}), mean {work.run.select_by}{over} {score:.4f}")
+    print(
+        f"stage {work.name}: winner trial {best.number} ({', '.join(f'{k}={v}' for k, v in winner.items())}), mean {work.run.select_by}{over} {score:.4f}"
+    )
     print(f"stage {work.name}: {'!!! ' if record['kind'] != 'winner' else ''}{record['summary']}")
     if verdict is not None:
         print(resolution(verdict))
@@ -206,7 +249,10 @@ def resolution(verdict: stats.Verdict) -> str:
     text = f"  resolution (estimate): differences below about {c.resolvable:.4g} {c.metric} are not resolved with {c.repeats} repeat(s)"
     close = [r for r in c.rows if not r.best and not r.separated]
     if c.repeats == 1:
-        return text + "; with one seed the intervals cover image sampling only: pass repeats=3 or more to measure seed noise"
+        return (
+            text
+            + "; with one seed the intervals cover image sampling only: pass repeats=3 or more to measure seed noise"
+        )
     for r in close:
         needed = f"about {r.repeats_needed} repeats" if r.repeats_needed else "more images, not more repeats"
         text += f"\n  {r.label}: {r.diff:.4g} behind {c.best.label}; resolving it would take {needed} (estimate)"

@@ -60,12 +60,20 @@ class StudyTrials:
 def study_trials(opts: Options) -> StudyTrials:
     """Every trial of every stage of `opts.study` (UserError when it never ran); creates nothing."""
     name, _, storage, stages = stage_ids(opts)
-    trials = [trial_record(storage, stage, t) for stage, sid in stages.items() for t in storage.get_all_trials(sid, deepcopy=False)]
+    trials = [
+        trial_record(storage, stage, t)
+        for stage, sid in stages.items()
+        for t in storage.get_all_trials(sid, deepcopy=False)
+    ]
     attrs = {stage: storage.get_study_user_attrs(sid) for stage, sid in stages.items()}
     for t in trials:
         t["winner"] = attrs[t["stage"]].get("winner_trial") == t["number"]
-    verdicts = {stage: a["verdict"] for stage, a in attrs.items() if "verdict" in a}  # issue 18: winner, tie or untested
-    return StudyTrials(name, list(stages), trials, ledger.study_costs(storage, stages), verdicts)  # costs: issue 12's ledger
+    verdicts = {
+        stage: a["verdict"] for stage, a in attrs.items() if "verdict" in a
+    }  # issue 18: winner, tie or untested
+    return StudyTrials(
+        name, list(stages), trials, ledger.study_costs(storage, stages), verdicts
+    )  # costs: issue 12's ledger
 
 
 def status(tokens: list[str], fmt: str = "table") -> None:
@@ -78,13 +86,18 @@ def status(tokens: list[str], fmt: str = "table") -> None:
                "cost": ledger.cost_rows(found.costs)}  # fmt: skip
         print(json.dumps(out, indent=1))
         return
-    lines = [f"verdict {stage}: {'!!! ' if v['kind'] != 'winner' else ''}{v['summary']}" for stage, v in found.verdicts.items()]
+    lines = [
+        f"verdict {stage}: {'!!! ' if v['kind'] != 'winner' else ''}{v['summary']}"
+        for stage, v in found.verdicts.items()
+    ]
     print("\n".join([format_table(found.trials), *lines, *ledger.status_lines(found.costs)]))
 
 
 def format_table(trials: list[dict[str, Any]]) -> str:
     """One row per trial; with repeats, a point's trials together (by repeat) under a row of their means."""
-    rows: list[tuple[str, ...]] = [("stage", "#", "state", "params", "rep", "psnr", "ssim", "lpips", "time", "progress / note")]
+    rows: list[tuple[str, ...]] = [
+        ("stage", "#", "state", "params", "rep", "psnr", "ssim", "lpips", "time", "progress / note")
+    ]
     by_point: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for t in trials:
         by_point.setdefault((t["stage"], " ".join(f"{k}={v}" for k, v in t["params"].items())), []).append(t)
@@ -100,7 +113,11 @@ def format_table(trials: list[dict[str, Any]]) -> str:
         rows += [trial_row(t, "" if with_repeats else params) for t in group]
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    note = "; rep = repeat (seed = seed + rep), a point's mean over its complete repeats above them" if with_repeats else ""
+    note = (
+        "; rep = repeat (seed = seed + rep), a point's mean over its complete repeats above them"
+        if with_repeats
+        else ""
+    )
     return "\n".join(lines + [f"(* = stage winner; metrics are means over the validation sets{note})"])
 
 
@@ -123,8 +140,10 @@ def find_trial(opts: Options) -> tuple[str, FrozenTrial]:
         raise UserError("which trial? add trial=N (numbers are in `sweeper status`)")
     _, _, storage, stages = stage_ids(opts)
     if len(stages) > 1:
-        raise UserError(f"study {opts.study} has stages {', '.join(stages)}, each with its own trial numbers: add stage=NAME, "
-                        f"e.g. `sweeper logs study={opts.study} stage={next(iter(stages))} trial={opts.trial}{opts.where}`")
+        raise UserError(
+            f"study {opts.study} has stages {', '.join(stages)}, each with its own trial numbers: add stage=NAME, "
+            f"e.g. `sweeper logs study={opts.study} stage={next(iter(stages))} trial={opts.trial}{opts.where}`"
+        )
     ((stage, sid),) = stages.items()
     try:
         return stage, storage.get_trial(storage.get_trial_id_from_study_id_trial_number(sid, opts.trial))
@@ -139,7 +158,9 @@ def logs(tokens: list[str]) -> None:
     _, trial = find_trial(opts)
     job_id = trial.user_attrs.get("job_id")
     if not job_id:
-        raise UserError(f"trial {trial.number} was never launched ({trial.user_attrs.get('reused_from') or trial.state.name})")
+        raise UserError(
+            f"trial {trial.number} was never launched ({trial.user_attrs.get('reused_from') or trial.state.name})"
+        )
     executor = make_executor(trial.user_attrs.get("executor", "local"), {}, ws.root)
     for path in executor.log_paths(job_id):
         print(f"==> {path} <==")
@@ -160,4 +181,6 @@ def cancel(tokens: list[str]) -> None:
                 if job_id := t.user_attrs.get("job_id"):
                     make_executor(t.user_attrs.get("executor", "local"), {}, ws.root).cancel([job_id])
     tracking.kill_stage_runs(MlflowClient(ws.tracking_uri), name)
-    print(f"{name}: cancelled {stopped} trial(s); `sweeper run study={name}{opts.where} ...` resumes them from their checkpoints")
+    print(
+        f"{name}: cancelled {stopped} trial(s); `sweeper run study={name}{opts.where} ...` resumes them from their checkpoints"
+    )

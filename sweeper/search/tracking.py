@@ -33,8 +33,18 @@ logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 ROUNDED = "rounded/"  # `rounded/mean/psnr`: the mean at the tables' decimals, for the UI's columns (full values stay in `mean/*`)
 PARAM_KEYS = ("beta", "arch", "preset", "seed", "upscale")
-RECIPE_PARAMS = ("loss.gan", "loss.ragan_detach", "model.skip", "model.init", "model.init_from", "metrics.space", "metrics.lpips_net",
-                 "metrics.lpips_version", "data.val_hr", "train.from_scratch")  # docs/RECIPE.md
+RECIPE_PARAMS = (
+    "loss.gan",
+    "loss.ragan_detach",
+    "model.skip",
+    "model.init",
+    "model.init_from",
+    "metrics.space",
+    "metrics.lpips_net",
+    "metrics.lpips_version",
+    "data.val_hr",
+    "train.from_scratch",
+)  # docs/RECIPE.md
 FINAL_METRICS = (*METRICS, *SCORES)  # psnr/ssim (metrics.space's), lpips, and PSNR/SSIM in both spaces
 SPEED_PARAMS = ("train.amp", "train.channels_last")  # how a GPU computed it (benchmarks/gpu.py measures the choices)
 
@@ -62,7 +72,9 @@ def ui_view(select_by: str) -> str:
     """The experiment view of the trials as the MLflow UI stores a saved view: an envelope (name, times) around
     the JSON of its search facets and UI state. Saved so, it is also listed in the UI's "Views" menu."""
     metrics = [select_by] + [m for m in METRICS if m != select_by]
-    columns = [f"params.`{p}`" for p in ("mu", "beta", "perceptual")] + [f"metrics.`{ROUNDED}mean/{m}`" for m in metrics]
+    columns = [f"params.`{p}`" for p in ("mu", "beta", "perceptual")] + [
+        f"metrics.`{ROUNDED}mean/{m}`" for m in metrics
+    ]
     columns += [f"tags.`{t}`" for t in ("sweeper.stage", "sweeper.winner")]
     state = {
         "searchFilter": "tags.`sweeper.kind` = 'trial'", "orderByKey": f"metrics.`mean/{select_by}`",
@@ -79,7 +91,9 @@ def end_stage_run(client: MlflowClient, run_id: str, status: str) -> None:
 def kill_stage_runs(client: MlflowClient, study: str) -> None:
     """`sweeper cancel`: every RUNNING stage run of the study ends KILLED (a re-run sets it RUNNING again)."""
     found = client.get_experiment_by_name(study)
-    for run in _find(client, found.experiment_id, {"sweeper.kind": "stage", "sweeper.study": study}, 1000) if found else []:
+    for run in (
+        _find(client, found.experiment_id, {"sweeper.kind": "stage", "sweeper.study": study}, 1000) if found else []
+    ):
         if run.info.status == "RUNNING":
             client.set_terminated(run.info.run_id, "KILLED")
 
@@ -112,9 +126,21 @@ def read_metrics(trial_dir: Path) -> dict[tuple[str, int], float]:
             continue  # a line cut short by a kill: the rest of the file is still good
         step, kind = int(row.get("step", 0)), row.get("kind")
         if kind == "train":
-            out.update({(f"train/{k}", step): float(v) for k, v in row.items() if k not in ("step", "kind") and isinstance(v, (int, float))})
+            out.update(
+                {
+                    (f"train/{k}", step): float(v)
+                    for k, v in row.items()
+                    if k not in ("step", "kind") and isinstance(v, (int, float))
+                }
+            )
         elif kind == "val":
-            out.update({(f"{row['set']}/{m}", step): float(row[m]) for m in FINAL_METRICS if isinstance(row.get(m), (int, float))})
+            out.update(
+                {
+                    (f"{row['set']}/{m}", step): float(row[m])
+                    for m in FINAL_METRICS
+                    if isinstance(row.get(m), (int, float))
+                }
+            )
     return out
 
 
@@ -130,13 +156,23 @@ def final_means(result: dict[str, Any]) -> dict[str, float]:
 
 
 def log_trial(
-    client: MlflowClient, experiment_id: str, parent_id: str | None, trial_dir: Path, config: dict[str, Any], tags: dict[str, str],
+    client: MlflowClient,
+    experiment_id: str,
+    parent_id: str | None,
+    trial_dir: Path,
+    config: dict[str, Any],
+    tags: dict[str, str],
     stopped_at: int | None = None,
 ) -> str:
     """Log a finished trial's folder as a nested run of `parent_id` (None: a top-level run); return its run id
     (the existing one if logged). `stopped_at=N`: successive halving stopped the trial at its rung N, whose
     `rungs/<N>.json` stands for result.json; the run is tagged `sweeper.stopped_at=N` and its name says so."""
-    key = {"sweeper.kind": "trial", "sweeper.study": tags["sweeper.study"], "sweeper.stage": tags["sweeper.stage"], "sweeper.trial_number": tags["sweeper.trial_number"]}
+    key = {
+        "sweeper.kind": "trial",
+        "sweeper.study": tags["sweeper.study"],
+        "sweeper.stage": tags["sweeper.stage"],
+        "sweeper.trial_number": tags["sweeper.trial_number"],
+    }
     for run in _find(client, experiment_id, key):
         if run.info.status == "FINISHED":
             return run.info.run_id
@@ -151,18 +187,28 @@ def log_trial(
         **({"sweeper.stopped_at": str(stopped_at)} if stopped_at is not None else {}),
     }  # fmt: skip
     start, end = run_times(result_path, result)
-    name = f"{trial_run_name(config)} · {tags['sweeper.stage']}" + ("" if stopped_at is None else f" (stopped at {stopped_at} it)")
+    name = f"{trial_run_name(config)} · {tags['sweeper.stage']}" + (
+        "" if stopped_at is None else f" (stopped at {stopped_at} it)"
+    )
     run_id = client.create_run(experiment_id, start_time=start, run_name=name, tags=all_tags).info.run_id
     crash_point("mlflow_run_created")
     params = {"mu": label(config["mu"])} | {k: config[k] for k in PARAM_KEYS}
     params |= {"perceptual": config["loss"]["perceptual"], "variant": config["loss"]["variant"]}
-    params |= {k: v for k, v in flatten(config).items() if k in RECIPE_PARAMS + SPEED_PARAMS}  # a config older than a key lacks it
-    params |= {f"env.{k}": v for k, v in result.get("environment", {}).items()}  # threads, device, versions: where it trained
+    params |= {
+        k: v for k, v in flatten(config).items() if k in RECIPE_PARAMS + SPEED_PARAMS
+    }  # a config older than a key lacks it
+    params |= {
+        f"env.{k}": v for k, v in result.get("environment", {}).items()
+    }  # threads, device, versions: where it trained
     params |= {"world_size": result.get("world_size", 1)}  # the ranks that trained it (train.devices)
     metrics = [Metric(k, v, end, step) for (k, step), v in read_metrics(trial_dir).items()]
     steps = int(result.get("iters", 0))
     for set_name, values in result.get("final", {}).items():  # the final values are the latest, whatever was logged
-        metrics += [Metric(f"{set_name}/{m}", float(values[m]), end, steps) for m in FINAL_METRICS if isinstance(values.get(m), (int, float))]
+        metrics += [
+            Metric(f"{set_name}/{m}", float(values[m]), end, steps)
+            for m in FINAL_METRICS
+            if isinstance(values.get(m), (int, float))
+        ]
     means = final_means(result)
     metrics += [Metric(k, v, end, steps) for k, v in means.items()]
     metrics += [Metric(f"{ROUNDED}{k}", round(v, DECIMALS[k.split("/")[1]]), end, steps) for k, v in means.items()]
@@ -179,7 +225,9 @@ def log_trial(
     return run_id
 
 
-def finish_stage(client: MlflowClient, study: str, stage: str, parent_id: str, winner_id: str, winner: dict[str, str]) -> None:
+def finish_stage(
+    client: MlflowClient, study: str, stage: str, parent_id: str, winner_id: str, winner: dict[str, str]
+) -> None:
     """Record the winner (idempotent, and re-computable: a re-run may change it), then log the stage's paper-style
     table (an MLflow table for the UI's artifact view, plus Markdown and CSV) and plot on the parent and end it FINISHED.
 
@@ -189,7 +237,9 @@ def finish_stage(client: MlflowClient, study: str, stage: str, parent_id: str, w
     from sweeper.analysis import figures, report, tables
 
     experiment_id = client.get_run(parent_id).info.experiment_id
-    for run in _find(client, experiment_id, {"sweeper.kind": "trial", "sweeper.study": study, "sweeper.stage": stage}, 50000):
+    for run in _find(
+        client, experiment_id, {"sweeper.kind": "trial", "sweeper.study": study, "sweeper.stage": stage}, 50000
+    ):
         if run.info.run_id != winner_id and run.data.tags.get("sweeper.winner") != "false":
             client.set_tag(run.info.run_id, "sweeper.winner", "false")
     client.set_tag(winner_id, "sweeper.winner", "true")
@@ -223,7 +273,9 @@ def log_verdict(client: MlflowClient, parent_id: str, record: dict[str, Any], ro
     client.set_tag(parent_id, "sweeper.verdict_summary", record["summary"][:5000])
     if rows:
         path = "results/comparison.json"
-        if any(a.path == path for a in client.list_artifacts(parent_id, "results")):  # concluded again: replace, not append
+        if any(
+            a.path == path for a in client.list_artifacts(parent_id, "results")
+        ):  # concluded again: replace, not append
             client.log_dict(parent_id, {"columns": list(rows[0]), "data": [list(r.values()) for r in rows]}, path)
         else:  # log_table also registers it as a table for the MLflow UI
             client.log_table(parent_id, {k: [r[k] for r in rows] for k in rows[0]}, path)

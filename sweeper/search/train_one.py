@@ -1,5 +1,4 @@
-"""`sweeper train`: one training outside a study, here or as a job of an executor, logged to MLflow (experiment "train").
-"""
+"""`sweeper train`: one training outside a study, here or as a job of an executor, logged to MLflow (experiment "train")."""
 
 from __future__ import annotations
 
@@ -31,7 +30,9 @@ def train_one(tokens: list[str], extra_tags: dict[str, str] | None = None) -> No
 
     opts = parse(tokens)
     if opts.study or opts.trial is not None:
-        raise UserError("sweeper train takes training settings (and workspace=, tracking_uri=); use `sweeper run` for studies")
+        raise UserError(
+            "sweeper train takes training settings (and workspace=, tracking_uri=); use `sweeper run` for studies"
+        )
     ws = Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri)
     config = check_data(check_weights(opts.config, opts.preset, opts.select_by or "psnr"))
     cfg = build_config(config)
@@ -41,7 +42,9 @@ def train_one(tokens: list[str], extra_tags: dict[str, str] | None = None) -> No
     if opts.executor == "local":
         result = train(cfg, run_dir, ws.cache_dir, progress=True)
     else:
-        result = train_on_executor(opts, ws, cfg.to_dict(), TrialJob("train", "run", number, run_dir, f"{uuid.uuid4().hex[:12]}.0"))
+        result = train_on_executor(
+            opts, ws, cfg.to_dict(), TrialJob("train", "run", number, run_dir, f"{uuid.uuid4().hex[:12]}.0")
+        )
     if result.get("status") != "complete":
         raise UserError(f"training failed: {result.get('reason')} (folder {run_dir})")
     client = MlflowClient(ws.tracking_uri)
@@ -70,4 +73,7 @@ def train_on_executor(opts: Options, ws: Workspace, config: dict[str, Any], job:
         while not (job.trial_dir / "result.json").exists() and executor.state(job_id) != "ENDED":
             show(job_bar, read_progress(job.trial_dir))
             time.sleep(1.0)
-    return read_result(job.trial_dir) or {"status": "failed", "reason": f"job {job_id} ended without result.json (see {err})"}
+    return read_result(job.trial_dir) or {
+        "status": "failed",
+        "reason": f"job {job_id} ended without result.json (see {err})",
+    }

@@ -38,8 +38,8 @@ def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
     std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (x - mean) / std
 
-ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 def freeze(net: ModuleT) -> ModuleT:
@@ -79,8 +79,10 @@ def resnet_block(weights: str, beta: str) -> nn.Module:
     """ResNet-50 up to bottleneck beta_{m,n} (stage m, its n-th block, 1-based), output after its ReLU."""
     match = re.fullmatch(r"beta(\d)_(\d+)", beta)
     if not match or not 1 <= int(match[1]) <= 4 or not 1 <= int(match[2]) <= RESNET50_BLOCKS[int(match[1]) - 1]:
-        raise UserError(f"block={beta!r}: name a ResNet-50 bottleneck beta<m>_<n>, stage m 1-4 with "
-                        f"{', '.join(map(str, RESNET50_BLOCKS))} blocks (e.g. beta1_2, beta3_6)")
+        raise UserError(
+            f"block={beta!r}: name a ResNet-50 bottleneck beta<m>_<n>, stage m 1-4 with "
+            f"{', '.join(map(str, RESNET50_BLOCKS))} blocks (e.g. beta1_2, beta3_6)"
+        )
     m, n = int(match[1]), int(match[2])
     r = weights_mod.resnet50(weights)
     stages = [r.layer1, r.layer2, r.layer3, r.layer4]
@@ -100,4 +102,3 @@ def vgg_layer(weights: str, phi: str) -> nn.Sequential:
     if phi not in names:
         raise UserError(f"vgg={phi!r}: name a VGG19 conv phi<i>_<j>, e.g. phi3_3 or phi5_4 (eq. 4)")
     return freeze(weights_mod.vgg19_features(weights, upto=names[phi] + 1))
-

@@ -62,7 +62,9 @@ class LocalExecutor:
     def from_options(cls, options: dict[str, Any], workspace: Path) -> LocalExecutor:
         unknown = set(options) - {"n_jobs", "trials_per_gpu"}
         if unknown:
-            raise UserError(f"executor.{sorted(unknown)[0]} is not an option of executor=local; valid: executor.n_jobs, executor.trials_per_gpu")
+            raise UserError(
+                f"executor.{sorted(unknown)[0]} is not an option of executor=local; valid: executor.n_jobs, executor.trials_per_gpu"
+            )
         for key, value in options.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UserError(f"executor.{key}={value!r}: expected a positive integer")
@@ -81,7 +83,12 @@ class LocalExecutor:
 
     def _fork(self, request: dict[str, Any]) -> int:
         if self._zygote is None or self._zygote.poll() is not None:
-            self._zygote = subprocess.Popen([sys.executable, "-m", "sweeper.search.executors.local"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            self._zygote = subprocess.Popen(
+                [sys.executable, "-m", "sweeper.search.executors.local"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
         assert self._zygote.stdin and self._zygote.stdout
         self._zygote.stdin.write(json.dumps(request) + "\n")
         self._zygote.stdin.flush()
@@ -186,9 +193,13 @@ def zygote() -> None:
                     ids, _bookings = gpus.book_devices(request["gpus"], request["per_gpu"], request["devices"])
                     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))
                 elif request["gpus"]:
-                    gpu, _booking = gpus.book(request["gpus"], request["per_gpu"])  # the descriptor stays open until exit
+                    gpu, _booking = gpus.book(
+                        request["gpus"], request["per_gpu"]
+                    )  # the descriptor stays open until exit
                     os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-                    os.environ["GPU_SHARE"] = str(1 / request["per_gpu"])  # the cost ledger's GPU-seconds: a booked share
+                    os.environ["GPU_SHARE"] = str(
+                        1 / request["per_gpu"]
+                    )  # the cost ledger's GPU-seconds: a booked share
                 torch.set_num_threads(request["threads"])  # the trial's config may set train.threads instead
                 code = worker.main([str(trial_dir), request["token"]])
             finally:

@@ -75,7 +75,9 @@ class TrialTask(submitit.helpers.Checkpointable):
 
         from sweeper.search.worker import main, run_rank
 
-        torch.set_num_threads(int(os.environ.get("SLURM_CPUS_PER_TASK") or torch.get_num_threads()))  # the job's cores, not the node's
+        torch.set_num_threads(
+            int(os.environ.get("SLURM_CPUS_PER_TASK") or torch.get_num_threads())
+        )  # the job's cores, not the node's
         job = submitit.JobEnvironment()
         if job.num_tasks > 1:  # one rank of a train.devices=N training; each picks cuda:LOCAL_RANK itself
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
@@ -91,9 +93,13 @@ def job_devices(jobs: list[TrialJob]) -> int:
     """The ranks each of `jobs` trains on (`train.devices` of their config.yaml): one array holds one kind."""
     import yaml
 
-    counts = {int(yaml.safe_load((job.trial_dir / "config.yaml").read_text())["train"].get("devices", 1)) for job in jobs}
+    counts = {
+        int(yaml.safe_load((job.trial_dir / "config.yaml").read_text())["train"].get("devices", 1)) for job in jobs
+    }
     if len(counts) > 1:
-        raise UserError(f"trials of one submission train on different train.devices ({sorted(counts)}); give them one value")
+        raise UserError(
+            f"trials of one submission train on different train.devices ({sorted(counts)}); give them one value"
+        )
     return counts.pop()
 
 
@@ -171,43 +177,65 @@ class SlurmExecutor:
                 raise UserError(f"executor.{key} is not an option of executor=slurm; valid: "
                                 + ", ".join(f"executor.{k}" for k in OPTIONS))  # fmt: skip
         if shutil.which("sbatch") is None:
-            raise UserError("executor=slurm: sbatch is not on PATH; run on a SLURM login node (or `scripts/slurm-local up`)")
+            raise UserError(
+                "executor=slurm: sbatch is not on PATH; run on a SLURM login node (or `scripts/slurm-local up`)"
+            )
         params = {**PRESET_DEFAULTS.get(preset, PRESET_DEFAULTS["paper"]), "array_parallelism": 256, "max_requeues": 10}
         params.update({key: _checked(key, value) for key, value in options.items()})
         # The requeue signal must come well inside the limit: 2 minutes, or a quarter of a short limit.
         params.setdefault("signal_delay_s", min(120, params["timeout_min"] * 15))
         if params.get("trials_per_gpu", 1) > 1:  # a share of a GPU instead of whole GPUs
-            params["gres"], params["gpus_per_node"] = shard_request(params["trials_per_gpu"], params.get("partition")), 0
+            params["gres"], params["gpus_per_node"] = (
+                shard_request(params["trials_per_gpu"], params.get("partition")),
+                0,
+            )
         return cls(params, workspace)
 
     def check(self, sqlite_file: Path | None) -> None:
         """Before a run creates anything: ask sbatch (`--test-only`, nothing is queued) whether it accepts these
         settings, so a bad partition, account or GPU request fails now; warn when the storage is SQLite."""
         p = self.params
-        flags = [f"--time={p['timeout_min']}", f"--cpus-per-task={p['cpus_per_task']}", f"--mem={round(p['mem_gb'] * 1024)}M"]
+        flags = [
+            f"--time={p['timeout_min']}",
+            f"--cpus-per-task={p['cpus_per_task']}",
+            f"--mem={round(p['mem_gb'] * 1024)}M",
+        ]
         flags += [f"--{key}={p[key]}" for key in ("partition", "account", "qos", "constraint") if p.get(key)]
         flags += [f"--gpus-per-node={p['gpus_per_node']}"] if p["gpus_per_node"] else []
         flags += [f"--gres={p['gres']}"] if p.get("gres") else []
-        flags += [f"--{key.replace('_', '-')}" + ("" if value is True else f"={value}")  # a flag without a value, as submitit writes it
-                  for key, value in (p.get("additional_parameters") or {}).items()]
-        out = subprocess.run(["sbatch", "--test-only", *flags, "--wrap", "true"], capture_output=True, text=True, timeout=60)
+        flags += [
+            f"--{key.replace('_', '-')}"
+            + ("" if value is True else f"={value}")  # a flag without a value, as submitit writes it
+            for key, value in (p.get("additional_parameters") or {}).items()
+        ]
+        out = subprocess.run(
+            ["sbatch", "--test-only", *flags, "--wrap", "true"], capture_output=True, text=True, timeout=60
+        )
         if out.returncode != 0:
             lines = out.stderr.strip().splitlines() or ["no reason given"]
             reason = next((line for line in lines if "error" in line), lines[-1])
             raise UserError(f"executor=slurm: sbatch rejects {' '.join(flags)}: {reason}")
         if sqlite_file is not None:
-            print(f"warning: storage is SQLite ({sqlite_file}): run `sweeper run` for this study from one machine only; "
-                  "workers on several machines need storage=postgresql+psycopg2://... (docs/CLUSTER.md)")
+            print(
+                f"warning: storage is SQLite ({sqlite_file}): run `sweeper run` for this study from one machine only; "
+                "workers on several machines need storage=postgresql+psycopg2://... (docs/CLUSTER.md)"
+            )
 
     def _submitit(self, name: str, devices: int = 1) -> submitit.AutoExecutor:
         """An executor for jobs of `devices` ranks each (one task per rank, one GPU per task where GPUs are asked)."""
         p = self.params
         nodes = p.get("nodes", 1)
         if devices % nodes or (devices > 1 and p.get("trials_per_gpu", 1) > 1):
-            raise UserError(f"train.devices={devices} does not fit executor.nodes={nodes}, executor.trials_per_gpu="
-                            f"{p.get('trials_per_gpu', 1)}: a training's ranks are spread evenly over whole nodes and GPUs")
+            raise UserError(
+                f"train.devices={devices} does not fit executor.nodes={nodes}, executor.trials_per_gpu="
+                f"{p.get('trials_per_gpu', 1)}: a training's ranks are spread evenly over whole nodes and GPUs"
+            )
         ex = submitit.AutoExecutor(folder=self.folder, cluster="slurm", slurm_max_num_timeout=p["max_requeues"])
-        optional = {f"slurm_{k}": p[k] for k in ("partition", "account", "qos", "constraint", "additional_parameters") if p.get(k)}
+        optional = {
+            f"slurm_{k}": p[k]
+            for k in ("partition", "account", "qos", "constraint", "additional_parameters")
+            if p.get(k)
+        }
         optional |= {"nodes": nodes, "tasks_per_node": devices // nodes} if devices > 1 else {}
         if p["gpus_per_node"]:
             optional["gpus_per_node"] = p["gpus_per_node"] if devices == 1 else devices // nodes
