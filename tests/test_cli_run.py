@@ -187,7 +187,13 @@ def test_mu_search_survives_kill_9_and_agrees_with_mlflow(tmp_path: Path, env: d
 @pytest.mark.slow
 def test_cancel_stops_the_running_trial(tmp_path: Path, env: dict[str, str]) -> None:
     ws = tmp_path / "ws"
-    run = start(["run", "study=ablation", f"workspace={ws}", *TINY], tmp_path, env)
+    # long enough that the first trial still runs when `cancel` comes (a 3-iteration smoke trial ends in ~4 s,
+    # sooner than a status poll and the cancel command's start)
+    slow = [k for k in TINY if not k.startswith(("train.iters=", "train.val_every="))] + [
+        "train.iters=2000",
+        "train.val_every=2000",
+    ]
+    run = start(["run", "study=ablation", f"workspace={ws}", *slow], tmp_path, env)
     wait_for(
         lambda: (
             any(t["state"] == "RUNNING" and t["job_id"] for t in status(ws, tmp_path, env, "ablation")["trials"])
