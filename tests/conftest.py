@@ -23,3 +23,12 @@ def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "torch_home"
     monkeypatch.setenv("TORCH_HOME", str(home))
     return home
+
+
+@pytest.fixture(autouse=True)
+def fresh_lpips() -> None:
+    """LPIPS is built once per process (`trainer.metrics.lpips_model`); a test that planted ImageNet weights in
+    its own $TORCH_HOME must not hand that model to the next test, which may have none."""
+    from trainer.metrics import lpips_model
+
+    lpips_model.cache_clear()
