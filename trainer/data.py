@@ -72,23 +72,20 @@ def settle_sets(config: dict[str, Any]) -> dict[str, Any]:
         return config
     found = set_names(root)
     settled = dict(config)
-    if "data.train_sets" not in config:
-        wanted = ROOT_TRAIN_SETS[cfg.preset]
-        present = [s for s in wanted if s in found]
+    wanted = {
+        "data.train_sets": (ROOT_TRAIN_SETS[cfg.preset], f"training sets preset={cfg.preset} trains on ({{}})"),
+        "data.val_sets": (BENCHMARK_SETS, "benchmark sets ({}) to validate on"),
+    }
+    for key, (names, what) in wanted.items():
+        if key in config:
+            continue
+        present = [s for s in names if s in found]
         if not present:
             raise UserError(
-                f"{root} has none of the training sets preset={cfg.preset} trains on ({', '.join(wanted)}); "
-                f"sets found there: {', '.join(found) or 'none'}; name yours with data.train_sets=[...]"
+                f"{root} has none of the {what.format(', '.join(names))}; "
+                f"sets found there: {', '.join(found) or 'none'}; name yours with {key}=[...]"
             )
-        settled["data.train_sets"] = present
-    if "data.val_sets" not in config:
-        benchmarks = [s for s in BENCHMARK_SETS if s in found]
-        if not benchmarks:
-            raise UserError(
-                f"{root} has none of the benchmark sets ({', '.join(BENCHMARK_SETS)}) to validate on; "
-                f"sets found there: {', '.join(found) or 'none'}; name yours with data.val_sets=[...]"
-            )
-        settled["data.val_sets"] = benchmarks
+        settled[key] = present
     return settled
 
 
