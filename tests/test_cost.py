@@ -24,6 +24,7 @@ from sweeper.core import halving
 from sweeper.core.overrides import Options, parse
 from sweeper.search.gpus import thread_share
 from trainer.errors import UserError
+from trainer.ledger import record_lost
 
 # Four mu values, a small generator, 6 iterations validated every 2: three points on each curve.
 SMALL = ["preset=smoke", "weights=random", "model.num_feat=16", "model.num_blocks=2", "train.iters=6", "train.val_every=2",
@@ -42,6 +43,26 @@ def test_repeated_iterations_count_only_overlaps() -> None:
     assert ledger.repeated_iters([line(0, 10, 1, 1), line(10, 20, 1, 1)]) == 0  # a clean resume
     assert ledger.repeated_iters([line(0, 10, 1, 1), line(6, 20, 1, 1)]) == 4  # resumed from an older checkpoint
     assert ledger.repeated_iters([line(0, 10, 1, 1), line(0, 4, 1, 1), line(4, 12, 1, 1)]) == 10
+
+
+def test_a_stalled_jobs_time_is_added_once(tmp_path: Path) -> None:
+    """`record_lost` (issue 19): a job killed for stalling after 10 s whose own line recorded 3 s of them adds a
+    line of 7 s at its rate and step, once however often it is called; without any line, 1 device-s per s."""
+    earlier = {**line(0, 4, 2.0, 4.0), "devices": 1, "share": 2}
+    own = {**line(4, 6, 3.0, 6.0), "devices": 1, "share": 2}
+    (tmp_path / "ledger.jsonl").write_text(json.dumps(earlier) + "\n" + json.dumps(own) + "\n")
+    for _ in range(2):
+        record_lost(tmp_path, 1, 10.0, "batch.0")
+    lines = ledger.read(tmp_path)
+    assert lines[:2] == [earlier, own] and len(lines) == 3
+    assert {k: lines[2][k] for k in ("from_step", "to_step", "iters", "wall_s", "device_s", "device", "lost")} == {
+        "from_step": 6, "to_step": 6, "iters": 0, "wall_s": 7.0, "device_s": 14.0, "device": "cpu", "lost": "batch.0"}  # fmt: skip
+    totals = ledger.Totals().add(lines)
+    assert (totals.wall_s, totals.device_s, totals.iters, totals.unit) == (12.0, 24.0, 6, "CPU core-s")
+    record_lost(tmp_path / "none", 0, 5.0, "other.0")
+    (fresh,) = ledger.read(tmp_path / "none")
+    assert (fresh["wall_s"], fresh["device_s"], fresh["device"]) == (5.0, 5.0, None)
+    assert ledger.Totals().add([fresh]).unit == "device-s" and ledger.Totals().add([fresh, own]).unit == "CPU core-s"
 
 
 def test_ledger_sums_and_naive_protocol(tmp_path: Path) -> None:

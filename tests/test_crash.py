@@ -12,7 +12,8 @@ GAN iterations of a tiny generator from scratch, rungs at 1 and 2 iterations (`s
 and promotion points are reached too), `max_retries=0` so that any attempt counted as failed loses its point.
 The racing points (`RACE_POINTS`, issue 18) end each chain on a fresh study that races two points over two
 seeds (`repeats=auto max_repeats=2`, no halving: the two do not combine): it crashes after its first round is
-recorded, and the re-run must train exactly the second round's seeds.
+recorded, and the re-run must train exactly the second round's seeds. The stall watchdog's point
+(`STALL_POINTS`, issue 19) is crossed by a study of its own (`stall_chain`), whose first jobs hang instead.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from cluster_helpers import (
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from sweeper.analysis import ledger
 from sweeper.core.crashpoints import CRASH_POINTS
 from sweeper.core.workspace import MACHINE, Workspace
 
@@ -46,6 +48,7 @@ CHEAP = ["preset=smoke", "weights=random", "train.iters=2", "train.from_scratch=
          "model.num_feat=8", "model.num_blocks=1", "scheduler=sha", "max_retries=0"]  # fmt: skip
 STORAGES = {"sqlite": "sqlite:///{ws}/optuna.db", "journal": "journal://{ws}/optuna.journal"}
 RACE_POINTS = ("race_recorded",)
+STALL_POINTS = ("stalled",)
 RACING = ("scheduler=none", "repeats=auto", "max_repeats=2")
 
 
@@ -122,7 +125,7 @@ def crash_chain(tmp_path: Path, storage: str, executor: str, signal: str | None 
     faulty = env | {"SWEEPER_INJECT": "nospace"}  # the first job of each trial folder meets a full disk
     ws = tmp_path / f"ws{fresh}"
     expected = 130 if signal == "INT" else -9
-    for point in [p for p in CRASH_POINTS if p not in RACE_POINTS]:
+    for point in [p for p in CRASH_POINTS if p not in RACE_POINTS + STALL_POINTS]:
         for attempt in range(2):
             extra = {"SWEEPER_CRASH_AT": point} | ({"SWEEPER_CRASH_SIGNAL": signal} if signal else {})
             done = sweeper(study_args(ws, storage, f"executor={executor}"), faulty | extra)
@@ -158,6 +161,39 @@ def crash_chain(tmp_path: Path, storage: str, executor: str, signal: str | None 
     assert done.returncode == 0, done.stderr[-3000:]
     assert_race_sound(ws, storage)
     return runs + len(RACE_POINTS) + 2
+
+
+def stall_chain(tmp_path: Path, storage: str, executor: str, stall_s: float) -> None:
+    """The stall watchdog (issue 19) on a one-point study whose first job hangs without progress
+    (`SWEEPER_INJECT=stall:600`). The sweeper is killed right after it decided the stall (crash point `stalled`:
+    the job still hangs, unwatched); the re-run kills it after `executor.stall_s` of silence, says so in one
+    line, and resumes the point: the study ends as an uninterrupted one, no retry spent, the stall a fault of
+    the machine whose whole time (across the sweeper's crash) is in the trial's cost ledger."""
+    env, ws, mus = crash_env(tmp_path) | {"SWEEPER_INJECT": "stall:600"}, tmp_path / "stall", ["inf"]
+    write_study(tmp_path, "crash", mus)
+    args = study_args(ws, storage, f"executor={executor}", f"executor.stall_s={stall_s:g}")
+    for point in STALL_POINTS:
+        crashed = sweeper(args, env | {"SWEEPER_CRASH_AT": point})
+        assert crashed.returncode == -9 and "Traceback" not in crashed.stderr, (point, crashed.stderr[-3000:])
+    done = sweeper(args, env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = [line for line in done.stdout.splitlines() if "killed by the watchdog" in line]
+    assert len(said) == 1 and f"(executor.stall_s={stall_s:g}: raise it" in said[0], done.stdout
+    trials = assert_sound(ws, storage, mus=mus)
+    assert {t.user_attrs["attempt"] for t in trials} == {1}  # no retry spent (max_retries=0)
+    opened = Workspace.resolve(str(ws), STORAGES[storage].format(ws=ws), None).open_storage()
+    (stalled,) = [
+        t for t in optuna.load_study(study_name="crash.mu", storage=opened).get_trials() if t.state == TrialState.FAIL
+    ]
+    assert stalled.user_attrs["reason"].startswith(f"{MACHINE}: stalled: no progress for"), stalled.user_attrs
+    lost = [line for line in ledger.read(Path(stalled.user_attrs["trial_dir"])) if "lost" in line]
+    assert [line["lost"] for line in lost] == [stalled.user_attrs["launch_token"]], lost
+    assert lost[0]["wall_s"] >= 2 * stall_s and lost[0]["iters"] == 0, lost  # watched by both sweepers
+
+
+@pytest.mark.slow
+def test_a_stalled_trial_is_killed_resumed_and_its_time_counted(tmp_path: Path) -> None:
+    stall_chain(tmp_path, "journal", "local", stall_s=4)
 
 
 @pytest.mark.slow

@@ -38,9 +38,12 @@ from sweeper.core.workspace import (
     resolved,
     stage_trials,
 )
+from sweeper.search.machine import progress_mark, stall_limit
+from sweeper.search.progress import where
 from tests.test_crash import assert_sound, crash_env, start, study_args, wait_for_a_job
 from tests.test_prepared import cfg_for, make_set
 from tests.test_search import GRID, make_stage
+from trainer import heartbeat
 from trainer.checkpoint import save_atomic
 from trainer.data import prepare_set
 from trainer.errors import NoSpace, UserError, environment_fault
@@ -219,6 +222,36 @@ def test_a_lock_held_by_a_live_process_is_waited_for(tmp_path: Path, capfd: pyte
         assert "taking the lock over" not in capfd.readouterr().err
     finally:
         holder.kill()
+
+
+def test_a_wait_for_a_lock_keeps_the_heartbeat_moving_and_the_default_stall_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19's stall watchdog: a training waiting for a lock another holds (the pre-training cache, a data set)
+    rewrites its progress.json as it waits, saying what for, so the watchdog (which compares `progress_mark`s)
+    never takes the wait for a stall; the default limit is the longer of 10 minutes and 10 of its steps."""
+    monkeypatch.setattr(heartbeat, "EVERY_S", 0.05)
+    lock = tmp_path / "cache.lock"
+    held = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    threading.Timer(1.0, os.close, (held,)).start()
+    marks = set()
+
+    def waiting() -> None:
+        heartbeat.beat("waiting for the pre-training cache")
+        marks.add(progress_mark(tmp_path))
+
+    with heartbeat.attached(tmp_path):
+        heartbeat.write({"stage": "pretrain", "step": 0, "total": 10})
+        with file_lock(lock, waiting):
+            pass
+    assert len(marks) >= 5, marks  # rewritten all along the second's wait
+    progress = json.loads((tmp_path / "progress.json").read_text())
+    assert progress == {"stage": "pretrain", "step": 0, "total": 10, "doing": "waiting for the pre-training cache"}
+    assert where(progress) == "pretrain 0/10 (waiting for the pre-training cache)"
+    heartbeat.beat("nothing")  # no longer attached: nothing is written
+    assert json.loads((tmp_path / "progress.json").read_text()) == progress
+    assert (stall_limit({}), stall_limit({"it_s": 2.0}), stall_limit({"it_s": 0.01})) == (600, 600, 1000)
 
 
 @pytest.fixture

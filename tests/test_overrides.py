@@ -71,6 +71,17 @@ def test_scheduler_options() -> None:
             parse(tokens)
 
 
+def test_stall_s_is_the_orchestrators_for_every_executor() -> None:
+    """executor.stall_s (issue 19): seconds >= 0 (0: no watchdog), never handed to the executor; default None
+    (the rule of `sweeper.search.machine.stall_limit`)."""
+    opts = parse(["executor=slurm", "executor.stall_s=90", "executor.partition=gpu"])
+    assert (opts.stall_s, opts.executor_options) == (90.0, {"partition": "gpu"})
+    assert parse(["executor.stall_s=0"]).stall_s == 0.0 and parse([]).stall_s is None
+    for bad in ("-1", "inf", "soon", "true"):
+        with pytest.raises(UserError, match=rf"executor.stall_s={bad}: expected seconds >= 0 \(0 turns"):
+            parse([f"executor.stall_s={bad}"])
+
+
 def test_selection_rule_options() -> None:
     """select_by= may list metrics in order; select.* set the margin, the tie-break and the level (issue 18)."""
     opts = parse(["select_by=lpips,psnr", "select.min_effect=0.001", "select.tie_break=simplest", "select.alpha=0.1"])

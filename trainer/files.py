@@ -105,11 +105,11 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock (flock) on `path` held for the block; other processes wait. Works on local disks
-    and on shared file systems that support flock (NFSv4, Lustre mounted with -o flock). The file is opened
-    without following a link and records this process as its holder; see the module docstring for inheritance
-    and stale holders."""
+def file_lock(path: Path, waiting: Callable[[], object] | None = None) -> Iterator[None]:
+    """Exclusive advisory lock (flock) on `path` held for the block; other processes wait (calling `waiting`
+    at every try: a training's heartbeat). Works on local disks and on shared file systems that support flock
+    (NFSv4, Lustre mounted with -o flock). The file is opened without following a link and records this process
+    as its holder; see the module docstring for inheritance and stale holders."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
@@ -119,6 +119,8 @@ def file_lock(path: Path) -> Iterator[None]:
         except BlockingIOError:
             _take_over_if_stale(path, fd)
             os.close(fd)
+            if waiting is not None:
+                waiting()
             time.sleep(LOCK_POLL_S)
             continue
         try:

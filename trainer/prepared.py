@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from trainer import heartbeat
 from trainer.errors import UserError
 from trainer.files import atomic_write, check_space, file_lock, read_json, sha256_file, write_json_atomic
 from trainer.images import read_image, to_rgb
@@ -187,7 +188,10 @@ def open_or_build(
     folder = folder_for(cache, source, settings)
     if (manifest := current_manifest(files, source, settings, cache)) is not None:
         return PreparedSet(folder, manifest)
-    with file_lock(folder.with_name(folder.name + ".lock")):
+    with file_lock(
+        folder.with_name(folder.name + ".lock"),
+        functools.partial(heartbeat.beat, f"waiting for {source.name} (being prepared)"),
+    ):
         manifest = read_json(folder / "manifest.json")
         stale = stale_sources(manifest, settings, files)
         if stale is None and manifest is not None:  # (a missing manifest is never current)
@@ -254,6 +258,7 @@ def _build(
             for task in tasks:
                 _prepare_image(task)
                 images_bar.update()
+                heartbeat.beat(f"preparing {source.name}")
         else:
             ctx = multiprocessing.get_context("fork")  # workers only use CPU torch, one thread each
             with concurrent.futures.ProcessPoolExecutor(
@@ -263,6 +268,7 @@ def _build(
                     for future in concurrent.futures.as_completed([pool.submit(_prepare_image, t) for t in tasks]):
                         future.result()
                         images_bar.update()
+                        heartbeat.beat(f"preparing {source.name}")
                 except BaseException:  # a bad image or Ctrl-C: do not wait for the remaining images
                     pool.shutdown(wait=False, cancel_futures=True)
                     raise

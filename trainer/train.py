@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -40,7 +41,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from trainer import distributed
+from trainer import distributed, heartbeat
 from trainer import weights as weights_mod
 from trainer.checkpoint import (
     FINISHED,
@@ -68,7 +69,6 @@ from trainer.terminal import bar
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
-PROGRESS_EVERY_S = 5.0
 SAMPLES = 2  # SR crops saved per validation (first images of the first validation set)
 SAMPLE_CROP = 128
 
@@ -195,10 +195,11 @@ def drop_records_after(path: Path, step: int) -> None:
 
 
 class Progress:
-    """tqdm bar (it/s, ETA, the losses last read) plus `progress.json` rewritten every few seconds (rank 0's)."""
+    """tqdm bar (it/s, ETA, the losses last read) plus `progress.json` rewritten every few seconds (the heartbeat,
+    `trainer.heartbeat`: rank 0's)."""
 
-    def __init__(self, path: Path, stage: str, start: int, total: int, show: bool):
-        self.path, self.stage, self.start, self.total = path, stage, start, total
+    def __init__(self, stage: str, start: int, total: int, show: bool):
+        self.stage, self.start, self.total = stage, start, total
         self.t0 = self.last_write = self.last_log = time.monotonic()
         self.logged = start
         self.main = distributed.world().main
@@ -209,7 +210,7 @@ class Progress:
         self.bar.update(step - self.bar.n)
         if losses:
             self.bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
-        if time.monotonic() - self.last_write >= PROGRESS_EVERY_S or step == self.total:
+        if time.monotonic() - self.last_write >= heartbeat.EVERY_S or step == self.total:
             self.write(step)
 
     def log(self, step: int, losses: dict[str, float]) -> None:
@@ -229,8 +230,7 @@ class Progress:
         self.last_write = now = time.monotonic()
         it_s = (step - self.start) / max(now - self.t0, 1e-9)
         eta = (self.total - step) / it_s if it_s > 0 else None
-        record = {"stage": self.stage, "step": step, "total": self.total, "it_s": it_s, "eta_s": eta}
-        write_json_atomic(self.path, record)
+        heartbeat.write({"stage": self.stage, "step": step, "total": self.total, "it_s": it_s, "eta_s": eta})
 
     def close(self) -> None:
         self.bar.close()
@@ -278,7 +278,7 @@ def pretrain_key(cfg: Config, data_id: str) -> str:
 
 
 def pretrained_generator(
-    cfg: Config, cache_dir: Path, device: torch.device, run_dir: Path, show: bool
+    cfg: Config, cache_dir: Path, device: torch.device, show: bool
 ) -> tuple[dict[str, torch.Tensor], int, float]:
     """The PSNR-oriented generator weights for `cfg`, trained now unless cached, with the pre-training
     iterations and seconds this call spent on it (0, 0.0 when reused). One training trains a given cache
@@ -288,19 +288,20 @@ def pretrained_generator(
     folder = cache_dir / f"pretrain-{cfg.arch}-x{cfg.upscale}-{pretrain_key(cfg, batches.data_id)}"
     ckpt_path = folder / "last.pt"
     trained, seconds = 0, 0.0
-    with file_lock(folder.with_suffix(".lock")) if distributed.world().main else contextlib.nullcontext():
+    waiting = functools.partial(heartbeat.beat, "waiting for the pre-training cache (another training writes it)")
+    with file_lock(folder.with_suffix(".lock"), waiting) if distributed.world().main else contextlib.nullcontext():
         distributed.barrier()  # the lock is ours: every rank may read the entry
         ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
         if ckpt is None or ckpt["step"] < cfg.train.pretrain_iters:
             t0, before = time.monotonic(), ckpt["step"] if ckpt else 0
-            ckpt = run_pretrain(cfg, folder, ckpt, batches, run_dir, show)
+            ckpt = run_pretrain(cfg, folder, ckpt, batches, show)
             trained, seconds = cfg.train.pretrain_iters - before, time.monotonic() - t0
         distributed.barrier()  # every rank has read the entry before the lock goes
     return ckpt["g"], trained, seconds
 
 
 def run_pretrain(
-    cfg: Config, folder: Path, ckpt: dict[str, Any] | None, batches: TrainBatches, run_dir: Path, show: bool
+    cfg: Config, folder: Path, ckpt: dict[str, Any] | None, batches: TrainBatches, show: bool
 ) -> dict[str, Any]:
     """Train the generator with L1 alone for `train.pretrain_iters` on `batches` (at batch 0), resuming
     from `ckpt` if given."""
@@ -337,7 +338,7 @@ def run_pretrain(
         if distributed.world().main:
             save_atomic(state(step), folder / "last.pt")
 
-    bar, meter = Progress(run_dir / "progress.json", "pretrain", start, total, show), LossMeter("pre-training")
+    bar, meter = Progress("pretrain", start, total, show), LossMeter("pre-training")
     step = start
     try:
         for step in range(start + 1, total + 1):
@@ -407,6 +408,7 @@ def validate(
     for i, (set_name, images) in enumerate(val_sets.items()):
         rows = per_image[set_name] = {}
         for j, img in enumerate(images):
+            heartbeat.beat(f"validating {set_name}")
             sr = super_resolve(g, img.lr, device)
             lp = (
                 float(lpips(sr, to_rgb(img.hr).unsqueeze(0).float().div(255).to(device))[0])
@@ -575,7 +577,7 @@ def train(
     are launched here (`launch_ranks`) and rank 0's result is returned.
     """
     run_dir, cache_dir = Path(run_dir), Path(cache_dir)
-    result_path, ckpt_path = run_dir / "result.json", run_dir / "ckpt" / "last.pt"
+    result_path = run_dir / "result.json"
     if result_path.exists():
         done = json.loads(result_path.read_text())
         if done.get("status") == "complete":
@@ -584,7 +586,21 @@ def train(
         return launch_ranks(cfg, run_dir, cache_dir, progress, stop_after)
     device = pick_device(cfg)
     world = distributed.init(cfg.train.devices, device.type)
-    device = distributed.rank_device(device)
+    with heartbeat.attached(run_dir if world.main else None):  # progress.json: rank 0's, kept moving
+        return train_here(cfg, run_dir, cache_dir, progress, stop_after, distributed.rank_device(device), world)
+
+
+def train_here(
+    cfg: Config,
+    run_dir: Path,
+    cache_dir: Path,
+    progress: bool,
+    stop_after: int | None,
+    device: torch.device,
+    world: distributed.World,
+) -> dict[str, Any]:
+    """`train` in this process: the only one, or one rank of a launched training."""
+    result_path, ckpt_path = run_dir / "result.json", run_dir / "ckpt" / "last.pt"
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     if ckpt is not None:
@@ -598,9 +614,8 @@ def train(
 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    segment = Segment(
-        run_dir, ckpt["step"] if ckpt is not None else 0, device.type, world.size
-    )  # this call's cost ledger line
+    segment = Segment(run_dir, ckpt["step"] if ckpt is not None else 0, device.type, world.size)
+    segment.record(segment.from_step)  # this call's cost ledger line, there from its start
     if cfg.train.amp and device.type != "cuda":
         note("train.amp applies to CUDA only; training in float32 on the CPU")
     if device.type == "cuda":
@@ -672,7 +687,7 @@ def train(
                 gan.load_generator(init_weights)
             elif not cfg.train.from_scratch:
                 weights_g, segment.pretrain_iters, segment.pretrain_s = pretrained_generator(
-                    cfg, cache_dir, device, run_dir, progress
+                    cfg, cache_dir, device, progress
                 )
                 segment.pretrain = "trained" if segment.pretrain_iters else "reused"
                 gan.load_generator(weights_g)
@@ -745,7 +760,7 @@ def run_gan(
 
     if stop_after is not None and tally.step >= stop_after and tally.step < t.iters:  # checkpointed at the rung already
         return True
-    bar, meter = Progress(run_dir / "progress.json", "gan", tally.step, t.iters, show), LossMeter("GAN training")
+    bar, meter = Progress("gan", tally.step, t.iters, show), LossMeter("GAN training")
     try:
         for step in range(tally.step + 1, t.iters + 1):
             meter.add(gan.step(*next(batches)), step)

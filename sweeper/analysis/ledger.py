@@ -8,7 +8,6 @@ as a trial trained earlier) has no ledger: it cost nothing, but the naive protoc
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,7 @@ import yaml
 from optuna.storages import BaseStorage
 
 from sweeper.core.workspace import point_key
-from trainer.ledger import LEDGER
-
-
-def read(trial_dir: Path) -> list[dict[str, Any]]:
-    """The ledger lines of one trial folder, in the order they were written ([] without a ledger)."""
-    path = Path(trial_dir) / LEDGER
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+from trainer.ledger import read
 
 
 def repeated_iters(lines: list[dict[str, Any]]) -> int:
@@ -65,7 +58,8 @@ class Totals:
             self.pretrain_iters += line["pretrain_iters"]
             self.pretrain_device_s += line["pretrain_s"] * share
             self.pretrain_reused += line["pretrain"] == "reused"
-            self.devices.add(line["device"])
+            if line["device"]:  # None: a stalled job's time, on a device its folder never recorded
+                self.devices.add(line["device"])
         return self
 
     def merge(self, other: Totals) -> Totals:

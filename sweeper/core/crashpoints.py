@@ -8,8 +8,8 @@ also proves that each is reached (none is dead code).
 
 `inject_fault(trial_dir)` (called by the worker before training) makes the first job of each trial folder meet
 a fault of the machine when `SWEEPER_INJECT` says so: `nospace` (a full disk: NoSpace raised) or `stall:S`
-(the job stops moving for S seconds, for the stall watchdog). A marker file in the folder keeps later jobs
-of the folder clean.
+(the job hangs for S seconds before training, writing no progress: the stall watchdog's `executor.stall_s`
+must kill it). A marker file in the folder keeps later jobs of the folder clean.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ CRASH_POINTS = (
     "before_prune",  # a trial stopped by halving is logged to MLflow, the Optuna trial still RUNNING (paused)
     "after_finish",  # the Optuna trial is COMPLETE
     "race_recorded",  # a racing stage's round decided and recorded in Optuna, its trials not enqueued yet
+    "stalled",  # a running trial silent for executor.stall_s is recorded as stalled, its job not yet killed
     "machine_fault",  # an attempt ended by a fault of the machine is FAIL (not counted), no new attempt yet
     "before_winner",  # the stage's trials are all settled, no winner recorded
     "after_winner",  # the winner is in Optuna, not yet in MLflow

@@ -38,6 +38,7 @@ class Options:
     trial: int | None = None
     executor: str = "local"
     executor_options: dict[str, Any] = field(default_factory=dict)
+    stall_s: float | None = None  # executor.stall_s: a running trial silent this long is killed; None: the default rule
     select_by: str | None = (
         None  # the first selection metric; None: the preset's default (lpips; psnr for preset=smoke)
     )
@@ -119,7 +120,11 @@ def options(settings: Mapping[str, Any], allow_config: bool = True) -> Options:
     for key, raw in settings.items():
         text = raw if isinstance(raw, str) else str(raw)
         value = parse_value(raw) if isinstance(raw, str) else raw
-        if key.startswith("executor."):
+        if key == "executor.stall_s":  # the orchestrator's, for every executor
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise UserError(f"executor.stall_s={text}: expected seconds >= 0 (0 turns the stall watchdog off)")
+            opts.stall_s = float(value)
+        elif key.startswith("executor."):
             opts.executor_options[key.removeprefix("executor.")] = value
         elif key in ("trial", "rounds", "max_retries", "max_machine_faults"):
             setattr(opts, key, _count(key, value, 1 if key in ("rounds", "max_machine_faults") else 0))

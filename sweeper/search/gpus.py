@@ -27,6 +27,7 @@ import stat
 import time
 from pathlib import Path
 
+from trainer import heartbeat
 from trainer.errors import MachineFault, UserError
 
 POLL_S = 1.0
@@ -119,6 +120,7 @@ def book(gpus: int, per_gpu: int, announce: bool = True, wait_s: float = WAIT_S)
                 flush=True,
             )
             waited = True
+        heartbeat.beat("waiting for a GPU slot")
         time.sleep(POLL_S)
     gpu, slot, fd = booked
     if announce:
@@ -187,6 +189,7 @@ def book_devices(gpus: int, per_gpu: int, count: int) -> tuple[list[int], list[i
         if not waited:
             print(f"[sweeper] {count} GPUs with a free slot are not free at once; waiting", flush=True)
             waited = True
+        heartbeat.beat(f"waiting for {count} GPU slots")
         time.sleep(POLL_S)
 
 

@@ -9,6 +9,7 @@ what a crash at each arrow leaves and how a re-run repairs it):
              -> FAIL "machine fault: ..." (not counted; a new WAITING attempt; after max_machine_faults in a row
                 no new job is launched and the run stops, saying why)
              -> launching again ("interrupted": SIGTERM, checkpointed; no retry spent)
+             -> killed by the stall watchdog (no progress for executor.stall_s) -> FAIL "machine fault: stalled ..."
              -> paused at rung k (scheduler=sha) -> launching (promoted: resumes) | PRUNED (not promoted)
 
 RUNNING trials carry `phase`, `owner` and `lease_until`; the owner renews the lease, another sweeper adopts
@@ -51,9 +52,10 @@ from sweeper.core.workspace import (
 )
 from sweeper.search import tracking
 from sweeper.search.executors import TrialJob
-from sweeper.search.progress import StageProgress
+from sweeper.search.progress import StageProgress, duration, read_progress
 from sweeper.search.session import Run, copy_outcome, owner_alive, reusable
 from sweeper.search.worker import folder_busy
+from trainer import ledger
 from trainer.config import build_config
 from trainer.errors import UserError
 from trainer.files import file_lock, read_json, write_json_atomic, write_text_atomic
@@ -61,6 +63,8 @@ from trainer.files import file_lock, read_json, write_json_atomic, write_text_at
 POLL_S = 0.25
 LEASE_S = float(os.environ.get("SWEEPER_LEASE_S", "60"))  # a trial's owner renews its lease every LEASE_S / 3
 LIVE_PHASES = ("claimed", "launching", "launched")  # RUNNING trials that hold (or are about to hold) a job slot
+STALL_MIN_S = 600.0  # the default executor.stall_s: 10 minutes without progress, or ...
+STALL_STEPS = 10  # ... the time of 10 of the trial's steps, when that is longer
 
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -82,6 +86,33 @@ class Settled(Exception):
     """The trial was finished by another process (`sweeper cancel`, or a sweeper that adopted it) meanwhile."""
 
 
+def progress_mark(trial_dir: Path) -> tuple[int, int, int] | None:
+    """What changes whenever the trial's heartbeat (`trainer.heartbeat`: progress.json, rewritten atomically)
+    is written: its inode, mtime and size; None while there is none. Compared, never read as a time, so the
+    clocks of the nodes do not matter."""
+    try:
+        st = (trial_dir / "progress.json").stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def stall_limit(progress: dict[str, Any]) -> float:
+    """The default `executor.stall_s` of a trial: the longer of STALL_MIN_S and STALL_STEPS of its steps (`it_s`
+    of its progress.json, the rate of its current call)."""
+    it_s = progress.get("it_s") or 0.0
+    return max(STALL_MIN_S, STALL_STEPS / it_s) if it_s > 0 else STALL_MIN_S
+
+
+@dataclass
+class Watch:
+    """What the stall watchdog last saw of a running job: its launch token, its heartbeat's mark, and since when."""
+
+    token: str
+    mark: tuple[int, int, int] | None
+    since: float  # time.monotonic() when `mark` was first seen
+
+
 @dataclass
 class StageWork:
     """One stage being worked on by this process: the trial state machine of the module docstring."""
@@ -97,6 +128,7 @@ class StageWork:
     mine: set[int] = field(default_factory=set)  # numbers of the RUNNING trials this process owns
     renewed_at: float = 0.0
     machine_faults: list[str] = field(default_factory=list)  # reasons of the attempts ended in a row by the machine
+    watches: dict[int, Watch] = field(default_factory=dict)  # trial number -> the stall watchdog's view of its job
 
     # --- the loop ---
 
@@ -217,7 +249,12 @@ class StageWork:
             return None  # paused: `promotions` moves it
         executor = self.run.executor_of(t)
         trial_dir = self.run.ws.recorded_trial_dir(attrs["trial_dir"])
-        if executor.state(attrs["job_id"]) != "ENDED" or folder_busy(trial_dir):
+        state = executor.state(attrs["job_id"])
+        if state == "RUNNING":
+            self.watchdog(t, trial_dir)
+        else:
+            self.watches.pop(t.number, None)  # queued, unknown or ended: no stall clock runs
+        if state != "ENDED" or folder_busy(trial_dir):
             return None  # running (or a superseded duplicate ended while the live job still holds the folder)
         return self.job_ended(t, trial_dir)
 
@@ -225,9 +262,12 @@ class StageWork:
         """Read what the ended job left: a final result, a rung, an interruption, a failure, or nothing."""
         budget, result = t.user_attrs["budget"], read_result(trial_dir)
         status = (result or {}).get("status")
+        stalled = self.stall_of(t)
+        if stalled:
+            self.count_stall(t, trial_dir, stalled)
         if status == "complete" and result is not None:
             self.complete(t, trial_dir, result)
-        elif status == "interrupted":  # SIGTERM: checkpointed; resume without spending a retry
+        elif status == "interrupted" and not stalled:  # SIGTERM: checkpointed; resume without spending a retry
             (trial_dir / "result.json").unlink(missing_ok=True)
             return budget
         elif budget < self.budgets[-1] and (rung := read_json(trial_dir / "rungs" / f"{budget}.json")):
@@ -236,15 +276,15 @@ class StageWork:
             logs_cmd = (
                 f"sweeper logs study={self.run.study.name} stage={self.name} trial={t.number}{self.run.opts.where}"
             )
-            reason = (result or {}).get("reason") or (
+            reason = (stalled or result or {}).get("reason") or (
                 f"the job ended without a result (killed: out of memory, kill -9 or a lost node; `{logs_cmd}`)"
             )
             if result:  # keep the attempt's result; the retry resumes from the checkpoint
                 os.replace(
                     trial_dir / "result.json", trial_dir / f"result.attempt-{t.user_attrs.get('attempt', 1)}.json"
                 )
-            if result is None or result.get("fault") == "machine":
-                self.machine_fault(t, reason)
+            if result is None or result.get("fault") == "machine" or stalled:
+                self.machine_fault(t, reason, say=not stalled)  # a stall's one line: the progress's FAIL line
             else:
                 self.end(t.number, TrialState.FAIL, None, {"reason": reason})
                 self.machine_faults.clear()
@@ -292,9 +332,8 @@ class StageWork:
                 (trial_dir / "result.json").unlink()  # an interruption's: the job resumes from the checkpoint
             write_json_atomic(trial_dir / "budget.json", {"stop_after": budget, "token": token})
             try:
-                self.set_attrs(
-                    t.number, phase="launching", launch_token=token, budget=budget, executor=self.run.executor.name
-                )
+                self.set_attrs(t.number, phase="launching", launch_token=token, budget=budget,
+                               executor=self.run.executor.name, ledger_lines=len(ledger.read(trial_dir)))  # fmt: skip
             except Settled:
                 self.settled(t.number)
                 continue
@@ -415,17 +454,60 @@ class StageWork:
 
     # --- faults of the machine (issue 19): not the trial's, no retry spent ---
 
-    def machine_fault(self, t: FrozenTrial, reason: str) -> None:
-        """An attempt ended by a fault of the machine (a full or failing disk, memory, a killed job): FAIL with
-        a reason starting "machine fault", not counted against max_retries; the point is enqueued again (the
-        next attempt resumes from the checkpoint)."""
+    def machine_fault(self, t: FrozenTrial, reason: str, say: bool = True) -> None:
+        """An attempt ended by a fault of the machine (a full or failing disk, memory, a killed or stalled job):
+        FAIL with a reason starting "machine fault", not counted against max_retries; the point is enqueued
+        again (the next attempt resumes from the checkpoint)."""
         self.end(t.number, TrialState.FAIL, None, {"reason": f"{MACHINE}: {reason}"})
         crash_point("machine_fault")
         self.machine_faults.append(reason)
-        print(
-            f"[{self.run.study.name}.{self.name}] trial {t.number}: {MACHINE}, waiting again (no retry spent): {reason}",
-            flush=True,
-        )
+        if say:
+            print(
+                f"[{self.run.study.name}.{self.name}] trial {t.number}: {MACHINE}, waiting again (no retry spent): {reason}",
+                flush=True,
+            )
+
+    def watchdog(self, t: FrozenTrial, trial_dir: Path) -> None:
+        """The stall watchdog: kill the job of a running trial whose heartbeat (`progress_mark`) has not moved for
+        `executor.stall_s` seconds (default `stall_limit`; 0: never) as this process saw it (a restarted sweeper
+        starts the clock again). The job's end is then a fault of the machine (`job_ended`)."""
+        stall_s, attrs, now = self.run.opts.stall_s, t.user_attrs, time.monotonic()
+        if stall_s == 0:
+            return
+        token, mark, watch = attrs["launch_token"], progress_mark(trial_dir), self.watches.get(t.number)
+        if watch is None or watch.token != token:
+            self.watches[t.number] = Watch(token, mark, now)
+            if (attrs.get("running_since") or [None])[0] != token:  # when the job was first seen running
+                self.set_attrs(t.number, running_since=[token, time.time()])
+            return
+        if mark != watch.mark:
+            watch.mark, watch.since = mark, now
+            return
+        silent = now - watch.since
+        if silent < (stall_s or STALL_MIN_S):  # (a lower bound of the default: progress.json is read only past it)
+            return
+        limit = stall_s or stall_limit(read_progress(trial_dir))
+        if silent < limit:
+            return
+        reason = (f"stalled: no progress for {duration(silent)}, killed by the watchdog (executor.stall_s={limit:g}: "
+                  "raise it if the trial was only slow, 0 turns the watchdog off)")  # fmt: skip
+        self.set_attrs(t.number, stalled={"token": token, "reason": reason, "killed_at": time.time()})
+        crash_point("stalled")
+        self.run.executor_of(t).kill([attrs["job_id"]])
+        watch.since = now  # a job that outlives its kill (uninterruptible I/O) is killed again after another limit
+
+    @staticmethod
+    def stall_of(t: FrozenTrial) -> dict[str, Any] | None:
+        """The watchdog's record of this launch's job being killed for stalling (`watchdog`), if it was."""
+        stalled = t.user_attrs.get("stalled")
+        return stalled if stalled and stalled["token"] == t.user_attrs.get("launch_token") else None
+
+    def count_stall(self, t: FrozenTrial, trial_dir: Path, stalled: dict[str, Any]) -> None:
+        """The stalled job's time in the trial's cost ledger: from when it was first seen running to its kill,
+        less what its own ledger line recorded (`trainer.ledger.record_lost`; once per job)."""
+        since = t.user_attrs.get("running_since") or [None, stalled["killed_at"]]
+        held = stalled["killed_at"] - since[1] if since[0] == stalled["token"] else 0.0
+        ledger.record_lost(trial_dir, t.user_attrs.get("ledger_lines", 0), held, stalled["token"])
 
     def halted(self) -> bool:
         """Whether `max_machine_faults` attempts in a row ended by the machine's faults: no new job is launched."""

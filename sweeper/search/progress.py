@@ -28,11 +28,20 @@ def read_progress(trial_dir: Path) -> dict[str, Any]:
     return read_json(trial_dir / "progress.json") or {}
 
 
+def where(progress: dict[str, Any]) -> str:
+    """A trial's place as its progress.json says: `gan 120/400`, `gan 120/400 (validating Set5)`, or what it
+    waits for before training (`waiting for a GPU slot`)."""
+    step = f"{progress['stage']} {progress.get('step', 0)}/{progress.get('total', '?')}" if "stage" in progress else ""
+    doing = progress.get("doing")
+    return f"{step} ({doing})" if step and doing else step or doing or ""
+
+
 def show(trial_bar: tqdm, progress: dict[str, Any]) -> None:
     """Move a trial's bar to what its progress.json says (stage, step of total; tqdm adds rate and ETA)."""
     if progress:
         trial_bar.total = progress.get("total")
-        trial_bar.set_postfix_str(str(progress.get("stage", "")), refresh=False)
+        doing = f" ({progress['doing']})" if progress.get("doing") else ""
+        trial_bar.set_postfix_str(f"{progress.get('stage', '')}{doing}", refresh=False)
         trial_bar.update(int(progress.get("step", 0)) - trial_bar.n)
 
 
@@ -119,11 +128,7 @@ class StageProgress:
         steps = []
         for number, t in sorted(running.items()):
             p = read_progress(Path(t.user_attrs.get("trial_dir", ".")))
-            steps.append(
-                f"#{number} {p.get('stage', '')} {p.get('step', 0)}/{p.get('total', '?')}"
-                if p
-                else f"#{number} starting"
-            )
+            steps.append(f"#{number} {where(p) or 'starting'}")
         text = f"{done}/{self.total} trials done, {len(running)} running{pace}, {duration(elapsed)} elapsed"
         return text + ("; " + ", ".join(steps) if steps else "")
 

@@ -20,7 +20,7 @@ from sweeper.core.trials import stage_ids
 from sweeper.core.workspace import CANCELLED, Workspace, finish
 from sweeper.search import tracking
 from sweeper.search.executors import make_executor
-from sweeper.search.progress import job_gone, read_progress
+from sweeper.search.progress import job_gone, read_progress, where
 from trainer.errors import UserError
 
 
@@ -124,7 +124,7 @@ def format_table(trials: list[dict[str, Any]]) -> str:
 def trial_row(t: dict[str, Any], params: str) -> tuple[str, ...]:
     m = t["metrics"]
     p = t.get("progress") or {}
-    note = f"{p.get('stage', '')} {p.get('step', 0)}/{p.get('total', '?')}" if p else (t["reason"] or "")
+    note = where(p) if p else (t["reason"] or "")
     note = f"reused {t['reused_from']}" if t["reused_from"] else note
     note = f"stopped at {t['reached_iters']} it (halving)" if t["state"] == "PRUNED" else note
     note = f"slurm {t['slurm_job_id']} {t['slurm_state']} {note}" if "slurm_job_id" in t else note

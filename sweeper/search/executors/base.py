@@ -48,7 +48,12 @@ class Executor(Protocol):
         ...
 
     def cancel(self, job_ids: list[str]) -> None:
-        """Stop the jobs (ended or unknown ids are ignored)."""
+        """Stop the jobs (ended or unknown ids are ignored); a job that still moves checkpoints first."""
+        ...
+
+    def kill(self, job_ids: list[str]) -> None:
+        """Stop the jobs however stuck they are (a stalled job, which never reaches a checkpoint), all of their
+        processes (ranks, data workers) with them."""
         ...
 
     def log_paths(self, job_id: str) -> tuple[Path, Path]:

@@ -126,10 +126,18 @@ class LocalExecutor:
         return "RUNNING" if folder_busy(Path(record["trial_dir"])) else "ENDED"
 
     def cancel(self, job_ids: list[str]) -> None:
+        self._signal(job_ids, signal.SIGTERM)  # the worker checkpoints and ends
+
+    def kill(self, job_ids: list[str]) -> None:
+        self._signal(job_ids, signal.SIGKILL)
+
+    def _signal(self, job_ids: list[str], sig: int) -> None:
+        """Signal the process group of each live job: the worker leads its own session, with its ranks and data
+        workers."""
         for job_id in job_ids:
             record = self._record(job_id)
             if record and _alive(record):
-                os.killpg(record["pid"], signal.SIGTERM)  # the worker leads its own session; it checkpoints and ends
+                os.killpg(record["pid"], sig)
 
     def log_paths(self, job_id: str) -> tuple[Path, Path]:
         record = self._record(job_id)
@@ -162,7 +170,7 @@ def zygote() -> None:
 
     import trainer.train  # noqa: F401  (the point of the zygote: imported once, shared by every fork)
     from sweeper.search import gpus, worker
-    from trainer import metrics
+    from trainer import heartbeat, metrics
     from trainer.config import MetricsConfig
 
     # LPIPS of the default metrics.lpips_net/version built once, on the CPU, for every fork (a trial asking for
@@ -189,6 +197,7 @@ def zygote() -> None:
                     log = os.open(trial_dir / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
                     os.dup2(log, fd)
                     os.close(log)
+                heartbeat.attach(trial_dir)  # a wait for a GPU slot keeps progress.json moving (no stall)
                 if request["gpus"] and request.get("devices", 1) > 1:  # one training on several GPUs: one slot on each
                     ids, _bookings = gpus.book_devices(request["gpus"], request["per_gpu"], request["devices"])
                     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))

@@ -301,6 +301,10 @@ class SlurmExecutor:
             subprocess.run(["scancel", *job_ids], capture_output=True, timeout=60)
             self._squeue_cache.clear()
 
+    def kill(self, job_ids: list[str]) -> None:
+        """scancel: SLURM sends SIGTERM to every task, then SIGKILL after its KillWait (30 s by default)."""
+        self.cancel(job_ids)
+
     def _paths(self, job_id: str) -> submitit.core.utils.JobPaths:
         return submitit.core.utils.JobPaths(self.folder, job_id=job_id, task_id=0)
 
