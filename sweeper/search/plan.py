@@ -104,9 +104,10 @@ def ledger_rates(root: Path) -> dict[str, ledger.Totals]:
     out: dict[str, ledger.Totals] = {}
     for path in sorted(root.glob("trials/*/*/*/ledger.jsonl")):
         lines = ledger.read(path.parent)
-        if lines and (path.parent / "config.yaml").exists():
+        device = next((line["device"] for line in lines if line["device"]), None)  # (a stalled job's may be None)
+        if device and (path.parent / "config.yaml").exists():
             cfg = yaml.safe_load((path.parent / "config.yaml").read_text())
-            out.setdefault(shape(cfg, lines[0]["device"]), ledger.Totals()).add(lines)
+            out.setdefault(shape(cfg, device), ledger.Totals()).add(lines)
     return out
 
 
