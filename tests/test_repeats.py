@@ -108,6 +108,8 @@ def test_plan_prices_repeats_and_racing_before_the_training_data_is_there(tmp_pa
     assert "train: ? sub-images (not in the data root yet)" in fixed.data
     (raced,), _ = plan([*common, "repeats=auto", "max_repeats=4"])
     assert raced.trainings == 28 and raced.repeats.startswith("auto (at most 4")
+    (capped,), _ = plan([*common, "repeats=auto", "max_repeats=4", "max_trainings=10"])
+    assert (capped.points, capped.trainings) == (7, 10) and "10 trainings under max_trainings=10" in capped.repeats
 
 
 @pytest.mark.slow

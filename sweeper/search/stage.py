@@ -138,11 +138,13 @@ def race_round(
         )
         return {**record, "end": said, "survivors": list(results)}
     sets = racing.image_sets(next(iter(results.values()))[0])
-    d = racing.decide(m, HIGHER_IS_BETTER[work.run.select_by], labels, sets, max_repeats, work.run.opts.min_effect)
+    spent = racing.trainings(record["rounds"])
+    d = racing.decide(m, HIGHER_IS_BETTER[work.run.select_by], labels, sets, max_repeats, work.run.opts.min_effect,
+                      spent, work.run.opts.max_trainings)  # fmt: skip
     kept = [list(results)[p] for p in d.alive]
     said = d.reason + (f"; failed: {failed}" if failed else "")
     if d.done:
-        spent, fixed = racing.trainings(record["rounds"]), len(points) * max_repeats
+        fixed = len(points) * max_repeats
         said += f" ({spent} trainings; repeats={max_repeats} would have taken {fixed}: {fixed - spent} saved)"
         return {**record, "end": said, "survivors": kept, "trainings": spent, "fixed_trainings": fixed}
     return {"rounds": [*record["rounds"], kept], "said": said}
@@ -218,6 +220,9 @@ def conclude(work: StageWork, groups: dict[Any, list[FrozenTrial]]) -> dict[str,
         best = standing[verdict.chosen]
         chosen = grid_key(best.params)
         record = {"kind": verdict.kind, "tied": verdict.tied, "summary": verdict.summary()}
+    race_end = work.run.storage.get_study_user_attrs(work.study_id).get("race", {}).get("end")
+    if race_end:  # why the race stopped (separated, max_repeats, the budget) goes wherever the verdict is shown
+        record["summary"] += f"; racing ended: {race_end}"
     winner = best.user_attrs["settings"]
     with file_lock(work.run.ws.root / "setup.lock"):  # two sweepers concluding at once: MLflow's tag inserts race
         crash_point("before_winner")
