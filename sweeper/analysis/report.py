@@ -804,9 +804,8 @@ def rank_check_section(writer: Writer, storage, stages: dict[str, int]) -> None:
     for name, sid in stages.items():
         select_by = storage.get_study_user_attrs(sid).get("select_by", "lpips")
         try:
-            checks.append(
-                rankcheck.check_stage(name, *rankcheck.stage_curves(storage, sid, select_by), select_by, Options())
-            )
+            curves, iters, labels = rankcheck.stage_curves(storage, sid, select_by)
+            checks.append(rankcheck.check_stage(name, curves, iters, select_by, Options(), labels))
         except UserError:  # a halving stage, or fewer than 2 complete trials: nothing to replay
             continue
     if checks:
@@ -817,6 +816,10 @@ def rank_check_section(writer: Writer, storage, stages: dict[str, int]) -> None:
             rankcheck.to_rows(checks),
             notes,
         )
+        intervals = rankcheck.interval_rows(checks)
+        if intervals:
+            writer.rows("rank_check_intervals", "Rank check: each rung's ranking with intervals", intervals,
+                        rankcheck.interval_note(checks) + ".")  # fmt: skip
         points = {
             c.stage: [(r.budget / c.budgets[-1], r.kendall, r.spearman, r.winner_alive) for r in c.rungs]
             for c in checks
