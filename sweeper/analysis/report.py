@@ -546,15 +546,19 @@ def comparison_grid(client: MlflowClient, labelled: list[tuple[str, RunRecord]],
 
 
 def histories(
-    client: MlflowClient, runs: list[RunRecord], set_name: str
-) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """Validation history per run: label -> metric -> [(step, value)]."""
+    client: MlflowClient, study: Study, runs: list[RunRecord], set_name: str
+) -> dict[str, dict[str, list[figures.History]]]:
+    """Validation history per grid point: label -> metric -> one [(step, value)] per repeat (`repeats_of`)."""
     out = {}
     for r in runs:
+        group = repeats_of(study, r)
+        if r.run_id != group[0].run_id:  # drawn with its point's first repeat
+            continue
         stopped = "" if r.stopped_at is None else f", stopped at {r.stopped_at}"
         label = f"{ARCH_NAMES.get(r.arch, r.arch)} {r.setting} ({r.stage}{stopped})"
         out[label] = {
-            m: [(h.step, h.value) for h in client.get_metric_history(r.run_id, f"{set_name}/{m}")] for m in METRICS
+            m: [[(h.step, h.value) for h in client.get_metric_history(g.run_id, f"{set_name}/{m}")] for g in group]
+            for m in METRICS
         }
     return out
 
@@ -855,8 +859,9 @@ def build(
         note = figures.unmeasured_note(every, [s])
         writer.figure(
             f"curves_{s}",
-            figures.validation_curves(histories(client, every, s), s),
-            f"Validation curves per trial on {s}.{note}",
+            figures.validation_curves(histories(client, study, every, s), s),
+            f"Validation curves per setting on {s}; a setting with repeats: the mean over its repeats, the band "
+            f"their min-max (the seeds' spread, not an interval).{note}",
         )
     top = [
         f"# Study `{name}`: the paper's tables and figures, from MLflow",
