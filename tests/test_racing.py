@@ -10,6 +10,7 @@ import numpy as np
 import optuna
 import pytest
 from cluster_helpers import env_for, sweeper, tiny, trials, write_study
+from mlflow import MlflowClient
 
 from sweeper.analysis import racing, stats
 from sweeper.core.overrides import check_max_trainings, parse
@@ -110,5 +111,10 @@ def test_a_racing_stage_stops_on_its_budget_says_so_and_a_rerun_adds_no_trial(tm
         attrs["race"]["rounds"] == [[0, 1]] and attrs["race"]["trainings"] == 2 and attrs["race"]["survivors"] == [0, 1]
     )
     assert "racing ended: budget spent" in attrs["verdict"]["summary"]  # status, MLflow and the report show it
+    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    for t in first:  # each point's aggregates on its runs, for the trials view (one seed of one image per set here)
+        run = client.get_run(t.user_attrs["mlflow_run_id"]).data
+        assert run.metrics["point/repeats"] == 1 and run.metrics["point/mean/psnr"] == run.metrics["mean/psnr"]
+        assert run.tags["sweeper.point_verdict"] == attrs["verdict"]["kind"] == "untested", run.tags
     again = sweeper(args, env)
     assert again.returncode == 0 and len(trials(storage, "race")) == 2, again.stderr[-3000:]

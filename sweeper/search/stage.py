@@ -232,6 +232,7 @@ def conclude(work: StageWork, groups: dict[Any, list[FrozenTrial]]) -> dict[str,
         work.run.storage.set_study_user_attr(work.study_id, "finished_at", time.time())
         crash_point("after_winner")
         tracking.log_verdict(work.run.client, work.parent, record, stats.comparison_rows(verdict) if verdict else [])
+        tracking.log_points(work.run.client, point_aggregates(by_point, means, standing, verdict))
         tracking.finish_stage(
             work.run.client, work.run.study.name, work.name, work.parent, best.user_attrs["mlflow_run_id"], winner
         )
@@ -244,6 +245,21 @@ def conclude(work: StageWork, groups: dict[Any, list[FrozenTrial]]) -> dict[str,
     if verdict is not None:
         print(resolution(verdict))
     return winner
+
+
+def point_aggregates(by_point: dict[Any, list[FrozenTrial]], means: dict[Any, dict[str, float]],
+                     standing: dict[str, FrozenTrial], verdict: stats.Verdict | None) -> dict[str, tuple[dict[str, float], str]]:  # fmt: skip
+    """MLflow run id of every COMPLETE trial -> its point's aggregates (`tracking.log_points`): the means over the
+    point's repeats, their number and the verdict's standing and interval of the point."""
+    labels = {grid_key(t.params): label for label, t in standing.items()}
+    standings = stats.standings(verdict) if verdict else {}
+    out = {}
+    for p, trials in by_point.items():
+        where, compared = standings.get(labels.get(p, ""), ("untested", {}))
+        numbers = {f"point/{k}": v for k, v in means[p].items() if k.startswith("mean/")}
+        numbers |= {"point/repeats": float(len(trials)), **compared}
+        out |= {t.user_attrs["mlflow_run_id"]: (numbers, where) for t in trials}
+    return out
 
 
 def resolution(verdict: stats.Verdict) -> str:
