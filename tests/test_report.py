@@ -220,14 +220,15 @@ def test_validation_curves_draw_the_mean_and_a_min_max_band_over_repeats():
     fig = figures.curves_figure({"mu=0.5": {"psnr": seeds}, "mu=inf": {"psnr": [[(2, 18.0), (4, 19.0)]]}}, "Set5")
     (ax,) = fig.axes
     (band,) = ax.collections  # one band: the point with repeats
-    assert band.get_paths()[0].vertices[:, 1].min() == 19.5 and band.get_paths()[0].vertices[:, 1].max() == 24.0
+    edge = np.asarray(band.get_paths()[0].vertices)[:, 1]
+    assert edge.min() == 19.5 and edge.max() == 24.0
     mean, single = ax.lines
-    assert list(mean.get_xdata()) == [2, 4] and list(mean.get_ydata()) == pytest.approx([20.1666667, 23.0])
-    assert mean.get_label() == "mu=0.5: mean of 3 repeats, band min-max" and list(single.get_ydata()) == [18.0, 19.0]
-    assert figures.over_repeats(seeds)[2].tolist() == [19.5, 22.0] and figures.over_repeats(seeds)[3].tolist() == [
-        21.0,
-        24.0,
-    ]
+    assert np.asarray(mean.get_xdata()).tolist() == [2, 4]
+    assert np.asarray(mean.get_ydata()).tolist() == pytest.approx([20.1666667, 23.0])
+    assert mean.get_label() == "mu=0.5: mean of 3 repeats, band min-max"
+    assert np.asarray(single.get_ydata()).tolist() == [18.0, 19.0]
+    steps, _, low, high = figures.over_repeats(seeds)
+    assert steps == [2, 4] and low.tolist() == [19.5, 22.0] and high.tolist() == [21.0, 24.0]
 
 
 def test_report_lists_the_tables_figures_and_warning(paper_store, paper_report):

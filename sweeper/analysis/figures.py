@@ -1,6 +1,7 @@
 """The report's figures (matplotlib, Agg): metrics against mu, metrics per beta, an LPIPS bar chart per
-method and set (the paper's Fig. 2), validation curves per grid point (a band over its repeats), a grid of the same crops across
-settings (Figs. 6-7), and the rank check of successive halving. Each function returns PNG bytes; the caller writes and logs them."""
+method and set (the paper's Fig. 2), validation curves per grid point (a band over its repeats), a grid of
+the same crops across settings (Figs. 6-7), and the rank check of successive halving. Each function returns
+PNG bytes; the caller writes and logs them."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """`sweeper plan study=NAME preset=...`: what a study will cost, before anything runs (issue 12).
 
 Per stage: the grid points and their repeats (`repeats=R`: R trainings per point, one per seed; `repeats=auto`:
-racing's worst case, `max_repeats` per point and at most `max_trainings` in all), the trainings they need (equal configs, seed included, train
-once, and a point equal to an earlier stage's winner is reused), and trial-iterations and device-hours three ways:
+racing's worst case, `max_repeats` per point and at most `max_trainings` in all), the trainings they need
+(equal configs, seed included, train once, and a point equal to an earlier stage's winner is reused), and
+trial-iterations and device-hours three ways:
 - naive: every point to `train.iters`, pre-training repeated in every trial;
 - `scheduler=none`: every distinct training to `train.iters`, each pre-training once (the shared cache;
   none where the workspace's cache holds it already);

@@ -211,7 +211,7 @@ def conclude(work: StageWork, groups: dict[Any, list[FrozenTrial]]) -> dict[str,
     if verdict is None:  # the metric is not there per image and repeat: the best mean, untested
         chosen = min(by_point, key=lambda p: (*rank(work.run.select_by, means[p]), by_point[p][0].number))
         best = by_point[chosen][0]
-        record = {
+        record: dict[str, Any] = {
             "kind": "untested",
             "tied": [],
             "summary": f"UNTESTED: by mean {work.run.select_by} only (no paired values to compare)",
@@ -253,7 +253,7 @@ def point_aggregates(by_point: dict[Any, list[FrozenTrial]], means: dict[Any, di
     point's repeats, their number and the verdict's standing and interval of the point."""
     labels = {grid_key(t.params): label for label, t in standing.items()}
     standings = stats.standings(verdict) if verdict else {}
-    out = {}
+    out: dict[str, tuple[dict[str, float], str]] = {}
     for p, trials in by_point.items():
         where, compared = standings.get(labels.get(p, ""), ("untested", {}))
         numbers = {f"point/{k}": v for k, v in means[p].items() if k.startswith("mean/")}
