@@ -201,7 +201,8 @@ def test_a_study_trial_whose_rank_is_killed_resumes_without_spending_a_retry(tmp
                     "train.from_scratch=true", "model.num_blocks=1")  # fmt: skip
     run = sweeper_args(["run", "study=ddp_kill", f"workspace={ws}", *settings, "train.devices=2", "max_retries=0"])
     proc = subprocess.Popen(run, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    killed, deadline = [], time.monotonic() + 300
+    killed: list[int] = []
+    deadline = time.monotonic() + 300
     while not killed and proc.poll() is None and time.monotonic() < deadline:
         if any(ws.glob("trials/**/ckpt/last.pt")):
             killed = rank_pids(env["SWEEPER_STUDIES"])[-1:]  # the younger: rank 1
