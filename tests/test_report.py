@@ -4,9 +4,11 @@ hold the runs' values, the right rows, and the best / second-best markers; figur
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,8 @@ from sweeper import api as sweeper_api
 from sweeper.analysis import figures, report
 from sweeper.core.mlflow_names import VIEW_TAG
 from trainer.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
 
 MUS = [0.2, 0.5, 1, 5, 10, 20, math.inf]
 BETAS = ["beta1_3", "beta2_4", "beta3_6", "beta4_3"]
@@ -431,3 +435,21 @@ def test_table5_scores_the_winners_checkpoint_on_whole_images_as_bicubic_is(tmp_
     assert found is not None
     again, _ = found
     assert cell(again, "psnr") == cell(table, "psnr")
+
+
+def test_following_mu_through_the_report_enters_each_module_at_most_twice(paper_store, tmp_path):
+    """Issue 17: a reader following mu from the runs to the tables does not go back and forth between modules
+    (scripts/follow_mu.py traces a whole study; here the report alone, in-process)."""
+    spec = importlib.util.spec_from_file_location("follow_mu", REPO / "scripts" / "follow_mu.py")
+    assert spec is not None and spec.loader is not None
+    follow_mu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(follow_mu)
+    uri, _, _ = paper_store
+    follower = follow_mu.Follower()
+    sys.setprofile(follower)
+    try:
+        sweeper_api.report("paper", out=tmp_path, tracking_uri=uri)
+    finally:
+        sys.setprofile(None)
+    assert "sweeper.analysis.runs" in follower.visits(), follower.path  # the trace saw mu being read
+    assert max(follower.visits().values()) <= 2, follower.path

@@ -44,9 +44,7 @@ from sweeper.analysis.runs import (
     RunRecord,
     find_runs,
     finished,
-    mu_label,
     open_client,
-    paper_order,
     read_artifact,
     stopped_early,
 )
@@ -302,18 +300,16 @@ def sweep_tables(study: Study) -> list[tuple[Table, list[RunRecord]]]:
             vary = varying(group)
             name = ARCH_NAMES.get(arch, arch)
             if vary == {"mu"}:
-                rows = sorted(latest_per(group, lambda r: r.mu), key=paper_order)
+                rows = sorted(latest_per(group, lambda r: r.mu), key=lambda r: r.order)
                 fixed = _distinct(r.beta for r in rows if not math.isinf(r.mu))
                 title = f"Table 1: {name} under different mu ({fixed}; stage {stage})"
-                labelled = [(mu_label(r.mu), r) for r in rows]
+                labelled = [(r.mu_label, r) for r in rows]
                 table = metric_table(study, f"table1_{stage}_{arch}", "mu", title, labelled)
                 if any(math.isinf(r.mu) for r in rows):
                     table.notes.append("mu=inf means the VGG loss only, the original perceptual loss.")
             elif vary == {"beta"}:
                 rows = sorted(latest_per(group, lambda r: r.beta), key=lambda r: r.beta)
-                title = (
-                    f"Table 2: {name} under different beta ({_distinct(mu_label(r.mu) for r in rows)}; stage {stage})"
-                )
+                title = f"Table 2: {name} under different beta ({_distinct(r.mu_label for r in rows)}; stage {stage})"
                 table = metric_table(study, f"table2_{stage}_{arch}", "beta", title, [(r.beta, r) for r in rows])
                 if all(math.isinf(r.mu) for r in rows):
                     table.notes.append(
