@@ -109,7 +109,9 @@ def test_live_curves_go_to_the_trials_one_run_once_across_restarts_and_resumes(t
     (folder / "result.json").unlink()
     log = folder / "metrics.jsonl"
     log.write_text(train_lines(range(1, 4), 1.7e9))
-    run_id, step = tracking.live_run(client, exp, None, folder, config, TAGS)
+    live = tracking.live_run(client, exp, None, folder, config, TAGS)
+    assert live is not None
+    run_id, step = live
     assert step == 0 and client.get_run(run_id).info.status == "RUNNING"
     assert client.get_run(run_id).info.run_name == "mu=inf beta3_6 · mu"
     assert tracking.forward(client, run_id, tracking.log_records(folder), 0, 0) == 3
