@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
-from sweeper.analysis import correlate, ledger, rankcheck
+from sweeper.analysis import correlate, ledger, rankcheck, stats
 from sweeper.core import halving
 from sweeper.core.overrides import Options, parse
 from sweeper.search.gpus import thread_share
@@ -98,10 +98,10 @@ def test_snap_and_replay_on_known_curves() -> None:
     assert rankcheck.snap([1, 2, 12], [6, 12]) == [6, 12]
     # trial 3 leads at budget 2 and is the only one kept (4 // 3 = 1), but trial 0 wins at the end: halving drops the winner
     curves = {
-        0: {2: (2.0, 0.0), 6: (0.0, 0.0)},
-        1: {2: (3.0, 0.0), 6: (1.0, 0.0)},
-        2: {2: (4.0, 0.0), 6: (2.0, 0.0)},
-        3: {2: (1.0, 0.0), 6: (3.0, 0.0)},
+        0: [{2: (2.0, 0.0), 6: (0.0, 0.0)}],
+        1: [{2: (3.0, 0.0), 6: (1.0, 0.0)}],
+        2: [{2: (4.0, 0.0), 6: (2.0, 0.0)}],
+        3: [{2: (1.0, 0.0), 6: (3.0, 0.0)}],
     }
     check = rankcheck.check_stage("mu", curves, 6, "psnr", Options(eta=3, min_iters=2))
     assert check.budgets == [2, 6] and check.winner == 0 and check.pick == 3
@@ -112,8 +112,62 @@ def test_snap_and_replay_on_known_curves() -> None:
         correlate.permutation_p(x, y)[1]
     )
     assert check.halving_iters == halving.iterations_spent([4, 1], [2, 6]) == 12 and check.full_iters == 24
-    flat = rankcheck.check_stage("mu", {t: {2: (1.0, 0.0), 6: (float(t), 0.0)} for t in range(3)}, 6, "psnr", Options())
+    flat = rankcheck.check_stage(
+        "mu", {t: [{2: (1.0, 0.0), 6: (float(t), 0.0)}] for t in range(3)}, 6, "psnr", Options()
+    )
     assert flat.rungs[0].undefined and math.isnan(flat.rungs[0].p_kendall)
+    assert first.separable == "no intervals (one seed)" and "one seed per point, no intervals" in rankcheck.summary(
+        check
+    )
+
+
+def test_rank_check_gives_each_rungs_ranking_intervals_over_repeats() -> None:
+    """Six points x three repeats (PSNR; a seed's luck shared by every point, as with common random numbers).
+    At budget 2 the points differ by less than the seeds' noise: a tie, and halving stops four of them on noise.
+    At budget 6 the two left are 1 dB apart on every seed: separated. The intervals are `stats.compare`'s."""
+    rng = np.random.default_rng(0)
+    luck = np.array([0.0, 0.5, -0.3])
+    early = 20 + luck + rng.normal(0, 0.3, (6, 3)) + np.linspace(0, 0.05, 6)[:, None]
+    late = 25 + luck + np.array([0.0, -1.0, -1.0, -1.0, -1.0, -1.0])[:, None] + rng.normal(0, 0.01, (6, 3))
+    curves = {t: [{2: (-early[t, r], 0.0), 6: (-late[t, r], 0.0)} for r in range(3)] for t in range(6)}
+    labels = {t: f"mu={t}" for t in range(6)}
+    check = rankcheck.check_stage("mu", curves, 6, "psnr", Options(eta=3, min_iters=2), labels)
+    first, last = check.rungs
+    assert check.repeats == 3 and first.alive == 6 and last.alive == 2
+    assert first.separable == "tie" and len(first.dropped) == 4 and set(first.dropped_on_noise) <= set(first.dropped)
+    assert first.dropped_on_noise, first.comparison
+    alive = [t for t in range(6) if labels[t] not in first.dropped]
+    assert [t for t in range(6) if labels[t] in [r.label for r in last.comparison.rows]] == alive
+    expected = stats.compare(late[alive][:, :, None], True, [labels[t] for t in alive], metric="psnr")
+    assert last.separable == "winner" and last.comparison.rows == expected.rows
+    assert {r.label: r.mean for r in first.comparison.rows} == pytest.approx(
+        {labels[t]: early[t].mean() for t in range(6)}
+    )
+    rows = rankcheck.interval_rows([check])
+    assert len(rows) == 6 + 2 and rows[0]["separated"] == "best" and all(r["low"] <= r["behind_best"] for r in rows)
+    assert [r["halving"] for r in rows].count("stops here") == 4 and rows[-2]["halving"] == "picked"
+    text = rankcheck.summary(check)
+    assert "over 3 repeats" in text and "rung 0 (budget 2): ranks not separable" in text and "rung 1" not in text
+    assert "paired t over 3 repeats" in rankcheck.interval_note([check])
+
+
+def test_rank_check_groups_a_points_repeats(tmp_path: Path) -> None:
+    """A point's curves are those of its repeats that every point has (they pair), under its first trial."""
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="s.mu", direction="maximize")
+    space = {"mu": CategoricalDistribution(["0.5", "inf"]), "repeat": optuna.distributions.IntDistribution(0, 9)}
+    for n, (mu, repeat) in enumerate([("0.5", 0), ("inf", 0), ("0.5", 1), ("inf", 1), ("inf", 2)]):
+        folder = tmp_path / str(n)
+        folder.mkdir()
+        (folder / "config.yaml").write_text("train: {iters: 4}\n")
+        lines = [{"step": s, "kind": "val", "set": "Set5", "psnr": 20 + s + n, "lpips": 0.5} for s in (2, 4)]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        study.add_trial(create_trial(params={"mu": mu, "repeat": repeat}, distributions=space, value=0.0,
+                                     user_attrs={"trial_dir": str(folder)}))  # fmt: skip
+    curves, iters, labels = rankcheck.stage_curves(storage, storage.get_study_id_from_name("s.mu"), "psnr")
+    assert iters == 4 and labels == {0: "mu=0.5", 1: "mu=inf"}
+    assert curves == {0: [{2: (-22.0, 0.5), 4: (-24.0, 0.5)}, {2: (-24.0, 0.5), 4: (-26.0, 0.5)}],
+                      1: [{2: (-23.0, 0.5), 4: (-25.0, 0.5)}, {2: (-25.0, 0.5), 4: (-27.0, 0.5)}]}  # fmt: skip
 
 
 def test_rank_check_refuses_a_halving_stage() -> None:
@@ -123,7 +177,7 @@ def test_rank_check_refuses_a_halving_stage() -> None:
     with pytest.raises(UserError, match="this stage ran with scheduler=sha: run the study with scheduler=none"):
         rankcheck.stage_curves(storage, sid, "psnr")
     storage.set_study_user_attr(sid, "scheduler", {"name": "none", "budgets": [12]})
-    assert rankcheck.stage_curves(storage, sid, "psnr") == ({}, 0)
+    assert rankcheck.stage_curves(storage, sid, "psnr") == ({}, 0, {})
 
 
 def test_scheduler_options_are_checked() -> None:

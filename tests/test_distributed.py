@@ -167,3 +167,62 @@ def test_sweeper_train_on_two_ranks_records_the_world_size(tmp_path):
     client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
     assert run.data.params["world_size"] == "2" and run.data.params["train.amp"] == "False"
+
+
+def rank_pids(marker: str) -> list[int]:
+    """The ranks of this test's trial: processes spawned by the elastic agent (multiprocessing's spawn_main; the
+    agent sets RANK in them after the start, so it is not in /proc) with the study folder `marker` in their
+    environment, oldest first."""
+    out = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            env, cmd = (proc / "environ").read_bytes(), (proc / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone, or not ours
+        if f"SWEEPER_STUDIES={marker}\0".encode() in env and b"spawn_main" in cmd and b"resource_tracker" not in cmd:
+            out.append(int(proc.name))
+    return sorted(out)
+
+
+@pytest.mark.slow
+def test_a_study_trial_whose_rank_is_killed_resumes_without_spending_a_retry(tmp_path):
+    """Issue 21: a `train.devices=2` trial of a local study whose rank 1 is killed (SIGKILL) after its first
+    checkpoint: the launcher stops rank 0, the attempt is the machine's fault (no retry spent: max_retries=0),
+    the next attempt resumes from the checkpoint, and the point is COMPLETE once, on 2 ranks, no step trained
+    twice, one MLflow run."""
+    import optuna
+    from cluster_helpers import REPO, env_for, sweeper_args, tiny, write_study
+    from mlflow import MlflowClient
+
+    env = env_for(tmp_path) | {"OMP_NUM_THREADS": "1"}
+    write_study(tmp_path, "ddp_kill", ["0.5"])
+    ws = tmp_path / "ws"
+    settings = tiny("train.iters=40", "train.ckpt_every=2", "train.val_every=40", "train.log_every=1",
+                    "train.from_scratch=true", "model.num_blocks=1")  # fmt: skip
+    run = sweeper_args(["run", "study=ddp_kill", f"workspace={ws}", *settings, "train.devices=2", "max_retries=0"])
+    proc = subprocess.Popen(run, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed: list[int] = []
+    deadline = time.monotonic() + 300
+    while not killed and proc.poll() is None and time.monotonic() < deadline:
+        if any(ws.glob("trials/**/ckpt/last.pt")):
+            killed = rank_pids(env["SWEEPER_STUDIES"])[-1:]  # the younger: rank 1
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=600)
+    assert killed, "no rank was found to kill"
+    assert proc.returncode == 0, err[-3000:]
+    assert "was killed (signal SIGKILL)" in out + err and "no retry spent" in out + err, out[-3000:]
+    storage = f"sqlite:///{ws / 'optuna.db'}"
+    trials = optuna.load_study(study_name="ddp_kill.mu", storage=storage).get_trials(deepcopy=False)
+    assert sorted(t.state.name for t in trials) == ["COMPLETE", "FAIL"], [(t.state, t.user_attrs) for t in trials]
+    (done,) = [t for t in trials if t.state.name == "COMPLETE"]
+    trial_dir = Path(done.user_attrs["trial_dir"])
+    steps = [r["step"] for r in train_records(trial_dir)]
+    assert steps == list(range(1, 41)), steps  # resumed from the checkpoint: nothing counted twice
+    assert json.loads((trial_dir / "result.json").read_text())["world_size"] == 2
+    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("ddp_kill").experiment_id], "tags.`sweeper.kind` = 'trial'"
+    )
+    assert [r.info.run_id for r in runs] == [done.user_attrs["mlflow_run_id"]]

@@ -83,6 +83,33 @@ def test_a_points_metrics_are_the_mean_over_its_repeats() -> None:
     assert mean_metrics([{"mean/psnr": 30.0, "mean/lpips": 0.2}, {"mean/psnr": 31.0}]) == {"mean/psnr": 30.5}
 
 
+def test_each_points_aggregates_go_to_all_its_repeats_runs() -> None:
+    """conclude's MLflow numbers per run: the point's means over repeats, its repeats, and the verdict's
+    standing and interval for the point, found through its label (synthetic per-image values: mu=0.5 is 1 dB
+    better on every image and seed)."""
+    import numpy as np
+    import optuna
+
+    from sweeper.analysis import stats
+    from sweeper.search.stage import point_aggregates
+
+    space = {"mu": optuna.distributions.CategoricalDistribution(["0.5", "inf"]),
+             "repeat": optuna.distributions.IntDistribution(0, 9)}  # fmt: skip
+    trials = [optuna.trial.create_trial(params={"mu": mu, "repeat": r}, distributions=space, value=0.0,
+                                        user_attrs={"mlflow_run_id": f"{mu}-{r}"}) for mu in ("0.5", "inf") for r in (0, 1, 2)]  # fmt: skip
+    by_point = {grid_key(t.params): [u for u in trials if u.params["mu"] == t.params["mu"]] for t in trials}
+    means = {k: {"mean/psnr": 26.0 if ("mu", "0.5") in k else 25.0, "Set5/psnr": 0.0} for k in by_point}
+    m = 25 + np.random.default_rng(0).normal(0, 0.01, (2, 3, 10)) + np.array([1.0, 0.0])[:, None, None]
+    verdict = stats.decide([("psnr", m, True)], ["mu=0.5", "mu=inf"])
+    out = point_aggregates(by_point, means, {"mu=0.5": trials[0], "mu=inf": trials[3]}, verdict)
+    assert set(out) == {t.user_attrs["mlflow_run_id"] for t in trials}
+    numbers, where = out["inf-2"]
+    behind = verdict.comparisons[0].rows[1]
+    assert where == "behind" and out["0.5-1"][1] == "best" and numbers["point/repeats"] == 3
+    assert numbers == {"point/mean/psnr": 25.0, "point/repeats": 3.0, "point/behind_best/psnr": behind.diff,
+                       "point/half_width/psnr": behind.half_width}  # fmt: skip
+
+
 def test_plan_prices_repeats_and_racing_before_the_training_data_is_there(tmp_path: Path) -> None:
     """Issue 18: planning is what a user does before downloading the training set; it never needs it."""
     from sweeper.search.plan import plan
@@ -108,6 +135,8 @@ def test_plan_prices_repeats_and_racing_before_the_training_data_is_there(tmp_pa
     assert "train: ? sub-images (not in the data root yet)" in fixed.data
     (raced,), _ = plan([*common, "repeats=auto", "max_repeats=4"])
     assert raced.trainings == 28 and raced.repeats.startswith("auto (at most 4")
+    (capped,), _ = plan([*common, "repeats=auto", "max_repeats=4", "max_trainings=10"])
+    assert (capped.points, capped.trainings) == (7, 10) and "10 trainings under max_trainings=10" in capped.repeats
 
 
 @pytest.mark.slow

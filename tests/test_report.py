@@ -4,9 +4,11 @@ hold the runs' values, the right rows, and the best / second-best markers; figur
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,11 @@ import yaml
 from PIL import Image
 
 from sweeper import api as sweeper_api
-from sweeper.analysis import report
+from sweeper.analysis import figures, report
 from sweeper.core.mlflow_names import VIEW_TAG
 from trainer.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
 
 MUS = [0.2, 0.5, 1, 5, 10, 20, math.inf]
 BETAS = ["beta1_3", "beta2_4", "beta3_6", "beta4_3"]
@@ -185,10 +189,16 @@ def test_repeats_show_mean_and_spread_and_are_paired(tmp_path):
         for b in BETAS[:3]:
             images = per_image(rng, base + shift, 25.3 if b == "beta2_4" else 25.0, 0.7, 0.15)
             psnr = float(np.mean([v["psnr_rgb"] for v in images["Set5"].values()]))
-            trials.append({"arch": "srgan", "mu": 0.5, "beta": b, "seed": seed, "per_image": images,
+            history = {"Set5": {"psnr": [(2, psnr - 2 + seed), (4, psnr - 1 + seed)]}}  # seeds spread the curves
+            trials.append({"arch": "srgan", "mu": 0.5, "beta": b, "seed": seed, "per_image": images, "history": history,
                            "final": {"Set5": {"psnr": psnr, "ssim": 0.7, "lpips": 0.15}}})  # fmt: skip
     mlflow_layout.log_stage(client, tmp_path / "ws", "paper", "beta", trials, winner=1)
     report.main(["study=paper", f"tracking_uri={uri}"], out=tmp_path / "out")
+    study = report.load_study(client, "paper")
+    drawn = report.histories(client, study, study.trials, "Set5")  # one curve per setting, one history per seed
+    assert len(drawn) == 3 and all(len(per["psnr"]) == 3 for per in drawn.values())
+    beta2_4 = next(per["psnr"] for label, per in drawn.items() if "beta2_4" in label)
+    assert [run[:2] for run in beta2_4] == [t["history"]["Set5"]["psnr"] for t in trials if t["beta"] == "beta2_4"]
     md = (tmp_path / "out" / "tables" / "table2_beta_srgan.md").read_text()
     cells = markdown_rows(tmp_path / "out" / "tables" / "table2_beta_srgan.md")
     assert list(cells) == BETAS[:3] and " ± " in cells["beta1_3"][1]
@@ -202,7 +212,27 @@ def test_repeats_show_mean_and_spread_and_are_paired(tmp_path):
     )
     readme = (tmp_path / "out" / "README.md").read_text()
     assert "Points are the mean over each setting's repeats; error bars their std." in readme
+    assert "the band their min-max (the seeds' spread, not an interval)" in readme
     assert Image.open(tmp_path / "out" / "figures" / "table2_beta_srgan_per_beta.png").size[0] > 100
+    assert Image.open(tmp_path / "out" / "figures" / "curves_Set5.png").size[0] > 100
+
+
+def test_validation_curves_draw_the_mean_and_a_min_max_band_over_repeats():
+    """A point with three repeats: its line is the mean at the steps all three validated, its band their
+    min-max; a point with one repeat is its own line, without a band."""
+    seeds = [[(2, 20.0), (4, 22.0), (6, 23.0)], [(2, 21.0), (4, 24.0)], [(2, 19.5), (4, 23.0), (6, 25.0)]]
+    fig = figures.curves_figure({"mu=0.5": {"psnr": seeds}, "mu=inf": {"psnr": [[(2, 18.0), (4, 19.0)]]}}, "Set5")
+    (ax,) = fig.axes
+    (band,) = ax.collections  # one band: the point with repeats
+    edge = np.asarray(band.get_paths()[0].vertices)[:, 1]
+    assert edge.min() == 19.5 and edge.max() == 24.0
+    mean, single = ax.lines
+    assert np.asarray(mean.get_xdata()).tolist() == [2, 4]
+    assert np.asarray(mean.get_ydata()).tolist() == pytest.approx([20.1666667, 23.0])
+    assert mean.get_label() == "mu=0.5: mean of 3 repeats, band min-max"
+    assert np.asarray(single.get_ydata()).tolist() == [18.0, 19.0]
+    steps, _, low, high = figures.over_repeats(seeds)
+    assert steps == [2, 4] and low.tolist() == [19.5, 22.0] and high.tolist() == [21.0, 24.0]
 
 
 def test_report_lists_the_tables_figures_and_warning(paper_store, paper_report):
@@ -405,3 +435,21 @@ def test_table5_scores_the_winners_checkpoint_on_whole_images_as_bicubic_is(tmp_
     assert found is not None
     again, _ = found
     assert cell(again, "psnr") == cell(table, "psnr")
+
+
+def test_following_mu_through_the_report_enters_each_module_at_most_twice(paper_store, tmp_path):
+    """Issue 17: a reader following mu from the runs to the tables does not go back and forth between modules
+    (scripts/follow_mu.py traces a whole study; here the report alone, in-process)."""
+    spec = importlib.util.spec_from_file_location("follow_mu", REPO / "scripts" / "follow_mu.py")
+    assert spec is not None and spec.loader is not None
+    follow_mu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(follow_mu)
+    uri, _, _ = paper_store
+    follower = follow_mu.Follower()
+    sys.setprofile(follower)
+    try:
+        sweeper_api.report("paper", out=tmp_path, tracking_uri=uri)
+    finally:
+        sys.setprofile(None)
+    assert "sweeper.analysis.runs" in follower.visits(), follower.path  # the trace saw mu being read
+    assert max(follower.visits().values()) <= 2, follower.path

@@ -138,6 +138,7 @@ def test_one_value_per_set_and_one_seed_is_untested():
     v = stats.decide([("lpips", m, False)], ["p", "q"], ["Set5", "Set14"])
     assert v.kind == "untested" and v.comparisons[0].rows[0].separated is False
     assert "UNTESTED" in v.summary()
+    assert stats.standings(v) == {"p": ("untested", {}), "q": ("untested", {})}  # no interval to show
 
 
 def test_lexicographic_selection_and_tie_breaks():
@@ -156,6 +157,14 @@ def test_lexicographic_selection_and_tie_breaks():
     alone = stats.decide([("lpips", lpips, False)], labels)
     assert alone.kind == "tie" and alone.tied == ["a", "b"] and alone.chosen == "a"
     assert "TIE among a, b" in alone.summary() and "tie_break=best_mean" in alone.summary()
+    where = stats.standings(v)  # what each point's MLflow runs show
+    assert {k: w for k, (w, _) in where.items()} == {"a": "behind", "b": "best", "c": "behind"}
+    assert set(where["c"][1]) == {"point/behind_best/lpips", "point/half_width/lpips"}  # c never reached psnr
+    a_psnr = next(r for r in v.comparisons[1].rows if r.label == "a")
+    assert (
+        where["a"][1]["point/half_width/psnr"] == a_psnr.half_width > 0 and where["b"][1]["point/behind_best/psnr"] == 0
+    )
+    assert {k: w for k, (w, _) in stats.standings(alone).items()} == {"a": "tied", "b": "tied", "c": "behind"}
     simplest = stats.decide([("lpips", lpips, False)], labels, tie_break="simplest", simplicity=[2, 0, 1])
     assert simplest.chosen == "b"
     with pytest.raises(ValueError, match="tie_break='coin'"):

@@ -158,3 +158,38 @@ def test_a_rerun_may_change_the_stage_winner(tmp_path: Path) -> None:
     assert stage.info.status == "FINISHED" and stage.data.tags["sweeper.winner_run_id"] == ids[1]
     assert (stage.data.tags["winner.mu"], stage.data.tags["winner.beta"]) == ("5", "beta1_3")
     assert [client.get_run(i).data.tags["sweeper.winner"] for i in ids] == ["false", "true"]
+
+
+def test_a_points_aggregates_are_on_each_of_its_runs_and_in_the_trials_view(tmp_path: Path) -> None:
+    """Issue 18: the mean over a point's repeats, their number and the interval of its difference to the best
+    go on every repeat's run (the trials view's columns), and a later conclusion's values replace them."""
+    import mlflow_layout
+
+    from sweeper.core.mlflow_names import VIEW_TAG
+
+    _, client = mlflow_layout.store(tmp_path)
+    trials = [
+        {"arch": "srgan", "mu": 0.5, "seed": seed, "final": mlflow_layout.scores(25.0 + seed, 0.7, 0.2)}
+        for seed in (0, 1)
+    ]
+    parent, ids = mlflow_layout.log_stage(client, tmp_path, "mu_search", "mu", trials, winner=0, select_by="psnr")
+    numbers = {
+        "point/mean/psnr": 25.123456,
+        "point/repeats": 2.0,
+        "point/behind_best/psnr": 0.0,
+        "point/half_width/psnr": 0.0,
+    }
+    tracking.log_points(client, dict.fromkeys(ids, (numbers, "tied")))
+    for run_id in ids:
+        run = client.get_run(run_id).data
+        assert {k: run.metrics[k] for k in numbers} == numbers and run.metrics[
+            "rounded/point/mean/psnr"
+        ] == 25.12  # DECIMALS
+        assert run.tags["sweeper.point_verdict"] == "tied"
+    tracking.log_points(client, {ids[0]: ({**numbers, "point/repeats": 3.0}, "best")})  # concluded again
+    again = client.get_run(ids[0]).data
+    assert again.metrics["point/repeats"] == 3.0 and again.tags["sweeper.point_verdict"] == "best"
+    experiment = client.get_run(parent).info.experiment_id
+    columns = json.loads(json.loads(client.get_experiment(experiment).tags[VIEW_TAG])["state"])["selectedColumns"]
+    assert {"metrics.`rounded/point/mean/psnr`", "metrics.`point/half_width/psnr`", "metrics.`point/repeats`",
+            "tags.`sweeper.point_verdict`"} <= set(columns)  # fmt: skip

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import errno
 import hashlib
 import json
 import math
@@ -56,7 +57,7 @@ from trainer.checkpoint import (
 )
 from trainer.config import NOT_COMPUTATION, Config, config_from_dict, flatten
 from trainer.data import TrainBatches, ValImage, load_val_sets, lr_source
-from trainer.errors import UserError
+from trainer.errors import MachineFault, UserError
 from trainer.files import file_lock, write_json_atomic, write_text_atomic
 from trainer.generator_files import init_state
 from trainer.images import to_rgb, write_image
@@ -784,9 +785,9 @@ def run_gan(
 def launch_ranks(cfg: Config, run_dir: Path, cache_dir: Path, show: bool, stop_after: int | None) -> dict[str, Any]:
     """`train` on `train.devices` ranks of this machine (torch.distributed.run's elastic agent), each with an
     equal share of this process's intra-op threads; returns rank 0's result. A rank's UserError is raised
-    here as one line; a rank that dies fails the launch (the others are stopped); SIGTERM to this process
-    reaches the ranks, which checkpoint and stop together (result "interrupted") when `stop_on_sigterm` was
-    called here."""
+    here as one line; a rank that dies fails the launch (the others are stopped), and one killed by a signal is
+    the machine's fault (MachineFault: no retry spent). SIGTERM to this process reaches the ranks, which
+    checkpoint and stop together (result "interrupted") when `stop_on_sigterm` was called here."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
@@ -796,9 +797,14 @@ def launch_ranks(cfg: Config, run_dir: Path, cache_dir: Path, show: bool, stop_a
         out = distributed.launch(_rank_main, args, cfg.train.devices)
     except ChildFailedError as e:  # one line for result.json's reason; the ranks' own errors are in the job's log
         rank, failure = e.get_first_failure()
-        how = f"signal {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
+        if failure.exitcode < 0:  # killed (kill -9, the OOM killer, a lost node): the machine's fault, no retry spent
+            raise MachineFault(
+                errno.ECHILD,
+                f"rank {rank} of {cfg.train.devices} was killed (signal {failure.signal_name()}); the launcher stopped "
+                "the others: the next attempt resumes from the last checkpoint",
+            ) from None
         raise RuntimeError(
-            f"rank {rank} of {cfg.train.devices} failed ({how}); the launcher stopped the others"
+            f"rank {rank} of {cfg.train.devices} failed (exit code {failure.exitcode}); the launcher stopped the others"
         ) from None
     except SignalException:
         done = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").exists() else {}

@@ -35,7 +35,6 @@ from sweeper.analysis.runs import (
     find_runs,
     finished,
     open_client,
-    paper_order,
     read_artifact,
 )
 from sweeper.analysis.tables import rows_to_csv, rows_to_markdown
@@ -212,7 +211,7 @@ def paired_runs(runs: list[RunRecord], proxy: str, target: str) -> list[tuple[st
     for r in finished(runs):  # oldest first, so a later run of the same setting replaces an earlier one
         if r.arch in by_arch:
             by_arch[r.arch][r.setting] = r
-    shared = sorted((s for s in by_arch[proxy] if s in by_arch[target]), key=lambda s: paper_order(by_arch[proxy][s]))
+    shared = sorted((s for s in by_arch[proxy] if s in by_arch[target]), key=lambda s: by_arch[proxy][s].order)
     return [(s, by_arch[proxy][s], by_arch[target][s]) for s in shared]
 
 

@@ -1,6 +1,7 @@
 """The report's figures (matplotlib, Agg): metrics against mu, metrics per beta, an LPIPS bar chart per
-method and set (the paper's Fig. 2), validation curves per trial, a grid of the same crops across
-settings (Figs. 6-7), and the rank check of successive halving. Each function returns PNG bytes; the caller writes and logs them."""
+method and set (the paper's Fig. 2), validation curves per grid point (a band over its repeats), a grid of
+the same crops across settings (Figs. 6-7), and the rank check of successive halving. Each function returns
+PNG bytes; the caller writes and logs them."""
 
 from __future__ import annotations
 
@@ -167,18 +168,41 @@ def lpips_bars(methods: list[str], sets: list[str], values: list[list[float]], t
     return png(fig)
 
 
-def validation_curves(histories: dict[str, dict[str, list[tuple[int, float]]]], set_name: str) -> bytes:
-    """Per trial, each measured metric on `set_name` against the training step; `histories[label][metric] = [(step, value)]`."""
-    metrics = measured({m: [v for per in histories.values() for _, v in per.get(m, [])] for m in METRICS})
+History = list[tuple[int, float]]  # (step, value) of one training's validations
+
+
+def over_repeats(runs: list[History]) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """The steps every repeat validated at, and the mean, min and max over the repeats there."""
+    steps = sorted(set.intersection(*(set(dict(run)) for run in runs)))
+    values = np.array([[dict(run)[s] for s in steps] for run in runs]).reshape(len(runs), len(steps))
+    return steps, values.mean(axis=0), values.min(axis=0), values.max(axis=0)
+
+
+def curves_figure(histories: dict[str, dict[str, list[History]]], set_name: str) -> Figure:
+    """Per grid point, each measured metric on `set_name` against the training step; `histories[label][metric]`
+    holds one history per repeat: a point with several is drawn as the mean over its repeats with a band from
+    their min to their max (the seed-to-seed spread, not an interval; the legend says so)."""
+    values = {m: [v for per in histories.values() for run in per.get(m, []) for _, v in run] for m in METRICS}
+    metrics = measured(values)
     fig, axes = panels(metrics, f"Validation on {set_name}")
     for ax, metric in zip(axes, metrics):
-        for label, per_metric in histories.items():
-            points = per_metric.get(metric, [])
-            if points:
-                ax.plot(*zip(*points), "o-", markersize=3, label=label)
+        for k, (label, per_metric) in enumerate(histories.items()):
+            runs = [run for run in per_metric.get(metric, []) if run]
+            if len(runs) == 1:
+                ax.plot(*zip(*runs[0]), "o-", color=f"C{k}", markersize=3, label=label)
+            elif runs:
+                steps, mean, low, high = over_repeats(runs)
+                ax.plot(steps, mean, "o-", color=f"C{k}", markersize=3,
+                        label=f"{label}: mean of {len(runs)} repeats, band min-max")  # fmt: skip
+                ax.fill_between(steps, low, high, color=f"C{k}", alpha=0.2, linewidth=0)
         ax.set_xlabel("GAN iteration")
     legend_below(fig, axes)
-    return png(fig)
+    return fig
+
+
+def validation_curves(histories: dict[str, dict[str, list[History]]], set_name: str) -> bytes:
+    """`curves_figure` as PNG."""
+    return png(curves_figure(histories, set_name))
 
 
 def comparison_grid(images: list[str], columns: list[str], tiles: list[list[np.ndarray | None]], title: str) -> bytes:

@@ -6,7 +6,9 @@ of Friedman ranks: every grid point gets one seed, then round by round the point
 (`sweeper.analysis.stats.compare`, simultaneous over the racing points' pairs) puts them behind the best by
 more than `min_effect` are dropped, and only the others get another seed (repeat r of every point has the
 same seed, so the differences stay paired). The race ends when one point is left (it is separated from all),
-when the racing points have `max_repeats` seeds (a tie among them), or when nothing was left to race.
+when the racing points have `max_repeats` seeds (a tie among them), when the next round would spend more than
+the budget (`max_trainings`, trainings over all rounds: a round gives every racing point its next seed or
+none, so the last seeds stay paired), or when nothing was left to race.
 
 No point is dropped on one seed: its interval would cover image sampling only, and seed luck (Table 1's
 mu=0.2 collapse) is exactly what a single seed cannot tell from a setting. Each round's intervals are
@@ -39,26 +41,32 @@ class Decision:
 
 
 def decide(m: np.ndarray, higher_is_better: bool, labels: Sequence[str], groups: Sequence | None, max_repeats: int,
-           min_effect: float = 0.0) -> Decision:  # fmt: skip
+           min_effect: float = 0.0, spent: int = 0, max_trainings: int | None = None) -> Decision:  # fmt: skip
     """One round over the racing points' metrics `m[point, repeat, image]` (each with the same repeats so far);
-    `min_effect` (the first metric's units, `select.min_effect`): a point behind by less is not dropped."""
+    `min_effect` (the first metric's units, `select.min_effect`): a point behind by less is not dropped;
+    `spent`: the trainings the race has spent so far, against `max_trainings` (None: no budget)."""
     n_points, repeats, _ = np.shape(m)
     everyone = list(range(n_points))
     if n_points == 1:
         return Decision(everyone, [], True, f"{labels[0]} is the only point left")
     if repeats < 2:
-        return Decision(everyone, [], repeats >= max_repeats, "one seed measures no seed noise: no point is dropped")
-    c = stats.compare(m, higher_is_better, labels, groups, settings=stats.Settings(min_effect=min_effect))
-    alive = [p for p, row in enumerate(c.rows) if row.best or not row.separated]
-    dropped = [p for p in everyone if p not in alive]
+        alive, dropped, said = everyone, [], "one seed measures no seed noise: no point is dropped"
+    else:
+        c = stats.compare(m, higher_is_better, labels, groups, settings=stats.Settings(min_effect=min_effect))
+        alive = [p for p, row in enumerate(c.rows) if row.best or not row.separated]
+        dropped = [p for p in everyone if p not in alive]
+        said = f"{len(alive)} points race on to seed {repeats + 1}"
     if len(alive) == 1:
         return Decision(
             alive, dropped, True, f"{labels[alive[0]]} is separated from every other point after {repeats} seeds"
         )
+    tied = ", ".join(labels[p] for p in alive)
     if repeats >= max_repeats:
-        tied = ", ".join(labels[p] for p in alive)
         return Decision(alive, dropped, True, f"max_repeats={max_repeats} reached: {tied} are not separated")
-    return Decision(alive, dropped, False, f"{len(alive)} points race on to seed {repeats + 1}")
+    if max_trainings is not None and spent + len(alive) > max_trainings:
+        return Decision(alive, dropped, True, f"budget spent: max_trainings={max_trainings}, {spent} spent and the "
+                        f"next round needs {len(alive)}: {tied} are not separated")  # fmt: skip
+    return Decision(alive, dropped, False, said)
 
 
 def metric_array(results: Sequence[Sequence[dict]], metric: str, space: str) -> np.ndarray | None:

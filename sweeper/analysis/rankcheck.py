@@ -7,6 +7,13 @@ with their final ranking: Kendall's tau-b and Spearman's rho with exact one-side
 (`sweeper.correlate`, the same code as Table 4's check; "undefined" when either ranking is constant),
 whether the final winner is still alive, and the trial-iterations halving would have spent against the
 full grid. Rung budgets snap to the validation steps actually recorded; both are printed.
+
+With repeats (`repeats=R`), a point is ranked on the mean over its repeats' curves, as halving promotes it,
+and each rung's ranking gets intervals: every point halving trains to the rung is compared with the rung's best
+by `sweeper.analysis.stats.compare` on its per-repeat values there (paired by seed; the validations along the
+way keep set means, so the value of a repeat is its mean over sets and the interval is a paired t over
+repeats). A rung whose ranks the intervals do not separate is said, with the points halving drops there
+though nothing puts them behind the best. One seed per point measures no seed noise: no intervals.
 """
 
 from __future__ import annotations
@@ -19,12 +26,12 @@ import numpy as np
 import yaml
 from optuna.trial import TrialState
 
-from sweeper.analysis import correlate
+from sweeper.analysis import correlate, stats
 from sweeper.core import halving
 from sweeper.core.overrides import Options, parse
-from sweeper.core.selection import TIE_BREAK, signed
+from sweeper.core.repeats import grid_key, point_of, repeat_of
+from sweeper.core.selection import HIGHER_IS_BETTER, TIE_BREAK, signed
 from sweeper.core.trials import stage_ids
-from sweeper.core.workspace import point_key
 from trainer.errors import UserError
 from trainer.metrics import mean_if_all
 
@@ -44,13 +51,32 @@ class RungCheck:
     p_spearman: float
     undefined: str | None  # why no ranking exists at this budget (every trial scores the same)
     winner_alive: bool  # the full grid's winner is among the trials trained to this budget
+    comparison: stats.Comparison | None  # the alive points against the rung's best (None: fewer than 2, or no value)
+    dropped: list[str]  # the points halving stops at this rung (labels)
+
+    @property
+    def separable(self) -> str:
+        """`winner` or `tie` (the intervals' verdict on the rung's ranking); `no intervals` with one seed."""
+        if self.comparison is None:
+            return "-"
+        return "no intervals (one seed)" if self.comparison.kind == "untested" else self.comparison.kind
+
+    @property
+    def dropped_on_noise(self) -> list[str]:
+        """The points halving stops here that the intervals do not put behind the rung's best."""
+        c = self.comparison
+        if c is None or c.kind == "untested":
+            return []
+        return [r.label for r in c.rows if r.label in self.dropped and not r.separated]
 
 
 @dataclass(frozen=True)
 class StageCheck:
     stage: str
     select_by: str
-    trials: list[int]
+    trials: list[int]  # each point's first trial
+    labels: dict[int, str]  # trial -> its point's label
+    repeats: int  # the repeats every point has (its curves' mean is what halving ranks)
     planned: list[int]  # `halving.rung_budgets`
     budgets: list[int]  # snapped to recorded validation steps
     rungs: list[RungCheck]
@@ -81,37 +107,50 @@ def snap(planned: list[int], recorded: list[int]) -> list[int]:
     return sorted({min(recorded, key=lambda s: (abs(s - b), s)) for b in planned})
 
 
-def check_stage(stage: str, curves: dict[int, Curve], iters: int, select_by: str, opts: Options) -> StageCheck:
-    """Replay halving on the trials' curves (trial number -> curve), all trained to `iters`."""
+def check_stage(stage: str, curves: dict[int, list[Curve]], iters: int, select_by: str, opts: Options,
+                labels: dict[int, str] | None = None) -> StageCheck:  # fmt: skip
+    """Replay halving on the points' curves (a point's first trial number -> one curve per repeat, the same
+    repeats for every point), all trained to `iters`; `labels`: trial -> the point's name (default `trial N`)."""
     if len(curves) < 2:
-        raise UserError(f"stage {stage} has {len(curves)} complete trial(s): a ranking needs at least 2")
-    recorded = sorted(set.intersection(*(set(c) for c in curves.values())))
+        raise UserError(f"stage {stage} has {len(curves)} complete point(s): a ranking needs at least 2")
+    names = labels or {t: f"trial {t}" for t in curves}
+    recorded = sorted(set.intersection(*(set(c) for runs in curves.values() for c in runs)))
     if iters not in recorded:
         raise UserError(
             f"stage {stage}: not every trial recorded a validation at train.iters={iters}; was it run with scheduler=none?"
         )
     planned = halving.rung_budgets(iters, len(curves), opts.eta, opts.min_iters)
     budgets = snap(planned, recorded)
-    scores = {t: {b: (*c[b], t) for b in budgets} for t, c in curves.items()}
+    per_repeat = {t: np.array([[c[b] for c in runs] for b in budgets]) for t, runs in curves.items()}  # (b, r, 2)
+    scores = {t: {b: (*per_repeat[t][k].mean(axis=0), t) for k, b in enumerate(budgets)} for t in curves}
     alive = halving.replay(scores, budgets, opts.eta)
     trials = sorted(curves)
     final = np.array([scores[t][iters][0] for t in trials])
     winner = min(trials, key=lambda t: scores[t][iters])
+    sign = -1.0 if HIGHER_IS_BETTER[select_by] else 1.0  # curves are signed (smaller is better); stats wants values
     rungs = []
     for k, (b, living) in enumerate(zip(budgets, alive, strict=True)):
         at = np.array([scores[t][b][0] for t in trials])
         p_rho, p_tau, _ = correlate.permutation_p(at, final)
         undefined = "every trial scores the same" if correlate.constant(at) or correlate.constant(final) else None
+        m = sign * np.array([per_repeat[t][k][:, 0] for t in living])[:, :, None]  # m[point, repeat, one value]
+        comparison = (
+            stats.compare(m, HIGHER_IS_BETTER[select_by], [names[t] for t in living], metric=select_by)
+            if len(living) > 1 and np.isfinite(m).all()
+            else None
+        )
+        dropped = living[halving.keep(len(living), opts.eta, draining=True) :] if k + 1 < len(budgets) else []
         rungs.append(RungCheck(k, b, len(living), correlate.kendall(at, final), p_tau, correlate.spearman(at, final), p_rho,
-                               undefined, winner in living))  # fmt: skip
+                               undefined, winner in living, comparison, [names[t] for t in dropped]))  # fmt: skip
     spent = halving.iterations_spent([len(r) for r in alive], budgets)
-    return StageCheck(
-        stage, select_by, trials, planned, budgets, rungs, alive[-1][0], winner, spent, len(trials) * iters
-    )
+    repeats = len(next(iter(curves.values())))
+    return StageCheck(stage, select_by, trials, names, repeats, planned, budgets, rungs, alive[-1][0], winner,
+                      spent * repeats, len(trials) * iters * repeats)  # fmt: skip
 
 
-def stage_curves(storage, study_id: int, select_by: str) -> tuple[dict[int, Curve], int]:
-    """(trial number -> curve, train.iters) for the latest COMPLETE trial of each grid point."""
+def stage_curves(storage, study_id: int, select_by: str) -> tuple[dict[int, list[Curve]], int, dict[int, str]]:
+    """(a point's first trial number -> one curve per repeat, train.iters, trial -> point label) over the latest
+    COMPLETE trial of each grid point and repeat, keeping the repeats every point has (they pair)."""
     recorded = storage.get_study_user_attrs(study_id).get(
         "scheduler", "none"
     )  # {"name", "budgets"} since scheduler=sha exists
@@ -120,19 +159,22 @@ def stage_curves(storage, study_id: int, select_by: str) -> tuple[dict[int, Curv
         raise UserError(
             f"rank-check replays halving on full curves; this stage ran with scheduler={scheduler}: run the study with scheduler=none"
         )
-    latest = {}
+    latest: dict = {}
     for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.COMPLETE,)):
-        latest[point_key(t.params)] = t
-    curves, iters = {}, set()
-    for t in latest.values():
-        folder = Path(t.user_attrs["trial_dir"])
-        curves[t.number] = curve(folder, select_by)
-        iters.add(yaml.safe_load((folder / "config.yaml").read_text())["train"]["iters"])
+        latest.setdefault(grid_key(t.params), {})[repeat_of(t.params)] = t
+    shared = sorted(set.intersection(*(set(by_repeat) for by_repeat in latest.values()))) if latest else []
+    curves, labels, iters = {}, {}, set()
+    for by_repeat in latest.values() if shared else []:
+        folders = [Path(by_repeat[r].user_attrs["trial_dir"]) for r in shared]
+        first = min(by_repeat[r].number for r in shared)
+        curves[first] = [curve(folder, select_by) for folder in folders]
+        labels[first] = " ".join(f"{k}={v}" for k, v in point_of(by_repeat[shared[0]].params).items())
+        iters |= {yaml.safe_load((folder / "config.yaml").read_text())["train"]["iters"] for folder in folders}
     if len(iters) > 1:
         raise UserError(
             f"the trials of this stage trained for different train.iters ({sorted(iters)}); halving needs one budget"
         )
-    return curves, iters.pop() if iters else 0
+    return curves, iters.pop() if iters else 0, labels
 
 
 def check_study(tokens: list[str]) -> list[StageCheck]:
@@ -142,8 +184,8 @@ def check_study(tokens: list[str]) -> list[StageCheck]:
     out = []
     for name, sid in stages.items():
         select_by = opts.select_by or storage.get_study_user_attrs(sid).get("select_by", "lpips")
-        curves, iters = stage_curves(storage, sid, select_by)
-        out.append(check_stage(name, curves, iters, select_by, opts))
+        curves, iters, labels = stage_curves(storage, sid, select_by)
+        out.append(check_stage(name, curves, iters, select_by, opts, labels))
     return out
 
 
@@ -156,16 +198,77 @@ def to_rows(checks: list[StageCheck]) -> list[dict]:
                 "stage": c.stage, "rung": r.rung, "budget": r.budget, "alive": f"{r.alive}/{len(c.trials)}",
                 "kendall": r.kendall, "p_kendall": r.p_kendall, "spearman": r.spearman, "p_spearman": r.p_spearman,
                 "ranking": "undefined" if r.undefined else "defined", "winner_alive": "yes" if r.winner_alive else "no",
+                "separable": r.separable, "dropped_on_noise": ", ".join(r.dropped_on_noise),
             })  # fmt: skip
     return rows
 
 
+def halving_fate(c: StageCheck, r: RungCheck, label: str) -> str:
+    """What halving does with a point alive at rung `r`: stops it, lets it go on, or (last rung) picks it."""
+    if label in r.dropped:
+        return "stops here"
+    if r.rung + 1 < len(c.rungs):
+        return "goes on"
+    return "picked" if label == c.labels[c.pick] else "finished"
+
+
+def interval_rows(checks: list[StageCheck]) -> list[dict]:
+    """The rung rankings with intervals: one row per stage, rung and point halving trains to that rung (best
+    first): its mean over repeats, how far behind the rung's best it is and that difference's interval (none
+    for a stage with one seed per point)."""
+    rows = []
+    for c in checks:
+        for r in c.rungs:
+            if r.comparison is None or r.comparison.kind == "untested":
+                continue
+            for row in sorted(r.comparison.rows, key=lambda row: row.diff):
+                rows.append({
+                    "stage": c.stage, "rung": r.rung, "budget": r.budget, "point": row.label, "repeats": c.repeats,
+                    f"mean_{c.select_by}": row.mean, "behind_best": row.diff,
+                    "low": row.low, "high": row.high, "separated": "best" if row.best else "yes" if row.separated else "no",
+                    "halving": halving_fate(c, r, row.label),
+                })  # fmt: skip
+    return rows
+
+
 def summary(c: StageCheck) -> str:
-    """The stage's verdict in two lines: budgets used, and what halving would have picked and spent."""
-    same = "the full grid's winner" if c.pick == c.winner else f"NOT the full grid's winner (trial {c.winner})"
-    return (f"stage {c.stage} (by mean {c.select_by}, {len(c.trials)} trials): rung budgets {c.planned} snapped to the "
-            f"recorded validation steps {c.budgets}\n  halving picks trial {c.pick}, {same}; it would train "
+    """The stage's verdict: budgets used, what halving would have picked and spent, and the rungs whose ranks
+    the intervals do not separate."""
+    same = (
+        "the full grid's winner"
+        if c.pick == c.winner
+        else f"NOT the full grid's winner ({c.labels[c.winner]}, trial {c.winner})"
+    )
+    over = f" over {c.repeats} repeats" if c.repeats > 1 else ""
+    text = (f"stage {c.stage} (by mean {c.select_by}{over}, {len(c.trials)} points): rung budgets {c.planned} snapped to the "
+            f"recorded validation steps {c.budgets}\n  halving picks {c.labels[c.pick]} (trial {c.pick}), {same}; it would train "
             f"{c.halving_iters} of the full grid's {c.full_iters} trial-iterations ({c.halving_iters / c.full_iters:.0%})")  # fmt: skip
+    for r in c.rungs:
+        comp = r.comparison
+        if comp is None or comp.kind == "winner":
+            continue
+        if comp.kind == "untested":
+            text += f"\n  rung {r.rung}: one seed per point, no intervals: pass repeats=3 or more to see which ranks are real"
+            break
+        tied = ", ".join(t.label for t in comp.tied if not t.best)
+        noise = (
+            f"; halving stops {', '.join(r.dropped_on_noise)} there though nothing puts them behind"
+            if r.dropped_on_noise
+            else ""
+        )
+        text += f"\n  rung {r.rung} (budget {r.budget}): ranks not separable: {tied} not separated from {comp.best.label}{noise}"
+    return text
+
+
+def interval_note(checks: list[StageCheck]) -> str:
+    """What the intervals of `interval_rows` are, in words."""
+    tested = (r.comparison for check in checks for r in check.rungs if r.comparison and r.comparison.kind != "untested")
+    c = next(tested, None)
+    if c is None:
+        return "one seed per point: no intervals"
+    level = f"{1 - c.settings.alpha:.0%}"
+    return (f"{level}, simultaneous over the pairs of each rung's points (Bonferroni); paired t over {c.repeats} repeats "
+            "of each point's mean over the validation sets at the rung's budget")  # fmt: skip
 
 
 def main(tokens: list[str]) -> None:
@@ -174,6 +277,10 @@ def main(tokens: list[str]) -> None:
 
     checks = check_study(tokens)
     print(rows_to_markdown(to_rows(checks)))
+    intervals = interval_rows(checks)
+    if intervals:
+        print(f"\nThe rung rankings' intervals ({interval_note(checks)}):\n")
+        print(rows_to_markdown(intervals))
     for c in checks:
         print(summary(c))
     print(correlate.weakness_note(min(len(c.trials) for c in checks)))

@@ -44,9 +44,7 @@ from sweeper.analysis.runs import (
     RunRecord,
     find_runs,
     finished,
-    mu_label,
     open_client,
-    paper_order,
     read_artifact,
     stopped_early,
 )
@@ -302,18 +300,16 @@ def sweep_tables(study: Study) -> list[tuple[Table, list[RunRecord]]]:
             vary = varying(group)
             name = ARCH_NAMES.get(arch, arch)
             if vary == {"mu"}:
-                rows = sorted(latest_per(group, lambda r: r.mu), key=paper_order)
+                rows = sorted(latest_per(group, lambda r: r.mu), key=lambda r: r.order)
                 fixed = _distinct(r.beta for r in rows if not math.isinf(r.mu))
                 title = f"Table 1: {name} under different mu ({fixed}; stage {stage})"
-                labelled = [(mu_label(r.mu), r) for r in rows]
+                labelled = [(r.mu_label, r) for r in rows]
                 table = metric_table(study, f"table1_{stage}_{arch}", "mu", title, labelled)
                 if any(math.isinf(r.mu) for r in rows):
                     table.notes.append("mu=inf means the VGG loss only, the original perceptual loss.")
             elif vary == {"beta"}:
                 rows = sorted(latest_per(group, lambda r: r.beta), key=lambda r: r.beta)
-                title = (
-                    f"Table 2: {name} under different beta ({_distinct(mu_label(r.mu) for r in rows)}; stage {stage})"
-                )
+                title = f"Table 2: {name} under different beta ({_distinct(r.mu_label for r in rows)}; stage {stage})"
                 table = metric_table(study, f"table2_{stage}_{arch}", "beta", title, [(r.beta, r) for r in rows])
                 if all(math.isinf(r.mu) for r in rows):
                     table.notes.append(
@@ -546,15 +542,19 @@ def comparison_grid(client: MlflowClient, labelled: list[tuple[str, RunRecord]],
 
 
 def histories(
-    client: MlflowClient, runs: list[RunRecord], set_name: str
-) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """Validation history per run: label -> metric -> [(step, value)]."""
+    client: MlflowClient, study: Study, runs: list[RunRecord], set_name: str
+) -> dict[str, dict[str, list[figures.History]]]:
+    """Validation history per grid point: label -> metric -> one [(step, value)] per repeat (`repeats_of`)."""
     out = {}
     for r in runs:
+        group = repeats_of(study, r)
+        if r.run_id != group[0].run_id:  # drawn with its point's first repeat
+            continue
         stopped = "" if r.stopped_at is None else f", stopped at {r.stopped_at}"
         label = f"{ARCH_NAMES.get(r.arch, r.arch)} {r.setting} ({r.stage}{stopped})"
         out[label] = {
-            m: [(h.step, h.value) for h in client.get_metric_history(r.run_id, f"{set_name}/{m}")] for m in METRICS
+            m: [[(h.step, h.value) for h in client.get_metric_history(g.run_id, f"{set_name}/{m}")] for g in group]
+            for m in METRICS
         }
     return out
 
@@ -804,9 +804,8 @@ def rank_check_section(writer: Writer, storage, stages: dict[str, int]) -> None:
     for name, sid in stages.items():
         select_by = storage.get_study_user_attrs(sid).get("select_by", "lpips")
         try:
-            checks.append(
-                rankcheck.check_stage(name, *rankcheck.stage_curves(storage, sid, select_by), select_by, Options())
-            )
+            curves, iters, labels = rankcheck.stage_curves(storage, sid, select_by)
+            checks.append(rankcheck.check_stage(name, curves, iters, select_by, Options(), labels))
         except UserError:  # a halving stage, or fewer than 2 complete trials: nothing to replay
             continue
     if checks:
@@ -817,6 +816,10 @@ def rank_check_section(writer: Writer, storage, stages: dict[str, int]) -> None:
             rankcheck.to_rows(checks),
             notes,
         )
+        intervals = rankcheck.interval_rows(checks)
+        if intervals:
+            writer.rows("rank_check_intervals", "Rank check: each rung's ranking with intervals", intervals,
+                        rankcheck.interval_note(checks) + ".")  # fmt: skip
         points = {
             c.stage: [(r.budget / c.budgets[-1], r.kendall, r.spearman, r.winner_alive) for r in c.rungs]
             for c in checks
@@ -852,8 +855,9 @@ def build(
         note = figures.unmeasured_note(every, [s])
         writer.figure(
             f"curves_{s}",
-            figures.validation_curves(histories(client, every, s), s),
-            f"Validation curves per trial on {s}.{note}",
+            figures.validation_curves(histories(client, study, every, s), s),
+            f"Validation curves per setting on {s}; a setting with repeats: the mean over its repeats, the band "
+            f"their min-max (the seeds' spread, not an interval).{note}",
         )
     top = [
         f"# Study `{name}`: the paper's tables and figures, from MLflow",

@@ -11,7 +11,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -31,7 +31,8 @@ LABELS = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS"}
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One MLflow run, reduced to what the readers need."""
+    """One MLflow run, reduced to what the readers need. Its setting (mu, beta) is read from the params once,
+    here, with the labels and the row order the paper's tables use, so that the report only arranges records."""
 
     run_id: str
     name: str
@@ -42,6 +43,19 @@ class RunRecord:
     tags: dict[str, str]
     params: dict[str, str]
     metrics: dict[str, float]  # latest value of each metric
+    mu: float = field(init=False)  # inf for the VGG-only loss, NaN when the run has no mu param
+    beta: str = field(init=False)
+    mu_label: str = field(init=False)  # `mu=inf` or `mu=0.5` (1.0 as `mu=1`)
+    setting: str = field(init=False)  # `mu=inf` (VGG loss only, beta unused) or `mu=0.5 + beta3_6` (Table 4)
+    order: tuple[float, str] = field(init=False)  # the paper's row order: mu=inf first, then increasing mu, then beta
+
+    def __post_init__(self) -> None:
+        mu, beta = float(self.params.get("mu", "nan")), self.params.get("beta", "")
+        label = f"mu={mu:g}"
+        fields = {"mu": mu, "beta": beta, "mu_label": label, "setting": label if math.isinf(mu) else f"{label} + {beta}",
+                  "order": (-math.inf if math.isinf(mu) else mu, beta)}  # fmt: skip
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
 
     @property
     def stage(self) -> str:
@@ -58,20 +72,6 @@ class RunRecord:
     def arch(self) -> str:
         return self.params.get("arch", "")
 
-    @property
-    def mu(self) -> float:
-        """mu as a float (inf for the VGG-only loss), NaN when the run has no mu param."""
-        return float(self.params.get("mu", "nan"))
-
-    @property
-    def beta(self) -> str:
-        return self.params.get("beta", "")
-
-    @property
-    def setting(self) -> str:
-        """The hyperparameter combination as the paper writes it: `mu=inf` or `mu=0.5 + beta3_6`."""
-        return setting_label(self.mu, self.beta)
-
     def sets(self) -> list[str]:
         """Validation sets with a final metric, alphabetically."""
         return sorted(
@@ -81,21 +81,6 @@ class RunRecord:
     def value(self, set_name: str, metric: str) -> float:
         """Final `<set>/<metric>` (set "mean" = average over sets); NaN when missing (e.g. LPIPS unavailable)."""
         return self.metrics.get(f"{set_name}/{metric}", math.nan)
-
-
-def mu_label(mu: float) -> str:
-    """`mu=inf` or `mu=0.5` (1.0 as `mu=1`)."""
-    return f"mu={mu:g}"
-
-
-def setting_label(mu: float, beta: str) -> str:
-    """`mu=inf` (VGG loss only, beta unused) or `mu=0.5 + beta3_6`, as in the paper's Table 4."""
-    return mu_label(mu) if math.isinf(mu) else f"{mu_label(mu)} + {beta}"
-
-
-def paper_order(run: RunRecord) -> tuple[float, str]:
-    """Sort key for settings, the paper's row order: mu=inf first, then increasing mu, then beta."""
-    return (-math.inf if math.isinf(run.mu) else run.mu, run.beta)
 
 
 def open_client(opts: Options) -> MlflowClient:

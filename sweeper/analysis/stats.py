@@ -388,3 +388,28 @@ def comparison_rows(verdict: Verdict) -> list[dict[str, object]]:
                          "repeats_needed": r.repeats_needed, "repeats": c.repeats, "images": c.images,
                          "interval": c.interval, "test": c.test, "verdict": verdict.kind})  # fmt: skip
     return rows
+
+
+def standings(verdict: Verdict) -> dict[str, tuple[str, dict[str, float]]]:
+    """Per point: where the verdict leaves it (`best`: the winner; `tied`: in the final tie, the chosen one
+    included; `behind`: separated; `untested`) and, for each metric it was compared by, how far behind that
+    comparison's best it is and the half-width of that difference's interval (`point/behind_best/<metric>`,
+    `point/half_width/<metric>`): what each point's MLflow runs show."""
+    numbers: dict[str, dict[str, float]] = {}
+    for c in verdict.comparisons:
+        for r in c.rows:
+            numbers.setdefault(r.label, {})
+            if c.kind != "untested":
+                numbers[r.label] |= {
+                    f"point/behind_best/{c.metric}": r.diff,
+                    f"point/half_width/{c.metric}": r.half_width,
+                }
+
+    def where(label: str) -> str:
+        if verdict.kind == "untested":
+            return "untested"
+        if label not in verdict.tied:
+            return "behind"
+        return "best" if verdict.kind == "winner" else "tied"
+
+    return {label: (where(label), n) for label, n in numbers.items()}

@@ -9,7 +9,7 @@ against `trainer.config` so a typo fails before anything runs. Values parse like
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +26,8 @@ from trainer.config import (
 from trainer.errors import UserError
 
 OPTION_KEYS = ("study", "stage", "trial", "executor", "select_by", "storage", "tracking_uri", "workspace", "rounds", "max_retries",
-               "scheduler", "scheduler.eta", "scheduler.min_iters", "repeats", "max_repeats", "select.min_effect", "select.tie_break",
-               "select.alpha", "max_machine_faults", "retry_failed")  # fmt: skip
+               "scheduler", "scheduler.eta", "scheduler.min_iters", "repeats", "max_repeats", "max_trainings", "select.min_effect",
+               "select.tie_break", "select.alpha", "max_machine_faults", "retry_failed")  # fmt: skip
 SCHEDULERS = ("none", "sha")
 
 
@@ -57,6 +57,7 @@ class Options:
     min_iters: int | None = None  # scheduler.min_iters; None: from sweeper.halving.rung_budgets
     repeats: int | str | None = None  # trainings per grid point, or "auto" (racing); None: the study's (default 1)
     max_repeats: int | None = None  # racing's cap; None: the study's (default studies.MAX_REPEATS)
+    max_trainings: int | None = None  # racing's budget per stage, trainings over all rounds; None: no budget
     config: dict[str, Any] = field(default_factory=dict)  # dotted training-config key -> parsed value
 
     def rule(self, select_by: str) -> Rule:
@@ -121,8 +122,8 @@ def options(settings: Mapping[str, Any], allow_config: bool = True) -> Options:
         value = parse_value(raw) if isinstance(raw, str) else raw
         if key.startswith("executor."):
             opts.executor_options[key.removeprefix("executor.")] = value
-        elif key in ("trial", "rounds", "max_retries", "max_machine_faults"):
-            setattr(opts, key, _count(key, value, 1 if key in ("rounds", "max_machine_faults") else 0))
+        elif key in ("trial", "rounds", "max_retries", "max_machine_faults", "max_trainings"):
+            setattr(opts, key, _count(key, value, 0 if key in ("trial", "max_retries") else 1))
         elif key == "retry_failed":
             if not isinstance(value, bool):
                 raise UserError(f"retry_failed={text!r}: expected true or false")
@@ -180,6 +181,22 @@ def stage_repeats(opts: Options, stage: Stage) -> tuple[int | str, int]:
             f"stage {stage.name} races (repeats: auto) and scheduler={opts.scheduler} halves; they do not combine: pass repeats=N or scheduler=none"
         )
     return repeats, stage.max_repeats if opts.max_repeats is None else opts.max_repeats
+
+
+def check_max_trainings(opts: Options, stages: Sequence[Stage]) -> None:
+    """`max_trainings=N` caps every racing stage: one must race, and N must pay for its first round (one seed of
+    every point); UserError otherwise."""
+    if opts.max_trainings is None:
+        return
+    racing = [s for s in stages if stage_repeats(opts, s)[0] == AUTO]
+    if not racing:
+        raise UserError(f"max_trainings={opts.max_trainings} caps racing, and no stage races: pass repeats=auto too")
+    for stage in racing:
+        if opts.max_trainings < len(stage.points()):
+            raise UserError(
+                f"max_trainings={opts.max_trainings} is fewer than stage {stage.name}'s {len(stage.points())} points: "
+                f"racing's first round trains one seed of each; pass max_trainings >= {len(stage.points())}"
+            )
 
 
 def require_study(opts: Options) -> str:

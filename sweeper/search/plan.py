@@ -1,8 +1,9 @@
 """`sweeper plan study=NAME preset=...`: what a study will cost, before anything runs (issue 12).
 
 Per stage: the grid points and their repeats (`repeats=R`: R trainings per point, one per seed; `repeats=auto`:
-racing's worst case, `max_repeats` per point), the trainings they need (equal configs, seed included, train
-once, and a point equal to an earlier stage's winner is reused), and trial-iterations and device-hours three ways:
+racing's worst case, `max_repeats` per point and at most `max_trainings` in all), the trainings they need
+(equal configs, seed included, train once, and a point equal to an earlier stage's winner is reused), and
+trial-iterations and device-hours three ways:
 - naive: every point to `train.iters`, pre-training repeated in every trial;
 - `scheduler=none`: every distinct training to `train.iters`, each pre-training once (the shared cache;
   none where the workspace's cache holds it already);
@@ -34,7 +35,7 @@ import yaml
 from sweeper.analysis import ledger
 from sweeper.core import halving
 from sweeper.core.identity import config_hash
-from sweeper.core.overrides import Options, parse, require_study, stage_repeats
+from sweeper.core.overrides import Options, check_max_trainings, parse, require_study, stage_repeats
 from sweeper.core.repeats import unit_config, units
 from sweeper.core.studies import AUTO, load
 from sweeper.core.workspace import Workspace
@@ -243,6 +244,7 @@ def plan(tokens: list[str]) -> tuple[list[StagePlan], Options]:
     """Parse and validate like `sweeper run` (nothing is created), then plan every stage."""
     opts = parse(tokens)
     study = load(require_study(opts))
+    check_max_trainings(opts, study.stages)
     ws = Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri)
     make_executor(opts.executor, opts.executor_options, ws.root, opts.preset)  # validates the executor options
     searched = {k for s in study.stages for k in s.searched_keys()}
@@ -259,11 +261,12 @@ def plan(tokens: list[str]) -> tuple[list[StagePlan], Options]:
     ) in study.stages:  # an alternating study's later stage runs at an earlier winner, which one is planned as reused
         repeats, max_repeats = stage_repeats(opts, stage)
         most = max_repeats if repeats == AUTO else int(repeats)
-        cfgs = [build_config(unit_config(config, stage, u.params)) for u in units(stage, most)]
+        trained = sorted(units(stage, most), key=lambda u: u.repeat)[: opts.max_trainings if repeats == AUTO else None]
+        cfgs = [build_config(unit_config(config, stage, u.params)) for u in trained]
         p = plan_stage(stage.name, cfgs, most, seen, cached, ws.cache_dir, opts, found, measured)
-        plans.append(
-            dataclasses.replace(p, repeats=f"auto (at most {most}: racing's worst case)") if repeats == AUTO else p
-        )
+        budget = f", {len(trained)} trainings under max_trainings={opts.max_trainings}" if opts.max_trainings else ""
+        worst = f"auto (at most {most} per point{budget}: racing's worst case)"
+        plans.append(dataclasses.replace(p, points=len(stage.points()), repeats=worst) if repeats == AUTO else p)
     return plans, opts
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from mlflow import MlflowClient
 
 from sweeper.core.mlflow_names import experiment, git_commit
-from sweeper.core.overrides import Options, parse, require_study, stage_repeats
+from sweeper.core.overrides import Options, check_max_trainings, parse, require_study, stage_repeats
 from sweeper.core.studies import load
 from sweeper.core.workspace import Workspace
 from sweeper.search.executors import make_executor
@@ -69,6 +69,7 @@ def run(opts: Options, detach: bool = False) -> Outcome:
     config = check_data(
         {"train.threads": STUDY_THREADS} | check_weights(base_config(study, opts, ws), opts.preset, select_by)
     )
+    check_max_trainings(opts, study.stages)
     for stage in study.stages:  # every trial config, repeats setting and rung budget valid before anything is created
         stage_repeats(opts, stage)
         for point in stage.points():

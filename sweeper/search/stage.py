@@ -138,11 +138,13 @@ def race_round(
         )
         return {**record, "end": said, "survivors": list(results)}
     sets = racing.image_sets(next(iter(results.values()))[0])
-    d = racing.decide(m, HIGHER_IS_BETTER[work.run.select_by], labels, sets, max_repeats, work.run.opts.min_effect)
+    spent = racing.trainings(record["rounds"])
+    d = racing.decide(m, HIGHER_IS_BETTER[work.run.select_by], labels, sets, max_repeats, work.run.opts.min_effect,
+                      spent, work.run.opts.max_trainings)  # fmt: skip
     kept = [list(results)[p] for p in d.alive]
     said = d.reason + (f"; failed: {failed}" if failed else "")
     if d.done:
-        spent, fixed = racing.trainings(record["rounds"]), len(points) * max_repeats
+        fixed = len(points) * max_repeats
         said += f" ({spent} trainings; repeats={max_repeats} would have taken {fixed}: {fixed - spent} saved)"
         return {**record, "end": said, "survivors": kept, "trainings": spent, "fixed_trainings": fixed}
     return {"rounds": [*record["rounds"], kept], "said": said}
@@ -209,7 +211,7 @@ def conclude(work: StageWork, groups: dict[Any, list[FrozenTrial]]) -> dict[str,
     if verdict is None:  # the metric is not there per image and repeat: the best mean, untested
         chosen = min(by_point, key=lambda p: (*rank(work.run.select_by, means[p]), by_point[p][0].number))
         best = by_point[chosen][0]
-        record = {
+        record: dict[str, Any] = {
             "kind": "untested",
             "tied": [],
             "summary": f"UNTESTED: by mean {work.run.select_by} only (no paired values to compare)",
@@ -218,6 +220,9 @@ def conclude(work: StageWork, groups: dict[Any, list[FrozenTrial]]) -> dict[str,
         best = standing[verdict.chosen]
         chosen = grid_key(best.params)
         record = {"kind": verdict.kind, "tied": verdict.tied, "summary": verdict.summary()}
+    race_end = work.run.storage.get_study_user_attrs(work.study_id).get("race", {}).get("end")
+    if race_end:  # why the race stopped (separated, max_repeats, the budget) goes wherever the verdict is shown
+        record["summary"] += f"; racing ended: {race_end}"
     winner = best.user_attrs["settings"]
     with file_lock(work.run.ws.root / "setup.lock"):  # two sweepers concluding at once: MLflow's tag inserts race
         crash_point("before_winner")
@@ -227,6 +232,7 @@ def conclude(work: StageWork, groups: dict[Any, list[FrozenTrial]]) -> dict[str,
         work.run.storage.set_study_user_attr(work.study_id, "finished_at", time.time())
         crash_point("after_winner")
         tracking.log_verdict(work.run.client, work.parent, record, stats.comparison_rows(verdict) if verdict else [])
+        tracking.log_points(work.run.client, point_aggregates(by_point, means, standing, verdict))
         tracking.finish_stage(
             work.run.client, work.run.study.name, work.name, work.parent, best.user_attrs["mlflow_run_id"], winner
         )
@@ -239,6 +245,21 @@ def conclude(work: StageWork, groups: dict[Any, list[FrozenTrial]]) -> dict[str,
     if verdict is not None:
         print(resolution(verdict))
     return winner
+
+
+def point_aggregates(by_point: dict[Any, list[FrozenTrial]], means: dict[Any, dict[str, float]],
+                     standing: dict[str, FrozenTrial], verdict: stats.Verdict | None) -> dict[str, tuple[dict[str, float], str]]:  # fmt: skip
+    """MLflow run id of every COMPLETE trial -> its point's aggregates (`tracking.log_points`): the means over the
+    point's repeats, their number and the verdict's standing and interval of the point."""
+    labels = {grid_key(t.params): label for label, t in standing.items()}
+    standings = stats.standings(verdict) if verdict else {}
+    out: dict[str, tuple[dict[str, float], str]] = {}
+    for p, trials in by_point.items():
+        where, compared = standings.get(labels.get(p, ""), ("untested", {}))
+        numbers = {f"point/{k}": v for k, v in means[p].items() if k.startswith("mean/")}
+        numbers |= {"point/repeats": float(len(trials)), **compared}
+        out |= {t.user_attrs["mlflow_run_id"]: (numbers, where) for t in trials}
+    return out
 
 
 def resolution(verdict: stats.Verdict) -> str:

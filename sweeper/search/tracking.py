@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,9 @@ def ui_view(select_by: str) -> str:
     columns = [f"params.`{p}`" for p in ("mu", "beta", "perceptual")] + [
         f"metrics.`{ROUNDED}mean/{m}`" for m in metrics
     ]
-    columns += [f"tags.`{t}`" for t in ("sweeper.stage", "sweeper.winner")]
+    columns += [f"metrics.`{ROUNDED}point/mean/{select_by}`", f"metrics.`point/half_width/{select_by}`",
+                "metrics.`point/repeats`"]  # fmt: skip
+    columns += [f"tags.`{t}`" for t in ("sweeper.point_verdict", "sweeper.stage", "sweeper.winner")]
     state = {
         "searchFilter": "tags.`sweeper.kind` = 'trial'", "orderByKey": f"metrics.`mean/{select_by}`",
         "orderByAsc": select_by == "lpips", "selectedColumns": columns, "runsHiddenMode": "SHOW_ALL",
@@ -349,6 +352,23 @@ def finish_stage(
                 png.write_bytes(plot(rows, sets, table.title))
                 client.log_artifact(parent_id, str(png), "results")
     client.set_terminated(parent_id, "FINISHED")
+
+
+def log_points(client: MlflowClient, points: dict[str, tuple[dict[str, float], str]]) -> None:
+    """Each trial run's point aggregates (run id -> (metrics, standing)), shared by the repeats of a point and
+    logged on each of them so the trials view shows them on every row: `point/mean/<metric>` (the mean over the
+    point's repeats; `rounded/point/mean/<metric>` at the tables' decimals), `point/repeats`, and from the
+    stage's comparison `point/behind_best/<metric>`, `point/half_width/<metric>`; tag `sweeper.point_verdict`
+    (best | tied | behind | untested). Re-logged when a stage concludes again (the latest value is shown)."""
+    now = int(time.time() * 1000)
+    for run_id, (numbers, standing) in points.items():
+        rounded = {
+            f"{ROUNDED}{k}": round(v, DECIMALS[k.split("/")[-1]])
+            for k, v in numbers.items()
+            if k.startswith("point/mean/")
+        }
+        metrics = [Metric(k, float(v), now, 0) for k, v in (numbers | rounded).items()]
+        client.log_batch(run_id, metrics=metrics, tags=[RunTag("sweeper.point_verdict", standing)])
 
 
 def log_verdict(client: MlflowClient, parent_id: str, record: dict[str, Any], rows: list[dict[str, Any]]) -> None:
