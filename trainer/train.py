@@ -46,7 +46,6 @@ from trainer import weights as weights_mod
 from trainer.checkpoint import (
     FINISHED,
     SNAPSHOT,
-    keep_generator_only,
     load_checkpoint,
     rng_state,
     save_atomic,
@@ -691,8 +690,8 @@ def train(
             run_dir / "rungs" / f"{tally.step}.json",
         )
     out = finish(result("complete", None), result_path)
-    if world.main:
-        keep_generator_only(ckpt_path)  # after result.json: a crash in between only leaves the full state
+    if world.main:  # after result.json (a crash in between only leaves the full state), from memory: no re-read
+        save_generator(ckpt_path, cfg.to_dict(), FINISHED, tally.step, gan.evaluated.state_dict())
     return out
 
 
