@@ -128,6 +128,7 @@ def test_mu_search_survives_kill_9_and_agrees_with_mlflow(tmp_path: Path, env: d
     for run in nested:
         (trial,) = [t for t in complete if t["mlflow_run_id"] == run.info.run_id]
         assert run.data.params["mu"] == trial["params"]["mu"] and run.data.tags["sweeper.weights"] == "random"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train/l_g")] == [2]  # the loss line, once
         assert run.data.metrics["mean/psnr"] == pytest.approx(trial["metrics"]["mean/psnr"])
         assert [m.step for m in client.get_metric_history(run.info.run_id, "Set5/psnr")] == [3]
     winner = [r for r in nested if r.data.tags["sweeper.winner"] == "true"]
@@ -193,18 +194,25 @@ def test_cancel_stops_the_running_trial(tmp_path: Path, env: dict[str, str]) -> 
         "train.iters=2000",
         "train.val_every=2000",
     ]
-    run = start(["run", "study=ablation", f"workspace={ws}", *slow], tmp_path, env)
-    wait_for(
-        lambda: (
-            any(t["state"] == "RUNNING" and t["job_id"] for t in status(ws, tmp_path, env, "ablation")["trials"])
-            if (ws / "optuna.db").exists()
-            else False
-        )
-    )
+    run = start(["run", "study=ablation", f"workspace={ws}", *slow], tmp_path, env | {"SWEEPER_LIVE_S": "0.5"})
+    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+
+    def live_curve() -> list[int]:  # issue 22: the running trial's loss lines reach its MLflow run as it trains
+        assert run.poll() is None, run.communicate()
+        found = client.get_experiment_by_name("ablation") if (ws / "mlflow.db").exists() else None
+        runs = client.search_runs([found.experiment_id], "tags.`sweeper.kind` = 'trial'") if found else []
+        return [m.step for r in runs if r.info.status == "RUNNING" for m in client.get_metric_history(r.info.run_id, "train/l_g")]  # fmt: skip
+
+    wait_for(lambda: bool(live_curve()))
     done = sweeper(["cancel", "study=ablation", f"workspace={ws}"], tmp_path, env)
     assert done.returncode == 0 and "cancelled 3 trial(s)" in done.stdout, done.stdout + done.stderr
     _, err = run.communicate(timeout=120)
     assert run.returncode == 2 and "was cancelled" in err
+    (live,) = client.search_runs(
+        [client.get_experiment_by_name("ablation").experiment_id], "tags.`sweeper.kind` = 'trial'"
+    )
+    steps = [m.step for m in client.get_metric_history(live.info.run_id, "train/l_g")]
+    assert live.info.status == "KILLED" and steps == list(range(2, 2 * len(steps) + 1, 2)), steps  # each line once
     trials = status(ws, tmp_path, env, "ablation")["trials"]
     assert {t["state"] for t in trials} == {"FAIL"} and all(t["reason"].startswith("cancelled") for t in trials)
     pid = job_pid(Path(trials[0]["trial_dir"]), ws)

@@ -293,6 +293,22 @@ def test_plan_agrees_with_the_finished_studys_ledger(study) -> None:
     assert not (tmp / "fresh").exists()
 
 
+@pytest.mark.slow
+def test_plan_on_a_data_root_plans_the_presets_training_sets_found_there(study, shared_data: Path) -> None:
+    """Issue 22: `sweeper plan ... data.root=DATA` settles the sets as `sweeper run` does (smoke: T91 and BSD200
+    found there, not the embedded demo's `train`), each counted from its images' headers."""
+    tmp, ws, env = study
+    done = sweeper(
+        ["plan", "study=small", f"workspace={ws}", *SMALL, f"data.root={shared_data}", "--format", "json"], tmp, env
+    )
+    (stage,) = json.loads(done.stdout)["stages"]
+    assert (
+        stage["data"].startswith("T91: 1,890 sub-images (the headers of its 91 images")
+        and "; BSD200: " in stage["data"]
+    )
+    assert stage["rate_source"].startswith("srgan: ledgers of 4 trial(s)")  # the workspace's ledgers still price it
+
+
 def _stages(ws: Path):
     storage = optuna.storages.get_storage(f"sqlite:///{ws / 'optuna.db'}")
     return storage, {"mu": storage.get_study_id_from_name("small.mu")}

@@ -1,7 +1,8 @@
 """Crash safety proven by fault injection (issue 9): a `sweeper run` killed (SIGKILL, as `kill -9`) or
 interrupted (SIGINT, as Ctrl-C) at every named crash point of the trial state machine, then re-run with the
 same command, ends exactly as an uninterrupted run: every grid point settled once, no retry spent, no
-iteration trained twice or by two jobs, one MLflow run per settled trial (a stopped one tagged with its rung), exactly one winner on which Optuna
+iteration trained twice or by two jobs, one MLflow run per settled trial (a stopped one tagged with its rung)
+holding every training-log step once (forwarded live or at the end), exactly one winner on which Optuna
 and MLflow agree, no stage run left RUNNING.
 
 The crashes are chained to keep CI short: run k crashes at point k, and run k + 1 (crashing at point k + 1)
@@ -90,6 +91,10 @@ def assert_sound(ws: Path, storage: str, study: str = "crash", mus: list[str] = 
     experiment = client.get_experiment_by_name(study).experiment_id
     runs = client.search_runs([experiment], "tags.`sweeper.kind` = 'trial'")
     assert sorted(r.info.run_id for r in runs) == sorted(t.user_attrs["mlflow_run_id"] for t in settled)  # one run each
+    for t in settled:  # every training-log line forwarded to the trial's run (live or at its end), each step once
+        run_id, logged = t.user_attrs["mlflow_run_id"], range(1, t.user_attrs["reached_iters"] + 1)
+        for key in ("train/l_g", "train/step_s"):
+            assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(logged), (t.number, key)
     stopped = {r.info.run_id: r.data.tags.get("sweeper.stopped_at") for r in runs}
     assert all(
         stopped[t.user_attrs["mlflow_run_id"]] == (None if t in complete else str(t.user_attrs["reached_iters"]))

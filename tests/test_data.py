@@ -270,6 +270,8 @@ def test_a_data_root_gives_the_presets_training_sets_and_every_benchmark_found(
         r"BSD100, BSD200, Set14, Set5, T91; name yours with data.train_sets=\[\.\.\.\]",
     ):
         settle_sets({"preset": "paper", **root})
+    planned = settle_sets({"preset": "paper", **root}, absent_ok=True)  # `sweeper plan` before DIV2K is downloaded
+    assert planned["data.train_sets"] == ["DIV2K"] and planned["data.val_sets"] == ["Set5", "Set14", "BSD100"]
     (tmp_path / "T91").mkdir()
     write_image(tmp_path / "T91" / "a.png", torch.zeros(3, 8, 8, dtype=torch.uint8))
     with pytest.raises(UserError, match="none of the benchmark sets .*data.val_sets="):

@@ -19,6 +19,13 @@ from trainer.nets import build_generator
 runner = CliRunner()
 
 
+def evaluate_bicubic(root: Path, sets: str, out: Path, *keys: str) -> Any:
+    """`sweeper evaluate bicubic` of `sets` under `root` into `out`, with config keys."""
+    return runner.invoke(
+        app, ["evaluate", "bicubic", "--data-root", str(root), "--sets", sets, "--out", str(out), *keys]
+    )
+
+
 def read_rows(path: Path) -> dict[tuple[str, str], dict[str, str]]:
     with open(path, newline="") as f:
         return {(r["set"], r["image"]): r for r in csv.DictReader(f)}
@@ -26,20 +33,7 @@ def read_rows(path: Path) -> dict[tuple[str, str], dict[str, str]]:
 
 def test_bicubic_matches_the_matlab_reference(shared_data: Path, tmp_path: Path, torch_home: Path) -> None:
     out = tmp_path / "bicubic.csv"
-    result = runner.invoke(
-        app,
-        [
-            "evaluate",
-            "bicubic",
-            "--data-root",
-            str(shared_data),
-            "--sets",
-            "Set5,Set14,BSD100",
-            "--out",
-            str(out),
-            "data.val_hr=mod4",
-        ],
-    )  # the CSV's modcrop
+    result = evaluate_bicubic(shared_data, "Set5,Set14,BSD100", out, "data.val_hr=mod4")  # the CSV's modcrop
     assert result.exit_code == 0, result.output
     assert "Set14" in result.output and "BSD100" in result.output  # the per-set mean table
     ours, reference = read_rows(out), read_rows(shared_data / "bicubic_x4_matlab_reference.csv")
@@ -59,21 +53,7 @@ def test_bicubic_reads_the_papers_table5_row_in_rgb_on_gtmod12(
 ) -> None:
     """Table 5's bicubic Set5 (26.69 / 0.7736) is the RGB protocol on GTmod12 HR; Y reads 1.7 dB higher."""
     out = tmp_path / "b.csv"
-    result = runner.invoke(
-        app,
-        [
-            "evaluate",
-            "bicubic",
-            "--data-root",
-            str(shared_data),
-            "--sets",
-            "Set5",
-            "--out",
-            str(out),
-            "metrics.space=rgb",
-            "data.val_hr=mod12",
-        ],
-    )
+    result = evaluate_bicubic(shared_data, "Set5", out, "metrics.space=rgb", "data.val_hr=mod12")
     assert result.exit_code == 0, result.output
     rows = read_rows(out).values()
     psnr, ssim = (sum(float(r[k]) for r in rows) / 5 for k in ("psnr_rgb", "ssim_rgb"))

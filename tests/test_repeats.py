@@ -132,7 +132,7 @@ def test_plan_prices_repeats_and_racing_before_the_training_data_is_there(tmp_pa
     ]
     (fixed,), _ = plan([*common, "repeats=3"])
     assert (fixed.points, fixed.repeats, fixed.trainings, fixed.none_iters) == (7, "3", 21, 21 * fixed.iters)
-    assert "train: ? sub-images (not in the data root yet)" in fixed.data
+    assert fixed.data == "T91: ? sub-images (not in the data root yet); BSD200: ? sub-images (not in the data root yet)"
     (raced,), _ = plan([*common, "repeats=auto", "max_repeats=4"])
     assert raced.trainings == 28 and raced.repeats.startswith("auto (at most 4")
     (capped,), _ = plan([*common, "repeats=auto", "max_repeats=4", "max_trainings=10"])

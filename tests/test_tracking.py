@@ -81,15 +81,58 @@ def test_a_trial_is_logged_once_in_the_documented_layout(tmp_path: Path) -> None
     assert len(client.search_runs([exp], "tags.`sweeper.kind` = 'trial'")) == 1
 
 
-def test_a_half_logged_run_is_replaced(tmp_path: Path) -> None:
+def test_a_half_logged_run_is_completed_not_replaced(tmp_path: Path) -> None:
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = experiment(client, "mu_search", tmp_path / "artifacts")
     config = trial_folder(tmp_path / "trial")
-    crashed = client.create_run(
-        exp, tags={"sweeper.kind": "trial", **TAGS}
-    ).info.run_id  # a crash before set_terminated
-    run_id = tracking.log_trial(client, exp, None, tmp_path / "trial", config, TAGS)
-    assert run_id != crashed and client.get_run(crashed).info.lifecycle_stage == "deleted"
+    key = tracking.trial_key(tmp_path / "trial", TAGS)
+    crashed = client.create_run(exp, tags={**TAGS, **key}).info.run_id  # a crash before set_terminated
+    assert tracking.log_trial(client, exp, None, tmp_path / "trial", config, TAGS) == crashed
+    assert client.get_run(crashed).info.status == "FINISHED"
+    assert [r.info.run_id for r in client.search_runs([exp])] == [crashed]
+
+
+def train_lines(steps: range, t0: float, l_g: float = 0.5) -> str:
+    return "".join(json.dumps({"step": s, "kind": "train", "l_g": l_g, "l_d": 0.7, "lr": 1e-4, "step_s": 0.2,
+                               "time": t0 + s}) + "\n" for s in steps)  # fmt: skip
+
+
+def test_live_curves_go_to_the_trials_one_run_once_across_restarts_and_resumes(tmp_path: Path) -> None:
+    """Issue 22 item 6: the training-log lines of a running trial reach its MLflow run as step metrics while it
+    trains; a restarted sweeper goes on from the step the run holds, a resumed job's rewritten steps (after its
+    checkpoint) are not logged twice, a batch logged again after a crash adds nothing, and the end completes
+    the same run."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = experiment(client, "mu_search", tmp_path / "artifacts")
+    folder = tmp_path / "trial"
+    config = trial_folder(folder)
+    (folder / "result.json").unlink()
+    log = folder / "metrics.jsonl"
+    log.write_text(train_lines(range(1, 4), 1.7e9))
+    live = tracking.live_run(client, exp, None, folder, config, TAGS)
+    assert live is not None
+    run_id, step = live
+    assert step == 0 and client.get_run(run_id).info.status == "RUNNING"
+    assert client.get_run(run_id).info.run_name == "mu=inf beta3_6 · mu"
+    assert tracking.forward(client, run_id, tracking.log_records(folder), 0, 0) == 3
+    assert tracking.live_run(client, exp, None, folder, config, TAGS) == (run_id, 3)  # a restarted sweeper
+    log.write_text(train_lines(range(1, 3), 1.7e9) + train_lines(range(3, 6), 1.8e9, l_g=0.4))  # resumed at 2
+    assert tracking.forward(client, run_id, tracking.log_records(folder), 3, 0) == 5
+    assert tracking.forward(client, run_id, tracking.log_records(folder), 3, 0) == 5  # again: a crash before noting it
+    tracking.kill_stage_runs(client, "mu_search")  # `sweeper cancel`: the live run ends KILLED, a re-run resumes it
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert tracking.live_run(client, exp, None, folder, config, {**TAGS, "sweeper.trial_number": "9"}) == (run_id, 5)
+    run = client.get_run(run_id)
+    assert run.info.status == "RUNNING" and run.data.tags["sweeper.trial_number"] == "9"  # the new attempt's
+    trial_folder(tmp_path / "done")  # its result.json and validation lines, then the end
+    log.write_text(log.read_text() + (tmp_path / "done" / "metrics.jsonl").read_text())
+    (folder / "result.json").write_text((tmp_path / "done" / "result.json").read_text())
+    assert tracking.log_trial(client, exp, None, folder, config, TAGS) == run_id
+    history = {k: sorted(m.step for m in client.get_metric_history(run_id, k)) for k in ("train/l_g", "train/step_s")}
+    assert history == {"train/l_g": [1, 2, 3, 4, 5], "train/step_s": [1, 2, 3, 4, 5]}, history
+    assert [m.value for m in sorted(client.get_metric_history(run_id, "train/l_g"), key=lambda m: m.step)][2] == 0.5
+    assert "train/time" not in client.get_run(run_id).data.metrics
+    assert client.get_run(run_id).info.status == "FINISHED" and client.get_run(run_id).data.metrics["mean/psnr"] == 21
     assert [r.info.run_id for r in client.search_runs([exp])] == [run_id]
 
 

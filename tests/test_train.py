@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import multiprocessing
+import time
 from pathlib import Path
 
 import pytest
@@ -328,3 +329,6 @@ def test_every_log_every_steps_a_line_on_stdout_has_the_step_the_losses_and_the_
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("gan ")]
     assert [line.split(":")[0] for line in lines] == ["gan 2/4", "gan 4/4"]
     assert all(" l_g " in line and " l_d " in line and line.endswith(" s/step") for line in lines), lines
+    records = [r for r in jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]  # MLflow's live curves
+    assert [f"{r['step_s']:.3g} s/step" for r in records] == [line.rsplit(", ", 1)[1] for line in lines]
+    assert all(0 < time.time() - r["time"] < 600 for r in records)  # when each line was written

@@ -1,5 +1,7 @@
-"""`sweeper ui` in a real browser: the MLflow server it starts shows a study's trials and their mu values in
-Debian's headless Chromium, and SIGTERM to `sweeper ui` stops the server and all its workers."""
+"""`sweeper ui` in a real browser: the MLflow server it starts shows a study's trials in Debian's headless
+Chromium as issue 22 item 6 asked (run names with their stage, the study's description, metrics rounded to
+the tables' decimals, the report as an HTML page MLflow previews), and SIGTERM to `sweeper ui` stops the
+server and all its workers."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import mlflow_layout
@@ -17,9 +20,12 @@ import numpy as np
 import pytest
 from cluster_helpers import REPO, sweeper_args
 
+from sweeper.analysis import report
 from sweeper.analysis.ui import group_alive
+from sweeper.core.mlflow_names import experiment
 
 MUS = [0.2, 0.5, 1, 5, 10, 20, float("inf")]
+DESCRIPTION = "Table 1: the mu grid at beta1_3 (a description for the UI test)"
 
 
 def chromium() -> str:
@@ -42,16 +48,19 @@ def free_port() -> int:
 
 
 def read_until(proc: subprocess.Popen[str], marker: str, timeout_s: float) -> list[str]:
-    """Lines of `proc`'s stdout up to the one containing `marker`."""
-    lines: list[str] = []
+    """Lines of `proc`'s stdout up to the one containing `marker` (read unbuffered: a line already in a reader's
+    buffer never wakes `select`)."""
+    text = ""
     deadline = time.monotonic() + timeout_s
     assert proc.stdout is not None
     while time.monotonic() < deadline and proc.poll() is None:
         if select.select([proc.stdout], [], [], 1.0)[0]:
-            lines.append(proc.stdout.readline().rstrip())
-            if marker in lines[-1]:
-                return lines
-    raise AssertionError(f"no {marker!r} from sweeper ui within {timeout_s}s: {lines}")
+            text += os.read(proc.stdout.fileno(), 65536).decode()
+            lines = text.splitlines()
+            for n, line in enumerate(lines):
+                if marker in line:
+                    return lines[: n + 1]
+    raise AssertionError(f"no {marker!r} from sweeper ui within {timeout_s}s: {text}")
 
 
 def process_groups_of_children(pid: int) -> set[int]:
@@ -71,23 +80,38 @@ def process_groups_of_children(pid: int) -> set[int]:
 def test_the_ui_shows_the_trials_in_a_browser_and_dies_with_sweeper_ui(tmp_path: Path) -> None:
     browser = chromium()
     _, client = mlflow_layout.store(tmp_path)
-    trials = [{"arch": "srgan", "mu": mu, "final": mlflow_layout.scores(20 + k, 0.5, 0.2), "sample": np.zeros((8, 8, 3), np.uint8)}
+    # PSNR means 19.623456 + k: the UI's columns must show 19.62 + k, not a cut full value
+    trials = [{"arch": "srgan", "mu": mu, "final": mlflow_layout.scores(20.123456 + k, 0.5, 0.2), "sample": np.zeros((8, 8, 3), np.uint8)}
               for k, mu in enumerate(MUS)]  # fmt: skip
-    mlflow_layout.log_stage(client, tmp_path, "mu_search", "mu", trials, winner=6, select_by="psnr")
+    stage_run, _ = mlflow_layout.log_stage(client, tmp_path, "mu_search", "mu", trials, winner=6, select_by="psnr")
+    exp = experiment(client, "mu_search", tmp_path / "artifacts", DESCRIPTION)  # as `sweeper run` gives the study's
+    report.main(["study=mu_search", f"workspace={tmp_path}"], out=tmp_path / "report")  # logs report/ on the stage run
     port = free_port()
     ui = subprocess.Popen(sweeper_args(["ui", f"workspace={tmp_path}", "--port", str(port), "--workers", "1"]), cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
     try:
-        lines = read_until(ui, "/#/experiments/", timeout_s=180)  # the first study's link
-        assert "MLflow UI at" in lines[-2] and lines[-1].split()[0] == "mu_search", lines
+        lines = read_until(ui, "viewStateShareKey=", timeout_s=180)  # the study's link (after the baselines')
+        assert any("MLflow UI at" in line for line in lines) and lines[-1].split()[0] == "mu_search", lines
         link = lines[-1].split()[-1]
-        assert "viewStateShareKey=" in link, lines
-        page = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                               "--window-size=1920,1200", "--virtual-time-budget=20000", "--dump-dom", link],
-                              capture_output=True, text=True, timeout=180).stdout  # fmt: skip
+
+        def dom(url: str) -> str:
+            return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                                   "--window-size=1920,1200", "--virtual-time-budget=20000", "--dump-dom", url],
+                                  capture_output=True, text=True, timeout=180).stdout  # fmt: skip
+
+        page = dom(link)
         for mu in ("0.2", "0.5", "20", "inf"):
-            assert f"mu={mu} beta1_3" in page, f"trial mu={mu} not on the page {link}"
-        assert "mean/psnr" in page and "mu_search · mu" not in page  # metric columns; stage runs filtered out
+            assert f"mu={mu} beta1_3 · mu" in page, f"trial mu={mu} with its stage not on the page {link}"
+        assert "rounded/mean/psnr" in page and "mu_search · mu" not in page  # metric columns; stage runs filtered out
+        assert all(f"{19.62 + k:.2f}" in page for k in range(len(MUS))) and "19.623" not in page  # rounded, not cut
+        assert DESCRIPTION in page  # the experiment's description
+        base = link.split("/#/")[0]
+        with urllib.request.urlopen(f"{base}/get-artifact?path=report/report.html&run_uuid={stage_run}") as reply:
+            kind, html = reply.headers["Content-Type"], reply.read().decode()
+        assert kind.startswith("text/html") and "<table>" in html and "Table 1" in html  # the whole report, one page
+        assert 'src="data:image/png;base64,' in html and 'src="figures/' not in html  # figures inside it
+        preview = dom(f"{base}/#/experiments/{exp}/runs/{stage_run}/artifacts/report/report.html")
+        assert 'class="mlflow-html-iframe"' in preview, "MLflow's artifact view does not preview report.html as a page"
         groups = process_groups_of_children(ui.pid)
         assert groups, "sweeper ui started no server"
     finally:

@@ -15,7 +15,7 @@ from trainer.errors import UserError
 from trainer.files import atomic_write, check_space, no_space
 from trainer.nets import build_generator
 
-FINISHED = "finished"  # the `stage` of a checkpoint shrunk by keep_generator_only
+FINISHED = "finished"  # the `stage` of a finished run's checkpoint: its generator only (see save_generator)
 SNAPSHOT = "snapshot"  # the `stage` of a generator kept every train.keep_every iterations
 
 
@@ -30,7 +30,9 @@ def snapshot_steps(run_dir: Path) -> list[int]:
 
 
 def save_generator(path: Path, config: dict[str, Any], stage: str, step: int, g: dict[str, torch.Tensor]) -> None:
-    """A generator-only checkpoint (what evaluation, export and promotion read), atomically."""
+    """A generator-only checkpoint (what evaluation, export and promotion read), atomically. A finished run
+    keeps only this (its EMA weights when kept): optimizer, discriminator, data and RNG state only serve a
+    resume, a finished run never resumes, and they are most of the file (183 MB -> 6 MB for the smoke preset)."""
     save_atomic({"config": config, "stage": stage, "step": step, "g": g}, path)
 
 
@@ -82,14 +84,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "g" not in ckpt or "config" not in ckpt:
         raise UserError(f"{path}: not a trainer checkpoint (expected a dict with 'g' and 'config')")
     return ckpt
-
-
-def keep_generator_only(path: Path) -> None:
-    """Shrink the checkpoint of a finished run to what evaluation and promotion read: its config, step and
-    generator weights (the EMA ones when kept). Optimizer, discriminator, data and RNG state only serve a
-    resume, and a finished run never resumes; they are most of the file (183 MB -> 6 MB for the smoke preset)."""
-    ckpt = load_checkpoint(path)
-    save_generator(path, ckpt["config"], FINISHED, ckpt["step"], ckpt.get("ema") or ckpt["g"])
 
 
 def load_generator(path: str | Path) -> nn.Module:

@@ -61,11 +61,12 @@ def _hr_folder(folder: Path) -> Path:
     return folder / PUBLISHED_HR if (folder / PUBLISHED_HR).is_dir() else folder
 
 
-def settle_sets(config: dict[str, Any]) -> dict[str, Any]:
+def settle_sets(config: dict[str, Any], absent_ok: bool = False) -> dict[str, Any]:
     """`config` (dotted keys) with the sets of a data root settled: on a root other than the embedded demo,
     `data.train_sets` defaults to the preset's sets found there (`ROOT_TRAIN_SETS`: T91 and BSD200 for smoke and
     proxy, DIV2K for paper) and `data.val_sets` to every benchmark set found (`BENCHMARK_SETS`); a key the
-    config names is kept as it is. None of the preset's training sets there: a UserError naming what was found."""
+    config names is kept as it is. None of the preset's training sets there: a UserError naming what was found,
+    or, for a plan made before the data is downloaded (`absent_ok`), all of them, as named."""
     cfg = build_config(config)
     root = resolve_root(cfg.data.root or None)
     if root == EMBEDDED:
@@ -79,7 +80,7 @@ def settle_sets(config: dict[str, Any]) -> dict[str, Any]:
     for key, (names, what) in wanted.items():
         if key in config:
             continue
-        present = [s for s in names if s in found]
+        present = [s for s in names if s in found] or (list(names) if absent_ok else [])
         if not present:
             raise UserError(
                 f"{root} has none of the {what.format(', '.join(names))}; "

@@ -47,7 +47,6 @@ from trainer import weights as weights_mod
 from trainer.checkpoint import (
     FINISHED,
     SNAPSHOT,
-    keep_generator_only,
     load_checkpoint,
     rng_state,
     save_atomic,
@@ -214,16 +213,16 @@ class Progress:
         if time.monotonic() - self.last_write >= heartbeat.EVERY_S or step == self.total:
             self.write(step)
 
-    def log(self, step: int, losses: dict[str, float]) -> None:
+    def log(self, step: int, losses: dict[str, float]) -> dict[str, float]:
         """One line on stdout (the trial's stdout.log, shown by `sweeper logs`): step, losses, seconds per step
-        since the last line (rank 0's)."""
-        if not self.main:
-            return
+        since the last line (rank 0's). Returns the step time and the wall time (unix s) for metrics.jsonl."""
         now = time.monotonic()
         step_s = (now - self.last_log) / max(step - self.logged, 1)
         self.last_log, self.logged = now, step
-        text = " ".join(f"{k} {v:.4g}" for k, v in losses.items())
-        tqdm.write(f"{self.stage} {step}/{self.total}: {text}, {step_s:.3g} s/step", file=sys.stdout)
+        if self.main:
+            text = " ".join(f"{k} {v:.4g}" for k, v in losses.items())
+            tqdm.write(f"{self.stage} {step}/{self.total}: {text}, {step_s:.3g} s/step", file=sys.stdout)
+        return {"step_s": step_s, "time": time.time()}
 
     def write(self, step: int) -> None:
         if not self.main:
@@ -356,8 +355,7 @@ def run_pretrain(
             if step % cfg.train.log_every == 0:
                 values = meter.read(step)
                 bar.update(step, values)
-                append_jsonl(log, {"step": step, "kind": "train", **values})
-                bar.log(step, values)
+                append_jsonl(log, {"step": step, "kind": "train", **values, **bar.log(step, values)})
             if (step % cfg.train.ckpt_every == 0 and step < total) or stop:
                 meter.read(step)  # never checkpoint weights trained on a NaN
                 save(step)
@@ -707,8 +705,8 @@ def train_here(
             run_dir / "rungs" / f"{tally.step}.json",
         )
     out = finish(result("complete", None), result_path)
-    if world.main:
-        keep_generator_only(ckpt_path)  # after result.json: a crash in between only leaves the full state
+    if world.main:  # after result.json (a crash in between only leaves the full state), from memory: no re-read
+        save_generator(ckpt_path, cfg.to_dict(), FINISHED, tally.step, gan.evaluated.state_dict())
     return out
 
 
@@ -773,8 +771,8 @@ def run_gan(
             if step % t.log_every == 0:
                 values = meter.read(step)
                 bar.update(step, {k: values[k] for k in ("l_g", "l_percep", "l_d")})
-                append_jsonl(metrics_log, {"step": step, "kind": "train", **values, "lr": gan.sched_g.get_last_lr()[0]})
-                bar.log(step, values)
+                lr = gan.sched_g.get_last_lr()[0]
+                append_jsonl(metrics_log, {"step": step, "kind": "train", **values, "lr": lr, **bar.log(step, values)})
             if validating or saving:
                 meter.read(step)  # never validate or checkpoint weights trained on a NaN
             if validating:

@@ -30,7 +30,8 @@ CRASH_POINTS = (
     "job_recorded",  # job id and executor recorded on the trial
     "rung_reported",  # a rung's value reported to Optuna, the trial not yet paused
     "before_promote",  # a paused trial chosen to go on, not yet relaunched
-    "mlflow_run_created",  # the trial's MLflow run exists, its metrics not all logged
+    "mlflow_run_created",  # the trial's MLflow run exists (created at its first progress or its end), nothing logged
+    "live_forwarded",  # a batch of a trial's training-log lines is in its MLflow run, not yet remembered as forwarded
     "before_finish",  # the trial's MLflow run is complete, the Optuna trial still RUNNING
     "before_prune",  # a trial stopped by halving is logged to MLflow, the Optuna trial still RUNNING (paused)
     "after_finish",  # the Optuna trial is COMPLETE

@@ -5,7 +5,8 @@ through the states below by `StageWork` (docs/ARCHITECTURE.md, "The trial state 
 what a crash at each arrow leaves and how a re-run repairs it):
 
     (none) -enqueue-> WAITING -claim-> RUNNING/claimed -token, budget.json-> launching -submit, job id->
-    launched -> COMPLETE (final result, logged to MLflow) | FAIL (counted; a new WAITING attempt, same folder)
+    launched (its training-log lines forwarded to its MLflow run, live)
+             -> COMPLETE (final result, logged to MLflow) | FAIL (counted; a new WAITING attempt, same folder)
              -> FAIL "machine fault: ..." (not counted; a new WAITING attempt; after max_machine_faults in a row
                 no new job is launched and the run stops, saying why)
              -> launching again ("interrupted": SIGTERM, checkpointed; no retry spent)
@@ -63,6 +64,7 @@ from trainer.files import file_lock, read_json, write_json_atomic, write_text_at
 POLL_S = 0.25
 LEASE_S = float(os.environ.get("SWEEPER_LEASE_S", "60"))  # a trial's owner renews its lease every LEASE_S / 3
 LIVE_PHASES = ("claimed", "launching", "launched")  # RUNNING trials that hold (or are about to hold) a job slot
+LIVE_EVERY_S = float(os.environ.get("SWEEPER_LIVE_S", "5"))  # a running trial's new log lines go to MLflow this often
 STALL_MIN_S = 600.0  # the default executor.stall_s: 10 minutes without progress, or ...
 STALL_STEPS = 10  # ... the time of 10 of the trial's steps, when that is longer
 
@@ -114,6 +116,16 @@ class Watch:
 
 
 @dataclass
+class LiveRun:
+    """The MLflow run of a trial this process forwards training-log lines to (`StageWork.forward`)."""
+
+    run_id: str | None  # None: the run is complete already (another sweeper logged it)
+    step: int  # the last training-log step the run holds
+    seen: tuple[int, int] = (-1, -1)  # metrics.jsonl's (size, mtime) when last read
+    at: float = 0.0  # time.monotonic() of that read
+
+
+@dataclass
 class StageWork:
     """One stage being worked on by this process: the trial state machine of the module docstring."""
 
@@ -128,6 +140,7 @@ class StageWork:
     mine: set[int] = field(default_factory=set)  # numbers of the RUNNING trials this process owns
     renewed_at: float = 0.0
     machine_faults: list[str] = field(default_factory=list)  # reasons of the attempts ended in a row by the machine
+    live: dict[int, LiveRun] = field(default_factory=dict)  # trial number -> its run, for the live curves
     watches: dict[int, Watch] = field(default_factory=dict)  # trial number -> the stall watchdog's view of its job
 
     # --- the loop ---
@@ -255,6 +268,7 @@ class StageWork:
         else:
             self.watches.pop(t.number, None)  # queued, unknown or ended: no stall clock runs
         if state != "ENDED" or folder_busy(trial_dir):
+            self.forward(t, trial_dir)
             return None  # running (or a superseded duplicate ended while the live job still holds the folder)
         return self.job_ended(t, trial_dir)
 
@@ -262,6 +276,8 @@ class StageWork:
         """Read what the ended job left: a final result, a rung, an interruption, a failure, or nothing."""
         budget, result = t.user_attrs["budget"], read_result(trial_dir)
         status = (result or {}).get("status")
+        if status != "complete":  # the curve up to the rung, the interruption or the failure
+            self.forward(t, trial_dir, now=True)
         stalled = self.stall_of(t)
         if stalled:
             self.count_stall(t, trial_dir, stalled)
@@ -524,28 +540,63 @@ class StageWork:
                 "Re-run the same command to resume once it is fixed"
             )
 
-    def log(self, t: FrozenTrial, trial_dir: Path, stopped_at: int | None = None) -> str:
-        """Log the trial to MLflow as a nested run of the stage (found by its trial key if already logged)."""
+    def trial_tags(self, t: FrozenTrial) -> dict[str, str]:
+        """The tags of a trial's MLflow run that the sweeper knows (the result adds its own)."""
         attrs = t.user_attrs
-        config = yaml.safe_load((trial_dir / "config.yaml").read_text())
         extra = {"sweeper.reused_from": attrs["reused_from"]} if "reused_from" in attrs else {}
         if "slurm_job_id" in attrs:
             extra["sweeper.slurm_job_id"] = attrs["slurm_job_id"]
-        tags = {**self.run.tags, "sweeper.stage": self.name, "sweeper.trial_number": str(t.number),
+        return {**self.run.tags, "sweeper.stage": self.name, "sweeper.trial_number": str(t.number),
                 "sweeper.repeat": str(repeat_of(t.params)), **extra}  # fmt: skip
+
+    def log(self, t: FrozenTrial, trial_dir: Path, stopped_at: int | None = None) -> str:
+        """Log the trial to MLflow as a nested run of the stage (its live run, found by its trial key, completed)."""
+        config = yaml.safe_load((trial_dir / "config.yaml").read_text())
         with file_lock(trial_dir / ".finish.lock"):  # two sweepers that adopted the trial at once log one run
             return tracking.log_trial(
-                self.run.client, self.run.experiment_id, self.parent, trial_dir, config, tags, stopped_at
+                self.run.client, self.run.experiment_id, self.parent, trial_dir, config, self.trial_tags(t), stopped_at
             )
+
+    def forward(self, t: FrozenTrial, trial_dir: Path, now: bool = False) -> None:
+        """Live curves: a launched trial's new training-log lines (metrics.jsonl: losses, lr, step time, one every
+        `train.log_every` steps) to its MLflow run, created at its first progress; at most every LIVE_EVERY_S,
+        at once when its job ended (`now`). The run's own last step is where it goes on after a restart, so no
+        step is logged twice, even when a resumed job writes the steps after its checkpoint again."""
+        live = self.live.get(t.number)
+        if live is not None and (live.run_id is None or (not now and time.monotonic() - live.at < LIVE_EVERY_S)):
+            return
+        if live is None and not (trial_dir / "progress.json").exists():
+            return  # not training yet
+        log = trial_dir / "metrics.jsonl"
+        seen = (log.stat().st_size, log.stat().st_mtime_ns) if log.exists() else (0, 0)
+        if live is not None and live.seen == seen:
+            live.at = time.monotonic()
+            return
+        client = self.run.client
+        with file_lock(trial_dir / ".finish.lock"):  # one writer per run, as `log`
+            if live is None:
+                config = yaml.safe_load((trial_dir / "config.yaml").read_text())
+                found = tracking.live_run(
+                    client, self.run.experiment_id, self.parent, trial_dir, config, self.trial_tags(t)
+                )
+                live = self.live[t.number] = LiveRun(*found) if found else LiveRun(None, 0)
+            if live.run_id is not None:
+                stamp = seen[1] // 1_000_000  # for lines written before they carried their time
+                live.step = tracking.forward(client, live.run_id, tracking.log_records(trial_dir), live.step, stamp)
+        live.seen, live.at = seen, time.monotonic()
 
     def end(self, number: int, state: TrialState, value: float | None, attrs: dict[str, Any]) -> None:
         if not finish(self.run.storage, self.study_id, number, state, value, attrs):
             raise Settled(number)
         self.mine.discard(number)
+        live = self.live.pop(number, None)
+        if state == TrialState.FAIL and live is not None and live.run_id is not None:
+            self.run.client.set_terminated(live.run_id, "FAILED")  # a new attempt sets it RUNNING again
 
     def settled(self, number: int) -> None:
         """Forget a trial another process finished; say so when it was `sweeper cancel`."""
         self.mine.discard(number)
+        self.live.pop(number, None)
         t = self.fetch(number)
         if str(t.user_attrs.get("reason", "")).startswith(CANCELLED):
             print(f"trial {number} was cancelled")
@@ -601,4 +652,7 @@ class StageWork:
         if len(local) < len(running):
             print(f"{len(running) - len(local)} SLURM job(s) keep running; the re-run adopts them")
         self.release()
+        for live in self.live.values():  # a re-run sets them RUNNING again
+            if live.run_id is not None:
+                self.run.client.set_terminated(live.run_id, "KILLED")
         tracking.end_stage_run(self.run.client, self.parent, "KILLED")

@@ -41,7 +41,7 @@ from sweeper.core.studies import AUTO, load
 from sweeper.core.workspace import Workspace
 from sweeper.search.executors import make_executor
 from trainer.config import Config, build_config
-from trainer.data import prepared_data_id, subimage_count
+from trainer.data import prepared_data_id, settle_sets, subimage_count
 from trainer.errors import UserError
 from trainer.train import pretrain_key
 
@@ -249,7 +249,9 @@ def plan(tokens: list[str]) -> tuple[list[StagePlan], Options]:
     ws = Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri)
     make_executor(opts.executor, opts.executor_options, ws.root, opts.preset)  # validates the executor options
     searched = {k for s in study.stages for k in s.searched_keys()}
-    config = {**study.config, **{k: v for k, v in opts.config.items() if k not in searched}}
+    config = settle_sets(
+        {**study.config, **{k: v for k, v in opts.config.items() if k not in searched}}, absent_ok=True
+    )  # a data root's sets, as `sweeper run` settles them
     cached = {p.name.rsplit("-", 1)[1] for p in ws.cache_dir.glob("pretrain-*") if (p / "last.pt").exists()}
     found = ledger_rates(ws.root) if ws.root.is_dir() else {}
     seen: set[str] = set()

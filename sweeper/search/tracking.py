@@ -1,12 +1,18 @@
 """MLflow logging of trials and stages, in the layout of docs/ARCHITECTURE.md ("MLflow layout").
 
-The orchestrator is the only writer. A trial is logged in one go when it ends, from its folder
-(config.yaml, metrics.jsonl, result.json, samples/), never from the training loop. Logging is idempotent:
-a trial's run is found by its tags, and a run left half-logged by a crash is deleted and logged again.
+The orchestrator is the only writer, from the trial folder, never from the training loop. A trial's run is
+found by its key (study, stage, trial folder: every attempt at a point is one run) or created: while the
+trial trains, its training-log lines (metrics.jsonl, every `train.log_every` steps) are forwarded to it as
+step metrics (`forward`: live curves); when it ends, `log_trial` forwards the rest and completes the same run
+from the folder (config.yaml, metrics.jsonl, result.json, samples/). Logging is idempotent: `forward` commits
+whole steps per batch and starts after the last step the run holds, and the end's metrics carry the result
+file's time, so a second logging after a crash writes rows MLflow already has (it keeps one of each).
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
 import math
@@ -16,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from sweeper.analysis.tables import DECIMALS
@@ -92,12 +98,11 @@ def end_stage_run(client: MlflowClient, run_id: str, status: str) -> None:
 
 
 def kill_stage_runs(client: MlflowClient, study: str) -> None:
-    """`sweeper cancel`: every RUNNING stage run of the study ends KILLED (a re-run sets it RUNNING again)."""
+    """`sweeper cancel`: every RUNNING stage run of the study, and every live trial run, ends KILLED (a re-run sets
+    them RUNNING again)."""
     found = client.get_experiment_by_name(study)
-    for run in (
-        _find(client, found.experiment_id, {"sweeper.kind": "stage", "sweeper.study": study}, 1000) if found else []
-    ):
-        if run.info.status == "RUNNING":
+    for run in _find(client, found.experiment_id, {"sweeper.study": study}, 50000) if found else []:
+        if run.info.status == "RUNNING" and run.data.tags.get("sweeper.kind") in ("stage", "trial"):
             client.set_terminated(run.info.run_id, "KILLED")
 
 
@@ -117,34 +122,69 @@ def run_times(result_path: Path, result: dict[str, Any]) -> tuple[int, int]:
     return int((end - float(result.get("duration_s") or 0.0)) * 1000), int(end * 1000)
 
 
-def read_metrics(trial_dir: Path) -> dict[tuple[str, int], float]:
-    """(metric key, step) -> value from metrics.jsonl: `train/<loss>` and `<Set>/<metric>`."""
-    out: dict[tuple[str, int], float] = {}
+def log_records(trial_dir: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's records, in the order written (a line cut short by a kill is skipped: the rest is still good)."""
     path = trial_dir / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    for line in lines:
-        try:
+    out = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        with contextlib.suppress(ValueError):
             row = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a kill: the rest of the file is still good
-        step, kind = int(row.get("step", 0)), row.get("kind")
-        if kind == "train":
-            out.update(
-                {
-                    (f"train/{k}", step): float(v)
-                    for k, v in row.items()
-                    if k not in ("step", "kind") and isinstance(v, (int, float))
-                }
-            )
-        elif kind == "val":
-            out.update(
-                {
-                    (f"{row['set']}/{m}", step): float(row[m])
-                    for m in FINAL_METRICS
-                    if isinstance(row.get(m), (int, float))
-                }
-            )
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                out.append(row)
     return out
+
+
+def train_metrics(records: list[dict[str, Any]], after: int, stamp_ms: int) -> list[Metric]:
+    """`train/<name>` (losses, lr, step_s) of the training-log lines after step `after`, by step, each at the
+    wall time it was written (`stamp_ms` for a line without one)."""
+    out = []
+    for row in sorted((r for r in records if r.get("kind") == "train" and r["step"] > after), key=lambda r: r["step"]):
+        stamp = int(row["time"] * 1000) if isinstance(row.get("time"), (int, float)) else stamp_ms
+        out += [Metric(f"train/{k}", float(v), stamp, row["step"]) for k, v in row.items()
+                if k not in ("step", "kind", "time") and isinstance(v, (int, float))]  # fmt: skip
+    return out
+
+
+def val_metrics(records: list[dict[str, Any]], stamp_ms: int) -> list[Metric]:
+    """`<Set>/<metric>` of every validation line (the latest line of a set and step wins)."""
+    out = {
+        (f"{row['set']}/{m}", row["step"]): float(row[m])
+        for row in records
+        if row.get("kind") == "val"
+        for m in FINAL_METRICS
+        if isinstance(row.get(m), (int, float))
+    }
+    return [Metric(k, v, stamp_ms, step) for (k, step), v in out.items()]
+
+
+def logged_step(client: MlflowClient, run_id: str, records: list[dict[str, Any]]) -> int:
+    """The last step whose training-log line the run holds (0: none). `forward` commits whole steps per batch,
+    so the history of one name that every line has (the first line's first) tells it."""
+    first = next((r for r in records if r.get("kind") == "train"), None)
+    names = [k for k, v in (first or {}).items() if k not in ("step", "kind", "time") and isinstance(v, (int, float))]
+    if not names:
+        return 0
+    return max((m.step for m in client.get_metric_history(run_id, f"train/{names[0]}")), default=0)
+
+
+def forward(client: MlflowClient, run_id: str, records: list[dict[str, Any]], after: int, stamp_ms: int) -> int:
+    """Log the training-log lines after step `after` to the run as step metrics, whole steps per `log_batch`
+    (one commit each); returns the last step the run now holds."""
+    batch: list[Metric] = []
+    for _, group in itertools.groupby(train_metrics(records, after, stamp_ms), key=lambda m: m.step):
+        metrics = list(group)
+        if len(batch) + len(metrics) > BATCH:
+            after, batch = _commit(client, run_id, batch, after), []
+        batch += metrics
+    return _commit(client, run_id, batch, after)
+
+
+def _commit(client: MlflowClient, run_id: str, batch: list[Metric], after: int) -> int:
+    if not batch:
+        return after
+    client.log_batch(run_id, metrics=batch)
+    crash_point("live_forwarded")
+    return batch[-1].step
 
 
 def final_means(result: dict[str, Any]) -> dict[str, float]:
@@ -158,6 +198,57 @@ def final_means(result: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def trial_key(trial_dir: Path, tags: dict[str, str]) -> dict[str, str]:
+    """The tags that find a trial's run: its study, stage and folder (all attempts at a point train one folder)."""
+    return {"sweeper.kind": "trial", "sweeper.study": tags["sweeper.study"], "sweeper.stage": tags["sweeper.stage"],
+            "sweeper.folder": trial_dir.name}  # fmt: skip
+
+
+def trial_run(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_id: str | None,
+    trial_dir: Path,
+    config: dict[str, Any],
+    tags: dict[str, str],
+    start_ms: int,
+) -> Run:
+    """A trial's run, found by its key or created RUNNING (a nested run of `parent_id`; None: a top-level run)
+    named by its setting and stage."""
+    key = trial_key(trial_dir, tags)
+    found = _find(client, experiment_id, key)
+    if found:
+        return found[0]
+    parent = {MLFLOW_PARENT_RUN_ID: parent_id} if parent_id else {}
+    name = f"{trial_run_name(config)} · {tags['sweeper.stage']}"
+    run = client.create_run(experiment_id, start_time=start_ms, run_name=name,
+                            tags={**tags, **key, "sweeper.winner": "false", **parent})  # fmt: skip
+    crash_point("mlflow_run_created")
+    return run
+
+
+def live_run(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_id: str | None,
+    trial_dir: Path,
+    config: dict[str, Any],
+    tags: dict[str, str],
+) -> tuple[str, int] | None:
+    """The run of a trial that trains (created at its launch time, config.yaml's), RUNNING, and the last
+    training-log step it holds; None when the run is already complete."""
+    run = trial_run(client, experiment_id, parent_id, trial_dir, config, tags,
+                    int((trial_dir / "config.yaml").stat().st_mtime * 1000))  # fmt: skip
+    run_id = run.info.run_id
+    if run.info.status == "FINISHED":
+        return None
+    if run.info.status != "RUNNING":  # a new attempt at a point whose last one failed or was stopped
+        client.update_run(run_id, status="RUNNING")
+    if run.data.tags.get("sweeper.trial_number") != tags["sweeper.trial_number"]:
+        client.set_tag(run_id, "sweeper.trial_number", tags["sweeper.trial_number"])
+    return run_id, logged_step(client, run_id, log_records(trial_dir))
+
+
 def log_trial(
     client: MlflowClient,
     experiment_id: str,
@@ -167,34 +258,30 @@ def log_trial(
     tags: dict[str, str],
     stopped_at: int | None = None,
 ) -> str:
-    """Log a finished trial's folder as a nested run of `parent_id` (None: a top-level run); return its run id
-    (the existing one if logged). `stopped_at=N`: successive halving stopped the trial at its rung N, whose
-    `rungs/<N>.json` stands for result.json; the run is tagged `sweeper.stopped_at=N` and its name says so."""
-    key = {
-        "sweeper.kind": "trial",
-        "sweeper.study": tags["sweeper.study"],
-        "sweeper.stage": tags["sweeper.stage"],
-        "sweeper.trial_number": tags["sweeper.trial_number"],
-    }
-    for run in _find(client, experiment_id, key):
-        if run.info.status == "FINISHED":
-            return run.info.run_id
-        client.delete_run(run.info.run_id)  # half-logged before a crash: log it again from the folder
+    """Log a finished trial's folder into its run (the live one, or a new one of parent_id) and end it FINISHED;
+    return its run id (at once if it is complete). `stopped_at=N`: successive halving stopped the trial at its
+    rung N, whose `rungs/<N>.json` stands for result.json; the run is tagged `sweeper.stopped_at=N` and its
+    name says so."""
     result_path = trial_dir / ("result.json" if stopped_at is None else f"rungs/{stopped_at}.json")
     result = json.loads(result_path.read_text())
+    start, end = run_times(result_path, result)
+    run = trial_run(client, experiment_id, parent_id, trial_dir, config, tags, start)
+    run_id = run.info.run_id
+    if run.info.status == "FINISHED":
+        return run_id
+    records = log_records(trial_dir)
+    forward(client, run_id, records, logged_step(client, run_id, records), end)  # what was not forwarded live
     weights = result.get("weights", {})
     all_tags = {
-        **tags, **key, "sweeper.winner": "false", **({MLFLOW_PARENT_RUN_ID: parent_id} if parent_id else {}),
-        "sweeper.weights": str(weights.get("extractors", "unknown")), "sweeper.lpips": str(weights.get("lpips", "unknown")),
-        **metric_tags(result.get("metrics")),
+        **tags, "sweeper.weights": str(weights.get("extractors", "unknown")),
+        "sweeper.lpips": str(weights.get("lpips", "unknown")), **metric_tags(result.get("metrics")),
         **({"sweeper.stopped_at": str(stopped_at)} if stopped_at is not None else {}),
     }  # fmt: skip
-    start, end = run_times(result_path, result)
     name = f"{trial_run_name(config)} · {tags['sweeper.stage']}" + (
         "" if stopped_at is None else f" (stopped at {stopped_at} it)"
     )
-    run_id = client.create_run(experiment_id, start_time=start, run_name=name, tags=all_tags).info.run_id
-    crash_point("mlflow_run_created")
+    if run.info.run_name != name:
+        client.update_run(run_id, name=name)
     params = {"mu": label(config["mu"])} | {k: config[k] for k in PARAM_KEYS}
     params |= {"perceptual": config["loss"]["perceptual"], "variant": config["loss"]["variant"]}
     params |= {
@@ -204,7 +291,7 @@ def log_trial(
         f"env.{k}": v for k, v in result.get("environment", {}).items()
     }  # threads, device, versions: where it trained
     params |= {"world_size": result.get("world_size", 1)}  # the ranks that trained it (train.devices)
-    metrics = [Metric(k, v, end, step) for (k, step), v in read_metrics(trial_dir).items()]
+    metrics = val_metrics(records, end)
     steps = int(result.get("iters", 0))
     for set_name, values in result.get("final", {}).items():  # the final values are the latest, whatever was logged
         metrics += [
@@ -215,7 +302,9 @@ def log_trial(
     means = final_means(result)
     metrics += [Metric(k, v, end, steps) for k, v in means.items()]
     metrics += [Metric(f"{ROUNDED}{k}", round(v, DECIMALS[k.split("/")[1]]), end, steps) for k, v in means.items()]
-    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    client.log_batch(
+        run_id, params=[Param(k, str(v)) for k, v in params.items()], tags=[RunTag(k, v) for k, v in all_tags.items()]
+    )
     for i in range(0, len(metrics), BATCH):
         client.log_batch(run_id, metrics=metrics[i : i + BATCH])
     client.log_artifact(run_id, str(trial_dir / "config.yaml"))
