@@ -641,13 +641,20 @@ class StageWork:
     def interrupt(self) -> None:
         """Ctrl-C: SIGTERM this process's local jobs (they checkpoint and leave "interrupted"), wait for them,
         release the trials and mark the stage run KILLED. SLURM jobs keep running; a re-run adopts them."""
-        running = [t for t in self.trials(TrialState.RUNNING) if t.number in self.mine and self.phase(t) == "launched"]
-        local = [t.user_attrs["job_id"] for t in running if t.user_attrs.get("executor") == "local"]
+        running = [t for t in self.trials(TrialState.RUNNING) if t.number in self.mine
+                   and self.phase(t) in ("launching", "launched")]  # fmt: skip
         executor = self.run.executors.get("local") or (self.run.executor if self.run.executor.name == "local" else None)
-        if local and executor is not None:
-            executor.cancel(local)
+        local = [t for t in running if t.user_attrs.get("executor") == "local"]
+        jobs: list[str] = []
+        if executor is not None:
+            for t in local:  # a "launching" one may have its job already (interrupted before its id was recorded)
+                launched = self.phase(t) == "launched"
+                job = t.user_attrs["job_id"] if launched else executor.find(t.user_attrs["launch_token"])
+                jobs += [job] if job else []
+        if jobs and executor is not None:
+            executor.cancel(jobs)
             end = time.monotonic() + 60
-            while time.monotonic() < end and any(executor.state(j) == "RUNNING" for j in local):
+            while time.monotonic() < end and any(executor.state(j) == "RUNNING" for j in jobs):
                 time.sleep(0.1)
         if len(local) < len(running):
             print(f"{len(running) - len(local)} SLURM job(s) keep running; the re-run adopts them")
