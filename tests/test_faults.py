@@ -38,8 +38,8 @@ from sweeper.core.workspace import (
     resolved,
     stage_trials,
 )
-from sweeper.search.machine import progress_mark, stall_limit
 from sweeper.search.progress import where
+from sweeper.search.watchdog import progress_mark, stall_limit
 from tests.test_crash import assert_sound, crash_env, start, study_args, wait_for_a_job
 from tests.test_prepared import cfg_for, make_set
 from tests.test_search import GRID, make_stage

@@ -73,7 +73,7 @@ def test_scheduler_options() -> None:
 
 def test_stall_s_is_the_orchestrators_for_every_executor() -> None:
     """executor.stall_s (issue 19): seconds >= 0 (0: no watchdog), never handed to the executor; default None
-    (the rule of `sweeper.search.machine.stall_limit`)."""
+    (the rule of `sweeper.search.watchdog.stall_limit`)."""
     opts = parse(["executor=slurm", "executor.stall_s=90", "executor.partition=gpu"])
     assert (opts.stall_s, opts.executor_options) == (90.0, {"partition": "gpu"})
     assert parse(["executor.stall_s=0"]).stall_s == 0.0 and parse([]).stall_s is None

@@ -53,8 +53,10 @@ from sweeper.core.workspace import (
 )
 from sweeper.search import tracking
 from sweeper.search.executors import TrialJob
-from sweeper.search.progress import StageProgress, duration, read_progress
+from sweeper.search.live import LiveCurves
+from sweeper.search.progress import StageProgress
 from sweeper.search.session import Run, copy_outcome, owner_alive, reusable
+from sweeper.search.watchdog import FIRST_SEEN, Watchdog, count_stall, stall_of
 from sweeper.search.worker import folder_busy
 from trainer import ledger
 from trainer.config import build_config
@@ -64,9 +66,6 @@ from trainer.files import file_lock, read_json, write_json_atomic, write_text_at
 POLL_S = 0.25
 LEASE_S = float(os.environ.get("SWEEPER_LEASE_S", "60"))  # a trial's owner renews its lease every LEASE_S / 3
 LIVE_PHASES = ("claimed", "launching", "launched")  # RUNNING trials that hold (or are about to hold) a job slot
-LIVE_EVERY_S = float(os.environ.get("SWEEPER_LIVE_S", "5"))  # a running trial's new log lines go to MLflow this often
-STALL_MIN_S = 600.0  # the default executor.stall_s: 10 minutes without progress, or ...
-STALL_STEPS = 10  # ... the time of 10 of the trial's steps, when that is longer
 
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -88,43 +87,6 @@ class Settled(Exception):
     """The trial was finished by another process (`sweeper cancel`, or a sweeper that adopted it) meanwhile."""
 
 
-def progress_mark(trial_dir: Path) -> tuple[int, int, int] | None:
-    """What changes whenever the trial's heartbeat (`trainer.heartbeat`: progress.json, rewritten atomically)
-    is written: its inode, mtime and size; None while there is none. Compared, never read as a time, so the
-    clocks of the nodes do not matter."""
-    try:
-        st = (trial_dir / "progress.json").stat()
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
-
-
-def stall_limit(progress: dict[str, Any]) -> float:
-    """The default `executor.stall_s` of a trial: the longer of STALL_MIN_S and STALL_STEPS of its steps (`it_s`
-    of its progress.json, the rate of its current call)."""
-    it_s = progress.get("it_s") or 0.0
-    return max(STALL_MIN_S, STALL_STEPS / it_s) if it_s > 0 else STALL_MIN_S
-
-
-@dataclass
-class Watch:
-    """What the stall watchdog last saw of a running job: its launch token, its heartbeat's mark, and since when."""
-
-    token: str
-    mark: tuple[int, int, int] | None
-    since: float  # time.monotonic() when `mark` was first seen
-
-
-@dataclass
-class LiveRun:
-    """The MLflow run of a trial this process forwards training-log lines to (`StageWork.forward`)."""
-
-    run_id: str | None  # None: the run is complete already (another sweeper logged it)
-    step: int  # the last training-log step the run holds
-    seen: tuple[int, int] = (-1, -1)  # metrics.jsonl's (size, mtime) when last read
-    at: float = 0.0  # time.monotonic() of that read
-
-
 @dataclass
 class StageWork:
     """One stage being worked on by this process: the trial state machine of the module docstring."""
@@ -140,8 +102,12 @@ class StageWork:
     mine: set[int] = field(default_factory=set)  # numbers of the RUNNING trials this process owns
     renewed_at: float = 0.0
     machine_faults: list[str] = field(default_factory=list)  # reasons of the attempts ended in a row by the machine
-    live: dict[int, LiveRun] = field(default_factory=dict)  # trial number -> its run, for the live curves
-    watches: dict[int, Watch] = field(default_factory=dict)  # trial number -> the stall watchdog's view of its job
+    live: LiveCurves = field(init=False)  # the trials' MLflow runs while they train
+    dog: Watchdog = field(init=False)  # the stall clocks of the running jobs
+
+    def __post_init__(self) -> None:
+        self.live = LiveCurves(self.run.client, self.run.experiment_id, self.parent)
+        self.dog = Watchdog(self.run.opts.stall_s)
 
     # --- the loop ---
 
@@ -266,9 +232,9 @@ class StageWork:
         if state == "RUNNING":
             self.watchdog(t, trial_dir)
         else:
-            self.watches.pop(t.number, None)  # queued, unknown or ended: no stall clock runs
+            self.dog.forget(t.number)  # queued, unknown or ended: no stall clock runs
         if state != "ENDED" or folder_busy(trial_dir):
-            self.forward(t, trial_dir)
+            self.live.forward(t.number, trial_dir, self.trial_tags(t))
             return None  # running (or a superseded duplicate ended while the live job still holds the folder)
         return self.job_ended(t, trial_dir)
 
@@ -277,10 +243,10 @@ class StageWork:
         budget, result = t.user_attrs["budget"], read_result(trial_dir)
         status = (result or {}).get("status")
         if status != "complete":  # the curve up to the rung, the interruption or the failure
-            self.forward(t, trial_dir, now=True)
-        stalled = self.stall_of(t)
+            self.live.forward(t.number, trial_dir, self.trial_tags(t), now=True)
+        stalled = stall_of(t)
         if stalled:
-            self.count_stall(t, trial_dir, stalled)
+            count_stall(t, trial_dir, stalled)
         if status == "complete" and result is not None:
             self.complete(t, trial_dir, result)
         elif status == "interrupted" and not stalled:  # SIGTERM: checkpointed; resume without spending a retry
@@ -484,46 +450,17 @@ class StageWork:
             )
 
     def watchdog(self, t: FrozenTrial, trial_dir: Path) -> None:
-        """The stall watchdog: kill the job of a running trial whose heartbeat (`progress_mark`) has not moved for
-        `executor.stall_s` seconds (default `stall_limit`; 0: never) as this process saw it (a restarted sweeper
-        starts the clock again). The job's end is then a fault of the machine (`job_ended`)."""
-        stall_s, attrs, now = self.run.opts.stall_s, t.user_attrs, time.monotonic()
-        if stall_s == 0:
-            return
-        token, mark, watch = attrs["launch_token"], progress_mark(trial_dir), self.watches.get(t.number)
-        if watch is None or watch.token != token:
-            self.watches[t.number] = Watch(token, mark, now)
-            if (attrs.get("running_since") or [None])[0] != token:  # when the job was first seen running
-                self.set_attrs(t.number, running_since=[token, time.time()])
-            return
-        if mark != watch.mark:
-            watch.mark, watch.since = mark, now
-            return
-        silent = now - watch.since
-        if silent < (stall_s or STALL_MIN_S):  # (a lower bound of the default: progress.json is read only past it)
-            return
-        limit = stall_s or stall_limit(read_progress(trial_dir))
-        if silent < limit:
-            return
-        reason = (f"stalled: no progress for {duration(silent)}, killed by the watchdog (executor.stall_s={limit:g}: "
-                  "raise it if the trial was only slow, 0 turns the watchdog off)")  # fmt: skip
-        self.set_attrs(t.number, stalled={"token": token, "reason": reason, "killed_at": time.time()})
-        crash_point("stalled")
-        self.run.executor_of(t).kill([attrs["job_id"]])
-        watch.since = now  # a job that outlives its kill (uninterruptible I/O) is killed again after another limit
-
-    @staticmethod
-    def stall_of(t: FrozenTrial) -> dict[str, Any] | None:
-        """The watchdog's record of this launch's job being killed for stalling (`watchdog`), if it was."""
-        stalled = t.user_attrs.get("stalled")
-        return stalled if stalled and stalled["token"] == t.user_attrs.get("launch_token") else None
-
-    def count_stall(self, t: FrozenTrial, trial_dir: Path, stalled: dict[str, Any]) -> None:
-        """The stalled job's time in the trial's cost ledger: from when it was first seen running to its kill,
-        less what its own ledger line recorded (`trainer.ledger.record_lost`; once per job)."""
-        since = t.user_attrs.get("running_since") or [None, stalled["killed_at"]]
-        held = stalled["killed_at"] - since[1] if since[0] == stalled["token"] else 0.0
-        ledger.record_lost(trial_dir, t.user_attrs.get("ledger_lines", 0), held, stalled["token"])
+        """The stall watchdog's poll of a running job (`sweeper.search.watchdog`): when first seen, the time it was
+        first seen running is recorded (the ledger counts a stall from there); when silent too long, the stall is
+        recorded, then the job killed. Its end is then a fault of the machine (`job_ended`)."""
+        token = t.user_attrs["launch_token"]
+        seen = self.dog.look(t.number, token, trial_dir)
+        if seen == FIRST_SEEN and (t.user_attrs.get("running_since") or [None])[0] != token:
+            self.set_attrs(t.number, running_since=[token, time.time()])
+        elif seen is not None and seen != FIRST_SEEN:
+            self.set_attrs(t.number, stalled={"token": token, "reason": seen, "killed_at": time.time()})
+            crash_point("stalled")
+            self.run.executor_of(t).kill([t.user_attrs["job_id"]])
 
     def halted(self) -> bool:
         """Whether `max_machine_faults` attempts in a row ended by the machine's faults: no new job is launched."""
@@ -557,46 +494,16 @@ class StageWork:
                 self.run.client, self.run.experiment_id, self.parent, trial_dir, config, self.trial_tags(t), stopped_at
             )
 
-    def forward(self, t: FrozenTrial, trial_dir: Path, now: bool = False) -> None:
-        """Live curves: a launched trial's new training-log lines (metrics.jsonl: losses, lr, step time, one every
-        `train.log_every` steps) to its MLflow run, created at its first progress; at most every LIVE_EVERY_S,
-        at once when its job ended (`now`). The run's own last step is where it goes on after a restart, so no
-        step is logged twice, even when a resumed job writes the steps after its checkpoint again."""
-        live = self.live.get(t.number)
-        if live is not None and (live.run_id is None or (not now and time.monotonic() - live.at < LIVE_EVERY_S)):
-            return
-        if live is None and not (trial_dir / "progress.json").exists():
-            return  # not training yet
-        log = trial_dir / "metrics.jsonl"
-        seen = (log.stat().st_size, log.stat().st_mtime_ns) if log.exists() else (0, 0)
-        if live is not None and live.seen == seen:
-            live.at = time.monotonic()
-            return
-        client = self.run.client
-        with file_lock(trial_dir / ".finish.lock"):  # one writer per run, as `log`
-            if live is None:
-                config = yaml.safe_load((trial_dir / "config.yaml").read_text())
-                found = tracking.live_run(
-                    client, self.run.experiment_id, self.parent, trial_dir, config, self.trial_tags(t)
-                )
-                live = self.live[t.number] = LiveRun(*found) if found else LiveRun(None, 0)
-            if live.run_id is not None:
-                stamp = seen[1] // 1_000_000  # for lines written before they carried their time
-                live.step = tracking.forward(client, live.run_id, tracking.log_records(trial_dir), live.step, stamp)
-        live.seen, live.at = seen, time.monotonic()
-
     def end(self, number: int, state: TrialState, value: float | None, attrs: dict[str, Any]) -> None:
         if not finish(self.run.storage, self.study_id, number, state, value, attrs):
             raise Settled(number)
         self.mine.discard(number)
-        live = self.live.pop(number, None)
-        if state == TrialState.FAIL and live is not None and live.run_id is not None:
-            self.run.client.set_terminated(live.run_id, "FAILED")  # a new attempt sets it RUNNING again
+        self.live.end(number, failed=state == TrialState.FAIL)
 
     def settled(self, number: int) -> None:
         """Forget a trial another process finished; say so when it was `sweeper cancel`."""
         self.mine.discard(number)
-        self.live.pop(number, None)
+        self.live.end(number)
         t = self.fetch(number)
         if str(t.user_attrs.get("reason", "")).startswith(CANCELLED):
             print(f"trial {number} was cancelled")
@@ -659,7 +566,5 @@ class StageWork:
         if len(local) < len(running):
             print(f"{len(running) - len(local)} SLURM job(s) keep running; the re-run adopts them")
         self.release()
-        for live in self.live.values():  # a re-run sets them RUNNING again
-            if live.run_id is not None:
-                self.run.client.set_terminated(live.run_id, "KILLED")
+        self.live.interrupt()
         tracking.end_stage_run(self.run.client, self.parent, "KILLED")
