@@ -63,7 +63,7 @@ def plant_random_alexnet(torch_home: Path) -> None:
     import torch
     import torchvision
 
-    from trainer.weights import FILES
+    from trainer.weight_files import FILES
 
     folder = torch_home / "hub" / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from trainer import weights as weights_mod
+from trainer import weight_files
 from trainer.config import build_config
 from trainer.losses import ResNetStages, vgg_extractor
 from trainer.train import Gan, pick_device
@@ -105,7 +105,7 @@ def main() -> None:
     ap.add_argument("--channels-last", action="store_true", help="train.channels_last=true (helps mkldnn on CPU)")
     args = ap.parse_args()
     device = pick_device(build_config())
-    args.weights = args.weights or ("random" if weights_mod.missing(["vgg19", "resnet50"]) else "imagenet")
+    args.weights = args.weights or ("random" if weight_files.missing(["vgg19", "resnet50"]) else "imagenet")
     proxy_batch = args.proxy_batch or (16 if device.type == "cuda" else 4)
     print(
         f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} weights={args.weights} "

@@ -47,6 +47,12 @@ def write_study(tmp_path: Path, name: str, mus: list[str]) -> None:
     )
 
 
+def all_cores() -> None:
+    """In a child before exec: every core of the machine again (for daemons started from a pinned test worker,
+    see conftest.py)."""
+    os.sched_setaffinity(0, range(os.cpu_count() or 1))
+
+
 def sweeper_args(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "sweeper.cli", *args]
 

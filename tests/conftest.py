@@ -1,12 +1,25 @@
-"""Shared fixtures."""
+"""Shared fixtures, and each pytest-xdist worker pinned to a core of its own.
+
+The suite runs in two (`-n auto`: one per core) workers. Each worker and everything it starts (sweepers,
+zygotes, trials: the product gives a trial the cores of its affinity) keeps to one core, so two tests
+never oversubscribe the machine, and a test sees a steady one-core machine whatever the other worker does.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ... (unset without xdist or with -n 0)
+    if worker:
+        cores = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cores[int(worker.removeprefix("gw")) % len(cores)]})
 
 
 @pytest.fixture(scope="session")

@@ -124,13 +124,15 @@ def assert_race_sound(ws: Path, storage: str) -> None:
     assert "winner_trial" in study.user_attrs
 
 
-def crash_chain(tmp_path: Path, storage: str, executor: str, signal: str | None = None) -> int:
-    """Crash at every point in turn (see the module docstring); returns the number of `sweeper run`s."""
+def crash_chain(
+    tmp_path: Path, storage: str, executor: str, signal: str | None = None, points: tuple[str, ...] = CRASH_POINTS
+) -> int:
+    """Crash at each of `points` in turn (see the module docstring); returns the number of `sweeper run`s."""
     env, runs, fresh = crash_env(tmp_path), 0, 0
     faulty = env | {"SWEEPER_INJECT": "nospace"}  # the first job of each trial folder meets a full disk
     ws = tmp_path / f"ws{fresh}"
     expected = 130 if signal == "INT" else -9
-    for point in [p for p in CRASH_POINTS if p not in RACE_POINTS + STALL_POINTS]:
+    for point in [p for p in points if p not in RACE_POINTS + STALL_POINTS]:
         for attempt in range(2):
             extra = {"SWEEPER_CRASH_AT": point} | ({"SWEEPER_CRASH_SIGNAL": signal} if signal else {})
             done = sweeper(study_args(ws, storage, f"executor={executor}"), faulty | extra)

@@ -12,7 +12,7 @@ import torch
 import torchvision
 from scipy.signal import correlate2d
 
-from trainer import weights
+from trainer import weight_files
 from trainer.data import ValImage
 from trainer.metrics import (
     LPIPSMetric,
@@ -102,7 +102,7 @@ def cache_trunk(torch_home: Path, key: str, features: torch.nn.Sequential) -> No
     (torch_home / "hub" / "checkpoints").mkdir(parents=True, exist_ok=True)
     torch.save(
         {f"features.{k}": v for k, v in features.state_dict().items()},
-        torch_home / "hub" / "checkpoints" / weights.FILES[key].name,
+        torch_home / "hub" / "checkpoints" / weight_files.FILES[key].name,
     )
 
 

@@ -18,6 +18,7 @@ import pytest
 from cluster_helpers import (
     REPO,
     TINY,
+    all_cores,
     assert_grid_once,
     env_for,
     status,
@@ -32,14 +33,25 @@ from test_crash import assert_sound, crash_chain, crash_env, study_args
 from sweeper.search.executors.slurm import SlurmExecutor, checkpoint_step
 from trainer.errors import UserError
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]  # one worker runs them all: one cluster
 SIGUSR2_BIT = 1 << (signal.SIGUSR2 - 1)  # in /proc/PID/status ShdPnd
+
+# Where a crash meets a SLURM job being submitted or running (its id recorded or not, its logs half forwarded,
+# its rung or fault just read, its promotion pending): the crash points that differ by executor.
+JOB_POINTS = ("launching", "submitted", "job_recorded", "mlflow_run_created", "live_forwarded", "rung_reported",
+              "before_promote", "machine_fault")  # fmt: skip
 
 
 @pytest.fixture(scope="module", autouse=True)
 def slurm() -> None:
     """The local SLURM, started if needed; the tests skip (saying why) only when it cannot be started."""
-    up = subprocess.run([REPO / "scripts" / "slurm-local", "up"], capture_output=True, text=True, timeout=300)
+    up = subprocess.run(
+        [REPO / "scripts" / "slurm-local", "up"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=all_cores,  # its daemons serve the whole machine, not the test worker's core
+    )
     if up.returncode != 0:
         pytest.skip(f"no SLURM: `scripts/slurm-local up` failed: {(up.stderr or up.stdout).strip()}")
 
@@ -234,9 +246,12 @@ def test_a_two_rank_trial_is_one_job_of_two_tasks_and_complete_once(tmp_path: Pa
 
 @pytest.mark.slow
 def test_kill_at_every_crash_point_on_slurm(tmp_path: Path) -> None:
-    """The crash matrix of tests/test_crash.py with SLURM jobs and the journal storage a cluster would use."""
+    """The crash matrix of tests/test_crash.py with SLURM jobs and the journal storage a cluster would use, at
+    the points where a job is being started or is alive (`JOB_POINTS`): the others are Optuna and MLflow
+    bookkeeping after a job's result is in its folder, the same code for every executor, which the local
+    chains cross on both storages and with both signals."""
     t0 = time.monotonic()
-    runs = crash_chain(tmp_path, "journal", "slurm")
+    runs = crash_chain(tmp_path, "journal", "slurm", points=JOB_POINTS)
     print(f"slurm x journal: {runs} sweeper runs in {time.monotonic() - t0:.0f}s")
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torchvision.models import vgg as tv_vgg
 
-from trainer import weights
+from trainer import weight_files, weights
 from trainer.errors import UserError
 
 
@@ -48,19 +48,19 @@ def test_path_may_be_a_folder_or_a_file(tmp_path: Path, torch_home: Path) -> Non
     for setting in (tmp_path / "mine", tmp_path / "mine" / "vgg19-dcbb9e9d.pth"):
         loaded = weights.vgg19_features(str(setting), upto=3)
         assert torch.equal(loaded.state_dict()["0.weight"], state["features.0.weight"])
-    assert weights.describe(str(tmp_path / "mine")) == f"file:{(tmp_path / 'mine').resolve()}"
-    assert weights.describe("random") == "random"
+    assert weight_files.describe(str(tmp_path / "mine")) == f"file:{(tmp_path / 'mine').resolve()}"
+    assert weight_files.describe("random") == "random"
     with pytest.raises(UserError, match="weights='imagenett'.*imagenet, random"):
-        weights.describe("imagenett")
+        weight_files.describe("imagenett")
 
 
 def test_missing_file_names_file_url_and_import_command(torch_home: Path) -> None:
-    with pytest.raises(weights.MissingWeightsError) as err:
+    with pytest.raises(weight_files.MissingWeightsError) as err:
         weights.resnet50("imagenet")
     message = str(err.value)
     assert "resnet50-0676ba61.pth" in message and "https://download.pytorch.org/models/resnet50-0676ba61.pth" in message
     assert "sweeper weights import" in message and "\n" not in message
-    assert [f.name for f in weights.missing()] == [
+    assert [f.name for f in weight_files.missing()] == [
         "vgg19-dcbb9e9d.pth",
         "resnet50-0676ba61.pth",
         "alexnet-owt-7be5be79.pth",
@@ -71,7 +71,7 @@ def test_missing_file_names_file_url_and_import_command(torch_home: Path) -> Non
 def test_every_missing_file_is_named_at_once_with_one_import_command(torch_home: Path) -> None:
     from sweeper.search.session import check_weights
 
-    with pytest.raises(weights.MissingWeightsError) as err:
+    with pytest.raises(weight_files.MissingWeightsError) as err:
         check_weights({}, "proxy", "psnr")
     message = str(err.value)
     assert (
@@ -97,7 +97,7 @@ def test_random_weights_only_when_asked(torch_home: Path) -> None:
     first = features.state_dict()["0.weight"]
     assert first.shape == (64, 3, 3, 3) and first.std() > 0
     assert weights.resnet50("random").fc.out_features == 1000
-    with pytest.raises(weights.MissingWeightsError):
+    with pytest.raises(weight_files.MissingWeightsError):
         weights.vgg19_features("imagenet", upto=4)
 
 
@@ -105,11 +105,11 @@ def test_import_refuses_a_wrong_file_and_leaves_the_cache_untouched(tmp_path: Pa
     fake = tmp_path / "vgg19-dcbb9e9d.pth"
     save_vgg_prefix(fake, upto=2)
     with pytest.raises(UserError, match="its name says VGG19 but its sha256 starts with"):
-        weights.import_files([fake])
+        weight_files.import_files([fake])
     other = tmp_path / "something.pth"
     other.write_bytes(b"not weights")
     with pytest.raises(UserError, match="matches none of"):
-        weights.import_files([other])
+        weight_files.import_files([other])
     assert not cache(torch_home).exists() or not any(cache(torch_home).iterdir())
 
 
@@ -119,18 +119,40 @@ def test_import_copies_verified_files_under_their_cache_name(
     download = tmp_path / "renamed-download.pth"
     save_vgg_prefix(download, upto=2, seed=3)
     digest = hashlib.sha256(download.read_bytes()).hexdigest()
-    entry = dataclasses.replace(weights.FILES["vgg19"], url=f"https://example.org/tiny-{digest[:8]}.pth")
-    monkeypatch.setitem(weights.FILES, "tiny", entry)
+    entry = dataclasses.replace(weight_files.FILES["vgg19"], url=f"https://example.org/tiny-{digest[:8]}.pth")
+    monkeypatch.setitem(weight_files.FILES, "tiny", entry)
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"junk")
     with pytest.raises(UserError, match="bad.pth"):
-        weights.import_files([download, bad])  # one bad file: nothing is copied
+        weight_files.import_files([download, bad])  # one bad file: nothing is copied
     assert not (cache(torch_home) / entry.name).exists()
-    weights.import_files([download])
+    weight_files.import_files([download])
     assert (cache(torch_home) / entry.name).read_bytes() == download.read_bytes()
     capsys.readouterr()
-    weights.print_status()
+    weight_files.print_status()
     table = capsys.readouterr().out
     row = next(line for line in table.splitlines() if line.startswith(entry.name))
     assert row.split()[-2:] == ["present", "yes"]
     assert "vgg19-dcbb9e9d.pth" in table and "MISSING" in table and "4 missing" in table
+
+
+def test_the_torch_free_catalogue_agrees_with_torchvision_and_torch_hub(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """trainer.weight_files writes torchvision's URLs and torch.hub's cache rule out (so the sweeper never imports
+    torch): both must stay what torchvision and torch say, under each way of placing the cache."""
+    import torchvision.models as tv
+
+    released = {"vgg19": tv.VGG19_Weights, "resnet50": tv.ResNet50_Weights, "alexnet": tv.AlexNet_Weights}
+    released |= {"vgg16": tv.VGG16_Weights}
+    assert {k: f.url for k, f in weight_files.FILES.items()} == {k: w.IMAGENET1K_V1.url for k, w in released.items()}
+    for env in (
+        {"TORCH_HOME": str(tmp_path / "th")},
+        {"XDG_CACHE_HOME": str(tmp_path / "xdg")},
+        {"HOME": str(tmp_path)},
+    ):
+        for key in ("TORCH_HOME", "XDG_CACHE_HOME"):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        assert weight_files.cache_dir() == Path(torch.hub.get_dir()) / "checkpoints", env

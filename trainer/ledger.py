@@ -19,9 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from trainer import distributed
 from trainer.files import write_text_atomic
 
 LEDGER = "ledger.jsonl"
@@ -34,7 +31,9 @@ class Segment:
     run_dir: Path
     from_step: int
     device: str  # "cuda" | "cpu"
-    devices: int = 1  # ranks of the training (train.devices); only rank 0 writes the line
+    threads: int  # intra-op threads of a CPU training (torch.get_num_threads())
+    devices: int = 1  # ranks of the training (train.devices)
+    main: bool = True  # rank 0, the only one that writes the line
     pretrain: str = "none"  # "trained" (some of it, by this call) | "reused" (from the cache) | "none"
     pretrain_iters: int = 0  # pre-training iterations this call trained
     pretrain_s: float = 0.0
@@ -47,7 +46,7 @@ class Segment:
 
     def line(self, to_step: int) -> dict:
         wall = time.monotonic() - self.t0
-        share = float(os.environ.get("GPU_SHARE", 1)) if self.device == "cuda" else torch.get_num_threads()
+        share = float(os.environ.get("GPU_SHARE", 1)) if self.device == "cuda" else self.threads
         share *= self.devices
         return {"from_step": self.from_step, "to_step": to_step, "iters": to_step - self.from_step, "wall_s": round(wall, 3),
                 "device": self.device, "devices": self.devices, "device_s": round(wall * share, 3), "share": share,
@@ -55,7 +54,7 @@ class Segment:
 
     def record(self, to_step: int) -> None:
         """Rewrite the ledger with this call's line as of GAN step `to_step` (rank 0 of several only)."""
-        if not distributed.world().main:
+        if not self.main:
             return
         write_text_atomic(self.run_dir / LEDGER, self.earlier + json.dumps(self.line(to_step)) + "\n")
 

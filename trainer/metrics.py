@@ -31,8 +31,9 @@ from pathlib import Path
 
 import torch
 
-from trainer import weights
+from trainer import weight_files, weights
 from trainer.config import METRIC_SPACES as SPACES
+from trainer.config import SCORES
 from trainer.images import to_rgb, to_uint8
 
 # MATLAB's rgb2ycbcr for uint8: T = [65.481 128.553 24.966] * (1/255), Y = imlincomb(T1, R, T2, G, T3, B, 16).
@@ -124,9 +125,6 @@ def ssim_y(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> float:
     return float(ssim_batch(sr, hr, crop_border, "y"))
 
 
-SCORES = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")  # what `score` returns, per image
-
-
 def score(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> dict[str, float]:
     """PSNR/SSIM of one float [0, 1] (3, H, W) SR image against its uint8 HR in both spaces (`SCORES`).
 
@@ -203,7 +201,7 @@ class LPIPSMetric:
         self.reason = ""
         try:
             model = lpips_model(net, version)
-        except weights.MissingWeightsError as e:
+        except weight_files.MissingWeightsError as e:
             self.reason = f"LPIPS unavailable: {e}"
             warn_once(self.reason)
             return

@@ -42,8 +42,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from trainer import distributed, heartbeat
-from trainer import weights as weights_mod
+from trainer import distributed, heartbeat, weight_files
 from trainer.checkpoint import (
     FINISHED,
     SNAPSHOT,
@@ -613,7 +612,9 @@ def train_here(
 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    segment = Segment(run_dir, ckpt["step"] if ckpt is not None else 0, device.type, world.size)
+    segment = Segment(
+        run_dir, ckpt["step"] if ckpt is not None else 0, device.type, torch.get_num_threads(), world.size, world.main
+    )
     segment.record(segment.from_step)  # this call's cost ledger line, there from its start
     if cfg.train.amp and device.type != "cuda":
         note("train.amp applies to CUDA only; training in float32 on the CPU")
@@ -637,7 +638,7 @@ def train_here(
         (load_val_sets(cfg), LPIPSMetric(device, mc.lpips_net, mc.lpips_version)) if world.main else ({}, None)
     )  # rank 0 validates
     weights_used = {
-        "extractors": weights_mod.describe(cfg.weights),  # what was loaded: a random run is never recorded otherwise
+        "extractors": weight_files.describe(cfg.weights),  # what was loaded: a random run is never recorded otherwise
         "lpips": "imagenet" if lpips and lpips.available else "unavailable",
         "generator": generator_used,  # where the GAN stage's generator started: random init, pre-training or a file
     }

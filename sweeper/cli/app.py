@@ -195,18 +195,18 @@ def figure_crops(
 @user_errors
 def weights_status() -> None:
     """Show each weights file: needed by what, where it is looked for, present or missing, hash ok."""
-    from trainer import weights
+    from trainer import weight_files
 
-    weights.print_status()
+    weight_files.print_status()
 
 
 @weights_app.command("import", epilog="Example: sweeper weights import ~/Downloads/vgg19-dcbb9e9d.pth")
 @user_errors
 def weights_import(files: Annotated[list[Path], typer.Argument(help="downloaded checkpoint files")]) -> None:
     """Copy downloaded checkpoint files into the torch hub cache after checking their hash."""
-    from trainer import weights
+    from trainer import weight_files
 
-    weights.import_files(files)
+    weight_files.import_files(files)
 
 
 @data_app.command("prepare", epilog="Example: sweeper data prepare --data-root DATA --sets DIV2K")

@@ -22,6 +22,7 @@ from sweeper.core.overrides import Options
 from sweeper.core.studies import Study
 from sweeper.core.workspace import Workspace
 from sweeper.search.executors import Executor, make_executor
+from trainer import weight_files
 from trainer.config import build_config, parse_value
 from trainer.errors import UserError
 from trainer.files import write_bytes_atomic
@@ -49,27 +50,25 @@ def check_weights(config: dict[str, Any], preset: str, select_by: str) -> dict[s
     presets stop naming the files (unless weights=random is given). LPIPS without AlexNet weights stops
     when it is the selection metric.
     """
-    from trainer import weights
-
     config = dict(config)
     kind = str(config.get("weights", "imagenet"))
-    lacking = weights.missing(["vgg19", "resnet50"]) if kind == "imagenet" else []
+    lacking = weight_files.missing(["vgg19", "resnet50"]) if kind == "imagenet" else []
     if lacking and preset == "smoke":
         print(
             f"warning: ImageNet weights missing ({', '.join(f.name for f in lacking)}): preset=smoke trains with weights=random (plumbing only)"
         )
         config["weights"] = "random"
     elif lacking:
-        raise weights.MissingWeightsError(lacking[0], weights.cache_dir() / lacking[0].name, also=lacking[1:])
+        raise weight_files.MissingWeightsError(lacking[0], weight_files.cache_dir() / lacking[0].name, also=lacking[1:])
     elif kind != "imagenet":
-        weights.describe(kind)
-    trunk = weights.FILES[
-        weights.LPIPS_TRUNKS.get(str(config.get("metrics.lpips_net", "alex")), "alexnet")
+        weight_files.describe(kind)
+    trunk = weight_files.FILES[
+        weight_files.LPIPS_TRUNKS.get(str(config.get("metrics.lpips_net", "alex")), "alexnet")
     ]  # metrics.lpips_net's
-    if not (weights.cache_dir() / trunk.name).is_file():
+    if not (weight_files.cache_dir() / trunk.name).is_file():
         if select_by == "lpips":
             raise UserError(
-                f"select_by=lpips needs LPIPS, but the {trunk.network} weights {trunk.name} are missing from {weights.cache_dir()}; "
+                f"select_by=lpips needs LPIPS, but the {trunk.network} weights {trunk.name} are missing from {weight_files.cache_dir()}; "
                 f"`sweeper weights import FILE` them or pass select_by=psnr"
             )
         print(

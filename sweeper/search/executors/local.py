@@ -41,6 +41,10 @@ from trainer.procs import process_start
 
 
 def visible_gpus() -> int:
+    """The GPUs this process may use. torch is asked only where a GPU driver exists (NVIDIA's control device or
+    ROCm's kernel driver): importing it costs seconds that a CPU-only sweeper (which never trains) need not pay."""
+    if not (Path("/dev/nvidiactl").exists() or Path("/dev/kfd").exists()):
+        return 0
     import torch
 
     return torch.cuda.device_count()
