@@ -1,9 +1,11 @@
-"""Rung arithmetic and the promotion rule of `scheduler=sha` (sweeper/halving.py)."""
+"""Rung arithmetic and the promotion rule of `scheduler=sha` (sweeper/core/halving.py)."""
 
 import pytest
 
 from sweeper.core.halving import (
+    Attempt,
     default_rungs,
+    grid_promotions,
     iterations_spent,
     keep,
     promotions,
@@ -61,6 +63,44 @@ def test_asha_drains_closed_rungs_and_looks_at_high_rungs_first():
 def test_ties_go_to_the_lower_trial():
     finished = {0: {2: (0.1,), 1: (0.1,), 3: (0.9,)}}
     assert promotions(finished, {}, open_rungs=set(), eta=3, last=1) == [(1, 1)]
+
+
+def attempt(number, point, repeat, rung, status, **finished):
+    """An attempt whose finished rungs are given as r<k>=<value of metric v>."""
+    return Attempt(number, point, repeat, rung, status, {int(k[1:]): {"v": v} for k, v in finished.items()})
+
+
+def mean_v(point, repeats):
+    return (sum(r["v"] for r in repeats) / len(repeats), point)
+
+
+def test_a_point_goes_on_whole_once_every_repeat_finished_the_rung():
+    asked = {(p, r) for p in "ab" for r in (0, 1)}
+    b = [attempt(3, "b", 0, 0, "paused", r0=0.5), attempt(4, "b", 1, 0, "paused", r0=0.5)]
+    a0 = attempt(1, "a", 0, 0, "paused", r0=0.1)
+    # a's second repeat still trains towards rung 0: a is not scored, rung 0 is open, b alone is not in the top 1/2
+    assert grid_promotions([a0, attempt(2, "a", 1, 0, "heading"), *b], asked, mean_v, eta=2, last=2) == ([], [])
+    # both finished, on their mean (0.2 < 0.5): both repeats of a go on to rung 1, nothing is stopped
+    a1 = attempt(2, "a", 1, 0, "paused", r0=0.3)
+    assert grid_promotions([a0, a1, *b], asked, mean_v, eta=2, last=2) == ([(1, 1), (2, 1)], [])
+    # a repeat left behind (one slot was free) follows its point later, whatever rung 0 says now
+    a0 = attempt(1, "a", 0, 1, "heading", r0=0.1)
+    assert grid_promotions([a0, a1, *b], asked, mean_v, eta=2, last=2) == ([(2, 1)], [])
+
+
+def test_higher_rungs_go_first_and_a_quiescent_grid_stops_its_paused_attempts():
+    asked = {(p, 0) for p in "abcdef"}
+    rest = [attempt(n, p, 0, 0, "paused", r0=0.3 + n / 100) for n, p in enumerate("cdef", start=3)]
+    grid = [attempt(1, "a", 0, 1, "paused", r0=0.1, r1=0.4), attempt(2, "b", 0, 0, "paused", r0=0.2), *rest]
+    # rung 1 drains (a to the last rung) before rung 0 sends its second best of six (b)
+    assert grid_promotions(grid, asked, mean_v, eta=3, last=2) == ([(1, 2), (2, 1)], [])
+    ended = [attempt(1, "a", 0, 2, "done", r0=0.1, r1=0.4), attempt(2, "b", 0, 1, "done", r0=0.2, r1=0.5), *rest]
+    assert grid_promotions(ended, asked, mean_v, eta=3, last=2) == ([], [3, 4, 5, 6])  # nothing heads anywhere
+
+
+def test_only_asked_units_are_scored_but_every_paused_repeat_follows_its_point():
+    grid = [attempt(1, "a", 0, 0, "paused", r0=0.9), attempt(2, "a", 1, 0, "paused", r0=0.1)]
+    assert grid_promotions(grid, {("a", 0)}, mean_v, eta=3, last=1) == ([(1, 1), (2, 1)], [])
 
 
 def test_replay_and_the_iterations_it_spends():

@@ -15,7 +15,7 @@ from sweeper.core.repeats import point_of, units
 from sweeper.core.selection import rank
 from sweeper.core.studies import load
 from sweeper.core.workspace import Workspace, claim, enqueue, finish, stage_trials
-from sweeper.search.session import owner_alive, owner_id
+from sweeper.search.leases import owner_alive, owner_id
 from trainer.config import build_config
 
 GRID = load("mu_search").stages[0]

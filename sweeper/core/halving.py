@@ -1,9 +1,10 @@
 """Successive halving over a stage's fixed grid: rung budgets and who goes on (`scheduler=sha`).
 
-Pure functions, shared by the scheduler in `sweeper.search.machine` (asynchronous, ASHA) and the replay of
-`sweeper rank-check` (synchronous, from recorded validation curves). A trial's "score" is any sort key
-where smaller is better (e.g. `sweeper.core.selection.rank`), so ties fall to the tie-break metric, then the
-lower trial number, the same way a stage picks its winner.
+Pure functions, shared by the scheduler in `sweeper.search.machine` (asynchronous, ASHA, over a grid trained
+in repeats: `grid_promotions`) and the replay of `sweeper rank-check` (synchronous, from recorded validation
+curves). A trial's "score" is any sort key where smaller is better (e.g. `sweeper.core.selection.rank`), so
+ties fall to the tie-break metric, then the lower trial number, the same way a stage picks its winner. Plain
+values in and out (no Optuna or MLflow objects); imports nothing of the project.
 
 Why not Optuna's `SuccessiveHalvingPruner`: it decides once, when a trial reports, against whatever has
 reported so far, so the first trial to reach a rung is always kept and, on a 7-point grid run one trial at
@@ -16,11 +17,15 @@ Intermediate values are still reported to Optuna, so its tools see the rung curv
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping
-from typing import TypeVar
+from collections import Counter
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from typing import Literal, TypeVar
 
 Score = tuple  # a sort key, smaller is better
 K = TypeVar("K", bound=Hashable)  # what names a trial: a grid index, a trial number
+Metrics = Mapping[str, float]
+Status = Literal["heading", "paused", "done"]  # heading: waiting, or training towards its rung; done: ended
 
 
 def default_rungs(n_points: int, eta: int) -> int:
@@ -82,6 +87,55 @@ def promotions(
         best = sorted(scores, key=lambda t: (scores[t], str(t)))[: keep(len(scores), eta, draining)]
         out += [(t, k + 1) for t in best if t not in promoted.get(k, set())]
     return out
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One trial of a grid as the scheduler sees it (read off its Optuna record by the state machine)."""
+
+    number: int  # the Optuna trial
+    point: Hashable  # its grid point (the repeats of a point share it)
+    repeat: int
+    rung: int  # index of the budget it trains to, or is paused at the end of
+    status: Status
+    rungs: Mapping[int, Metrics]  # the metrics of each rung it finished, by rung index
+
+
+def grid_promotions(
+    attempts: list[Attempt],
+    asked: set[tuple[Hashable, int]],
+    score: Callable[[Hashable, list[Metrics]], Score],
+    eta: int,
+    last: int,
+) -> tuple[list[tuple[int, int]], list[int]]:
+    """ASHA (`promotions`) over a grid whose points are trained in repeats: a point goes on as a whole, once every
+    repeat asked for (`asked`: (point, repeat)) finished the rung, on `score(point, its repeats' metrics there)`.
+
+    Returns (trial, rung it goes on to) for each paused attempt to launch now, best point first (then the repeats
+    left behind by an earlier promotion of their point), and the paused attempts to stop: all of them once the
+    grid is quiescent (nothing heads to a rung, nothing goes on). Only attempts at asked units are scored;
+    every paused or heading one counts. `last` is the index of the last rung.
+    """
+    finished: dict[int, dict[Hashable, dict[int, Metrics]]] = {}  # rung -> point -> repeat -> metrics
+    promoted: dict[int, set[Hashable]] = {}  # rung -> points with an attempt sent beyond it
+    for a in attempts:
+        if (a.point, a.repeat) in asked:
+            for k, metrics in a.rungs.items():
+                finished.setdefault(k, {}).setdefault(a.point, {})[a.repeat] = metrics
+            for k in range(a.rung):
+                promoted.setdefault(k, set()).add(a.point)
+    size = Counter(point for point, _ in asked)
+    scores = {k: {p: score(p, list(by_r.values())) for p, by_r in points.items() if len(by_r) == size[p]}
+              for k, points in finished.items()}  # fmt: skip
+    open_rungs = {a.rung for a in attempts if a.status == "heading"}
+    moves = promotions(scores, promoted, open_rungs, eta, last)
+    going = set(moves) | {(p, k + 1) for k, points in promoted.items() for p in points}  # a point's repeats follow
+    paused = [a for a in attempts if a.status == "paused"]
+    chosen = [a for a in paused if (a.point, a.rung + 1) in going]
+    best = [p for p, _ in moves]
+    chosen.sort(key=lambda a: best.index(a.point) if a.point in best else len(best))
+    stop = [a.number for a in paused] if not chosen and not open_rungs else []
+    return [(a.number, a.rung + 1) for a in chosen], stop
 
 
 def replay(curves: Mapping[K, Mapping[int, Score]], budgets: list[int], eta: int) -> list[list[K]]:

@@ -15,6 +15,7 @@ from sweeper.core.overrides import Options, check_max_trainings, parse, require_
 from sweeper.core.studies import load
 from sweeper.core.workspace import Workspace
 from sweeper.search.executors import make_executor
+from sweeper.search.leases import owner_id
 from sweeper.search.progress import trial_states
 from sweeper.search.session import (
     Run,
@@ -22,7 +23,6 @@ from sweeper.search.session import (
     check_data,
     check_weights,
     default_select_by,
-    owner_id,
     stage_budgets,
 )
 from sweeper.search.stage import work_stage

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from trainer import weight_files
 from trainer.config import build_config, parse_value
 from trainer.errors import UserError
 from trainer.files import write_bytes_atomic
-from trainer.procs import process_start
 
 # --- Checks before anything is created ---
 
@@ -105,7 +103,7 @@ class Run:
     client: MlflowClient
     experiment_id: str
     tags: dict[str, str]  # common tags of stage and trial runs
-    owner: str  # this process, as recorded on the trials it runs
+    owner: str  # this process, as recorded on the trials it runs (`sweeper.search.leases.owner_id`)
     executors: dict[str, Executor] = field(
         default_factory=dict
     )  # by name: each trial is watched by the one that started it
@@ -117,16 +115,6 @@ class Run:
                 self.executor if name == self.executor.name else make_executor(name, {}, self.ws.root)
             )
         return self.executors[name]
-
-
-def owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{process_start(os.getpid())}"
-
-
-def owner_alive(owner: str) -> bool | None:
-    """Whether the sweeper process that owns a trial still runs; None when it is on another machine (its lease tells)."""
-    host, pid, start = owner.rsplit(":", 2)
-    return None if host != socket.gethostname() else process_start(int(pid)) == start
 
 
 def study_winner(storage: BaseStorage, study: str) -> dict[str, str] | None:

@@ -1,5 +1,6 @@
 """A stage from start to end: its Optuna study and MLflow parent run opened (or found, with the same settings),
-its trials worked by the state machine (`sweeper.search.machine.StageWork`), and its winner concluded and recorded.
+its trials worked to their end by polling the state machine (`sweeper.search.machine.StageWork`: `run_to_end`, with
+the progress bars, `sweeper cancel`, `--detach` and Ctrl-C), and its winner concluded and recorded.
 """
 
 from __future__ import annotations
@@ -16,16 +17,24 @@ from sweeper.analysis import evidence, racing, stats
 from sweeper.core.crashpoints import crash_point
 from sweeper.core.identity import BOOKKEEPING, SETTINGS_KEYS, config_hash
 from sweeper.core.overrides import stage_repeats
-from sweeper.core.repeats import grid_key, mean_metrics, repeat_of, units
+from sweeper.core.repeats import Unit, grid_key, mean_metrics, repeat_of, units
 from sweeper.core.selection import HIGHER_IS_BETTER, rank, simplicity
 from sweeper.core.studies import AUTO, Stage
-from sweeper.core.workspace import point_key
+from sweeper.core.workspace import point_key, resolved, stage_trials
 from sweeper.search import tracking
+from sweeper.search.faults import MachineHalt
 from sweeper.search.machine import StageWork, read_result
+from sweeper.search.progress import StageProgress
 from sweeper.search.session import Run, stage_budgets
 from trainer.config import build_config, flatten
 from trainer.errors import UserError
 from trainer.files import file_lock
+
+POLL_S = 0.25  # seconds between two polls of the state machine
+
+
+class StageCancelled(UserError):
+    """`sweeper cancel` was run on the stage this process works on."""
 
 
 def differences(was: dict[str, Any] | None, now: dict[str, Any]) -> str:
@@ -85,8 +94,45 @@ def work_stage(run: Run, stage: Stage, name: str, config: dict[str, Any], detach
     every point's `repeats`, or a race (`repeats=auto`)."""
     repeats, max_repeats = stage_repeats(run.opts, stage)
     work = open_stage(run, stage, name, config)
-    groups = race(work, detach, max_repeats) if repeats == AUTO else work.run_to_end(detach, units(stage, int(repeats)))
+    groups = (
+        race(work, detach, max_repeats) if repeats == AUTO else run_to_end(work, detach, units(stage, int(repeats)))
+    )
     return None if groups is None else conclude(work, groups)
+
+
+def run_to_end(work: StageWork, detach: bool, units: list[Unit]) -> dict[Any, list[FrozenTrial]] | None:
+    """Poll the state machine until every unit (grid point and repeat) asked for is resolved and return their
+    trials by unit (`point_key`; None when `detach` and jobs were submitted)."""
+    run, full = work.run, f"{work.run.study.name}.{work.name}"
+    wanted = {point_key(u.params) for u in units}
+    bars = StageProgress(full, len(units))
+    reopen = run.opts.retry_failed  # retry_failed=true re-opens the units that had failed when the run started, once
+    try:
+        while True:
+            if run.storage.get_study_user_attrs(work.study_id).get("cancelled"):
+                raise StageCancelled(f"stage {full} was cancelled (`sweeper cancel`); re-run to resume it")
+            work.poll(units, reopen)
+            reopen = False
+            groups = {k: v for k, v in stage_trials(run.storage, work.study_id).items() if k in wanted}
+            bars.update(groups, run.opts.max_retries)
+            if all(resolved(trials, run.opts.max_retries) for trials in groups.values()) and len(groups) >= len(wanted):
+                break
+            if detach and work.leases.owned("launched"):
+                work.leases.release()
+                return None
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        work.interrupt()
+        raise
+    except BaseException as e:
+        work.leases.release()
+        tracking.end_stage_run(
+            run.client, work.parent, "KILLED" if isinstance(e, (StageCancelled, MachineHalt)) else "FAILED"
+        )
+        raise
+    finally:
+        bars.close()
+    return groups
 
 
 def race(work: StageWork, detach: bool, max_repeats: int) -> dict[Any, list[FrozenTrial]] | None:
@@ -98,7 +144,7 @@ def race(work: StageWork, detach: bool, max_repeats: int) -> dict[Any, list[Froz
     while True:
         rounds = record["rounds"]
         wanted = {i: [k for k, alive in enumerate(rounds) if i in alive] for i in rounds[0]}
-        groups = work.run_to_end(detach, units(work.stage, wanted))
+        groups = run_to_end(work, detach, units(work.stage, wanted))
         if groups is None or record.get("end"):
             survivors = {
                 point_key(u.params) for u in units(work.stage, {i: wanted[i] for i in record.get("survivors", [])})

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sweeper.search.executors.base import Executor, TrialJob
+from sweeper.search.executors.base import Executor, TrialJob, stop
 from trainer.errors import UserError
 
 EXECUTORS = ("local", "slurm")
 
-__all__ = ["EXECUTORS", "Executor", "TrialJob", "make_executor"]
+__all__ = ["EXECUTORS", "Executor", "TrialJob", "make_executor", "stop"]
 
 
 def make_executor(name: str, options: dict[str, Any], workspace: Path, preset: str = "paper") -> Executor:

@@ -8,6 +8,7 @@ and recording the job id finds the job again (`find`) instead of starting a seco
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -59,3 +60,12 @@ class Executor(Protocol):
     def log_paths(self, job_id: str) -> tuple[Path, Path]:
         """The job's stdout and stderr files."""
         ...
+
+
+def stop(executor: Executor, job_ids: list[str], wait_s: float = 60.0) -> None:
+    """Cancel the jobs (each checkpoints first) and wait up to `wait_s` for them to end."""
+    if job_ids:
+        executor.cancel(job_ids)
+        end = time.monotonic() + wait_s
+        while time.monotonic() < end and any(executor.state(j) == "RUNNING" for j in job_ids):
+            time.sleep(0.1)
