@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -103,7 +103,7 @@ class Attempt:
 
 def grid_promotions(
     attempts: list[Attempt],
-    asked: set[tuple[Hashable, int]],
+    asked: Collection[tuple[Hashable, int]],
     score: Callable[[Hashable, list[Metrics]], Score],
     eta: int,
     last: int,

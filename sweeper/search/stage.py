@@ -100,18 +100,18 @@ def work_stage(run: Run, stage: Stage, name: str, config: dict[str, Any], detach
     return None if groups is None else conclude(work, groups)
 
 
-def run_to_end(work: StageWork, detach: bool, units: list[Unit]) -> dict[Any, list[FrozenTrial]] | None:
+def run_to_end(work: StageWork, detach: bool, asked: list[Unit]) -> dict[Any, list[FrozenTrial]] | None:
     """Poll the state machine until every unit (grid point and repeat) asked for is resolved and return their
     trials by unit (`point_key`; None when `detach` and jobs were submitted)."""
     run, full = work.run, f"{work.run.study.name}.{work.name}"
-    wanted = {point_key(u.params) for u in units}
-    bars = StageProgress(full, len(units))
+    wanted = {point_key(u.params) for u in asked}
+    bars = StageProgress(full, len(asked))
     reopen = run.opts.retry_failed  # retry_failed=true re-opens the units that had failed when the run started, once
     try:
         while True:
             if run.storage.get_study_user_attrs(work.study_id).get("cancelled"):
                 raise StageCancelled(f"stage {full} was cancelled (`sweeper cancel`); re-run to resume it")
-            work.poll(units, reopen)
+            work.poll(asked, reopen)
             reopen = False
             groups = {k: v for k, v in stage_trials(run.storage, work.study_id).items() if k in wanted}
             bars.update(groups, run.opts.max_retries)
