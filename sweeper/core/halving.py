@@ -124,7 +124,7 @@ def grid_promotions(
                 finished.setdefault(k, {}).setdefault(a.point, {})[a.repeat] = metrics
             for k in range(a.rung):
                 promoted.setdefault(k, set()).add(a.point)
-    size = Counter(point for point, _ in asked)
+    size = Counter(point for point, _ in set(asked))
     scores = {k: {p: score(p, list(by_r.values())) for p, by_r in points.items() if len(by_r) == size[p]}
               for k, points in finished.items()}  # fmt: skip
     open_rungs = {a.rung for a in attempts if a.status == "heading"}
