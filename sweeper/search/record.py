@@ -1,8 +1,8 @@
-"""A stage's Optuna record as one sweeper process reads and writes it: its trials by state, one trial, and user attrs
-written to a RUNNING trial, which raise `Settled` when another process finished the trial meanwhile (`sweeper
-cancel`, or a sweeper that adopted it), and whether a trial duplicates an earlier one. Which attrs to write, and when, is the state machine's
-(`sweeper.search.machine`); the primitives that move a trial between Optuna's states (enqueue, claim, finish) are
-`sweeper.core.workspace`'s. Imports `sweeper.core`.
+"""A stage's Optuna record as one sweeper process reads and writes it: its trials by state, one trial, user attrs
+written to a RUNNING trial (`Settled` when another process finished the trial meanwhile: `sweeper cancel`, or a
+sweeper that adopted it), and whether a trial duplicates an earlier one. Which attrs to write, and when, is the state
+machine's (`sweeper.search.machine`); the primitives that move a trial between Optuna's states (enqueue, claim,
+finish) are `sweeper.core.workspace`'s. Imports `sweeper.core`.
 """
 
 from __future__ import annotations
