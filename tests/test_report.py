@@ -244,17 +244,20 @@ def test_report_lists_the_tables_figures_and_warning(paper_store, paper_report):
         assert (paper_report / "tables" / f"{key}.tex").read_text().count(r"\\") >= 4
     assert "Table 6" not in readme  # the ablation belongs to another study
     assert [r["row"] for r in read_csv(paper_report / "tables" / "table2_beta_srgan.csv")] == BETAS
-    for name in ("table1_mu_srgan_vs_mu", "table2_beta_srgan_per_beta", "table1_mu_srgan_crops", "curves_Set5"):
+    figures = ("table1_mu_srgan_vs_mu", "table2_beta_srgan_per_beta", "table1_mu_srgan_crops", "curves_mu_Set5",
+               "curves_beta_Set5")  # fmt: skip
+    for name in figures:  # the curves one figure per stage: the mu stage's 7 settings, the beta stage's 4
         path = paper_report / "figures" / f"{name}.png"
         assert Image.open(path).size[0] > 100
         assert f"figures/{name}.png" in readme
+    assert not (paper_report / "figures" / "curves_Set5.png").exists() and "per setting on Set5, stage beta" in readme
     _, client, _ = paper_store
     stage = client.search_runs(
         [client.get_experiment_by_name("paper").experiment_id],
         "tags.`sweeper.stage` = 'beta' and tags.`sweeper.kind` = 'stage'",
     )[0]
     logged = {f.path for f in client.list_artifacts(stage.info.run_id, "report/figures")}
-    assert "report/figures/curves_Set5.png" in logged
+    assert "report/figures/curves_beta_Set5.png" in logged
     page = (paper_report / "report.html").read_text()  # `--html`: one page, every figure inside it
     assert page.count('src="data:image/png;base64,') == readme.count("](figures/") and 'src="figures/' not in page
     assert "<table>" in page and "Set5" in page

@@ -654,8 +654,8 @@ def histories(
         group = repeats_of(study, r)
         if r.run_id != group[0].run_id:  # drawn with its point's first repeat
             continue
-        stopped = "" if r.stopped_at is None else f", stopped at {r.stopped_at}"
-        label = f"{ARCH_NAMES.get(r.arch, r.arch)} {r.setting} ({r.stage}{stopped})"
+        stopped = "" if r.stopped_at is None else f" (stopped at {r.stopped_at})"
+        label = f"{ARCH_NAMES.get(r.arch, r.arch)} {r.setting}{stopped}"  # the figure is the stage's
         out[label] = {
             m: [[(h.step, h.value) for h in client.get_metric_history(g.run_id, f"{set_name}/{m}")] for g in group]
             for m in METRICS
@@ -966,15 +966,7 @@ def build(client: MlflowClient, name: str, out: Path, optuna_stages: tuple | Non
     if optuna_stages:
         cost_section(writer, *optuna_stages)
         rank_check_section(writer, *optuna_stages)
-    every = study.trials + study.stopped
-    for s in ordered_sets(every):
-        note = figures.unmeasured_note(every, [s])
-        writer.figure(
-            f"curves_{s}",
-            figures.validation_curves(histories(client, study, every, s), s),
-            f"Validation curves per setting on {s}; a setting with repeats: the mean over its repeats, the band "
-            f"their min-max (the seeds' spread, not an interval).{note}",
-        )
+    curves_section(client, study, writer)
     top = [
         f"# Study `{name}`: the paper's tables and figures, from MLflow",
         "",
@@ -985,6 +977,22 @@ def build(client: MlflowClient, name: str, out: Path, optuna_stages: tuple | Non
     ]
     write_text_atomic(out / "README.md", "\n".join(top) + "\n" + "\n".join(writer.sections))
     return [t.key for t, _ in sections]
+
+
+def curves_section(client: MlflowClient, study: Study, writer: Writer) -> None:
+    """The validation curves per set, one figure per stage when the study has several (`curves_<stage>_<set>`:
+    a stage's settings only, so that an alternating search's 11 settings do not share one plot), else `curves_<set>`."""
+    groups = stage_groups(study)
+    for stage, runs in groups if len(groups) > 1 else [("", study.trials + study.stopped)]:
+        for s in ordered_sets(runs):
+            where = f"{s}, stage {stage}" if stage else s
+            note = figures.unmeasured_note(runs, [s])
+            writer.figure(
+                f"curves_{stage}_{s}" if stage else f"curves_{s}",
+                figures.validation_curves(histories(client, study, runs, s), where),
+                f"Validation curves per setting on {where}; a setting with repeats: the mean over its repeats, the "
+                f"band their min-max (the seeds' spread, not an interval).{note}",
+            )
 
 
 FIGURE_SRC = re.compile(r'src="(figures/[^"]+\.png)"')
