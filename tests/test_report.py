@@ -233,6 +233,10 @@ def test_validation_curves_draw_the_mean_and_a_min_max_band_over_repeats():
     assert np.asarray(single.get_ydata()).tolist() == [18.0, 19.0]
     steps, _, low, high = figures.over_repeats(seeds)
     assert steps == [2, 4] and low.tolist() == [19.5, 22.0] and high.tolist() == [21.0, 24.0]
+    fig = figures.curves_figure({"mu=0.5": {"psnr": seeds}, "mu=inf": {"psnr": seeds[::-1]}}, "Set5, stage mu")
+    (legend,) = fig.legends  # every point with 3 repeats: said once, in the legend's title
+    assert legend.get_title().get_text() == "each line: the mean of 3 repeats,\nits band their min-max"
+    assert [t.get_text() for t in legend.get_texts()] == ["mu=0.5", "mu=inf"]
 
 
 def test_report_lists_the_tables_figures_and_warning(paper_store, paper_report):
