@@ -537,6 +537,18 @@ def test_report_shows_a_kept_iteration_or_the_best_on_a_held_out_set(kept_snapsh
     assert "checkpoint=best by psnr on held-out Held" in header and "held-out Held" in latex
     picked = read_csv(out / "tables" / "checkpoints.csv")
     assert [int(r["iteration"]) for r in picked] == best and picked[0]["kept"] == "2 4"
+    for row, scores in zip(picked, held):  # the pick was made on Held's scores (Set5's differ by about 1 dB)
+        logged = dict(pair.split(":") for pair in row["held-out psnr"].split())
+        assert {int(k): float(v) for k, v in logged.items()} == pytest.approx(scores, abs=1e-4)
+
+
+def test_best_is_the_best_score_in_the_metrics_direction_earliest_among_equals():
+    from sweeper.analysis import checkpoints
+
+    assert checkpoints.best_iteration({2: 20.0, 4: 21.5, 6: 21.0}, "psnr", "t") == 4
+    assert checkpoints.best_iteration({2: 0.30, 4: 0.25, 6: 0.25}, "lpips", "t") == 4
+    with pytest.raises(UserError, match="kept no snapshots; train with train.keep_every=N"):
+        checkpoints.best_iteration({}, "psnr", "t")
 
 
 @pytest.mark.parametrize(

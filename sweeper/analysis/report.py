@@ -559,7 +559,8 @@ def snapshot_run(study: Study, run: RunRecord, step: int, sets: list[str] | None
 def held_out(study: Study, run: RunRecord, step: int) -> float | None:
     """The selection metric of `run`'s snapshot at `step`, averaged over the held-out sets (None: not measured)."""
     sets, metric = list(study.choice.holdout), study.choice.select_by or "lpips"
-    values = [snapshot_run(study, run, step, sets).metrics.get(f"{s}/{metric}") for s in sets]
+    scored = snapshot_run(study, run, step, sets)
+    values = [scored.metrics.get(f"{s}/{metric}") for s in sets]
     return None if any(v is None for v in values) else float(np.mean([v for v in values if v is not None]))
 
 
