@@ -78,13 +78,17 @@ def status(study: str | None = None, overrides: Mapping[str, Any] | None = None,
     return _frame(settings(study, overrides, keywords, allow_config=False))
 
 
-def report(study: str | None = None, out: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-           **keywords: Any) -> Report:  # fmt: skip
-    """Write a study's tables and figures, as `sweeper report` (default folder `results/<study>`)."""
+def report(study: str | None = None, out: str | Path | None = None, overrides: Mapping[str, Any] | None = None, *,
+           checkpoint: str | int = "final", holdout: str | list[str] | None = None, **keywords: Any) -> Report:  # fmt: skip
+    """Write a study's tables and figures, as `sweeper report` (default folder `results/<study>`); `checkpoint`:
+    the generator each trial row shows, "final", an iteration kept by `train.keep_every`, or "best" by the
+    selection metric on the `holdout` sets (never a set the tables report)."""
+    from sweeper.analysis import checkpoints
     from sweeper.analysis.report import write
 
     folder = Path(out) if out is not None else None
-    written = write(settings(study, overrides, keywords, allow_config=False), folder)
+    choice = checkpoints.parse(checkpoint, holdout)
+    written = write(settings(study, overrides, keywords, allow_config=False), folder, choice=choice)
     files = sorted(p for p in written.out.rglob("*") if p.is_file())
     return Report(written.out, written.out / "README.md", written.tables, files, written.run_id)
 

@@ -56,7 +56,8 @@ def log_stage(
 
     `trial`: arch, mu, beta, perceptual (default dp), final {set: {metric: value}}, optional
     history {set: {metric: [(step, value)]}}, sample (an HxWx3 uint8 array, saved at steps 6 and 12) and
-    per_image {set: {image: {psnr_rgb, ssim_rgb, lpips, ...}}}, seed (a repeat: seed + r).
+    per_image {set: {image: {psnr_rgb, ssim_rgb, lpips, ...}}}, seed (a repeat: seed + r); or `trained`: the
+    config dict of a real training already run in the trial's folder (`root/trials/<study>/<stage>/<n>`).
     """
     exp = experiment(client, study, root / "artifacts")
     tags = {
@@ -71,7 +72,7 @@ def log_stage(
     ids = []
     for n, trial in enumerate(trials):
         folder = root / "trials" / study / stage / str(n)
-        config = write_trial(folder, trial)
+        config = trial["trained"] if "trained" in trial else write_trial(folder, trial)
         ids.append(tracking.log_trial(client, exp, parent, folder, config, {**tags, "sweeper.trial_number": str(n)}))
     if winner is not None:
         summary = {

@@ -233,6 +233,10 @@ def test_validation_curves_draw_the_mean_and_a_min_max_band_over_repeats():
     assert np.asarray(single.get_ydata()).tolist() == [18.0, 19.0]
     steps, _, low, high = figures.over_repeats(seeds)
     assert steps == [2, 4] and low.tolist() == [19.5, 22.0] and high.tolist() == [21.0, 24.0]
+    fig = figures.curves_figure({"mu=0.5": {"psnr": seeds}, "mu=inf": {"psnr": seeds[::-1]}}, "Set5, stage mu")
+    (legend,) = fig.legends  # every point with 3 repeats: said once, in the legend's title
+    assert legend.get_title().get_text() == "each line: the mean of 3 repeats,\nits band their min-max"
+    assert [t.get_text() for t in legend.get_texts()] == ["mu=0.5", "mu=inf"]
 
 
 def test_report_lists_the_tables_figures_and_warning(paper_store, paper_report):
@@ -244,17 +248,20 @@ def test_report_lists_the_tables_figures_and_warning(paper_store, paper_report):
         assert (paper_report / "tables" / f"{key}.tex").read_text().count(r"\\") >= 4
     assert "Table 6" not in readme  # the ablation belongs to another study
     assert [r["row"] for r in read_csv(paper_report / "tables" / "table2_beta_srgan.csv")] == BETAS
-    for name in ("table1_mu_srgan_vs_mu", "table2_beta_srgan_per_beta", "table1_mu_srgan_crops", "curves_Set5"):
+    figures = ("table1_mu_srgan_vs_mu", "table2_beta_srgan_per_beta", "table1_mu_srgan_crops", "curves_mu_Set5",
+               "curves_beta_Set5")  # fmt: skip
+    for name in figures:  # the curves one figure per stage: the mu stage's 7 settings, the beta stage's 4
         path = paper_report / "figures" / f"{name}.png"
         assert Image.open(path).size[0] > 100
         assert f"figures/{name}.png" in readme
+    assert not (paper_report / "figures" / "curves_Set5.png").exists() and "per setting on Set5, stage beta" in readme
     _, client, _ = paper_store
     stage = client.search_runs(
         [client.get_experiment_by_name("paper").experiment_id],
         "tags.`sweeper.stage` = 'beta' and tags.`sweeper.kind` = 'stage'",
     )[0]
     logged = {f.path for f in client.list_artifacts(stage.info.run_id, "report/figures")}
-    assert "report/figures/curves_Set5.png" in logged
+    assert "report/figures/curves_beta_Set5.png" in logged
     page = (paper_report / "report.html").read_text()  # `--html`: one page, every figure inside it
     assert page.count('src="data:image/png;base64,') == readme.count("](figures/") and 'src="figures/' not in page
     assert "<table>" in page and "Set5" in page
@@ -453,3 +460,114 @@ def test_following_mu_through_the_report_enters_each_module_at_most_twice(paper_
         sys.setprofile(None)
     assert "sweeper.analysis.runs" in follower.visits(), follower.path  # the trace saw mu being read
     assert max(follower.visits().values()) <= 2, follower.path
+
+
+@pytest.fixture(scope="module")
+def kept_snapshots(tmp_path_factory):
+    """Two real smoke trainings (mu=inf and mu=0.5) on a tiny data root (three of the embedded Set5 images, the
+    embedded training images, two Set14 images as the held-out set `Held`) keeping their generator every 2 of 4
+    iterations, logged as a mu stage that selects by PSNR."""
+    from conftest import SHARED_DATA
+
+    from trainer.config import build_config
+    from trainer.data import EMBEDDED
+    from trainer.train import train
+
+    if not (SHARED_DATA / "Set14").is_dir():
+        pytest.skip(f"benchmark data not found at {SHARED_DATA}")
+    root = tmp_path_factory.mktemp("ckpt")
+    data = root / "data"
+    for name, files in (("Set5", [EMBEDDED / "Set5" / f for f in ("bird.png", "butterfly.png", "head.png")]),
+                        ("T91", sorted((EMBEDDED / "train").glob("*.png"))),
+                        ("Held", [SHARED_DATA / "Set14" / f for f in ("comic.png", "face.png")])):  # fmt: skip
+        (data / name).mkdir(parents=True)
+        for f in files:
+            (data / name / f.name).symlink_to(f)
+    trials = []
+    for n, mu in enumerate((math.inf, 0.5)):
+        cfg = build_config({"preset": "smoke", "weights": "random", "mu": mu, "beta": "beta1_3", "train.iters": 4,
+                            "train.keep_every": 2, "data.root": str(data), "data.train_sets": ["T91"],
+                            "data.val_sets": ["Set5"], "seed": n})  # fmt: skip
+        train(cfg, root / "ws" / "trials" / "mu_search" / "mu" / str(n), root / "cache", progress=False)
+        trials.append({"trained": cfg.to_dict(), "mu": mu, "beta": "beta1_3"})
+    uri, client = mlflow_layout.store(root / "ws")
+    _, ids = mlflow_layout.log_stage(client, root / "ws", "mu_search", "mu", trials, winner=0, select_by="psnr")
+    return uri, root, data
+
+
+def test_report_shows_a_kept_iteration_or_the_best_on_a_held_out_set(kept_snapshots, tmp_path, torch_home):
+    """checkpoint=4 shows every trial's snapshot of iteration 4, checkpoint=best holdout=Held the snapshot with the
+    best PSNR on Held (each evaluated on whole Set5 images, as `sweeper evaluate` scores them), and the tables
+    say so in Markdown, CSV and LaTeX; the default stays the final iterate with the provenance unchanged."""
+    from sweeper.analysis import evaluate
+    from trainer.checkpoint import snapshot_path
+
+    uri, root, data = kept_snapshots
+    trial_dirs = [root / "ws" / "trials" / "mu_search" / "mu" / str(n) for n in (0, 1)]
+
+    def psnr(folder: Path, step: int, set_name: str) -> float:
+        rows = evaluate.evaluate(str(snapshot_path(folder, step)), data, [set_name], 4, use_lpips=False)
+        return float(np.mean([r["psnr_rgb"] for r in rows]))  # the smoke preset's space: RGB
+
+    held = [{step: psnr(folder, step, "Held") for step in (2, 4)} for folder in trial_dirs]
+    best = [max(scores, key=lambda s: scores[s]) for scores in held]
+    assert all(len(set(scores.values())) == 2 for scores in held)  # the pick is not a tie broken by order
+
+    def table1(out: Path) -> tuple[dict[str, float], str, str]:
+        rows = read_csv(out / "tables" / "table1_mu_srgan.csv")
+        return ({r["row"]: float(r["Set5/psnr"]) for r in rows}, rows[0]["provenance"],
+                (out / "tables" / "table1_mu_srgan.tex").read_text())  # fmt: skip
+
+    final, header, _ = table1(sweeper_api.report("mu_search", tmp_path / "final", tracking_uri=uri).out)
+    assert "checkpoint" not in header and not (tmp_path / "final" / "tables" / "checkpoints.csv").exists()
+    study = report.load_study(mlflow_layout.MlflowClient(tracking_uri=uri), "mu_search")
+    assert final == pytest.approx({r.mu_label: r.value("Set5", "psnr") for r in study.trials}, abs=1e-6)  # training's
+
+    report.main(["study=mu_search", f"tracking_uri={uri}", "checkpoint=2"], out=tmp_path / "at2")
+    at2, header, latex = table1(tmp_path / "at2")
+    expected = {"mu=inf": psnr(trial_dirs[0], 2, "Set5"), "mu=0.5": psnr(trial_dirs[1], 2, "Set5")}
+    assert at2 == pytest.approx(expected, abs=1e-6) and at2 != pytest.approx(final, abs=1e-6)
+    assert "checkpoint=2: iteration 2, whole images" in header and "checkpoint=2: iteration 2" in latex
+    assert [r["iteration"] for r in read_csv(tmp_path / "at2" / "tables" / "checkpoints.csv")] == ["2", "2"]
+
+    out = sweeper_api.report("mu_search", tmp_path / "best", checkpoint="best", holdout="Held", tracking_uri=uri).out
+    chosen, header, latex = table1(out)
+    assert chosen == pytest.approx({"mu=inf": psnr(trial_dirs[0], best[0], "Set5"),
+                                    "mu=0.5": psnr(trial_dirs[1], best[1], "Set5")}, abs=1e-6)  # fmt: skip
+    assert "checkpoint=best by psnr on held-out Held" in header and "held-out Held" in latex
+    picked = read_csv(out / "tables" / "checkpoints.csv")
+    assert [int(r["iteration"]) for r in picked] == best and picked[0]["kept"] == "2 4"
+    for row, scores in zip(picked, held):  # the pick was made on Held's scores (Set5's differ by about 1 dB)
+        logged = dict(pair.split(":") for pair in row["held-out psnr"].split())
+        assert {int(k): float(v) for k, v in logged.items()} == pytest.approx(scores, abs=1e-4)
+
+
+def test_best_is_the_best_score_in_the_metrics_direction_earliest_among_equals():
+    from sweeper.analysis import checkpoints
+
+    assert checkpoints.best_iteration({2: 20.0, 4: 21.5, 6: 21.0}, "psnr", "t") == 4
+    assert checkpoints.best_iteration({2: 0.30, 4: 0.25, 6: 0.25}, "lpips", "t") == 4
+    with pytest.raises(UserError, match="kept no snapshots; train with train.keep_every=N"):
+        checkpoints.best_iteration({}, "psnr", "t")
+
+
+@pytest.mark.parametrize(
+    ("tokens", "message"),
+    [
+        (["checkpoint=best"], "name a held-out set with holdout=SET"),
+        (["checkpoint=best", "holdout=Set5"], "holdout=Set5: Set5 is a test set the tables report"),
+        (["checkpoint=best", "holdout=Held", "select_by=lpips"], "lpips was not measured on the held-out set"),
+        (["checkpoint=3"], "kept no generator at iteration 3 (kept: 2, 4)"),
+        (["checkpoint=last"], "checkpoint='last': choose final, best, or an iteration"),
+        (["holdout=Held"], "holdout=Held selects checkpoint=best only"),
+    ],
+)
+def test_checkpoint_choices_that_cannot_be_honoured_are_one_line_errors(kept_snapshots, tmp_path, torch_home,
+                                                                      tokens, message):  # fmt: skip
+    from typer.testing import CliRunner
+
+    from sweeper.cli.app import app
+
+    result = CliRunner().invoke(app, ["report", "study=mu_search", f"tracking_uri={kept_snapshots[0]}", *tokens,
+                                      "--out", str(tmp_path)])  # fmt: skip
+    assert result.exit_code != 0 and message in result.output and len(result.output.strip().splitlines()) == 1

@@ -180,10 +180,13 @@ def over_repeats(runs: list[History]) -> tuple[list[int], np.ndarray, np.ndarray
 
 def curves_figure(histories: dict[str, dict[str, list[History]]], set_name: str) -> Figure:
     """Per grid point, each measured metric on `set_name` against the training step; `histories[label][metric]`
-    holds one history per repeat: a point with several is drawn as the mean over its repeats with a band from
-    their min to their max (the seed-to-seed spread, not an interval; the legend says so)."""
+    holds one history per repeat: a point with several is drawn as the mean over its repeats with a light band
+    from their min to their max (the seed-to-seed spread, not an interval; the legend's title says so when every
+    point has the same repeats, else each entry). The legend stands right of the panels, one entry a line."""
     values = {m: [v for per in histories.values() for run in per.get(m, []) for _, v in run] for m in METRICS}
     metrics = measured(values)
+    counts = {len([run for run in runs if run]) for per in histories.values() for runs in per.values()} - {0}
+    common = counts.pop() if len(counts) == 1 and min(counts) > 1 else None
     fig, axes = panels(metrics, f"Validation on {set_name}")
     for ax, metric in zip(axes, metrics):
         for k, (label, per_metric) in enumerate(histories.items()):
@@ -193,10 +196,14 @@ def curves_figure(histories: dict[str, dict[str, list[History]]], set_name: str)
             elif runs:
                 steps, mean, low, high = over_repeats(runs)
                 ax.plot(steps, mean, "o-", color=f"C{k}", markersize=3,
-                        label=f"{label}: mean of {len(runs)} repeats, band min-max")  # fmt: skip
-                ax.fill_between(steps, low, high, color=f"C{k}", alpha=0.2, linewidth=0)
+                        label=label if common else f"{label}: mean of {len(runs)} repeats, band min-max")  # fmt: skip
+                ax.fill_between(steps, low, high, color=f"C{k}", alpha=0.1, linewidth=0)
         ax.set_xlabel("GAN iteration")
-    legend_below(fig, axes)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        note = f"each line: the mean of {common} repeats,\nits band their min-max" if common else None
+        fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False, title=note, title_fontsize=8)
     return fig
 
 

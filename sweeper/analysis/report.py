@@ -16,6 +16,7 @@ import base64
 import csv
 import dataclasses
 import html
+import json
 import math
 import re
 import tempfile
@@ -30,6 +31,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from sweeper.analysis import (
+    checkpoints,
     correlate,
     evidence,
     figures,
@@ -62,6 +64,7 @@ from sweeper.core.overrides import Options, parse, require_study
 from sweeper.core.selection import HIGHER_IS_BETTER
 from sweeper.core.trials import stage_ids
 from sweeper.core.workspace import Workspace
+from trainer.checkpoint import snapshot_path, snapshot_steps
 from trainer.config import config_from_dict, flatten
 from trainer.errors import UserError
 from trainer.files import write_bytes_atomic, write_text_atomic
@@ -89,6 +92,8 @@ class Study:
     stopped: list[RunRecord] = field(default_factory=list)  # trials stopped by successive halving, oldest first
     configs: dict[str, dict] = field(default_factory=dict)  # run id -> config.yaml, read on demand
     results: dict[str, dict] = field(default_factory=dict)  # run id -> result.json, read on demand
+    choice: checkpoints.Choice = field(default_factory=checkpoints.Choice)  # the generator each trial row shows
+    picked: dict[str, dict] = field(default_factory=dict)  # run id -> the iteration `choice` picked for it, and why
 
     def config(self, run: RunRecord) -> dict:
         """The run's config.yaml artifact ({} when it has none)."""
@@ -114,6 +119,13 @@ class Study:
             if match:
                 return match[0]
         return None
+
+
+def select_by(study: Study) -> list[str]:
+    """The study's selection metrics in order (its first stage's `sweeper.select_by`; lpips when unrecorded)."""
+    return [
+        m for m in (study.stages[0].tags.get("sweeper.select_by", "lpips") if study.stages else "lpips").split(",") if m
+    ]
 
 
 def read_config(client: MlflowClient, run_id: str, artifact: str = "config.yaml") -> dict:
@@ -179,6 +191,10 @@ def provenance(study: Study, runs: list[RunRecord]) -> str:
         f"(LPIPS {_distinct(r.tags.get('sweeper.lpips') for r in runs)}, {_distinct(r.tags.get('sweeper.lpips_net', 'alex v0.1') for r in runs)}) · "
         f"generator from {_distinct(generator_start(c) for c in configs)} · "
         f"commit={_distinct(commits)}"
+    ) + (
+        ""
+        if study.choice.kind == checkpoints.FINAL
+        else f" · {study.choice.describe()}: iteration {_distinct(r.tags.get(CHECKPOINT_TAG) for r in runs)}, whole images"
     )
 
 
@@ -368,8 +384,11 @@ def table3(study: Study) -> tuple[Table, list[RunRecord]] | None:
 
 
 def promoted_runs(study: Study) -> list[RunRecord]:
-    """Finished runs promoted from this study (`sweeper promote`), in any experiment."""
-    return finished(find_runs(study.client, "trial", None, promoted_from_study=study.name))
+    """Finished runs promoted from this study (`sweeper promote`), in any experiment, at the report's checkpoint."""
+    return [
+        at_checkpoint(study, r)
+        for r in finished(find_runs(study.client, "trial", None, promoted_from_study=study.name))
+    ]
 
 
 def in_space(run: RunRecord, space: str) -> RunRecord:
@@ -418,8 +437,11 @@ def table5(study: Study, bicubic: RunRecord | None) -> tuple[Table, list[RunReco
         table.notes.append(
             "Bicubic is missing: its validation sets could not be read (see `sweeper evaluate bicubic`)."
         )
+    generator = (
+        "final generator" if study.choice.kind == checkpoints.FINAL else f"generator at {study.choice.describe()}"
+    )
     table.notes.append(
-        "Our rows: each run's final generator evaluated by `sweeper evaluate` on every whole image of each set, "
+        f"Our rows: each run's {generator} evaluated by `sweeper evaluate` on every whole image of each set, "
         "as the baselines are (when the report was first built; reused after)."
     )
     unscored = [r for r in ours if scored[r.run_id] is None]
@@ -432,16 +454,19 @@ def table5(study: Study, bicubic: RunRecord | None) -> tuple[Table, list[RunReco
     return table, ours
 
 
-def evaluation_run(study: Study, method: str, config: dict, tags: dict[str, str]) -> RunRecord | None:
-    """`sweeper evaluate METHOD` (bicubic or a generator checkpoint) on the validation sets of `config`, whole
-    images, under its scoring protocol, logged once in the experiment `baselines` (out of the studies'
-    experiments, whose runs are all trials and stages) as a run tagged `sweeper.kind=baseline` and `tags`, and
-    reused while they match; None when it cannot be scored (sets unreadable, checkpoint gone)."""
+def evaluation_run(study: Study, method: str, config: dict, tags: dict[str, str], sets: list[str] | None = None,
+                   strict: bool = False) -> RunRecord | None:  # fmt: skip
+    """`sweeper evaluate METHOD` (bicubic or a generator checkpoint) on `sets` (default: the validation sets of
+    `config`), whole images, under its scoring protocol, logged once in the experiment `baselines` (out of the
+    studies' experiments, whose runs are all trials and stages) as a run tagged `sweeper.kind=baseline` and
+    `tags`, its per-image values as `per_image.json`, and reused while they match; None when it cannot be
+    scored (sets unreadable, checkpoint gone), or with `strict` the UserError saying why."""
     from sweeper.analysis import evaluate
     from trainer.data import resolve_root
 
     cfg = config_from_dict(config)
-    key = evaluate.eval_key(cfg, cfg.data.val_sets) + f" lpips={cfg.metrics.lpips_net}{cfg.metrics.lpips_version}"
+    sets = sets or cfg.data.val_sets
+    key = evaluate.eval_key(cfg, sets) + f" lpips={cfg.metrics.lpips_net}{cfg.metrics.lpips_version}"
     wanted = {k.removeprefix("sweeper."): v for k, v in tags.items()}
     logged = [
         r for r in finished(find_runs(study.client, "baseline", None, **wanted)) if r.tags.get("sweeper.eval") == key
@@ -451,9 +476,11 @@ def evaluation_run(study: Study, method: str, config: dict, tags: dict[str, str]
     protocol = {k: v for k, v in flatten(config).items() if k in evaluate.PROTOCOL_KEYS}
     try:
         rows = evaluate.evaluate(
-            method, resolve_root(cfg.data.root or None), cfg.data.val_sets, cfg.upscale, use_lpips=True, config=protocol
+            method, resolve_root(cfg.data.root or None), sets, cfg.upscale, use_lpips=True, config=protocol
         )
     except UserError as e:
+        if strict:
+            raise
         print(f"note: no {tags.get('sweeper.label', method)} row in Table 5: {e}")
         return None
     m = cfg.metrics
@@ -476,6 +503,7 @@ def evaluation_run(study: Study, method: str, config: dict, tags: dict[str, str]
         if v is not None
     ]
     study.client.log_batch(run_id, metrics=metrics)
+    study.client.log_text(run_id, json.dumps(evaluate.by_set(rows)), "per_image.json")
     study.client.set_terminated(run_id)
     return next(r for r in find_runs(study.client, "baseline", None, **wanted) if r.run_id == run_id)
 
@@ -494,7 +522,10 @@ def bicubic_run(study: Study) -> RunRecord | None:
 def whole_image_run(study: Study, run: RunRecord) -> RunRecord | None:
     """`run`'s final generator (its result.json's checkpoint) evaluated on whole images of its validation sets, as
     bicubic is (`evaluation_run`, tagged `sweeper.method=checkpoint`, `sweeper.source_run`; computed once and
-    reused, also once the checkpoint is gone); None when it was never evaluated and its checkpoint is gone."""
+    reused, also once the checkpoint is gone); None when it was never evaluated and its checkpoint is gone.
+    A run at another checkpoint than the final (`at_checkpoint`) already holds its whole-image values."""
+    if CHECKPOINT_TAG in run.tags:
+        return run
     checkpoint = read_config(study.client, run.run_id, "result.json").get("checkpoint")
     config = study.config(run)
     if not checkpoint or not config:
@@ -505,6 +536,80 @@ def whole_image_run(study: Study, run: RunRecord) -> RunRecord | None:
         "sweeper.label": f"{run.name} (whole images)",
     }
     return evaluation_run(study, checkpoint, config, tags)
+
+
+CHECKPOINT_TAG = "sweeper.checkpoint_iter"  # on a run `at_checkpoint` rewrote: the iteration its values are from
+
+
+def snapshot_run(study: Study, run: RunRecord, step: int, sets: list[str] | None = None) -> RunRecord:
+    """The snapshot `run` kept at `step` evaluated on whole images of `sets` (default: its validation sets),
+    as `whole_image_run` evaluates its final generator (computed once, tagged `sweeper.iter`)."""
+    folder = Path(study.result(run)["checkpoint"]).parent.parent
+    tags = {
+        "sweeper.method": "checkpoint",
+        "sweeper.source_run": run.run_id,
+        "sweeper.iter": str(step),
+        "sweeper.label": f"{run.name} iter {step} (whole images)",
+    }
+    scored = evaluation_run(study, str(snapshot_path(folder, step)), study.config(run), tags, sets, strict=True)
+    assert scored is not None  # strict: a failure raised
+    return scored
+
+
+def held_out(study: Study, run: RunRecord, step: int) -> float | None:
+    """The selection metric of `run`'s snapshot at `step`, averaged over the held-out sets (None: not measured)."""
+    sets, metric = list(study.choice.holdout), study.choice.select_by or "lpips"
+    scored = snapshot_run(study, run, step, sets)
+    values = [scored.metrics.get(f"{s}/{metric}") for s in sets]
+    return None if any(v is None for v in values) else float(np.mean([v for v in values if v is not None]))
+
+
+def at_checkpoint(study: Study, run: RunRecord) -> RunRecord:
+    """`run` with the values of its generator at the report's checkpoint (`study.choice`): that snapshot evaluated
+    on whole images of its validation sets, per-image values included (`study.results`), tagged with its iteration
+    (`CHECKPOINT_TAG`); `run` itself for the final iterate. The pick is recorded in `study.picked`."""
+    choice = study.choice
+    if choice.kind == checkpoints.FINAL or CHECKPOINT_TAG in run.tags:
+        return run
+    trial = f"trial {run.name} ({run.setting})"
+    if not study.result(run).get("checkpoint") or not study.config(run):
+        raise UserError(f"{choice.describe()}: {trial} recorded no checkpoint; report it with checkpoint=final")
+    kept = snapshot_steps(Path(study.result(run)["checkpoint"]).parent.parent)
+    scores: dict[int, float | None] = {}
+    if choice.kind == checkpoints.BEST:
+        scores = {step: held_out(study, run, step) for step in kept}
+        step = checkpoints.best_iteration(scores, choice.select_by or "lpips", trial)
+    else:
+        step = checkpoints.fixed_iteration(choice.iteration or 0, kept, trial)
+    scored = snapshot_run(study, run, step)
+    values = {k: v for k, v in scored.metrics.items() if "/" in k}
+    final = {s: {k.split("/")[1]: v for k, v in values.items() if k.startswith(f"{s}/")} for s in scored.sets()}
+    means = {
+        f"mean/{m}": float(np.mean([f[m] for f in final.values()]))
+        for m in METRICS
+        if all(m in f for f in final.values())
+    }
+    per_image = read_artifact(study.client, scored.run_id, "per_image.json")
+    study.results[run.run_id] = {**study.result(run), "final": final, "per_image": per_image}
+    row = {"stage": run.stage, "setting": run.setting, "seed": run.params.get("seed", ""), "run": run.name,
+           "iteration": step, "kept": " ".join(map(str, kept))}  # fmt: skip
+    if scores:
+        row[f"held-out {choice.select_by}"] = " ".join(f"{k}:{v:.4f}" for k, v in scores.items() if v is not None)
+    study.picked[run.run_id] = row
+    return dataclasses.replace(
+        run, metrics={**run.metrics, **values, **means}, tags={**run.tags, CHECKPOINT_TAG: str(step)}
+    )
+
+
+def choose_checkpoints(study: Study, choice: checkpoints.Choice) -> None:
+    """Rewrite the study's finished trials at `choice` (`at_checkpoint`), after refusing a `best` that would
+    select on a set the tables report; a study's trials stopped by halving keep their values at the stop."""
+    if choice.kind == checkpoints.FINAL:
+        return
+    tested = sorted({s for r in study.trials for s in (study.config(r).get("data") or {}).get("val_sets", [])})
+    checkpoints.check_holdout(choice, tested)
+    study.choice = checkpoints.with_metric(choice, choice.select_by or select_by(study)[0])
+    study.trials = [at_checkpoint(study, r) for r in study.trials]
 
 
 SAMPLE_NAME = re.compile(r"^(\d+)_(.+)\.png$")  # trainer.train.validate: <step>_<set>_<image>.png
@@ -550,8 +655,8 @@ def histories(
         group = repeats_of(study, r)
         if r.run_id != group[0].run_id:  # drawn with its point's first repeat
             continue
-        stopped = "" if r.stopped_at is None else f", stopped at {r.stopped_at}"
-        label = f"{ARCH_NAMES.get(r.arch, r.arch)} {r.setting} ({r.stage}{stopped})"
+        stopped = "" if r.stopped_at is None else f" (stopped at {r.stopped_at})"
+        label = f"{ARCH_NAMES.get(r.arch, r.arch)} {r.setting}{stopped}"  # the figure is the stage's
         out[label] = {
             m: [[(h.step, h.value) for h in client.get_metric_history(g.run_id, f"{set_name}/{m}")] for g in group]
             for m in METRICS
@@ -686,11 +791,12 @@ def write_section(client: MlflowClient, study: Study, writer: Writer, table: Tab
             labelled = [
                 (
                     label,
-                    crops.workspace.trial_dir(
-                        r.tags.get("sweeper.study", ""), r.stage, int(r.tags.get("sweeper.trial_number", -1))
-                    )
-                    / "ckpt"
-                    / "last.pt",
+                    generator_file(
+                        crops.workspace.trial_dir(
+                            r.tags.get("sweeper.study", ""), r.stage, int(r.tags.get("sweeper.trial_number", -1))
+                        ),
+                        r,
+                    ),
                 )
                 for label, r in zip(table.rows, runs)
             ]
@@ -708,6 +814,12 @@ def write_section(client: MlflowClient, study: Study, writer: Writer, table: Tab
             writer.figure(
                 f"{table.key}_crops", grid, f"{table.title}: the same validation crops across settings (as Figs. 6-7)"
             )
+
+
+def generator_file(trial_dir: Path, run: RunRecord) -> Path:
+    """The generator whose values `run` shows: the snapshot of its checkpoint iteration, else the final one."""
+    step = run.tags.get(CHECKPOINT_TAG)
+    return snapshot_path(trial_dir, int(step)) if step else trial_dir / "ckpt" / "last.pt"
 
 
 def verdict_section(study: Study, writer: Writer) -> None:
@@ -777,9 +889,7 @@ def paper_section(study: Study, writer: Writer) -> None:
     """The selection rule applied to the paper's own tables (`sweeper paper-check`), and our numbers beside the
     paper's where setting and set match."""
     published = paper.load()
-    metrics = [
-        m for m in (study.stages[0].tags.get("sweeper.select_by", "lpips") if study.stages else "lpips").split(",") if m
-    ]
+    metrics = select_by(study)
     checks = paper.check(metrics, paper=published)
     writer.text(f"### The selection rule on the paper's own tables (`sweeper paper-check select_by={','.join(metrics)}`)\n\n"
                 f"```\n{paper.render(checks, published)}```\n")  # fmt: skip
@@ -831,12 +941,13 @@ def rank_check_section(writer: Writer, storage, stages: dict[str, int]) -> None:
         )
 
 
-def build(
-    client: MlflowClient, name: str, out: Path, optuna_stages: tuple | None = None, crops: Crops | None = None
-) -> list[str]:
+def build(client: MlflowClient, name: str, out: Path, optuna_stages: tuple | None = None, crops: Crops | None = None,
+          choice: checkpoints.Choice = checkpoints.FINAL_CHOICE) -> list[str]:  # fmt: skip
     """Write the study's tables and figures under `out` and README.md gathering them; returns the table keys.
-    `optuna_stages` = (storage, stage name -> Optuna study id) adds the cost table and the rank check."""
+    `optuna_stages` = (storage, stage name -> Optuna study id) adds the cost table and the rank check; `choice`:
+    the generator of each trial the tables show (`checkpoints`; default the final one)."""
     study = load_study(client, name)
+    choose_checkpoints(study, choice)
     writer = Writer(out)
     sections = sweep_tables(study) + correlation_tables(study)
     sections += [s for s in (table3(study), table5(study, bicubic_run(study))) if s]
@@ -845,20 +956,18 @@ def build(
         write_section(client, study, writer, table, runs, crops)
         if table.kind == "correlation" and (i + 1 == len(sections) or sections[i + 1][0].kind != "correlation"):
             correlation_section(study, writer)
+    if study.picked:
+        notes = (f"Every trial row shows its generator at {study.choice.describe()}, evaluated on whole images of its "
+                 "validation sets (rows stopped by halving keep their values at the stop).")  # fmt: skip
+        writer.rows(
+            "checkpoints", "Checkpoints: the iteration each trial's row shows", list(study.picked.values()), notes
+        )
     verdict_section(study, writer)
     paper_section(study, writer)
     if optuna_stages:
         cost_section(writer, *optuna_stages)
         rank_check_section(writer, *optuna_stages)
-    every = study.trials + study.stopped
-    for s in ordered_sets(every):
-        note = figures.unmeasured_note(every, [s])
-        writer.figure(
-            f"curves_{s}",
-            figures.validation_curves(histories(client, study, every, s), s),
-            f"Validation curves per setting on {s}; a setting with repeats: the mean over its repeats, the band "
-            f"their min-max (the seeds' spread, not an interval).{note}",
-        )
+    curves_section(client, study, writer)
     top = [
         f"# Study `{name}`: the paper's tables and figures, from MLflow",
         "",
@@ -869,6 +978,22 @@ def build(
     ]
     write_text_atomic(out / "README.md", "\n".join(top) + "\n" + "\n".join(writer.sections))
     return [t.key for t, _ in sections]
+
+
+def curves_section(client: MlflowClient, study: Study, writer: Writer) -> None:
+    """The validation curves per set, one figure per stage when the study has several (`curves_<stage>_<set>`:
+    a stage's settings only, so that an alternating search's 11 settings do not share one plot), else `curves_<set>`."""
+    groups = stage_groups(study)
+    for stage, runs in groups if len(groups) > 1 else [("", study.trials + study.stopped)]:
+        for s in ordered_sets(runs):
+            where = f"{s}, stage {stage}" if stage else s
+            note = figures.unmeasured_note(runs, [s])
+            writer.figure(
+                f"curves_{stage}_{s}" if stage else f"curves_{s}",
+                figures.validation_curves(histories(client, study, runs, s), where),
+                f"Validation curves per setting on {where}; a setting with repeats: the mean over its repeats, the "
+                f"band their min-max (the seeds' spread, not an interval).{note}",
+            )
 
 
 FIGURE_SRC = re.compile(r'src="(figures/[^"]+\.png)"')
@@ -918,9 +1043,13 @@ class Written:
 
 
 def main(tokens: list[str], out: Path | None = None, write_html: bool = False) -> None:
-    """`sweeper report study=NAME [--out results/NAME] [--html] [workspace=... | tracking_uri=...] [crop=SET/NAME[:x,y,w,h] ...]`."""
+    """`sweeper report study=NAME [--out results/NAME] [--html] [workspace=... | tracking_uri=...] [crop=SET/NAME[:x,y,w,h] ...]
+    [checkpoint=final|best|N [holdout=SET]]`."""
     images, boxes, tokens = paper_figures.parse_crop_tokens(tokens)
-    written = write(parse(tokens, allow_config=False), out, images, boxes, write_html)
+    own = {k: v for k, _, v in (t.partition("=") for t in tokens) if k in ("checkpoint", "holdout")}
+    tokens = [t for t in tokens if t.partition("=")[0] not in own]
+    choice = checkpoints.parse(own.get("checkpoint"), own.get("holdout"))
+    written = write(parse(tokens, allow_config=False), out, images, boxes, write_html, choice)
     print(
         f"wrote {len(written.tables)} tables ({', '.join(written.tables) or 'none'}) and figures to {written.out}/README.md"
         + (f"; the same as one page, figures embedded: {written.out}/report.html" if write_html else "")
@@ -930,9 +1059,10 @@ def main(tokens: list[str], out: Path | None = None, write_html: bool = False) -
 
 
 def write(opts: Options, out: Path | None = None, images: list[str] | None = None, boxes: dict | None = None,
-          write_html: bool = False) -> Written:  # fmt: skip
+          write_html: bool = False, choice: checkpoints.Choice = checkpoints.FINAL_CHOICE) -> Written:  # fmt: skip
     """The report of `opts.study` written to `out` (default `results/<study>`) and attached to its last stage run;
-    `images` and `boxes` choose the fixed-box crops (`crop=` tokens); `write_html` adds report.html."""
+    `images` and `boxes` choose the fixed-box crops (`crop=` tokens); `write_html` adds report.html; `choice`
+    the checkpoint each trial row shows (`select_by=` picks `best`'s metric, default the study's)."""
     name = require_study(opts)
     client = open_client(opts)
     out = out or Path("results") / name
@@ -948,7 +1078,8 @@ def write(opts: Options, out: Path | None = None, images: list[str] | None = Non
         images or [],
         boxes or {},
     )
-    keys = build(client, name, out, (storage, stages) if stages else None, crops)
+    choice = dataclasses.replace(choice, select_by=choice.select_by or opts.select_by)
+    keys = build(client, name, out, (storage, stages) if stages else None, crops, choice)
     page = to_html(out, f"Study {name}")
     if write_html:
         write_text_atomic(out / "report.html", page)

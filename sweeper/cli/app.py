@@ -360,7 +360,9 @@ def report(
         ),
     ] = False,
 ) -> None:
-    """Regenerate the paper's tables and figures for a study from MLflow: Markdown, CSV, LaTeX, PNG."""
+    """Regenerate the paper's tables and figures for a study from MLflow: Markdown, CSV, LaTeX, PNG. checkpoint=N
+    shows every trial's generator kept at iteration N (train.keep_every), checkpoint=best holdout=SET the kept one
+    best on a held-out set; default: the final one."""
     from sweeper.analysis import report as report_mod
 
     report_mod.main(overrides or [], out=out, write_html=html)
