@@ -27,7 +27,7 @@ from PIL import Image
 
 from trainer.config import build_config
 from trainer.data import prepare_set
-from trainer.prepared import window_starts
+from trainer.image_sets import window_starts
 
 HEIGHT, WIDTH = 1356, 2040
 

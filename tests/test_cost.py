@@ -220,9 +220,14 @@ def test_plan_names_what_its_hours_count() -> None:
 # --- a real study -----------------------------------------------------------------------------------------
 
 
-def sweeper(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def sweeper(args: list[str], cwd: Path, env: dict[str, str], *flags: str) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        [sys.executable, "-m", "sweeper.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+        [sys.executable, *flags, "-m", "sweeper.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr
     return done
@@ -230,13 +235,26 @@ def sweeper(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Compl
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
-    """`small` (4 mu values) run to the end with scheduler=none, two trials at a time."""
+    """`small` (4 mu values) run to the end with scheduler=none, two trials at a time; the modules the sweeper's
+    own process imported (`-X importtime`, which its trial processes do not inherit) saved in `imported.txt`."""
     tmp = tmp_path_factory.mktemp("cost")
     env = env_for(tmp) | {"OMP_NUM_THREADS": "1"}
     write_study(tmp, "small", MUS)
     ws = tmp / "ws"
-    sweeper(["run", "study=small", f"workspace={ws}", *SMALL], tmp, env)
+    done = sweeper(["run", "study=small", f"workspace={ws}", *SMALL], tmp, env, "-X", "importtime")
+    imported = [ln.rsplit("|", 1)[1].strip() for ln in done.stderr.splitlines() if ln.startswith("import time:")]
+    (tmp / "imported.txt").write_text("\n".join(imported))
     return tmp, ws, env
+
+
+@pytest.mark.slow
+def test_the_sweeper_process_of_a_run_never_imports_torch(study) -> None:
+    """Trials train in other processes; torch and torchvision would cost every `sweeper run` seconds of CPU."""
+    tmp, ws, _ = study
+    imported = (tmp / "imported.txt").read_text().split()
+    assert "sweeper.search.run" in imported and "trainer.image_sets" in imported  # the run's own modules
+    assert not [m for m in imported if m.split(".")[0] in ("torch", "torchvision")]
+    assert len(list((ws / "trials").rglob("result.json"))) == len(MUS)  # its trials did train, elsewhere
 
 
 @pytest.mark.slow

@@ -12,22 +12,21 @@ import torch
 from PIL import Image
 
 from trainer.config import build_config
-from trainer.data import (
+from trainer.data import TrainBatches, load_set, load_val_sets, val_pairs
+from trainer.errors import UserError
+from trainer.image_sets import (
     EMBEDDED,
-    TrainBatches,
+    Settings,
     check_train_sets,
+    check_val_sets,
     describe_sets,
-    load_set,
-    load_val_sets,
     resolve_root,
     set_names,
     settle_sets,
-    val_pairs,
+    windows,
 )
-from trainer.errors import UserError
 from trainer.images import read_image, write_image
 from trainer.imresize import degrade, modcrop
-from trainer.prepared import Settings, windows
 
 
 def smoke(**overrides):
@@ -145,14 +144,40 @@ def test_published_layout_scores_the_supplied_lr_images(shared_data: Path, tmp_p
 def test_published_layout_errors_are_one_line(shared_data: Path, tmp_path: Path) -> None:
     published_layout(tmp_path, shared_data)
     write_image(tmp_path / "Set5" / "LRbicx4" / "head.png", torch.zeros(3, 10, 10, dtype=torch.uint8))
-    with pytest.raises(
-        UserError, match=r"Set5/LRbicx4/head.png: LR image is \(10, 10\), but its HR .* is \(276, 276\)"
-    ) as err:
-        val_pairs(tmp_path, "Set5", 4, "mod12")
-    assert "\n" not in str(err.value)
+    cfg = smoke(**{"data.root": str(tmp_path), "data.val_sets": ["Set5"], "data.val_max_images": 0})
+    for load in (lambda: val_pairs(tmp_path, "Set5", 4, "mod12"), lambda: check_val_sets(cfg)):  # the check run makes
+        with pytest.raises(
+            UserError, match=r"Set5/LRbicx4/head.png: LR image is \(10, 10\), but its HR .* is \(276, 276\)"
+        ) as err:
+            load()
+        assert "\n" not in str(err.value)
     (tmp_path / "Set5" / "LRbicx4" / "head.png").unlink()
-    with pytest.raises(UserError, match=r"LRbicx4: no LR image for 1 HR image\(s\) of Set5 \(head.png\)"):
-        val_pairs(tmp_path, "Set5", 4, "mod12")
+    for load in (lambda: val_pairs(tmp_path, "Set5", 4, "mod12"), lambda: check_val_sets(cfg)):
+        with pytest.raises(UserError, match=r"LRbicx4: no LR image for 1 HR image\(s\) of Set5 \(head.png\)"):
+            load()
+
+
+def test_the_check_before_a_run_refuses_what_loading_the_validation_sets_would(tmp_path: Path) -> None:
+    """`check_val_sets` (torch-free, in `sweeper run`'s process) fails on each image `load_val_sets` fails on,
+    with the same message, and passes where it loads."""
+    bad = {
+        "good": (lambda f: write_image(f, torch.zeros(1, 24, 36, dtype=torch.uint8)), None),
+        "small": (lambda f: write_image(f, torch.zeros(3, 11, 40, dtype=torch.uint8)), r"b.png: HR image is \(11, 40\), smaller than 12"),
+        "corrupt": (lambda f: f.write_bytes(b"\x89PNG not really"), "b.png: unreadable or corrupt"),
+        "deep": (lambda f: Image.fromarray(np.zeros((4, 4), np.uint16)).save(f), "b.png: unsupported pixel format"),
+    }  # fmt: skip
+    for case, (write, message) in bad.items():
+        (tmp_path / case / "Set5").mkdir(parents=True)
+        write_image(tmp_path / case / "Set5" / "a.png", torch.zeros(3, 24, 24, dtype=torch.uint8))
+        write(tmp_path / case / "Set5" / "b.png")
+        cfg = smoke(**{"data.root": str(tmp_path / case), "data.val_sets": ["Set5"], "data.val_max_images": 0})
+        if message is None:
+            check_val_sets(cfg)
+            assert load_val_sets(cfg)["Set5"][1].hr.shape == (1, 24, 36)
+            continue
+        for load in (check_val_sets, load_val_sets):
+            with pytest.raises(UserError, match=message):
+                load(cfg)
 
 
 def chw(a: np.ndarray) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from sweeper.cli.app import app
 from trainer.checkpoint import save_atomic
 from trainer.config import build_config
-from trainer.data import EMBEDDED
+from trainer.image_sets import EMBEDDED
 from trainer.nets import build_generator
 
 runner = CliRunner()

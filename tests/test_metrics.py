@@ -22,11 +22,11 @@ from trainer.metrics import (
     psnr_y_batch,
     rgb_to_y,
     score,
-    set_means,
     ssim_batch,
     ssim_y,
     ssim_y_batch,
 )
+from trainer.scores import set_means
 from trainer.train import score_image
 
 

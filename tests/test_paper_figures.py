@@ -17,7 +17,7 @@ from sweeper.analysis import paper_figures, report
 from sweeper.cli.app import app
 from trainer.checkpoint import FINISHED, save_generator
 from trainer.config import config_from_dict
-from trainer.data import EMBEDDED
+from trainer.image_sets import EMBEDDED
 from trainer.losses.perceptual import VGG_CONV5_4, resnet_block, vgg_layer
 from trainer.nets import build_generator
 

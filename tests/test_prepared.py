@@ -16,8 +16,8 @@ import torch
 from trainer.config import Config, build_config
 from trainer.data import prepare_set
 from trainer.errors import UserError
+from trainer.image_sets import Settings, window_starts, windows
 from trainer.images import write_image
-from trainer.prepared import Settings, window_starts, windows
 
 PAPER = Settings(480, 240, 4)
 

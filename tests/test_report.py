@@ -343,7 +343,8 @@ def test_a_scored_folder_is_a_table5_method_in_the_studys_space(tmp_path):
     from typer.testing import CliRunner
 
     from sweeper.cli.app import app
-    from trainer.data import EMBEDDED, val_pairs
+    from trainer.data import val_pairs
+    from trainer.image_sets import EMBEDDED
     from trainer.images import write_image
 
     uri, client = mlflow_layout.store(tmp_path)
@@ -395,7 +396,7 @@ def test_table5_scores_the_winners_checkpoint_on_whole_images_as_bicubic_is(tmp_
     from sweeper.analysis import evaluate
     from trainer.checkpoint import save_atomic
     from trainer.config import config_from_dict
-    from trainer.data import EMBEDDED
+    from trainer.image_sets import EMBEDDED
     from trainer.nets import build_generator
 
     uri, client = mlflow_layout.store(tmp_path / "ws")
@@ -470,7 +471,7 @@ def kept_snapshots(tmp_path_factory):
     from conftest import SHARED_DATA
 
     from trainer.config import build_config
-    from trainer.data import EMBEDDED
+    from trainer.image_sets import EMBEDDED
     from trainer.train import train
 
     if not (SHARED_DATA / "Set14").is_dir():

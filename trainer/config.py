@@ -41,7 +41,6 @@ METRIC_SPACES = (
     "y",
     "rgb",
 )  # PSNR/SSIM on MATLAB's Y (section 4.1's text) or RGB (the authors' test config, the paper's numbers)
-SCORES = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")  # what trainer.metrics.score returns, per image
 VAL_HR = ("mod12", "mod4")  # validation HR cropped to a multiple of 12 (the published GTmod12 files) or of upscale
 LPIPS_NETS = ("alex", "vgg")  # LPIPS trunk: the lpips package's default, or BasicSR's calculate_lpips script
 LPIPS_VERSIONS = ("0.1", "0.0")  # the lpips package's linear heads

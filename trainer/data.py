@@ -1,117 +1,42 @@
-"""Data: the data root, benchmark sets by name, validation pairs, and seeded, resumable training batches.
+"""Data: the pixels of the benchmark sets (validation pairs) and seeded, resumable training batches. Where the
+sets are, which ones a run uses, their files and the checks made before a run: `trainer.image_sets`.
 
-A data root is a folder of sets, each a folder of PNG/JPEG/BMP images (`Set5/`, `T91/`, `DIV2K/`...), or
-in the published layout of the benchmark sets (BasicSR's downloads): `Set5/GTmod12/` holding the HR images
-and `Set5/LRbicx4/` (x2, x3 likewise) their LR images under the same file names. LR images are made with
-MATLAB's bicubic (`trainer.imresize.degrade`), as in section 4.1: for training sets once, per sub-image, in
-the prepared-data cache (`trainer.prepared`), which every trial memory-maps; for validation sets from the
-whole HR image cropped to a multiple of 12 (`data.val_hr=mod12`, as the GTmod12 files) or of the scale
-(`mod4`), unless the set supplies its LR images (`LRbicx<scale>/`), which are then scored as published.
+LR images are made with MATLAB's bicubic (`trainer.imresize.degrade`), as in section 4.1: for training sets
+once, per sub-image, in the prepared-data cache (`trainer.prepared`), which every trial memory-maps; for
+validation sets from the whole HR image cropped to a multiple of 12 (`data.val_hr=mod12`, as the GTmod12
+files) or of the scale (`mod4`), unless the set supplies its LR images (`LRbicx<scale>/`), which are then
+scored as published.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from trainer.config import BENCHMARK_SETS, ROOT_TRAIN_SETS, Config, build_config
+from trainer.config import Config
 from trainer.errors import UserError
-from trainer.images import IMAGE_SUFFIXES, read_image, to_rgb
+from trainer.image_sets import (
+    check_val_size,
+    image_size,
+    resolve_root,
+    set_files,
+    subimage_settings,
+    supplied_lr_files,
+    too_small,
+    val_multiple,
+    windows,
+)
+from trainer.images import read_image, to_rgb
 from trainer.imresize import degrade, modcrop
-from trainer.prepared import PreparedSet, Settings, current_manifest, image_size, open_or_build, windows
-
-EMBEDDED = Path(__file__).resolve().parent / "embedded"
-
-PUBLISHED_HR = "GTmod12"  # the HR folder of a benchmark set in the published layout
-
-
-def supplied_lr_folder(set_folder: Path, scale: int) -> Path:
-    """Where a set in the published layout keeps its LR images for `scale`: `<set>/LRbicx<scale>/`."""
-    return set_folder / f"LRbicx{scale}"
-
+from trainer.prepared import PreparedSet, current_manifest, open_or_build
 
 _SET_CACHE: dict[Path, list[tuple[str, torch.Tensor]]] = {}
-
-
-def resolve_root(root: str | Path | None) -> Path:
-    """`root` if given, else $SWEEPER_DATA, else the embedded demo dataset (trainer/embedded/)."""
-    chosen = root or os.environ.get("SWEEPER_DATA") or EMBEDDED
-    path = Path(chosen).expanduser()
-    if not path.is_dir():
-        via = "data.root" if root else "$SWEEPER_DATA"
-        raise UserError(f"{via}={str(chosen)!r} is not a folder; give a folder holding image sets such as Set5/")
-    return path
-
-
-def set_names(root: Path) -> list[str]:
-    """Sub-folders of `root` that hold at least one image (in `GTmod12/` for the published layout)."""
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and _image_files(_hr_folder(p)))
-
-
-def _hr_folder(folder: Path) -> Path:
-    """A set's HR images: `GTmod12/` in the published layout, else the set folder itself."""
-    return folder / PUBLISHED_HR if (folder / PUBLISHED_HR).is_dir() else folder
-
-
-def settle_sets(config: dict[str, Any], absent_ok: bool = False) -> dict[str, Any]:
-    """`config` (dotted keys) with the sets of a data root settled: on a root other than the embedded demo,
-    `data.train_sets` defaults to the preset's sets found there (`ROOT_TRAIN_SETS`: T91 and BSD200 for smoke and
-    proxy, DIV2K for paper) and `data.val_sets` to every benchmark set found (`BENCHMARK_SETS`); a key the
-    config names is kept as it is. None of the preset's training sets there: a UserError naming what was found,
-    or, for a plan made before the data is downloaded (`absent_ok`), all of them, as named."""
-    cfg = build_config(config)
-    root = resolve_root(cfg.data.root or None)
-    if root == EMBEDDED:
-        return config
-    found = set_names(root)
-    settled = dict(config)
-    wanted = {
-        "data.train_sets": (ROOT_TRAIN_SETS[cfg.preset], f"training sets preset={cfg.preset} trains on ({{}})"),
-        "data.val_sets": (BENCHMARK_SETS, "benchmark sets ({}) to validate on"),
-    }
-    for key, (names, what) in wanted.items():
-        if key in config:
-            continue
-        present = [s for s in names if s in found] or (list(names) if absent_ok else [])
-        if not present:
-            raise UserError(
-                f"{root} has none of the {what.format(', '.join(names))}; "
-                f"sets found there: {', '.join(found) or 'none'}; name yours with {key}=[...]"
-            )
-        settled[key] = present
-    return settled
-
-
-def describe_sets(cfg: Config) -> str:
-    """What a run trains and validates on, and with which crops, in one line: `train: T91, BSD200 (...); validate: ...`."""
-    d = cfg.data
-    train = f"train: {', '.join(d.train_sets)} ({d.subimage_size}-px sub-images every {d.subimage_step} px, {d.hr_patch}-px HR patches)"
-    which = f"first {d.val_max_images} images of each" if d.val_max_images else "every image"
-    crops = f"{d.val_crop}-px centre crops" if d.val_crop else "whole images"
-    return f"{train}; validate: {', '.join(d.val_sets)} ({which}, {crops}) from {resolve_root(d.root or None)}"
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-
-
-def _set_files(root: Path, name: str) -> list[Path]:
-    folder = root / name
-    if not folder.is_dir():
-        found = ", ".join(set_names(root)) or "none"
-        raise UserError(f"unknown image set {name!r} under {root}; sets found there: {found}")
-    files = _image_files(_hr_folder(folder))
-    if not files:
-        raise UserError(f"image set {name!r} ({_hr_folder(folder)}) holds no PNG, JPEG or BMP images")
-    return files
 
 
 def load_set(root: str | Path | None, name: str) -> list[tuple[str, torch.Tensor]]:
@@ -121,25 +46,15 @@ def load_set(root: str | Path | None, name: str) -> list[tuple[str, torch.Tensor
     """
     folder = (resolve_root(root) / name).resolve()
     if folder not in _SET_CACHE:
-        _SET_CACHE[folder] = [(f.name, read_image(f)) for f in _set_files(folder.parent, name)]
+        _SET_CACHE[folder] = [(f.name, read_image(f)) for f in set_files(folder.parent, name)]
     return _SET_CACHE[folder]
 
 
 def load_supplied_lr(root: str | Path | None, name: str, scale: int) -> dict[str, torch.Tensor] | None:
-    """The LR images a set supplies for `scale` (`<set>/LRbicx<scale>/`), by file name; None where it has
-    none. Each HR image must have one under its own file name (one-line error naming the missing ones)."""
-    folder = (resolve_root(root) / name).resolve()
-    lr_folder = supplied_lr_folder(folder, scale)
-    if not lr_folder.is_dir():
-        return None
-    files = {f.name: f for f in _image_files(lr_folder)}
-    hr_names = [f.name for f in _set_files(folder.parent, name)]
-    if missing := [n for n in hr_names if n not in files]:
-        raise UserError(
-            f"{lr_folder}: no LR image for {len(missing)} HR image(s) of {name} ({', '.join(missing[:3])}); "
-            f"supply one per HR file name or remove {lr_folder.name}/ to degrade the HR images instead"
-        )
-    return {n: read_image(files[n]) for n in hr_names}
+    """The LR images a set supplies for `scale` (`trainer.image_sets.supplied_lr_files`), by file name; None
+    where it has none."""
+    files = supplied_lr_files(root, name, scale)
+    return None if files is None else {n: read_image(f) for n, f in files.items()}
 
 
 @dataclass
@@ -166,19 +81,17 @@ def val_pairs(
     root: str | Path | None, name: str, scale: int, val_hr: str, crop: int = 0, max_images: int = 0
 ) -> list[ValImage]:
     """The (HR, LR) pairs of set `name`: HR cropped to a multiple of 12 (`val_hr="mod12"`) or of `scale`
-    ("mod4"), centre-cropped to `crop` if given; LR the set's supplied images if it has them (checked to be
-    the HR size / scale), else MATLAB's bicubic of the HR."""
-    multiple = 12 if val_hr == "mod12" else scale
+    ("mod4"), centre-cropped to `crop` if given; LR the set's supplied images if it has them, else MATLAB's
+    bicubic of the HR. Sizes checked by `trainer.image_sets.check_val_size`."""
+    multiple = val_multiple(val_hr, scale)
     supplied = load_supplied_lr(root, name, scale)
     pairs = []
     for file_name, img in load_set(root, name)[: max_images or None]:
-        hr, lr = modcrop(img, multiple), supplied[file_name] if supplied is not None else None
-        if lr is not None and tuple(lr.shape[-2:]) != (hr.shape[-2] // scale, hr.shape[-1] // scale):
-            raise UserError(
-                f"{name}/{supplied_lr_folder(Path(), scale)}/{file_name}: LR image is {tuple(lr.shape[-2:])}, but its HR "
-                f"cropped to a multiple of {multiple} (data.val_hr={val_hr}) is {tuple(hr.shape[-2:])}: expected "
-                f"{(hr.shape[-2] // scale, hr.shape[-1] // scale)}; the LR files belong to other HR images or another scale"
-            )
+        lr = supplied[file_name] if supplied is not None else None
+        check_val_size(
+            name, file_name, tuple(img.shape[-2:]), None if lr is None else tuple(lr.shape[-2:]), scale, val_hr
+        )
+        hr = modcrop(img, multiple)
         if crop:
             rows, cols = _center_box(hr.shape[-2], hr.shape[-1], crop, scale)
             hr = modcrop(hr[..., rows, cols], multiple)
@@ -209,14 +122,12 @@ def data_cache(cfg: Config, cache_dir: Path) -> Path:
     return Path(cfg.data.cache).expanduser().resolve() if cfg.data.cache else Path(cache_dir) / "data"
 
 
-def _settings(cfg: Config) -> Settings:
-    return Settings(cfg.data.subimage_size, cfg.data.subimage_step, cfg.upscale)
-
-
 def prepare_set(cfg: Config, name: str, cache_dir: Path, workers: int | None = None, show: bool = False) -> PreparedSet:
     """Training set `name` of the data root, prepared (once) under `cfg`'s sub-image settings."""
     root = resolve_root(cfg.data.root or None)
-    return open_or_build(_set_files(root, name), root / name, _settings(cfg), data_cache(cfg, cache_dir), workers, show)
+    return open_or_build(
+        set_files(root, name), root / name, subimage_settings(cfg), data_cache(cfg, cache_dir), workers, show
+    )
 
 
 def _present_files(cfg: Config, name: str) -> tuple[Path, list[Path]] | None:
@@ -224,7 +135,7 @@ def _present_files(cfg: Config, name: str) -> tuple[Path, list[Path]] | None:
     there (for planning, which must work before the data is downloaded)."""
     try:
         root = resolve_root(cfg.data.root or None)
-        return root / name, _set_files(root, name)
+        return root / name, set_files(root, name)
     except UserError:
         return None
 
@@ -237,7 +148,7 @@ def prepared_data_id(cfg: Config, cache_dir: Path) -> str | None:
         present = _present_files(cfg, name)
         if present is None:
             return None
-        manifest = current_manifest(present[1], present[0], _settings(cfg), data_cache(cfg, cache_dir))
+        manifest = current_manifest(present[1], present[0], subimage_settings(cfg), data_cache(cfg, cache_dir))
         if manifest is None:
             return None
         hashes.append(manifest["content_hash"])
@@ -251,7 +162,7 @@ def subimage_count(cfg: Config, name: str, cache_dir: Path) -> tuple[int | None,
     """How many sub-images training set `name` gives under `cfg`'s settings, and where that number comes from:
     its prepared manifest, else its images' headers, else the known count of a published set at the paper's
     settings (before the data is downloaded), else None."""
-    settings = _settings(cfg)
+    settings = subimage_settings(cfg)
     present = _present_files(cfg, name)
     if present is not None:
         folder, files = present
@@ -262,28 +173,6 @@ def subimage_count(cfg: Config, name: str, cache_dir: Path) -> tuple[int | None,
     if name in KNOWN_SUBIMAGES and (settings.size, settings.step) == (480, 240):
         return KNOWN_SUBIMAGES[name], "known count (not in the data root yet)"
     return None, "not in the data root yet"
-
-
-def _too_small(cfg: Config, skipped: int) -> UserError:
-    d = cfg.data
-    return UserError(
-        f"data.train_sets={d.train_sets}: no sub-image is at least data.hr_patch={d.hr_patch} pixels "
-        f"on each side ({skipped} smaller ones skipped); use larger images or a smaller hr_patch"
-    )
-
-
-def check_train_sets(cfg: Config) -> None:
-    """Fail now (UserError) if a training set is missing, empty, unreadable or has no sub-image that holds
-    an `hr_patch` crop; reads image headers only, prepares nothing."""
-    root, d = resolve_root(cfg.data.root or None), cfg.data
-    sides = [
-        min(h, w)
-        for name in d.train_sets
-        for f in _set_files(root, name)
-        for *_, h, w in windows(*image_size(f), _settings(cfg))
-    ]
-    if not any(side >= d.hr_patch for side in sides):
-        raise _too_small(cfg, len(sides))
 
 
 def _rng(*key: int) -> torch.Generator:
@@ -322,7 +211,7 @@ class TrainBatches:
         self.index = np.concatenate([np.stack([np.full_like(u, k), u], axis=1) for k, u in enumerate(usable)])
         self.skipped = sum(len(p) for p in self.sets) - len(self.index)
         if not len(self.index):
-            raise _too_small(cfg, self.skipped)
+            raise too_small(cfg, self.skipped)
         self.data_id = "+".join(p.content_hash for p in self.sets)  # what the pixels are, for cache keys
         self.batch = 0
         self._perm: tuple[int, torch.Tensor] | None = None

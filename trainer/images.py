@@ -9,48 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from trainer.errors import UserError
 from trainer.files import atomic_write
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-
-# Pillow modes holding 8-bit samples, and what each becomes.
-_MODES = {
-    "1": "L",
-    "L": "L",
-    "LA": "L",
-    "P": "RGB",
-    "PA": "RGB",
-    "RGB": "RGB",
-    "RGBA": "RGB",
-    "RGBX": "RGB",
-    "CMYK": "RGB",
-    "YCbCr": "RGB",
-}
+from trainer.image_sets import read_pixels
 
 
 def read_image(path: str | Path) -> torch.Tensor:
-    """Read an 8-bit image file as a uint8 (C, H, W) tensor, C = 3 (colour) or 1 (grayscale)."""
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            if im.mode not in _MODES:
-                raise UserError(
-                    f"{path}: unsupported pixel format {im.mode!r} (e.g. 16-bit or float); "
-                    "convert it to an 8-bit RGB or grayscale PNG"
-                )
-            arr = np.asarray(im.convert(_MODES[im.mode]))
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"{path}: unreadable or corrupt image ({e}); expected an 8-bit PNG, JPEG or BMP") from None
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    """Read an 8-bit image file (`trainer.image_sets.read_pixels`) as a uint8 (C, H, W) tensor, C = 3 (colour)
+    or 1 (grayscale)."""
+    return torch.from_numpy(read_pixels(path)).permute(2, 0, 1).contiguous()
 
 
 def to_rgb(img: torch.Tensor) -> torch.Tensor:

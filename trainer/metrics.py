@@ -26,15 +26,14 @@ import functools
 import io
 import logging
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 from trainer import weight_files, weights
 from trainer.config import METRIC_SPACES as SPACES
-from trainer.config import SCORES
 from trainer.images import to_rgb, to_uint8
+from trainer.scores import SCORES
 
 # MATLAB's rgb2ycbcr for uint8: T = [65.481 128.553 24.966] * (1/255), Y = imlincomb(T1, R, T2, G, T3, B, 16).
 Y_WEIGHTS = tuple(c * (1 / 255) for c in (65.481, 128.553, 24.966))
@@ -140,21 +139,6 @@ def score(sr: torch.Tensor, hr: torch.Tensor, crop_border: int) -> dict[str, flo
         "psnr_rgb": float(psnr_batch(sr_rgb, hr_rgb, crop_border, "rgb")),
         "ssim_rgb": float(ssim_batch(sr_rgb, hr_rgb, crop_border, "rgb")),
     }
-
-
-def mean_if_all(values: list[float | None]) -> float | None:
-    """The mean of `values`; None when there are none or one is missing."""
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present and len(present) == len(values) else None
-
-
-def set_means(rows: Iterable[dict[str, float | None]], space: str) -> dict[str, float | None]:
-    """The mean of each per-image value of a set, `psnr`/`ssim` (those of `space`) first; LPIPS is None
-    unless every image has one."""
-    rows = list(rows)
-    means = {k: mean_if_all([r[k] for r in rows]) for k in SCORES}
-    lpips = mean_if_all([r.get("lpips") for r in rows])
-    return {"psnr": means[f"psnr_{space}"], "ssim": means[f"ssim_{space}"], "lpips": lpips, **means}
 
 
 PER_IMAGE_COLUMNS = ("set", "image", *SCORES, "lpips")

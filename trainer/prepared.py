@@ -1,10 +1,7 @@
 """The prepared-data cache: a training set's sub-images (section 4.1), cut once, with their MATLAB-bicubic
 LR made once, in files every trial process memory-maps (one copy per node, in the page cache).
 
-Sub-images follow BasicSR's `extract_subimages` (crop 480, step 240, thresh_size 0), which is what gives the
-paper's 32,592 sub-images from DIV2K's 800 training images: on each axis, windows start every `step` pixels
-and one more window flush with the far edge is added when a strip is left over; a side shorter than the
-crop is kept whole. Windows are cut to a multiple of the scale (MATLAB `modcrop`).
+Sub-images are BasicSR's `extract_subimages` windows (crop 480, step 240: `trainer.image_sets.windows`).
 
 One prepared set is a folder `<cache>/<set>-<key>/` (key: hash of the source folder and the settings):
 
@@ -39,17 +36,17 @@ import signal
 import sys
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from trainer import heartbeat
 from trainer.errors import UserError
 from trainer.files import atomic_write, check_space, file_lock, read_json, sha256_file, write_json_atomic
+from trainer.image_sets import Settings, image_size, windows
 from trainer.images import read_image, to_rgb
 from trainer.imresize import degrade
 from trainer.procs import die_with_parent
@@ -58,46 +55,6 @@ from trainer.terminal import bar
 VERSION = 1
 ARRAYS = ("hr.npy", "lr.npy", "images.npy", "windows.npy")
 Spans = tuple[tuple[int, int], tuple[int, int]]  # (offset, length) of one source image's bytes in hr.npy, lr.npy
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What the prepared pixels depend on besides the source images."""
-
-    size: int  # data.subimage_size
-    step: int  # data.subimage_step
-    scale: int  # upscale
-
-
-def window_starts(length: int, crop: int, step: int) -> list[int]:
-    """Window starts along one side (BasicSR extract_subimages, thresh_size 0): every `step` pixels, plus one
-    flush with the far edge if the last does not end there; a side shorter than `crop` gives one start, 0."""
-    if length <= crop:
-        return [0]
-    starts = list(range(0, length - crop + 1, step))
-    if starts[-1] != length - crop:
-        starts.append(length - crop)
-    return starts
-
-
-def windows(height: int, width: int, s: Settings) -> list[tuple[int, int, int, int]]:
-    """(top, left, height, width) of each sub-image of an image, top to bottom, then left to right; each
-    window is `s.size` (or the whole side where shorter), cut to a multiple of the scale."""
-    h, w = min(height, s.size) // s.scale * s.scale, min(width, s.size) // s.scale * s.scale
-    if not h or not w:
-        return []
-    return [
-        (t, left, h, w) for t in window_starts(height, s.size, s.step) for left in window_starts(width, s.size, s.step)
-    ]
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the file's header, without decoding the pixels."""
-    try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except (OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"{path}: unreadable or corrupt image ({e}); expected an 8-bit PNG, JPEG or BMP") from None
 
 
 def _stats(files: list[Path]) -> list[dict[str, Any]]:

@@ -62,8 +62,9 @@ from trainer.generator_files import init_state
 from trainer.images import to_rgb, write_image
 from trainer.ledger import Segment
 from trainer.losses import DualPerceptualLoss, discriminator_loss, generator_adversarial_loss
-from trainer.metrics import LPIPSMetric, per_image_csv, score, set_means
+from trainer.metrics import LPIPSMetric, per_image_csv, score
 from trainer.nets import build_discriminator, build_generator
+from trainer.scores import set_means
 from trainer.terminal import bar
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
@@ -397,7 +398,7 @@ def validate(
     samples_dir: Path,
     step: int,
 ) -> tuple[Means, PerImage]:
-    """Per image and as means per validation set: PSNR/SSIM in both spaces (`metrics.SCORES`) and LPIPS
+    """Per image and as means per validation set: PSNR/SSIM in both spaces (`scores.SCORES`) and LPIPS
     (None when unavailable); the means also carry `psnr`/`ssim` of `metrics.space`. Saves a few SR crops."""
     was_training = g.training
     g.eval()

@@ -20,12 +20,14 @@ import torch
 
 from trainer.checkpoint import load_generator, snapshot_path, snapshot_steps
 from trainer.config import Config, build_config
-from trainer.data import ValImage, lr_source, resolve_root, val_pairs
+from trainer.data import ValImage, lr_source, val_pairs
 from trainer.errors import UserError
 from trainer.files import write_text_atomic
-from trainer.images import IMAGE_SUFFIXES, read_image, to_rgb
+from trainer.image_sets import image_files, resolve_root
+from trainer.images import read_image, to_rgb
 from trainer.imresize import imresize
-from trainer.metrics import SCORES, LPIPSMetric, per_image_csv, score, set_means
+from trainer.metrics import LPIPSMetric, per_image_csv, score
+from trainer.scores import SCORES, set_means
 from trainer.train import super_resolve
 
 COLUMNS = ("set", "image", *SCORES, "lpips")
@@ -112,7 +114,7 @@ def folder_images(src: Source, set_name: str, pairs: list[ValImage], single_set:
         raise UserError(
             f"folder={src.folder}: no sub-folder {set_name}/; with several sets give one sub-folder per set"
         )
-    files = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")}
+    files = {p.stem: p for p in image_files(folder)}
     wanted = {Path(p.name).stem: p for p in pairs}
     if missing := sorted(wanted.keys() - files.keys()):
         raise UserError(

@@ -18,9 +18,10 @@ import torch
 
 from sweeper.analysis import figures
 from trainer.checkpoint import load_generator
-from trainer.data import ValImage, load_set, resolve_root, val_pairs
+from trainer.data import ValImage, load_set, val_pairs
 from trainer.errors import UserError
 from trainer.files import write_bytes_atomic
+from trainer.image_sets import resolve_root
 from trainer.images import to_rgb, to_uint8
 from trainer.imresize import imresize
 from trainer.losses.perceptual import imagenet_normalize, resnet_block, vgg_layer

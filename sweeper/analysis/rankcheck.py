@@ -33,7 +33,7 @@ from sweeper.core.repeats import grid_key, point_of, repeat_of
 from sweeper.core.selection import HIGHER_IS_BETTER, TIE_BREAK, signed
 from sweeper.core.trials import stage_ids
 from trainer.errors import UserError
-from trainer.metrics import mean_if_all
+from trainer.scores import mean_if_all
 
 Curve = dict[int, tuple[float, float]]  # step -> (signed select_by, signed tie-break); smaller is better
 

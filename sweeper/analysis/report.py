@@ -37,7 +37,6 @@ from sweeper.analysis import (
     figures,
     ledger,
     paper,
-    paper_figures,
     rankcheck,
     stats,
 )
@@ -64,12 +63,11 @@ from sweeper.core.overrides import Options, parse, require_study
 from sweeper.core.selection import HIGHER_IS_BETTER
 from sweeper.core.trials import stage_ids
 from sweeper.core.workspace import Workspace
-from trainer.checkpoint import snapshot_path, snapshot_steps
 from trainer.config import config_from_dict, flatten
 from trainer.errors import UserError
 from trainer.files import write_bytes_atomic, write_text_atomic
-from trainer.images import read_image
-from trainer.metrics import set_means
+from trainer.image_sets import read_pixels
+from trainer.scores import set_means
 
 SET_ORDER = ("Set5", "Set14", "BSD100", "Urban100")
 PAPER_METRICS = ("ssim", "psnr", "lpips")  # Tables 1, 2 and 6 print SSIM / PSNR / LPIPS
@@ -461,8 +459,10 @@ def evaluation_run(study: Study, method: str, config: dict, tags: dict[str, str]
     studies' experiments, whose runs are all trials and stages) as a run tagged `sweeper.kind=baseline` and
     `tags`, its per-image values as `per_image.json`, and reused while they match; None when it cannot be
     scored (sets unreadable, checkpoint gone), or with `strict` the UserError saying why."""
-    from sweeper.analysis import evaluate
-    from trainer.data import resolve_root
+    from sweeper.analysis import (
+        evaluate,
+    )  # torch: imported where a generator or bicubic is scored, not by `sweeper run`
+    from trainer.image_sets import resolve_root
 
     cfg = config_from_dict(config)
     sets = sets or cfg.data.val_sets
@@ -544,6 +544,8 @@ CHECKPOINT_TAG = "sweeper.checkpoint_iter"  # on a run `at_checkpoint` rewrote: 
 def snapshot_run(study: Study, run: RunRecord, step: int, sets: list[str] | None = None) -> RunRecord:
     """The snapshot `run` kept at `step` evaluated on whole images of `sets` (default: its validation sets),
     as `whole_image_run` evaluates its final generator (computed once, tagged `sweeper.iter`)."""
+    from trainer.checkpoint import snapshot_path  # torch, as the scoring: not imported by `sweeper run`
+
     folder = Path(study.result(run)["checkpoint"]).parent.parent
     tags = {
         "sweeper.method": "checkpoint",
@@ -574,6 +576,8 @@ def at_checkpoint(study: Study, run: RunRecord) -> RunRecord:
     trial = f"trial {run.name} ({run.setting})"
     if not study.result(run).get("checkpoint") or not study.config(run):
         raise UserError(f"{choice.describe()}: {trial} recorded no checkpoint; report it with checkpoint=final")
+    from trainer.checkpoint import snapshot_steps  # torch, as the scoring: not imported by `sweeper run`
+
     kept = snapshot_steps(Path(study.result(run)["checkpoint"]).parent.parent)
     scores: dict[int, float | None] = {}
     if choice.kind == checkpoints.BEST:
@@ -637,11 +641,7 @@ def comparison_grid(client: MlflowClient, labelled: list[tuple[str, RunRecord]],
             row = []
             for (_, run), found in zip(labelled, samples):
                 path = found.get(name)
-                row.append(
-                    read_image(client.download_artifacts(run.run_id, path, tmp)).permute(1, 2, 0).numpy()
-                    if path
-                    else None
-                )
+                row.append(read_pixels(client.download_artifacts(run.run_id, path, tmp)) if path else None)
             tiles.append(row)
     return figures.comparison_grid(names, [label for label, _ in labelled], tiles, title)
 
@@ -788,6 +788,8 @@ def write_section(client: MlflowClient, study: Study, writer: Writer, table: Tab
     if table.kind in ("mu", "beta", "ablation"):
         fixed = None
         if crops is not None:
+            from sweeper.analysis import paper_figures  # torch (generator inference): not imported by `sweeper run`
+
             labelled = [
                 (
                     label,
@@ -818,6 +820,8 @@ def write_section(client: MlflowClient, study: Study, writer: Writer, table: Tab
 
 def generator_file(trial_dir: Path, run: RunRecord) -> Path:
     """The generator whose values `run` shows: the snapshot of its checkpoint iteration, else the final one."""
+    from trainer.checkpoint import snapshot_path  # torch: not imported by `sweeper run`
+
     step = run.tags.get(CHECKPOINT_TAG)
     return snapshot_path(trial_dir, int(step)) if step else trial_dir / "ckpt" / "last.pt"
 
@@ -1045,6 +1049,8 @@ class Written:
 def main(tokens: list[str], out: Path | None = None, write_html: bool = False) -> None:
     """`sweeper report study=NAME [--out results/NAME] [--html] [workspace=... | tracking_uri=...] [crop=SET/NAME[:x,y,w,h] ...]
     [checkpoint=final|best|N [holdout=SET]]`."""
+    from sweeper.analysis import paper_figures  # torch (generator inference): not imported by `sweeper run`
+
     images, boxes, tokens = paper_figures.parse_crop_tokens(tokens)
     own = {k: v for k, _, v in (t.partition("=") for t in tokens) if k in ("checkpoint", "holdout")}
     tokens = [t for t in tokens if t.partition("=")[0] not in own]

@@ -41,8 +41,9 @@ from sweeper.core.studies import AUTO, load
 from sweeper.core.workspace import Workspace
 from sweeper.search.executors import make_executor
 from trainer.config import Config, build_config
-from trainer.data import prepared_data_id, settle_sets, subimage_count
+from trainer.data import prepared_data_id, subimage_count
 from trainer.errors import UserError
+from trainer.image_sets import settle_sets
 from trainer.train import pretrain_key
 
 MEASURED_STEPS = 3  # timed steps per architecture, after one warm-up step

@@ -8,8 +8,9 @@ from pathlib import Path
 from sweeper.core.overrides import parse
 from sweeper.core.workspace import Workspace
 from trainer.config import build_config
-from trainer.data import prepare_set, settle_sets
+from trainer.data import prepare_set
 from trainer.errors import UserError
+from trainer.image_sets import settle_sets
 
 
 def main(tokens: list[str], data_root: Path | None, sets: str | None, workers: int | None) -> None:

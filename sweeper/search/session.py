@@ -21,7 +21,7 @@ from sweeper.core.overrides import Options
 from sweeper.core.studies import Study
 from sweeper.core.workspace import Workspace
 from sweeper.search.executors import Executor, make_executor
-from trainer import weight_files
+from trainer import image_sets, weight_files
 from trainer.config import build_config, parse_value
 from trainer.errors import UserError
 from trainer.files import write_bytes_atomic
@@ -76,17 +76,15 @@ def check_weights(config: dict[str, Any], preset: str, select_by: str) -> dict[s
 
 
 def check_data(config: dict[str, Any]) -> dict[str, Any]:
-    """Settle the data root's sets (`trainer.data.settle_sets`), say what the run trains and validates on, and
-    open the validation data and the training images' headers once, so a missing root or set or an unreadable
-    image fails now (the training sets are prepared by the first trial that needs them, or `sweeper data prepare`).
-    Returns the config with the sets settled."""
-    from trainer.data import check_train_sets, describe_sets, load_val_sets, settle_sets
-
-    config = settle_sets(config)
+    """Settle the data root's sets (`trainer.image_sets.settle_sets`), say what the run trains and validates on,
+    and decode the validation images and read the training images' headers once, so a missing root or set or an
+    unreadable or too small image fails now (the training sets are prepared by the first trial that needs them,
+    or `sweeper data prepare`). Returns the config with the sets settled."""
+    config = image_sets.settle_sets(config)
     cfg = build_config(config)
-    print(describe_sets(cfg))
-    load_val_sets(cfg)
-    check_train_sets(cfg)
+    print(image_sets.describe_sets(cfg))
+    image_sets.check_val_sets(cfg)
+    image_sets.check_train_sets(cfg)
     return config
 
 

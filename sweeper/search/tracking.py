@@ -30,7 +30,8 @@ from sweeper.core.crashpoints import crash_point
 from sweeper.core.mlflow_names import VIEW_NAME, VIEW_TAG, metric_tags
 from sweeper.core.selection import METRICS
 from sweeper.core.studies import label
-from trainer.config import SCORES, flatten
+from trainer.config import flatten
+from trainer.scores import SCORES
 
 # MLflow announces creating and migrating its SQLite tables at INFO level on every new store; keep the
 # console to what the user asked for.
