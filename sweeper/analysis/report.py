@@ -862,7 +862,10 @@ def paper_rows(study: Study, published: paper.Paper) -> tuple[list[dict], list[s
     """Our finished runs beside the paper's published value for the same setting and set (each table that
     prints it), with the difference; PSNR/SSIM only where ours were measured in the paper's space."""
     rows, notes = [], set()
-    for run in latest_per(study.trials, lambda r: (r.arch, r.mu, r.beta, r.params.get("perceptual"))):
+    runs = latest_per(study.trials, lambda r: (r.arch, r.mu, r.beta, r.params.get("perceptual")))
+    for run in sorted(
+        runs, key=lambda r: (r.arch, r.order, str(r.params.get("perceptual", "dp")))
+    ):  # not by start time
         ours = {
             "arch": run.arch,
             "mu": run.params.get("mu", ""),
@@ -886,6 +889,8 @@ def paper_rows(study: Study, published: paper.Paper) -> tuple[list[dict], list[s
                     rows.append({"paper table": table.key, "setting": run.setting, "arch": run.arch, "set": set_name,
                                  "metric": f"{metric} ({published.space.upper()})" if metric != "lpips" else "lpips",
                                  "ours": value, "paper": theirs, "delta": value - theirs})  # fmt: skip
+    tables = [t.key for t in published.tables.values()]
+    rows.sort(key=lambda row: tables.index(str(row["paper table"])))  # by table, each in the paper's row order
     return rows, sorted(notes)
 
 
