@@ -195,11 +195,14 @@ def test_cancel_stops_the_running_trial(tmp_path: Path, env: dict[str, str]) -> 
         "train.val_every=2000",
     ]
     run = start(["run", "study=ablation", f"workspace={ws}", *slow], tmp_path, env | {"SWEEPER_LIVE_S": "0.5"})
-    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    url = f"sqlite:///{ws / 'mlflow.db'}"
 
     def live_curve() -> list[int]:  # issue 22: the running trial's loss lines reach its MLflow run as it trains
         assert run.poll() is None, run.communicate()
-        found = client.get_experiment_by_name("ablation") if (ws / "mlflow.db").exists() else None
+        if not (ws / "mlflow.db").exists():  # MlflowClient() would create it under the starting sweeper
+            return []
+        client = MlflowClient(url)
+        found = client.get_experiment_by_name("ablation")
         runs = client.search_runs([found.experiment_id], "tags.`sweeper.kind` = 'trial'") if found else []
         return [m.step for r in runs if r.info.status == "RUNNING" for m in client.get_metric_history(r.info.run_id, "train/l_g")]  # fmt: skip
 
@@ -208,6 +211,7 @@ def test_cancel_stops_the_running_trial(tmp_path: Path, env: dict[str, str]) -> 
     assert done.returncode == 0 and "cancelled 3 trial(s)" in done.stdout, done.stdout + done.stderr
     _, err = run.communicate(timeout=120)
     assert run.returncode == 2 and "was cancelled" in err
+    client = MlflowClient(url)
     (live,) = client.search_runs(
         [client.get_experiment_by_name("ablation").experiment_id], "tags.`sweeper.kind` = 'trial'"
     )
