@@ -171,6 +171,21 @@ def test_rejects_bad_input(ws):
         promote.main("srgan", None, force=True, dry_run=True, overrides=[f"tracking_uri={uri}"])
     with pytest.raises(UserError, match="study=.nope. has no runs in the tracking store; studies with runs: paper"):
         promote.main("esrgan", "nope", force=True, dry_run=True, overrides=[f"tracking_uri={uri}"])
+    with pytest.raises(UserError, match="study=.nope. has no runs in the tracking store; studies with runs: paper"):
+        promote.main("esrgan", None, force=True, dry_run=True, overrides=[f"tracking_uri={uri}", "study=nope"])
+    with pytest.raises(UserError, match="study=paper and --from nope name two searches; give one of them"):
+        promote.main("esrgan", "nope", force=True, dry_run=True, overrides=[f"tracking_uri={uri}", "study=paper"])
+
+
+def test_study_names_the_search_like_from(ws, capsys):
+    uri, client, root = ws
+    correlation_study(client, root, uri, target_lpips=[0.30, 0.20, 0.25, 0.10])
+    for named in (["study=paper"], []):  # the named search, and the one found without a name: the same command
+        capsys.readouterr()
+        promote.main("esrgan", None, force=False, dry_run=True, overrides=[f"tracking_uri={uri}", *named])
+        out = capsys.readouterr().out
+        assert "promoting the winner of paper (stage beta" in out
+        assert f"command: sweeper train arch=esrgan mu=0.5 beta=beta3_6 preset=paper tracking_uri={uri}\n" in out
 
 
 @pytest.mark.slow

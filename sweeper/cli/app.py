@@ -294,7 +294,7 @@ def export(
 @user_errors
 def promote(
     to: Annotated[str, typer.Option("--to", help="target architecture")] = "esrgan",
-    source: Annotated[str | None, typer.Option("--from", help="study to take the winner from")] = None,
+    source: Annotated[str | None, typer.Option("--from", help="study to take the winner from (or study=NAME)")] = None,
     force: Annotated[bool, typer.Option("--force", help="promote without a (consistent) correlation check")] = False,
     allow_demo: Annotated[
         bool,

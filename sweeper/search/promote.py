@@ -136,10 +136,14 @@ def promotion_tokens(source: Source, to: str, tokens: list[str]) -> list[str]:
 def main(
     to: str, source: str | None, force: bool, dry_run: bool, overrides: list[str], allow_demo: bool = False
 ) -> None:
-    """`sweeper promote --to esrgan [--from STUDY] [--force] [--allow-demo] [--dry-run] [key=value ...]`."""
+    """`sweeper promote --to esrgan [--from STUDY | study=STUDY] [--force] [--allow-demo] [--dry-run] [key=value ...]`."""
     if to not in ARCHS:
         raise UserError(f"--to {to!r} is not valid; choose one of {', '.join(ARCHS)}")
     opts = parse(overrides)
+    if opts.study is not None and source not in (None, opts.study):
+        raise UserError(f"study={opts.study} and --from {source} name two searches; give one of them")
+    source = source or opts.study  # `study=NAME`, as in every other command, is `--from NAME`
+    overrides = [t for t in overrides if t.partition("=")[0].strip() != "study"]
     client = open_client(opts)
     src = find_source(client, source)
     if src.arch == to:
