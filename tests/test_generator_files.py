@@ -161,20 +161,17 @@ def test_sweeper_export_writes_the_winner_with_its_card(tmp_path: Path) -> None:
     x = torch.rand(1, 3, 16, 12, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         assert torch.equal(back(x), generators[1](x))  # the winner, bit for bit
-    other = runner.invoke(
-        app,
-        [
-            "export",
-            "--from",
-            "small",
-            "--trial",
-            "0",
-            "--out",
-            str(tmp_path / "t0.safetensors"),
-            f"workspace={tmp_path}",
-        ],
-    )
-    assert other.exit_code == 0 and read_card(tmp_path / "t0.safetensors")["source"]["trial"] == "0"
+    for named in (["--from", "small", "--trial", "0"], ["study=small", "trial=0"]):  # flags, or the usual keys
+        out = tmp_path / f"t0-{len(named)}.safetensors"
+        other = runner.invoke(app, ["export", *named, "--out", str(out), f"workspace={tmp_path}"])
+        assert other.exit_code == 0 and read_card(out)["source"]["trial"] == "0", other.output
+    for args, message in (
+        (["--from", "small", "study=big"], "study=big and --from small name two studies; give one of them"),
+        (["--from", "small", "--trial", "0", "trial=1"], "trial=1 and --trial 0 name two trials; give one of them"),
+        ([], "which study? pass --from NAME (or study=NAME"),
+    ):
+        bad = runner.invoke(app, ["export", "--out", str(tmp_path / "y.safetensors"), f"workspace={tmp_path}", *args])
+        assert bad.exit_code == 2 and message in bad.output, bad.output
     for args, message in ((["--trial", "7"], "--trial 7: no finished trial"), ([], "must end in .safetensors")):
         out = str(tmp_path / ("x.safetensors" if args else "x.pt"))
         bad = runner.invoke(app, ["export", "--from", "small", "--out", out, f"workspace={tmp_path}", *args])

@@ -173,7 +173,7 @@ def test_rejects_bad_input(ws):
         promote.main("esrgan", "nope", force=True, dry_run=True, overrides=[f"tracking_uri={uri}"])
     with pytest.raises(UserError, match="study=.nope. has no runs in the tracking store; studies with runs: paper"):
         promote.main("esrgan", None, force=True, dry_run=True, overrides=[f"tracking_uri={uri}", "study=nope"])
-    with pytest.raises(UserError, match="study=paper and --from nope name two searches; give one of them"):
+    with pytest.raises(UserError, match="study=paper and --from nope name two studies; give one of them"):
         promote.main("esrgan", "nope", force=True, dry_run=True, overrides=[f"tracking_uri={uri}", "study=paper"])
 
 

@@ -274,13 +274,15 @@ def correlate(overrides: Overrides = None) -> None:
     correlate_mod.main(overrides or [])
 
 
-@app.command(epilog="Example: sweeper promote --to esrgan --from paper --dry-run")
+@app.command(epilog="Example: sweeper export --from paper --out winner.safetensors")
 @user_errors
 def export(
-    source: Annotated[str, typer.Option("--from", help="study whose winner (or --trial) to export")],
     out: Annotated[Path, typer.Option("--out", help="the .safetensors file to write")],
+    source: Annotated[
+        str | None, typer.Option("--from", help="study whose winner (or --trial) to export (or study=NAME)")
+    ] = None,
     trial: Annotated[
-        int | None, typer.Option("--trial", help="a finished trial's number instead of the winner")
+        int | None, typer.Option("--trial", help="a finished trial's number instead of the winner (or trial=N)")
     ] = None,
     overrides: Overrides = None,
 ) -> None:
@@ -290,7 +292,7 @@ def export(
     export_mod.main(source, trial, out, overrides or [])
 
 
-@app.command()
+@app.command(epilog="Example: sweeper promote --to esrgan --from paper --dry-run")
 @user_errors
 def promote(
     to: Annotated[str, typer.Option("--to", help="target architecture")] = "esrgan",

@@ -204,6 +204,14 @@ def check_max_trainings(opts: Options, stages: Sequence[Stage]) -> None:
             )
 
 
+def from_study(flag: str | None, opts: Options) -> str | None:
+    """The study a command's `--from` names, or its `study=` (the key every other command takes); UserError
+    when the two name different studies."""
+    if opts.study is not None and flag not in (None, opts.study):
+        raise UserError(f"study={opts.study} and --from {flag} name two studies; give one of them")
+    return flag or opts.study
+
+
 def require_study(opts: Options) -> str:
     if not opts.study:
         raise UserError("which study? add study=NAME (list them with `sweeper studies`)")
