@@ -50,6 +50,8 @@ def test_keyword_settings_are_the_command_lines() -> None:
         ),
         (lambda: api.run_study(preset="smoke"), "which study"),
         (lambda: api.status("mu_search", workspace="/nonexistent/ws"), "study mu_search has not been run"),
+        (lambda: api.status("mu_search", repeats=3), "repeats= steers how a study runs"),
+        (lambda: api.report("mu_search", executor="slurm"), "executor= steers how a study runs"),
     ],
 )
 def test_bad_settings_are_user_errors(call, message: str) -> None:

@@ -91,3 +91,24 @@ def test_selection_rule_options() -> None:
                            ("select.alpha=0.7", "between 0 and 0.5"), ("select.min_effect=-0.1", "a number >= 0")]:  # fmt: skip
         with pytest.raises(UserError, match=message):
             parse([token])
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["status"], ["logs", "trial=0"], ["cancel"], ["report"], ["ui"], ["export", "--out", "w.safetensors"]],
+)
+@pytest.mark.parametrize("key", ["repeats=3", "executor=slurm", "executor.partition=gpu", "scheduler=sha"])
+def test_commands_that_read_what_runs_recorded_refuse_the_keys_that_steer_a_run(
+    command: list[str], key: str, tmp_path
+) -> None:
+    """`sweeper status study=x repeats=3` used to print the study as if the key meant something."""
+    from typer.testing import CliRunner
+
+    from sweeper.cli.app import app
+
+    done = CliRunner().invoke(app, [*command, "study=mu_search", f"workspace={tmp_path}", key])
+    name = key.split("=")[0]
+    assert done.exit_code == 2 and f"{name}= steers how a study runs (give it to `sweeper run`)" in done.output, (
+        done.output
+    )
+    assert "Traceback" not in done.output and not any(tmp_path.iterdir())  # refused before anything was made

@@ -1060,7 +1060,7 @@ def main(tokens: list[str], out: Path | None = None, write_html: bool = False) -
     own = {k: v for k, _, v in (t.partition("=") for t in tokens) if k in ("checkpoint", "holdout")}
     tokens = [t for t in tokens if t.partition("=")[0] not in own]
     choice = checkpoints.parse(own.get("checkpoint"), own.get("holdout"))
-    written = write(parse(tokens, allow_config=False), out, images, boxes, write_html, choice)
+    written = write(parse(tokens, allow_config=False, recorded=True), out, images, boxes, write_html, choice)
     print(
         f"wrote {len(written.tables)} tables ({', '.join(written.tables) or 'none'}) and figures to {written.out}/README.md"
         + (f"; the same as one page, figures embedded: {written.out}/report.html" if write_html else "")

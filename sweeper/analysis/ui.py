@@ -95,7 +95,7 @@ def server_command(ws: Workspace, host: str, port: int, workers: int, auth: bool
 
 def serve(tokens: list[str], host: str, port: int, workers: int, auth: bool = False) -> int:
     """Run the MLflow server until it exits or this process is told to stop; returns the exit code."""
-    opts = parse(tokens, allow_config=False)
+    opts = parse(tokens, allow_config=False, recorded=True)
     ws = Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri)
     if opts.tracking_uri is None and not (ws.root / "mlflow.db").exists():
         raise UserError(

@@ -29,6 +29,8 @@ OPTION_KEYS = ("study", "stage", "trial", "executor", "select_by", "storage", "t
                "scheduler", "scheduler.eta", "scheduler.min_iters", "repeats", "max_repeats", "max_trainings", "select.min_effect",
                "select.tie_break", "select.alpha", "max_machine_faults", "retry_failed")  # fmt: skip
 SCHEDULERS = ("none", "sha")
+RUN_KEYS = ("executor", "rounds", "max_retries", "max_machine_faults", "retry_failed", "scheduler", "scheduler.eta",
+            "scheduler.min_iters", "repeats", "max_repeats", "max_trainings")  # fmt: skip
 
 
 @dataclass
@@ -95,9 +97,11 @@ def _unknown_key(key: str) -> UserError:
     return UserError(f"unknown key '{key}'; {hint}")
 
 
-def parse(tokens: list[str], allow_config: bool = True) -> Options:
-    """Parse `key=value` tokens; UserError on a token without '=', a repeated or unknown key, or a bad value."""
-    return options(split(tokens), allow_config)
+def parse(tokens: list[str], allow_config: bool = True, recorded: bool = False) -> Options:
+    """Parse `key=value` tokens; UserError on a token without '=', a repeated or unknown key, or a bad value.
+    `recorded`: for a command that reads what runs recorded (status, report, ...), which refuses the keys that
+    steer a run (`RUN_KEYS`, `executor.*`) rather than ignore them."""
+    return options(split(tokens), allow_config, recorded)
 
 
 def split(tokens: list[str]) -> dict[str, str]:
@@ -114,11 +118,16 @@ def split(tokens: list[str]) -> dict[str, str]:
     return settings
 
 
-def options(settings: Mapping[str, Any], allow_config: bool = True) -> Options:
+def options(settings: Mapping[str, Any], allow_config: bool = True, recorded: bool = False) -> Options:
     """Options from `{key: value}`: a str value reads as on the command line (YAML, `inf`), any other value
-    (from the Python API) is taken as it is; UserError on an unknown key or a bad value."""
+    (from the Python API) is taken as it is; UserError on an unknown key or a bad value (`recorded`: `parse`)."""
     opts = Options()
     for key, raw in settings.items():
+        if recorded and (key in RUN_KEYS or key.startswith("executor.")):
+            raise UserError(
+                f"{key}= steers how a study runs (give it to `sweeper run`); this command reads what the runs "
+                "recorded, where it would change nothing"
+            )
         text = raw if isinstance(raw, str) else str(raw)
         value = parse_value(raw) if isinstance(raw, str) else raw
         if key == "executor.stall_s":  # the orchestrator's, for every executor
@@ -171,7 +180,8 @@ def options(settings: Mapping[str, Any], allow_config: bool = True) -> Options:
             except UserError:
                 raise _unknown_key(key) from None
             if not allow_config:
-                raise UserError(f"{key}= is a training setting; this command takes only {', '.join(OPTION_KEYS)}")
+                takes = [k for k in OPTION_KEYS if not (recorded and k in RUN_KEYS)]
+                raise UserError(f"{key}= is a training setting; this command takes only {', '.join(takes)}")
             if dotted == "preset":  # named before anything looks for weights or data
                 check_choice("preset", value, PRESETS)
             opts.config[dotted] = text if dotted == "weights" else value

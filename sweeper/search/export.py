@@ -87,7 +87,7 @@ def main(source: str | None, trial: int | None, out: Path, tokens: list[str]) ->
     """The `sweeper export` command."""
     if out.suffix != ".safetensors":
         raise UserError(f"--out {out}: the file name must end in .safetensors")
-    opts = parse(tokens, allow_config=False)
+    opts = parse(tokens, allow_config=False, recorded=True)
     source = from_study(source, opts)
     if source is None:
         raise UserError("which study? pass --from NAME (or study=NAME; `sweeper studies` lists them)")

@@ -80,7 +80,7 @@ def status(tokens: list[str], fmt: str = "table") -> None:
     """`sweeper status study=NAME [--format json]`: every trial of every stage, each stage's verdict, the cost."""
     if fmt not in ("table", "json"):
         raise UserError(f"--format {fmt}: choose table or json")
-    found = study_trials(parse(tokens, allow_config=False))
+    found = study_trials(parse(tokens, allow_config=False, recorded=True))
     if fmt == "json":
         out = {"study": found.study, "stages": found.stages, "trials": found.trials, "verdicts": found.verdicts,
                "cost": ledger.cost_rows(found.costs)}  # fmt: skip
@@ -153,7 +153,7 @@ def find_trial(opts: Options) -> tuple[str, FrozenTrial]:
 
 def logs(tokens: list[str]) -> None:
     """`sweeper logs study=NAME trial=N`: the trial's stdout and stderr."""
-    opts = parse(tokens, allow_config=False)
+    opts = parse(tokens, allow_config=False, recorded=True)
     ws = Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri)
     _, trial = find_trial(opts)
     job_id = trial.user_attrs.get("job_id")
@@ -169,7 +169,7 @@ def logs(tokens: list[str]) -> None:
 
 def cancel(tokens: list[str]) -> None:
     """`sweeper cancel study=NAME`: stop its queued and running trials; `sweeper run` resumes them later."""
-    opts = parse(tokens, allow_config=False)
+    opts = parse(tokens, allow_config=False, recorded=True)
     ws = Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri)
     name, _, storage, stages = stage_ids(opts)
     stopped = 0
