@@ -162,9 +162,9 @@ def test_sweeper_export_writes_the_winner_with_its_card(tmp_path: Path) -> None:
     with torch.no_grad():
         assert torch.equal(back(x), generators[1](x))  # the winner, bit for bit
     for named in (["--from", "small", "--trial", "0"], ["study=small", "trial=0"]):  # flags, or the usual keys
-        out = tmp_path / f"t0-{len(named)}.safetensors"
-        other = runner.invoke(app, ["export", *named, "--out", str(out), f"workspace={tmp_path}"])
-        assert other.exit_code == 0 and read_card(out)["source"]["trial"] == "0", other.output
+        written = tmp_path / f"t0-{len(named)}.safetensors"
+        other = runner.invoke(app, ["export", *named, "--out", str(written), f"workspace={tmp_path}"])
+        assert other.exit_code == 0 and read_card(written)["source"]["trial"] == "0", other.output
     for args, message in (
         (["--from", "small", "study=big"], "study=big and --from small name two studies; give one of them"),
         (["--from", "small", "--trial", "0", "trial=1"], "trial=1 and --trial 0 name two trials; give one of them"),
