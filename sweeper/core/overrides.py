@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sweeper.core.selection import TIE_BREAKS, Rule, parse_select_by
 from sweeper.core.studies import AUTO, MAX_REPEATS, Stage, check_repeats
@@ -214,12 +214,15 @@ def check_max_trainings(opts: Options, stages: Sequence[Stage]) -> None:
             )
 
 
-def from_study(flag: str | None, opts: Options) -> str | None:
-    """The study a command's `--from` names, or its `study=` (the key every other command takes); UserError
-    when the two name different studies."""
-    if opts.study is not None and flag not in (None, opts.study):
-        raise UserError(f"study={opts.study} and --from {flag} name two studies; give one of them")
-    return flag or opts.study
+V = TypeVar("V")
+
+
+def flag_or_key(flag: str, given: V | None, key: str, value: V | None, what: str) -> V | None:
+    """What a command's option `flag` gives (`--from`), else its `key=` (`study=`, as the other commands take it);
+    UserError when the two name different ones (`what`: the plural of what they name)."""
+    if value is not None and given not in (None, value):
+        raise UserError(f"{key}={value} and {flag} {given} name two {what}; give one of them")
+    return value if given is None else given
 
 
 def require_study(opts: Options) -> str:

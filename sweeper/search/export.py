@@ -17,7 +17,7 @@ import torch
 
 from sweeper.analysis.report import load_study
 from sweeper.analysis.runs import RunRecord, find_runs, finished, open_client
-from sweeper.core.overrides import from_study, parse
+from sweeper.core.overrides import flag_or_key, parse
 from sweeper.core.workspace import Workspace
 from trainer.checkpoint import load_checkpoint
 from trainer.config import config_from_dict
@@ -88,12 +88,10 @@ def main(source: str | None, trial: int | None, out: Path, tokens: list[str]) ->
     if out.suffix != ".safetensors":
         raise UserError(f"--out {out}: the file name must end in .safetensors")
     opts = parse(tokens, allow_config=False, recorded=True)
-    source = from_study(source, opts)
+    source = flag_or_key("--from", source, "study", opts.study, "studies")
     if source is None:
         raise UserError("which study? pass --from NAME (or study=NAME; `sweeper studies` lists them)")
-    if opts.trial is not None and trial not in (None, opts.trial):
-        raise UserError(f"trial={opts.trial} and --trial {trial} name two trials; give one of them")
-    trial = opts.trial if trial is None else trial
+    trial = flag_or_key("--trial", trial, "trial", opts.trial, "trials")
     client = open_client(opts)
     run = pick_trial(client, source, trial, opts.stage)
     folder = Workspace.resolve(opts.workspace, opts.storage, opts.tracking_uri).trial_dir(

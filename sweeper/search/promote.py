@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 
 from sweeper.analysis.runs import RunRecord, find_runs, open_client
 from sweeper.core import studies
-from sweeper.core.overrides import from_study, parse
+from sweeper.core.overrides import flag_or_key, parse
 from sweeper.search.train_one import train_one
 from trainer.config import ARCHS, build_config, format_mu
 from trainer.errors import UserError
@@ -140,7 +140,7 @@ def main(
     if to not in ARCHS:
         raise UserError(f"--to {to!r} is not valid; choose one of {', '.join(ARCHS)}")
     opts = parse(overrides)
-    source = from_study(source, opts)
+    source = flag_or_key("--from", source, "study", opts.study, "studies")
     overrides = [t for t in overrides if t.partition("=")[0].strip() != "study"]  # not a `sweeper train` key
     client = open_client(opts)
     src = find_source(client, source)
