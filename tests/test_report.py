@@ -239,6 +239,22 @@ def test_validation_curves_draw_the_mean_and_a_min_max_band_over_repeats():
     assert [t.get_text() for t in legend.get_texts()] == ["mu=0.5", "mu=inf"]
 
 
+def test_beta_bars_show_their_error_bars_whole():
+    """The bars zoom on their range (they differ by little); error bars wider than that range were cut off by
+    the axis, hiding that the settings do not differ. The axis now holds every bar's top -+ its std."""
+    from sweeper.analysis.runs import RunRecord
+
+    runs = [RunRecord(f"r{k}", "", "paper", "FINISHED", 0, 0, {}, {"mu": "0.2", "beta": b},
+                      {"Set5/psnr": 31.463 + 0.001 * k}) for k, b in enumerate(["beta1_3", "beta2_4"])]  # fmt: skip
+    spread = {"r0": {"Set5/psnr": 0.02}, "r1": {"Set5/psnr": 0.01}}
+    (ax,) = figures.per_beta_figure(runs, ["Set5"], "Table 2", spread).axes
+    lo, hi = ax.get_ylim()
+    assert lo < 31.463 - 0.02 and hi > 31.464 + 0.01 and hi - lo < 0.2  # whole, and still zoomed
+    (ax,) = figures.per_beta_figure(runs, ["Set5"], "Table 2").axes  # no repeats: the bars alone
+    lo, hi = ax.get_ylim()
+    assert 31.46 < lo < 31.463 and 31.464 < hi < 31.467
+
+
 def test_report_lists_the_tables_figures_and_warning(paper_store, paper_report):
     readme = (paper_report / "README.md").read_text()
     assert "smoke preset, random-init extractors: NOT paper results" in readme.split("\n\n")[1]

@@ -128,6 +128,11 @@ def metrics_vs_mu(runs: list[RunRecord], sets: list[str], title: str, spread: Sp
 
 
 def metrics_per_beta(runs: list[RunRecord], sets: list[str], title: str, spread: Spread | None = None) -> bytes:
+    """`per_beta_figure` as PNG."""
+    return png(per_beta_figure(runs, sets, title, spread))
+
+
+def per_beta_figure(runs: list[RunRecord], sets: list[str], title: str, spread: Spread | None = None) -> Figure:
     """One panel per measured metric: grouped bars, beta layers on the x axis, one bar per set; error bars =
     the std over a point's repeats (`spread`)."""
     metrics = measured({m: [r.value(s, m) for r in runs for s in sets] for m in METRICS})
@@ -135,21 +140,23 @@ def metrics_per_beta(runs: list[RunRecord], sets: list[str], title: str, spread:
     x = np.arange(len(runs))
     width = 0.8 / max(len(sets), 1)
     for ax, metric in zip(axes, metrics):
+        ends: list[float] = []  # each bar's top, less and plus its error
         for k, s in enumerate(sets):
             hatch = ["//" if r.stopped_at is not None else None for r in runs]
             yerr = [0.0 if math.isnan(error(spread, r, s, metric)) else error(spread, r, s, metric) for r in runs]
             ax.bar(x + k * width, [r.value(s, metric) for r in runs], width, label=s, hatch=hatch, edgecolor="white",
                    yerr=yerr if any(yerr) else None, capsize=3)  # fmt: skip
+            ends += [r.value(s, metric) + sign * e for r, e in zip(runs, yerr) for sign in (-1, 1)]
         ax.set_xticks(x + width * (len(sets) - 1) / 2, [r.beta for r in runs])
         ax.set_xlabel("β (ResNet feature layers)")
-        values = [r.value(s, metric) for r in runs for s in sets if not math.isnan(r.value(s, metric))]
-        lo, hi = min(values), max(values)  # bars differ by little: zoom on the range instead of starting at 0
+        values = [v for v in ends if not math.isnan(v)]
+        lo, hi = min(values), max(values)  # bars differ by little: zoom on their range, error bars whole, not from 0
         pad = (hi - lo) * 0.5 or abs(hi) * 0.05 or 1.0
         ax.set_ylim(lo - pad, hi + pad)
     if any(r.stopped_at is not None for r in runs):
         axes[0].bar([0], [math.nan], color="0.6", hatch="//", edgecolor="white", label="stopped by halving")
     legend_below(fig, axes)
-    return png(fig)
+    return fig
 
 
 def lpips_bars(methods: list[str], sets: list[str], values: list[list[float]], title: str) -> bytes:
