@@ -181,7 +181,19 @@ def test_cancel_scancels_queued_and_running_jobs(tmp_path: Path) -> None:
         if "COMPLETING" not in {t["slurm_state"] for t in shown} or time.monotonic() > deadline:
             break
         time.sleep(2)
-    assert {t["state"] for t in shown} == {"FAIL"} and {t["slurm_state"] for t in shown} == {"CANCELLED"}, shown
+    states = {t["slurm_job_id"]: t["slurm_state"] for t in shown}
+    assert {t["state"] for t in shown} == {"FAIL"} and set(states.values()) == {"CANCELLED"}, controller_log(states)
+
+
+def controller_log(states: dict[str, str]) -> str:
+    """The job states and what slurmctld's log says of those jobs and of its own restarts, for a failure message
+    (a job SLURM forgot shows as GONE: that needs the controller's side of the story)."""
+    arrays = {job.split("_")[0] for job in states}
+    log = Path(os.environ.get("SLURM_LOCAL_DIR", "/tmp/slurm-local")) / "log" / "slurmctld.log"
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else [f"({log} missing)"]
+    mine = re.compile("|".join(rf"JobId={a}(?!\d)" for a in arrays) + "|version|lost")
+    said = [line for line in lines if mine.search(line)]
+    return f"states {states}; slurmctld.log:\n" + "\n".join(said[-40:])
 
 
 def test_bad_options_fail_before_anything_is_created(tmp_path: Path) -> None:
