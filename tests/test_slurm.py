@@ -193,7 +193,8 @@ def controller_log(states: dict[str, str]) -> str:
     lines = log.read_text(errors="replace").splitlines() if log.exists() else [f"({log} missing)"]
     mine = re.compile("|".join(rf"JobId={a}(?!\d)" for a in arrays) + "|version|lost")
     said = [line for line in lines if mine.search(line)]
-    return f"states {states}; slurmctld.log:\n" + "\n".join(said[-40:])
+    now = time.strftime("%Y-%m-%dT%H:%M:%S")  # a job is purged MinJobAge (600 s) after it ended
+    return f"states {states} at {now}; slurmctld.log:\n" + "\n".join(said[-40:])
 
 
 def test_bad_options_fail_before_anything_is_created(tmp_path: Path) -> None:
