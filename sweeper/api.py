@@ -47,10 +47,10 @@ class Report:
 
 
 def settings(study: str | None, overrides: Mapping[str, Any] | None, keywords: Mapping[str, Any],
-             allow_config: bool = True, recorded: bool = False) -> Options:  # fmt: skip
+             allow_config: bool = True, recorded: bool = False, uses: tuple[str, ...] = ()) -> Options:  # fmt: skip
     """The options of a call: `study`, `overrides` (dotted keys) and keyword settings (`__` for the dot),
     each key given once; None values left out. `allow_config=False`: sweeper options only (no config keys);
-    `recorded`: no keys that steer a run either (`overrides.parse`)."""
+    `recorded`, `uses`: no keys that steer or judge a run either (`overrides.parse`)."""
     given: dict[str, Any] = {}
     named = {k.replace("__", "."): v for k, v in keywords.items()}
     for source in (dict(overrides or {}), named, {} if study is None else {"study": study}):
@@ -58,7 +58,7 @@ def settings(study: str | None, overrides: Mapping[str, Any] | None, keywords: M
             if key in given:
                 raise UserError(f"{key}= is given twice; keep one")
             given[key] = value
-    return options({k: v for k, v in given.items() if v is not None}, allow_config, recorded)
+    return options({k: v for k, v in given.items() if v is not None}, allow_config, recorded, uses)
 
 
 def run_study(study: str | None = None, overrides: Mapping[str, Any] | None = None, *, detach: bool = False,
@@ -89,7 +89,8 @@ def report(study: str | None = None, out: str | Path | None = None, overrides: M
 
     folder = Path(out) if out is not None else None
     choice = checkpoints.parse(checkpoint, holdout)
-    written = write(settings(study, overrides, keywords, allow_config=False, recorded=True), folder, choice=choice)
+    opts = settings(study, overrides, keywords, allow_config=False, recorded=True, uses=("select_by",))
+    written = write(opts, folder, choice=choice)
     files = sorted(p for p in written.out.rglob("*") if p.is_file())
     return Report(written.out, written.out / "README.md", written.tables, files, written.run_id)
 

@@ -52,6 +52,8 @@ def test_keyword_settings_are_the_command_lines() -> None:
         (lambda: api.status("mu_search", workspace="/nonexistent/ws"), "study mu_search has not been run"),
         (lambda: api.status("mu_search", repeats=3), "repeats= steers how a study runs"),
         (lambda: api.report("mu_search", executor="slurm"), "executor= steers how a study runs"),
+        (lambda: api.status("mu_search", select_by="psnr"), "select_by= decides a stage's winner"),
+        (lambda: api.report("mu_search", select_by="psnr"), "select_by=psnr: picks the snapshot of checkpoint=best"),
     ],
 )
 def test_bad_settings_are_user_errors(call, message: str) -> None:

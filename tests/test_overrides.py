@@ -112,3 +112,27 @@ def test_commands_that_read_what_runs_recorded_refuse_the_keys_that_steer_a_run(
         done.output
     )
     assert "Traceback" not in done.output and not any(tmp_path.iterdir())  # refused before anything was made
+
+
+@pytest.mark.parametrize(
+    "command", [["status"], ["logs", "trial=0"], ["cancel"], ["ui"], ["export", "--out", "w.safetensors"]]
+)
+@pytest.mark.parametrize(
+    "key", ["select_by=psnr", "select.tie_break=simplest", "select.min_effect=0.1", "select.alpha=0.1"]
+)
+def test_commands_that_show_a_recorded_verdict_refuse_the_keys_that_judge_one(
+    command: list[str], key: str, tmp_path
+) -> None:
+    """`sweeper status study=x select.tie_break=simplest` showed the recorded winner as if the key had chosen it;
+    `sweeper run` with the key judges the trained trials again (`sweeper report` takes select_by= for
+    checkpoint=best only: tests/test_report.py)."""
+    from typer.testing import CliRunner
+
+    from sweeper.cli.app import app
+
+    done = CliRunner().invoke(app, [*command, "study=mu_search", f"workspace={tmp_path}", key])
+    name = key.split("=")[0]
+    assert done.exit_code == 2 and f"{name}= decides a stage's winner: `sweeper run` with it judges" in done.output, (
+        done.output
+    )
+    assert "Traceback" not in done.output and not any(tmp_path.iterdir())

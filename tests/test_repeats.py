@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -163,3 +164,34 @@ def test_halving_promotes_a_point_with_all_its_repeats_on_their_mean(tmp_path: P
         for mu in ("0.5", "inf")
     }
     assert rung[winner] == max(rung.values()), rung  # the better mean over the two seeds at the first rung
+
+
+def test_a_rerun_with_another_selection_rule_judges_the_trained_trials_again(tmp_path: Path) -> None:
+    """`select.*` belongs to `sweeper run` (status and report refuse it): on a finished stage, a re-run with another
+    rule trains nothing and records the new verdict. select.min_effect=100 (dB) ties the two points whatever they
+    scored, so the tie-break alone names the winner: the simplest setting, mu=inf, or the better mean."""
+    import optuna
+    from cluster_helpers import env_for, sweeper, tiny, write_study
+
+    env, ws = env_for(tmp_path), tmp_path / "ws"
+    write_study(tmp_path, "judge", ["0.5", "inf"])
+    args = ["run", "study=judge", f"workspace={ws}", *tiny("data.val_max_images=2"), "select.min_effect=100"]
+    storage = f"sqlite:///{ws / 'optuna.db'}"
+    verdicts: dict[str, list] = {}
+    trained: dict[int, Any] = {}
+    for tie_break in ("best_mean", "simplest", "best_mean"):
+        done = sweeper([*args, f"select.tie_break={tie_break}"], env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        study = optuna.load_study(study_name="judge.mu", storage=storage)
+        trials = study.get_trials(deepcopy=False)
+        assert len(trials) == 2 and all(t.state.name == "COMPLETE" for t in trials)
+        verdicts.setdefault(tie_break, []).append((study.user_attrs["verdict"], study.user_attrs["winner"]["mu"]))
+        finished = {t.number: t.datetime_complete for t in trials}
+        trained = trained or finished  # the first run's
+        assert finished == trained, done.stdout  # the re-runs trained nothing
+    (first, best), (again, best_again) = verdicts["best_mean"]
+    ((simplest, chosen),) = verdicts["simplest"]
+    means = {t.params["mu"]: float(t.value or 0) for t in trials}  # mean psnr (select_by's default for preset=smoke)
+    assert first == again and best == best_again == max(means, key=lambda mu: means[mu]), (verdicts, means)
+    assert first["kind"] == simplest["kind"] == "tie" and chosen == "inf", verdicts
+    assert "taken by tie_break=simplest" in simplest["summary"] and "taken by tie_break=best_mean" in first["summary"]

@@ -577,6 +577,8 @@ def test_best_is_the_best_score_in_the_metrics_direction_earliest_among_equals()
         (["checkpoint=3"], "kept no generator at iteration 3 (kept: 2, 4)"),
         (["checkpoint=last"], "checkpoint='last': choose final, best, or an iteration"),
         (["holdout=Held"], "holdout=Held selects checkpoint=best only"),
+        (["select_by=lpips"], "select_by=lpips: picks the snapshot of checkpoint=best (with holdout=SET)"),
+        (["select.tie_break=simplest"], "select.tie_break= decides a stage's winner: `sweeper run` with it judges"),
     ],
 )
 def test_checkpoint_choices_that_cannot_be_honoured_are_one_line_errors(kept_snapshots, tmp_path, torch_home,

@@ -1060,7 +1060,8 @@ def main(tokens: list[str], out: Path | None = None, write_html: bool = False) -
     own = {k: v for k, _, v in (t.partition("=") for t in tokens) if k in ("checkpoint", "holdout")}
     tokens = [t for t in tokens if t.partition("=")[0] not in own]
     choice = checkpoints.parse(own.get("checkpoint"), own.get("holdout"))
-    written = write(parse(tokens, allow_config=False, recorded=True), out, images, boxes, write_html, choice)
+    opts = parse(tokens, allow_config=False, recorded=True, uses=("select_by",))  # checkpoint=best's metric
+    written = write(opts, out, images, boxes, write_html, choice)
     print(
         f"wrote {len(written.tables)} tables ({', '.join(written.tables) or 'none'}) and figures to {written.out}/README.md"
         + (f"; the same as one page, figures embedded: {written.out}/report.html" if write_html else "")
@@ -1075,6 +1076,11 @@ def write(opts: Options, out: Path | None = None, images: list[str] | None = Non
     `images` and `boxes` choose the fixed-box crops (`crop=` tokens); `write_html` adds report.html; `choice`
     the checkpoint each trial row shows (`select_by=` picks `best`'s metric, default the study's)."""
     name = require_study(opts)
+    if opts.select_by and choice.kind != checkpoints.BEST:
+        raise UserError(
+            f"select_by={opts.select_by}: picks the snapshot of checkpoint=best (with holdout=SET); the tables "
+            "show the verdict the run recorded (`sweeper run` with select_by= judges the trials again)"
+        )
     client = open_client(opts)
     out = out or Path("results") / name
     try:

@@ -31,6 +31,7 @@ OPTION_KEYS = ("study", "stage", "trial", "executor", "select_by", "storage", "t
 SCHEDULERS = ("none", "sha")
 RUN_KEYS = ("executor", "rounds", "max_retries", "max_machine_faults", "retry_failed", "scheduler", "scheduler.eta",
             "scheduler.min_iters", "repeats", "max_repeats", "max_trainings")  # fmt: skip
+JUDGE_KEYS = ("select_by", "select.min_effect", "select.tie_break", "select.alpha")  # a stage's verdict
 
 
 @dataclass
@@ -97,11 +98,12 @@ def _unknown_key(key: str) -> UserError:
     return UserError(f"unknown key '{key}'; {hint}")
 
 
-def parse(tokens: list[str], allow_config: bool = True, recorded: bool = False) -> Options:
+def parse(tokens: list[str], allow_config: bool = True, recorded: bool = False, uses: tuple[str, ...] = ()) -> Options:
     """Parse `key=value` tokens; UserError on a token without '=', a repeated or unknown key, or a bad value.
     `recorded`: for a command that reads what runs recorded (status, report, ...), which refuses the keys that
-    steer a run (`RUN_KEYS`, `executor.*`) rather than ignore them."""
-    return options(split(tokens), allow_config, recorded)
+    steer a run (`RUN_KEYS`, `executor.*`) and those that judge it (`JUDGE_KEYS`, but the ones it `uses`)
+    rather than ignore them."""
+    return options(split(tokens), allow_config, recorded, uses)
 
 
 def split(tokens: list[str]) -> dict[str, str]:
@@ -118,7 +120,9 @@ def split(tokens: list[str]) -> dict[str, str]:
     return settings
 
 
-def options(settings: Mapping[str, Any], allow_config: bool = True, recorded: bool = False) -> Options:
+def options(
+    settings: Mapping[str, Any], allow_config: bool = True, recorded: bool = False, uses: tuple[str, ...] = ()
+) -> Options:
     """Options from `{key: value}`: a str value reads as on the command line (YAML, `inf`), any other value
     (from the Python API) is taken as it is; UserError on an unknown key or a bad value (`recorded`: `parse`)."""
     opts = Options()
@@ -127,6 +131,11 @@ def options(settings: Mapping[str, Any], allow_config: bool = True, recorded: bo
             raise UserError(
                 f"{key}= steers how a study runs (give it to `sweeper run`); this command reads what the runs "
                 "recorded, where it would change nothing"
+            )
+        if recorded and key in JUDGE_KEYS and key not in uses:
+            raise UserError(
+                f"{key}= decides a stage's winner: `sweeper run` with it judges the trained trials again (no "
+                "training); this command shows the verdict the run recorded"
             )
         text = raw if isinstance(raw, str) else str(raw)
         value = parse_value(raw) if isinstance(raw, str) else raw
@@ -180,7 +189,9 @@ def options(settings: Mapping[str, Any], allow_config: bool = True, recorded: bo
             except UserError:
                 raise _unknown_key(key) from None
             if not allow_config:
-                takes = [k for k in OPTION_KEYS if not (recorded and k in RUN_KEYS)]
+                takes = [
+                    k for k in OPTION_KEYS if not (recorded and (k in RUN_KEYS or k in JUDGE_KEYS and k not in uses))
+                ]
                 raise UserError(f"{key}= is a training setting; this command takes only {', '.join(takes)}")
             if dotted == "preset":  # named before anything looks for weights or data
                 check_choice("preset", value, PRESETS)
