@@ -85,11 +85,11 @@ def report(study: str | None = None, out: str | Path | None = None, overrides: M
     the generator each trial row shows, "final", an iteration kept by `train.keep_every`, or "best" by the
     selection metric on the `holdout` sets (never a set the tables report)."""
     from sweeper.analysis import checkpoints
-    from sweeper.analysis.report import write
+    from sweeper.analysis.report import USES, write
 
     folder = Path(out) if out is not None else None
     choice = checkpoints.parse(checkpoint, holdout)
-    opts = settings(study, overrides, keywords, allow_config=False, recorded=True, uses=("select_by",))
+    opts = settings(study, overrides, keywords, allow_config=False, recorded=True, uses=USES)
     written = write(opts, folder, choice=choice)
     files = sorted(p for p in written.out.rglob("*") if p.is_file())
     return Report(written.out, written.out / "README.md", written.tables, files, written.run_id)

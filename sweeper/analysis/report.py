@@ -72,6 +72,7 @@ from trainer.scores import set_means
 SET_ORDER = ("Set5", "Set14", "BSD100", "Urban100")
 PAPER_METRICS = ("ssim", "psnr", "lpips")  # Tables 1, 2 and 6 print SSIM / PSNR / LPIPS
 ARCH_NAMES = {"srgan": "SRGAN-DP", "esrgan": "ESRGAN-DP"}
+USES = ("select_by",)  # of the keys that judge a run, the one the report takes: checkpoint=best's metric
 ABLATION_ROWS = {  # Table 6, in the paper's order
     "vgg": "VGG loss",
     "static": "VGG loss + ResNet loss",
@@ -1060,7 +1061,7 @@ def main(tokens: list[str], out: Path | None = None, write_html: bool = False) -
     own = {k: v for k, _, v in (t.partition("=") for t in tokens) if k in ("checkpoint", "holdout")}
     tokens = [t for t in tokens if t.partition("=")[0] not in own]
     choice = checkpoints.parse(own.get("checkpoint"), own.get("holdout"))
-    opts = parse(tokens, allow_config=False, recorded=True, uses=("select_by",))  # checkpoint=best's metric
+    opts = parse(tokens, allow_config=False, recorded=True, uses=USES)
     written = write(opts, out, images, boxes, write_html, choice)
     print(
         f"wrote {len(written.tables)} tables ({', '.join(written.tables) or 'none'}) and figures to {written.out}/README.md"

@@ -127,16 +127,8 @@ def options(
     (from the Python API) is taken as it is; UserError on an unknown key or a bad value (`recorded`: `parse`)."""
     opts = Options()
     for key, raw in settings.items():
-        if recorded and (key in RUN_KEYS or key.startswith("executor.")):
-            raise UserError(
-                f"{key}= steers how a study runs (give it to `sweeper run`); this command reads what the runs "
-                "recorded, where it would change nothing"
-            )
-        if recorded and key in JUDGE_KEYS and key not in uses:
-            raise UserError(
-                f"{key}= decides a stage's winner: `sweeper run` with it judges the trained trials again (no "
-                "training); this command shows the verdict the run recorded"
-            )
+        if recorded and (why := refused(key, uses)):
+            raise UserError(why)
         text = raw if isinstance(raw, str) else str(raw)
         value = parse_value(raw) if isinstance(raw, str) else raw
         if key == "executor.stall_s":  # the orchestrator's, for every executor
@@ -189,14 +181,28 @@ def options(
             except UserError:
                 raise _unknown_key(key) from None
             if not allow_config:
-                takes = [
-                    k for k in OPTION_KEYS if not (recorded and (k in RUN_KEYS or k in JUDGE_KEYS and k not in uses))
-                ]
+                takes = [k for k in OPTION_KEYS if not (recorded and refused(k, uses))]
                 raise UserError(f"{key}= is a training setting; this command takes only {', '.join(takes)}")
             if dotted == "preset":  # named before anything looks for weights or data
                 check_choice("preset", value, PRESETS)
             opts.config[dotted] = text if dotted == "weights" else value
     return opts
+
+
+def refused(key: str, uses: tuple[str, ...]) -> str | None:
+    """Why a command that reads what runs recorded refuses `key` (one that steers or judges a run and that the
+    command does not `use`); None when it takes it."""
+    if key in RUN_KEYS or key.startswith("executor."):
+        return (
+            f"{key}= steers how a study runs (give it to `sweeper run`); this command reads what the runs "
+            "recorded, where it would change nothing"
+        )
+    if key in JUDGE_KEYS and key not in uses:
+        return (
+            f"{key}= decides a stage's winner: `sweeper run` with it judges the trained trials again (no "
+            "training); this command shows the verdict the run recorded"
+        )
+    return None
 
 
 def stage_repeats(opts: Options, stage: Stage) -> tuple[int | str, int]:
